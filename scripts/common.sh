@@ -1,0 +1,30 @@
+# Shared helpers for scripts/*.sh. Source it; do not run it.
+# shellcheck shell=bash
+
+# The 20.10 client that matches the engine from docker.io. /usr/local/bin/docker (CLI 28)
+# comes first on PATH on these machines; we never rely on PATH for docker.
+DOCKER=${DOCKER:-/usr/bin/docker}
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE_DIR=${STATE_DIR:-/run/pycilium}
+LOG_DIR=${LOG_DIR:-/var/log/pycilium}
+SETUP_LOG=${SETUP_LOG:-$LOG_DIR/setup.log}
+
+# One line per thing actually done, prefixed with the script name.
+say() { printf '%s: %s\n' "$(basename "$0" .sh)" "$*"; }
+die() { printf '%s: ERROR: %s\n' "$(basename "$0" .sh)" "$*" >&2; exit 1; }
+
+# Run a noisy command with its output going to $SETUP_LOG; show the tail only on failure.
+run_logged() {
+    mkdir -p "$(dirname "$SETUP_LOG")"
+    printf '\n==> %s: %s\n' "$(date -Is)" "$*" >>"$SETUP_LOG"
+    if ! "$@" >>"$SETUP_LOG" 2>&1; then
+        printf '%s: ERROR: command failed: %s\n--- last lines of %s ---\n' \
+            "$(basename "$0" .sh)" "$*" "$SETUP_LOG" >&2
+        tail -n 40 "$SETUP_LOG" >&2
+        return 1
+    fi
+}
+
+require_root() {
+    [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages, mounts bpffs, starts dockerd)"
+}
