@@ -1,0 +1,58 @@
+"""The management API the `cilium` command line talks to, under /v1."""
+
+import dataclasses
+
+from flask import Blueprint, current_app, jsonify
+
+bp = Blueprint("api", __name__, url_prefix="/v1")
+
+
+def daemon():
+    return current_app.extensions["pycilium"]
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/status")
+def status():
+    d = daemon()
+    with d.lock:
+        endpoints = len(d.store.endpoints())
+        networks = len(d.store.networks())
+        addresses = d.store.address_count()
+    node = d.node
+    return jsonify(
+        {
+            "node": {
+                "id": node.node_id,
+                "ipv6_range": str(node.range6),
+                "ipv6_router": str(node.router6),
+                "ipv4_range": str(node.range4),
+                "ipv4_router": str(node.router4),
+            },
+            "networks": networks,
+            "endpoints": endpoints,
+            "addresses": addresses,
+            "datapath": {
+                "compile_count": d.datapath.compile_count,
+                "drops": d.datapath.drop_counts(),
+            },
+        }
+    )
+
+
+@bp.get("/endpoints")
+def endpoints():
+    with daemon().lock:
+        eps = daemon().store.endpoints()
+    return jsonify([dataclasses.asdict(ep) for ep in eps])
+
+
+@bp.get("/networks")
+def networks():
+    with daemon().lock:
+        nets = daemon().store.networks()
+    return jsonify([dataclasses.asdict(n) for n in nets])

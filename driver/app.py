@@ -1,0 +1,55 @@
+"""create_app(): one Flask application for Docker's plugin protocol and the management API."""
+
+import logging
+
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException
+
+from . import api, plugin
+from .config import Config
+from .daemon import Daemon
+from .errors import BadRequest, DriverError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def create_app(config: Config, datapath=None) -> Flask:
+    """Build and start the control plane. `datapath` defaults to the real kernel datapath."""
+    if datapath is None:
+        from datapath import Datapath
+
+        datapath = Datapath(pin_dir=config.bpf_pin_dir, veth_prefix=config.veth_prefix)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    daemon = Daemon(config, datapath)
+    daemon.start()
+    app.extensions["pycilium"] = daemon
+    app.register_blueprint(plugin.bp)
+    app.register_blueprint(api.bp)
+    app.register_error_handler(DriverError, _driver_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def _error(message: str, status: int) -> Response:
+    return Response(json.dumps({"Err": message}), status=status, mimetype=plugin.CONTENT_TYPE)
+
+
+def _driver_error(exc: DriverError) -> Response:
+    # The plugin protocol knows 400 (bad body) and 500; the management API uses every status.
+    use_own_status = isinstance(exc, BadRequest) or request.path.startswith("/v1/")
+    status = exc.status if use_own_status else 500
+    log.warning("%s failed: %s", request.path, exc)
+    return _error(str(exc), status)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    return _error(f"{request.method} {request.path}: {exc.description}", exc.code or 500)
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    log.exception("%s failed", request.path)
+    return _error(f"{request.path.lstrip('/')}: {exc}", 500)

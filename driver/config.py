@@ -1,0 +1,52 @@
+"""Settings of one driver instance: command-line options or CILIUM_<OPTION> variables."""
+
+import ipaddress
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    plugin_name: str = "cilium"
+    plugin_dir: str = "/run/docker/plugins"
+    api_socket: str = "/var/run/cilium/cilium.sock"
+    state_dir: str = "/var/lib/pycilium"
+    bpf_pin_dir: str = "/sys/fs/bpf/pycilium"
+    veth_prefix: str = "lxc"
+    # IPv6 layout: cluster prefix (/64) | node id (32) | reserved (16) | endpoint id (16).
+    cluster_prefix6: str = "fdce:1c00::/64"
+    # 0 means derived from /etc/machine-id on first start, then kept in the state database.
+    node_id: int = 0
+    node_range4: str = "10.213.0.0/16"
+    mtu: int = 1500
+    threads: int = 8
+    # Above Docker's 30 s plugin timeout: Docker gives up first and never sees a killed worker.
+    worker_timeout: int = 120
+    log_level: str = "info"
+
+    @property
+    def plugin_socket(self) -> str:
+        return os.path.join(self.plugin_dir, f"{self.plugin_name}.sock")
+
+    @property
+    def state_db(self) -> str:
+        return os.path.join(self.state_dir, "state.db")
+
+    def validate(self) -> "Config":
+        prefix = ipaddress.ip_network(self.cluster_prefix6)
+        if prefix.version != 6 or prefix.prefixlen != 64:
+            raise ValueError(f"cluster prefix {self.cluster_prefix6} must be an IPv6 /64")
+        range4 = ipaddress.ip_network(self.node_range4)
+        if range4.version != 4 or not 8 <= range4.prefixlen <= 24:
+            raise ValueError(f"node IPv4 range {self.node_range4} must be IPv4 /8 to /24")
+        if not 0 <= self.node_id < 2**32:
+            raise ValueError(f"node id {self.node_id} must fit in 32 bits")
+        if not 1280 <= self.mtu <= 65535:
+            raise ValueError(f"MTU {self.mtu} must be between 1280 and 65535")
+        if not self.veth_prefix.isalnum() or len(self.veth_prefix) > 3:
+            raise ValueError(f"veth prefix {self.veth_prefix!r} must be 1-3 letters or digits")
+        return self
+
+
+def env_name(option: str) -> str:
+    return "CILIUM_" + option.upper()

@@ -1,0 +1,83 @@
+"""The one owner of the control plane: state, IPAM, networks, endpoints and the datapath.
+
+Plugin and API handlers run on several gunicorn threads; every call that reads or changes
+state goes through `with daemon.lock`, so concurrent Docker calls never interleave.
+"""
+
+import logging
+import threading
+
+from .addressing import NodeAddressing, node_id_from_machine_id
+from .config import Config
+from .endpoints import Endpoints
+from .errors import DriverError
+from .ipam import Ipam
+from .networks import Networks
+from .state import Store
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, config: Config, datapath):
+        self.config = config
+        self.datapath = datapath
+        self.store = Store(config.state_db)
+        self.lock = threading.RLock()
+        self.node: NodeAddressing | None = None
+        self.ipam: Ipam | None = None
+        self.networks: Networks | None = None
+        self.endpoints: Endpoints | None = None
+
+    def start(self) -> None:
+        with self.lock:
+            self.store.open()
+            self.node = NodeAddressing.build(
+                self.config.cluster_prefix6, self._node_id(), self.config.node_range4
+            )
+            self.datapath.start()
+            self.ipam = Ipam(self.store, self.node, self.datapath)
+            self.networks = Networks(
+                self.store, self.ipam, self.datapath, self.node, self.config.mtu
+            )
+            self.endpoints = Endpoints(
+                self.store, self.ipam, self.datapath, self.node, self.config.veth_prefix
+            )
+            self._claim_ranges()
+            self.endpoints.restore_all()
+        log.info(
+            "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
+            self.node.node_id,
+            self.node.range6,
+            self.node.router6,
+            self.node.range4,
+            self.node.router4,
+        )
+
+    def close(self) -> None:
+        with self.lock:
+            self.datapath.close()
+            self.store.close()
+
+    def delete_network(self, network_id: str) -> None:
+        self.networks.delete(network_id, self.endpoints.delete)
+
+    def _node_id(self) -> int:
+        with self.store.transaction():
+            stored = self.store.get_meta("node_id")
+            node_id = self.config.node_id or (int(stored) if stored else node_id_from_machine_id())
+            self.store.set_meta("node_id", str(node_id))
+        return node_id
+
+    def _claim_ranges(self) -> None:
+        """Refuse node ranges that the host routes elsewhere; make every owned range unreachable
+        so nothing addressed to it leaves the host by accident."""
+        for node_range in (self.node.range6, self.node.range4):
+            overlaps = self.datapath.host_route_overlaps(str(node_range))
+            if overlaps:
+                raise DriverError(
+                    f"node range {node_range} overlaps host routes {', '.join(overlaps)}; "
+                    "choose another cluster prefix or IPv4 range"
+                )
+        for owned in self.ipam.owned_ranges():
+            self.datapath.add_unreachable_route(str(owned))

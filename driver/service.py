@@ -1,0 +1,89 @@
+"""`cilium-docker`: the driver service, gunicorn serving create_app() on Docker's plugin socket
+and on the management socket. Runs in the foreground; `make run` puts it in the background."""
+
+import logging
+import os
+
+import click
+from gunicorn.app.base import BaseApplication
+
+from .app import create_app
+from .config import Config, env_name
+
+log = logging.getLogger("pycilium")
+
+
+class DriverService(BaseApplication):
+    """One worker process with threads: all state lives in that one process, behind one lock."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.app = None
+        super().__init__()
+
+    def load_config(self):
+        for path in (self.config.plugin_socket, self.config.api_socket):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        settings = {
+            "bind": [f"unix:{self.config.plugin_socket}", f"unix:{self.config.api_socket}"],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": self.config.threads,
+            "timeout": self.config.worker_timeout,
+            "graceful_timeout": 10,
+            # Sockets are created 0660: only root and the docker group reach the driver.
+            "umask": 0o117,
+            "loglevel": self.config.log_level,
+            "accesslog": None,
+            "worker_exit": _close_daemon,
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        # Runs in the worker: the datapath and state are opened there and nowhere else.
+        self.app = create_app(self.config)
+        return self.app
+
+
+def _close_daemon(_server, worker):
+    app = getattr(worker, "wsgi", None)
+    daemon = getattr(app, "extensions", {}).get("pycilium") if app else None
+    if daemon is not None:
+        daemon.close()
+
+
+def _option(name: str, help_text: str, **kwargs):
+    return click.option(
+        "--" + name.replace("_", "-"),
+        name,
+        envvar=env_name(name),
+        default=Config.__dataclass_fields__[name].default,
+        help=help_text,
+        **kwargs,
+    )
+
+
+@click.command(context_settings={"show_default": True})
+@_option("plugin_name", "plugin name: Docker finds the driver as <plugin-dir>/<name>.sock")
+@_option("plugin_dir", "directory of Docker plugin sockets")
+@_option("api_socket", "management API socket for the `cilium` command")
+@_option("state_dir", "where the state database lives")
+@_option("bpf_pin_dir", "bpffs directory for pinned maps")
+@_option("veth_prefix", "host-side veth name prefix")
+@_option("cluster_prefix6", "IPv6 /64 cluster prefix")
+@_option("node_id", "32-bit node id (0: derived from /etc/machine-id)", type=int)
+@_option("node_range4", "IPv4 range of this node")
+@_option("mtu", "default MTU of container interfaces", type=int)
+@_option("threads", "request threads", type=int)
+@_option("log_level", "debug, info, warning or error")
+def main(**options):
+    """Serve the pycilium Docker network and IPAM driver in the foreground."""
+    try:
+        config = Config(**options).validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    DriverService(config).run()

@@ -1,0 +1,323 @@
+"""Durable control-plane state in SQLite (WAL): pools, addresses, networks, endpoints.
+
+One connection, used under the control plane's lock. Every change runs in a transaction
+that either commits whole or leaves nothing behind.
+"""
+
+import contextlib
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+
+from .errors import DriverError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pools (
+    pool_id TEXT PRIMARY KEY,
+    cidr TEXT NOT NULL,
+    alloc_range TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    gateway TEXT,
+    shared INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS addresses (
+    address TEXT PRIMARY KEY,
+    alloc_range TEXT NOT NULL,
+    owner TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS addresses_by_range ON addresses (alloc_range);
+CREATE TABLE IF NOT EXISTS networks (
+    network_id TEXT PRIMARY KEY,
+    pool4 TEXT,
+    gateway4 TEXT,
+    pool6 TEXT,
+    gateway6 TEXT,
+    ipv6_by_driver INTEGER NOT NULL,
+    mtu INTEGER NOT NULL,
+    owned_routes TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoints (
+    endpoint_id TEXT PRIMARY KEY,
+    network_id TEXT NOT NULL,
+    numeric_id INTEGER NOT NULL UNIQUE,
+    host_ifname TEXT NOT NULL UNIQUE,
+    peer_ifname TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    ipv6 TEXT NOT NULL,
+    ipv4 TEXT,
+    router6 TEXT NOT NULL,
+    router4 TEXT,
+    mtu INTEGER NOT NULL,
+    returned TEXT NOT NULL,
+    sandbox_key TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class Pool:
+    pool_id: str
+    cidr: str
+    alloc_range: str
+    version: int
+    gateway: str | None
+    shared: bool
+
+
+@dataclass(frozen=True)
+class Network:
+    network_id: str
+    pool4: str | None
+    gateway4: str | None
+    pool6: str | None
+    gateway6: str | None
+    ipv6_by_driver: bool
+    mtu: int
+    owned_routes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    endpoint_id: str
+    network_id: str
+    numeric_id: int
+    host_ifname: str
+    peer_ifname: str
+    mac: str
+    ipv6: str
+    ipv4: str | None
+    router6: str
+    router4: str | None
+    mtu: int
+    # The Interface fields this driver filled in for Docker (replayed verbatim on a repeated call).
+    returned: dict
+    sandbox_key: str | None = None
+
+
+class StateError(DriverError):
+    pass
+
+
+class Store:
+    def __init__(self, path: str):
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"state database {self.path} has schema {version}, newer than this driver"
+                )
+            db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state database {self.path}: {exc}") from exc
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """All writes inside commit together; an exception rolls every one of them back."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StateError(f"state database unavailable: {exc}") from exc
+        try:
+            yield self
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StateError(f"cannot save state: {exc}") from exc
+
+    def _write(self, sql: str, args=()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot save state: {exc}") from exc
+
+    def _rows(self, sql: str, args=()) -> list[sqlite3.Row]:
+        return self._db.execute(sql, args).fetchall()
+
+    # meta
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # pools and addresses
+
+    def add_pool(self, pool: Pool) -> None:
+        self._write(
+            "INSERT INTO pools VALUES (?, ?, ?, ?, ?, ?)",
+            (pool.pool_id, pool.cidr, pool.alloc_range, pool.version, pool.gateway, pool.shared),
+        )
+
+    def get_pool(self, pool_id: str) -> Pool | None:
+        rows = self._rows("SELECT * FROM pools WHERE pool_id = ?", (pool_id,))
+        return _pool(rows[0]) if rows else None
+
+    def pools(self) -> list[Pool]:
+        return [_pool(r) for r in self._rows("SELECT * FROM pools ORDER BY pool_id")]
+
+    def delete_pool(self, pool_id: str) -> None:
+        self._write("DELETE FROM addresses WHERE owner = ?", ("pool:" + pool_id,))
+        self._write("DELETE FROM pools WHERE pool_id = ?", (pool_id,))
+
+    def add_address(self, address: str, alloc_range: str, owner: str) -> None:
+        self._write("INSERT INTO addresses VALUES (?, ?, ?)", (address, alloc_range, owner))
+
+    def address_owner(self, address: str) -> str | None:
+        rows = self._rows("SELECT owner FROM addresses WHERE address = ?", (address,))
+        return rows[0]["owner"] if rows else None
+
+    def used_addresses(self, alloc_range: str) -> set[str]:
+        rows = self._rows("SELECT address FROM addresses WHERE alloc_range = ?", (alloc_range,))
+        return {r["address"] for r in rows}
+
+    def delete_address(self, address: str) -> None:
+        self._write("DELETE FROM addresses WHERE address = ?", (address,))
+
+    def address_count(self) -> int:
+        return self._rows("SELECT COUNT(*) AS n FROM addresses")[0]["n"]
+
+    # networks
+
+    def add_network(self, net: Network) -> None:
+        self._write(
+            "INSERT INTO networks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                net.network_id,
+                net.pool4,
+                net.gateway4,
+                net.pool6,
+                net.gateway6,
+                net.ipv6_by_driver,
+                net.mtu,
+                json.dumps(list(net.owned_routes)),
+            ),
+        )
+
+    def get_network(self, network_id: str) -> Network | None:
+        rows = self._rows("SELECT * FROM networks WHERE network_id = ?", (network_id,))
+        return _network(rows[0]) if rows else None
+
+    def networks(self) -> list[Network]:
+        return [_network(r) for r in self._rows("SELECT * FROM networks ORDER BY network_id")]
+
+    def delete_network(self, network_id: str) -> None:
+        self._write("DELETE FROM networks WHERE network_id = ?", (network_id,))
+
+    # endpoints
+
+    def add_endpoint(self, ep: Endpoint) -> None:
+        self._write(
+            "INSERT INTO endpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                ep.endpoint_id,
+                ep.network_id,
+                ep.numeric_id,
+                ep.host_ifname,
+                ep.peer_ifname,
+                ep.mac,
+                ep.ipv6,
+                ep.ipv4,
+                ep.router6,
+                ep.router4,
+                ep.mtu,
+                json.dumps(ep.returned),
+                ep.sandbox_key,
+            ),
+        )
+
+    def get_endpoint(self, endpoint_id: str) -> Endpoint | None:
+        rows = self._rows("SELECT * FROM endpoints WHERE endpoint_id = ?", (endpoint_id,))
+        return _endpoint(rows[0]) if rows else None
+
+    def endpoints(self, network_id: str | None = None) -> list[Endpoint]:
+        if network_id is None:
+            rows = self._rows("SELECT * FROM endpoints ORDER BY numeric_id")
+        else:
+            rows = self._rows(
+                "SELECT * FROM endpoints WHERE network_id = ? ORDER BY numeric_id", (network_id,)
+            )
+        return [_endpoint(r) for r in rows]
+
+    def set_sandbox(self, endpoint_id: str, sandbox_key: str | None) -> None:
+        self._write(
+            "UPDATE endpoints SET sandbox_key = ? WHERE endpoint_id = ?", (sandbox_key, endpoint_id)
+        )
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        self._write("DELETE FROM endpoints WHERE endpoint_id = ?", (endpoint_id,))
+
+    def used_numeric_ids(self) -> set[int]:
+        return {r["numeric_id"] for r in self._rows("SELECT numeric_id FROM endpoints")}
+
+
+def _pool(row: sqlite3.Row) -> Pool:
+    return Pool(
+        pool_id=row["pool_id"],
+        cidr=row["cidr"],
+        alloc_range=row["alloc_range"],
+        version=row["version"],
+        gateway=row["gateway"],
+        shared=bool(row["shared"]),
+    )
+
+
+def _network(row: sqlite3.Row) -> Network:
+    return Network(
+        network_id=row["network_id"],
+        pool4=row["pool4"],
+        gateway4=row["gateway4"],
+        pool6=row["pool6"],
+        gateway6=row["gateway6"],
+        ipv6_by_driver=bool(row["ipv6_by_driver"]),
+        mtu=row["mtu"],
+        owned_routes=tuple(json.loads(row["owned_routes"])),
+    )
+
+
+def _endpoint(row: sqlite3.Row) -> Endpoint:
+    return Endpoint(
+        endpoint_id=row["endpoint_id"],
+        network_id=row["network_id"],
+        numeric_id=row["numeric_id"],
+        host_ifname=row["host_ifname"],
+        peer_ifname=row["peer_ifname"],
+        mac=row["mac"],
+        ipv6=row["ipv6"],
+        ipv4=row["ipv4"],
+        router6=row["router6"],
+        router4=row["router4"],
+        mtu=row["mtu"],
+        returned=json.loads(row["returned"]),
+        sandbox_key=row["sandbox_key"],
+    )
