@@ -1,0 +1,60 @@
+# pycilium: host setup, run, test. Everything needs root (packages, bpffs, dockerd, tc).
+#   make run    install what is missing, start dockerd and the driver
+#   make test   run the whole suite (what .ci/run does)
+
+VENV        ?= .venv
+DOCKER      ?= /usr/bin/docker
+PIDFILE     ?= /run/pycilium/cilium-docker.pid
+LOG         ?= /var/log/pycilium/cilium-docker.log
+PLUGIN_SOCK ?= /run/docker/plugins/cilium.sock
+IMAGE       ?= pycilium/busybox:latest
+DRIVER_ARGS ?=
+PYTEST_ARGS ?=
+
+# The scripts read these; DOCKER is the 20.10 client matching the engine (not the CLI 28
+# that is first on PATH), exported so the test suite can use the same binary.
+export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS
+
+# Prerequisites run in the order written (setup before lint before pytest).
+.NOTPARALLEL:
+.DEFAULT_GOAL := help
+
+.PHONY: help setup run stop status lint format test clean
+
+help:
+	@echo "make run      install what is missing, start dockerd and the driver"
+	@echo "make stop     stop the driver that 'make run' started"
+	@echo "make test     setup, lint, then the whole pytest suite (PYTEST_ARGS=... to pass options)"
+	@echo "make setup    only the host setup (packages, headers, bpffs, venv, dockerd, image)"
+	@echo "make lint / make format / make status / make clean"
+
+setup:
+	@scripts/setup-host.sh
+	@scripts/build-image.sh
+
+run: setup
+	@scripts/driver.sh start
+
+stop:
+	@scripts/driver.sh stop
+
+status:
+	@scripts/driver.sh status
+
+lint:
+	@test -x $(VENV)/bin/ruff || { echo "no $(VENV)/bin/ruff: run 'make setup' first" >&2; exit 1; }
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	@test -x $(VENV)/bin/ruff || { echo "no $(VENV)/bin/ruff: run 'make setup' first" >&2; exit 1; }
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# The suite starts its own driver instance; this target does not start one.
+test: setup lint
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
