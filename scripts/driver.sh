@@ -27,15 +27,19 @@ STARTFILE=$PIDFILE.starttime
 START_TIMEOUT=${START_TIMEOUT:-60}
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 
-proc_starttime() {
-    # Field 22 of /proc/PID/stat; the command name (field 2) may contain spaces.
-    local stat
+# proc_stat_field PID N: field N of /proc/PID/stat (5 = process group, 22 = start time in
+# clock ticks since boot). Field 2, the command name, may contain spaces: skip past it.
+proc_stat_field() {
+    local stat n=$2
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
     stat=${stat##*) }
     # shellcheck disable=SC2086
-    set -- $stat
-    echo "${20}"
+    set -- $stat   # now $1 is field 3
+    shift $((n - 3))
+    echo "$1"
 }
+
+proc_starttime() { proc_stat_field "$1" 22; }
 
 # Prints the pid of the driver we started, if it is still alive; fails otherwise.
 our_pid() {
@@ -67,7 +71,7 @@ show_log_tail() {
 # gunicorn workers or other children go with it; otherwise just the process.
 signal_driver() {
     local sig=$1 pid=$2 pgid
-    pgid=$(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ') || true
+    pgid=$(proc_stat_field "$pid" 5) || true
     if [ "$pgid" = "$pid" ]; then
         kill "-$sig" -- "-$pid" 2>/dev/null || true
     else
@@ -151,6 +155,8 @@ cmd_stop() {
         if [ -e "$PIDFILE" ]; then
             rm -f "$PIDFILE" "$STARTFILE"
             say "removed stale $PIDFILE (no driver of ours behind it)"
+        else
+            echo "no driver started by 'make run' is running"
         fi
         return 0
     fi
