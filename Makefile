@@ -56,5 +56,7 @@ test: setup lint
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests $(PYTEST_ARGS)
 
 clean:
+	@if scripts/driver.sh status >/dev/null 2>&1; then \
+		echo "the driver from 'make run' still runs from $(VENV): 'make stop' first" >&2; exit 1; fi
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
 	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
