@@ -56,3 +56,10 @@ def networks():
     with daemon().lock:
         nets = daemon().store.networks()
     return jsonify([dataclasses.asdict(n) for n in nets])
+
+
+@bp.get("/bpf/endpoints")
+def bpf_endpoints():
+    with daemon().lock:
+        entries = daemon().datapath.endpoint_map_entries()
+    return jsonify([{"ifindex": k, **v} for k, v in sorted(entries.items())])

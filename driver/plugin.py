@@ -37,45 +37,51 @@ _ip_data = {
 }
 
 
-def _schema(required: dict) -> Draft7Validator:
-    return Draft7Validator({"type": "object", "required": sorted(required), "properties": required})
+def _schema(required: dict, optional: dict | None = None) -> Draft7Validator:
+    return Draft7Validator(
+        {
+            "type": "object",
+            "required": sorted(required),
+            "properties": {**required, **(optional or {})},
+        }
+    )
 
 
 NETWORK = _schema({"NetworkID": _id})
 ENDPOINT = _schema({"NetworkID": _id, "EndpointID": _endpoint_id})
 CREATE_NETWORK = _schema(
-    {"NetworkID": _id, "Options": _options, "IPv4Data": _ip_data, "IPv6Data": _ip_data}
+    {"NetworkID": _id}, {"Options": _options, "IPv4Data": _ip_data, "IPv6Data": _ip_data}
 )
 CREATE_ENDPOINT = _schema(
+    {"NetworkID": _id, "EndpointID": _endpoint_id},
     {
-        "NetworkID": _id,
-        "EndpointID": _endpoint_id,
         "Interface": {
             "type": ["object", "null"],
             "properties": {"Address": _string, "AddressIPv6": _string, "MacAddress": _string},
         },
         "Options": _options,
-    }
+    },
 )
 JOIN = _schema(
     {
         "NetworkID": _id,
         "EndpointID": _endpoint_id,
         "SandboxKey": {"type": "string", "pattern": "^/[^\\0]*$", "not": {"pattern": "\\.\\."}},
-        "Options": _options,
-    }
+    },
+    {"Options": _options},
 )
 REQUEST_POOL = _schema(
+    {},
     {
         "AddressSpace": _string,
         "Pool": _string,
         "SubPool": _string,
         "Options": _options,
         "V6": {"type": "boolean"},
-    }
+    },
 )
 POOL = _schema({"PoolID": _id})
-REQUEST_ADDRESS = _schema({"PoolID": _id, "Address": _string, "Options": _options})
+REQUEST_ADDRESS = _schema({"PoolID": _id}, {"Address": _string, "Options": _options})
 RELEASE_ADDRESS = _schema({"PoolID": _id, "Address": _string})
 
 
@@ -109,7 +115,7 @@ def call(name: str, validator: Draft7Validator | None = None):
         def view():
             return reply(handler(parse_body(validator)) or {})
 
-        bp.add_url_rule("/" + name, name, view, methods=["POST"])
+        bp.add_url_rule("/" + name, name.replace(".", "_"), view, methods=["POST"])
         return handler
 
     return register

@@ -1,0 +1,104 @@
+"""End-to-end fixtures: the real dockerd (started by `make test`), the real docker CLI, and
+a test instance of the driver started here, so tests can kill and restart it."""
+
+import json
+import os
+import subprocess
+import uuid
+
+import pytest
+
+from .driver_process import DriverProcess
+
+DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
+IMAGE = "pycilium/busybox"
+LABEL = "pycilium.test"
+
+
+class Docker:
+    """The docker CLI, as users type it. Everything created carries a label for clean-up."""
+
+    def run(self, *args, check=True, timeout=120) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"docker {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
+            )
+        return result
+
+    def out(self, *args, **kwargs) -> str:
+        return self.run(*args, **kwargs).stdout.strip()
+
+    def network_create(self, name, *args):
+        self.run("network", "create", "--label", LABEL, *args, name)
+        return name
+
+    def container(self, network, *args, name=None, command=("sleep", "1d")):
+        name = name or "t-" + uuid.uuid4().hex[:8]
+        self.run(
+            "run", "-d", "--label", LABEL, "--net", network, "--name", name, *args, IMAGE, *command
+        )
+        return name
+
+    def exec(self, container, *command, check=True, timeout=60):
+        return self.run("exec", container, *command, check=check, timeout=timeout)
+
+    def addresses(self, container, network):
+        data = json.loads(self.out("inspect", container))[0]
+        net = data["NetworkSettings"]["Networks"][network]
+        return net["GlobalIPv6Address"], net["IPAddress"]
+
+    def remove_all(self):
+        ids = self.out("ps", "-aq", "--filter", f"label={LABEL}").split()
+        if ids:
+            self.run("rm", "-f", *ids, check=False)
+        nets = self.out("network", "ls", "-q", "--filter", f"label={LABEL}").split()
+        for net in nets:
+            self.run("network", "rm", net, check=False)
+
+
+@pytest.fixture(scope="session")
+def docker():
+    d = Docker()
+    info = d.run("info", check=False)
+    assert info.returncode == 0, f"no dockerd answers (make test starts one): {info.stderr}"
+    assert d.run("image", "inspect", IMAGE, check=False).returncode == 0, (
+        f"image {IMAGE} is missing: make test builds it (scripts/build-image.sh)"
+    )
+    d.remove_all()
+    yield d
+    d.remove_all()
+
+
+@pytest.fixture(scope="session")
+def driver(docker, tmp_path_factory):
+    """One driver instance for the session; tests that kill it start it again."""
+    process = DriverProcess(str(tmp_path_factory.mktemp("driver") / "driver.log"))
+    process.purge()
+    process.start()
+    yield process
+    docker.remove_all()
+    process.stop()
+    leftovers = veths(process.settings["veth_prefix"])
+    process.purge()
+    assert not leftovers, f"veths left behind: {leftovers}"
+
+
+@pytest.fixture
+def net(docker, driver):
+    """A fresh IPAM-form IPv6 network, removed with its containers after the test."""
+    name = docker.network_create(
+        "n-" + uuid.uuid4().hex[:8], "-d", driver.name, "--ipam-driver", driver.name, "--ipv6"
+    )
+    yield name
+    for cid in docker.out("ps", "-aq", "--filter", f"network={name}").split():
+        docker.run("rm", "-f", cid, check=False)
+    docker.run("network", "rm", name, check=False)
+
+
+def veths(prefix: str) -> list[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+    return [n for n in names if n.startswith(prefix)]

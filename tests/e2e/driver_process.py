@@ -1,0 +1,122 @@
+"""The real driver service, started as its own process group for end-to-end tests."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+# A test instance of its own: other name, ranges, sockets and pin directory than `make run`'s,
+# so the suite never touches a driver a user started.
+TEST_SETTINGS = {
+    "plugin_name": "pycilium-test",
+    "api_socket": "/run/pycilium-test/api.sock",
+    "state_dir": "/run/pycilium-test/state",
+    "bpf_pin_dir": "/sys/fs/bpf/pycilium-test",
+    "veth_prefix": "lxt",
+    "cluster_prefix6": "fdce:1c01::/64",
+    "node_range4": "10.214.0.0/16",
+    "node_id": "42",
+}
+
+
+class DriverProcess:
+    def __init__(self, log_path: str, settings: dict = TEST_SETTINGS):
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings["plugin_name"]
+
+    @property
+    def plugin_socket(self) -> str:
+        return f"/run/docker/plugins/{self.name}.sock"
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = dict(os.environ)
+        env.update({"CILIUM_" + k.upper(): v for k, v in self.settings.items()})
+        command = [os.path.join(os.path.dirname(sys.executable), "cilium-docker")]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"driver exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                reply = plugin_call(self.plugin_socket, "Plugin.Activate")
+                if "NetworkDriver" in reply.get("Implements", []):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"driver not ready after {timeout} s:\n{self.log_tail()}")
+
+    def kill9(self) -> None:
+        """kill -9 of every process of the service, gunicorn master and worker alike."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
+    def log_tail(self, lines: int = 40) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+
+    def api(self, path: str):
+        return http_get(self.settings["api_socket"], path)
+
+    def purge(self) -> None:
+        """Remove what the test instance keeps between runs: state and pinned maps."""
+        shutil.rmtree(self.settings["state_dir"], ignore_errors=True)
+        shutil.rmtree(self.settings["bpf_pin_dir"], ignore_errors=True)
+
+
+def _unix_http(path: str, request: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(path)
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _body(response: bytes):
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body) if body else None
+
+
+def plugin_call(sock: str, call: str, body: dict | None = None) -> dict:
+    payload = json.dumps(body).encode() if body is not None else b""
+    request = (
+        f"POST /{call} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    return _body(_unix_http(sock, request))[1]
+
+
+def http_get(sock: str, path: str):
+    request = f"GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n".encode()
+    status, body = _body(_unix_http(sock, request))
+    if status != 200:
+        raise RuntimeError(f"GET {path}: {status} {body}")
+    return body

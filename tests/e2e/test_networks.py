@@ -1,0 +1,244 @@
+"""The foundation's user scenario, with the real docker CLI against the real engine."""
+
+import ipaddress
+import json
+import subprocess
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .conftest import IMAGE, LABEL, veths
+
+
+def ping_ok(docker, container, address, count=1):
+    tool = "ping6" if ipaddress.ip_address(address).version == 6 else "ping"
+    result = docker.exec(container, tool, "-c", str(count), "-W", "2", address, check=False)
+    return result.returncode == 0
+
+
+def test_ipam_network_containers_ping_each_other(docker, driver, net):
+    a = docker.container(net)
+    a6, a4 = docker.addresses(a, net)
+    status = driver.api("/v1/status")
+    assert ipaddress.ip_address(a6) in ipaddress.ip_network(status["node"]["ipv6_range"])
+    assert ipaddress.ip_address(a4) in ipaddress.ip_network(status["node"]["ipv4_range"])
+    for address in (a6, a4):
+        tool = "ping6" if ":" in address else "ping"
+        result = docker.run(
+            "run",
+            "--rm",
+            "--label",
+            LABEL,
+            "--net",
+            net,
+            IMAGE,
+            tool,
+            "-c1",
+            "-W2",
+            address,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_container_routes_and_router(docker, driver, net):
+    a = docker.container(net)
+    router6 = driver.api("/v1/status")["node"]["ipv6_router"]
+    routes6 = docker.exec(a, "ip", "-6", "route").stdout
+    routes4 = docker.exec(a, "ip", "route").stdout
+    assert f"default via {router6} dev eth0" in routes6
+    assert "default via 10.214.0.1 dev eth0" in routes4
+    assert ping_ok(docker, a, router6)
+    # The router's neighbour entry is the host veth's MAC: everything leaves through the host.
+    host_veth = next(e for e in driver.api("/v1/endpoints") if e["sandbox_key"])["host_ifname"]
+    host_mac = Path(f"/sys/class/net/{host_veth}/address").read_text().strip()
+    assert host_mac in docker.exec(a, "ip", "-6", "neigh").stdout
+    assert subprocess.run(["ip", "link", "show", "docker_gwbridge"], capture_output=True).returncode
+
+
+def test_plain_network_gets_ipv6_from_the_driver(docker, driver):
+    net = docker.network_create("p-" + uuid.uuid4().hex[:8], "-d", driver.name)
+    try:
+        a, b = docker.container(net), docker.container(net)
+        b6 = docker.exec(b, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global")
+        b6 = b6.stdout.split()[3].split("/")[0]
+        _, b4 = docker.addresses(b, net)
+        assert ipaddress.ip_address(b6) in ipaddress.ip_network("fdce:1c01::/64")
+        assert ping_ok(docker, a, b6)
+        assert ping_ok(docker, a, b4)
+        assert "default via" in docker.exec(a, "ip", "-6", "route").stdout
+    finally:
+        docker.run(
+            "rm", "-f", *docker.out("ps", "-aq", "--filter", f"network={net}").split(), check=False
+        )
+        docker.run("network", "rm", net)
+
+
+def test_user_subnets_static_addresses_and_mac(docker, driver):
+    net = docker.network_create(
+        "s-" + uuid.uuid4().hex[:8],
+        "-d",
+        driver.name,
+        "--ipam-driver",
+        driver.name,
+        "--ipv6",
+        "--subnet",
+        "fdce:77::/64",
+        "--subnet",
+        "10.77.0.0/24",
+    )
+    try:
+        a = docker.container(
+            net, "--ip", "10.77.0.50", "--ip6", "fdce:77::50", "--mac-address", "02:42:0a:4d:00:32"
+        )
+        b = docker.container(net)
+        assert docker.addresses(a, net) == ("fdce:77::50", "10.77.0.50")
+        assert "02:42:0a:4d:00:32" in docker.exec(a, "ip", "link", "show", "eth0").stdout
+        b6, b4 = docker.addresses(b, net)
+        assert ipaddress.ip_address(b6) in ipaddress.ip_network("fdce:77::/64")
+        assert ping_ok(docker, a, b6) and ping_ok(docker, a, b4)
+        # Both networks exist at once; a second with an overlapping subnet is refused.
+        clash = docker.run(
+            "network",
+            "create",
+            "-d",
+            driver.name,
+            "--ipam-driver",
+            driver.name,
+            "--subnet",
+            "10.77.0.0/16",
+            "clash-" + uuid.uuid4().hex[:6],
+            check=False,
+        )
+        assert clash.returncode != 0 and "overlaps 10.77.0.0/24" in clash.stderr
+    finally:
+        docker.run(
+            "rm", "-f", *docker.out("ps", "-aq", "--filter", f"network={net}").split(), check=False
+        )
+        docker.run("network", "rm", net)
+
+
+def test_bad_static_addresses_are_clear_errors_and_leave_nothing(docker, driver, net):
+    a = docker.container(net)
+    a6, _ = docker.addresses(a, net)
+    before = veths("lxt")
+    outside = docker.run(
+        "run",
+        "-d",
+        "--label",
+        LABEL,
+        "--net",
+        net,
+        "--ip6",
+        "fdce:9999::5",
+        IMAGE,
+        "sleep",
+        "1d",
+        check=False,
+    )
+    assert outside.returncode != 0
+    assert "not in pool" in outside.stderr or "no configured subnet" in outside.stderr
+    used = docker.run(
+        "run",
+        "-d",
+        "--label",
+        LABEL,
+        "--net",
+        net,
+        "--ip6",
+        a6,
+        IMAGE,
+        "sleep",
+        "1d",
+        check=False,
+    )
+    assert used.returncode != 0 and "already in use" in used.stderr
+    assert veths("lxt") == before
+    assert len(driver.api("/v1/endpoints")) == 1
+
+
+def test_connect_and_disconnect_a_running_container(docker, driver, net):
+    other = docker.network_create(
+        "c-" + uuid.uuid4().hex[:8], "-d", driver.name, "--ipam-driver", driver.name, "--ipv6"
+    )
+    try:
+        a = docker.container(net)
+        docker.run("network", "connect", other, a)
+        assert "eth1" in docker.exec(a, "ip", "link").stdout
+        b = docker.container(other)
+        b6, _ = docker.addresses(b, other)
+        assert ping_ok(docker, a, b6)
+        docker.run("network", "disconnect", other, a)
+        assert "eth1" not in docker.exec(a, "ip", "link").stdout
+        assert len(driver.api("/v1/endpoints")) == 2
+    finally:
+        docker.run(
+            "rm",
+            "-f",
+            *docker.out("ps", "-aq", "--filter", f"network={other}").split(),
+            check=False,
+        )
+        docker.run("network", "rm", other)
+
+
+def test_twenty_parallel_containers_are_unique_and_reach_each_other(docker, driver, net):
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        names = list(pool.map(lambda _: docker.container(net), range(20)))
+    addresses = [docker.addresses(n, net) for n in names]
+    v6 = [a[0] for a in addresses]
+    v4 = [a[1] for a in addresses]
+    assert len(set(v6)) == 20 and len(set(v4)) == 20
+    script = "; ".join(
+        f"ping6 -c1 -W2 {a6} >/dev/null || echo FAIL6 {a6}; ping -c1 -W2 {a4} >/dev/null "
+        f"|| echo FAIL4 {a4}"
+        for a6, a4 in addresses
+    )
+
+    def failures(name):
+        return docker.exec(name, "sh", "-c", script, timeout=120).stdout.split("\n")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(failures, names))
+    assert all(line == "" for lines in results for line in lines), results
+
+
+def test_rm_leaves_no_veth_address_or_map_entry(docker, driver, net):
+    addresses_before = driver.api("/v1/status")["addresses"]
+    names = [docker.container(net) for _ in range(3)]
+    assert driver.api("/v1/status")["addresses"] == addresses_before + 6
+    assert len(driver.api("/v1/bpf/endpoints")) == 3
+    docker.run("rm", "-f", *names)
+    assert veths("lxt") == []
+    assert driver.api("/v1/endpoints") == []
+    assert driver.api("/v1/bpf/endpoints") == []
+    assert driver.api("/v1/status")["addresses"] == addresses_before
+    routes = subprocess.run(["ip", "-6", "route"], capture_output=True, text=True).stdout
+    assert "dev lxt" not in routes
+
+
+def test_network_overlapping_host_routes_is_refused(docker, driver):
+    subprocess.run(["ip", "route", "add", "unreachable", "10.99.0.0/24"], check=True)
+    try:
+        result = docker.run(
+            "network",
+            "create",
+            "-d",
+            driver.name,
+            "--ipam-driver",
+            driver.name,
+            "--subnet",
+            "10.99.0.0/25",
+            "o-" + uuid.uuid4().hex[:6],
+            check=False,
+        )
+        assert result.returncode != 0
+        assert "overlaps host routes: 10.99.0.0/24" in result.stderr
+    finally:
+        subprocess.run(["ip", "route", "del", "unreachable", "10.99.0.0/24"], check=True)
+
+
+def test_network_inspect_shows_the_pools(docker, driver, net):
+    data = json.loads(docker.out("network", "inspect", net))[0]
+    subnets = [c["Subnet"] for c in data["IPAM"]["Config"]]
+    assert "0.0.0.0/0" in subnets
+    assert any(s.endswith("/112") for s in subnets)
