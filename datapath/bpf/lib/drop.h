@@ -1,0 +1,35 @@
+/* Drop reasons: the one list. datapath/reasons.py parses this enum (name, value and
+ * the comment as description), so keep one enumerator per line in this form.
+ * Every drop leaves through drop_exit(), which counts it in the drop_counts per-CPU
+ * array at index -reason.
+ */
+#ifndef PYCILIUM_DROP_H
+#define PYCILIUM_DROP_H
+
+#include "maps.h"
+
+enum drop_reason {
+	DROP_UNKNOWN_ENDPOINT = -1,	/* Packet from a device with no endpoint */
+	DROP_INVALID_SMAC = -2,		/* Invalid source MAC */
+	DROP_INVALID_SIP6 = -3,		/* Invalid source IPv6 address */
+	DROP_INVALID_SIP4 = -4,		/* Invalid source IPv4 address */
+	DROP_UNKNOWN_L3 = -5,		/* Unknown L3 protocol */
+	DROP_INVALID_PACKET = -6,	/* Truncated or malformed packet */
+	DROP_INVALID_ARP = -7,		/* Unsupported ARP packet */
+	DROP_WRITE_FAILED = -8,		/* Packet rewrite failed */
+};
+
+/* Size of the drop_counts array; every reason's -value must stay below it. */
+#define DROP_REASON_MAX 64
+
+static __always_inline int drop_exit(struct __sk_buff *skb, int reason)
+{
+	__u32 index = -reason;
+
+	if (index >= DROP_REASON_MAX)
+		index = -DROP_INVALID_PACKET;
+	drop_count_inc(index);
+	return TC_ACT_SHOT;
+}
+
+#endif

@@ -1,0 +1,65 @@
+/* Local delivery: traffic to another endpoint on this node goes straight to its host veth,
+ * never through the host routing stack.
+ */
+#ifndef PYCILIUM_LOCAL_H
+#define PYCILIUM_LOCAL_H
+
+#include "eth.h"
+#include "ipv4.h"
+#include "ipv6.h"
+
+/* MACs as if routed by the host, then out of the destination's host veth into its container. */
+static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, __u32 ifindex,
+						const struct endpoint_info *dst)
+{
+	int ret = eth_store_macs(skb, dst->mac, dst->node_mac);
+
+	if (ret < 0)
+		return ret;
+	return trace_exit(TRACE_TO_LXC, bpf_redirect(ifindex, 0));
+}
+
+/* Redirect to a local endpoint owning the destination, or CTX_CONTINUE. A hop limit
+ * that would reach 0 is left to the stack, which sends the ICMPv6 error.
+ */
+static __always_inline int redirect_local6(struct __sk_buff *skb, const struct ipv6hdr *ip6)
+{
+	struct endpoint_key key = { .family = ENDPOINT_KEY_IPV6 };
+	struct endpoint_info *dst;
+	struct endpoint_addr *addr;
+	int ret;
+
+	__builtin_memcpy(&key.ip, &ip6->daddr, sizeof(key.ip));
+	addr = endpoint_addr_lookup(&key);
+	if (!addr || ip6->hop_limit <= 1)
+		return CTX_CONTINUE;
+	dst = endpoint_lookup(addr->ifindex);
+	if (!dst)
+		return CTX_CONTINUE;
+	ret = ipv6_hoplimit_dec(skb, ip6);
+	if (ret < 0)
+		return ret;
+	return redirect_to_endpoint(skb, addr->ifindex, dst);
+}
+
+static __always_inline int redirect_local4(struct __sk_buff *skb, const struct iphdr *ip4)
+{
+	struct endpoint_key key = { .family = ENDPOINT_KEY_IPV4 };
+	struct endpoint_info *dst;
+	struct endpoint_addr *addr;
+	int ret;
+
+	key.ip.p[0] = ip4->daddr;
+	addr = endpoint_addr_lookup(&key);
+	if (!addr || ip4->ttl <= 1)
+		return CTX_CONTINUE;
+	dst = endpoint_lookup(addr->ifindex);
+	if (!dst)
+		return CTX_CONTINUE;
+	ret = ipv4_ttl_dec(skb, ip4);
+	if (ret < 0)
+		return ret;
+	return redirect_to_endpoint(skb, addr->ifindex, dst);
+}
+
+#endif

@@ -1,0 +1,36 @@
+/* Map accessors. The maps are created and pinned by datapath/maps.py, which passes
+ * their file descriptors to the compile as -D<NAME>_MAP_FD=<fd>; bpf_pseudo_fd turns
+ * them into map references when the program is loaded.
+ */
+#ifndef PYCILIUM_MAPS_H
+#define PYCILIUM_MAPS_H
+
+#include "common.h"
+
+static __always_inline struct endpoint_info *endpoint_lookup(__u32 ifindex)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, ENDPOINTS_MAP_FD), &ifindex);
+}
+
+static __always_inline struct endpoint_addr *endpoint_addr_lookup(const struct endpoint_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, ENDPOINT_ADDRS_MAP_FD), (void *)key);
+}
+
+static __always_inline void drop_count_inc(__u32 index)
+{
+	__u64 *count = bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, DROP_COUNTS_MAP_FD), &index);
+
+	if (count)
+		*count += 1;	/* per-CPU slot: no atomics needed */
+}
+
+static __always_inline void trace_count_inc(__u32 index)
+{
+	__u64 *count = bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, TRACE_COUNTS_MAP_FD), &index);
+
+	if (count)
+		*count += 1;
+}
+
+#endif

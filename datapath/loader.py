@@ -1,0 +1,102 @@
+"""Compiling the BPF program (bcc) and attaching it to veths (tc, through pyroute2).
+
+A :class:`Program` is compiled and loaded once per driver process and its one file
+descriptor is attached to every endpoint; attaching uses ``replace`` so it is atomic and
+idempotent, and a program stays attached after the process that loaded it exits.
+"""
+
+import errno
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .errors import DatapathError
+
+BPF_DIR = Path(__file__).parent / "bpf"
+LXC_SOURCE = BPF_DIR / "bpf_lxc.c"
+FROM_CONTAINER = "from_container"
+
+TC_INGRESS = "ffff:fff2"
+TC_EGRESS = "ffff:fff3"
+FILTER_PRIO = 1
+FILTER_HANDLE = 1
+
+
+def compile_cflags(map_fds: dict[str, int]) -> list[str]:
+    """Compiler settings: the include path and one -D<NAME>_MAP_FD per map."""
+    flags = [f"-I{BPF_DIR}"]
+    flags += [f"-D{name.upper()}_MAP_FD={fd}" for name, fd in sorted(map_fds.items())]
+    return flags
+
+
+@dataclass
+class Program:
+    """A loaded entry function; keeps the bcc object (and so the fd) alive until close()."""
+
+    name: str
+    fd: int
+    _bpf: object
+
+    def close(self) -> None:
+        self._bpf.cleanup()
+
+
+def load_program(map_fds: dict[str, int], function: str = FROM_CONTAINER) -> Program:
+    """Compile bpf_lxc.c with the given map fds and load one of its entry functions."""
+    from bcc import BPF  # bcc is imported lazily: importing this module needs no root
+
+    try:
+        bpf = BPF(src_file=str(LXC_SOURCE).encode(), cflags=compile_cflags(map_fds))
+    except Exception as exc:
+        raise DatapathError(f"compiling {LXC_SOURCE.name} failed: {exc}") from exc
+    try:
+        fn = bpf.load_func(function.encode(), BPF.SCHED_CLS)
+    except Exception as exc:
+        bpf.cleanup()
+        raise DatapathError(f"the kernel rejected BPF program {function}: {exc}") from exc
+    return Program(name=function, fd=fn.fd, _bpf=bpf)
+
+
+def attach_ingress(ifindex: int, program: Program) -> None:
+    """Attach program on the tc clsact ingress hook of ifindex, replacing what is there."""
+    with IPRoute() as ipr:
+        try:
+            ipr.tc("add", "clsact", ifindex)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise DatapathError(f"cannot add clsact qdisc to ifindex {ifindex}: {exc}") from exc
+        try:
+            ipr.tc(
+                "replace-filter",
+                "bpf",
+                ifindex,
+                FILTER_HANDLE,
+                fd=program.fd,
+                name=program.name,
+                parent=TC_INGRESS,
+                prio=FILTER_PRIO,
+                classid=1,
+                direct_action=True,
+            )
+        except NetlinkError as exc:
+            raise DatapathError(f"cannot attach BPF program to ifindex {ifindex}: {exc}") from exc
+
+
+def ingress_program_names(ifindex: int) -> list[str]:
+    """Names of the BPF programs on the ingress hook of ifindex (empty if none)."""
+    with IPRoute() as ipr:
+        try:
+            filters = ipr.get_filters(ifindex, parent=TC_INGRESS)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.EINVAL, errno.ENOENT):
+                return []
+            raise
+    names = []
+    for flt in filters:
+        options = flt.get_attr("TCA_OPTIONS")
+        name = options.get_attr("TCA_BPF_NAME") if options else None
+        if name:
+            names.append(name)
+    return names

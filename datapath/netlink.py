@@ -1,0 +1,249 @@
+"""Links, routes and sysctls through pyroute2.
+
+Every function opens its own short-lived socket (``with IPRoute() as ipr``), so nothing
+exists at import time and callers on different threads share nothing. Idempotence comes
+from catching only the specific errno: EEXIST on add, ENOENT/ENODEV/ESRCH on delete.
+"""
+
+import ctypes as ct
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .errors import DatapathError, VethExistsError
+
+# rtm_protocol of every route this package installs, so we can tell ours from others.
+ROUTE_PROTOCOL = 0xCE
+RT_TABLE_MAIN = 254
+RT_SCOPE_LINK = 253
+CLONE_NEWNET = 0x40000000
+_GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH)
+
+
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(cidr, strict=False)
+    except ValueError as exc:
+        raise DatapathError(f"invalid network {cidr!r}: {exc}") from exc
+
+
+def _family(net) -> int:
+    return socket.AF_INET6 if net.version == 6 else socket.AF_INET
+
+
+# sysctls
+
+
+def set_sysctl(key: str, value: str) -> None:
+    """Set a sysctl given in dotted form, e.g. ``net.ipv4.ip_forward``."""
+    path = Path("/proc/sys") / key.replace(".", "/")
+    try:
+        path.write_text(value)
+    except OSError as exc:
+        raise DatapathError(f"cannot set sysctl {key}={value}: {exc.strerror}") from exc
+
+
+def enable_forwarding() -> None:
+    set_sysctl("net.ipv6.conf.all.forwarding", "1")
+    set_sysctl("net.ipv4.ip_forward", "1")
+
+
+# links
+
+
+def link_index(ifname: str) -> int | None:
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+    return found[0] if found else None
+
+
+def link_mac(ifindex: int) -> str:
+    with IPRoute() as ipr:
+        (link,) = ipr.get_links(ifindex)
+    return link.get_attr("IFLA_ADDRESS")
+
+
+def links_with_prefix(prefix: str) -> dict[str, int]:
+    """Names and ifindexes of the host's links whose name starts with prefix."""
+    with IPRoute() as ipr:
+        links = ipr.get_links()
+    names = ((link.get_attr("IFLA_IFNAME"), link["index"]) for link in links)
+    return {name: index for name, index in names if name.startswith(prefix)}
+
+
+def create_veth(host_ifname: str, peer_ifname: str, peer_mac: str, mtu: int) -> int:
+    """Create a veth pair; returns the host side's ifindex. Raises VethExistsError."""
+    peer = {"ifname": peer_ifname, "address": peer_mac, "mtu": mtu}
+    with IPRoute() as ipr:
+        try:
+            ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, peer=peer)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                if ipr.link_lookup(ifname=host_ifname):
+                    raise VethExistsError(f"interface {host_ifname} already exists") from exc
+                raise DatapathError(f"interface {peer_ifname} already exists") from exc
+            raise DatapathError(
+                f"cannot create veth pair {host_ifname}/{peer_ifname}: {exc}"
+            ) from exc
+        return ipr.link_lookup(ifname=host_ifname)[0]
+
+
+def configure_host_veth(ifname: str, ifindex: int) -> None:
+    """Route through the host side: no reverse-path filter, forwarding on, link up.
+
+    DAD is off so the link-local address the host solicits the container from is usable
+    at once (otherwise host -> container traffic waits a second or more).
+    """
+    set_sysctl(f"net.ipv6.conf.{ifname}.accept_dad", "0")
+    set_sysctl(f"net.ipv4.conf.{ifname}.rp_filter", "0")
+    set_sysctl(f"net.ipv4.conf.{ifname}.forwarding", "1")
+    set_sysctl(f"net.ipv6.conf.{ifname}.forwarding", "1")
+    with IPRoute() as ipr:
+        ipr.link("set", index=ifindex, state="up")
+
+
+def delete_link(ifname: str) -> bool:
+    """Delete a link by name; False if it did not exist."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return False
+        try:
+            ipr.link("del", index=found[0])
+        except NetlinkError as exc:
+            if exc.code in _GONE:
+                return False
+            raise DatapathError(f"cannot delete interface {ifname}: {exc}") from exc
+    return True
+
+
+# routes
+
+
+def _route_args(cidr: str) -> dict:
+    net = _network(cidr)
+    return {
+        "dst": str(net.network_address),
+        "dst_len": net.prefixlen,
+        "family": _family(net),
+        "proto": ROUTE_PROTOCOL,
+    }
+
+
+def replace_device_route(cidr: str, ifindex: int) -> None:
+    """Route cidr out of ifindex (e.g. an endpoint's /128 via its host veth)."""
+    args = _route_args(cidr)
+    if args["family"] == socket.AF_INET:
+        args["scope"] = RT_SCOPE_LINK
+    with IPRoute() as ipr:
+        try:
+            ipr.route("replace", oif=ifindex, **args)
+        except NetlinkError as exc:
+            raise DatapathError(f"cannot add route {cidr} via ifindex {ifindex}: {exc}") from exc
+
+
+def delete_route(cidr: str, **match) -> bool:
+    """Delete one of our routes to cidr; False if there was none."""
+    with IPRoute() as ipr:
+        try:
+            ipr.route("del", **_route_args(cidr), **match)
+        except NetlinkError as exc:
+            if exc.code in _GONE:
+                return False
+            raise DatapathError(f"cannot delete route {cidr}: {exc}") from exc
+    return True
+
+
+def add_unreachable_route(cidr: str) -> None:
+    with IPRoute() as ipr:
+        try:
+            ipr.route("add", type="unreachable", **_route_args(cidr))
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise DatapathError(f"cannot add unreachable route {cidr}: {exc}") from exc
+
+
+def remove_unreachable_route(cidr: str) -> None:
+    delete_route(cidr, type="unreachable")
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str  # CIDR
+    proto: int
+    type: int
+    ifname: str | None
+
+
+def _route_dst(route, family: int) -> str:
+    dst = route.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    return f"{dst}/{route['dst_len']}"
+
+
+def _main_routes(ipr: IPRoute, family: int) -> list[Route]:
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    return [
+        Route(
+            dst=_route_dst(r, family),
+            proto=r["proto"],
+            type=r["type"],
+            ifname=names.get(r.get_attr("RTA_OIF")),
+        )
+        for r in ipr.get_routes(family=family, table=RT_TABLE_MAIN)
+    ]
+
+
+def main_routes(family: int) -> list[Route]:
+    """Routes of the host's main table for one address family."""
+    with IPRoute() as ipr:
+        return _main_routes(ipr, family)
+
+
+def _sandbox_destinations(path: str, out: dict) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        out["dests"] = set()
+        return
+    try:
+        libc = ct.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:  # per thread: only this one moves
+            err = ct.get_errno()
+            raise DatapathError(f"cannot enter network namespace {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    with IPRoute() as ipr:
+        routes = _main_routes(ipr, socket.AF_INET) + _main_routes(ipr, socket.AF_INET6)
+    out["dests"] = {route.dst for route in routes}
+
+
+def sandbox_route_destinations(sandbox_key: str) -> set[str]:
+    """Destinations of the main-table routes inside the network namespace at sandbox_key.
+
+    The namespace is entered from a short-lived thread, so the calling process's
+    namespace never changes.
+    """
+    out: dict = {}
+
+    def work() -> None:
+        try:
+            _sandbox_destinations(sandbox_key, out)
+        except BaseException as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=work, name="sandbox-routes", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        error = out["error"]
+        if isinstance(error, DatapathError):
+            raise error
+        raise DatapathError(f"cannot read routes of {sandbox_key}: {error}") from error
+    return out["dests"]

@@ -1,0 +1,125 @@
+"""Fixtures for datapath tests: a real Datapath on a per-session pin dir, and "containers"
+made of network namespaces configured the way Docker configures them.
+
+These tests need root, bpffs and kernel headers. They never skip: without root they fail.
+Traffic stays between namespaces made here; the host gets unreachable routes for the test
+ranges so nothing addressed to them can leave the machine.
+"""
+
+import ipaddress
+import itertools
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+
+from datapath import Datapath, EndpointSpec
+
+PREFIX = "dpt"  # host veths of test endpoints; never "lxc", which the driver owns
+NET6 = ipaddress.IPv6Network("fdce:1c99::/64")
+NET4 = ipaddress.IPv4Network("10.199.0.0/16")
+ROUTER6 = NET6[1]
+ROUTER4 = NET4[1]
+
+_serial = itertools.count(16)
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=30)
+
+
+def make_spec(n: int) -> EndpointSpec:
+    tag = f"{os.getpid() & 0xFFFF:04x}{n:08x}"
+    return EndpointSpec(
+        endpoint_id=n,
+        host_ifname=f"{PREFIX}{tag}",
+        peer_ifname=f"dpp{tag}",
+        mac=f"02:dc:00:00:{n >> 8 & 0xFF:02x}:{n & 0xFF:02x}",
+        ipv6=NET6[n],
+        ipv4=NET4[n],
+        router6=ROUTER6,
+        router4=ROUTER4,
+    )
+
+
+@dataclass
+class Container:
+    """A network namespace holding the peer of an endpoint, named and addressed like Docker."""
+
+    netns: str
+    spec: EndpointSpec
+    ifindex: int
+
+    def exec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run("ip", "netns", "exec", self.netns, *args, check=check)
+
+    def ip(self, *args: str) -> subprocess.CompletedProcess:
+        return run("ip", "-n", self.netns, *args)
+
+    def ping(self, addr, *extra: str) -> bool:
+        cmd = ["ping", "-c", "1", "-W", "2", *extra, str(addr)]
+        return self.exec(*cmd, check=False).returncode == 0
+
+    def neighbour_mac(self, addr) -> str | None:
+        words = self.ip("neigh", "show", str(addr), "dev", "eth0").stdout.split()
+        return words[words.index("lladdr") + 1] if "lladdr" in words else None
+
+    def setup(self) -> None:
+        spec = self.spec
+        run("ip", "netns", "add", self.netns)
+        run("ip", "link", "set", spec.peer_ifname, "netns", self.netns)
+        self.ip("link", "set", spec.peer_ifname, "name", "eth0")
+        self.ip("link", "set", "lo", "up")
+        self.ip("link", "set", "eth0", "up")
+        self.ip("-6", "addr", "add", f"{spec.ipv6}/128", "dev", "eth0", "nodad")
+        self.ip("addr", "add", f"{spec.ipv4}/32", "dev", "eth0")
+        self.ip("-6", "route", "add", str(spec.router6), "dev", "eth0")
+        self.ip("-6", "route", "add", "default", "via", str(spec.router6), "dev", "eth0")
+        self.ip("route", "add", f"{spec.router4}/32", "dev", "eth0")
+        self.ip("route", "add", "default", "via", str(spec.router4), "dev", "eth0")
+
+
+@pytest.fixture(scope="session")
+def pin_dir():
+    path = f"/sys/fs/bpf/pycilium-test-{os.getpid()}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def datapath(pin_dir):
+    dp = Datapath(pin_dir=pin_dir, veth_prefix=PREFIX)
+    dp.start()
+    dp.add_unreachable_route(str(NET6))
+    dp.add_unreachable_route(str(NET4))
+    yield dp
+    dp.remove_unreachable_route(str(NET6))
+    dp.remove_unreachable_route(str(NET4))
+    dp.close()
+
+
+@pytest.fixture
+def new_spec():
+    """Factory of endpoint specs with fresh names and addresses."""
+    return lambda: make_spec(next(_serial))
+
+
+@pytest.fixture
+def make_container(datapath, new_spec):
+    """Factory: create an endpoint with the datapath and put its peer in a new netns."""
+    made: list[Container] = []
+
+    def make() -> Container:
+        spec = new_spec()
+        ifindex = datapath.create_endpoint(spec)
+        container = Container(f"dpt-{os.getpid()}-{spec.endpoint_id}", spec, ifindex)
+        made.append(container)
+        container.setup()
+        return container
+
+    yield make
+    for container in made:
+        datapath.delete_endpoint(container.spec)
+        run("ip", "netns", "del", container.netns, check=False)
