@@ -1,0 +1,44 @@
+"""The ctypes mirrors have the sizes lib/common.h asserts for the C structs."""
+
+import ctypes as ct
+import ipaddress
+import re
+
+import pytest
+
+from datapath import maps
+from datapath.reasons import BPF_LIB
+
+
+@pytest.mark.parametrize(
+    ("struct", "ctype"),
+    [
+        ("endpoint_info", maps.EndpointInfo),
+        ("endpoint_key", maps.EndpointKey),
+        ("endpoint_addr", maps.EndpointAddr),
+    ],
+)
+def test_ctypes_size_matches_c_static_assert(struct, ctype):
+    header = (BPF_LIB / "common.h").read_text()
+    size = re.search(rf"sizeof\(struct {struct}\) == (\d+)", header).group(1)
+    assert ct.sizeof(ctype) == int(size)
+
+
+def test_endpoint_entry_round_trips():
+    entry = maps.EndpointEntry(
+        endpoint_id=7,
+        mac="02:00:00:00:00:07",
+        node_mac="02:00:00:00:01:07",
+        ipv6=ipaddress.IPv6Address("fdce:1c99::7"),
+        ipv4=None,
+        router6=ipaddress.IPv6Address("fdce:1c99::1"),
+        router4=ipaddress.IPv4Address("10.199.0.1"),
+    )
+    assert maps.EndpointEntry.from_leaf(entry.to_leaf()) == entry
+
+
+def test_modules_import_without_side_effects():
+    import datapath
+    from datapath import bpffs, loader, netlink  # noqa: F401
+
+    assert datapath.Datapath().compile_count == 0
