@@ -5,7 +5,9 @@ descriptor is attached to every endpoint; attaching uses ``replace`` so it is at
 idempotent, and a program stays attached after the process that loaded it exits.
 """
 
+import ctypes as ct
 import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,3 +102,59 @@ def ingress_program_names(ifindex: int) -> list[str]:
         if name:
             names.append(name)
     return names
+
+
+class _TestRunOpts(ct.Structure):
+    """struct bpf_test_run_opts (libbpf)."""
+
+    _fields_ = (
+        ("sz", ct.c_size_t),
+        ("data_in", ct.c_void_p),
+        ("data_out", ct.c_void_p),
+        ("data_size_in", ct.c_uint32),
+        ("data_size_out", ct.c_uint32),
+        ("ctx_in", ct.c_void_p),
+        ("ctx_out", ct.c_void_p),
+        ("ctx_size_in", ct.c_uint32),
+        ("ctx_size_out", ct.c_uint32),
+        ("retval", ct.c_uint32),
+        ("repeat", ct.c_int),
+        ("duration", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("cpu", ct.c_uint32),
+        ("batch_size", ct.c_uint32),
+    )
+
+
+SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff)
+SKB_CTX_IFINDEX_OFF = 40  # offsetof(struct __sk_buff, ifindex)
+
+
+def run_program(program: Program, frame: bytes, ifindex: int) -> tuple[int, bytes]:
+    """Run program once on an Ethernet frame as if received on ifindex (BPF_PROG_TEST_RUN).
+
+    Returns the TC verdict and the frame as the program left it. Nothing is sent.
+    """
+    from bcc.libbcc import lib
+
+    lib.bpf_prog_test_run_opts.restype = ct.c_int
+    lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
+    data_in = ct.create_string_buffer(frame, len(frame))
+    data_out = ct.create_string_buffer(len(frame) + 256)
+    ctx = ct.create_string_buffer(SKB_CTX_SIZE)
+    ct.c_uint32.from_buffer(ctx, SKB_CTX_IFINDEX_OFF).value = ifindex
+    opts = _TestRunOpts(
+        sz=ct.sizeof(_TestRunOpts),
+        data_in=ct.addressof(data_in),
+        data_out=ct.addressof(data_out),
+        data_size_in=len(frame),
+        data_size_out=len(data_out),
+        ctx_in=ct.addressof(ctx),
+        ctx_size_in=SKB_CTX_SIZE,
+        repeat=1,
+    )
+    ret = lib.bpf_prog_test_run_opts(program.fd, ct.byref(opts))
+    if ret < 0:
+        err = ct.get_errno() or -ret
+        raise DatapathError(f"test run of {program.name} failed: {os.strerror(err)}")
+    return opts.retval, data_out.raw[: opts.data_size_out]
