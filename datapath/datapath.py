@@ -111,6 +111,11 @@ class Datapath:
         loader.attach_ingress(ifindex, self.program)
         return True
 
+    def link_exists(self, ifname: str) -> bool:
+        """Whether a link of that name is in the host namespace (a veth peer Docker pulled
+        back out of a stopped container shows up here)."""
+        return netlink.link_index(ifname) is not None
+
     def remove_orphans(self, known_host_ifnames: set[str]) -> list[str]:
         """Delete veth_prefix* links not known, and map entries of no known endpoint."""
         removed = []

@@ -62,4 +62,9 @@ def networks():
 def bpf_endpoints():
     with daemon().lock:
         entries = daemon().datapath.endpoint_map_entries()
-    return jsonify([{"ifindex": k, **v} for k, v in sorted(entries.items())])
+    return jsonify([_plain({"ifindex": k, **dataclasses.asdict(v)}) for k, v in entries.items()])
+
+
+def _plain(record: dict) -> dict:
+    """Addresses and other values as JSON-friendly strings."""
+    return {k: v if isinstance(v, int | str) or v is None else str(v) for k, v in record.items()}
