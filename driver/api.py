@@ -51,6 +51,12 @@ def endpoints():
     return jsonify([dataclasses.asdict(ep) for ep in eps])
 
 
+@bp.get("/addresses")
+def addresses():
+    with daemon().lock:
+        return jsonify(daemon().store.addresses())
+
+
 @bp.get("/networks")
 def networks():
     with daemon().lock:

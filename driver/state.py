@@ -204,6 +204,10 @@ class Store:
     def delete_address(self, address: str) -> None:
         self._write("DELETE FROM addresses WHERE address = ?", (address,))
 
+    def addresses(self) -> list[dict]:
+        rows = self._rows("SELECT * FROM addresses ORDER BY alloc_range, address")
+        return [dict(r) for r in rows]
+
     def address_count(self) -> int:
         return self._rows("SELECT COUNT(*) AS n FROM addresses")[0]["n"]
 

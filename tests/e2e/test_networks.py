@@ -7,6 +7,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from .conftest import IMAGE, LABEL, veths
 
 
@@ -118,43 +120,64 @@ def test_user_subnets_static_addresses_and_mac(docker, driver):
         docker.run("network", "rm", net)
 
 
-def test_bad_static_addresses_are_clear_errors_and_leave_nothing(docker, driver, net):
-    a = docker.container(net)
-    a6, _ = docker.addresses(a, net)
+@pytest.fixture
+def subnet_net(docker, driver):
+    name = docker.network_create(
+        "s-" + uuid.uuid4().hex[:8],
+        "-d",
+        driver.name,
+        "--ipam-driver",
+        driver.name,
+        "--ipv6",
+        "--subnet",
+        "fdce:78::/64",
+        "--subnet",
+        "10.78.0.0/24",
+    )
+    yield name
+    docker.run(
+        "rm", "-f", *docker.out("ps", "-aq", "--filter", f"network={name}").split(), check=False
+    )
+    docker.run("network", "rm", name)
+
+
+def test_bad_static_addresses_are_clear_errors_and_leave_nothing(docker, driver, subnet_net):
+    a = docker.container(subnet_net)
+    a6, _ = docker.addresses(a, subnet_net)
     before = veths("lxt")
-    outside = docker.run(
-        "run",
-        "-d",
-        "--label",
-        LABEL,
-        "--net",
-        net,
-        "--ip6",
-        "fdce:9999::5",
-        IMAGE,
-        "sleep",
-        "1d",
-        check=False,
+    v6_before = [a for a in driver.api("/v1/addresses") if ":" in a["address"]]
+    refusals = (
+        ("fdce:9999::5", "does not belong to any of this network's subnets"),
+        (a6, f"address {a6} is already in use"),
+        ("fdce:78::1", "address fdce:78::1 is already in use"),  # the gateway
     )
-    assert outside.returncode != 0
-    assert "not in pool" in outside.stderr or "no configured subnet" in outside.stderr
-    used = docker.run(
-        "run",
-        "-d",
-        "--label",
-        LABEL,
-        "--net",
-        net,
-        "--ip6",
-        a6,
-        IMAGE,
-        "sleep",
-        "1d",
-        check=False,
-    )
-    assert used.returncode != 0 and "already in use" in used.stderr
+    for wanted, message in refusals:
+        name = "bad-" + uuid.uuid4().hex[:8]
+        result = docker.run(
+            "run",
+            "-d",
+            "--label",
+            LABEL,
+            "--net",
+            subnet_net,
+            "--name",
+            name,
+            "--ip6",
+            wanted,
+            IMAGE,
+            "sleep",
+            "1d",
+            check=False,
+        )
+        assert result.returncode != 0
+        assert message in result.stderr
+        # docker run leaves the failed container created; its removal releases what Docker held.
+        docker.run("rm", "-f", name)
     assert veths("lxt") == before
     assert len(driver.api("/v1/endpoints")) == 1
+    # Docker 20.10 itself keeps the IPv4 address it took before the IPv6 request failed
+    # (released with the network); nothing of the refused IPv6 requests stays.
+    assert [a for a in driver.api("/v1/addresses") if ":" in a["address"]] == v6_before
 
 
 def test_connect_and_disconnect_a_running_container(docker, driver, net):
