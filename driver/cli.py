@@ -34,7 +34,7 @@ def _call(client: ApiClient, path: str):
 
 
 def _table(headers: list[str], rows: list[list]) -> None:
-    cells = [headers] + [["" if c is None else str(c)[:40] for c in row] for row in rows]
+    cells = [headers] + [["" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -77,7 +77,14 @@ def endpoint_list(client, as_json):
     _table(
         ["ENDPOINT", "INTERFACE", "IPv6", "IPv4", "MAC", "NETWORK"],
         [
-            [e["numeric_id"], e["host_ifname"], e["ipv6"], e["ipv4"], e["mac"], e["network_id"]]
+            [
+                e["numeric_id"],
+                e["host_ifname"],
+                e["ipv6"],
+                e["ipv4"],
+                e["mac"],
+                e["network_id"][:12],
+            ]
             for e in eps
         ],
     )
@@ -96,7 +103,7 @@ def network_list(client):
     _table(
         ["NETWORK", "IPv6 POOL", "IPv6 GATEWAY", "IPv4 POOL", "IPv4 GATEWAY", "MTU"],
         [
-            [n["network_id"], n["pool6"], n["gateway6"], n["pool4"], n["gateway4"], n["mtu"]]
+            [n["network_id"][:12], n["pool6"], n["gateway6"], n["pool4"], n["gateway4"], n["mtu"]]
             for n in nets
         ],
     )

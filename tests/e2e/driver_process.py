@@ -83,9 +83,15 @@ class DriverProcess:
         return http_get(self.settings["api_socket"], path)
 
     def purge(self) -> None:
-        """Remove what the test instance keeps between runs: state and pinned maps."""
+        """Remove what the test instance keeps between runs: state, pinned maps and the
+        unreachable routes of its node ranges (the driver keeps them while containers may run)."""
         shutil.rmtree(self.settings["state_dir"], ignore_errors=True)
         shutil.rmtree(self.settings["bpf_pin_dir"], ignore_errors=True)
+        for family, prefix in (("-4", "node_range4"), ("-6", "cluster_prefix6")):
+            subprocess.run(
+                ["ip", family, "route", "flush", "root", self.settings[prefix], "proto", "206"],
+                check=True,
+            )
 
 
 def _unix_http(path: str, request: bytes) -> bytes:
