@@ -6,6 +6,7 @@ does not have the call's shape, 500 otherwise). Each handler quotes the request 
 """
 
 import json
+import logging
 
 from flask import Blueprint, Response, current_app, request
 from jsonschema import Draft7Validator
@@ -14,6 +15,8 @@ from .errors import BadRequest
 from .ipam import GATEWAY_OPTION, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("plugin", __name__)
 
@@ -93,6 +96,7 @@ def parse_body(validator: Draft7Validator | None) -> dict:
     """The request's JSON object, checked against the call's schema. Docker sends no
     Content-Type, so the raw body is decoded; a retried call may arrive empty."""
     raw = request.get_data(cache=True)
+    log.debug("%s %s", request.path, raw[:4096])
     if validator is None:
         return {}
     if not raw.strip():
