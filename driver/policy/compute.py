@@ -1,0 +1,244 @@
+"""From the rules selecting one endpoint to the policy map keys its datapath looks up.
+
+The datapath allows a new flow if one of lookup_keys() exists, so the keys here are the most
+compact set with that meaning: an L3 allow is (X, 0, 0), "any peer" is identity 0, and a key
+that a wider key already covers is dropped.
+"""
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .model import (
+    ID_ANY,
+    ID_HOST,
+    ID_INIT,
+    ID_UNMANAGED,
+    ID_WORLD,
+    MIN_ENDPOINT_ID,
+    NETWORK_LABEL,
+    Identity,
+    PeerRule,
+    PolicyError,
+    PortProtocol,
+    PortRule,
+    Requirement,
+    Rule,
+    Selector,
+)
+
+INGRESS = 0
+EGRESS = 1
+TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+MODES = ("default", "always", "never")
+
+HOST_ACCESS = "host access (health checks)"
+ISOLATION = "network isolation (same network, host, world, CIDRs)"
+SYNTHETIC = (HOST_ACCESS, ISOLATION)
+
+
+@dataclass(frozen=True)
+class PolicyKey:
+    identity: int
+    dport: int
+    protocol: int
+    direction: int
+
+
+@dataclass(frozen=True)
+class EndpointPolicy:
+    ingress_enforced: bool
+    egress_enforced: bool
+    keys: frozenset[PolicyKey]
+    rules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """EndpointPolicy before compaction, with the origins (rule names) of every key."""
+
+    ingress_enforced: bool
+    egress_enforced: bool
+    origins: Mapping[PolicyKey, tuple[str, ...]]
+    rules: tuple[str, ...]
+
+    def policy(self) -> EndpointPolicy:
+        keys = compact(self.origins)
+        return EndpointPolicy(self.ingress_enforced, self.egress_enforced, keys, self.rules)
+
+
+def lookup_keys(identity: int, dport: int, protocol: int, direction: int) -> list[PolicyKey]:
+    """The keys the datapath probes for a new flow, in its order."""
+    shapes = (
+        (identity, dport, protocol),
+        (identity, 0, protocol),
+        (identity, 0, 0),
+        (ID_ANY, dport, protocol),
+        (ID_ANY, 0, protocol),
+        (ID_ANY, 0, 0),
+    )
+    return [PolicyKey(i, p, pr, direction) for i, p, pr in shapes]
+
+
+def first_match(keys, identity: int, dport: int, protocol: int, direction: int):
+    return next((k for k in lookup_keys(identity, dport, protocol, direction) if k in keys), None)
+
+
+def compact(keys: Iterable[PolicyKey]) -> frozenset[PolicyKey]:
+    keys = set(keys)
+    return frozenset(k for k in keys if not any(w in keys for w in _wider(k)))
+
+
+def _wider(key: PolicyKey):
+    """Keys that allow every flow `key` allows (never (X, port, 0): the datapath skips it)."""
+    for identity in {key.identity, ID_ANY}:
+        for port in {key.dport, 0}:
+            for proto in {key.protocol, 0}:
+                wider = PolicyKey(identity, port, proto, key.direction)
+                if wider != key and (port == 0 or proto != 0):
+                    yield wider
+
+
+class Peers:
+    """The identities a rule can name: known endpoints, reserved ids, CIDR identities."""
+
+    def __init__(self, identities: Iterable[Identity], cidr_identities: Mapping[str, int]):
+        self.endpoints = {i.id: i.labels for i in identities if i.id >= MIN_ENDPOINT_ID}
+        self._by_pair = defaultdict(set)
+        self._by_key = defaultdict(set)
+        for ident, labels in self.endpoints.items():
+            for pair in labels.items():
+                self._by_pair[pair].add(ident)
+                self._by_key[pair[0]].add(ident)
+        self.prefixes = {ipaddress.ip_network(p): ident for p, ident in cidr_identities.items()}
+        self._selected = {}
+
+    def select(self, selector: Selector) -> frozenset[int]:
+        if selector not in self._selected:
+            ids = set(self.endpoints)
+            for pair in selector.match_labels:
+                ids &= self._by_pair.get(pair, set())
+            for requirement in selector.match_expressions:
+                ids = self._narrow(ids, requirement)
+            self._selected[selector] = frozenset(ids)
+        return self._selected[selector]
+
+    def _narrow(self, ids: set[int], req: Requirement) -> set[int]:
+        if req.operator in ("Exists", "DoesNotExist"):
+            having = self._by_key.get(req.key, set())
+        else:
+            having = set().union(*(self._by_pair.get((req.key, v), ()) for v in req.values))
+        return ids & having if req.operator in ("In", "Exists") else ids - having
+
+    def cidr(self, prefix: str, excepts: Iterable[str] = ()) -> set[int]:
+        outer = ipaddress.ip_network(prefix)
+        holes = [ipaddress.ip_network(e) for e in excepts]
+        return {
+            ident
+            for net, ident in self.prefixes.items()
+            if _inside(net, outer) and not any(_inside(net, h) for h in holes)
+        }
+
+    def entity(self, name: str) -> set[int]:
+        if name == "all":
+            return {ID_ANY}
+        if name == "host":
+            return {ID_HOST}
+        if name == "world":
+            return {ID_WORLD, *self.prefixes.values()}
+        return {*self.endpoints, ID_HOST, ID_INIT, ID_UNMANAGED}  # cluster
+
+    def describe(self, ident: int) -> str:
+        if ident in self.endpoints:
+            return ",".join(f"{k}={v}" for k, v in sorted(self.endpoints[ident].items()))
+        names = {ID_ANY: "any peer", ID_HOST: "host", ID_WORLD: "world", ID_INIT: "init"}
+        cidrs = [str(net) for net, i in self.prefixes.items() if i == ident]
+        return names.get(ident) or (f"cidr {cidrs[0]}" if cidrs else f"identity {ident}")
+
+
+def _inside(net, outer) -> bool:
+    return net.version == outer.version and net.subnet_of(outer)
+
+
+def resolve(
+    identity: Identity, selected: list[tuple[str, Rule]], peers: Peers, mode: str
+) -> Resolved:
+    """selected: (display name, rule) for every rule whose endpointSelector matches identity."""
+    if mode not in MODES:
+        raise PolicyError(f"unknown enforcement mode {mode!r} (expected {', '.join(MODES)})")
+    names = tuple(name for name, _ in selected)
+    if mode == "never":
+        return Resolved(False, False, {}, names)
+    origins = defaultdict(list)
+    _add_direction(selected, INGRESS, peers, origins)
+    _add_direction(selected, EGRESS, peers, origins)
+    ingress = mode == "always" or any(r.ingress is not None for _, r in selected)
+    egress = mode == "always" or any(r.egress is not None for _, r in selected)
+    if ingress:
+        origins[PolicyKey(ID_HOST, 0, 0, INGRESS)].append(HOST_ACCESS)
+    else:
+        _add_isolation(identity, peers, origins)
+    frozen = {key: tuple(dict.fromkeys(o)) for key, o in origins.items()}
+    return Resolved(True, egress, frozen, names)
+
+
+def _add_direction(selected, direction: int, peers: Peers, origins) -> None:
+    attr = "ingress" if direction == INGRESS else "egress"
+    sections = [(name, s) for name, rule in selected for s in getattr(rule, attr) or ()]
+    allowed = _required(sections, peers)
+    for name, section in sections:
+        ids = _section_peers(section, peers, allowed)
+        for port, proto in _port_specs(section.to_ports):
+            for ident in ids:
+                origins[PolicyKey(ident, port, proto, direction)].append(name)
+
+
+def _required(sections, peers: Peers) -> frozenset[int] | None:
+    """fromRequires/toRequires of every selecting rule, ANDed: None when there are none."""
+    requirements = {sel for _, section in sections for sel in section.requires}
+    if not requirements:
+        return None
+    return frozenset(set(peers.endpoints).intersection(*map(peers.select, requirements)))
+
+
+def _section_peers(section: PeerRule, peers: Peers, allowed) -> set[int]:
+    if not section.has_peers():
+        if not section.to_ports:
+            return set()  # an empty section allows nothing (Cilium's default-deny idiom)
+        return {ID_ANY} if allowed is None else set(allowed)
+    ids = set().union(*map(peers.select, section.endpoints or ()))
+    if allowed is not None:
+        ids &= allowed
+    for prefix in section.cidr:
+        ids |= peers.cidr(prefix)
+    for entry in section.cidr_set:
+        ids |= peers.cidr(entry.cidr, entry.excepts)
+    for entity in section.entities:
+        ids |= peers.entity(entity)
+    return ids
+
+
+def _port_specs(to_ports: tuple[PortRule, ...]) -> set[tuple[int, int]]:
+    if not to_ports:
+        return {(0, 0)}
+    return {spec for rule in to_ports for port in rule.ports for spec in _specs(port)}
+
+
+def _specs(port: PortProtocol) -> list[tuple[int, int]]:
+    if port.protocol == "ICMP":
+        return [(0, ICMP), (0, ICMPV6)]
+    if port.protocol == "ANY" and not port.port:
+        return [(0, 0)]
+    protos = {"TCP": (TCP,), "UDP": (UDP,), "ANY": (TCP, UDP)}[port.protocol]
+    numbers = range(port.port, (port.end_port or port.port) + 1)
+    return [(number, proto) for number in numbers for proto in protos]
+
+
+def _add_isolation(identity: Identity, peers: Peers, origins) -> None:
+    network = identity.labels.get(NETWORK_LABEL)
+    same = {i for i, labels in peers.endpoints.items() if labels.get(NETWORK_LABEL) == network}
+    if identity.id >= MIN_ENDPOINT_ID:
+        same.add(identity.id)
+    for ident in same | {ID_HOST, ID_WORLD, *peers.prefixes.values()}:
+        origins[PolicyKey(ident, 0, 0, INGRESS)].append(ISOLATION)

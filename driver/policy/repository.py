@@ -1,0 +1,136 @@
+"""The set of imported rules, its revision, and the per-endpoint computation over it.
+
+Not thread-safe by itself: the control plane holds its lock around changes and computes.
+"""
+
+from collections.abc import Iterable, Mapping
+
+from .compute import EndpointPolicy, Peers, resolve
+from .model import ID_HOST, ID_WORLD, MIN_ENDPOINT_ID, Identity, PolicyError, PolicyNotFound, Rule
+from .trace import Flow, Verdict, trace_flow
+
+_RESERVED_LABELS = {"reserved:host": ID_HOST, "reserved:world": ID_WORLD}
+
+
+class PolicyRepository:
+    def __init__(self, rules: Iterable[Rule] = ()):
+        self._rules = list(rules)
+        self.revision = 1
+        self._index = None
+
+    def add(self, rules: Iterable[Rule]) -> int:
+        """Rules whose label set equals an existing rule's replace it; unlabelled rules that
+        equal an existing rule are not added twice."""
+        incoming = list(rules)
+        replaced = {r.label_set() for r in incoming if r.labels}
+        kept = [r for r in self._rules if not (r.labels and r.label_set() in replaced)]
+        for rule in incoming:
+            if rule.labels or rule not in kept:
+                kept.append(rule)
+        return self._replace(kept)
+
+    def delete(self, name: str | None = None, all: bool = False) -> int:
+        if all:
+            return self._replace([])
+        if not name:
+            raise PolicyError("policy delete needs a rule name or all")
+        kept = [r for r in self._rules if not _named(r, name)]
+        if len(kept) == len(self._rules):
+            raise PolicyNotFound(f"no rule has the name or label {name!r}")
+        return self._replace(kept)
+
+    def rules(self) -> list[Rule]:
+        return list(self._rules)
+
+    def to_json(self) -> list[dict]:
+        return [rule.to_json() for rule in self._rules]
+
+    def cidrs(self) -> set[str]:
+        return set().union(*(rule.prefixes() for rule in self._rules))
+
+    def selects_nothing(self, rules: Iterable[Rule], identities: Iterable[Identity]) -> list[str]:
+        """Warnings for rules whose endpointSelector matches no known endpoint identity."""
+        known = [i.labels for i in identities if i.id >= MIN_ENDPOINT_ID]
+        return [
+            f"rule {i} ({rule.display(i)}): endpointSelector "
+            f"({rule.endpoint_selector.describe()}) selects no known endpoint"
+            for i, rule in enumerate(rules)
+            if not any(rule.endpoint_selector.matches(labels) for labels in known)
+        ]
+
+    def compute(
+        self,
+        identity: Identity,
+        identities: Iterable[Identity],
+        cidr_identities: Mapping[str, int],
+        mode: str = "default",
+    ) -> EndpointPolicy:
+        peers = Peers(identities, cidr_identities)
+        return resolve(identity, self._selecting(identity.labels), peers, mode).policy()
+
+    def trace(
+        self,
+        src_labels: Mapping[str, str],
+        dst_labels: Mapping[str, str],
+        dport: int,
+        protocol: int,
+        identities: Iterable[Identity] = (),
+        mode: str = "default",
+    ) -> Verdict:
+        """Labels not among identities get a new endpoint identity (as if that container
+        started); a "reserved:host" or "reserved:world" label key names that identity."""
+        known = list(identities)
+        src = _identity_for(src_labels, known)
+        dst = _identity_for(dst_labels, known)
+        flow = Flow(src, dst, dport, protocol)
+        return trace_flow(flow, Peers(known, {}), self._selecting, mode)
+
+    def _replace(self, rules: list[Rule]) -> int:
+        self._rules = rules
+        self._index = None
+        self.revision += 1
+        return self.revision
+
+    def _selecting(self, labels: Mapping[str, str]) -> list[tuple[str, Rule]]:
+        by_pair, unindexed = self._rule_index()
+        candidates = set(unindexed)
+        for pair in labels.items():
+            candidates.update(by_pair.get(pair, ()))
+        return [
+            (self._rules[i].display(i), self._rules[i])
+            for i in sorted(candidates)
+            if self._rules[i].endpoint_selector.matches(labels)
+        ]
+
+    def _rule_index(self):
+        """Rules by the first label pair their endpointSelector requires; the rest apart."""
+        if self._index is None:
+            by_pair, unindexed = {}, []
+            for i, rule in enumerate(self._rules):
+                pairs = rule.endpoint_selector.match_labels
+                if pairs:
+                    by_pair.setdefault(pairs[0], []).append(i)
+                else:
+                    unindexed.append(i)
+            self._index = (by_pair, unindexed)
+        return self._index
+
+
+def _named(rule: Rule, name: str) -> bool:
+    if ("name", name) in rule.labels:
+        return True
+    key, sep, value = name.partition("=")
+    return bool(sep) and (key, value) in rule.labels
+
+
+def _identity_for(labels: Mapping[str, str], known: list[Identity]) -> Identity:
+    labels = dict(labels)
+    for key, ident in _RESERVED_LABELS.items():
+        if key in labels:
+            return Identity(ident, labels)
+    for identity in known:
+        if dict(identity.labels) == labels:
+            return identity
+    fresh = Identity(max([MIN_ENDPOINT_ID - 1, *(i.id for i in known)]) + 1, labels)
+    known.append(fresh)
+    return fresh
