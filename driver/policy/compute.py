@@ -113,6 +113,7 @@ class Peers:
                 self._by_key[pair[0]].add(ident)
         self.prefixes = {ipaddress.ip_network(p): ident for p, ident in cidr_identities.items()}
         self._selected = {}
+        self._cidr = {}
 
     def select(self, selector: Selector) -> frozenset[int]:
         if selector not in self._selected:
@@ -131,14 +132,16 @@ class Peers:
             having = set().union(*(self._by_pair.get((req.key, v), ()) for v in req.values))
         return ids & having if req.operator in ("In", "Exists") else ids - having
 
-    def cidr(self, prefix: str, excepts: Iterable[str] = ()) -> set[int]:
-        outer = ipaddress.ip_network(prefix)
-        holes = [ipaddress.ip_network(e) for e in excepts]
-        return {
-            ident
-            for net, ident in self.prefixes.items()
-            if _inside(net, outer) and not any(_inside(net, h) for h in holes)
-        }
+    def cidr(self, prefix: str, excepts: tuple[str, ...] = ()) -> frozenset[int]:
+        if (prefix, excepts) not in self._cidr:
+            outer = ipaddress.ip_network(prefix)
+            holes = [ipaddress.ip_network(e) for e in excepts]
+            self._cidr[prefix, excepts] = frozenset(
+                ident
+                for net, ident in self.prefixes.items()
+                if _inside(net, outer) and not any(_inside(net, h) for h in holes)
+            )
+        return self._cidr[prefix, excepts]
 
     def entity(self, name: str) -> set[int]:
         if name == "all":
@@ -170,16 +173,16 @@ def resolve(
     names = tuple(name for name, _ in selected)
     if mode == "never":
         return Resolved(False, False, {}, names)
-    origins = defaultdict(list)
+    origins = defaultdict(dict)  # (identity, dport, protocol, direction) -> {origin: None}
     _add_direction(selected, INGRESS, peers, origins)
     _add_direction(selected, EGRESS, peers, origins)
     ingress = mode == "always" or any(r.ingress is not None for _, r in selected)
     egress = mode == "always" or any(r.egress is not None for _, r in selected)
     if ingress:
-        origins[PolicyKey(ID_HOST, 0, 0, INGRESS)].append(HOST_ACCESS)
+        origins[ID_HOST, 0, 0, INGRESS][HOST_ACCESS] = None
     else:
         _add_isolation(identity, peers, origins)
-    frozen = {key: tuple(dict.fromkeys(o)) for key, o in origins.items()}
+    frozen = {PolicyKey(*key): tuple(o) for key, o in origins.items()}
     return Resolved(True, egress, frozen, names)
 
 
@@ -191,7 +194,7 @@ def _add_direction(selected, direction: int, peers: Peers, origins) -> None:
         ids = _section_peers(section, peers, allowed)
         for port, proto in _port_specs(section.to_ports):
             for ident in ids:
-                origins[PolicyKey(ident, port, proto, direction)].append(name)
+                origins[ident, port, proto, direction][name] = None
 
 
 def _required(sections, peers: Peers) -> frozenset[int] | None:
@@ -241,4 +244,4 @@ def _add_isolation(identity: Identity, peers: Peers, origins) -> None:
     if identity.id >= MIN_ENDPOINT_ID:
         same.add(identity.id)
     for ident in same | {ID_HOST, ID_WORLD, *peers.prefixes.values()}:
-        origins[PolicyKey(ident, 0, 0, INGRESS)].append(ISOLATION)
+        origins[ident, 0, 0, INGRESS][ISOLATION] = None
