@@ -1,16 +1,27 @@
-"""pycilium datapath: veths, routes, pinned BPF maps and the tc program on each endpoint."""
+"""pycilium datapath: veths, routes, pinned BPF maps and the tc programs on each endpoint."""
 
 from .datapath import DEFAULT_PIN_DIR, Datapath
 from .errors import DatapathError, VethExistsError
-from .maps import AddressEntry, EndpointEntry
+from .events import Event
+from .maps import AddressEntry, CtEntry, EndpointEntry
+from .policy import EGRESS, HOST_ID, INGRESS, INIT_ID, UNMANAGED_ID, WORLD_ID, PolicyKey
 from .spec import EndpointSpec
 
 __all__ = [
     "DEFAULT_PIN_DIR",
+    "EGRESS",
+    "HOST_ID",
+    "INGRESS",
+    "INIT_ID",
+    "UNMANAGED_ID",
+    "WORLD_ID",
     "AddressEntry",
+    "CtEntry",
     "Datapath",
     "DatapathError",
     "EndpointEntry",
     "EndpointSpec",
+    "Event",
+    "PolicyKey",
     "VethExistsError",
 ]

@@ -1,17 +1,33 @@
-"""The datapath facade the control plane calls: endpoints, routes, counters.
+"""The datapath facade the control plane calls: endpoints, identities, policy, routes,
+counters, conntrack and events.
 
 Methods are idempotent "make it so" operations. They are not thread-safe among
-themselves: the caller serialises them (the control plane holds one lock).
+themselves: the caller serialises them (the control plane holds one lock). The one
+exception is :meth:`Datapath.read_events`, which shares no state with the others and may
+run in a thread of its own.
 """
 
+import dataclasses
 import ipaddress
 import socket
+import threading
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import bpffs, loader, netlink
+from . import bpffs, events, loader, netlink
 from .errors import DatapathError, VethExistsError
-from .maps import AddressEntry, DatapathMaps, EndpointEntry, IPAddress
+from .maps import (
+    CONFIG_TRACE_EVENTS,
+    EP_F_EGRESS_ENFORCED,
+    EP_F_INGRESS_ENFORCED,
+    AddressEntry,
+    CtEntry,
+    DatapathMaps,
+    EndpointEntry,
+    IPAddress,
+)
+from .policy import PolicyKey, validate_identity
 from .spec import EndpointSpec
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pycilium"
@@ -29,30 +45,30 @@ class Datapath:
         self.veth_prefix = veth_prefix
         self.compile_count = 0
         self._maps: DatapathMaps | None = None
-        self._program: loader.Program | None = None
+        self._programs: loader.Programs | None = None
 
     # lifecycle
 
     def start(self) -> None:
-        """Open (or create) the pinned maps, compile and load the program, enable forwarding."""
-        if self._program is not None:
+        """Open (or create) the pinned maps, compile and load the programs, enable forwarding."""
+        if self._programs is not None:
             return
         bpffs.ensure_pin_dir(self.pin_dir)
         maps = DatapathMaps.open(self.pin_dir)
         try:
-            program = loader.load_program(maps.fds())
+            programs = loader.load_programs(maps.fds())
         except BaseException:
             maps.close()
             raise
         self.compile_count += 1
-        self._maps, self._program = maps, program
+        self._maps, self._programs = maps, programs
         netlink.enable_forwarding()
 
     def close(self) -> None:
         """Release the program and map fds. Attached programs and pinned maps stay."""
-        if self._program is not None:
-            self._program.close()
-            self._program = None
+        if self._programs is not None:
+            self._programs.close()
+            self._programs = None
         if self._maps is not None:
             self._maps.close()
             self._maps = None
@@ -64,10 +80,15 @@ class Datapath:
         return self._maps
 
     @property
-    def program(self) -> loader.Program:
-        if self._program is None:
+    def programs(self) -> loader.Programs:
+        if self._programs is None:
             raise DatapathError("the datapath is not started")
-        return self._program
+        return self._programs
+
+    @property
+    def program(self) -> loader.Program:
+        """The from-container program (tc ingress of the host veth)."""
+        return self.programs.from_container
 
     # endpoints
 
@@ -77,39 +98,53 @@ class Datapath:
         Raises VethExistsError (changing nothing) if spec.host_ifname exists. A failure
         midway removes everything this call made.
         """
-        program = self.program
+        programs = self.programs
+        validate_identity(spec.identity)
         if netlink.link_index(spec.host_ifname) is not None:
             raise VethExistsError(f"interface {spec.host_ifname} already exists")
         with ExitStack() as undo:
             ifindex = netlink.create_veth(spec.host_ifname, spec.peer_ifname, spec.mac, spec.mtu)
             undo.callback(netlink.delete_link, spec.host_ifname)
-            self._install(spec, ifindex, undo)
-            loader.attach_ingress(ifindex, program)
+            self._install(spec, ifindex, undo, flags=0)
+            self._attach(ifindex, programs)
             undo.pop_all()
         return ifindex
 
     def delete_endpoint(self, spec: EndpointSpec) -> None:
-        """Remove map entries, routes and the veth of spec; whatever is missing is fine."""
+        """Remove map entries, routes and the veth of spec, then its policy entries and the
+        conntrack entries of its hooks and addresses; whatever is missing is fine."""
         self._forget(spec)
         for ip in spec.addresses():
             netlink.delete_route(_host_cidr(ip))
         netlink.delete_link(spec.host_ifname)
+        self._forget_flows(spec)
 
     def restore_endpoint(self, spec: EndpointSpec) -> bool:
         """Make an existing endpoint right again after a driver restart.
 
-        If the host veth exists: routes, map entries and program are replaced, True.
-        If it is gone: its map entries are removed, False.
+        If the host veth exists: routes, map entries and programs are replaced, True; the
+        identity is spec.identity, the policy enforcement flags stay as they were (policy
+        entries are untouched: call set_endpoint_policy to make them exact).
+        If it is gone: its map entries, policy and conntrack entries are removed, False.
         """
+        validate_identity(spec.identity)
         ifindex = netlink.link_index(spec.host_ifname)
         if ifindex is None:
             self._forget(spec)
+            self._forget_flows(spec)
             return False
+        old = self.maps.get_endpoint(ifindex)
+        flags = old.flags if old is not None and old.endpoint_id == spec.endpoint_id else 0
         self._forget(spec, keep_ifindex=ifindex)
         # A repair, not a transaction: nothing is undone if a step fails.
-        self._install(spec, ifindex, ExitStack())
-        loader.attach_ingress(ifindex, self.program)
+        self._install(spec, ifindex, ExitStack(), flags=flags)
+        self._attach(ifindex, self.programs)
         return True
+
+    @staticmethod
+    def _attach(ifindex: int, programs: loader.Programs) -> None:
+        loader.attach_egress(ifindex, programs.to_container)
+        loader.attach_ingress(ifindex, programs.from_container)
 
     def link_exists(self, ifname: str) -> bool:
         """Whether a link of that name is in the host namespace (a veth peer Docker pulled
@@ -127,18 +162,23 @@ class Datapath:
         for ifindex in self.maps.endpoints():
             if ifindex not in live and self.maps.delete_endpoint(ifindex):
                 removed.append(f"endpoint map entry {ifindex}")
+        live_ids = {entry.endpoint_id for entry in self.maps.endpoints().values()}
+        for endpoint_id in self.maps.policy_endpoint_ids() - live_ids:
+            self.maps.delete_policy(endpoint_id, self.maps.policy_keys(endpoint_id))
+            removed.append(f"policy entries of endpoint {endpoint_id}")
         for ip, entry in self.maps.addresses().items():
             if entry.ifindex not in live and self.maps.delete_address(ip):
                 removed.append(f"address map entry {ip}")
         return removed
 
-    def _install(self, spec: EndpointSpec, ifindex: int, undo: ExitStack) -> None:
+    def _install(self, spec: EndpointSpec, ifindex: int, undo: ExitStack, flags: int) -> None:
         """Host-side settings, routes and map entries; registers their removal on undo."""
         netlink.configure_host_veth(spec.host_ifname, ifindex)
         for ip in spec.addresses():
             netlink.replace_device_route(_host_cidr(ip), ifindex)
             undo.callback(netlink.delete_route, _host_cidr(ip))
-        self.maps.put_endpoint(ifindex, self._entry(spec, netlink.link_mac(ifindex)))
+        entry = self._entry(spec, netlink.link_mac(ifindex), flags)
+        self.maps.put_endpoint(ifindex, entry)
         undo.callback(self.maps.delete_endpoint, ifindex)
         for ip in spec.addresses():
             self.maps.put_address(ip, ifindex, spec.endpoint_id)
@@ -155,8 +195,14 @@ class Datapath:
             if owner is not None and owner.ifindex != keep_ifindex:
                 self.maps.delete_address(ip)
 
+    def _forget_flows(self, spec: EndpointSpec) -> None:
+        """Remove spec's policy entries and the conntrack entries of its hooks and addresses,
+        so that an endpoint reusing its id or addresses inherits nothing."""
+        self.maps.delete_policy(spec.endpoint_id, self.maps.policy_keys(spec.endpoint_id))
+        self.maps.delete_ct(spec.endpoint_id, spec.addresses())
+
     @staticmethod
-    def _entry(spec: EndpointSpec, node_mac: str) -> EndpointEntry:
+    def _entry(spec: EndpointSpec, node_mac: str, flags: int) -> EndpointEntry:
         return EndpointEntry(
             endpoint_id=spec.endpoint_id,
             mac=spec.mac.lower(),
@@ -165,7 +211,116 @@ class Datapath:
             ipv4=spec.ipv4,
             router6=spec.router6,
             router4=spec.router4,
+            flags=flags,
+            identity=spec.identity,
         )
+
+    def _endpoint(self, spec: EndpointSpec) -> tuple[int, EndpointEntry]:
+        """The host ifindex and endpoints map entry of spec; DatapathError if it has none."""
+        ifindex = netlink.link_index(spec.host_ifname)
+        entry = None if ifindex is None else self.maps.get_endpoint(ifindex)
+        if entry is None or entry.ipv6 != spec.ipv6:
+            raise DatapathError(f"endpoint {spec.endpoint_id} ({spec.host_ifname}) does not exist")
+        return ifindex, entry
+
+    # identities and policy
+
+    def set_endpoint_identity(self, spec: EndpointSpec, identity: int) -> None:
+        """Give the endpoint a security identity: one write of its endpoints map entry.
+        INIT_ID puts it (back) in the waiting state."""
+        validate_identity(identity)
+        ifindex, entry = self._endpoint(spec)
+        self.maps.put_endpoint(ifindex, dataclasses.replace(entry, identity=identity))
+
+    def set_endpoint_policy(
+        self,
+        spec: EndpointSpec,
+        ingress_enforced: bool,
+        egress_enforced: bool,
+        keys: Iterable[PolicyKey],
+    ) -> None:
+        """Make the endpoint's policy exactly keys, enforced in the given directions.
+
+        Order: add new keys (kept keys keep their counters), turn off enforcement that
+        goes off, delete stale keys, turn on enforcement that goes on. So a flow allowed
+        before and after never sees a gap, and nothing is allowed that neither allows.
+        Raises DatapathError before any change if the keys would not fit in the map.
+        """
+        wanted = set(keys)
+        for key in wanted:
+            key.validate()
+        ifindex, entry = self._endpoint(spec)
+        maps = self.maps
+        old = maps.policy_keys(spec.endpoint_id)
+        new = wanted - old
+        room = maps.policy_capacity() - maps.policy_count()
+        if len(new) > room:
+            raise DatapathError(
+                f"policy map full: endpoint {spec.endpoint_id} needs {len(new)} new entries, "
+                f"{room} of {maps.policy_capacity()} are free; its policy is unchanged"
+            )
+        flags = (EP_F_INGRESS_ENFORCED if ingress_enforced else 0) | (
+            EP_F_EGRESS_ENFORCED if egress_enforced else 0
+        )
+        maps.add_policy(spec.endpoint_id, new)
+        relaxed = entry.flags & (flags | ~(EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED))
+        if relaxed != entry.flags:
+            entry = dataclasses.replace(entry, flags=relaxed)
+            maps.put_endpoint(ifindex, entry)
+        maps.delete_policy(spec.endpoint_id, old - wanted)
+        final = (entry.flags & ~(EP_F_INGRESS_ENFORCED | EP_F_EGRESS_ENFORCED)) | flags
+        if final != entry.flags:
+            maps.put_endpoint(ifindex, dataclasses.replace(entry, flags=final))
+
+    def policy_entries(
+        self, spec_or_endpoint_id: EndpointSpec | int
+    ) -> dict[PolicyKey, tuple[int, int]]:
+        """The endpoint's policy keys -> (packets, bytes) of the new flows each admitted."""
+        if isinstance(spec_or_endpoint_id, EndpointSpec):
+            spec_or_endpoint_id = spec_or_endpoint_id.endpoint_id
+        return self.maps.policy_counters(spec_or_endpoint_id)
+
+    def set_cidr_identities(self, mapping: dict[str, int]) -> None:
+        """Make the CIDR tries exactly mapping ("10.0.0.0/8" -> identity, host addresses as
+        /32 and /128 -> HOST_ID). Validated whole before any change."""
+        wanted = {}
+        for cidr, identity in mapping.items():
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise DatapathError(f"invalid CIDR {cidr!r}: {exc}") from exc
+            validate_identity(identity)
+            wanted[net] = identity
+        current = self.maps.cidr_identities()
+        for net, identity in wanted.items():
+            if current.get(net) != identity:
+                self.maps.put_cidr(net, identity)
+        for net in current.keys() - wanted.keys():
+            self.maps.delete_cidr(net)
+
+    def cidr_identities(self) -> dict[str, int]:
+        return {str(net): identity for net, identity in self.maps.cidr_identities().items()}
+
+    # conntrack and events
+
+    def ct_entries(self) -> list[CtEntry]:
+        """Every conntrack entry, decoded (expired ones have lifetime_remaining <= 0)."""
+        return self.maps.ct_entries()
+
+    def set_trace_events(self, enabled: bool) -> None:
+        """Emit trace events (forwarded, delivered, answered) besides drop events."""
+        self.maps.set_config_flag(CONFIG_TRACE_EVENTS, enabled)
+
+    def read_events(
+        self,
+        callback: Callable[[events.Event], None],
+        stop: threading.Event,
+        timeout_ms: int = 100,
+    ) -> None:
+        """Call callback(Event) for each drop/trace event until stop is set. Blocks the
+        calling thread; safe to run next to the other methods (it opens its own fd of
+        the pinned ring buffer). One reader at a time: a ring buffer has one read position."""
+        events.read_events(self.pin_dir / "events", callback, stop, timeout_ms)
 
     # routes
 

@@ -1,8 +1,9 @@
-"""Compiling the BPF program (bcc) and attaching it to veths (tc, through pyroute2).
+"""Compiling the BPF programs (bcc) and attaching them to veths (tc, through pyroute2).
 
-A :class:`Program` is compiled and loaded once per driver process and its one file
-descriptor is attached to every endpoint; attaching uses ``replace`` so it is atomic and
-idempotent, and a program stays attached after the process that loaded it exits.
+bpf_lxc.c is compiled once per driver process into :class:`Programs`, whose two entry
+functions are attached to every endpoint: ``from_container`` on tc ingress and
+``to_container`` on tc egress of the host veth. Attaching uses ``replace`` so it is atomic
+and idempotent, and a program stays attached after the process that loaded it exits.
 """
 
 import ctypes as ct
@@ -19,6 +20,7 @@ from .errors import DatapathError
 BPF_DIR = Path(__file__).parent / "bpf"
 LXC_SOURCE = BPF_DIR / "bpf_lxc.c"
 FROM_CONTAINER = "from_container"
+TO_CONTAINER = "to_container"
 
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
@@ -33,36 +35,57 @@ def compile_cflags(map_fds: dict[str, int]) -> list[str]:
     return flags
 
 
-@dataclass
+@dataclass(frozen=True)
 class Program:
-    """A loaded entry function; keeps the bcc object (and so the fd) alive until close()."""
+    """A loaded entry function; its fd lives as long as the Programs it came from."""
 
     name: str
     fd: int
+
+
+@dataclass
+class Programs:
+    """The entry functions of one compile; keeps the bcc object (and so the fds) alive."""
+
+    from_container: Program
+    to_container: Program
     _bpf: object
 
     def close(self) -> None:
         self._bpf.cleanup()
 
 
-def load_program(map_fds: dict[str, int], function: str = FROM_CONTAINER) -> Program:
-    """Compile bpf_lxc.c with the given map fds and load one of its entry functions."""
+def load_programs(map_fds: dict[str, int]) -> Programs:
+    """Compile bpf_lxc.c once with the given map fds and load both entry functions."""
     from bcc import BPF  # bcc is imported lazily: importing this module needs no root
 
     try:
         bpf = BPF(src_file=str(LXC_SOURCE).encode(), cflags=compile_cflags(map_fds))
     except Exception as exc:
         raise DatapathError(f"compiling {LXC_SOURCE.name} failed: {exc}") from exc
-    try:
-        fn = bpf.load_func(function.encode(), BPF.SCHED_CLS)
-    except Exception as exc:
-        bpf.cleanup()
-        raise DatapathError(f"the kernel rejected BPF program {function}: {exc}") from exc
-    return Program(name=function, fd=fn.fd, _bpf=bpf)
+    loaded = {}
+    for function in (FROM_CONTAINER, TO_CONTAINER):
+        try:
+            fn = bpf.load_func(function.encode(), BPF.SCHED_CLS)
+        except Exception as exc:
+            bpf.cleanup()
+            raise DatapathError(f"the kernel rejected BPF program {function}: {exc}") from exc
+        loaded[function] = Program(name=function, fd=fn.fd)
+    return Programs(loaded[FROM_CONTAINER], loaded[TO_CONTAINER], bpf)
 
 
 def attach_ingress(ifindex: int, program: Program) -> None:
-    """Attach program on the tc clsact ingress hook of ifindex, replacing what is there."""
+    """Attach program on the tc clsact ingress hook of ifindex (from the container)."""
+    _attach(ifindex, program, TC_INGRESS)
+
+
+def attach_egress(ifindex: int, program: Program) -> None:
+    """Attach program on the tc clsact egress hook of ifindex (to the container)."""
+    _attach(ifindex, program, TC_EGRESS)
+
+
+def _attach(ifindex: int, program: Program, parent: str) -> None:
+    """Attach program on one clsact hook of ifindex, replacing what is there."""
     with IPRoute() as ipr:
         try:
             ipr.tc("add", "clsact", ifindex)
@@ -77,7 +100,7 @@ def attach_ingress(ifindex: int, program: Program) -> None:
                 FILTER_HANDLE,
                 fd=program.fd,
                 name=program.name,
-                parent=TC_INGRESS,
+                parent=parent,
                 prio=FILTER_PRIO,
                 classid=1,
                 direct_action=True,
@@ -88,9 +111,18 @@ def attach_ingress(ifindex: int, program: Program) -> None:
 
 def ingress_program_names(ifindex: int) -> list[str]:
     """Names of the BPF programs on the ingress hook of ifindex (empty if none)."""
+    return _program_names(ifindex, TC_INGRESS)
+
+
+def egress_program_names(ifindex: int) -> list[str]:
+    """Names of the BPF programs on the egress hook of ifindex (empty if none)."""
+    return _program_names(ifindex, TC_EGRESS)
+
+
+def _program_names(ifindex: int, parent: str) -> list[str]:
     with IPRoute() as ipr:
         try:
-            filters = ipr.get_filters(ifindex, parent=TC_INGRESS)
+            filters = ipr.get_filters(ifindex, parent=parent)
         except NetlinkError as exc:
             if exc.code in (errno.ENODEV, errno.EINVAL, errno.ENOENT):
                 return []

@@ -4,26 +4,49 @@ Maps are created and pinned here (not by the C compile), so their file descripto
 before the program is compiled: lib/maps.h references them as ``-D<NAME>_MAP_FD``. A new
 driver process opens the same pinned maps, so entries survive restarts.
 
-Callers get typed values (:class:`EndpointEntry`, :class:`AddressEntry`); the ctypes
-``Key``/``Leaf`` classes mirror the structs of ``bpf/lib/common.h``.
+Callers get typed values (:class:`EndpointEntry`, :class:`AddressEntry`, :class:`PolicyKey`,
+:class:`CtEntry`); the ctypes ``Key``/``Leaf`` classes mirror the structs of
+``bpf/lib/common.h``.
 """
 
 import ctypes as ct
 import errno
 import ipaddress
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import reasons
 from .errors import DatapathError
+from .policy import INIT_ID, PolicyKey
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_RINGBUF = 27
 BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_F_NO_PREALLOC = 1
+
+# Capacities. Changing one makes start() refuse the old pinned map (see _check_layout).
+POLICY_MAP_SIZE = 262144  # policy entries of all endpoints together
+CT_MAP_SIZE = 262144  # tracked flows (LRU: the oldest go first when full)
+CIDR_MAP_SIZE = 16384  # prefixes per family
+EVENTS_RING_BYTES = 1 << 20  # ring buffer of drop and trace events; a power of 2 pages
+
+# lib/common.h
+EP_F_INGRESS_ENFORCED = 1
+EP_F_EGRESS_ENFORCED = 2
+CONFIG_TRACE_EVENTS = 1
+CT_F_TX_CLOSING = 1
+CT_F_RX_CLOSING = 2
+CT_F_SEEN_REPLY = 4
 
 ENDPOINT_KEY_IPV4 = 1
 ENDPOINT_KEY_IPV6 = 2
@@ -45,6 +68,7 @@ class EndpointInfo(ct.Structure):
         ("node_mac", MAC),
         ("endpoint_id", ct.c_uint16),
         ("flags", ct.c_uint16),
+        ("identity", ct.c_uint32),
     )
 
 
@@ -58,6 +82,67 @@ class EndpointAddr(ct.Structure):
     """Leaf of the endpoint_addrs map (struct endpoint_addr)."""
 
     _fields_ = (("ifindex", ct.c_uint32), ("endpoint_id", ct.c_uint16), ("pad", ct.c_uint16))
+
+
+class PolicyKeyC(ct.Structure):
+    """Key of the policy map (struct policy_key)."""
+
+    _fields_ = (
+        ("endpoint_id", ct.c_uint16),
+        ("direction", ct.c_uint8),
+        ("protocol", ct.c_uint8),
+        ("dport", ct.c_uint16),
+        ("pad", ct.c_uint16),
+        ("identity", ct.c_uint32),
+    )
+
+
+class PolicyEntryC(ct.Structure):
+    """Leaf of the policy map (struct policy_entry)."""
+
+    _fields_ = (("packets", ct.c_uint64), ("bytes", ct.c_uint64))
+
+
+class Cidr4Key(ct.Structure):
+    _fields_ = (("prefixlen", ct.c_uint32), ("addr", IP4))
+
+
+class Cidr6Key(ct.Structure):
+    _fields_ = (("prefixlen", ct.c_uint32), ("addr", IP6))
+
+
+class CtKeyC(ct.Structure):
+    """Key of the conntrack map (struct ct_key)."""
+
+    _fields_ = (
+        ("saddr", IP6),
+        ("daddr", IP6),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("endpoint_id", ct.c_uint16),
+        ("protocol", ct.c_uint8),
+        ("direction", ct.c_uint8),
+        ("family", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3),
+    )
+
+
+class CtEntryC(ct.Structure):
+    """Leaf of the conntrack map (struct ct_entry)."""
+
+    _fields_ = (
+        ("lifetime", ct.c_uint32),
+        ("rev_nat_index", ct.c_uint16),
+        ("flags", ct.c_uint16),
+        ("packets", ct.c_uint64),
+        ("bytes", ct.c_uint64),
+    )
+
+
+class ConfigC(ct.Structure):
+    """Leaf of the one-slot config array (struct datapath_config)."""
+
+    _fields_ = (("flags", ct.c_uint32),)
 
 
 class _MapInfo(ct.Structure):
@@ -98,7 +183,8 @@ class EndpointEntry:
     ipv4: ipaddress.IPv4Address | None
     router6: ipaddress.IPv6Address
     router4: ipaddress.IPv4Address | None
-    flags: int = 0
+    flags: int = 0  # EP_F_*
+    identity: int = INIT_ID
 
     def to_leaf(self) -> EndpointInfo:
         zero4 = ipaddress.IPv4Address(0)
@@ -111,6 +197,7 @@ class EndpointEntry:
             node_mac=_mac_bytes(self.node_mac),
             endpoint_id=self.endpoint_id,
             flags=self.flags,
+            identity=self.identity,
         )
 
     @classmethod
@@ -124,6 +211,7 @@ class EndpointEntry:
             router6=ipaddress.IPv6Address(bytes(leaf.router6)),
             router4=_ip4_or_none(leaf.router4),
             flags=leaf.flags,
+            identity=leaf.identity,
         )
 
 
@@ -142,19 +230,109 @@ def _address_key(ip: IPAddress) -> EndpointKey:
 
 
 def _address_from_key(key: EndpointKey) -> IPAddress:
-    raw = bytes(key.ip)
-    if key.family == ENDPOINT_KEY_IPV6:
-        return ipaddress.IPv6Address(raw)
-    return ipaddress.IPv4Address(raw[:4])
+    return _address(key.family, key.ip)
+
+
+def _address(family: int, raw) -> IPAddress:
+    if family == ENDPOINT_KEY_IPV6:
+        return ipaddress.IPv6Address(bytes(raw))
+    return ipaddress.IPv4Address(bytes(raw)[:4])
+
+
+@dataclass(frozen=True)
+class CtEntry:
+    """A decoded conntrack entry: a flow as the hook of (endpoint_id, direction) first saw it."""
+
+    family: int  # 4 or 6
+    src: IPAddress
+    dst: IPAddress
+    sport: int  # ICMP echo: the id (requests as sport)
+    dport: int
+    protocol: int
+    direction: int  # INGRESS or EGRESS of endpoint_id
+    endpoint_id: int
+    lifetime_remaining: int  # seconds; <= 0: expired (the datapath ignores it)
+    flags: int  # CT_F_*
+    packets: int
+    bytes: int
+    rev_nat_index: int
+
+    @property
+    def tx_closing(self) -> bool:
+        return bool(self.flags & CT_F_TX_CLOSING)
+
+    @property
+    def rx_closing(self) -> bool:
+        return bool(self.flags & CT_F_RX_CLOSING)
+
+    @property
+    def established(self) -> bool:
+        return bool(self.flags & CT_F_SEEN_REPLY)
+
+    @classmethod
+    def decode(cls, key: CtKeyC, leaf: CtEntryC, now: int) -> "CtEntry":
+        return cls(
+            family=6 if key.family == ENDPOINT_KEY_IPV6 else 4,
+            src=_address(key.family, key.saddr),
+            dst=_address(key.family, key.daddr),
+            sport=key.sport,
+            dport=key.dport,
+            protocol=key.protocol,
+            direction=key.direction,
+            endpoint_id=key.endpoint_id,
+            lifetime_remaining=leaf.lifetime - now,
+            flags=leaf.flags,
+            packets=leaf.packets,
+            bytes=leaf.bytes,
+            rev_nat_index=leaf.rev_nat_index,
+        )
+
+
+def monotonic_seconds() -> int:
+    """The clock of ct_entry.lifetime: bpf_ktime_get_ns() is CLOCK_MONOTONIC."""
+    return int(time.clock_gettime(time.CLOCK_MONOTONIC))
+
+
+def _policy_key_c(endpoint_id: int, key: PolicyKey) -> PolicyKeyC:
+    return PolicyKeyC(
+        endpoint_id=endpoint_id,
+        direction=key.direction,
+        protocol=key.protocol,
+        dport=key.dport,
+        identity=key.identity,
+    )
+
+
+def _policy_key(raw: PolicyKeyC) -> PolicyKey:
+    return PolicyKey(raw.identity, raw.dport, raw.protocol, raw.direction)
+
+
+def _cidr_key(net: ipaddress.IPv4Network | ipaddress.IPv6Network):
+    if net.version == 6:
+        return Cidr6Key(prefixlen=net.prefixlen, addr=IP6(*net.network_address.packed))
+    return Cidr4Key(prefixlen=net.prefixlen, addr=IP4(*net.network_address.packed))
+
+
+def _cidr_of(key) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network((bytes(key.addr), key.prefixlen))
 
 
 @dataclass(frozen=True)
 class MapSpec:
     name: str  # pinned file name and map name (<= 15 chars)
     map_type: int
-    key: type
-    leaf: type
+    key: type | None  # None: no key (ring buffer)
+    leaf: type | None
     max_entries: int
+    flags: int = 0
+
+    @property
+    def key_size(self) -> int:
+        return 0 if self.key is None else ct.sizeof(self.key)
+
+    @property
+    def leaf_size(self) -> int:
+        return 0 if self.leaf is None else ct.sizeof(self.leaf)
 
 
 def map_specs() -> tuple[MapSpec, ...]:
@@ -176,10 +354,27 @@ def map_specs() -> tuple[MapSpec, ...]:
             ct.c_uint64,
             reasons.trace_point_max(),
         ),
+        MapSpec(
+            "policy",
+            BPF_MAP_TYPE_HASH,
+            PolicyKeyC,
+            PolicyEntryC,
+            POLICY_MAP_SIZE,
+            BPF_F_NO_PREALLOC,
+        ),
+        MapSpec("conntrack", BPF_MAP_TYPE_LRU_HASH, CtKeyC, CtEntryC, CT_MAP_SIZE),
+        MapSpec(
+            "cidr4", BPF_MAP_TYPE_LPM_TRIE, Cidr4Key, ct.c_uint32, CIDR_MAP_SIZE, BPF_F_NO_PREALLOC
+        ),
+        MapSpec(
+            "cidr6", BPF_MAP_TYPE_LPM_TRIE, Cidr6Key, ct.c_uint32, CIDR_MAP_SIZE, BPF_F_NO_PREALLOC
+        ),
+        MapSpec("config", BPF_MAP_TYPE_ARRAY, ct.c_uint32, ConfigC, 1),
+        MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, EVENTS_RING_BYTES),
     )
 
 
-def _libbcc():
+def libbcc():
     """libbcc with the prototypes used here; imported lazily so importing works anywhere."""
     from bcc.libbcc import lib
 
@@ -211,11 +406,11 @@ class PinnedMap:
         self.spec = spec
         self.fd = fd
         self.path = path
-        self._lib = _libbcc()
+        self._lib = libbcc()
 
     @classmethod
     def open(cls, pin_dir: Path, spec: MapSpec) -> "PinnedMap":
-        lib = _libbcc()
+        lib = libbcc()
         path = pin_dir / spec.name
         if path.exists():
             fd = lib.bpf_obj_get(os.fsencode(path))
@@ -227,10 +422,10 @@ class PinnedMap:
         fd = lib.bcc_create_map(
             spec.map_type,
             spec.name.encode(),
-            ct.sizeof(spec.key),
-            ct.sizeof(spec.leaf),
+            spec.key_size,
+            spec.leaf_size,
             spec.max_entries,
-            0,
+            spec.flags,
         )
         if fd < 0:
             raise DatapathError(f"cannot create BPF map {spec.name}: {os.strerror(_errno(fd))}")
@@ -245,7 +440,7 @@ class PinnedMap:
         size = ct.c_uint32(ct.sizeof(info))
         if self._lib.bpf_obj_get_info(self.fd, ct.byref(info), ct.byref(size)) < 0:
             raise DatapathError(f"cannot inspect pinned map {self.path}")
-        want = (self.spec.map_type, ct.sizeof(self.spec.key), ct.sizeof(self.spec.leaf))
+        want = (self.spec.map_type, self.spec.key_size, self.spec.leaf_size)
         have = (info.type, info.key_size, info.value_size)
         if want != have or info.max_entries != self.spec.max_entries:
             self.close()
@@ -275,6 +470,15 @@ class PinnedMap:
             err = _errno(-1)
             raise DatapathError(f"cannot update BPF map {self.spec.name}: {os.strerror(err)}")
 
+    def insert(self, key, leaf) -> bool:
+        """Add key unless it is there (its value then stays); False if it was there."""
+        if self._lib.bpf_update_elem(self.fd, ct.byref(key), ct.byref(leaf), BPF_NOEXIST) == 0:
+            return True
+        err = _errno(-1)
+        if err == errno.EEXIST:
+            return False
+        raise DatapathError(f"cannot add to BPF map {self.spec.name}: {os.strerror(err)}")
+
     def delete(self, key) -> bool:
         """Delete key; False if it was not there."""
         if self._lib.bpf_delete_elem(self.fd, ct.byref(key)) == 0:
@@ -301,6 +505,9 @@ class DatapathMaps:
 
     def __init__(self, maps: dict[str, PinnedMap]):
         self._maps = maps
+        # endpoint id -> its policy keys; read from the map on first use, then kept in
+        # step by this object (the one writer of the policy map).
+        self._policy_index: dict[int, set[PolicyKey]] | None = None
 
     @classmethod
     def open(cls, pin_dir: str | Path) -> "DatapathMaps":
@@ -377,3 +584,108 @@ class DatapathMaps:
     def trace_counts(self) -> dict[str, int]:
         """Trace point name -> packets, summed over CPUs."""
         return self._counter_sums("trace_counts", {t.name: t.value for t in reasons.trace_points()})
+
+    # policy: (endpoint id, PolicyKey) -> (packets, bytes)
+
+    def _policy(self) -> dict[int, set[PolicyKey]]:
+        if self._policy_index is None:
+            index: dict[int, set[PolicyKey]] = {}
+            for raw in list(self._maps["policy"].keys()):
+                index.setdefault(raw.endpoint_id, set()).add(_policy_key(raw))
+            self._policy_index = index
+        return self._policy_index
+
+    def policy_keys(self, endpoint_id: int) -> set[PolicyKey]:
+        return set(self._policy().get(endpoint_id, ()))
+
+    def policy_capacity(self) -> int:
+        return self._maps["policy"].spec.max_entries
+
+    def policy_count(self) -> int:
+        return sum(len(keys) for keys in self._policy().values())
+
+    def policy_endpoint_ids(self) -> set[int]:
+        return {ep for ep, keys in self._policy().items() if keys}
+
+    def add_policy(self, endpoint_id: int, keys: Iterable[PolicyKey]) -> None:
+        """Add keys with zero counters; keys already there keep theirs."""
+        pinned, index = self._maps["policy"], self._policy().setdefault(endpoint_id, set())
+        for key in keys:
+            pinned.insert(_policy_key_c(endpoint_id, key), PolicyEntryC())
+            index.add(key)
+
+    def delete_policy(self, endpoint_id: int, keys: Iterable[PolicyKey]) -> None:
+        pinned, index = self._maps["policy"], self._policy().setdefault(endpoint_id, set())
+        for key in list(keys):
+            pinned.delete(_policy_key_c(endpoint_id, key))
+            index.discard(key)
+        if not index:
+            del self._policy()[endpoint_id]
+
+    def policy_counters(self, endpoint_id: int) -> dict[PolicyKey, tuple[int, int]]:
+        pinned, counters = self._maps["policy"], {}
+        for key in self.policy_keys(endpoint_id):
+            leaf = pinned.lookup(_policy_key_c(endpoint_id, key))
+            if leaf is not None:
+                counters[key] = (leaf.packets, leaf.bytes)
+        return counters
+
+    # cidr4 / cidr6: prefix -> identity
+
+    def cidr_identities(self) -> dict[ipaddress.IPv4Network | ipaddress.IPv6Network, int]:
+        found = {}
+        for name in ("cidr4", "cidr6"):
+            pinned = self._maps[name]
+            for key in list(pinned.keys()):
+                leaf = pinned.lookup(key)
+                if leaf is not None:
+                    found[_cidr_of(key)] = leaf.value
+        return found
+
+    def put_cidr(self, net, identity: int) -> None:
+        self._maps[f"cidr{net.version}"].update(_cidr_key(net), ct.c_uint32(identity))
+
+    def delete_cidr(self, net) -> bool:
+        return self._maps[f"cidr{net.version}"].delete(_cidr_key(net))
+
+    # conntrack
+
+    def _ct_items(self) -> list[tuple[CtKeyC, CtEntryC]]:
+        pinned, items = self._maps["conntrack"], []
+        for key in list(pinned.keys()):
+            leaf = pinned.lookup(key)
+            if leaf is not None:
+                items.append((key, leaf))
+        return items
+
+    def ct_entries(self) -> list[CtEntry]:
+        now = monotonic_seconds()
+        return [CtEntry.decode(key, leaf, now) for key, leaf in self._ct_items()]
+
+    def delete_ct(self, endpoint_id: int, addresses: Iterable[IPAddress]) -> int:
+        """Delete entries of endpoint_id's hooks and entries naming any of addresses."""
+        gone = {
+            (ENDPOINT_KEY_IPV6 if ip.version == 6 else ENDPOINT_KEY_IPV4, ip) for ip in addresses
+        }
+        deleted = 0
+        for key, _ in self._ct_items():
+            ends = {(key.family, _address(key.family, a)) for a in (key.saddr, key.daddr)}
+            if key.endpoint_id == endpoint_id or ends & gone:
+                deleted += self._maps["conntrack"].delete(key)
+        return deleted
+
+    # config
+
+    def set_config_flag(self, flag: int, enabled: bool) -> None:
+        pinned, slot = self._maps["config"], ct.c_uint32(0)
+        config = pinned.lookup(slot) or ConfigC()
+        config.flags = config.flags | flag if enabled else config.flags & ~flag
+        pinned.update(slot, config)
+
+    def config_flags(self) -> int:
+        config = self._maps["config"].lookup(ct.c_uint32(0))
+        return 0 if config is None else config.flags
+
+    @property
+    def events_path(self) -> Path:
+        return self._maps["events"].path

@@ -3,6 +3,8 @@
 import ipaddress
 from dataclasses import dataclass
 
+from .policy import INIT_ID
+
 
 @dataclass(frozen=True)
 class EndpointSpec:
@@ -15,6 +17,7 @@ class EndpointSpec:
     router6: ipaddress.IPv6Address  # answered by BPF, bound nowhere
     router4: ipaddress.IPv4Address | None
     mtu: int = 1500
+    identity: int = INIT_ID  # security identity; INIT_ID: sends and receives nothing yet
 
     def addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """The endpoint's own addresses, IPv6 first."""

@@ -7,16 +7,38 @@
 #include "lib/drop.h"
 #include "lib/lxc.h"
 
-/* Device: host-side veth. Direction: from the container. Hook: tc clsact ingress. */
+/* Device: host-side veth. Direction: from the container. Hook: tc clsact ingress.
+ * Anti-spoofing, NDisc/ARP/echo responders, egress policy, then a local endpoint or the stack.
+ */
 int from_container(struct __sk_buff *skb)
 {
+	struct pkt_ctx ctx = { .ifindex = skb->ifindex, .direction = DIR_EGRESS };
 	struct endpoint_info *ep = endpoint_lookup(skb->ifindex);
 	int ret;
 
 	if (!ep)
-		return drop_exit(skb, DROP_UNKNOWN_ENDPOINT);
-	ret = lxc_handle(skb, ep);
+		return drop_exit(skb, &ctx, DROP_UNKNOWN_ENDPOINT);
+	ctx.endpoint_id = ep->endpoint_id;
+	ret = lxc_egress(skb, ep, &ctx);
 	if (ret < 0)
-		return drop_exit(skb, ret);
+		return drop_exit(skb, &ctx, ret);
+	return ret;
+}
+
+/* Device: host-side veth. Direction: to the container. Hook: tc clsact egress.
+ * Ingress policy, for packets from the stack and from local endpoints' redirects alike.
+ */
+int to_container(struct __sk_buff *skb)
+{
+	struct pkt_ctx ctx = { .ifindex = skb->ifindex, .direction = DIR_INGRESS };
+	struct endpoint_info *ep = endpoint_lookup(skb->ifindex);
+	int ret;
+
+	if (!ep)
+		return drop_exit(skb, &ctx, DROP_UNKNOWN_ENDPOINT);
+	ctx.endpoint_id = ep->endpoint_id;
+	ret = lxc_ingress(skb, ep, &ctx);
+	if (ret < 0)
+		return drop_exit(skb, &ctx, ret);
 	return ret;
 }

@@ -30,7 +30,8 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=check, capture_output=True, text=True, timeout=30)
 
 
-def make_spec(n: int) -> EndpointSpec:
+def make_spec(n: int, identity: int | None = None) -> EndpointSpec:
+    """Spec number n; its identity is 1000 + n unless given (INIT_ID: waiting)."""
     tag = f"{os.getpid() & 0xFFFF:04x}{n:08x}"
     return EndpointSpec(
         endpoint_id=n,
@@ -41,6 +42,7 @@ def make_spec(n: int) -> EndpointSpec:
         ipv4=NET4[n],
         router6=ROUTER6,
         router4=ROUTER4,
+        identity=1000 + n if identity is None else identity,
     )
 
 

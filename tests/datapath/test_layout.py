@@ -7,6 +7,7 @@ import re
 import pytest
 
 from datapath import maps
+from datapath.events import EventRecord
 from datapath.reasons import BPF_LIB
 
 
@@ -16,6 +17,14 @@ from datapath.reasons import BPF_LIB
         ("endpoint_info", maps.EndpointInfo),
         ("endpoint_key", maps.EndpointKey),
         ("endpoint_addr", maps.EndpointAddr),
+        ("policy_key", maps.PolicyKeyC),
+        ("policy_entry", maps.PolicyEntryC),
+        ("cidr4_key", maps.Cidr4Key),
+        ("cidr6_key", maps.Cidr6Key),
+        ("ct_key", maps.CtKeyC),
+        ("ct_entry", maps.CtEntryC),
+        ("datapath_config", maps.ConfigC),
+        ("datapath_event", EventRecord),
     ],
 )
 def test_ctypes_size_matches_c_static_assert(struct, ctype):
@@ -33,6 +42,8 @@ def test_endpoint_entry_round_trips():
         ipv4=None,
         router6=ipaddress.IPv6Address("fdce:1c99::1"),
         router4=ipaddress.IPv4Address("10.199.0.1"),
+        flags=maps.EP_F_EGRESS_ENFORCED,
+        identity=4242,
     )
     assert maps.EndpointEntry.from_leaf(entry.to_leaf()) == entry
 

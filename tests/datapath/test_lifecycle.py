@@ -5,7 +5,7 @@ import os
 import pytest
 
 from datapath import Datapath, DatapathError, VethExistsError, loader, netlink
-from datapath.loader import ingress_program_names
+from datapath.loader import egress_program_names, ingress_program_names
 
 from .conftest import run
 
@@ -45,6 +45,8 @@ def test_create_makes_veth_routes_entries_and_program(datapath, new_spec):
         assert entry.node_mac == netlink.link_mac(ifindex)
         assert datapath.address_map_entries()[spec.ipv6].ifindex == ifindex
         assert ingress_program_names(ifindex) == [loader.FROM_CONTAINER]
+        assert egress_program_names(ifindex) == [loader.TO_CONTAINER]
+        assert entry.identity == spec.identity and entry.flags == 0
         assert f"{spec.ipv4} " in _routes_to(spec.ipv4)
     finally:
         datapath.delete_endpoint(spec)

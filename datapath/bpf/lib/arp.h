@@ -31,7 +31,8 @@ static __always_inline int arp_check4(const struct endpoint_info *ep, const stru
 }
 
 /* Answer a request, pass replies and announcements to the stack, drop spoofed ones. */
-static __always_inline int arp_answer4(struct __sk_buff *skb, const struct endpoint_info *ep)
+static __always_inline int arp_answer4(struct __sk_buff *skb, const struct endpoint_info *ep,
+				       const struct pkt_ctx *ctx)
 {
 	struct arp_eth req, reply;
 	int ret;
@@ -42,7 +43,7 @@ static __always_inline int arp_answer4(struct __sk_buff *skb, const struct endpo
 	if (ret < 0)
 		return ret;
 	if (req.op != bpf_htons(ARPOP_REQUEST) || req.tip == ep->ipv4)
-		return trace_exit(TRACE_TO_STACK, TC_ACT_OK);
+		return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
 
 	reply = req;
 	reply.op = bpf_htons(ARPOP_REPLY);
@@ -52,7 +53,7 @@ static __always_inline int arp_answer4(struct __sk_buff *skb, const struct endpo
 	reply.tip = req.sip;
 	if (bpf_skb_store_bytes(skb, ETH_HLEN_, &reply, sizeof(reply), 0) < 0)
 		return DROP_WRITE_FAILED;
-	return eth_reply(skb, ep);
+	return eth_reply(skb, ep, ctx);
 }
 
 #endif

@@ -1,6 +1,7 @@
 /* Types and constants shared by every program and by datapath/maps.py.
- * The layouts of struct endpoint_info, struct endpoint_key and struct endpoint_addr
- * are mirrored by ctypes classes in datapath/maps.py: change both together.
+ * The layouts of every struct with a _Static_assert below are mirrored by ctypes classes
+ * in datapath/maps.py (tests/datapath/test_layout.py compares the sizes): change both
+ * together.
  */
 #ifndef PYCILIUM_COMMON_H
 #define PYCILIUM_COMMON_H
@@ -31,6 +32,21 @@ union v6addr {
 	__be32 p[4];
 };
 
+/* Reserved security identities; endpoints have identities >= 256. */
+#define IDENTITY_ANY 0		/* only as a wildcard in policy keys */
+#define IDENTITY_HOST 1
+#define IDENTITY_WORLD 2
+#define IDENTITY_INIT 3		/* not known yet: the endpoint sends and receives nothing */
+#define IDENTITY_UNMANAGED 4
+
+/* Direction of traffic relative to an endpoint. */
+#define DIR_INGRESS 0		/* to the endpoint */
+#define DIR_EGRESS 1		/* from the endpoint */
+
+/* endpoint_info.flags */
+#define EP_F_INGRESS_ENFORCED 1	/* ingress policy applies; otherwise all is allowed */
+#define EP_F_EGRESS_ENFORCED 2
+
 /* Value of the endpoints map, keyed by the host-side veth's ifindex. */
 struct endpoint_info {
 	union v6addr ipv6;	/* the container's address */
@@ -40,9 +56,10 @@ struct endpoint_info {
 	__u8 mac[ETH_ALEN];	/* container-side MAC */
 	__u8 node_mac[ETH_ALEN];	/* host-side veth MAC */
 	__u16 endpoint_id;
-	__u16 flags;		/* reserved */
+	__u16 flags;		/* EP_F_* */
+	__u32 identity;		/* security identity; IDENTITY_INIT until known */
 };
-_Static_assert(sizeof(struct endpoint_info) == 56, "endpoint_info layout");
+_Static_assert(sizeof(struct endpoint_info) == 60, "endpoint_info layout");
 
 #define ENDPOINT_KEY_IPV4 1
 #define ENDPOINT_KEY_IPV6 2
@@ -61,6 +78,128 @@ struct endpoint_addr {
 	__u16 pad;
 };
 _Static_assert(sizeof(struct endpoint_addr) == 8, "endpoint_addr layout");
+
+/* Key of the policy map. Presence of a key means allow; 0 in identity, dport or
+ * protocol is a wildcard.
+ */
+struct policy_key {
+	__u16 endpoint_id;
+	__u8 direction;		/* DIR_INGRESS or DIR_EGRESS */
+	__u8 protocol;		/* IANA protocol number */
+	__u16 dport;		/* host byte order */
+	__u16 pad;
+	__u32 identity;		/* peer identity */
+};
+_Static_assert(sizeof(struct policy_key) == 12, "policy_key layout");
+
+struct policy_entry {
+	__u64 packets;		/* new flows admitted by this entry */
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct policy_entry) == 16, "policy_entry layout");
+
+/* Keys of the two LPM tries mapping CIDRs (and the host's addresses) to identities. */
+struct cidr4_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+_Static_assert(sizeof(struct cidr4_key) == 8, "cidr4_key layout");
+
+struct cidr6_key {
+	__u32 prefixlen;
+	union v6addr addr;
+};
+_Static_assert(sizeof(struct cidr6_key) == 20, "cidr6_key layout");
+
+/* A flow as one hook sees it; addresses in the ENDPOINT_KEY_* family's form. */
+struct ct_key {
+	union v6addr saddr;	/* IPv4 lives in p[0], the rest is zero */
+	union v6addr daddr;
+	__u16 sport;		/* host byte order; ICMP echo: the id (request: sport, reply: dport) */
+	__u16 dport;
+	__u16 endpoint_id;	/* the endpoint whose hook made the entry */
+	__u8 protocol;
+	__u8 direction;		/* DIR_INGRESS or DIR_EGRESS of endpoint_id */
+	__u8 family;		/* ENDPOINT_KEY_IPV4 or ENDPOINT_KEY_IPV6 */
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct ct_key) == 44, "ct_key layout");
+
+#define CT_F_TX_CLOSING 1	/* FIN or RST seen in the original direction */
+#define CT_F_RX_CLOSING 2	/* FIN or RST seen in the reply direction */
+#define CT_F_SEEN_REPLY 4	/* the flow is established */
+
+struct ct_entry {
+	__u32 lifetime;		/* expiry, in seconds of bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u16 rev_nat_index;	/* reserved for the load balancer */
+	__u16 flags;		/* CT_F_* */
+	__u64 packets;		/* both directions */
+	__u64 bytes;
+};
+_Static_assert(sizeof(struct ct_entry) == 24, "ct_entry layout");
+
+/* Value of the one-slot config array. */
+#define CONFIG_TRACE_EVENTS 1	/* emit trace events, not only drop events */
+
+struct datapath_config {
+	__u32 flags;
+};
+_Static_assert(sizeof(struct datapath_config) == 4, "datapath_config layout");
+
+#define EVENT_DROP 1
+#define EVENT_TRACE 2
+
+/* A record of the events ring buffer. */
+struct datapath_event {
+	__u8 kind;		/* EVENT_DROP or EVENT_TRACE */
+	__u8 direction;
+	__u8 protocol;
+	__u8 family;		/* 0: the packet was not parsed that far */
+	__s32 code;		/* drop reason (negative) or trace point */
+	__u16 endpoint_id;
+	__u16 sport;
+	__u16 dport;
+	__u16 pad;
+	__u32 ifindex;		/* the device whose hook emitted the event */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 pad2;
+	union v6addr saddr;
+	union v6addr daddr;
+};
+_Static_assert(sizeof(struct datapath_event) == 64, "datapath_event layout");
+
+/* ICMP classes that matter to conntrack and policy. */
+#define FLOW_ICMP_NONE 0
+#define FLOW_ICMP_ECHO_REQUEST 1
+#define FLOW_ICMP_ECHO_REPLY 2
+#define FLOW_ICMP_ERROR 3	/* destination unreachable, packet too big, time exceeded... */
+#define FLOW_ICMP_NDISC 4	/* ICMPv6 133-137: never subject to policy */
+#define FLOW_ICMP_OTHER 5
+
+/* What the parsers learnt about a packet. */
+struct flow {
+	union v6addr saddr;
+	union v6addr daddr;
+	__u16 sport;		/* host byte order, as in struct ct_key */
+	__u16 dport;
+	__u8 protocol;		/* upper-layer protocol, behind any IPv6 extension headers */
+	__u8 family;		/* ENDPOINT_KEY_IPV4 or ENDPOINT_KEY_IPV6; 0 before parsing */
+	__u8 tcp_flags;
+	__u8 icmp;		/* FLOW_ICMP_* */
+	__u32 l4_off;
+};
+
+/* One packet in one hook: who it is for, which way it goes and what it is. */
+struct pkt_ctx {
+	struct flow flow;
+	__u32 ifindex;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u16 endpoint_id;
+	__u8 direction;
+	__u8 pad;
+};
 
 static __always_inline int ipv6_addr_equals(const union v6addr *a, const union v6addr *b)
 {

@@ -1,12 +1,12 @@
 /* Drop reasons: the one list. datapath/reasons.py parses this enum (name, value and
  * the comment as description), so keep one enumerator per line in this form.
  * Every drop leaves through drop_exit(), which counts it in the drop_counts per-CPU
- * array at index -reason.
+ * array at index -reason and emits a drop event.
  */
 #ifndef PYCILIUM_DROP_H
 #define PYCILIUM_DROP_H
 
-#include "maps.h"
+#include "events.h"
 
 enum drop_reason {
 	DROP_UNKNOWN_ENDPOINT = -1,	/* Packet from a device with no endpoint */
@@ -17,18 +17,24 @@ enum drop_reason {
 	DROP_INVALID_PACKET = -6,	/* Truncated or malformed packet */
 	DROP_INVALID_ARP = -7,		/* Unsupported ARP packet */
 	DROP_WRITE_FAILED = -8,		/* Packet rewrite failed */
+	DROP_POLICY = -9,		/* Policy denied */
+	DROP_WAITING_FOR_IDENTITY = -10,	/* Endpoint is waiting for its identity */
+	DROP_FRAG_IPV4 = -11,		/* IPv4 fragment (policy cannot see its ports) */
+	DROP_FRAG_IPV6 = -12,		/* IPv6 fragment (policy cannot see its ports) */
+	DROP_INVALID_EXTHDR = -13,	/* Too many or malformed IPv6 extension headers */
 };
 
 /* Size of the drop_counts array; every reason's -value must stay below it. */
 #define DROP_REASON_MAX 64
 
-static __always_inline int drop_exit(struct __sk_buff *skb, int reason)
+static __always_inline int drop_exit(struct __sk_buff *skb, const struct pkt_ctx *ctx, int reason)
 {
 	__u32 index = -reason;
 
 	if (index >= DROP_REASON_MAX)
 		index = -DROP_INVALID_PACKET;
 	drop_count_inc(index);
+	event_emit(ctx, EVENT_DROP, -(int)index);
 	return TC_ACT_SHOT;
 }
 

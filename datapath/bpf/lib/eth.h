@@ -24,13 +24,14 @@ static __always_inline int eth_store_macs(struct __sk_buff *skb, const __u8 *dst
 }
 
 /* Send the (rewritten) packet back out of the veth it came in on: into the container. */
-static __always_inline int eth_reply(struct __sk_buff *skb, const struct endpoint_info *ep)
+static __always_inline int eth_reply(struct __sk_buff *skb, const struct endpoint_info *ep,
+				     const struct pkt_ctx *ctx)
 {
 	int ret = eth_store_macs(skb, ep->mac, ep->node_mac);
 
 	if (ret < 0)
 		return ret;
-	return trace_exit(TRACE_REPLY, bpf_redirect(skb->ifindex, 0));
+	return trace_exit(ctx, TRACE_REPLY, bpf_redirect(skb->ifindex, 0));
 }
 
 #endif

@@ -9,7 +9,7 @@
 
 /* Answer an echo request to ep->router4 in place, or CTX_CONTINUE. */
 static __always_inline int icmp4_echo_reply(struct __sk_buff *skb, const struct endpoint_info *ep,
-					    const struct iphdr *ip4)
+					    const struct iphdr *ip4, const struct pkt_ctx *ctx)
 {
 	__u32 l4_off = IPV4_HDR_OFF + ip4->ihl * 4;
 	struct icmphdr icmp;
@@ -42,7 +42,7 @@ static __always_inline int icmp4_echo_reply(struct __sk_buff *skb, const struct 
 	ret = ipv4_ttl_store(skb, ip4, ICMP4_REPLY_TTL);
 	if (ret < 0)
 		return ret;
-	return eth_reply(skb, ep);
+	return eth_reply(skb, ep, ctx);
 }
 
 #endif

@@ -10,7 +10,7 @@
 
 /* Answer an echo request to ep->router6 in place, or CTX_CONTINUE. */
 static __always_inline int icmp6_echo_reply(struct __sk_buff *skb, const struct endpoint_info *ep,
-					    const struct ipv6hdr *ip6)
+					    const struct ipv6hdr *ip6, const struct pkt_ctx *ctx)
 {
 	struct ipv6hdr reply = *ip6;
 	struct icmp6hdr icmp6;
@@ -37,7 +37,7 @@ static __always_inline int icmp6_echo_reply(struct __sk_buff *skb, const struct 
 	reply.hop_limit = ICMP6_REPLY_HOP_LIMIT;
 	if (bpf_skb_store_bytes(skb, IPV6_HDR_OFF, &reply, sizeof(reply), 0) < 0)
 		return DROP_WRITE_FAILED;
-	return eth_reply(skb, ep);
+	return eth_reply(skb, ep, ctx);
 }
 
 #endif

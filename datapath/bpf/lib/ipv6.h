@@ -12,18 +12,6 @@ struct ipv6_pseudo_hdr {
 	__u8 nexthdr;
 };
 
-/* The upper-layer protocol, looking through one hop-by-hop header (MLD uses one). */
-static __always_inline __u8 ipv6_l4_proto(struct __sk_buff *skb, const struct ipv6hdr *ip6)
-{
-	__u8 nexthdr;
-
-	if (ip6->nexthdr != IPPROTO_HOPOPTS)
-		return ip6->nexthdr;
-	if (bpf_skb_load_bytes(skb, IPV6_L4_OFF, &nexthdr, sizeof(nexthdr)) < 0)
-		return IPPROTO_HOPOPTS;
-	return nexthdr;
-}
-
 /* Returns 0 or a drop reason. The caller checked hop_limit > 1. */
 static __always_inline int ipv6_hoplimit_dec(struct __sk_buff *skb, const struct ipv6hdr *ip6)
 {

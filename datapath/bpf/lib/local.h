@@ -10,19 +10,21 @@
 
 /* MACs as if routed by the host, then out of the destination's host veth into its container. */
 static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, __u32 ifindex,
-						const struct endpoint_info *dst)
+						const struct endpoint_info *dst,
+						const struct pkt_ctx *ctx)
 {
 	int ret = eth_store_macs(skb, dst->mac, dst->node_mac);
 
 	if (ret < 0)
 		return ret;
-	return trace_exit(TRACE_TO_LXC, bpf_redirect(ifindex, 0));
+	return trace_exit(ctx, TRACE_TO_LXC, bpf_redirect(ifindex, 0));
 }
 
 /* Redirect to a local endpoint owning the destination, or CTX_CONTINUE. A hop limit
  * that would reach 0 is left to the stack, which sends the ICMPv6 error.
  */
-static __always_inline int redirect_local6(struct __sk_buff *skb, const struct ipv6hdr *ip6)
+static __always_inline int redirect_local6(struct __sk_buff *skb, const struct ipv6hdr *ip6,
+					   const struct pkt_ctx *ctx)
 {
 	struct endpoint_key key = { .family = ENDPOINT_KEY_IPV6 };
 	struct endpoint_info *dst;
@@ -39,10 +41,11 @@ static __always_inline int redirect_local6(struct __sk_buff *skb, const struct i
 	ret = ipv6_hoplimit_dec(skb, ip6);
 	if (ret < 0)
 		return ret;
-	return redirect_to_endpoint(skb, addr->ifindex, dst);
+	return redirect_to_endpoint(skb, addr->ifindex, dst, ctx);
 }
 
-static __always_inline int redirect_local4(struct __sk_buff *skb, const struct iphdr *ip4)
+static __always_inline int redirect_local4(struct __sk_buff *skb, const struct iphdr *ip4,
+					   const struct pkt_ctx *ctx)
 {
 	struct endpoint_key key = { .family = ENDPOINT_KEY_IPV4 };
 	struct endpoint_info *dst;
@@ -59,7 +62,7 @@ static __always_inline int redirect_local4(struct __sk_buff *skb, const struct i
 	ret = ipv4_ttl_dec(skb, ip4);
 	if (ret < 0)
 		return ret;
-	return redirect_to_endpoint(skb, addr->ifindex, dst);
+	return redirect_to_endpoint(skb, addr->ifindex, dst, ctx);
 }
 
 #endif

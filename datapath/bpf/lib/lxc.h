@@ -1,71 +1,178 @@
-/* What happens to a packet leaving a container, per protocol. */
+/* What happens to a packet leaving a container (from_container) and to one going into it
+ * (to_container), per protocol. NDisc and ARP are never subject to identity or policy;
+ * neither are the answers the datapath itself sends back into the container.
+ */
 #ifndef PYCILIUM_LXC_H
 #define PYCILIUM_LXC_H
 
 #include "arp.h"
 #include "icmp4.h"
 #include "icmp6.h"
+#include "identity.h"
 #include "local.h"
 #include "ndisc.h"
+#include "policy.h"
 #include "spoof.h"
 
-static __always_inline int lxc_handle6(struct __sk_buff *skb, const struct endpoint_info *ep)
+/* Identities of both ends, as seen from ep in ctx->direction. */
+static __always_inline void lxc_identify(const struct endpoint_info *ep, struct pkt_ctx *ctx)
+{
+	if (ctx->direction == DIR_EGRESS) {
+		ctx->src_identity = ep->identity;
+		ctx->dst_identity = identity_lookup(&ctx->flow.daddr, ctx->flow.family);
+	} else {
+		ctx->src_identity = identity_lookup(&ctx->flow.saddr, ctx->flow.family);
+		ctx->dst_identity = ep->identity;
+	}
+}
+
+/* An endpoint waiting for its identity sends and receives nothing but NDisc and ARP. */
+static __always_inline int lxc_identify_or_wait(const struct endpoint_info *ep,
+						struct pkt_ctx *ctx)
+{
+	lxc_identify(ep, ctx);
+	return ep->identity == IDENTITY_INIT ? DROP_WAITING_FOR_IDENTITY : 0;
+}
+
+static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpoint_info *ep,
+				       struct pkt_ctx *ctx)
 {
 	struct ipv6hdr ip6;
 	int ret;
 
 	if (bpf_skb_load_bytes(skb, IPV6_HDR_OFF, &ip6, sizeof(ip6)) < 0)
 		return DROP_INVALID_PACKET;
-	ret = spoof_check6(ep, &ip6, ipv6_l4_proto(skb, &ip6));
+	ret = flow_parse6(skb, &ip6, &ctx->flow);
+	if (ret < 0)
+		return ret;
+	ret = spoof_check6(ep, &ip6, ctx->flow.protocol);
+	if (ret < 0)
+		return ret;
+	if (ctx->flow.icmp == FLOW_ICMP_NDISC) {
+		if (ip6.nexthdr == IPPROTO_ICMPV6) {
+			ret = ndisc_answer6(skb, ep, &ip6, ctx);
+			if (ret != CTX_CONTINUE)
+				return ret;
+		}
+		return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
+	}
+	ret = lxc_identify_or_wait(ep, ctx);
 	if (ret < 0)
 		return ret;
 	if (ip6.nexthdr == IPPROTO_ICMPV6) {
-		ret = ndisc_answer6(skb, ep, &ip6);
-		if (ret != CTX_CONTINUE)
-			return ret;
-		ret = icmp6_echo_reply(skb, ep, &ip6);
+		ret = icmp6_echo_reply(skb, ep, &ip6, ctx);
 		if (ret != CTX_CONTINUE)
 			return ret;
 	}
-	ret = redirect_local6(skb, &ip6);
+	ret = policy_check(skb, ep, ctx);
+	if (ret < 0)
+		return ret;
+	ret = redirect_local6(skb, &ip6, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
-	return trace_exit(TRACE_TO_STACK, TC_ACT_OK);
+	return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
 }
 
-static __always_inline int lxc_handle4(struct __sk_buff *skb, const struct endpoint_info *ep)
+static __always_inline int lxc_egress4(struct __sk_buff *skb, const struct endpoint_info *ep,
+				       struct pkt_ctx *ctx)
 {
 	struct iphdr ip4;
 	int ret;
 
 	if (bpf_skb_load_bytes(skb, IPV4_HDR_OFF, &ip4, sizeof(ip4)) < 0 || ip4.ihl < 5)
 		return DROP_INVALID_PACKET;
+	ret = flow_parse4(skb, &ip4, &ctx->flow);
+	if (ret < 0)
+		return ret;
 	ret = spoof_check4(ep, ip4.saddr);
 	if (ret < 0)
 		return ret;
-	ret = icmp4_echo_reply(skb, ep, &ip4);
+	ret = lxc_identify_or_wait(ep, ctx);
+	if (ret < 0)
+		return ret;
+	ret = icmp4_echo_reply(skb, ep, &ip4, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
-	ret = redirect_local4(skb, &ip4);
+	ret = policy_check(skb, ep, ctx);
+	if (ret < 0)
+		return ret;
+	ret = redirect_local4(skb, &ip4, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
-	return trace_exit(TRACE_TO_STACK, TC_ACT_OK);
+	return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
 }
 
-/* Returns a TC verdict or a drop reason. */
-static __always_inline int lxc_handle(struct __sk_buff *skb, const struct endpoint_info *ep)
+/* From the container: returns a TC verdict or a drop reason. */
+static __always_inline int lxc_egress(struct __sk_buff *skb, const struct endpoint_info *ep,
+				      struct pkt_ctx *ctx)
 {
 	int ret = spoof_check_mac(skb, ep);
 
 	if (ret < 0)
 		return ret;
 	if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		return lxc_handle6(skb, ep);
+		return lxc_egress6(skb, ep, ctx);
 	if (skb->protocol == bpf_htons(ETH_P_IP))
-		return lxc_handle4(skb, ep);
+		return lxc_egress4(skb, ep, ctx);
 	if (skb->protocol == bpf_htons(ETH_P_ARP))
-		return arp_answer4(skb, ep);
+		return arp_answer4(skb, ep, ctx);
 	return DROP_UNKNOWN_L3;
+}
+
+/* An echo reply from the endpoint's router address: the datapath's own answer. */
+static __always_inline int lxc_is_router_reply(const struct endpoint_info *ep,
+					       const struct flow *f)
+{
+	if (f->icmp != FLOW_ICMP_ECHO_REPLY)
+		return 0;
+	if (f->family == ENDPOINT_KEY_IPV6)
+		return ipv6_addr_equals(&f->saddr, &ep->router6);
+	return ep->router4 && f->saddr.p[0] == ep->router4;
+}
+
+static __always_inline int lxc_ingress6(struct __sk_buff *skb, struct pkt_ctx *ctx)
+{
+	struct ipv6hdr ip6;
+
+	if (bpf_skb_load_bytes(skb, IPV6_HDR_OFF, &ip6, sizeof(ip6)) < 0)
+		return DROP_INVALID_PACKET;
+	return flow_parse6(skb, &ip6, &ctx->flow);
+}
+
+static __always_inline int lxc_ingress4(struct __sk_buff *skb, struct pkt_ctx *ctx)
+{
+	struct iphdr ip4;
+
+	if (bpf_skb_load_bytes(skb, IPV4_HDR_OFF, &ip4, sizeof(ip4)) < 0 || ip4.ihl < 5)
+		return DROP_INVALID_PACKET;
+	return flow_parse4(skb, &ip4, &ctx->flow);
+}
+
+/* Into the container: returns a TC verdict or a drop reason. */
+static __always_inline int lxc_ingress(struct __sk_buff *skb, const struct endpoint_info *ep,
+				       struct pkt_ctx *ctx)
+{
+	int ret;
+
+	if (skb->protocol == bpf_htons(ETH_P_ARP))
+		return trace_exit(ctx, TRACE_TO_CONTAINER, TC_ACT_OK);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		ret = lxc_ingress6(skb, ctx);
+	else if (skb->protocol == bpf_htons(ETH_P_IP))
+		ret = lxc_ingress4(skb, ctx);
+	else
+		return DROP_UNKNOWN_L3;
+	if (ret < 0)
+		return ret;
+	if (ctx->flow.icmp != FLOW_ICMP_NDISC && !lxc_is_router_reply(ep, &ctx->flow)) {
+		ret = lxc_identify_or_wait(ep, ctx);
+		if (ret < 0)
+			return ret;
+		ret = policy_check(skb, ep, ctx);
+		if (ret < 0)
+			return ret;
+	}
+	return trace_exit(ctx, TRACE_TO_CONTAINER, TC_ACT_OK);
 }
 
 #endif

@@ -33,4 +33,45 @@ static __always_inline void trace_count_inc(__u32 index)
 		*count += 1;
 }
 
+static __always_inline struct policy_entry *policy_lookup(const struct policy_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, POLICY_MAP_FD), (void *)key);
+}
+
+static __always_inline struct ct_entry *ct_entry_lookup(const struct ct_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, CONNTRACK_MAP_FD), (void *)key);
+}
+
+static __always_inline void ct_entry_update(const struct ct_key *key, const struct ct_entry *entry)
+{
+	bpf_map_update_elem((void *)bpf_pseudo_fd(1, CONNTRACK_MAP_FD), (void *)key, (void *)entry,
+			    BPF_ANY);
+}
+
+static __always_inline __u32 *cidr4_lookup(const struct cidr4_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, CIDR4_MAP_FD), (void *)key);
+}
+
+static __always_inline __u32 *cidr6_lookup(const struct cidr6_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, CIDR6_MAP_FD), (void *)key);
+}
+
+static __always_inline __u32 config_flags(void)
+{
+	__u32 slot = 0;
+	struct datapath_config *config =
+		bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, CONFIG_MAP_FD), &slot);
+
+	return config ? config->flags : 0;
+}
+
+static __always_inline void *event_reserve(void)
+{
+	return bpf_ringbuf_reserve((void *)bpf_pseudo_fd(1, EVENTS_MAP_FD),
+				   sizeof(struct datapath_event), 0);
+}
+
 #endif

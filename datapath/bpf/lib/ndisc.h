@@ -30,7 +30,8 @@ struct ndisc_na {
 
 /* Turn the solicitation in skb into the advertisement for target, sent back to the container. */
 static __always_inline int ndisc_send_na6(struct __sk_buff *skb, const struct endpoint_info *ep,
-					  const union v6addr *target, const union v6addr *daddr)
+					  const union v6addr *target, const union v6addr *daddr,
+					  const struct pkt_ctx *ctx)
 {
 	struct ndisc_na na = {};
 	struct ipv6hdr ip6 = {};
@@ -64,14 +65,14 @@ static __always_inline int ndisc_send_na6(struct __sk_buff *skb, const struct en
 	if (bpf_skb_store_bytes(skb, IPV6_HDR_OFF, &ip6, sizeof(ip6), 0) < 0 ||
 	    bpf_skb_store_bytes(skb, IPV6_L4_OFF, &na, sizeof(na), 0) < 0)
 		return DROP_WRITE_FAILED;
-	return eth_reply(skb, ep);
+	return eth_reply(skb, ep, ctx);
 }
 
 /* Answer a neighbour solicitation from the container, or CTX_CONTINUE if it is not one
  * we answer: DAD (source ::), a target that is the container's own or link-local.
  */
 static __always_inline int ndisc_answer6(struct __sk_buff *skb, const struct endpoint_info *ep,
-					 const struct ipv6hdr *ip6)
+					 const struct ipv6hdr *ip6, const struct pkt_ctx *ctx)
 {
 	const union v6addr *saddr = (const union v6addr *)&ip6->saddr;
 	struct icmp6hdr icmp6;
@@ -86,7 +87,7 @@ static __always_inline int ndisc_answer6(struct __sk_buff *skb, const struct end
 	if (ipv6_addr_is_unspec(saddr) || ipv6_addr_is_linklocal(&target) ||
 	    ipv6_addr_equals(&target, &ep->ipv6))
 		return CTX_CONTINUE;
-	return ndisc_send_na6(skb, ep, &target, saddr);
+	return ndisc_send_na6(skb, ep, &target, saddr, ctx);
 }
 
 #endif

@@ -1,0 +1,33 @@
+/* Drop and trace events: one record per event in the pinned "events" ring buffer,
+ * read by datapath/events.py. A full ring loses events, never packets.
+ */
+#ifndef PYCILIUM_EVENTS_H
+#define PYCILIUM_EVENTS_H
+
+#include "maps.h"
+
+static __always_inline void event_emit(const struct pkt_ctx *ctx, __u8 kind, __s32 code)
+{
+	struct datapath_event *ev = event_reserve();
+
+	if (!ev)
+		return;
+	ev->kind = kind;
+	ev->direction = ctx->direction;
+	ev->protocol = ctx->flow.protocol;
+	ev->family = ctx->flow.family;
+	ev->code = code;
+	ev->endpoint_id = ctx->endpoint_id;
+	ev->sport = ctx->flow.sport;
+	ev->dport = ctx->flow.dport;
+	ev->pad = 0;
+	ev->ifindex = ctx->ifindex;
+	ev->src_identity = ctx->src_identity;
+	ev->dst_identity = ctx->dst_identity;
+	ev->pad2 = 0;
+	ev->saddr = ctx->flow.saddr;
+	ev->daddr = ctx->flow.daddr;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+#endif

@@ -1,0 +1,40 @@
+/* Security identity of a peer address: a local endpoint's own identity, else the
+ * longest CIDR prefix the control plane put in the cidr tries (the host's addresses
+ * are there as /32 and /128), else world.
+ */
+#ifndef PYCILIUM_IDENTITY_H
+#define PYCILIUM_IDENTITY_H
+
+#include "maps.h"
+
+static __always_inline __u32 identity_of_cidr(const union v6addr *addr, __u8 family)
+{
+	__u32 *identity;
+
+	if (family == ENDPOINT_KEY_IPV6) {
+		struct cidr6_key key = { .prefixlen = 128, .addr = *addr };
+
+		identity = cidr6_lookup(&key);
+	} else {
+		struct cidr4_key key = { .prefixlen = 32, .addr = addr->p[0] };
+
+		identity = cidr4_lookup(&key);
+	}
+	return identity ? *identity : IDENTITY_WORLD;
+}
+
+static __always_inline __u32 identity_lookup(const union v6addr *addr, __u8 family)
+{
+	struct endpoint_key key = { .ip = *addr, .family = family };
+	struct endpoint_addr *owner = endpoint_addr_lookup(&key);
+	struct endpoint_info *ep;
+
+	if (owner) {
+		ep = endpoint_lookup(owner->ifindex);
+		if (ep)
+			return ep->identity;
+	}
+	return identity_of_cidr(addr, family);
+}
+
+#endif

@@ -1,0 +1,143 @@
+"""Drop and trace events from the pinned ring buffer, decoded into :class:`Event`.
+
+The reader opens its own file descriptor of the pinned ring buffer and shares no state
+with :class:`~datapath.Datapath`, so it can run in its own thread next to the methods the
+control plane calls under its lock. A ring buffer has one read position: run one reader
+at a time.
+"""
+
+import ctypes as ct
+import ipaddress
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import reasons
+from .errors import DatapathError
+from .maps import ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6, IP6, IPAddress, libbcc
+
+EVENT_DROP = 1  # lib/common.h
+EVENT_TRACE = 2
+KINDS = {EVENT_DROP: "drop", EVENT_TRACE: "trace"}
+
+
+class EventRecord(ct.Structure):
+    """One record of the events ring buffer (struct datapath_event)."""
+
+    _fields_ = (
+        ("kind", ct.c_uint8),
+        ("direction", ct.c_uint8),
+        ("protocol", ct.c_uint8),
+        ("family", ct.c_uint8),
+        ("code", ct.c_int32),
+        ("endpoint_id", ct.c_uint16),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("pad", ct.c_uint16),
+        ("ifindex", ct.c_uint32),
+        ("src_identity", ct.c_uint32),
+        ("dst_identity", ct.c_uint32),
+        ("pad2", ct.c_uint32),
+        ("saddr", IP6),
+        ("daddr", IP6),
+    )
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "drop" or "trace"
+    reason: int  # drop reason (negative, lib/drop.h) or trace point (lib/trace.h)
+    reason_name: str  # e.g. "DROP_POLICY", "TRACE_TO_LXC"
+    description: str  # e.g. "Policy denied"
+    endpoint_id: int  # endpoint of the hook; 0 if the device had none
+    ifindex: int  # device of the hook
+    direction: int  # INGRESS (to the endpoint) or EGRESS (from it)
+    src_identity: int  # 0 when not resolved yet (packet dropped before)
+    dst_identity: int
+    src: IPAddress | None  # None when the packet was dropped before its addresses were read
+    dst: IPAddress | None
+    protocol: int
+    sport: int  # ICMP echo: the id (requests as sport, replies as dport)
+    dport: int
+
+
+def _address(family: int, raw) -> IPAddress | None:
+    if family == ENDPOINT_KEY_IPV6:
+        return ipaddress.IPv6Address(bytes(raw))
+    if family == ENDPOINT_KEY_IPV4:
+        return ipaddress.IPv4Address(bytes(raw)[:4])
+    return None
+
+
+def _code(kind: int, value: int) -> reasons.Code:
+    table = reasons.drop_reasons() if kind == EVENT_DROP else reasons.trace_points()
+    for code in table:
+        if code.value == value:
+            return code
+    return reasons.Code(f"UNKNOWN_{value}", value, f"Unknown code {value}")
+
+
+def decode_event(raw: bytes) -> Event:
+    if len(raw) < ct.sizeof(EventRecord):
+        raise DatapathError(f"short event record ({len(raw)} bytes)")
+    rec = EventRecord.from_buffer_copy(raw[: ct.sizeof(EventRecord)])
+    code = _code(rec.kind, rec.code)
+    return Event(
+        kind=KINDS.get(rec.kind, f"kind{rec.kind}"),
+        reason=rec.code,
+        reason_name=code.name,
+        description=code.description,
+        endpoint_id=rec.endpoint_id,
+        ifindex=rec.ifindex,
+        direction=rec.direction,
+        src_identity=rec.src_identity,
+        dst_identity=rec.dst_identity,
+        src=_address(rec.family, rec.saddr),
+        dst=_address(rec.family, rec.daddr),
+        protocol=rec.protocol,
+        sport=rec.sport,
+        dport=rec.dport,
+    )
+
+
+def read_events(
+    ring_path: Path,
+    callback: Callable[[Event], None],
+    stop: threading.Event,
+    timeout_ms: int = 100,
+) -> None:
+    """Call callback with every event until stop is set; polls every timeout_ms.
+
+    An exception from callback ends the loop and is raised here.
+    """
+    from bcc.libbcc import _RINGBUF_CB_TYPE
+
+    lib = libbcc()
+    fd = lib.bpf_obj_get(os.fsencode(ring_path))
+    if fd < 0:
+        raise DatapathError(f"cannot open event ring buffer {ring_path}: {os.strerror(-fd)}")
+    failure: list[BaseException] = []
+
+    def on_record(_ctx, data, size) -> int:
+        try:
+            callback(decode_event(ct.string_at(data, size)))
+        except BaseException as exc:  # ends the poll; raised below in the caller's thread
+            failure.append(exc)
+            return -1
+        return 0
+
+    handler = _RINGBUF_CB_TYPE(on_record)  # referenced until the ring is freed
+    ring = lib.bpf_new_ringbuf(fd, handler, None)
+    if not ring:
+        os.close(fd)
+        raise DatapathError(f"cannot read event ring buffer {ring_path}")
+    try:
+        while not stop.is_set() and not failure:
+            lib.bpf_poll_ringbuf(ring, timeout_ms)
+    finally:
+        lib.bpf_free_ringbuf(ring)
+        os.close(fd)
+    if failure:
+        raise failure[0]
