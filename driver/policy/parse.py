@@ -128,9 +128,14 @@ def _section(node, path: str, side: str) -> PeerRule:
 def _selector(node, path: str) -> Selector:
     node = _fields(node, path, ("matchLabels", "matchExpressions"))
     labels = _expect(node.get("matchLabels", {}), dict, _at(path, "matchLabels"))
-    pairs = tuple(sorted((k, _string(v, _at(path, f"matchLabels.{k}"))) for k, v in labels.items()))
+    pairs = tuple(sorted(_label_pair(k, v, _at(path, "matchLabels")) for k, v in labels.items()))
     expressions = _list(node.get("matchExpressions", []), _at(path, "matchExpressions"), _req)
     return Selector(pairs, expressions)
+
+
+def _label_pair(key, value, path: str) -> tuple[str, str]:
+    _string(key, path)
+    return key, _string(value, f"{path}.{key}")
 
 
 def _req(node, path: str) -> Requirement:

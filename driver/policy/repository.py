@@ -52,8 +52,8 @@ class PolicyRepository:
         """Warnings for rules whose endpointSelector matches no known endpoint identity."""
         known = [i.labels for i in identities if i.id >= MIN_ENDPOINT_ID]
         return [
-            f"rule {i} ({rule.display(i)}): endpointSelector "
-            f"({rule.endpoint_selector.describe()}) selects no known endpoint"
+            f"{_title(rule, i)}: endpointSelector ({rule.endpoint_selector.describe()})"
+            " selects no known endpoint"
             for i, rule in enumerate(rules)
             if not any(rule.endpoint_selector.matches(labels) for labels in known)
         ]
@@ -114,6 +114,10 @@ class PolicyRepository:
                     unindexed.append(i)
             self._index = (by_pair, unindexed)
         return self._index
+
+
+def _title(rule: Rule, index: int) -> str:
+    return f"rule {index} ({rule.display(index)})" if rule.labels else f"rule {index}"
 
 
 def _named(rule: Rule, name: str) -> bool:

@@ -220,6 +220,11 @@ def rule_with(section: str, direction: str = "ingress") -> str:
             "rule 0: endpointSelector: unknown field 'matchLabel' (did you mean 'matchLabels'?)",
         ),
         (
+            "- endpointSelector: {matchLabels: {1: x}}",
+            "rule 0: endpointSelector.matchLabels: expected a string, got an integer"
+            " (quote it in YAML)",
+        ),
+        (
             "- endpointSelector: {}\n  labels: [{value: x}]",
             "rule 0: labels[0]: missing field 'key'",
         ),

@@ -107,8 +107,12 @@ def test_bad_delete_changes_nothing(kwargs, error, message):
 
 def test_selects_nothing_warns_per_rule():
     repo = PolicyRepository()
-    found = repo.selects_nothing(rules(), [endpoint(256, app="db"), endpoint(1, app="web")])
-    assert found == ["rule 0 (web-policy): endpointSelector (app=web) selects no known endpoint"]
+    extra = rules("- {endpointSelector: {matchLabels: {app: nope}}}")
+    known = [endpoint(256, app="db"), endpoint(1, app="web")]
+    assert repo.selects_nothing(rules() + extra, known) == [
+        "rule 0 (web-policy): endpointSelector (app=web) selects no known endpoint",
+        "rule 3: endpointSelector (app=nope) selects no known endpoint",
+    ]
 
 
 def test_compute_uses_rules_added_after_an_earlier_compute():
