@@ -1,14 +1,58 @@
 """The management API the `cilium` command line talks to, under /v1."""
 
 import dataclasses
+import json
+import os
+import queue
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+
+from datapath import INIT_ID
+from datapath.maps import EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED
+
+from .endpoints import spec_of
+from .errors import BadRequest, NotFound
+from .identities import RESERVED
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
+
+PROTOCOLS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+HEARTBEAT_SECONDS = 1.0
 
 
 def daemon():
     return current_app.extensions["pycilium"]
+
+
+def _body() -> dict:
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _plain(record: dict) -> dict:
+    """Addresses and other values as JSON-friendly strings."""
+    return {
+        k: v if isinstance(v, int | str | dict) or v is None else str(v) for k, v in record.items()
+    }
+
+
+def endpoint_record(ep) -> dict:
+    record = dataclasses.asdict(ep)
+    record["state"] = "waiting-for-identity" if ep.identity == INIT_ID else "ready"
+    return record
+
+
+def find_endpoint(ref: str):
+    """An endpoint by numeric id, container name, or a prefix of its container or endpoint id."""
+    for ep in daemon().store.endpoints():
+        if ref in (str(ep.numeric_id), ep.container_name) or any(
+            value and len(ref) >= 4 and value.startswith(ref)
+            for value in (ep.container_id, ep.endpoint_id)
+        ):
+            return ep
+    raise NotFound(f"endpoint {ref} not found")
 
 
 @bp.get("/healthz")
@@ -20,9 +64,23 @@ def healthz():
 def status():
     d = daemon()
     with d.lock:
-        endpoints = len(d.store.endpoints())
-        networks = len(d.store.networks())
-        addresses = d.store.address_count()
+        endpoints = d.store.endpoints()
+        counts = {
+            "networks": len(d.store.networks()),
+            "endpoints": len(endpoints),
+            "waiting": sum(ep.identity == INIT_ID for ep in endpoints),
+            "addresses": d.store.address_count(),
+            "identities": len(d.store.identities("endpoint")),
+        }
+        policy = {
+            "revision": d.security.revision,
+            "mode": d.security.mode,
+            "rules": len(d.security.policy.rules()),
+        }
+        datapath = {
+            "compile_count": d.datapath.compile_count,
+            "drops": d.datapath.drop_counts(),
+        }
     node = d.node
     return jsonify(
         {
@@ -33,13 +91,11 @@ def status():
                 "ipv4_range": str(node.range4),
                 "ipv4_router": str(node.router4),
             },
-            "networks": networks,
-            "endpoints": endpoints,
-            "addresses": addresses,
-            "datapath": {
-                "compile_count": d.datapath.compile_count,
-                "drops": d.datapath.drop_counts(),
-            },
+            "kernel": os.uname().release,
+            "docker_events": bool(d.watcher and d.watcher.connected.is_set()),
+            **counts,
+            "policy": policy,
+            "datapath": datapath,
         }
     )
 
@@ -48,7 +104,118 @@ def status():
 def endpoints():
     with daemon().lock:
         eps = daemon().store.endpoints()
-    return jsonify([dataclasses.asdict(ep) for ep in eps])
+    return jsonify([endpoint_record(ep) for ep in eps])
+
+
+@bp.get("/endpoints/<ref>")
+def endpoint(ref):
+    d = daemon()
+    with d.lock:
+        ep = find_endpoint(ref)
+        entries = _policy_entries(ep)
+        map_entries = d.datapath.endpoint_map_entries()
+    record = endpoint_record(ep)
+    entry = next((e for e in map_entries.values() if e.endpoint_id == ep.numeric_id), None)
+    flags = entry.flags if entry else 0
+    record["policy"] = {
+        "ingress_enforced": bool(flags & EP_F_INGRESS_ENFORCED),
+        "egress_enforced": bool(flags & EP_F_EGRESS_ENFORCED),
+        "entries": entries,
+    }
+    return jsonify(record)
+
+
+def _policy_entries(ep) -> list[dict]:
+    entries = daemon().datapath.policy_entries(spec_of(ep))
+    return [
+        {**dataclasses.asdict(key), "packets": packets, "bytes": size}
+        for key, (packets, size) in sorted(
+            entries.items(), key=lambda kv: dataclasses.astuple(kv[0])
+        )
+    ]
+
+
+@bp.get("/identities")
+def identities():
+    with daemon().lock:
+        found = daemon().store.identities()
+    reserved = [
+        {"identity": number, "kind": "reserved", "key": f"reserved:{name}", "labels": {}}
+        for number, name in RESERVED.items()
+    ]
+    return jsonify(reserved + [dataclasses.asdict(i) for i in found])
+
+
+@bp.get("/identities/<int:number>")
+def identity(number):
+    if number in RESERVED:
+        name = RESERVED[number]
+        return jsonify({"identity": number, "kind": "reserved", "key": f"reserved:{name}"})
+    with daemon().lock:
+        found = daemon().store.get_identity(number)
+        users = [ep.numeric_id for ep in daemon().store.endpoints() if ep.identity == number]
+    if found is None:
+        raise NotFound(f"identity {number} not found")
+    return jsonify({**dataclasses.asdict(found), "endpoints": users})
+
+
+@bp.get("/policy")
+def policy_get():
+    d = daemon()
+    with d.lock:
+        return jsonify(
+            {
+                "revision": d.security.revision,
+                "mode": d.security.mode,
+                "rules": d.security.policy.to_json(),
+            }
+        )
+
+
+@bp.put("/policy")
+def policy_import():
+    body = _body()
+    if not isinstance(body.get("text"), str):
+        raise BadRequest("policy import needs the rules as a string in 'text'")
+    with daemon().lock:
+        result = daemon().security.import_rules(body["text"], str(body.get("source") or "-"))
+    return jsonify(result)
+
+
+@bp.delete("/policy")
+def policy_delete():
+    name = request.args.get("name")
+    everything = request.args.get("all") in ("1", "true")
+    if not name and not everything:
+        raise BadRequest("policy delete needs a rule name or all=true")
+    with daemon().lock:
+        return jsonify(daemon().security.delete_rules(name, everything))
+
+
+@bp.put("/policy/mode")
+def policy_mode():
+    mode = _body().get("mode")
+    with daemon().lock:
+        daemon().security.set_mode(str(mode))
+        return jsonify({"mode": daemon().security.mode})
+
+
+@bp.post("/policy/trace")
+def policy_trace():
+    body = _body()
+    src, dst = body.get("src"), body.get("dst")
+    if not isinstance(src, dict) or not isinstance(dst, dict):
+        raise BadRequest("trace needs 'src' and 'dst' label objects")
+    protocol = str(body.get("protocol", "tcp")).lower()
+    if protocol not in PROTOCOLS:
+        raise BadRequest(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    try:
+        dport = int(body.get("dport", 0))
+    except (TypeError, ValueError):
+        raise BadRequest(f"port {body.get('dport')!r} is not a number") from None
+    with daemon().lock:
+        verdict = daemon().security.trace(src, dst, dport, PROTOCOLS[protocol])
+    return jsonify(dataclasses.asdict(verdict))
 
 
 @bp.get("/addresses")
@@ -71,6 +238,52 @@ def bpf_endpoints():
     return jsonify([_plain({"ifindex": k, **dataclasses.asdict(v)}) for k, v in entries.items()])
 
 
-def _plain(record: dict) -> dict:
-    """Addresses and other values as JSON-friendly strings."""
-    return {k: v if isinstance(v, int | str) or v is None else str(v) for k, v in record.items()}
+@bp.get("/bpf/policy/<ref>")
+def bpf_policy(ref):
+    with daemon().lock:
+        return jsonify(_policy_entries(find_endpoint(ref)))
+
+
+@bp.get("/bpf/ct")
+def bpf_ct():
+    with daemon().lock:
+        entries = daemon().datapath.ct_entries()
+    return jsonify([_plain(dataclasses.asdict(e)) for e in entries])
+
+
+@bp.get("/monitor")
+def monitor():
+    """Events as JSON lines until the client goes away; blank lines keep the stream alive."""
+    kinds = frozenset(request.args.getlist("type") or ["drop", "trace"])
+    unknown = kinds - {"drop", "trace"}
+    if unknown:
+        raise BadRequest(f"unknown event type {', '.join(sorted(unknown))} (drop, trace)")
+    with daemon().lock:
+        sources = _addresses_of(request.args.get("from"))
+        destinations = _addresses_of(request.args.get("to"))
+    subscription = daemon().monitor.subscribe(kinds)
+
+    def lines():
+        try:
+            while True:
+                try:
+                    event = subscription.events.get(timeout=HEARTBEAT_SECONDS)
+                except queue.Empty:
+                    yield "\n"
+                    continue
+                if sources and event.get("src") not in sources:
+                    continue
+                if destinations and event.get("dst") not in destinations:
+                    continue
+                yield json.dumps(event) + "\n"
+        finally:
+            subscription.close()
+
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+
+
+def _addresses_of(ref: str | None) -> set[str]:
+    if not ref:
+        return set()
+    ep = find_endpoint(ref)
+    return {a for a in (ep.ipv6, ep.ipv4) if a}

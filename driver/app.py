@@ -15,8 +15,9 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20
 
 
-def create_app(config: Config, datapath=None) -> Flask:
-    """Build and start the control plane. `datapath` defaults to the real kernel datapath."""
+def create_app(config: Config, datapath=None, watch_docker: bool = True) -> Flask:
+    """Build and start the control plane. `datapath` defaults to the real kernel datapath;
+    `watch_docker` starts the Docker events watcher that gives endpoints their identity."""
     if datapath is None:
         from datapath import Datapath
 
@@ -25,6 +26,8 @@ def create_app(config: Config, datapath=None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     daemon = Daemon(config, datapath)
     daemon.start()
+    if watch_docker:
+        daemon.watch_docker()
     app.extensions["pycilium"] = daemon
     app.register_blueprint(plugin.bp)
     app.register_blueprint(api.bp)

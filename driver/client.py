@@ -43,3 +43,22 @@ class ApiClient:
 
     def get(self, path: str):
         return self.request("GET", path)
+
+    def stream(self, path: str):
+        """JSON objects of a streaming GET, one per non-empty line, until the server stops."""
+        conn = _UnixConnection(self.socket_path, timeout=None)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            if response.status >= 400:
+                body = response.read()
+                raise DriverError((json.loads(body) if body else {}).get("Err") or "failed")
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+        except OSError as exc:
+            raise DriverError(
+                f"cannot reach the driver at {self.socket_path}: {exc} (is it running?)"
+            ) from None
+        finally:
+            conn.close()

@@ -4,6 +4,8 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from .identities import DEFAULT_LABEL_PREFIXES
+
 
 @dataclass(frozen=True)
 class Config:
@@ -23,6 +25,10 @@ class Config:
     # Above Docker's 30 s plugin timeout: Docker gives up first and never sees a killed worker.
     worker_timeout: int = 120
     log_level: str = "info"
+    docker_host: str = "unix:///var/run/docker.sock"
+    # Comma-separated label-key prefixes that count for identity; "!" excludes.
+    label_prefixes: str = DEFAULT_LABEL_PREFIXES
+    policy_enforcement: str = "default"
 
     @property
     def plugin_socket(self) -> str:
@@ -45,6 +51,10 @@ class Config:
             raise ValueError(f"MTU {self.mtu} must be between 1280 and 65535")
         if not self.veth_prefix.isalnum() or len(self.veth_prefix) > 3:
             raise ValueError(f"veth prefix {self.veth_prefix!r} must be 1-3 letters or digits")
+        if self.policy_enforcement not in ("default", "always", "never"):
+            raise ValueError(
+                f"policy enforcement {self.policy_enforcement!r} must be default, always or never"
+            )
         return self
 
 

@@ -11,9 +11,13 @@ from .addressing import NodeAddressing, node_id_from_machine_id
 from .config import Config
 from .endpoints import Endpoints
 from .errors import DriverError
+from .identities import LabelFilter
 from .ipam import Ipam
+from .monitor import Monitor
 from .networks import Networks
+from .security import Security
 from .state import Store
+from .watcher import DockerWatcher
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,9 @@ class Daemon:
         self.ipam: Ipam | None = None
         self.networks: Networks | None = None
         self.endpoints: Endpoints | None = None
+        self.security: Security | None = None
+        self.watcher: DockerWatcher | None = None
+        self.monitor: Monitor | None = None
 
     def start(self) -> None:
         with self.lock:
@@ -43,8 +50,17 @@ class Daemon:
             self.endpoints = Endpoints(
                 self.store, self.ipam, self.datapath, self.node, self.config.veth_prefix
             )
+            self.monitor = Monitor(self.datapath)
+            self.security = Security(
+                self.store,
+                self.datapath,
+                LabelFilter(self.config.label_prefixes),
+                self.config.policy_enforcement,
+            )
             self._claim_ranges()
             self.endpoints.restore_all()
+            self.security.collect_garbage()
+            self.security.regenerate()
         log.info(
             "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
             self.node.node_id,
@@ -54,13 +70,48 @@ class Daemon:
             self.node.router4,
         )
 
+    def watch_docker(self) -> None:
+        self.watcher = DockerWatcher(self, self.config.docker_host)
+        self.watcher.start()
+
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+        if self.monitor is not None:
+            self.monitor.close()
         with self.lock:
             self.datapath.close()
             self.store.close()
 
     def delete_network(self, network_id: str) -> None:
         self.networks.delete(network_id, self.endpoints.delete)
+        self.security.collect_garbage()
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        self.endpoints.delete(endpoint_id)
+        self.security.collect_garbage()
+
+    def network_ids(self) -> set[str]:
+        with self.lock:
+            return {net.network_id for net in self.store.networks()}
+
+    def assign_container(
+        self,
+        endpoint_id: str,
+        network_id: str,
+        network_name: str,
+        container_id: str,
+        name: str,
+        labels: dict,
+    ) -> None:
+        """Called by the Docker events watcher once it knows an endpoint's container."""
+        with self.lock:
+            ep = self.store.get_endpoint(endpoint_id)
+            if ep is None or ep.network_id != network_id:
+                return
+            identity = self.security.assign_container(ep, network_name, container_id, name, labels)
+        log.info("endpoint %d is container %s, identity %d", ep.numeric_id, name, identity)
 
     def _node_id(self) -> int:
         with self.store.transaction():

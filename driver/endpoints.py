@@ -159,6 +159,7 @@ def spec_of(ep: Endpoint) -> EndpointSpec:
         router6=ipaddress.IPv6Address(ep.router6),
         router4=ipaddress.IPv4Address(ep.router4) if ep.router4 else None,
         mtu=ep.mtu,
+        identity=ep.identity,
     )
 
 

@@ -185,7 +185,7 @@ def endpoint_oper_info(body):
 def delete_endpoint(body):
     """{"NetworkID", "EndpointID"}; Docker has already pulled the interface out."""
     with daemon().lock:
-        daemon().endpoints.delete(body["EndpointID"])
+        daemon().delete_endpoint(body["EndpointID"])
 
 
 @call("NetworkDriver.Join", JOIN)

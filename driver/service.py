@@ -77,6 +77,11 @@ def _option(name: str, help_text: str, **kwargs):
 @_option("mtu", "default MTU of container interfaces", type=int)
 @_option("threads", "request threads", type=int)
 @_option("log_level", "debug, info, warning or error")
+@_option("docker_host", "Docker API the events watcher reads")
+@_option(
+    "label_prefixes", "label-key prefixes that count for identity, comma-separated; ! excludes"
+)
+@_option("policy_enforcement", "default, always or never (until changed with `cilium policy mode`)")
 def main(**options):
     """Serve the pycilium Docker network and IPAM driver in the foreground."""
     try:

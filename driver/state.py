@@ -8,11 +8,12 @@ import contextlib
 import json
 import os
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import DriverError
 
 SCHEMA_VERSION = 1
+INIT_IDENTITY = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS networks (
     gateway6 TEXT,
     ipv6_by_driver INTEGER NOT NULL,
     mtu INTEGER NOT NULL,
-    owned_routes TEXT NOT NULL
+    owned_routes TEXT NOT NULL,
+    name TEXT
 );
 CREATE TABLE IF NOT EXISTS endpoints (
     endpoint_id TEXT PRIMARY KEY,
@@ -56,7 +58,17 @@ CREATE TABLE IF NOT EXISTS endpoints (
     router4 TEXT,
     mtu INTEGER NOT NULL,
     returned TEXT NOT NULL,
-    sandbox_key TEXT
+    sandbox_key TEXT,
+    container_id TEXT,
+    container_name TEXT,
+    labels TEXT NOT NULL DEFAULT '{}',
+    identity INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identities (
+    identity INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL UNIQUE,
+    labels TEXT NOT NULL
 );
 """
 
@@ -81,6 +93,7 @@ class Network:
     ipv6_by_driver: bool
     mtu: int
     owned_routes: tuple[str, ...]
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,18 @@ class Endpoint:
     # The Interface fields this driver filled in for Docker (replayed verbatim on a repeated call).
     returned: dict
     sandbox_key: str | None = None
+    container_id: str | None = None
+    container_name: str | None = None
+    labels: dict = field(default_factory=dict)
+    identity: int = INIT_IDENTITY
+
+
+@dataclass(frozen=True)
+class Identity:
+    identity: int
+    kind: str  # "endpoint" (labels of containers) or "cidr" (a prefix named by policy)
+    key: str
+    labels: dict
 
 
 class StateError(DriverError):
@@ -215,7 +240,7 @@ class Store:
 
     def add_network(self, net: Network) -> None:
         self._write(
-            "INSERT INTO networks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO networks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 net.network_id,
                 net.pool4,
@@ -225,6 +250,7 @@ class Store:
                 net.ipv6_by_driver,
                 net.mtu,
                 json.dumps(list(net.owned_routes)),
+                net.name,
             ),
         )
 
@@ -235,6 +261,9 @@ class Store:
     def networks(self) -> list[Network]:
         return [_network(r) for r in self._rows("SELECT * FROM networks ORDER BY network_id")]
 
+    def set_network_name(self, network_id: str, name: str) -> None:
+        self._write("UPDATE networks SET name = ? WHERE network_id = ?", (name, network_id))
+
     def delete_network(self, network_id: str) -> None:
         self._write("DELETE FROM networks WHERE network_id = ?", (network_id,))
 
@@ -242,7 +271,7 @@ class Store:
 
     def add_endpoint(self, ep: Endpoint) -> None:
         self._write(
-            "INSERT INTO endpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO endpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ep.endpoint_id,
                 ep.network_id,
@@ -257,6 +286,10 @@ class Store:
                 ep.mtu,
                 json.dumps(ep.returned),
                 ep.sandbox_key,
+                ep.container_id,
+                ep.container_name,
+                json.dumps(ep.labels),
+                ep.identity,
             ),
         )
 
@@ -278,11 +311,53 @@ class Store:
             "UPDATE endpoints SET sandbox_key = ? WHERE endpoint_id = ?", (sandbox_key, endpoint_id)
         )
 
+    def set_container(
+        self, endpoint_id: str, container_id: str, name: str, labels: dict, identity: int
+    ) -> None:
+        self._write(
+            "UPDATE endpoints SET container_id = ?, container_name = ?, labels = ?, identity = ?"
+            " WHERE endpoint_id = ?",
+            (container_id, name, json.dumps(labels), identity, endpoint_id),
+        )
+
     def delete_endpoint(self, endpoint_id: str) -> None:
         self._write("DELETE FROM endpoints WHERE endpoint_id = ?", (endpoint_id,))
 
     def used_numeric_ids(self) -> set[int]:
         return {r["numeric_id"] for r in self._rows("SELECT numeric_id FROM endpoints")}
+
+    # identities
+
+    def add_identity(self, identity: Identity) -> None:
+        self._write(
+            "INSERT INTO identities VALUES (?, ?, ?, ?)",
+            (identity.identity, identity.kind, identity.key, json.dumps(identity.labels)),
+        )
+
+    def identity_by_key(self, key: str) -> Identity | None:
+        rows = self._rows("SELECT * FROM identities WHERE key = ?", (key,))
+        return _identity(rows[0]) if rows else None
+
+    def get_identity(self, identity: int) -> Identity | None:
+        rows = self._rows("SELECT * FROM identities WHERE identity = ?", (identity,))
+        return _identity(rows[0]) if rows else None
+
+    def identities(self, kind: str | None = None) -> list[Identity]:
+        if kind is None:
+            rows = self._rows("SELECT * FROM identities ORDER BY identity")
+        else:
+            rows = self._rows("SELECT * FROM identities WHERE kind = ? ORDER BY identity", (kind,))
+        return [_identity(r) for r in rows]
+
+    def delete_identity(self, identity: int) -> None:
+        self._write("DELETE FROM identities WHERE identity = ?", (identity,))
+
+    def unreferenced_identities(self) -> list[int]:
+        rows = self._rows(
+            "SELECT identity FROM identities WHERE kind = 'endpoint' AND identity NOT IN "
+            "(SELECT identity FROM endpoints)"
+        )
+        return [r["identity"] for r in rows]
 
 
 def _pool(row: sqlite3.Row) -> Pool:
@@ -306,6 +381,7 @@ def _network(row: sqlite3.Row) -> Network:
         ipv6_by_driver=bool(row["ipv6_by_driver"]),
         mtu=row["mtu"],
         owned_routes=tuple(json.loads(row["owned_routes"])),
+        name=row["name"],
     )
 
 
@@ -324,4 +400,14 @@ def _endpoint(row: sqlite3.Row) -> Endpoint:
         mtu=row["mtu"],
         returned=json.loads(row["returned"]),
         sandbox_key=row["sandbox_key"],
+        container_id=row["container_id"],
+        container_name=row["container_name"],
+        labels=json.loads(row["labels"]),
+        identity=row["identity"],
+    )
+
+
+def _identity(row: sqlite3.Row) -> Identity:
+    return Identity(
+        identity=row["identity"], kind=row["kind"], key=row["key"], labels=json.loads(row["labels"])
     )

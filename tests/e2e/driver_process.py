@@ -37,6 +37,10 @@ class DriverProcess:
     def plugin_socket(self) -> str:
         return f"/run/docker/plugins/{self.name}.sock"
 
+    @staticmethod
+    def cli_path() -> str:
+        return os.path.join(os.path.dirname(sys.executable), "cilium")
+
     def start(self, timeout: float = 60.0) -> None:
         env = dict(os.environ)
         env.update({"CILIUM_" + k.upper(): v for k, v in self.settings.items()})

@@ -20,7 +20,7 @@ def config(tmp_path):
 
 @pytest.fixture
 def app(config, datapath):
-    app = create_app(config, datapath=datapath)
+    app = create_app(config, datapath=datapath, watch_docker=False)
     yield app
     app.extensions["pycilium"].close()
 

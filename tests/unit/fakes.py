@@ -2,6 +2,8 @@
 
 import ipaddress
 
+from datapath import DatapathError
+
 
 class FakeDatapath:
     def __init__(self):
@@ -12,6 +14,12 @@ class FakeDatapath:
         self.sandbox_routes = {}
         self.host_links = set()
         self.fail_create = None
+        self.identities = {}
+        self.policies = {}
+        self.cidr_identities = {}
+        self.host_ips = ["192.0.2.2", "fd00::2"]
+        self.trace_events = False
+        self.policy_capacity = None
 
     def start(self):
         self.compile_count = 1
@@ -60,3 +68,29 @@ class FakeDatapath:
 
     def drop_counts(self):
         return {}
+
+    def set_endpoint_identity(self, spec, identity):
+        self.identities[spec.host_ifname] = identity
+
+    def set_endpoint_policy(self, spec, ingress_enforced, egress_enforced, keys):
+        if self.policy_capacity is not None and len(keys) > self.policy_capacity:
+            raise DatapathError("policy map full")
+        self.policies[spec.host_ifname] = (ingress_enforced, egress_enforced, set(keys))
+
+    def policy_entries(self, spec):
+        return {key: (0, 0) for key in self.policies.get(spec.host_ifname, (0, 0, set()))[2]}
+
+    def set_cidr_identities(self, mapping):
+        self.cidr_identities = dict(mapping)
+
+    def host_addresses(self):
+        return list(self.host_ips)
+
+    def ct_entries(self):
+        return []
+
+    def set_trace_events(self, enabled):
+        self.trace_events = enabled
+
+    def read_events(self, callback, stop, timeout_ms=100):
+        stop.wait()

@@ -153,7 +153,7 @@ def test_state_survives_a_restart(config, datapath, post, app):
     taken = address(post, v6["PoolID"])[1]["Address"]
     app.extensions["pycilium"].close()
 
-    again = create_app(config, datapath=datapath)
+    again = create_app(config, datapath=datapath, watch_docker=False)
     try:
         client = again.test_client()
         body = {"PoolID": v6["PoolID"], "Address": taken.split("/")[0], "Options": None}

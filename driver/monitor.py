@@ -1,0 +1,96 @@
+"""Fan-out of datapath events (drops, traces) to every `cilium monitor` that listens.
+
+One reader thread drains the datapath's event ring while at least one subscriber exists;
+each subscriber has a bounded queue, so a slow reader loses its own events, nobody else's.
+"""
+
+import dataclasses
+import ipaddress
+import logging
+import queue
+import threading
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 10_000
+
+
+class Subscription:
+    def __init__(self, monitor: "Monitor", kinds: frozenset[str]):
+        self.monitor = monitor
+        self.kinds = kinds
+        self.events: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self.lost = 0
+
+    def offer(self, event: dict) -> None:
+        if event["kind"] not in self.kinds:
+            return
+        try:
+            self.events.put_nowait(event)
+        except queue.Full:
+            self.lost += 1
+
+    def close(self) -> None:
+        self.monitor.unsubscribe(self)
+
+
+class Monitor:
+    def __init__(self, datapath):
+        self.datapath = datapath
+        self._subscribers: list[Subscription] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def subscribe(self, kinds: frozenset[str]) -> Subscription:
+        subscription = Subscription(self, kinds)
+        with self._lock:
+            self._subscribers.append(subscription)
+            self._update()
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            if subscription in self._subscribers:
+                self._subscribers.remove(subscription)
+            self._update()
+
+    def close(self) -> None:
+        with self._lock:
+            self._subscribers.clear()
+            self._update()
+
+    def _update(self) -> None:
+        """Run the reader while anyone listens; trace events only while someone wants them."""
+        wants_trace = any("trace" in s.kinds for s in self._subscribers)
+        self.datapath.set_trace_events(wants_trace)
+        if self._subscribers and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._read, name="monitor", daemon=True)
+            self._thread.start()
+        elif not self._subscribers and self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _read(self) -> None:
+        try:
+            self.datapath.read_events(self._publish, self._stop)
+        except Exception:
+            log.exception("monitor: reading datapath events failed")
+
+    def _publish(self, event) -> None:
+        record = event_record(event)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            subscription.offer(record)
+
+
+def event_record(event) -> dict:
+    """An event as JSON-friendly values."""
+    record = dataclasses.asdict(event)
+    for key, value in record.items():
+        if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            record[key] = str(value)
+    return record

@@ -1,0 +1,115 @@
+"""Background watcher of Docker's event stream: it learns which container owns each endpoint,
+and its labels, without ever calling Docker from inside a plugin request.
+
+`docker run` emits `container create` (with every label), then `network connect` once Join
+has returned, some 200 ms before the container's process starts. On the connect event the
+watcher looks the endpoint up with a network inspect (which, unlike a container inspect,
+does not wait for the container's start) and hands it to the control plane.
+"""
+
+import logging
+import threading
+
+import docker
+import docker.errors
+import requests.exceptions
+
+log = logging.getLogger(__name__)
+
+RECONNECT_DELAYS = (0.5, 1, 2, 5)
+STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+class DockerWatcher:
+    def __init__(self, daemon, docker_host: str):
+        self.daemon = daemon
+        self.docker_host = docker_host
+        self._labels: dict[str, tuple[str, dict]] = {}
+        self._stop = threading.Event()
+        self._stream = None
+        self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                client = docker.APIClient(base_url=self.docker_host, timeout=30)
+                self._stream = client.events(
+                    decode=True, filters={"type": ["container", "network"]}
+                )
+                self.resync(client)
+                self.connected.set()
+                attempt = 0
+                for event in self._stream:
+                    self._dispatch(client, event)
+            except STREAM_ERRORS as exc:
+                if self._stop.is_set():
+                    break
+                log.warning("docker events: %s; reconnecting", exc)
+            finally:
+                self.connected.clear()
+                if self._stream is not None:
+                    self._stream.close()
+                    self._stream = None
+            delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+            attempt += 1
+            self._stop.wait(delay)
+
+    def resync(self, client) -> None:
+        """Match every endpoint of our networks to its container from a full listing."""
+        for network_id in self.daemon.network_ids():
+            try:
+                network = client.inspect_network(network_id)
+            except docker.errors.NotFound:
+                continue
+            for container_id, info in (network.get("Containers") or {}).items():
+                self._assign(client, network, container_id, info.get("EndpointID"))
+
+    def _dispatch(self, client, event: dict) -> None:
+        actor = event.get("Actor") or {}
+        attributes = actor.get("Attributes") or {}
+        kind, action = event.get("Type"), event.get("Action")
+        if kind == "container" and action == "create":
+            labels = {k: v for k, v in attributes.items() if k not in ("name", "image")}
+            self._labels[actor.get("ID")] = (attributes.get("name", ""), labels)
+        elif kind == "container" and action == "destroy":
+            self._labels.pop(actor.get("ID"), None)
+        elif kind == "network" and action == "connect":
+            if actor.get("ID") not in self.daemon.network_ids():
+                return
+            try:
+                network = client.inspect_network(actor["ID"])
+            except docker.errors.NotFound:
+                return
+            container_id = attributes.get("container", "")
+            info = (network.get("Containers") or {}).get(container_id) or {}
+            self._assign(client, network, container_id, info.get("EndpointID"))
+
+    def _assign(self, client, network: dict, container_id: str, endpoint_id: str | None) -> None:
+        if not endpoint_id:
+            return
+        name, labels = self._labels.get(container_id) or self._inspect_labels(client, container_id)
+        self.daemon.assign_container(
+            endpoint_id, network["Id"], network["Name"], container_id, name, labels
+        )
+
+    def _inspect_labels(self, client, container_id: str) -> tuple[str, dict]:
+        try:
+            data = client.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return "", {}
+        name = data.get("Name", "").lstrip("/")
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        self._labels[container_id] = (name, labels)
+        return name, labels
