@@ -11,11 +11,15 @@ import itertools
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 
 import pytest
 
 from datapath import Datapath, EndpointSpec
+
+from . import traffic
 
 PREFIX = "dpt"  # host veths of test endpoints; never "lxc", which the driver owns
 NET6 = ipaddress.IPv6Network("fdce:1c99::/64")
@@ -53,6 +57,24 @@ class Container:
     netns: str
     spec: EndpointSpec
     ifindex: int
+    servers: list = field(default_factory=list)
+
+    @property
+    def identity(self) -> int:
+        return self.spec.identity
+
+    def addr(self, version: int):
+        return self.spec.ipv6 if version == 6 else self.spec.ipv4
+
+    def serve(self, port: int, proto: str = "tcp") -> None:
+        """Echo server on port, for both families, until the container goes."""
+        self.servers.append(traffic.serve(self.netns, port, proto))
+
+    def exchange(self, addr, port: int, proto: str = "tcp", timeout: float = 2) -> bool:
+        return traffic.exchange(self.netns, addr, port, proto, timeout)
+
+    def session(self, addr, port: int, proto: str = "tcp") -> traffic.Session:
+        return traffic.Session(self.netns, addr, port, proto)
 
     def exec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return run("ip", "netns", "exec", self.netns, *args, check=check)
@@ -60,8 +82,8 @@ class Container:
     def ip(self, *args: str) -> subprocess.CompletedProcess:
         return run("ip", "-n", self.netns, *args)
 
-    def ping(self, addr, *extra: str) -> bool:
-        cmd = ["ping", "-c", "1", "-W", "2", *extra, str(addr)]
+    def ping(self, addr, *extra: str, timeout: int = 2) -> bool:
+        cmd = ["ping", "-c", "1", "-W", str(timeout), *extra, str(addr)]
         return self.exec(*cmd, check=False).returncode == 0
 
     def neighbour_mac(self, addr) -> str | None:
@@ -105,7 +127,7 @@ def datapath(pin_dir):
 @pytest.fixture
 def new_spec():
     """Factory of endpoint specs with fresh names and addresses."""
-    return lambda: make_spec(next(_serial))
+    return lambda identity=None: make_spec(next(_serial), identity)
 
 
 @pytest.fixture
@@ -113,8 +135,8 @@ def make_container(datapath, new_spec):
     """Factory: create an endpoint with the datapath and put its peer in a new netns."""
     made: list[Container] = []
 
-    def make() -> Container:
-        spec = new_spec()
+    def make(identity: int | None = None) -> Container:
+        spec = new_spec(identity)
         ifindex = datapath.create_endpoint(spec)
         container = Container(f"dpt-{os.getpid()}-{spec.endpoint_id}", spec, ifindex)
         made.append(container)
@@ -123,5 +145,39 @@ def make_container(datapath, new_spec):
 
     yield make
     for container in made:
+        for server in container.servers:
+            traffic.stop(server)
         datapath.delete_endpoint(container.spec)
         run("ip", "netns", "del", container.netns, check=False)
+
+
+class EventLog:
+    """Events read by Datapath.read_events in a background thread."""
+
+    def __init__(self):
+        self.events = []
+
+    def wait_for(self, timeout: float = 3, **fields):
+        """The first event whose attributes equal fields, waiting up to timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in list(self.events):
+                if all(getattr(event, name) == value for name, value in fields.items()):
+                    return event
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def event_log(datapath):
+    log = EventLog()
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=datapath.read_events, args=(log.events.append, stop), daemon=True
+    )
+    reader.start()
+    yield log
+    stop.set()
+    reader.join(5)
+    assert not reader.is_alive()

@@ -1,0 +1,103 @@
+"""Real TCP/UDP traffic between test namespaces: small Python programs run inside them."""
+
+import subprocess
+import sys
+
+SERVER = r"""
+import socket, sys, threading
+port, proto = int(sys.argv[1]), sys.argv[2]
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET6, kind)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", port))
+
+def echo(conn):
+    with conn:
+        while data := conn.recv(4096):
+            conn.sendall(data)
+
+if kind == socket.SOCK_STREAM:
+    s.listen(16)
+    print("ready", flush=True)
+    while True:
+        conn, _ = s.accept()
+        threading.Thread(target=echo, args=(conn,), daemon=True).start()
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(4096)
+    s.sendto(data, peer)
+"""
+
+# Connects, then echoes each stdin line through the server; exit 0 if the echo came back.
+CLIENT = r"""
+import socket, sys
+host, port, proto, timeout, lines = sys.argv[1:6]
+port, timeout = int(port), float(timeout)
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(family, kind)
+s.settimeout(timeout)
+s.connect((host, port))
+if lines == "stdin":
+    print("connected", flush=True)
+    for line in sys.stdin:
+        s.sendall(line.encode())
+        print(s.recv(4096).decode().strip(), flush=True)
+    sys.exit(0)
+s.sendall(b"hello")
+sys.exit(0 if s.recv(100) == b"hello" else 1)
+"""
+
+
+def netns_cmd(netns: str, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", netns, *args]
+
+
+def serve(netns: str, port: int, proto: str = "tcp") -> subprocess.Popen:
+    """An echo server on [::]:port (both families) in netns; returns once it listens."""
+    proc = subprocess.Popen(
+        netns_cmd(netns, sys.executable, "-c", SERVER, str(port), proto),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if proc.stdout.readline().strip() != "ready":
+        stop(proc)
+        raise RuntimeError(f"echo server on port {port} did not start")
+    return proc
+
+
+def exchange(netns: str, addr, port: int, proto: str = "tcp", timeout: float = 2) -> bool:
+    """Whether a client in netns gets its message echoed by addr:port."""
+    cmd = netns_cmd(netns, sys.executable, "-c", CLIENT, str(addr), str(port), proto)
+    done = subprocess.run([*cmd, str(timeout), "once"], capture_output=True, timeout=30)
+    return done.returncode == 0
+
+
+class Session:
+    """A long-lived connection from netns to addr:port; echo() sends a line through it."""
+
+    def __init__(self, netns: str, addr, port: int, proto: str = "tcp"):
+        cmd = netns_cmd(netns, sys.executable, "-c", CLIENT, str(addr), str(port), proto)
+        self.proc = subprocess.Popen(
+            [*cmd, "3", "stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        if self.proc.stdout.readline().strip() != "connected":
+            self.close()
+            raise RuntimeError(f"cannot connect to {addr}:{port}")
+
+    def echo(self, text: str) -> bool:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip() == text
+
+    def close(self) -> None:
+        stop(self.proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
