@@ -1,0 +1,65 @@
+"""Drop and trace events through Datapath.read_events."""
+
+import threading
+import time
+
+import pytest
+
+from datapath import EGRESS, INGRESS, Event, loader
+from datapath.events import EventRecord, decode_event
+
+from .conftest import ROUTER6
+
+
+@pytest.fixture
+def traces(datapath):
+    datapath.set_trace_events(True)
+    yield
+    datapath.set_trace_events(False)
+
+
+def test_trace_events_are_off_by_default(datapath, make_container, event_log):
+    a, b = make_container(), make_container()
+    assert a.ping(b.spec.ipv6)
+    time.sleep(0.3)
+    assert event_log.wait_for(timeout=0, kind="trace", endpoint_id=a.spec.endpoint_id) is None
+
+
+def test_trace_events_name_the_path(datapath, make_container, event_log, traces):
+    a, b = make_container(), make_container()
+    assert a.ping(b.spec.ipv6)
+    sent = event_log.wait_for(reason_name="TRACE_TO_LXC", endpoint_id=a.spec.endpoint_id)
+    assert sent is not None and sent.kind == "trace"
+    assert (sent.direction, sent.src, sent.dst) == (EGRESS, a.spec.ipv6, b.spec.ipv6)
+    assert (sent.src_identity, sent.dst_identity) == (a.identity, b.identity)
+    got = event_log.wait_for(reason_name="TRACE_TO_CONTAINER", endpoint_id=b.spec.endpoint_id)
+    assert got is not None and (got.direction, got.ifindex) == (INGRESS, b.ifindex)
+    assert a.ping(ROUTER6)
+    assert event_log.wait_for(reason_name="TRACE_REPLY", endpoint_id=a.spec.endpoint_id)
+
+
+def test_unparsed_drop_has_no_addresses(datapath, make_container, event_log):
+    a = make_container()
+    frame = b"\xff" * 6 + bytes.fromhex(a.spec.mac.replace(":", "")) + b"\x88\xb5" + bytes(46)
+    loader.run_program(datapath.program, frame, a.ifindex)
+    event = event_log.wait_for(reason_name="DROP_UNKNOWN_L3", endpoint_id=a.spec.endpoint_id)
+    assert event is not None
+    assert (event.src, event.dst, event.description) == (None, None, "Unknown L3 protocol")
+
+
+def test_callback_error_ends_the_reader(datapath, make_container):
+    a = make_container()
+    frame = b"\xff" * 6 + bytes.fromhex(a.spec.mac.replace(":", "")) + b"\x88\xb5" + bytes(46)
+    loader.run_program(datapath.program, frame, a.ifindex)
+
+    def fail(event: Event) -> None:
+        raise ValueError("callback failed")
+
+    with pytest.raises(ValueError, match="callback failed"):
+        datapath.read_events(fail, threading.Event())
+
+
+def test_decode_unknown_code():
+    record = EventRecord(kind=1, code=-63, family=0)
+    event = decode_event(bytes(record))
+    assert (event.kind, event.reason_name) == ("drop", "UNKNOWN_-63")
