@@ -137,3 +137,34 @@ def test_remove_orphans(datapath, make_container):
 def test_not_started_is_a_clear_error(pin_dir, new_spec):
     with pytest.raises(DatapathError, match="not started"):
         Datapath(pin_dir=pin_dir).create_endpoint(new_spec())
+
+
+def test_restore_keeps_enforcement_and_policy(datapath, pin_dir, make_container):
+    from datapath import INGRESS, PolicyKey
+
+    a, b, c = make_container(), make_container(), make_container()
+    keys = {PolicyKey(a.identity, 0, 0, INGRESS)}
+    datapath.set_endpoint_policy(b.spec, True, False, keys)
+    restarted = Datapath(pin_dir=pin_dir, veth_prefix=datapath.veth_prefix)
+    restarted.start()
+    try:
+        assert restarted.restore_endpoint(b.spec)
+        assert restarted.endpoint_map_entries()[b.ifindex].flags == 1
+        assert restarted.policy_entries(b.spec).keys() == keys
+        assert egress_program_names(b.ifindex) == [loader.TO_CONTAINER]
+        assert a.ping(b.spec.ipv6)
+        assert not c.ping(b.spec.ipv6, timeout=1)
+    finally:
+        restarted.close()
+
+
+def test_remove_orphans_drops_policy_of_unknown_endpoints(datapath, make_container):
+    from datapath import INGRESS, PolicyKey
+
+    kept, orphan = make_container(), make_container()
+    datapath.set_endpoint_policy(orphan.spec, True, False, {PolicyKey(0, 0, 0, INGRESS)})
+    known = set(netlink.links_with_prefix(datapath.veth_prefix)) - {orphan.spec.host_ifname}
+    removed = datapath.remove_orphans(known)
+    assert f"policy entries of endpoint {orphan.spec.endpoint_id}" in removed
+    assert datapath.policy_entries(orphan.spec) == {}
+    assert kept.ifindex in datapath.endpoint_map_entries()

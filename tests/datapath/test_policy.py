@@ -1,5 +1,7 @@
 """Identities, L3/L4 policy and conntrack with real packets between namespaces."""
 
+import sys
+
 import pytest
 
 from datapath import EGRESS, HOST_ID, INGRESS, INIT_ID, DatapathError, PolicyKey, netlink
@@ -225,3 +227,28 @@ def test_delete_endpoint_leaves_no_policy_or_conntrack(datapath, make_container)
     assert datapath.policy_entries(b.spec) == {}
     assert not any(ours(e) for e in datapath.ct_entries())
     assert datapath.compile_count == 1
+
+
+# TCP client whose segments carry a destination-options header (a sticky socket option).
+DSTOPTS_CLIENT = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+s.settimeout(1)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"hello")
+sys.exit(0 if s.recv(10) == b"hello" else 1)
+"""
+
+
+def test_destination_options_do_not_hide_the_port(datapath, make_container):
+    a, b = make_container(), make_container()
+    b.serve(80)
+    b.serve(81)
+    datapath.set_endpoint_policy(b.spec, True, False, {PolicyKey(a.identity, 80, 6, INGRESS)})
+    before = _drops(datapath, "DROP_POLICY")
+    for port, allowed in ((80, True), (81, False)):
+        client = (sys.executable, "-c", DSTOPTS_CLIENT, str(b.spec.ipv6), str(port))
+        done = a.exec(*client, check=False)
+        assert (done.returncode == 0) == allowed, done.stderr
+    assert _drops(datapath, "DROP_POLICY") > before
