@@ -298,6 +298,11 @@ class Datapath:
         for net in current.keys() - wanted.keys():
             self.maps.delete_cidr(net)
 
+    def host_addresses(self) -> list[str]:
+        """The host's own addresses: the control plane maps each (as /32 or /128) to
+        HOST_ID in set_cidr_identities."""
+        return netlink.host_addresses()
+
     def cidr_identities(self) -> dict[str, int]:
         return {str(net): identity for net, identity in self.maps.cidr_identities().items()}
 

@@ -59,3 +59,10 @@ def test_sandbox_route_destinations(datapath, make_container):
 
 def test_sandbox_route_destinations_of_missing_sandbox(datapath):
     assert datapath.sandbox_route_destinations("/var/run/docker/netns/does-not-exist") == set()
+
+
+def test_host_addresses_include_loopback_and_test_veths(datapath, make_container):
+    a = make_container()
+    run("ip", "addr", "add", "fdce:1c99::fffd/128", "dev", a.spec.host_ifname, "nodad")
+    addresses = datapath.host_addresses()
+    assert {"127.0.0.1", "::1", "fdce:1c99::fffd"} <= set(addresses)
