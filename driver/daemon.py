@@ -59,8 +59,7 @@ class Daemon:
             )
             self._claim_ranges()
             self.endpoints.restore_all()
-            self.security.collect_garbage()
-            self.security.regenerate()
+            self.security.refresh()
         log.info(
             "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
             self.node.node_id,
@@ -86,11 +85,11 @@ class Daemon:
 
     def delete_network(self, network_id: str) -> None:
         self.networks.delete(network_id, self.endpoints.delete)
-        self.security.collect_garbage()
+        self.security.refresh()
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self.endpoints.delete(endpoint_id)
-        self.security.collect_garbage()
+        self.security.refresh()
 
     def network_ids(self) -> set[str]:
         with self.lock:

@@ -48,25 +48,32 @@ class Security:
         if identity != ep.identity:
             self.regenerate()
             self.datapath.set_endpoint_identity(spec_of(ep), identity)
-            self.collect_garbage()
+            self.refresh()
         return identity
 
-    def collect_garbage(self) -> None:
-        if self.identities.collect_garbage():
-            self.regenerate()
+    def refresh(self) -> None:
+        """After endpoints went away: free identities nobody has, then regenerate the rest."""
+        self.identities.collect_garbage()
+        self.regenerate()
 
     def regenerate(self) -> None:
         """Make every endpoint's policy entries what the rules say for today's identities."""
         cidr_identities = self.identities.sync_cidrs(self.policy.cidrs())
         self.datapath.set_cidr_identities({**self._host_prefixes(), **cidr_identities})
         known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
+        endpoints = self.store.endpoints()
+        mates = _network_mates(endpoints)
         computed = {}
-        for ep in self.store.endpoints():
+        for ep in endpoints:
             if ep.identity == INIT_ID:
                 continue
             if ep.identity not in computed:
                 computed[ep.identity] = self.policy.compute(
-                    Identity(ep.identity, ep.labels), known, cidr_identities, self.mode
+                    Identity(ep.identity, ep.labels),
+                    known,
+                    cidr_identities,
+                    self.mode,
+                    network_mates=mates.get(ep.network_id, frozenset()),
                 )
             result = computed[ep.identity]
             self.datapath.set_endpoint_policy(
@@ -130,3 +137,18 @@ class Security:
             self.store.set_meta("policy_rules", json.dumps(candidate.to_json()))
             self.store.set_meta("policy_revision", str(self.revision))
         log.info("policy revision %d in force (%d rules)", self.revision, len(candidate.rules()))
+
+
+def _network_mates(endpoints: list[Endpoint]) -> dict[str, frozenset[int]]:
+    """Per network, the identities of the other endpoints of containers connected to it: a
+    container on two networks reaches both, whichever interface its packets leave by."""
+    by_sandbox = {}
+    for ep in endpoints:
+        if ep.sandbox_key:
+            by_sandbox.setdefault(ep.sandbox_key, []).append(ep)
+    mates: dict[str, set[int]] = {}
+    for members in by_sandbox.values():
+        for ep in members:
+            others = {m.identity for m in members if m is not ep and m.identity != INIT_ID}
+            mates.setdefault(ep.network_id, set()).update(others)
+    return {network: frozenset(ids) for network, ids in mates.items()}

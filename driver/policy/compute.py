@@ -165,9 +165,15 @@ def _inside(net, outer) -> bool:
 
 
 def resolve(
-    identity: Identity, selected: list[tuple[str, Rule]], peers: Peers, mode: str
+    identity: Identity,
+    selected: list[tuple[str, Rule]],
+    peers: Peers,
+    mode: str,
+    network_mates: frozenset[int] = frozenset(),
 ) -> Resolved:
-    """selected: (display name, rule) for every rule whose endpointSelector matches identity."""
+    """selected: (display name, rule) for every rule whose endpointSelector matches identity;
+    network_mates: identities isolation treats as on the same network (the other endpoints
+    of containers connected to it)."""
     if mode not in MODES:
         raise PolicyError(f"unknown enforcement mode {mode!r} (expected {', '.join(MODES)})")
     names = tuple(name for name, _ in selected)
@@ -181,7 +187,7 @@ def resolve(
     if ingress:
         origins[ID_HOST, 0, 0, INGRESS][HOST_ACCESS] = None
     else:
-        _add_isolation(identity, peers, origins)
+        _add_isolation(identity, peers, origins, network_mates)
     frozen = {PolicyKey(*key): tuple(o) for key, o in origins.items()}
     return Resolved(True, egress, frozen, names)
 
@@ -238,9 +244,10 @@ def _specs(port: PortProtocol) -> list[tuple[int, int]]:
     return [(number, proto) for number in numbers for proto in protos]
 
 
-def _add_isolation(identity: Identity, peers: Peers, origins) -> None:
+def _add_isolation(identity: Identity, peers: Peers, origins, network_mates) -> None:
     network = identity.labels.get(NETWORK_LABEL)
     same = {i for i, labels in peers.endpoints.items() if labels.get(NETWORK_LABEL) == network}
+    same |= network_mates
     if identity.id >= MIN_ENDPOINT_ID:
         same.add(identity.id)
     for ident in same | {ID_HOST, ID_WORLD, *peers.prefixes.values()}:

@@ -64,9 +64,13 @@ class PolicyRepository:
         identities: Iterable[Identity],
         cidr_identities: Mapping[str, int],
         mode: str = "default",
+        network_mates: frozenset[int] = frozenset(),
     ) -> EndpointPolicy:
+        """network_mates: identities that network isolation lets in as if they were on the
+        endpoint's network (other endpoints of containers connected to it, as in Docker)."""
         peers = Peers(identities, cidr_identities)
-        return resolve(identity, self._selecting(identity.labels), peers, mode).policy()
+        selected = self._selecting(identity.labels)
+        return resolve(identity, selected, peers, mode, network_mates).policy()
 
     def trace(
         self,
