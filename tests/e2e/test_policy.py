@@ -11,6 +11,9 @@ import pytest
 from .conftest import IMAGE, LABEL
 from .driver_process import http_get
 
+# busybox httpd answers 404 without an index page: give it one.
+SERVE_HTTP = ("sh", "-c", "echo web > /www/index.html && exec httpd -f -p 80 -h /www")
+
 WEB_POLICY = """
 - endpointSelector: {matchLabels: {app: web}}
   labels: [{key: name, value: web-policy}]
@@ -45,9 +48,7 @@ def cilium(driver):
 @pytest.fixture
 def trio(docker, net):
     """web (httpd on 80), client and other, on one network."""
-    web = docker.container(
-        net, "--label", "app=web", command=("httpd", "-f", "-p", "80", "-h", "/")
-    )
+    web = docker.container(net, "--label", "app=web", command=SERVE_HTTP)
     client = docker.container(net, "--label", "app=client")
     other = docker.container(net, "--label", "app=other")
     web6, web4 = docker.addresses(web, net)
@@ -55,20 +56,12 @@ def trio(docker, net):
 
 
 def wget(docker, container, address, port=80, timeout=2):
+    """An HTTP GET that gives up after `timeout` seconds. Debian's busybox 1.35 wget crashes
+    whenever -T is given, so the time limit comes from busybox's timeout applet."""
     host = f"[{address}]" if ":" in address else address
-    result = docker.exec(
-        container,
-        "wget",
-        "-q",
-        "-O",
-        "/dev/null",
-        "-T",
-        str(timeout),
-        f"http://{host}:{port}/",
-        check=False,
-        timeout=30,
-    )
-    return result.returncode == 0
+    url = f"http://{host}:{port}/"
+    command = ("timeout", str(timeout), "wget", "-q", "-O", "/dev/null", url)
+    return docker.exec(container, *command, check=False, timeout=30).returncode == 0
 
 
 def ping(docker, container, address):
@@ -127,6 +120,7 @@ def test_drops_show_in_the_monitor_with_identities(docker, driver, cilium, trio)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        proc.stdout.close()
     assert "drop" in line and "olicy" in line
     assert f"identity {other['identity']} -> {web['identity']}" in line
     assert f"[{other['ipv6']}]" in line and f"[{trio['web6']}]:80" in line
@@ -145,7 +139,7 @@ def test_stateful_replies_pass_but_reverse_connections_do_not(docker, driver, ci
     )
     assert wget(docker, trio["client"], trio["web6"])
     client6, _ = docker.addresses(trio["client"], trio["net"])
-    docker.exec(trio["client"], "sh", "-c", "httpd -p 8080 -h /")
+    docker.exec(trio["client"], "sh", "-c", "echo c > /www/index.html && httpd -p 8080 -h /www")
     assert not wget(docker, trio["web"], client6, port=8080)
     assert wget(docker, trio["client"], trio["web4"])
 
@@ -211,12 +205,12 @@ def test_identity_is_in_place_before_the_first_packet(docker, driver, cilium, tr
         "--net",
         trio["net"],
         IMAGE,
+        "timeout",
+        "3",
         "wget",
         "-q",
         "-O",
         "/dev/null",
-        "-T",
-        "3",
         f"http://[{trio['web6']}]/",
         check=False,
     )
@@ -236,20 +230,16 @@ def test_policy_updates_restart_nothing_and_keep_connections(docker, driver, cil
     started = {
         n: docker.out("inspect", "-f", "{{.State.StartedAt}}", trio[n]) for n in ("web", "client")
     }
-    chunks, chunk = 150, 65536
-    docker.exec(
-        trio["web"],
-        "sh",
-        "-c",
-        f"(for i in $(seq {chunks}); do head -c {chunk} /dev/zero; sleep 0.04; done)"
-        " | nc -l -p 9000 >/dev/null 2>&1 &",
-    )
+    chunks, chunk = 250, 65536
+    # The sender trickles its bytes out over ~6 s; the client's stdin stays open meanwhile
+    # (busybox nc stops reading when its stdin closes).
+    send = f"for i in $(seq {chunks}); do head -c {chunk} /dev/zero; sleep 0.04; done"
+    docker.run("exec", "-d", trio["web"], "sh", "-c", f"({send}) | nc -l -p 9000")
     received = {}
 
     def receive():
-        out = docker.exec(
-            trio["client"], "sh", "-c", f"nc {trio['web6']} 9000 | wc -c", check=False, timeout=60
-        )
+        command = f"sleep 16 | nc {trio['web6']} 9000 | wc -c"
+        out = docker.exec(trio["client"], "sh", "-c", command, check=False, timeout=60)
         received["bytes"] = out.stdout.strip()
 
     receiver = threading.Thread(target=receive)
@@ -270,6 +260,8 @@ def test_policy_updates_restart_nothing_and_keep_connections(docker, driver, cil
     toPorts: [{{ports: [{{port: "9000", protocol: TCP}}]}}]
 """,
         )
+    # All 50 updates happened while the transfer was still running.
+    assert receiver.is_alive()
     receiver.join()
     assert received["bytes"] == str(chunks * chunk)
     assert started == {
