@@ -37,6 +37,10 @@ class DriverService(BaseApplication):
             "accesslog": None,
             "worker_exit": _close_daemon,
         }
+        # gunicorn 24+ opens a runtime control socket at a fixed path, shared by every
+        # instance on the host; the driver has no use for it.
+        if "control_socket_disable" in self.cfg.settings:
+            settings["control_socket_disable"] = True
         for key, value in settings.items():
             self.cfg.set(key, value)
 
