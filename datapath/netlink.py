@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 
 from .errors import DatapathError, VethExistsError
 
@@ -25,6 +25,19 @@ RT_TABLE_MAIN = 254
 RT_SCOPE_LINK = 253
 CLONE_NEWNET = 0x40000000
 _GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH)
+DUMP_ATTEMPTS = 10
+
+
+def _dump(request, *args, **kwargs) -> list:
+    """A netlink dump, again if the kernel says links or routes changed while it ran
+    (NLM_F_DUMP_INTR): busy hosts create and delete veths all the time."""
+    for attempt in range(DUMP_ATTEMPTS):
+        try:
+            return list(request(*args, **kwargs))
+        except NetlinkDumpInterrupted:
+            if attempt == DUMP_ATTEMPTS - 1:
+                raise DatapathError("netlink dump kept being interrupted by changes") from None
+    return []
 
 
 def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -66,14 +79,14 @@ def link_index(ifname: str) -> int | None:
 
 def link_mac(ifindex: int) -> str:
     with IPRoute() as ipr:
-        (link,) = ipr.get_links(ifindex)
+        (link,) = _dump(ipr.get_links, ifindex)
     return link.get_attr("IFLA_ADDRESS")
 
 
 def links_with_prefix(prefix: str) -> dict[str, int]:
     """Names and ifindexes of the host's links whose name starts with prefix."""
     with IPRoute() as ipr:
-        links = ipr.get_links()
+        links = _dump(ipr.get_links)
     names = ((link.get_attr("IFLA_IFNAME"), link["index"]) for link in links)
     return {name: index for name, index in names if name.startswith(prefix)}
 
@@ -127,7 +140,7 @@ def delete_link(ifname: str) -> bool:
 def host_addresses() -> list[str]:
     """Every address on the host namespace's links, both families, link-local included."""
     with IPRoute() as ipr:
-        found = {msg.get_attr("IFA_ADDRESS") for msg in ipr.get_addr()}
+        found = {msg.get_attr("IFA_ADDRESS") for msg in _dump(ipr.get_addr)}
     return sorted(addr for addr in found if addr)
 
 
@@ -195,7 +208,7 @@ def _route_dst(route, family: int) -> str:
 
 
 def _main_routes(ipr: IPRoute, family: int) -> list[Route]:
-    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in _dump(ipr.get_links)}
     return [
         Route(
             dst=_route_dst(r, family),
@@ -203,7 +216,7 @@ def _main_routes(ipr: IPRoute, family: int) -> list[Route]:
             type=r["type"],
             ifname=names.get(r.get_attr("RTA_OIF")),
         )
-        for r in ipr.get_routes(family=family, table=RT_TABLE_MAIN)
+        for r in _dump(ipr.get_routes, family=family, table=RT_TABLE_MAIN)
     ]
 
 
