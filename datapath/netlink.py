@@ -31,13 +31,12 @@ DUMP_ATTEMPTS = 10
 def _dump(request, *args, **kwargs) -> list:
     """A netlink dump, again if the kernel says links or routes changed while it ran
     (NLM_F_DUMP_INTR): busy hosts create and delete veths all the time."""
-    for attempt in range(DUMP_ATTEMPTS):
+    for _ in range(DUMP_ATTEMPTS):
         try:
             return list(request(*args, **kwargs))
         except NetlinkDumpInterrupted:
-            if attempt == DUMP_ATTEMPTS - 1:
-                raise DatapathError("netlink dump kept being interrupted by changes") from None
-    return []
+            continue
+    raise DatapathError("netlink dump kept being interrupted by changes")
 
 
 def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
