@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import bpffs, events, loader, netlink
+from . import bpffs, events, firewall, loader, netlink
 from .errors import DatapathError, VethExistsError
 from .maps import (
     CONFIG_TRACE_EVENTS,
@@ -63,6 +63,7 @@ class Datapath:
         self.compile_count += 1
         self._maps, self._programs = maps, programs
         netlink.enable_forwarding()
+        firewall.accept_forwarding(self.veth_prefix)
 
     def close(self) -> None:
         """Release the program and map fds. Attached programs and pinned maps stay."""

@@ -23,7 +23,7 @@ PACKAGES=(
     python3-bpfcc bpfcc-tools linux-headers-amd64
     busybox-static
     python3-venv python3-pip
-    iproute2 iputils-ping curl bpftool tcpdump
+    iproute2 iptables iputils-ping curl bpftool tcpdump
     make
 )
 

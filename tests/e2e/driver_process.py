@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from datapath import firewall
+
 # A test instance of its own: other name, ranges, sockets and pin directory than `make run`'s,
 # so the suite never touches a driver a user started.
 TEST_SETTINGS = {
@@ -87,10 +89,12 @@ class DriverProcess:
         return http_get(self.settings["api_socket"], path)
 
     def purge(self) -> None:
-        """Remove what the test instance keeps between runs: state, pinned maps and the
-        unreachable routes of its node ranges (the driver keeps them while containers may run)."""
+        """Remove what the test instance keeps between runs: state, pinned maps, its FORWARD
+        rules and the unreachable routes of its node ranges (the driver keeps them while
+        containers may run)."""
         shutil.rmtree(self.settings["state_dir"], ignore_errors=True)
         shutil.rmtree(self.settings["bpf_pin_dir"], ignore_errors=True)
+        firewall.remove_forwarding(self.settings["veth_prefix"])
         for family, prefix in (("-4", "node_range4"), ("-6", "cluster_prefix6")):
             subprocess.run(
                 ["ip", family, "route", "flush", "root", self.settings[prefix], "proto", "206"],
