@@ -73,7 +73,8 @@ def _parse_labels(text: str) -> dict:
 @output_option
 @click.pass_obj
 def status(client, output):
-    """Health of the driver in one screen; exit code 1 when it does not answer."""
+    """Health of the driver in one screen. Exit code 0 when healthy, 1 when the driver does
+    not answer, 2 when it cannot follow Docker's events (endpoints would wait for identity)."""
     data = _call(client, "GET", "/v1/status")
     if output == "json":
         _json(data)

@@ -36,6 +36,7 @@ class DriverService(BaseApplication):
             "loglevel": self.config.log_level,
             "accesslog": None,
             "worker_exit": _close_daemon,
+            "when_ready": self._restrict_api_socket,
         }
         # gunicorn 24+ opens a runtime control socket at a fixed path, shared by every
         # instance on the host; the driver has no use for it.
@@ -43,6 +44,10 @@ class DriverService(BaseApplication):
             settings["control_socket_disable"] = True
         for key, value in settings.items():
             self.cfg.set(key, value)
+
+    def _restrict_api_socket(self, _server):
+        """Docker's group may use the plugin socket; the management API is root's alone."""
+        os.chmod(self.config.api_socket, 0o600)
 
     def load(self):
         # Runs in the worker: the datapath and state are opened there and nowhere else.

@@ -2,6 +2,7 @@
 
 import ipaddress
 import json
+import os
 import subprocess
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -265,3 +266,18 @@ def test_network_inspect_shows_the_pools(docker, driver, net):
     subnets = [c["Subnet"] for c in data["IPAM"]["Config"]]
     assert "0.0.0.0/0" in subnets
     assert any(s.endswith("/112") for s in subnets)
+
+
+def test_sockets_are_not_world_accessible(driver):
+    plugin_mode = os.stat(driver.plugin_socket).st_mode & 0o777
+    api_mode = os.stat(driver.settings["api_socket"]).st_mode & 0o777
+    assert plugin_mode & 0o007 == 0 and plugin_mode <= 0o660
+    assert api_mode == 0o600
+
+
+def test_endpoints_get_identities_and_compile_nothing_new(driver, docker, net):
+    names = [docker.container(net) for _ in range(3)]
+    endpoints = driver.api("/v1/endpoints")
+    assert {e["container_name"] for e in endpoints} == set(names)
+    assert all(e["state"] == "ready" and e["identity"] >= 256 for e in endpoints)
+    assert driver.api("/v1/status")["datapath"]["compile_count"] == 1
