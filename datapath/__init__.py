@@ -5,6 +5,7 @@ from .errors import DatapathError, VethExistsError
 from .events import Event
 from .maps import AddressEntry, CtEntry, EndpointEntry
 from .policy import EGRESS, HOST_ID, INGRESS, INIT_ID, UNMANAGED_ID, WORLD_ID, PolicyKey
+from .service import Backend, Frontend
 from .spec import EndpointSpec
 
 __all__ = [
@@ -16,12 +17,14 @@ __all__ = [
     "UNMANAGED_ID",
     "WORLD_ID",
     "AddressEntry",
+    "Backend",
     "CtEntry",
     "Datapath",
     "DatapathError",
     "EndpointEntry",
     "EndpointSpec",
     "Event",
+    "Frontend",
     "PolicyKey",
     "VethExistsError",
 ]

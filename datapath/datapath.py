@@ -28,6 +28,14 @@ from .maps import (
     IPAddress,
 )
 from .policy import PolicyKey, validate_identity
+from .service import (
+    Backend,
+    Frontend,
+    backends_of,
+    slots_of,
+    validate_service,
+    validate_service_id,
+)
 from .spec import EndpointSpec
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pycilium"
@@ -201,6 +209,7 @@ class Datapath:
         so that an endpoint reusing its id or addresses inherits nothing."""
         self.maps.delete_policy(spec.endpoint_id, self.maps.policy_keys(spec.endpoint_id))
         self.maps.delete_ct(spec.endpoint_id, spec.addresses())
+        self.maps.delete_lb_flows(endpoint_id=spec.endpoint_id)
 
     @staticmethod
     def _entry(spec: EndpointSpec, node_mac: str, flags: int) -> EndpointEntry:
@@ -306,6 +315,75 @@ class Datapath:
 
     def cidr_identities(self) -> dict[str, int]:
         return {str(net): identity for net, identity in self.maps.cidr_identities().items()}
+
+    # services
+
+    def set_service(self, service_id: int, frontend: Frontend, backends: list[Backend]) -> None:
+        """Make service_id exactly frontend -> backends (a backend gets weight slots).
+
+        Validated whole, map room included, before any write. Then: the reverse NAT entry,
+        slots 0..n-1, the service entry with the new count, and the surplus slots go; so a
+        packet meets the old service or the new one and every slot it can pick is a backend.
+        Flows under way keep the backend they have; new flows only pick listed backends.
+        """
+        backends = list(backends)
+        validate_service(service_id, frontend, backends)
+        maps = self.maps
+        current = maps.services()
+        self._check_service_ids(service_id, frontend, current)
+        slots = slots_of(backends)
+        old_count = current[frontend][1] if frontend in current else 0
+        used = sum(count for _, count in current.values())
+        if len(slots) - old_count > maps.slot_capacity() - used:
+            raise DatapathError(
+                f"service {service_id}: {len(slots)} backend slots do not fit, "
+                f"{maps.slot_capacity() - used} of {maps.slot_capacity()} are free"
+            )
+        if frontend not in current and len(current) >= maps.service_capacity():
+            raise DatapathError(f"service map full ({maps.service_capacity()} frontends)")
+        maps.put_revnat(service_id, frontend)
+        for slot, (address, port) in enumerate(slots):
+            maps.put_slot(service_id, slot, address, port)
+        maps.put_service(frontend, service_id, len(slots))
+        maps.delete_slots(service_id, range(len(slots), old_count))
+
+    @staticmethod
+    def _check_service_ids(
+        service_id: int, frontend: Frontend, current: dict[Frontend, tuple[int, int]]
+    ) -> None:
+        """A frontend has one service id and a service id one frontend (its reverse NAT)."""
+        if frontend in current and current[frontend][0] != service_id:
+            raise DatapathError(f"frontend {frontend} is service {current[frontend][0]}")
+        for other, (other_id, _) in current.items():
+            if other_id == service_id and other != frontend:
+                raise DatapathError(f"service id {service_id} is in use by frontend {other}")
+
+    def delete_service(self, service_id: int, frontend: Frontend) -> None:
+        """Remove the service: frontend entry first (no new flows), then its slots, its
+        reverse NAT entry and its flows' backend picks. Removing what is not there is fine.
+        """
+        validate_service_id(service_id)
+        frontend.validate()
+        maps = self.maps
+        entry = maps.get_service(frontend)
+        if entry is not None and entry[0] != service_id:
+            raise DatapathError(f"frontend {frontend} is service {entry[0]}, not {service_id}")
+        maps.delete_service(frontend)
+        if any(other_id == service_id for other_id, _ in maps.services().values()):
+            return  # the id belongs to another frontend now
+        maps.delete_slots(service_id)
+        maps.delete_revnat(service_id)
+        maps.delete_lb_flows(service_id=service_id)
+
+    def services(self) -> dict[Frontend, tuple[int, list[Backend]]]:
+        """Frontend -> (service id, backends with their weights), decoded from the maps."""
+        return {
+            frontend: (
+                service_id,
+                backends_of(self.maps.slots(service_id, count, frontend.address.version)),
+            )
+            for frontend, (service_id, count) in self.maps.services().items()
+        }
 
     # conntrack and events
 

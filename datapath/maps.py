@@ -21,6 +21,7 @@ from pathlib import Path
 from . import reasons
 from .errors import DatapathError
 from .policy import INIT_ID, PolicyKey
+from .service import Frontend
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -39,6 +40,9 @@ POLICY_MAP_SIZE = 262144  # policy entries of all endpoints together
 CT_MAP_SIZE = 262144  # tracked flows (LRU: the oldest go first when full)
 CIDR_MAP_SIZE = 16384  # prefixes per family
 EVENTS_RING_BYTES = 1 << 20  # ring buffer of drop and trace events; a power of 2 pages
+LB_SERVICE_MAP_SIZE = 8192  # frontends (each has its own service id and reverse NAT entry)
+LB_SLOT_MAP_SIZE = 65536  # backend slots of all services together
+LB_FLOW_MAP_SIZE = 65536  # flows' backend picks (LRU: the oldest go first when full)
 
 # lib/common.h
 EP_F_INGRESS_ENFORCED = 1
@@ -47,6 +51,7 @@ CONFIG_TRACE_EVENTS = 1
 CT_F_TX_CLOSING = 1
 CT_F_RX_CLOSING = 2
 CT_F_SEEN_REPLY = 4
+CT_F_LOOPBACK = 8
 
 ENDPOINT_KEY_IPV4 = 1
 ENDPOINT_KEY_IPV6 = 2
@@ -136,6 +141,51 @@ class CtEntryC(ct.Structure):
         ("flags", ct.c_uint16),
         ("packets", ct.c_uint64),
         ("bytes", ct.c_uint64),
+    )
+
+
+class LbKeyC(ct.Structure):
+    """Key of lb_services (struct lb_key)."""
+
+    _fields_ = (
+        ("addr", IP6),
+        ("port", ct.c_uint16),
+        ("protocol", ct.c_uint8),
+        ("family", ct.c_uint8),
+    )
+
+
+class LbServiceC(ct.Structure):
+    """Leaf of lb_services (struct lb_service)."""
+
+    _fields_ = (
+        ("id", ct.c_uint16),
+        ("count", ct.c_uint16),
+        ("flags", ct.c_uint16),
+        ("pad", ct.c_uint16),
+    )
+
+
+class LbSlotKeyC(ct.Structure):
+    """Key of lb_slots (struct lb_slot_key)."""
+
+    _fields_ = (("service_id", ct.c_uint16), ("slot", ct.c_uint16))
+
+
+class LbAddrC(ct.Structure):
+    """Leaf of lb_slots and lb_revnat (struct lb_addr)."""
+
+    _fields_ = (("addr", IP6), ("port", ct.c_uint16), ("pad", ct.c_uint16))
+
+
+class LbFlowC(ct.Structure):
+    """Leaf of lb_flows (struct lb_flow), keyed by the client's CtKeyC to the frontend."""
+
+    _fields_ = (
+        ("backend", IP6),
+        ("backend_port", ct.c_uint16),
+        ("service_id", ct.c_uint16),
+        ("lifetime", ct.c_uint32),
     )
 
 
@@ -269,6 +319,10 @@ class CtEntry:
     def established(self) -> bool:
         return bool(self.flags & CT_F_SEEN_REPLY)
 
+    @property
+    def loopback(self) -> bool:
+        return bool(self.flags & CT_F_LOOPBACK)
+
     @classmethod
     def decode(cls, key: CtKeyC, leaf: CtEntryC, now: int) -> "CtEntry":
         return cls(
@@ -305,6 +359,27 @@ def _policy_key_c(endpoint_id: int, key: PolicyKey) -> PolicyKeyC:
 
 def _policy_key(raw: PolicyKeyC) -> PolicyKey:
     return PolicyKey(raw.identity, raw.dport, raw.protocol, raw.direction)
+
+
+def _family(ip: IPAddress) -> int:
+    return _family_of_version(ip.version)
+
+
+def _family_of_version(version: int) -> int:
+    return ENDPOINT_KEY_IPV6 if version == 6 else ENDPOINT_KEY_IPV4
+
+
+def _lb_key(frontend: Frontend) -> LbKeyC:
+    return LbKeyC(
+        addr=IP6(*frontend.address.packed),
+        port=frontend.port,
+        protocol=frontend.protocol,
+        family=_family(frontend.address),
+    )
+
+
+def _frontend(key: LbKeyC) -> Frontend:
+    return Frontend(_address(key.family, key.addr), key.port, key.protocol)
 
 
 def _cidr_key(net: ipaddress.IPv4Network | ipaddress.IPv6Network):
@@ -370,6 +445,10 @@ def map_specs() -> tuple[MapSpec, ...]:
             "cidr6", BPF_MAP_TYPE_LPM_TRIE, Cidr6Key, ct.c_uint32, CIDR_MAP_SIZE, BPF_F_NO_PREALLOC
         ),
         MapSpec("config", BPF_MAP_TYPE_ARRAY, ct.c_uint32, ConfigC, 1),
+        MapSpec("lb_services", BPF_MAP_TYPE_HASH, LbKeyC, LbServiceC, LB_SERVICE_MAP_SIZE),
+        MapSpec("lb_slots", BPF_MAP_TYPE_HASH, LbSlotKeyC, LbAddrC, LB_SLOT_MAP_SIZE),
+        MapSpec("lb_revnat", BPF_MAP_TYPE_HASH, ct.c_uint16, LbAddrC, LB_SERVICE_MAP_SIZE),
+        MapSpec("lb_flows", BPF_MAP_TYPE_LRU_HASH, CtKeyC, LbFlowC, LB_FLOW_MAP_SIZE),
         MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, EVENTS_RING_BYTES),
     )
 
@@ -672,6 +751,82 @@ class DatapathMaps:
             ends = {(key.family, _address(key.family, a)) for a in (key.saddr, key.daddr)}
             if key.endpoint_id == endpoint_id or ends & gone:
                 deleted += self._maps["conntrack"].delete(key)
+        return deleted
+
+    # services: frontend -> (service id, slot count); (id, slot) -> backend; id -> frontend
+
+    def _items(self, name: str) -> list:
+        pinned, items = self._maps[name], []
+        for key in list(pinned.keys()):
+            leaf = pinned.lookup(key)
+            if leaf is not None:
+                items.append((key, leaf))
+        return items
+
+    def services(self) -> dict[Frontend, tuple[int, int]]:
+        """Frontend -> (service id, backend slot count)."""
+        return {_frontend(key): (leaf.id, leaf.count) for key, leaf in self._items("lb_services")}
+
+    def get_service(self, frontend: Frontend) -> tuple[int, int] | None:
+        leaf = self._maps["lb_services"].lookup(_lb_key(frontend))
+        return None if leaf is None else (leaf.id, leaf.count)
+
+    def put_service(self, frontend: Frontend, service_id: int, count: int) -> None:
+        leaf = LbServiceC(id=service_id, count=count)
+        self._maps["lb_services"].update(_lb_key(frontend), leaf)
+
+    def delete_service(self, frontend: Frontend) -> bool:
+        return self._maps["lb_services"].delete(_lb_key(frontend))
+
+    def service_capacity(self) -> int:
+        return self._maps["lb_services"].spec.max_entries
+
+    def slot_capacity(self) -> int:
+        return self._maps["lb_slots"].spec.max_entries
+
+    def slots(self, service_id: int, count: int, version: int) -> list[tuple[IPAddress, int]]:
+        """Slots 0..count-1 of an IPv<version> service as (address, port); missing ones skipped."""
+        pinned, family, found = self._maps["lb_slots"], _family_of_version(version), []
+        for slot in range(count):
+            leaf = pinned.lookup(LbSlotKeyC(service_id, slot))
+            if leaf is not None:
+                found.append((_address(family, leaf.addr), leaf.port))
+        return found
+
+    def put_slot(self, service_id: int, slot: int, address: IPAddress, port: int) -> None:
+        leaf = LbAddrC(addr=IP6(*address.packed), port=port)
+        self._maps["lb_slots"].update(LbSlotKeyC(service_id, slot), leaf)
+
+    def delete_slots(self, service_id: int, slots: Iterable[int] | None = None) -> int:
+        """Delete the given slots of service_id; None: every slot it has in the map."""
+        pinned = self._maps["lb_slots"]
+        if slots is None:
+            keys = [LbSlotKeyC(k.service_id, k.slot) for k in list(pinned.keys())]
+            keys = [k for k in keys if k.service_id == service_id]
+        else:
+            keys = [LbSlotKeyC(service_id, slot) for slot in slots]
+        return sum(pinned.delete(key) for key in keys)
+
+    def slot_service_ids(self) -> set[int]:
+        return {key.service_id for key in list(self._maps["lb_slots"].keys())}
+
+    def revnat(self) -> dict[int, tuple[bytes, int]]:
+        """Service id -> (raw address, port) of its frontend."""
+        return {key.value: (bytes(leaf.addr), leaf.port) for key, leaf in self._items("lb_revnat")}
+
+    def put_revnat(self, service_id: int, frontend: Frontend) -> None:
+        leaf = LbAddrC(addr=IP6(*frontend.address.packed), port=frontend.port)
+        self._maps["lb_revnat"].update(ct.c_uint16(service_id), leaf)
+
+    def delete_revnat(self, service_id: int) -> bool:
+        return self._maps["lb_revnat"].delete(ct.c_uint16(service_id))
+
+    def delete_lb_flows(self, endpoint_id: int | None = None, service_id: int | None = None) -> int:
+        """Forget the backend picks of a client endpoint's flows, or of a service's."""
+        pinned, deleted = self._maps["lb_flows"], 0
+        for key, leaf in self._items("lb_flows"):
+            if key.endpoint_id == endpoint_id or leaf.service_id == service_id:
+                deleted += pinned.delete(key)
         return deleted
 
     # config

@@ -8,7 +8,8 @@
 #include "lib/lxc.h"
 
 /* Device: host-side veth. Direction: from the container. Hook: tc clsact ingress.
- * Anti-spoofing, NDisc/ARP/echo responders, egress policy, then a local endpoint or the stack.
+ * Anti-spoofing, NDisc/ARP/echo responders, service translation, conntrack and egress policy,
+ * then a local endpoint or the stack.
  */
 int from_container(struct __sk_buff *skb)
 {
@@ -26,7 +27,8 @@ int from_container(struct __sk_buff *skb)
 }
 
 /* Device: host-side veth. Direction: to the container. Hook: tc clsact egress.
- * Ingress policy, for packets from the stack and from local endpoints' redirects alike.
+ * Ingress policy, for packets from the stack and from local endpoints' redirects alike; the
+ * source of a service reply back to the frontend the client called.
  */
 int to_container(struct __sk_buff *skb)
 {

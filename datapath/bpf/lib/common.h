@@ -128,15 +128,60 @@ _Static_assert(sizeof(struct ct_key) == 44, "ct_key layout");
 #define CT_F_TX_CLOSING 1	/* FIN or RST seen in the original direction */
 #define CT_F_RX_CLOSING 2	/* FIN or RST seen in the reply direction */
 #define CT_F_SEEN_REPLY 4	/* the flow is established */
+#define CT_F_LOOPBACK 8		/* hairpin: the endpoint reaching itself through a service */
 
 struct ct_entry {
 	__u32 lifetime;		/* expiry, in seconds of bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
-	__u16 rev_nat_index;	/* reserved for the load balancer */
+	__u16 rev_nat_index;	/* service of a load-balanced flow (lb_revnat key); 0: none */
 	__u16 flags;		/* CT_F_* */
 	__u64 packets;		/* both directions */
 	__u64 bytes;
 };
 _Static_assert(sizeof(struct ct_entry) == 24, "ct_entry layout");
+
+/* Key of lb_services: a frontend. port 0 and protocol 0: the L3-only frontend of addr. */
+struct lb_key {
+	union v6addr addr;	/* IPv4 lives in p[0], the rest is zero */
+	__u16 port;		/* host byte order */
+	__u8 protocol;
+	__u8 family;		/* ENDPOINT_KEY_IPV4 or ENDPOINT_KEY_IPV6 */
+};
+_Static_assert(sizeof(struct lb_key) == 20, "lb_key layout");
+
+struct lb_service {
+	__u16 id;		/* also the reverse NAT index */
+	__u16 count;		/* backend slots 0..count-1 in lb_slots; 0: no backend */
+	__u16 flags;		/* none yet */
+	__u16 pad;
+};
+_Static_assert(sizeof(struct lb_service) == 8, "lb_service layout");
+
+struct lb_slot_key {
+	__u16 service_id;
+	__u16 slot;
+};
+_Static_assert(sizeof(struct lb_slot_key) == 4, "lb_slot_key layout");
+
+/* A backend (value of lb_slots) or a frontend (value of lb_revnat); the family is the
+ * service's. port 0: keep the port the packet has.
+ */
+struct lb_addr {
+	union v6addr addr;
+	__u16 port;		/* host byte order */
+	__u16 pad;
+};
+_Static_assert(sizeof(struct lb_addr) == 20, "lb_addr layout");
+
+/* Value of lb_flows, keyed by the client's struct ct_key to the frontend: the backend
+ * that flow was given, so that it keeps it whatever happens to the slots.
+ */
+struct lb_flow {
+	union v6addr backend;
+	__u16 backend_port;	/* host byte order; 0: the client's */
+	__u16 service_id;
+	__u32 lifetime;		/* as ct_entry.lifetime */
+};
+_Static_assert(sizeof(struct lb_flow) == 24, "lb_flow layout");
 
 /* Value of the one-slot config array. */
 #define CONFIG_TRACE_EVENTS 1	/* emit trace events, not only drop events */
@@ -198,7 +243,10 @@ struct pkt_ctx {
 	__u32 dst_identity;
 	__u16 endpoint_id;
 	__u8 direction;
-	__u8 pad;
+	__u8 loopback;		/* a hairpinned flow: no policy applies (it stays in the endpoint) */
+	__u16 rev_nat_index;	/* egress: service the packet was translated for; ingress: of the
+				 * conntrack entry a reply belongs to */
+	__u16 pad;
 };
 
 static __always_inline int ipv6_addr_equals(const union v6addr *a, const union v6addr *b)

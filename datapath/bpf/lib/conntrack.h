@@ -118,8 +118,9 @@ static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct
 
 /* Returns an enum ct_status or a drop reason; refreshes the entry it finds. A TCP SYN
  * is always new, so that policy decides again when a closed flow's tuple is reused.
+ * A reply takes the rev_nat_index of its flow's entry into ctx.
  */
-static __always_inline int ct_lookup(struct __sk_buff *skb, const struct pkt_ctx *ctx)
+static __always_inline int ct_lookup(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
 	const struct flow *f = &ctx->flow;
 	struct ct_entry *entry;
@@ -138,6 +139,7 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, const struct pkt_ctx
 	entry = ct_find(f, ctx->endpoint_id, !ctx->direction, 1, now);
 	if (entry) {
 		ct_refresh(entry, ctx, skb->len, 1, now);
+		ctx->rev_nat_index = entry->rev_nat_index;
 		return CT_REPLY;
 	}
 	return CT_NEW;
@@ -149,13 +151,17 @@ static __always_inline int ct_tracks(const struct flow *f)
 	       f->icmp == FLOW_ICMP_ECHO_REQUEST;
 }
 
-/* Track a new flow that policy admitted. A TCP flow first seen past its SYN (it
- * predates the driver) is taken as established.
+/* Track a new flow that policy admitted, with the service it was translated for. A TCP
+ * flow first seen past its SYN (it predates the driver) is taken as established.
  */
 static __always_inline void ct_create(struct __sk_buff *skb, const struct pkt_ctx *ctx)
 {
 	const struct flow *f = &ctx->flow;
-	struct ct_entry entry = { .packets = 1, .bytes = skb->len };
+	struct ct_entry entry = {
+		.packets = 1,
+		.bytes = skb->len,
+		.rev_nat_index = ctx->rev_nat_index,
+	};
 	struct ct_key key = {};
 
 	if (!ct_tracks(f))
@@ -164,6 +170,8 @@ static __always_inline void ct_create(struct __sk_buff *skb, const struct pkt_ct
 		entry.flags = CT_F_SEEN_REPLY;
 	if (tcp_is_closing(f))
 		entry.flags |= CT_F_TX_CLOSING;
+	if (ctx->loopback)
+		entry.flags |= CT_F_LOOPBACK;
 	entry.lifetime = ct_now() + ct_lifetime(f->protocol, entry.flags);
 	ct_key_fill(&key, f, ctx->endpoint_id, ctx->direction, 0);
 	ct_entry_update(&key, &entry);

@@ -22,6 +22,8 @@ enum drop_reason {
 	DROP_FRAG_IPV4 = -11,		/* IPv4 fragment (policy cannot see its ports) */
 	DROP_FRAG_IPV6 = -12,		/* IPv6 fragment (policy cannot see its ports) */
 	DROP_INVALID_EXTHDR = -13,	/* Too many or malformed IPv6 extension headers */
+	DROP_NO_SERVICE_BACKEND = -14,	/* Service has no backend */
+	DROP_NO_REV_NAT = -15,		/* Reply of a flow whose service is gone */
 };
 
 /* Size of the drop_counts array; every reason's -value must stay below it. */

@@ -20,8 +20,9 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, __u32 ifi
 	return trace_exit(ctx, TRACE_TO_LXC, bpf_redirect(ifindex, 0));
 }
 
-/* Redirect to a local endpoint owning the destination, or CTX_CONTINUE. A hop limit
- * that would reach 0 is left to the stack, which sends the ICMPv6 error.
+/* Redirect to a local endpoint owning the destination (as translated in ctx), or
+ * CTX_CONTINUE. A hop limit that would reach 0 is left to the stack, which sends the
+ * ICMPv6 error.
  */
 static __always_inline int redirect_local6(struct __sk_buff *skb, const struct ipv6hdr *ip6,
 					   const struct pkt_ctx *ctx)
@@ -31,7 +32,7 @@ static __always_inline int redirect_local6(struct __sk_buff *skb, const struct i
 	struct endpoint_addr *addr;
 	int ret;
 
-	__builtin_memcpy(&key.ip, &ip6->daddr, sizeof(key.ip));
+	key.ip = ctx->flow.daddr;
 	addr = endpoint_addr_lookup(&key);
 	if (!addr || ip6->hop_limit <= 1)
 		return CTX_CONTINUE;
@@ -52,7 +53,7 @@ static __always_inline int redirect_local4(struct __sk_buff *skb, const struct i
 	struct endpoint_addr *addr;
 	int ret;
 
-	key.ip.p[0] = ip4->daddr;
+	key.ip.p[0] = ctx->flow.daddr.p[0];
 	addr = endpoint_addr_lookup(&key);
 	if (!addr || ip4->ttl <= 1)
 		return CTX_CONTINUE;

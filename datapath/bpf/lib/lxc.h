@@ -9,6 +9,7 @@
 #include "icmp4.h"
 #include "icmp6.h"
 #include "identity.h"
+#include "lb.h"
 #include "local.h"
 #include "ndisc.h"
 #include "policy.h"
@@ -32,6 +33,23 @@ static __always_inline int lxc_identify_or_wait(const struct endpoint_info *ep,
 {
 	lxc_identify(ep, ctx);
 	return ep->identity == IDENTITY_INIT ? DROP_WAITING_FOR_IDENTITY : 0;
+}
+
+/* Services, conntrack and egress policy, for both families. A hairpinned flow's reply is
+ * already accounted for by its conntrack entry and heads straight back in. Returns 0 or
+ * a drop reason.
+ */
+static __always_inline int lxc_egress_flow(struct __sk_buff *skb, const struct endpoint_info *ep,
+					   struct pkt_ctx *ctx)
+{
+	int ret = lb_loopback_reply(skb, ep, ctx);
+
+	if (ret != CTX_CONTINUE)
+		return ret;
+	ret = lb_translate(skb, ep, ctx);
+	if (ret < 0)
+		return ret;
+	return policy_check(skb, ep, ctx);
 }
 
 static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpoint_info *ep,
@@ -64,7 +82,7 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 		if (ret != CTX_CONTINUE)
 			return ret;
 	}
-	ret = policy_check(skb, ep, ctx);
+	ret = lxc_egress_flow(skb, ep, ctx);
 	if (ret < 0)
 		return ret;
 	ret = redirect_local6(skb, &ip6, ctx);
@@ -93,7 +111,7 @@ static __always_inline int lxc_egress4(struct __sk_buff *skb, const struct endpo
 	ret = icmp4_echo_reply(skb, ep, &ip4, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
-	ret = policy_check(skb, ep, ctx);
+	ret = lxc_egress_flow(skb, ep, ctx);
 	if (ret < 0)
 		return ret;
 	ret = redirect_local4(skb, &ip4, ctx);
@@ -130,6 +148,14 @@ static __always_inline int lxc_is_router_reply(const struct endpoint_info *ep,
 	return ep->router4 && f->saddr.p[0] == ep->router4;
 }
 
+/* A packet this endpoint sent that came back to it (a hairpinned service flow): its
+ * from-container hook already did conntrack and translation.
+ */
+static __always_inline int lxc_is_loopback(const struct __sk_buff *skb)
+{
+	return skb->ingress_ifindex == skb->ifindex;
+}
+
 static __always_inline int lxc_ingress6(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
 	struct ipv6hdr ip6;
@@ -164,11 +190,15 @@ static __always_inline int lxc_ingress(struct __sk_buff *skb, const struct endpo
 		return DROP_UNKNOWN_L3;
 	if (ret < 0)
 		return ret;
-	if (ctx->flow.icmp != FLOW_ICMP_NDISC && !lxc_is_router_reply(ep, &ctx->flow)) {
+	if (ctx->flow.icmp != FLOW_ICMP_NDISC && !lxc_is_router_reply(ep, &ctx->flow) &&
+	    !lxc_is_loopback(skb)) {
 		ret = lxc_identify_or_wait(ep, ctx);
 		if (ret < 0)
 			return ret;
 		ret = policy_check(skb, ep, ctx);
+		if (ret < 0)
+			return ret;
+		ret = lb_rev_nat(skb, ctx);
 		if (ret < 0)
 			return ret;
 	}

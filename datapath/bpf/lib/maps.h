@@ -49,6 +49,32 @@ static __always_inline void ct_entry_update(const struct ct_key *key, const stru
 			    BPF_ANY);
 }
 
+static __always_inline struct lb_service *lb_service_lookup(const struct lb_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, LB_SERVICES_MAP_FD), (void *)key);
+}
+
+static __always_inline struct lb_addr *lb_slot_lookup(const struct lb_slot_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, LB_SLOTS_MAP_FD), (void *)key);
+}
+
+static __always_inline struct lb_addr *lb_revnat_lookup(__u16 service_id)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, LB_REVNAT_MAP_FD), &service_id);
+}
+
+static __always_inline struct lb_flow *lb_flow_lookup(const struct ct_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, LB_FLOWS_MAP_FD), (void *)key);
+}
+
+static __always_inline void lb_flow_update(const struct ct_key *key, const struct lb_flow *flow)
+{
+	bpf_map_update_elem((void *)bpf_pseudo_fd(1, LB_FLOWS_MAP_FD), (void *)key, (void *)flow,
+			    BPF_ANY);
+}
+
 static __always_inline __u32 *cidr4_lookup(const struct cidr4_key *key)
 {
 	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, CIDR4_MAP_FD), (void *)key);

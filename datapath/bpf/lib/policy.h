@@ -59,15 +59,17 @@ static __always_inline int policy_enforced(const struct endpoint_info *ep, __u8 
 	return ep->flags & flag;
 }
 
-/* Conntrack, then policy for a new flow, then track it. Returns 0 or a drop reason. */
+/* Conntrack, then policy for a new flow, then track it. Returns 0 or a drop reason.
+ * An endpoint reaching itself through a service (hairpin) is not subject to its policy.
+ */
 static __always_inline int policy_check(struct __sk_buff *skb, const struct endpoint_info *ep,
-					const struct pkt_ctx *ctx)
+					struct pkt_ctx *ctx)
 {
 	int ret = ct_lookup(skb, ctx);
 
 	if (ret != CT_NEW)
 		return ret < 0 ? ret : 0;
-	if (policy_enforced(ep, ctx->direction)) {
+	if (policy_enforced(ep, ctx->direction) && !ctx->loopback) {
 		ret = policy_can_access(skb, ctx);
 		if (ret < 0)
 			return ret;
