@@ -109,7 +109,18 @@ def test_drops_show_in_the_monitor_with_identities(docker, driver, cilium, trio)
     other = driver.api(f"/v1/endpoints/{trio['other']}")
     web = driver.api(f"/v1/endpoints/{trio['web']}")
     proc = subprocess.Popen(
-        [driver.cli_path(), "--socket", driver.settings["api_socket"], "monitor", "--type", "drop"],
+        [
+            driver.cli_path(),
+            "--socket",
+            driver.settings["api_socket"],
+            "monitor",
+            "--type",
+            "drop",
+            "--from",
+            trio["other"],
+            "--to",
+            trio["web"],
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
