@@ -19,14 +19,14 @@ export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
 
-.PHONY: help setup run stop status lint format test clean
+.PHONY: help setup run stop status lint format docs test clean
 
 help:
 	@echo "make run      install what is missing, start dockerd and the driver"
 	@echo "make stop     stop the driver that 'make run' started"
 	@echo "make test     setup, lint, then the whole pytest suite (PYTEST_ARGS=... to pass options)"
 	@echo "make setup    only the host setup (packages, headers, bpffs, venv, dockerd, image)"
-	@echo "make lint / make format / make status / make clean"
+	@echo "make lint / make format / make docs / make status / make clean"
 
 setup:
 	@scripts/setup-host.sh
@@ -50,6 +50,10 @@ format:
 	@test -x $(VENV)/bin/ruff || { echo "no $(VENV)/bin/ruff: run 'make setup' first" >&2; exit 1; }
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# README's CLI and option references are generated from the code (a test checks them).
+docs:
+	$(VENV)/bin/python -m driver.docs README.md
 
 # The suite starts its own driver instance; this target does not start one.
 test: setup lint

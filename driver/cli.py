@@ -379,7 +379,7 @@ def monitor(client, kinds, source, destination, output):
 def format_event(e: dict) -> str:
     protocol = PROTOCOL_NAMES.get(e.get("protocol"), e.get("protocol"))
     src, dst = e.get("src"), e.get("dst")
-    if e.get("sport") or e.get("dport"):
+    if protocol in ("TCP", "UDP"):
         src, dst = f"[{src}]:{e.get('sport')}", f"[{dst}]:{e.get('dport')}"
     what = "xx drop" if e.get("kind") == "drop" else "-> trace"
     return (
