@@ -56,3 +56,59 @@ def ipv4(src, dst, payload: bytes, proto: int, frag_off: int = 0, more: bool = F
     flags = frag_off | (0x2000 if more else 0)
     head = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(payload), 1, flags, 64, proto, 0)
     return head + ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed + payload
+
+
+def udp(sport: int, dport: int, payload: bytes = b"ping") -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum of data."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+L4_CSUM_OFF = {TCP: 16, UDP: 6, ICMP: 2, ICMPV6: 2}
+
+
+def _l4_parts(frame: bytes) -> tuple[bytes, int, bytes, int]:
+    """(pseudo header or b"" for ICMPv4, offset of the L4 header, L4 bytes, protocol)."""
+    if struct.unpack("!H", frame[12:14])[0] == ETH_P_IPV6:
+        proto, src, dst, l4 = frame[20], frame[22:38], frame[38:54], frame[54:]
+        return src + dst + struct.pack("!I3xB", len(l4), proto), 54, l4, proto
+    ihl = (frame[14] & 0xF) * 4
+    proto, src, dst, l4 = frame[23], frame[26:30], frame[30:34], frame[14 + ihl :]
+    pseudo = b"" if proto == ICMP else src + dst + struct.pack("!BBH", 0, proto, len(l4))
+    return pseudo, 14 + ihl, l4, proto
+
+
+def with_checksums(frame: bytes, l4: bool = True) -> bytes:
+    """frame (Ethernet, IPv4 or IPv6 without extension headers) with its IPv4 header
+    checksum and, if l4, its TCP/UDP/ICMP checksum filled in."""
+    out = bytearray(frame)
+    if struct.unpack("!H", frame[12:14])[0] == ETH_P_IP:
+        ihl = (frame[14] & 0xF) * 4
+        out[24:26] = b"\0\0"
+        out[24:26] = struct.pack("!H", checksum(bytes(out[14 : 14 + ihl])))
+    pseudo, off, _, proto = _l4_parts(bytes(out))
+    if l4:
+        at = off + L4_CSUM_OFF[proto]
+        out[at : at + 2] = b"\0\0"
+        out[at : at + 2] = struct.pack("!H", checksum(pseudo + bytes(out[off:])))
+    return bytes(out)
+
+
+def checksums_valid(frame: bytes) -> bool:
+    """Whether the IPv4 header checksum and the L4 checksum (a UDP/IPv4 0: none) hold."""
+    if struct.unpack("!H", frame[12:14])[0] == ETH_P_IP:
+        ihl = (frame[14] & 0xF) * 4
+        if checksum(frame[14 : 14 + ihl]) != 0:
+            return False
+    pseudo, _, segment, proto = _l4_parts(frame)
+    if proto == UDP and len(pseudo) == 12 and segment[6:8] == b"\0\0":
+        return True
+    return checksum(pseudo + segment) == 0

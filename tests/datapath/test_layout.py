@@ -24,6 +24,11 @@ from datapath.reasons import BPF_LIB
         ("ct_key", maps.CtKeyC),
         ("ct_entry", maps.CtEntryC),
         ("datapath_config", maps.ConfigC),
+        ("lb_key", maps.LbKeyC),
+        ("lb_service", maps.LbServiceC),
+        ("lb_slot_key", maps.LbSlotKeyC),
+        ("lb_addr", maps.LbAddrC),
+        ("lb_flow", maps.LbFlowC),
         ("datapath_event", EventRecord),
     ],
 )

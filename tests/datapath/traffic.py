@@ -50,6 +50,63 @@ sys.exit(0 if s.recv(100) == b"hello" else 1)
 """
 
 
+# Answers every message with "<name> <peer address> <message>": which server, seen from whom.
+NAMED_SERVER = r"""
+import socket, sys, threading
+port, proto, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET6, kind)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", port))
+
+def answer(data, peer):
+    return f"{name} {peer[0].removeprefix('::ffff:')} {data.decode().strip()}\n".encode()
+
+def serve(conn, peer):
+    with conn:
+        while data := conn.recv(4096):
+            conn.sendall(answer(data, peer))
+
+if kind == socket.SOCK_STREAM:
+    s.listen(64)
+    print("ready", flush=True)
+    while True:
+        conn, peer = s.accept()
+        threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(4096)
+    s.sendto(answer(data, peer), peer)
+"""
+
+# count new flows (TCP connections; UDP from fresh unconnected sockets), one line each:
+# "<server name> <client address the server saw> <source of the answer>", or "fail".
+ASK_CLIENT = r"""
+import socket, sys
+host, port, proto, count, timeout = sys.argv[1:6]
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+for i in range(int(count)):
+    s = socket.socket(family, kind)
+    s.settimeout(float(timeout))
+    try:
+        if kind == socket.SOCK_STREAM:
+            s.connect((host, int(port)))
+            s.sendall(b"q")
+            data, source = s.recv(4096), s.getpeername()
+        else:
+            s.sendto(b"q", (host, int(port)))
+            data, source = s.recvfrom(4096)
+        name, seen = data.decode().split()[:2]
+        print(name, seen, source[0], flush=True)
+    except OSError:
+        print("fail", flush=True)
+    finally:
+        s.close()
+"""
+
+
 def netns_cmd(netns: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", netns, *args]
 
@@ -65,6 +122,30 @@ def serve(netns: str, port: int, proto: str = "tcp") -> subprocess.Popen:
         stop(proc)
         raise RuntimeError(f"echo server on port {port} did not start")
     return proc
+
+
+def serve_named(netns: str, port: int, proto: str, name: str) -> subprocess.Popen:
+    """A NAMED_SERVER on [::]:port (both families) in netns; returns once it listens."""
+    proc = subprocess.Popen(
+        netns_cmd(netns, sys.executable, "-c", NAMED_SERVER, str(port), proto, name),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if proc.stdout.readline().strip() != "ready":
+        stop(proc)
+        raise RuntimeError(f"named server on port {port} did not start")
+    return proc
+
+
+def ask(netns: str, addr, port: int, proto: str, count: int, timeout: float = 2) -> list:
+    """count new flows from netns to addr:port: (server name, client seen, answer source)
+    per flow, None for a flow that got no answer."""
+    cmd = netns_cmd(netns, sys.executable, "-c", ASK_CLIENT, str(addr), str(port), proto)
+    done = subprocess.run(
+        [*cmd, str(count), str(timeout)], capture_output=True, text=True, timeout=60
+    )
+    lines = done.stdout.splitlines()
+    return [tuple(line.split()) if line != "fail" else None for line in lines]
 
 
 def exchange(netns: str, addr, port: int, proto: str = "tcp", timeout: float = 2) -> bool:
@@ -90,6 +171,12 @@ class Session:
         self.proc.stdin.write(text + "\n")
         self.proc.stdin.flush()
         return self.proc.stdout.readline().strip() == text
+
+    def request(self, text: str) -> str:
+        """Send a line, return the answer line ("" when none came)."""
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
 
     def close(self) -> None:
         stop(self.proc)
