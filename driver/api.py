@@ -287,3 +287,46 @@ def _addresses_of(ref: str | None) -> set[str]:
         return set()
     ep = find_endpoint(ref)
     return {a for a in (ep.ipv6, ep.ipv4) if a}
+
+
+@bp.get("/services")
+def services():
+    with daemon().lock:
+        return jsonify(daemon().services.records())
+
+
+@bp.get("/services/<int:service_id>")
+def service(service_id):
+    d = daemon()
+    with d.lock:
+        found = d.services.get(service_id)
+        return jsonify(found.record(d.services.resolve(found)))
+
+
+@bp.put("/services")
+def service_update():
+    with daemon().lock:
+        return jsonify(daemon().services.update(_body()))
+
+
+@bp.delete("/services/<int:service_id>")
+def service_delete(service_id):
+    with daemon().lock:
+        daemon().services.delete(service_id)
+    return jsonify({})
+
+
+@bp.get("/bpf/lb")
+def bpf_lb():
+    with daemon().lock:
+        entries = daemon().datapath.services()
+    return jsonify(
+        [
+            {
+                "frontend": str(frontend),
+                "id": service_id,
+                "backends": [_plain(dataclasses.asdict(b)) for b in backends],
+            }
+            for frontend, (service_id, backends) in sorted(entries.items(), key=lambda kv: kv[1][0])
+        ]
+    )

@@ -304,6 +304,34 @@ def bpf_endpoint(client, output):
     _table(headers, [[e.get(k) for k in keys] for e in entries])
 
 
+@bpf.group("lb")
+def bpf_lb():
+    """Load-balancer maps."""
+
+
+@bpf_lb.command("list")
+@output_option
+@click.pass_obj
+def bpf_lb_list(client, output):
+    """Every frontend in the datapath with its backend slots."""
+    entries = _call(client, "GET", "/v1/bpf/lb")
+    if output == "json":
+        _json(entries)
+        return
+    rows = []
+    for e in entries:
+        for i, b in enumerate(e["backends"] or [{"address": "(none)", "port": "", "weight": ""}]):
+            rows.append(
+                [
+                    e["frontend"] if i == 0 else "",
+                    e["id"] if i == 0 else "",
+                    f"{b['address']}:{b['port']}",
+                    b["weight"],
+                ]
+            )
+    _table(["FRONTEND", "ID", "BACKEND", "WEIGHT"], rows)
+
+
 @bpf.group("policy")
 def bpf_policy():
     """Policy map entries."""
@@ -387,6 +415,109 @@ def format_event(e: dict) -> str:
         f"{DIRECTIONS.get(e.get('direction'), '')}: identity {e.get('src_identity')} -> "
         f"{e.get('dst_identity')}: {protocol} {src} -> {dst}"
     )
+
+
+@main.group()
+def service():
+    """Load-balanced services (VIPs)."""
+
+
+@service.command("update")
+@click.option(
+    "--frontend", required=True, help='VIP and port: "[fd00:5::10]:80" or "10.96.0.10:80"'
+)
+@click.option(
+    "--backends", help='comma-separated ADDRESS:PORT[@WEIGHT], e.g. "[fd00::2]:80,[fd00::3]:80@2"'
+)
+@click.option("--selector", help="labels of the backend containers, e.g. app=web")
+@click.option(
+    "--port", type=int, default=0, help="backend port with --selector (default: the frontend's)"
+)
+@click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
+@click.option(
+    "--id", "service_id", type=int, help="service id (default: the frontend's, or a new one)"
+)
+@click.option("--name", help="a name for the service")
+@output_option
+@click.pass_obj
+def service_update(client, frontend, backends, selector, port, protocol, service_id, name, output):
+    """Create or change a service: explicit backends, or every endpoint matching a selector."""
+    body = {
+        "frontend": frontend,
+        "protocol": protocol,
+        "port": port,
+        "id": service_id,
+        "name": name,
+    }
+    if backends is not None:
+        body["backends"] = [b for b in backends.split(",") if b.strip()]
+    if selector is not None:
+        body["selector"] = _parse_labels(selector)
+    result = _call(client, "PUT", "/v1/services", body)
+    for warning in result.pop("warnings", []):
+        click.echo(f"Warning: {warning}", err=True)
+    if output == "json":
+        _json(result)
+    else:
+        _services_table([result])
+
+
+def _services_table(services: list[dict]) -> None:
+    rows = []
+    for s in services:
+        backends = s["backends"] or ["(none)"]
+        selector = _labels(s["selector"]) if s["selector"] else ""
+        for i, backend in enumerate(backends):
+            first = i == 0
+            rows.append(
+                [
+                    s["id"] if first else "",
+                    s["name"] or "" if first else "",
+                    s["frontend"] if first else "",
+                    selector if first else "",
+                    backend,
+                ]
+            )
+    _table(["ID", "NAME", "FRONTEND", "SELECTOR", "BACKEND"], rows)
+
+
+@service.command("list")
+@output_option
+@click.pass_obj
+def service_list(client, output):
+    """Every service with its backends as they are now."""
+    services = _call(client, "GET", "/v1/services")
+    if output == "json":
+        _json(services)
+    else:
+        _services_table(services)
+
+
+@service.command("get")
+@click.argument("service_id", type=int)
+@output_option
+@click.pass_obj
+def service_get(client, service_id, output):
+    """One service."""
+    found = _call(client, "GET", f"/v1/services/{service_id}")
+    if output == "json":
+        _json(found)
+    else:
+        _services_table([found])
+
+
+@service.command("delete")
+@click.argument("service_id", type=int, required=False)
+@click.option("--all", "everything", is_flag=True, help="delete every service")
+@click.pass_obj
+def service_delete(client, service_id, everything):
+    """Delete a service, or all of them."""
+    if (service_id is None) == (not everything):
+        raise click.UsageError("give a service id or --all")
+    ids = [service_id] if service_id else [s["id"] for s in _call(client, "GET", "/v1/services")]
+    for number in ids:
+        _call(client, "DELETE", f"/v1/services/{number}")
+        click.echo(f"Deleted service {number}")
 
 
 @main.group()

@@ -20,6 +20,9 @@ class Config:
     # 0 means derived from /etc/machine-id on first start, then kept in the state database.
     node_id: int = 0
     node_range4: str = "10.213.0.0/16"
+    # Service VIPs come from these ranges; the driver keeps them unreachable on the host.
+    service_range6: str = "fd00:5::/64"
+    service_range4: str = "10.96.0.0/16"
     mtu: int = 1500
     threads: int = 8
     # Above Docker's 30 s plugin timeout: Docker gives up first and never sees a killed worker.
@@ -45,6 +48,8 @@ class Config:
         range4 = ipaddress.ip_network(self.node_range4)
         if range4.version != 4 or not 8 <= range4.prefixlen <= 24:
             raise ValueError(f"node IPv4 range {self.node_range4} must be IPv4 /8 to /24")
+        for name in ("service_range6", "service_range4"):
+            ipaddress.ip_network(getattr(self, name))
         if not 0 <= self.node_id < 2**32:
             raise ValueError(f"node id {self.node_id} must fit in 32 bits")
         if not 1280 <= self.mtu <= 65535:

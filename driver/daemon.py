@@ -4,6 +4,7 @@ Plugin and API handlers run on several gunicorn threads; every call that reads o
 state goes through `with daemon.lock`, so concurrent Docker calls never interleave.
 """
 
+import ipaddress
 import logging
 import threading
 
@@ -16,6 +17,7 @@ from .ipam import Ipam
 from .monitor import Monitor
 from .networks import Networks
 from .security import Security
+from .services import Services
 from .state import Store
 from .watcher import DockerWatcher
 
@@ -33,6 +35,7 @@ class Daemon:
         self.networks: Networks | None = None
         self.endpoints: Endpoints | None = None
         self.security: Security | None = None
+        self.services: Services | None = None
         self.watcher: DockerWatcher | None = None
         self.monitor: Monitor | None = None
 
@@ -43,7 +46,7 @@ class Daemon:
                 self.config.cluster_prefix6, self._node_id(), self.config.node_range4
             )
             self.datapath.start()
-            self.ipam = Ipam(self.store, self.node, self.datapath)
+            self.ipam = Ipam(self.store, self.node, self.datapath, self.service_ranges())
             self.networks = Networks(
                 self.store, self.ipam, self.datapath, self.node, self.config.mtu
             )
@@ -57,9 +60,11 @@ class Daemon:
                 LabelFilter(self.config.label_prefixes),
                 self.config.policy_enforcement,
             )
+            self.services = Services(self.store, self.datapath, self.service_ranges())
             self._claim_ranges()
             self.endpoints.restore_all()
             self.security.refresh()
+            self.services.sync()
         log.info(
             "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
             self.node.node_id,
@@ -83,13 +88,24 @@ class Daemon:
             self.datapath.close()
             self.store.close()
 
+    def service_ranges(self) -> list:
+        return [
+            ipaddress.ip_network(self.config.service_range6),
+            ipaddress.ip_network(self.config.service_range4),
+        ]
+
     def delete_network(self, network_id: str) -> None:
-        self.networks.delete(network_id, self.endpoints.delete)
-        self.security.refresh()
+        self.networks.delete(network_id, self.delete_endpoint)
+
+    def leave(self, network_id: str, endpoint_id: str) -> None:
+        """The container is going: it stops being a service backend before it is gone."""
+        self.endpoints.leave(network_id, endpoint_id)
+        self.services.sync()
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         self.endpoints.delete(endpoint_id)
         self.security.refresh()
+        self.services.sync()
 
     def network_ids(self) -> set[str]:
         with self.lock:
@@ -110,6 +126,7 @@ class Daemon:
             if ep is None or ep.network_id != network_id:
                 return
             identity = self.security.assign_container(ep, network_name, container_id, name, labels)
+            self.services.sync()
         log.info("endpoint %d is container %s, identity %d", ep.numeric_id, name, identity)
 
     def _node_id(self) -> int:
@@ -122,12 +139,13 @@ class Daemon:
     def _claim_ranges(self) -> None:
         """Refuse node ranges that the host routes elsewhere; make every owned range unreachable
         so nothing addressed to it leaves the host by accident."""
-        for node_range in (self.node.range6, self.node.range4):
-            overlaps = self.datapath.host_route_overlaps(str(node_range))
+        own = [self.node.range6, self.node.range4, *self.service_ranges()]
+        for owned in own:
+            overlaps = self.datapath.host_route_overlaps(str(owned))
             if overlaps:
                 raise DriverError(
-                    f"node range {node_range} overlaps host routes {', '.join(overlaps)}; "
-                    "choose another cluster prefix or IPv4 range"
+                    f"range {owned} overlaps host routes {', '.join(overlaps)}; "
+                    "choose another cluster prefix, node or service range"
                 )
         for owned in self.ipam.owned_ranges():
             self.datapath.add_unreachable_route(str(owned))

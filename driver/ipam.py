@@ -21,10 +21,11 @@ ANY4 = ipaddress.IPv4Network("0.0.0.0/0")
 
 
 class Ipam:
-    def __init__(self, store: Store, node: NodeAddressing, datapath):
+    def __init__(self, store: Store, node: NodeAddressing, datapath, service_ranges=()):
         self.store = store
         self.node = node
         self.datapath = datapath
+        self.service_ranges = list(service_ranges)
 
     def request_pool(self, pool: str, sub_pool: str, v6: bool) -> Pool:
         if not pool:
@@ -63,9 +64,9 @@ class Ipam:
                 raise Conflict(f"subnet {cidr} overlaps {owned}, which is already in use")
 
     def owned_ranges(self) -> list:
-        """Every range whose unreachable route this driver keeps: node ranges, user pools and
-        the pools Docker's own IPAM gave to cilium networks."""
-        ranges = [self.node.range6, self.node.range4]
+        """Every range whose unreachable route this driver keeps: node and service ranges,
+        user pools and the pools Docker's own IPAM gave to cilium networks."""
+        ranges = [self.node.range6, self.node.range4, *self.service_ranges]
         ranges += [ipaddress.ip_network(p.cidr) for p in self.store.pools() if not p.shared]
         for net in self.store.networks():
             ranges += [ipaddress.ip_network(cidr) for cidr in net.owned_routes]

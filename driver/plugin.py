@@ -199,7 +199,7 @@ def join(body):
 def leave(body):
     """{"NetworkID", "EndpointID"}; arrives before Docker pulls the interface out."""
     with daemon().lock:
-        daemon().endpoints.leave(body["NetworkID"], body["EndpointID"])
+        daemon().leave(body["NetworkID"], body["EndpointID"])
 
 
 @call("NetworkDriver.ProgramExternalConnectivity", ENDPOINT)

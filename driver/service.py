@@ -83,6 +83,8 @@ def _option(name: str, help_text: str, **kwargs):
 @_option("cluster_prefix6", "IPv6 /64 cluster prefix")
 @_option("node_id", "32-bit node id (0: derived from /etc/machine-id)", type=int)
 @_option("node_range4", "IPv4 range of this node")
+@_option("service_range6", "IPv6 range service VIPs come from")
+@_option("service_range4", "IPv4 range service VIPs come from")
 @_option("mtu", "default MTU of container interfaces", type=int)
 @_option("threads", "request threads", type=int)
 @_option("log_level", "debug, info, warning or error")

@@ -196,6 +196,16 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, key: str) -> None:
+        self._write("DELETE FROM meta WHERE key = ?", (key,))
+
+    def meta_with_prefix(self, prefix: str) -> list[tuple[str, str]]:
+        rows = self._rows(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        )
+        return [(r["key"], r["value"]) for r in rows]
+
     # pools and addresses
 
     def add_pool(self, pool: Pool) -> None:

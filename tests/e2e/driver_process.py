@@ -21,6 +21,8 @@ TEST_SETTINGS = {
     "veth_prefix": "lxt",
     "cluster_prefix6": "fdce:1c01::/64",
     "node_range4": "10.214.0.0/16",
+    "service_range6": "fdce:1c05::/64",
+    "service_range4": "10.217.0.0/16",
     "node_id": "42",
 }
 
@@ -95,7 +97,8 @@ class DriverProcess:
         shutil.rmtree(self.settings["state_dir"], ignore_errors=True)
         shutil.rmtree(self.settings["bpf_pin_dir"], ignore_errors=True)
         firewall.remove_forwarding(self.settings["veth_prefix"])
-        for family, prefix in (("-4", "node_range4"), ("-6", "cluster_prefix6")):
+        owned = ("node_range4", "cluster_prefix6", "service_range4", "service_range6")
+        for family, prefix in ((("-6" if ":" in self.settings[k] else "-4"), k) for k in owned):
             subprocess.run(
                 ["ip", family, "route", "flush", "root", self.settings[prefix], "proto", "206"],
                 check=True,

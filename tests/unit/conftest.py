@@ -5,6 +5,7 @@ import pytest
 from driver.app import create_app
 from driver.config import Config
 
+from .docker_calls import EP, NET, SANDBOX, make_ipam_network, request_address
 from .fakes import FakeDatapath
 
 
@@ -40,3 +41,30 @@ def post(client):
         return response.status_code, response.get_json(force=True)
 
     return call
+
+
+@pytest.fixture
+def api(client):
+    def call(method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        response = client.open("/v1/" + path, method=method, data=data)
+        return response.status_code, response.get_json(force=True)
+
+    return call
+
+
+@pytest.fixture
+def web_endpoint(post, app):
+    """An endpoint on network 'app' whose container (labels app=web) the watcher found."""
+    pool4, pool6 = make_ipam_network(post)
+    interface = {
+        "Address": request_address(post, pool4),
+        "AddressIPv6": request_address(post, pool6),
+        "MacAddress": "",
+    }
+    post(
+        "NetworkDriver.CreateEndpoint",
+        {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}},
+    )
+    post("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": SANDBOX})
+    return app.extensions["pycilium"]

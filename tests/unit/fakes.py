@@ -20,6 +20,7 @@ class FakeDatapath:
         self.host_ips = ["192.0.2.2", "fd00::2"]
         self.trace_events = False
         self.policy_capacity = None
+        self.lb = {}
 
     def start(self):
         self.compile_count = 1
@@ -94,3 +95,14 @@ class FakeDatapath:
 
     def read_events(self, callback, stop, timeout_ms=100):
         stop.wait()
+
+    def set_service(self, service_id, frontend, backends):
+        for backend in backends:
+            backend.validate(frontend)
+        self.lb[frontend] = (service_id, list(backends))
+
+    def delete_service(self, service_id, frontend):
+        self.lb.pop(frontend, None)
+
+    def services(self):
+        return dict(self.lb)

@@ -1,10 +1,8 @@
 """The management API over the control plane, with the in-memory datapath."""
 
-import json
-
 import pytest
 
-from .test_plugin import EP, NET, SANDBOX, make_ipam_network, request_address
+from .docker_calls import EP, NET
 
 WEB_POLICY = """
 - endpointSelector: {matchLabels: {app: web}}
@@ -13,33 +11,6 @@ WEB_POLICY = """
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 """
-
-
-@pytest.fixture
-def api(client):
-    def call(method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        response = client.open("/v1/" + path, method=method, data=data)
-        return response.status_code, response.get_json(force=True)
-
-    return call
-
-
-@pytest.fixture
-def web_endpoint(post, app):
-    """An endpoint on network 'app' whose container (labels app=web) the watcher found."""
-    pool4, pool6 = make_ipam_network(post)
-    interface = {
-        "Address": request_address(post, pool4),
-        "AddressIPv6": request_address(post, pool6),
-        "MacAddress": "",
-    }
-    post(
-        "NetworkDriver.CreateEndpoint",
-        {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}},
-    )
-    post("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": SANDBOX})
-    return app.extensions["pycilium"]
 
 
 def test_endpoint_waits_for_identity_until_its_container_is_known(api, web_endpoint, datapath):
