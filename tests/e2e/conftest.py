@@ -98,6 +98,29 @@ def net(docker, driver):
     docker.run("network", "rm", name, check=False)
 
 
+@pytest.fixture
+def cilium(driver):
+    """The `cilium` command line against the test driver."""
+    binary = driver.cli_path()
+
+    def run(*args, stdin=None, check=True):
+        result = subprocess.run(
+            [binary, "--socket", driver.settings["api_socket"], *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"cilium {' '.join(args)}: {result.stdout}{result.stderr}")
+        return result
+
+    yield run
+    run("policy", "delete", "--all", check=False)
+    run("policy", "mode", "default", check=False)
+    run("service", "delete", "--all", check=False)
+
+
 def veths(prefix: str) -> list[str]:
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]

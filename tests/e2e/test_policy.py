@@ -24,28 +24,6 @@ WEB_POLICY = """
 
 
 @pytest.fixture
-def cilium(driver):
-    """The `cilium` command line against the test driver."""
-    binary = driver.cli_path()
-
-    def run(*args, stdin=None, check=True):
-        result = subprocess.run(
-            [binary, "--socket", driver.settings["api_socket"], *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"cilium {' '.join(args)}: {result.stdout}{result.stderr}")
-        return result
-
-    yield run
-    run("policy", "delete", "--all", check=False)
-    run("policy", "mode", "default", check=False)
-
-
-@pytest.fixture
 def trio(docker, net):
     """web (httpd on 80), client and other, on one network."""
     web = docker.container(net, "--label", "app=web", command=SERVE_HTTP)
