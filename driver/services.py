@@ -104,9 +104,10 @@ class Services:
         warnings = []
         if service.selector is not None and not resolved:
             warnings.append(f"selector {_labels(service.selector)} matches no endpoint yet")
-        self.datapath.set_service(service.service_id, service.frontend, resolved)
         if previous is not None and previous.frontend != service.frontend:
+            # An id names one frontend in the datapath (it is the reverse-NAT key).
             self.datapath.delete_service(previous.service_id, previous.frontend)
+        self.datapath.set_service(service.service_id, service.frontend, resolved)
         with self.store.transaction():
             self.store.set_meta(f"service:{service.service_id}", _encode(service))
         return {**service.record(resolved), "warnings": warnings}
@@ -135,7 +136,12 @@ class Services:
     def sync(self) -> None:
         """Make the datapath's services what the state says: selector backends follow the
         endpoints that are ready now. Called after endpoints come, go or change identity."""
-        for service in self.all():
+        services = self.all()
+        wanted = {(s.service_id, s.frontend) for s in services}
+        for frontend, (service_id, _) in self.datapath.services().items():
+            if (service_id, frontend) not in wanted:
+                self.datapath.delete_service(service_id, frontend)
+        for service in services:
             try:
                 self.datapath.set_service(
                     service.service_id, service.frontend, self.resolve(service)

@@ -99,6 +99,9 @@ class FakeDatapath:
     def set_service(self, service_id, frontend, backends):
         for backend in backends:
             backend.validate(frontend)
+        for other, (other_id, _) in self.lb.items():
+            if other_id == service_id and other != frontend:
+                raise DatapathError(f"service id {service_id} belongs to frontend {other}")
         self.lb[frontend] = (service_id, list(backends))
 
     def delete_service(self, service_id, frontend):

@@ -115,3 +115,22 @@ def test_service_ranges_are_unreachable_and_pools_may_not_overlap_them(datapath,
     )
     assert status == 500 and "overlaps 10.96.0.0/16" in reply["Err"]
     assert ipaddress.ip_network("fd00:5::/64")
+
+
+def test_moving_a_service_to_another_frontend(api, datapath):
+    api("PUT", "services", {"frontend": "10.96.0.10:80", "backends": ["10.0.0.5:80"], "id": 4})
+    status, result = api(
+        "PUT", "services", {"frontend": "10.96.0.11:80", "backends": ["10.0.0.5:80"], "id": 4}
+    )
+    assert status == 200, result
+    assert set(frontends(datapath)) == {"10.96.0.11:80/tcp"}
+
+
+def test_sync_removes_datapath_services_the_state_does_not_have(api, app, datapath):
+    from datapath import Backend, Frontend
+
+    stale = Frontend(ipaddress.ip_address("10.96.0.99"), 80, 6)
+    datapath.lb[stale] = (77, [Backend(ipaddress.ip_address("10.0.0.9"), 80)])
+    with app.extensions["pycilium"].lock:
+        app.extensions["pycilium"].services.sync()
+    assert stale not in datapath.lb
