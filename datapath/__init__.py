@@ -5,6 +5,7 @@ from .errors import DatapathError, VethExistsError
 from .events import Event
 from .maps import AddressEntry, CtEntry, EndpointEntry
 from .policy import EGRESS, HOST_ID, INGRESS, INIT_ID, UNMANAGED_ID, WORLD_ID, PolicyKey
+from .portmap import PortMapping
 from .service import Backend, Frontend
 from .spec import EndpointSpec
 
@@ -26,5 +27,6 @@ __all__ = [
     "Event",
     "Frontend",
     "PolicyKey",
+    "PortMapping",
     "VethExistsError",
 ]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import bpffs, events, firewall, loader, netlink
+from . import bpffs, events, firewall, loader, netlink, portmap
 from .errors import DatapathError, VethExistsError
 from .maps import (
     CONFIG_TRACE_EVENTS,
@@ -72,6 +72,7 @@ class Datapath:
         self._maps, self._programs = maps, programs
         netlink.enable_forwarding()
         firewall.accept_forwarding(self.veth_prefix)
+        portmap.setup(self.veth_prefix)
 
     def close(self) -> None:
         """Release the program and map fds. Attached programs and pinned maps stay."""
@@ -154,6 +155,18 @@ class Datapath:
     def _attach(ifindex: int, programs: loader.Programs) -> None:
         loader.attach_egress(ifindex, programs.to_container)
         loader.attach_ingress(ifindex, programs.from_container)
+
+    # published ports
+
+    def publish_ports(self, tag: str, mappings: list[portmap.PortMapping]) -> None:
+        """DNAT host ports to an endpoint (tag names it); all or nothing."""
+        portmap.publish(self.veth_prefix, tag, mappings)
+
+    def unpublish_ports(self, tag: str) -> None:
+        portmap.unpublish(self.veth_prefix, tag)
+
+    def published_tags(self) -> set[str]:
+        return portmap.published_tags(self.veth_prefix)
 
     def link_exists(self, ifname: str) -> bool:
         """Whether a link of that name is in the host namespace (a veth peer Docker pulled

@@ -152,12 +152,18 @@ def endpoint_get(client, ref, output):
         ("IPv6", ep["ipv6"]),
         ("IPv4", ep["ipv4"]),
         ("Interface", ep["host_ifname"]),
+        ("Ports", ", ".join(_port_text(p) for p in ep["ports"]) or "none"),
         ("State", ep["state"]),
         ("Ingress policy", "enforced" if policy["ingress_enforced"] else "not enforced"),
         ("Egress policy", "enforced" if policy["egress_enforced"] else "not enforced"),
     ):
         click.echo(f"{name + ':':<16}{value}")
     _policy_table(policy["entries"])
+
+
+def _port_text(p: dict) -> str:
+    host = f"[{p['host_ip']}]" if ":" in p["host_ip"] else p["host_ip"] or "*"
+    return f"{host}:{p['host_port']}->{p['port']}/{PROTOCOL_NAMES[p['protocol']].lower()}"
 
 
 def _policy_table(entries: list[dict]) -> None:

@@ -16,6 +16,7 @@ from .identities import LabelFilter
 from .ipam import Ipam
 from .monitor import Monitor
 from .networks import Networks
+from .ports import Ports, requested_ports
 from .security import Security
 from .services import Services
 from .state import Store
@@ -36,6 +37,7 @@ class Daemon:
         self.endpoints: Endpoints | None = None
         self.security: Security | None = None
         self.services: Services | None = None
+        self.ports: Ports | None = None
         self.watcher: DockerWatcher | None = None
         self.monitor: Monitor | None = None
 
@@ -62,7 +64,9 @@ class Daemon:
             )
             self.services = Services(self.store, self.datapath, self.service_ranges())
             self._claim_ranges()
+            self.ports = Ports(self.store, self.datapath)
             self.endpoints.restore_all()
+            self.ports.restore()
             self.security.refresh()
             self.services.sync()
         log.info(
@@ -84,6 +88,8 @@ class Daemon:
             self.watcher = None
         if self.monitor is not None:
             self.monitor.close()
+        if self.ports is not None:
+            self.ports.close()
         with self.lock:
             self.datapath.close()
             self.store.close()
@@ -97,12 +103,24 @@ class Daemon:
     def delete_network(self, network_id: str) -> None:
         self.networks.delete(network_id, self.delete_endpoint)
 
+    def join(self, network_id: str, endpoint_id: str, sandbox_key: str, options: dict) -> dict:
+        requested = requested_ports(options)
+        reply = self.endpoints.join(network_id, endpoint_id, sandbox_key)
+        self.ports.publish(self.store.get_endpoint(endpoint_id), requested)
+        return reply
+
     def leave(self, network_id: str, endpoint_id: str) -> None:
-        """The container is going: it stops being a service backend before it is gone."""
+        """The container is going: its ports close and it stops being a service backend."""
+        ep = self.store.get_endpoint(endpoint_id)
+        if ep is not None:
+            self.ports.unpublish(ep)
         self.endpoints.leave(network_id, endpoint_id)
         self.services.sync()
 
     def delete_endpoint(self, endpoint_id: str) -> None:
+        ep = self.store.get_endpoint(endpoint_id)
+        if ep is not None:
+            self.ports.unpublish(ep)
         self.endpoints.delete(endpoint_id)
         self.security.refresh()
         self.services.sync()

@@ -192,7 +192,9 @@ def delete_endpoint(body):
 def join(body):
     """{"NetworkID", "EndpointID", "SandboxKey": "/var/run/docker/netns/<id>", "Options"}"""
     with daemon().lock:
-        return daemon().endpoints.join(body["NetworkID"], body["EndpointID"], body["SandboxKey"])
+        return daemon().join(
+            body["NetworkID"], body["EndpointID"], body["SandboxKey"], body.get("Options") or {}
+        )
 
 
 @call("NetworkDriver.Leave", ENDPOINT)

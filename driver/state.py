@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
     container_id TEXT,
     container_name TEXT,
     labels TEXT NOT NULL DEFAULT '{}',
-    identity INTEGER NOT NULL
+    identity INTEGER NOT NULL,
+    ports TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS identities (
     identity INTEGER PRIMARY KEY,
@@ -116,6 +117,7 @@ class Endpoint:
     container_name: str | None = None
     labels: dict = field(default_factory=dict)
     identity: int = INIT_IDENTITY
+    ports: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,7 @@ class Store:
 
     def add_endpoint(self, ep: Endpoint) -> None:
         self._write(
-            "INSERT INTO endpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO endpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ep.endpoint_id,
                 ep.network_id,
@@ -300,6 +302,7 @@ class Store:
                 ep.container_name,
                 json.dumps(ep.labels),
                 ep.identity,
+                json.dumps(ep.ports),
             ),
         )
 
@@ -328,6 +331,11 @@ class Store:
             "UPDATE endpoints SET container_id = ?, container_name = ?, labels = ?, identity = ?"
             " WHERE endpoint_id = ?",
             (container_id, name, json.dumps(labels), identity, endpoint_id),
+        )
+
+    def set_ports(self, endpoint_id: str, ports: list[dict]) -> None:
+        self._write(
+            "UPDATE endpoints SET ports = ? WHERE endpoint_id = ?", (json.dumps(ports), endpoint_id)
         )
 
     def delete_endpoint(self, endpoint_id: str) -> None:
@@ -414,6 +422,7 @@ def _endpoint(row: sqlite3.Row) -> Endpoint:
         container_name=row["container_name"],
         labels=json.loads(row["labels"]),
         identity=row["identity"],
+        ports=json.loads(row["ports"]),
     )
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from datapath import firewall
+from datapath import firewall, portmap
 
 # A test instance of its own: other name, ranges, sockets and pin directory than `make run`'s,
 # so the suite never touches a driver a user started.
@@ -92,11 +92,12 @@ class DriverProcess:
 
     def purge(self) -> None:
         """Remove what the test instance keeps between runs: state, pinned maps, its FORWARD
-        rules and the unreachable routes of its node ranges (the driver keeps them while
-        containers may run)."""
+        and port-publishing rules, and the unreachable routes of its ranges (the driver
+        keeps those while containers may run)."""
         shutil.rmtree(self.settings["state_dir"], ignore_errors=True)
         shutil.rmtree(self.settings["bpf_pin_dir"], ignore_errors=True)
         firewall.remove_forwarding(self.settings["veth_prefix"])
+        portmap.teardown(self.settings["veth_prefix"])
         owned = ("node_range4", "cluster_prefix6", "service_range4", "service_range6")
         for family, prefix in ((("-6" if ":" in self.settings[k] else "-4"), k) for k in owned):
             subprocess.run(

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from .conftest import IMAGE, LABEL
+from .conftest import IMAGE, LABEL, connects_from
 from .driver_process import http_get
 
 # busybox httpd answers 404 without an index page: give it one.
@@ -285,53 +285,6 @@ def test_endpoint_list_shows_identities(docker, driver, cilium, trio):
     listing = cilium("endpoint", "list").stdout
     assert "app=web" in listing and "ready" in listing
     assert http_get(driver.settings["api_socket"], "/v1/identities")
-
-
-@pytest.fixture
-def external():
-    """A network namespace behind the host, standing for a peer outside the node: it reaches
-    containers through the host's routing, so they see it as world or a CIDR identity."""
-    name = f"pcext{uuid.uuid4().hex[:6]}"
-    # Unreachable routes wider than the namespace's own subnets, which must win over them.
-    ranges = ("fdce:1c02::/48", "10.216.0.0/16")
-
-    def ip(*args, netns=None):
-        prefix = ["ip", "netns", "exec", netns] if netns else []
-        subprocess.run([*prefix, "ip", *args], check=True)
-
-    for cidr in ranges:
-        ip("route", "add", "unreachable", cidr)
-    ip("netns", "add", name)
-    try:
-        ip("link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", name)
-        ip("addr", "add", "fdce:1c02::1/64", "dev", name, "nodad")
-        ip("addr", "add", "10.216.0.1/24", "dev", name)
-        ip("link", "set", name, "up")
-        for args in (
-            ("addr", "add", "fdce:1c02::2/64", "dev", "eth0", "nodad"),
-            ("addr", "add", "10.216.0.2/24", "dev", "eth0"),
-            ("link", "set", "eth0", "up"),
-            ("link", "set", "lo", "up"),
-            ("-6", "route", "add", "default", "via", "fdce:1c02::1"),
-            ("route", "add", "default", "via", "10.216.0.1"),
-        ):
-            ip(*args, netns=name)
-        yield {"netns": name, "v6": "fdce:1c02::2", "v4": "10.216.0.2"}
-    finally:
-        subprocess.run(["ip", "link", "del", name], check=False)
-        subprocess.run(["ip", "netns", "del", name], check=False)
-        for cidr in ranges:
-            subprocess.run(["ip", "route", "del", "unreachable", cidr], check=False)
-
-
-def connects_from(netns, address, port=80):
-    code = (
-        "import socket,sys\n"
-        f"try: socket.create_connection(({address!r}, {port}), timeout=1.5).close()\n"
-        "except OSError: sys.exit(1)\n"
-    )
-    command = ["ip", "netns", "exec", netns, "/usr/bin/python3", "-c", code]
-    return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
 
 
 def test_cidr_rules_for_an_external_peer(docker, driver, cilium, trio, external):

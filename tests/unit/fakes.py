@@ -21,6 +21,7 @@ class FakeDatapath:
         self.trace_events = False
         self.policy_capacity = None
         self.lb = {}
+        self.published = {}
 
     def start(self):
         self.compile_count = 1
@@ -109,3 +110,12 @@ class FakeDatapath:
 
     def services(self):
         return dict(self.lb)
+
+    def publish_ports(self, tag, mappings):
+        self.published[tag] = list(mappings)
+
+    def unpublish_ports(self, tag):
+        self.published.pop(tag, None)
+
+    def published_tags(self):
+        return set(self.published)

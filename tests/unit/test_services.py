@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from datapath import Backend, Frontend
 from driver.app import create_app
 
 from .docker_calls import EP, NET
@@ -127,8 +128,6 @@ def test_moving_a_service_to_another_frontend(api, datapath):
 
 
 def test_sync_removes_datapath_services_the_state_does_not_have(api, app, datapath):
-    from datapath import Backend, Frontend
-
     stale = Frontend(ipaddress.ip_address("10.96.0.99"), 80, 6)
     datapath.lb[stale] = (77, [Backend(ipaddress.ip_address("10.0.0.9"), 80)])
     with app.extensions["pycilium"].lock:
