@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from datapath import Datapath, EndpointSpec
+from datapath import Datapath, EndpointSpec, firewall, portmap
 
 from . import traffic
 
@@ -122,6 +122,9 @@ def datapath(pin_dir):
     dp.remove_unreachable_route(str(NET6))
     dp.remove_unreachable_route(str(NET4))
     dp.close()
+    # What Datapath.start() put into netfilter for this prefix.
+    firewall.remove_forwarding(PREFIX)
+    portmap.teardown(PREFIX)
 
 
 @pytest.fixture
