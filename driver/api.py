@@ -91,7 +91,7 @@ def status():
                 "ipv4_range": str(node.range4),
                 "ipv4_router": str(node.router4),
             },
-            "kernel": os.uname().release,
+            "kernel": {"release": os.uname().release, **_kernel_features()},
             "docker_events": bool(d.watcher and d.watcher.connected.is_set()),
             **counts,
             "policy": policy,
@@ -100,11 +100,34 @@ def status():
     )
 
 
+def _kernel_features() -> dict:
+    """What the datapath leans on, as this kernel offers it."""
+    try:
+        with open("/proc/sys/net/core/bpf_jit_enable") as f:
+            jit = f.read().strip() != "0"
+    except OSError:
+        jit = False
+    return {"bpf_jit": jit, "btf": os.path.exists("/sys/kernel/btf/vmlinux")}
+
+
 @bp.get("/endpoints")
 def endpoints():
     with daemon().lock:
         eps = daemon().store.endpoints()
-    return jsonify([endpoint_record(ep) for ep in eps])
+        flags = {e.endpoint_id: e.flags for e in daemon().datapath.endpoint_map_entries().values()}
+    records = []
+    for ep in eps:
+        record = endpoint_record(ep)
+        record["enforcement"] = _enforcement(flags.get(ep.numeric_id, 0))
+        records.append(record)
+    return jsonify(records)
+
+
+def _enforcement(flags: int) -> dict:
+    return {
+        "ingress": bool(flags & EP_F_INGRESS_ENFORCED),
+        "egress": bool(flags & EP_F_EGRESS_ENFORCED),
+    }
 
 
 @bp.get("/endpoints/<ref>")
@@ -116,10 +139,10 @@ def endpoint(ref):
         map_entries = d.datapath.endpoint_map_entries()
     record = endpoint_record(ep)
     entry = next((e for e in map_entries.values() if e.endpoint_id == ep.numeric_id), None)
-    flags = entry.flags if entry else 0
+    enforcement = _enforcement(entry.flags if entry else 0)
     record["policy"] = {
-        "ingress_enforced": bool(flags & EP_F_INGRESS_ENFORCED),
-        "egress_enforced": bool(flags & EP_F_EGRESS_ENFORCED),
+        "ingress_enforced": enforcement["ingress"],
+        "egress_enforced": enforcement["egress"],
         "entries": entries,
     }
     return jsonify(record)

@@ -84,7 +84,7 @@ def status(client, output):
     lines = [
         ("Driver", "ok"),
         ("Docker events", "connected" if data["docker_events"] else "NOT connected"),
-        ("Kernel", data["kernel"]),
+        ("Kernel", _kernel(data["kernel"])),
         ("Node", node["id"]),
         ("IPv6 range", f"{node['ipv6_range']} (router {node['ipv6_router']})"),
         ("IPv4 range", f"{node['ipv4_range']} (router {node['ipv4_router']})"),
@@ -99,6 +99,12 @@ def status(client, output):
         click.echo(f"{name + ':':<15}{value}")
     if not data["docker_events"]:
         sys.exit(2)
+
+
+def _kernel(kernel: dict) -> str:
+    features = [name for name in ("bpf_jit", "btf") if kernel.get(name)]
+    missing = [f"no {name}" for name in ("bpf_jit", "btf") if not kernel.get(name)]
+    return f"{kernel['release']} ({', '.join(features + missing)})"
 
 
 @main.group()
@@ -116,7 +122,7 @@ def endpoint_list(client, output):
         _json(eps)
         return
     _table(
-        ["ENDPOINT", "CONTAINER", "IDENTITY", "LABELS", "IPv6", "IPv4", "STATE"],
+        ["ENDPOINT", "CONTAINER", "IDENTITY", "LABELS", "IPv6", "IPv4", "POLICY IN/OUT", "STATE"],
         [
             [
                 e["numeric_id"],
@@ -125,6 +131,7 @@ def endpoint_list(client, output):
                 _labels(e["labels"]),
                 e["ipv6"],
                 e["ipv4"],
+                "/".join("on" if e["enforcement"][d] else "off" for d in ("ingress", "egress")),
                 e["state"],
             ]
             for e in eps

@@ -283,7 +283,10 @@ def test_bad_policy_changes_nothing(docker, driver, cilium, trio):
 
 def test_endpoint_list_shows_identities(docker, driver, cilium, trio):
     listing = cilium("endpoint", "list").stdout
-    assert "app=web" in listing and "ready" in listing
+    assert "app=web" in listing and "ready" in listing and "on/off" in listing
+    status = cilium("status")
+    assert status.returncode == 0 and "Docker events: connected" in status.stdout
+    assert "bpf_jit" in status.stdout
     assert http_get(driver.settings["api_socket"], "/v1/identities")
 
 

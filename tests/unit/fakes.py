@@ -119,3 +119,6 @@ class FakeDatapath:
 
     def published_tags(self):
         return set(self.published)
+
+    def endpoint_map_entries(self):
+        return {}
