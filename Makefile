@@ -19,13 +19,14 @@ export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
 
-.PHONY: help setup run stop status lint format docs test clean
+.PHONY: help setup run stop status lint format docs test clean demo demo-down
 
 help:
 	@echo "make run      install what is missing, start dockerd and the driver"
 	@echo "make stop     stop the driver that 'make run' started"
 	@echo "make test     setup, lint, then the whole pytest suite (PYTEST_ARGS=... to pass options)"
 	@echo "make setup    only the host setup (packages, headers, bpffs, venv, dockerd, image)"
+	@echo "make demo     the docker-compose demo (make demo-down removes it)"
 	@echo "make lint / make format / make docs / make status / make clean"
 
 setup:
@@ -50,6 +51,13 @@ format:
 	@test -x $(VENV)/bin/ruff || { echo "no $(VENV)/bin/ruff: run 'make setup' first" >&2; exit 1; }
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The docker-compose.yml demo with its policy and a service VIP; prints what passes.
+demo: run
+	@scripts/demo.sh up
+
+demo-down:
+	@scripts/demo.sh down
 
 # README's CLI and option references are generated from the code (a test checks them).
 docs:

@@ -520,14 +520,23 @@ def service_get(client, service_id, output):
 
 
 @service.command("delete")
-@click.argument("service_id", type=int, required=False)
+@click.argument("ref", required=False)
 @click.option("--all", "everything", is_flag=True, help="delete every service")
 @click.pass_obj
-def service_delete(client, service_id, everything):
-    """Delete a service, or all of them."""
-    if (service_id is None) == (not everything):
-        raise click.UsageError("give a service id or --all")
-    ids = [service_id] if service_id else [s["id"] for s in _call(client, "GET", "/v1/services")]
+def service_delete(client, ref, everything):
+    """Delete a service by id or name, or all of them."""
+    if (ref is None) == (not everything):
+        raise click.UsageError("give a service id or name, or --all")
+    services = _call(client, "GET", "/v1/services")
+    if everything:
+        ids = [s["id"] for s in services]
+    elif ref.isdigit():
+        ids = [int(ref)]
+    else:
+        ids = [s["id"] for s in services if s["name"] == ref]
+        if not ids:
+            click.echo(f"Error: no service named {ref}", err=True)
+            sys.exit(1)
     for number in ids:
         _call(client, "DELETE", f"/v1/services/{number}")
         click.echo(f"Deleted service {number}")
