@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
@@ -52,6 +53,7 @@ class Datapath:
         self.pin_dir = Path(pin_dir)
         self.veth_prefix = veth_prefix
         self.compile_count = 0
+        self.compile_seconds = 0.0  # compiling and loading, over every compile
         self._maps: DatapathMaps | None = None
         self._programs: loader.Programs | None = None
 
@@ -63,11 +65,13 @@ class Datapath:
             return
         bpffs.ensure_pin_dir(self.pin_dir)
         maps = DatapathMaps.open(self.pin_dir)
+        started = time.monotonic()
         try:
             programs = loader.load_programs(maps.fds())
         except BaseException:
             maps.close()
             raise
+        self.compile_seconds += time.monotonic() - started
         self.compile_count += 1
         self._maps, self._programs = maps, programs
         netlink.enable_forwarding()
@@ -470,6 +474,15 @@ class Datapath:
     def trace_counts(self) -> dict[str, int]:
         """Trace point name (TRACE_TO_STACK, TRACE_TO_LXC, TRACE_REPLY) -> packets."""
         return self.maps.trace_counts()
+
+    def map_fill(self) -> dict[str, tuple[int, int]]:
+        """Map name -> (entries, capacity) of every map with keys to count (hash, LRU and
+        LPM maps; not the counter arrays or the ring buffer). Walks each map's keys."""
+        return self.maps.fill()
+
+    def ct_totals(self) -> dict[int, tuple[int, int, int]]:
+        """Direction (INGRESS, EGRESS) -> (flows, packets, bytes) of the conntrack table now."""
+        return self.maps.ct_totals()
 
     def endpoint_map_entries(self) -> dict[int, EndpointEntry]:
         """Host ifindex -> decoded endpoints map entry."""

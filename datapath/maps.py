@@ -12,6 +12,7 @@ Callers get typed values (:class:`EndpointEntry`, :class:`AddressEntry`, :class:
 import ctypes as ct
 import errno
 import ipaddress
+import itertools
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from . import reasons
 from .errors import DatapathError
-from .policy import INIT_ID, PolicyKey
+from .policy import EGRESS, INGRESS, INIT_ID, PolicyKey
 from .service import Frontend
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -31,6 +32,7 @@ BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LPM_TRIE = 11
 BPF_MAP_TYPE_RINGBUF = 27
+COUNTABLE_MAP_TYPES = (BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LPM_TRIE)
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_F_NO_PREALLOC = 1
@@ -607,6 +609,21 @@ class DatapathMaps:
     def fds(self) -> dict[str, int]:
         return {name: pinned.fd for name, pinned in self._maps.items()}
 
+    def fill(self) -> dict[str, tuple[int, int]]:
+        """Map name -> (entries, capacity) of the maps whose keys come and go."""
+        found = {}
+        for name, pinned in self._maps.items():
+            spec = pinned.spec
+            if spec.map_type not in COUNTABLE_MAP_TYPES:
+                continue
+            if name == "policy":
+                entries = self.policy_count()
+            else:
+                # A key deleted mid-walk restarts the walk: never count past the capacity.
+                entries = sum(1 for _ in itertools.islice(pinned.keys(), spec.max_entries))
+            found[name] = (entries, spec.max_entries)
+        return found
+
     # endpoints: host ifindex -> EndpointEntry
 
     def put_endpoint(self, ifindex: int, entry: EndpointEntry) -> None:
@@ -736,6 +753,16 @@ class DatapathMaps:
             if leaf is not None:
                 items.append((key, leaf))
         return items
+
+    def ct_totals(self) -> dict[int, tuple[int, int, int]]:
+        """Direction -> (flows, packets, bytes) summed over the conntrack entries, undecoded."""
+        totals = {INGRESS: [0, 0, 0], EGRESS: [0, 0, 0]}
+        for key, leaf in self._ct_items():
+            sums = totals.setdefault(key.direction, [0, 0, 0])
+            sums[0] += 1
+            sums[1] += leaf.packets
+            sums[2] += leaf.bytes
+        return {direction: tuple(sums) for direction, sums in totals.items()}
 
     def ct_entries(self) -> list[CtEntry]:
         now = monotonic_seconds()
