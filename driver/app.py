@@ -9,6 +9,7 @@ from . import api, plugin
 from .config import Config
 from .daemon import Daemon
 from .errors import BadRequest, DriverError
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,22 @@ def create_app(config: Config, datapath=None, watch_docker: bool = True) -> Flas
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     daemon = Daemon(config, datapath)
-    daemon.start()
+    metrics = Metrics(daemon)
+    if config.metrics_address:
+        # Bound before the daemon starts: a taken port fails the start before any change.
+        metrics.serve(config.metrics_address)
+    try:
+        daemon.start()
+    except BaseException:
+        metrics.close()
+        raise
+    daemon.on_close(metrics.close)
     if watch_docker:
         daemon.watch_docker()
     app.extensions["pycilium"] = daemon
     app.register_blueprint(plugin.bp)
     app.register_blueprint(api.bp)
+    metrics.install(app)
     app.register_error_handler(DriverError, _driver_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

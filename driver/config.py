@@ -32,6 +32,8 @@ class Config:
     # Comma-separated label-key prefixes that count for identity; "!" excludes.
     label_prefixes: str = DEFAULT_LABEL_PREFIXES
     policy_enforcement: str = "default"
+    # Empty: /metrics only on the API socket. Else also on this loopback HOST:PORT.
+    metrics_address: str = ""
 
     @property
     def plugin_socket(self) -> str:
@@ -60,7 +62,32 @@ class Config:
             raise ValueError(
                 f"policy enforcement {self.policy_enforcement!r} must be default, always or never"
             )
+        if self.metrics_address:
+            loopback_address(self.metrics_address)
         return self
+
+
+def loopback_address(address: str) -> tuple[str, int]:
+    """(host, port) of "127.0.0.1:PORT" or "[::1]:PORT"; ValueError for anything else:
+    metrics are never offered beyond the host itself."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"metrics address {address!r} must be HOST:PORT, e.g. 127.0.0.1:9962")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is None or not ip.is_loopback:
+        raise ValueError(
+            f"metrics address {address!r} is not a loopback address: serve metrics on "
+            "127.0.0.1:PORT or [::1]:PORT, or scrape /metrics on the API socket"
+        )
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"metrics port {port} must be between 1 and 65535")
+    return str(ip), port
 
 
 def env_name(option: str) -> str:

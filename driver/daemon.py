@@ -7,6 +7,7 @@ state goes through `with daemon.lock`, so concurrent Docker calls never interlea
 import ipaddress
 import logging
 import threading
+from collections.abc import Callable
 
 from .addressing import NodeAddressing, node_id_from_machine_id
 from .config import Config
@@ -40,6 +41,7 @@ class Daemon:
         self.ports: Ports | None = None
         self.watcher: DockerWatcher | None = None
         self.monitor: Monitor | None = None
+        self._closers: list[Callable[[], None]] = []
 
     def start(self) -> None:
         with self.lock:
@@ -82,7 +84,13 @@ class Daemon:
         self.watcher = DockerWatcher(self, self.config.docker_host)
         self.watcher.start()
 
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Run closer first in close(): for what serves the daemon (the metrics server)."""
+        self._closers.append(closer)
+
     def close(self) -> None:
+        while self._closers:
+            self._closers.pop()()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None

@@ -93,6 +93,11 @@ def _option(name: str, help_text: str, **kwargs):
     "label_prefixes", "label-key prefixes that count for identity, comma-separated; ! excludes"
 )
 @_option("policy_enforcement", "default, always or never (until changed with `cilium policy mode`)")
+@_option(
+    "metrics_address",
+    "also serve Prometheus /metrics on this loopback HOST:PORT, e.g. 127.0.0.1:9962 "
+    "(always on the API socket)",
+)
 def main(**options):
     """Serve the pycilium Docker network and IPAM driver in the foreground."""
     try:

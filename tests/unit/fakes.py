@@ -8,6 +8,12 @@ from datapath import DatapathError
 class FakeDatapath:
     def __init__(self):
         self.compile_count = 0
+        self.compile_seconds = 0.0
+        self.drops = {}
+        self.traces = {}
+        # Map name -> (entries, capacity), as Datapath.map_fill() reports them.
+        self.fill = {"endpoints": (0, 16384), "conntrack": (0, 262144)}
+        self.ct = {0: (0, 0, 0), 1: (0, 0, 0)}
         self.endpoints = {}
         self.unreachable = set()
         self.host_routes = []
@@ -25,6 +31,7 @@ class FakeDatapath:
 
     def start(self):
         self.compile_count = 1
+        self.compile_seconds = 0.5
 
     def close(self):
         pass
@@ -69,7 +76,16 @@ class FakeDatapath:
         return set(self.sandbox_routes.get(sandbox_key, ()))
 
     def drop_counts(self):
-        return {}
+        return dict(self.drops)
+
+    def trace_counts(self):
+        return dict(self.traces)
+
+    def map_fill(self):
+        return dict(self.fill)
+
+    def ct_totals(self):
+        return dict(self.ct)
 
     def set_endpoint_identity(self, spec, identity):
         self.identities[spec.host_ifname] = identity
