@@ -50,6 +50,13 @@ class Docker:
         net = data["NetworkSettings"]["Networks"][network]
         return net["GlobalIPv6Address"], net["IPAddress"]
 
+    def remove_network(self, name):
+        """Remove every container on a network, then the network (which must succeed)."""
+        ids = self.out("ps", "-aq", "--filter", f"network={name}").split()
+        if ids:
+            self.run("rm", "-f", *ids, check=False)
+        self.run("network", "rm", name)
+
     def remove_all(self):
         ids = self.out("ps", "-aq", "--filter", f"label={LABEL}").split()
         if ids:
@@ -93,9 +100,7 @@ def net(docker, driver):
         "n-" + uuid.uuid4().hex[:8], "-d", driver.name, "--ipam-driver", driver.name, "--ipv6"
     )
     yield name
-    for cid in docker.out("ps", "-aq", "--filter", f"network={name}").split():
-        docker.run("rm", "-f", cid, check=False)
-    docker.run("network", "rm", name, check=False)
+    docker.remove_network(name)
 
 
 @pytest.fixture

@@ -71,10 +71,7 @@ def test_plain_network_gets_ipv6_from_the_driver(docker, driver):
         assert ping_ok(docker, a, b4)
         assert "default via" in docker.exec(a, "ip", "-6", "route").stdout
     finally:
-        docker.run(
-            "rm", "-f", *docker.out("ps", "-aq", "--filter", f"network={net}").split(), check=False
-        )
-        docker.run("network", "rm", net)
+        docker.remove_network(net)
 
 
 def test_user_subnets_static_addresses_and_mac(docker, driver):
@@ -115,10 +112,7 @@ def test_user_subnets_static_addresses_and_mac(docker, driver):
         )
         assert clash.returncode != 0 and "overlaps 10.77.0.0/24" in clash.stderr
     finally:
-        docker.run(
-            "rm", "-f", *docker.out("ps", "-aq", "--filter", f"network={net}").split(), check=False
-        )
-        docker.run("network", "rm", net)
+        docker.remove_network(net)
 
 
 @pytest.fixture
@@ -136,10 +130,7 @@ def subnet_net(docker, driver):
         "10.78.0.0/24",
     )
     yield name
-    docker.run(
-        "rm", "-f", *docker.out("ps", "-aq", "--filter", f"network={name}").split(), check=False
-    )
-    docker.run("network", "rm", name)
+    docker.remove_network(name)
 
 
 def test_bad_static_addresses_are_clear_errors_and_leave_nothing(docker, driver, subnet_net):
@@ -196,13 +187,7 @@ def test_connect_and_disconnect_a_running_container(docker, driver, net):
         assert "eth1" not in docker.exec(a, "ip", "link").stdout
         assert len(driver.api("/v1/endpoints")) == 2
     finally:
-        docker.run(
-            "rm",
-            "-f",
-            *docker.out("ps", "-aq", "--filter", f"network={other}").split(),
-            check=False,
-        )
-        docker.run("network", "rm", other)
+        docker.remove_network(other)
 
 
 def test_twenty_parallel_containers_are_unique_and_reach_each_other(docker, driver, net):
