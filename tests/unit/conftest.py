@@ -5,7 +5,7 @@ import pytest
 from driver.app import create_app
 from driver.config import Config
 
-from .docker_calls import EP, NET, SANDBOX, make_ipam_network, request_address
+from .docker_calls import create_endpoint, join, make_ipam_network
 from .fakes import FakeDatapath
 
 
@@ -56,15 +56,6 @@ def api(client):
 @pytest.fixture
 def web_endpoint(post, app):
     """An endpoint on network 'app' whose container (labels app=web) the watcher found."""
-    pool4, pool6 = make_ipam_network(post)
-    interface = {
-        "Address": request_address(post, pool4),
-        "AddressIPv6": request_address(post, pool6),
-        "MacAddress": "",
-    }
-    post(
-        "NetworkDriver.CreateEndpoint",
-        {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}},
-    )
-    post("NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": SANDBOX})
+    create_endpoint(post, make_ipam_network(post))
+    join(post)
     return app.extensions["pycilium"]

@@ -58,3 +58,20 @@ def request_address(post, pool, address=""):
     )
     assert status == 200, reply
     return reply["Address"]
+
+
+def create_endpoint(post, pools, endpoint_id=EP, mac=""):
+    """Addresses from both pools, then CreateEndpoint, as `docker run` does."""
+    pool4, pool6 = pools
+    interface = {
+        "Address": request_address(post, pool4),
+        "AddressIPv6": request_address(post, pool6),
+        "MacAddress": mac,
+    }
+    body = {"NetworkID": NET, "EndpointID": endpoint_id, "Interface": interface, "Options": {}}
+    return post("NetworkDriver.CreateEndpoint", body)
+
+
+def join(post, endpoint_id=EP, options=None):
+    body = {"NetworkID": NET, "EndpointID": endpoint_id, "SandboxKey": SANDBOX}
+    return post("NetworkDriver.Join", {**body, "Options": options or {}})

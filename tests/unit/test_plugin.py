@@ -6,7 +6,15 @@ import pytest
 
 from datapath import DatapathError
 
-from .docker_calls import EP, NET, SANDBOX, make_ipam_network, request_address
+from .docker_calls import (
+    EP,
+    NET,
+    SANDBOX,
+    create_endpoint,
+    join,
+    make_ipam_network,
+    request_address,
+)
 
 
 def test_activate_names_both_interfaces(post):
@@ -145,14 +153,8 @@ def test_ipam_network_lifecycle(post, datapath, config):
 
 
 def test_docker_given_mac_is_not_echoed(post):
-    pool4, pool6 = make_ipam_network(post)
-    interface = {
-        "Address": request_address(post, pool4),
-        "AddressIPv6": request_address(post, pool6),
-        "MacAddress": "02:42:ac:11:00:09",
-    }
-    body = {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}}
-    assert post("NetworkDriver.CreateEndpoint", body) == (200, {})
+    pools = make_ipam_network(post)
+    assert create_endpoint(post, pools, mac="02:42:ac:11:00:09") == (200, {})
 
 
 def test_repeated_create_endpoint_replays_the_same_reply(post, datapath):
@@ -164,6 +166,7 @@ def test_repeated_create_endpoint_replays_the_same_reply(post, datapath):
     }
     body = {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}}
     first = post("NetworkDriver.CreateEndpoint", body)
+    assert first[0] == 200
     assert post("NetworkDriver.CreateEndpoint", body) == first
     assert len(datapath.endpoints) == 1
 
@@ -206,23 +209,13 @@ def test_plain_docker_ipam_network_gets_ipv6_from_the_driver(post, datapath, app
 
 
 def test_second_network_on_a_sandbox_avoids_existing_default_routes(post, datapath):
-    pool4, pool6 = make_ipam_network(post)
+    pools = make_ipam_network(post)
+    pool6 = pools[1]
     router6 = pool6["Data"]["com.docker.network.gateway"]
     datapath.sandbox_routes[SANDBOX] = {"::/0", "0.0.0.0/0", router6, "10.213.0.1/32"}
-    interface = {
-        "Address": request_address(post, pool4),
-        "AddressIPv6": request_address(post, pool6),
-        "MacAddress": "",
-    }
-    post(
-        "NetworkDriver.CreateEndpoint",
-        {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}},
-    )
-    _, join = post(
-        "NetworkDriver.Join",
-        {"NetworkID": NET, "EndpointID": EP, "SandboxKey": SANDBOX, "Options": {}},
-    )
-    destinations = [r["Destination"] for r in join["StaticRoutes"]]
+    create_endpoint(post, pools)
+    _, reply = join(post)
+    destinations = [r["Destination"] for r in reply["StaticRoutes"]]
     assert destinations == [pool6["Pool"], "10.213.0.0/16"]
 
 

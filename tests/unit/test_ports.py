@@ -5,7 +5,7 @@ import pytest
 from driver.errors import InvalidArgument
 from driver.ports import Published, requested_ports
 
-from .docker_calls import NET, SANDBOX, make_ipam_network, request_address
+from .docker_calls import NET, create_endpoint, join, make_ipam_network
 
 OTHER_EP = "a" * 64
 
@@ -48,25 +48,15 @@ def test_bad_port_maps_are_refused(bad, message):
         requested_ports(portmap(bad))
 
 
-def join(post, endpoint_id, pools, options):
-    pool4, pool6 = pools
-    interface = {
-        "Address": request_address(post, pool4),
-        "AddressIPv6": request_address(post, pool6),
-        "MacAddress": "",
-    }
-    body = {"NetworkID": NET, "EndpointID": endpoint_id, "Interface": interface, "Options": {}}
-    post("NetworkDriver.CreateEndpoint", body)
-    return post(
-        "NetworkDriver.Join",
-        {"NetworkID": NET, "EndpointID": endpoint_id, "SandboxKey": SANDBOX, "Options": options},
-    )
+def publish(post, endpoint_id, pools, options):
+    create_endpoint(post, pools, endpoint_id)
+    return join(post, endpoint_id, options)
 
 
 def test_published_ports_dnat_both_families_and_close_on_leave(post, datapath, app):
     pools = make_ipam_network(post)
     # A specific host address: DNAT only, no loopback proxy.
-    status, reply = join(post, "b" * 64, pools, portmap(entry(48080, host_ip="192.0.2.2")))
+    status, reply = publish(post, "b" * 64, pools, portmap(entry(48080, host_ip="192.0.2.2")))
     assert status == 200, reply
     (mappings,) = datapath.published.values()
     assert [(str(m.host_ip), m.host_port, m.port, m.address.version) for m in mappings] == [
@@ -80,10 +70,10 @@ def test_published_ports_dnat_both_families_and_close_on_leave(post, datapath, a
 
 def test_host_port_zero_is_chosen_and_clashes_are_refused(post, datapath, app):
     pools = make_ipam_network(post)
-    assert join(post, "b" * 64, pools, portmap(entry(48081, host_ip="192.0.2.2")))[0] == 200
-    status, reply = join(post, OTHER_EP, pools, portmap(entry(48081, host_ip="192.0.2.2")))
+    assert publish(post, "b" * 64, pools, portmap(entry(48081, host_ip="192.0.2.2")))[0] == 200
+    status, reply = publish(post, OTHER_EP, pools, portmap(entry(48081, host_ip="192.0.2.2")))
     assert status == 500 and "already published" in reply["Err"]
-    status, reply = join(post, "c" * 64, pools, portmap(entry(0, 53, 17, "192.0.2.2")))
+    status, reply = publish(post, "c" * 64, pools, portmap(entry(0, 53, 17, "192.0.2.2")))
     assert status == 200, reply
     chosen = app.extensions["pycilium"].store.get_endpoint("c" * 64).ports[0]
     assert 49152 <= chosen["host_port"] <= 65535 and chosen["port"] == 53
