@@ -80,6 +80,10 @@ def status():
         datapath = {
             "compile_count": d.datapath.compile_count,
             "drops": d.datapath.drop_counts(),
+            "maps": {
+                name: {"entries": entries, "capacity": capacity}
+                for name, (entries, capacity) in d.datapath.map_fill().items()
+            },
         }
     node = d.node
     return jsonify(
@@ -96,6 +100,7 @@ def status():
             **counts,
             "policy": policy,
             "datapath": datapath,
+            "metrics": {"address": d.config.metrics_address or None},
         }
     )
 

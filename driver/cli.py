@@ -11,6 +11,8 @@ from .errors import DriverError
 
 PROTOCOL_NAMES = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}
 DIRECTIONS = {0: "ingress", 1: "egress"}
+# `cilium status` warns, and exits 3, when a BPF map is this full.
+MAP_FILL_WARNING = 0.9
 
 
 @click.group()
@@ -74,7 +76,8 @@ def _parse_labels(text: str) -> dict:
 @click.pass_obj
 def status(client, output):
     """Health of the driver in one screen. Exit code 0 when healthy, 1 when the driver does
-    not answer, 2 when it cannot follow Docker's events (endpoints would wait for identity)."""
+    not answer, 2 when it cannot follow Docker's events (endpoints would wait for identity),
+    3 when a BPF map is 90% full or more."""
     data = _call(client, "GET", "/v1/status")
     if output == "json":
         _json(data)
@@ -94,11 +97,44 @@ def status(client, output):
         ("Policy", f"revision {policy['revision']}, {policy['rules']} rules, {policy['mode']}"),
         ("BPF compiles", data["datapath"]["compile_count"]),
         ("Drops", ", ".join(f"{k} {v}" for k, v in drops.items() if v) or "none"),
+        ("BPF maps", _maps(data["datapath"].get("maps", {}))),
+        ("Metrics", _metrics(data.get("metrics") or {})),
     ]
     for name, value in lines:
         click.echo(f"{name + ':':<15}{value}")
     if not data["docker_events"]:
         sys.exit(2)
+    if _full_maps(data["datapath"].get("maps", {})):
+        sys.exit(3)
+
+
+def _fill(entry: dict) -> float:
+    return entry["entries"] / entry["capacity"] if entry["capacity"] else 0.0
+
+
+def _full_maps(maps: dict) -> list[str]:
+    return sorted(name for name, entry in maps.items() if _fill(entry) >= MAP_FILL_WARNING)
+
+
+def _maps(maps: dict) -> str:
+    """The fullest map, or a warning naming every map near its capacity."""
+    if not maps:
+        return "unknown"
+
+    def text(name):
+        entry = maps[name]
+        return f"{name} {entry['entries']}/{entry['capacity']} ({_fill(entry):.0%})"
+
+    full = _full_maps(maps)
+    if full:
+        return "WARNING nearly full: " + ", ".join(text(name) for name in full)
+    return f"{len(maps)} ok, fullest {text(max(maps, key=lambda name: _fill(maps[name])))}"
+
+
+def _metrics(metrics: dict) -> str:
+    address = metrics.get("address")
+    tcp = f" and http://{address}/metrics" if address else ""
+    return f"/metrics on the API socket{tcp}"
 
 
 def _kernel(kernel: dict) -> str:

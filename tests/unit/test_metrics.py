@@ -1,6 +1,7 @@
 """Prometheus metrics: /metrics through the Flask test client with the in-memory datapath,
-and the loopback TCP server on a real port."""
+the loopback TCP server on a real port, and what `cilium status` makes of map fill."""
 
+import json
 import socket
 import urllib.error
 import urllib.request
@@ -9,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from driver import cli
 from driver import service as service_module
 from driver.app import create_app
 from driver.config import Config, loopback_address
@@ -207,6 +209,8 @@ def test_metrics_on_a_loopback_port(host, tmp_path, datapath):
         # Only /metrics: never the management API or the plugin protocol.
         assert _get(f"http://{shown}:{port}/v1/status")[0] == 404
         assert _get(f"http://{shown}:{port}/Plugin.Activate")[0] == 404
+        status_reply = app.test_client().get("/v1/status").get_json()
+        assert status_reply["metrics"] == {"address": f"{shown}:{port}"}
     finally:
         app.extensions["pycilium"].close()
     with pytest.raises(urllib.error.URLError):
@@ -224,3 +228,52 @@ def test_a_taken_metrics_port_fails_the_start_before_the_datapath(tmp_path, data
         with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
             create_app(config, datapath=datapath, watch_docker=False)
     assert datapath.compile_count == 0
+
+
+class _TestClientApi:
+    """cli's ApiClient, answered by the Flask test client."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def request(self, method, path, body=None):
+        data = json.dumps(body) if body is not None else None
+        return self.client.open(path, method=method, data=data).get_json(force=True)
+
+
+def _status(client, monkeypatch):
+    monkeypatch.setattr(cli, "ApiClient", lambda _path: _TestClientApi(client))
+    return CliRunner().invoke(cli.main, ["status"])
+
+
+def test_status_shows_map_fill_and_where_metrics_are(client, datapath, app, monkeypatch):
+    app.extensions["pycilium"].watcher = _ConnectedWatcher()
+    datapath.fill = {"endpoints": (3, 16384), "conntrack": (26214, 262144)}
+    result = _status(client, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "BPF maps:      2 ok, fullest conntrack 26214/262144 (10%)" in result.output
+    assert "Metrics:       /metrics on the API socket" in result.output
+
+
+def test_status_exits_3_when_a_map_is_nearly_full(client, datapath, app, monkeypatch):
+    app.extensions["pycilium"].watcher = _ConnectedWatcher()
+    datapath.fill = {"endpoints": (3, 16384), "policy": (240000, 262144)}
+    result = _status(client, monkeypatch)
+    assert result.exit_code == 3, result.output
+    assert "WARNING nearly full: policy 240000/262144 (92%)" in result.output
+
+
+def test_status_exit_2_wins_over_a_full_map(client, datapath, monkeypatch):
+    datapath.fill = {"policy": (262144, 262144)}
+    result = _status(client, monkeypatch)
+    assert result.exit_code == 2, result.output
+
+
+class _ConnectedWatcher:
+    class connected:
+        @staticmethod
+        def is_set():
+            return True
+
+    def stop(self):
+        pass
