@@ -19,7 +19,7 @@ export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
 
-.PHONY: help setup run stop status lint format docs test clean demo demo-down
+.PHONY: help setup run stop status lint format docs test clean plugin demo demo-down
 
 help:
 	@echo "make run      install what is missing, start dockerd and the driver"
@@ -66,6 +66,11 @@ docs:
 # The suite starts its own driver instance; this target does not start one.
 test: setup lint
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests $(PYTEST_ARGS)
+
+# The driver as a Docker managed (v2) plugin, built without a registry (README: Managed plugin).
+# PLUGIN=NAME:TAG (default pycilium:latest), PLUGIN_ENABLE=0, PLUGIN_SETTINGS="KEY=VALUE ...".
+plugin: setup
+	@scripts/build-plugin.sh
 
 clean:
 	@if scripts/driver.sh status >/dev/null 2>&1; then \
