@@ -139,6 +139,7 @@ class Store:
 
     def open(self) -> None:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        db = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
@@ -152,7 +153,12 @@ class Store:
                 )
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
+            _check_layout(db, self.path)
+        except (sqlite3.Error, StateError) as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, StateError):
+                raise
             raise StateError(f"cannot open state database {self.path}: {exc}") from exc
         self._db = db
 
@@ -376,6 +382,29 @@ class Store:
             "(SELECT identity FROM endpoints)"
         )
         return [r["identity"] for r in rows]
+
+
+def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {t: [c[1] for c in db.execute(f"PRAGMA table_info({t})")] for t in sorted(tables)}
+
+
+def _check_layout(db: sqlite3.Connection, path: str) -> None:
+    """Refuse at start, not on the first request, a database whose tables differ from
+    this driver's (one written by a development build of the same schema version)."""
+    reference = sqlite3.connect(":memory:")
+    try:
+        reference.executescript(SCHEMA)
+        expected = _columns(reference)
+    finally:
+        reference.close()
+    found = _columns(db)
+    for table, columns in expected.items():
+        if found.get(table) != columns:
+            raise StateError(
+                f"state database {path}: table {table} has columns {found.get(table)}, this "
+                f"driver expects {columns}; move the file away to start afresh"
+            )
 
 
 def _pool(row: sqlite3.Row) -> Pool:
