@@ -14,8 +14,6 @@ up() {
     "$CILIUM" service update --frontend "[$VIP]:80" --name demo-api \
         --selector com.docker.compose.project=pycilium-demo,com.docker.compose.service=api
     echo
-    "$CILIUM" service list
-    echo
     matrix
     echo
     echo "Watch drops with: $CILIUM monitor --type drop     Tear down with: make demo-down"
