@@ -281,6 +281,12 @@ main() {
         echo "$PLUGIN is built and disabled ('$DOCKER plugin enable $PLUGIN' enables it)"
         return 0
     fi
+    # With the default settings the plugin would share the API socket, pin directory, veth
+    # prefix and ranges of the driver `make run` started.
+    if [ -z "$PLUGIN_SETTINGS" ] && "$REPO_ROOT/scripts/driver.sh" status >/dev/null 2>&1; then
+        die "the driver from 'make run' is running: 'make stop' first (or give the plugin" \
+            "its own settings with PLUGIN_SETTINGS); $PLUGIN is built and left disabled"
+    fi
     bpffs_mounted ||
         die "bpffs is not mounted at /sys/fs/bpf: the plugin keeps its maps there." \
             "Mount it (mount -t bpf bpf /sys/fs/bpf), then: $DOCKER plugin enable $PLUGIN"
