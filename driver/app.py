@@ -5,6 +5,8 @@ import logging
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
+from datapath import Datapath, DatapathError
+
 from . import api, plugin
 from .config import Config
 from .daemon import Daemon
@@ -20,8 +22,6 @@ def create_app(config: Config, datapath=None, watch_docker: bool = True) -> Flas
     """Build and start the control plane. `datapath` defaults to the real kernel datapath;
     `watch_docker` starts the Docker events watcher that gives endpoints their identity."""
     if datapath is None:
-        from datapath import Datapath
-
         datapath = Datapath(pin_dir=config.bpf_pin_dir, veth_prefix=config.veth_prefix)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -43,6 +43,7 @@ def create_app(config: Config, datapath=None, watch_docker: bool = True) -> Flas
     app.register_blueprint(api.bp)
     metrics.install(app)
     app.register_error_handler(DriverError, _driver_error)
+    app.register_error_handler(DatapathError, _datapath_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
@@ -58,6 +59,12 @@ def _driver_error(exc: DriverError) -> Response:
     status = exc.status if use_own_status else 500
     log.warning("%s failed: %s", request.path, exc)
     return _error(str(exc), status)
+
+
+def _datapath_error(exc: DatapathError) -> Response:
+    """The kernel refused something (a full map, a taken name): the message says what."""
+    log.warning("%s failed: %s", request.path, exc)
+    return _error(str(exc), 500)
 
 
 def _http_error(exc: HTTPException) -> Response:
