@@ -151,7 +151,7 @@ build_base() {
 ensure_base() {
     BASE=$CACHE/base-$SUITE-$(base_key)
     if [ ! -f "$BASE.done" ]; then
-        rm -rf "$BASE" "$BASE.done"
+        rm -rf "$CACHE"/base-*   # older package lists: a whole rootfs each
         build_base "$BASE"
     fi
 }
@@ -175,7 +175,7 @@ ensure_dep_wheels() {
     local src=$1
     WHEELS=$CACHE/wheels-$(deps_key)
     if [ ! -f "$WHEELS.done" ]; then
-        rm -rf "$WHEELS"
+        rm -rf "$CACHE"/wheels-*
         say "pip wheel: the project's dependencies into $WHEELS"
         run_logged "$VENV/bin/python" -m pip wheel --disable-pip-version-check \
             --no-build-isolation --wheel-dir "$WHEELS" "$src"
@@ -222,6 +222,18 @@ build_plugin_dir() {
 plugin_exists() { "$DOCKER" plugin inspect "$PLUGIN" >/dev/null 2>&1; }
 plugin_field() { "$DOCKER" plugin inspect -f "$1" "$PLUGIN"; }
 
+# The plugin's settable settings as `docker plugin set` arguments ("KEY=VALUE name.source=PATH").
+current_settings() {
+    "$DOCKER" plugin inspect "$PLUGIN" | "$VENV/bin/python" -c '
+import json, sys
+p = json.load(sys.stdin)[0]
+env = {e["Name"] for e in p["Config"]["Env"] if "value" in (e.get("Settable") or [])}
+mounts = {m["Name"] for m in p["Config"]["Mounts"] if "source" in (m.get("Settable") or [])}
+out = [s for s in p["Settings"]["Env"] if s.split("=", 1)[0] in env]
+out += [m["Name"] + ".source=" + m["Source"] for m in p["Settings"]["Mounts"] if m["Name"] in mounts]
+print(" ".join(out))'
+}
+
 remove_plugin() {
     if [ "$(plugin_field '{{.Enabled}}')" = true ]; then
         "$DOCKER" plugin disable "$PLUGIN" >/dev/null ||
@@ -240,6 +252,9 @@ main() {
     "$DOCKER" info >/dev/null 2>&1 || die "no dockerd answers '$DOCKER info' (make setup starts one)"
     [ -x "$VENV/bin/python" ] || die "$VENV/bin/python not found: run 'make setup' first"
     mkdir -p "$CACHE"
+    # One build at a time: builds share the cache and prune each other's old directories.
+    exec 9>"$CACHE/.lock"
+    flock 9
 
     local hash dir stamp
     ensure_base
@@ -262,8 +277,17 @@ main() {
             say "building the plugin rootfs in $dir"
             build_plugin_dir "$dir" "$BASE" "$SRC_TMP/pycilium" "$WHEELS"
         fi
-        plugin_exists && remove_plugin
+        local kept="" setting
+        if plugin_exists; then
+            kept=$(current_settings)
+            remove_plugin
+        fi
         run_logged "$DOCKER" plugin create "$PLUGIN" "$dir"
+        # A rebuild keeps what was set on the previous plugin (ranges, state source, ...).
+        for setting in $kept; do
+            "$DOCKER" plugin set "$PLUGIN" "$setting" 2>/dev/null ||
+                say "could not keep the setting $setting (no longer in plugin/config.json?)"
+        done
         echo "$hash $(plugin_field '{{.Id}}')" >"$stamp"
         say "created $PLUGIN ($(du -sh "$dir/rootfs" | cut -f1) rootfs)"
     fi
