@@ -11,9 +11,12 @@ HOST=/proc/$PPID/root
 PIN_DIR=${CILIUM_BPF_PIN_DIR:-/sys/fs/bpf/pycilium}
 API_SOCKET=${CILIUM_API_SOCKET:-/var/run/cilium/cilium.sock}
 
+# Say why, then wait to be stopped rather than exit: Docker restarts a plugin that exits while
+# `docker plugin enable` waits for its socket, and a restart still under way when enable
+# gives up leaves a container behind ("id already in use" on the next enable).
 fail() {
     echo "pycilium plugin: ERROR: $*" >&2
-    exit 1
+    exec sleep infinity
 }
 
 # Is $1 on a BPF filesystem? (the mount at /sys/fs/bpf is the host's, bound by config.json)
