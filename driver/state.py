@@ -139,6 +139,9 @@ class Store:
 
     def open(self) -> None:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        # Root's alone; SQLite gives its -wal and -shm files the database file's mode.
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(self.path, 0o600)
         db = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
