@@ -79,8 +79,9 @@ host_realpath() {
 # host_link PATH: PATH in the plugin becomes a symlink to the same PATH on the host. Bind
 # mounts are not enough for these: Docker's network namespaces are mounted on the host after
 # the plugin starts (a bind of the private /run would never show them), the Docker socket is
-# re-created when dockerd restarts, and the API socket's directory is on the host's /run,
-# empty after a reboot (a bind mount of a missing source fails the plugin's start).
+# re-created when dockerd restarts, and the API socket's directory and the xtables lock are
+# on the host's /run, empty after a reboot (a bind mount of a missing source fails the
+# plugin's start).
 host_link() {
     local path=$1 target
     target=$HOST$(host_realpath "$path")
@@ -94,6 +95,9 @@ host_link() {
 
 host_link /var/run/docker/netns
 host_link /var/run/docker.sock
+# iptables-legacy serialises on this lock with the host's iptables (dockerd's among them);
+# iptables-nft ignores it.
+host_link /run/xtables.lock
 api_dir=$(dirname "$API_SOCKET")
 host_api_dir=$HOST$(host_realpath "$api_dir")
 [ -d "$host_api_dir" ] || mkdir -p -m 0755 "$host_api_dir"
