@@ -1,5 +1,6 @@
 """A small HTTP client for the management API on its unix socket."""
 
+import contextlib
 import http.client
 import json
 import socket
@@ -23,19 +24,25 @@ class ApiClient:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body=None):
-        conn = _UnixConnection(self.socket_path, self.timeout)
+    @contextlib.contextmanager
+    def _connection(self, timeout: float | None):
+        """A connection to the driver; a driver that does not answer is a clear error."""
+        conn = _UnixConnection(self.socket_path, timeout)
         try:
-            payload = json.dumps(body) if body is not None else None
-            conn.request(method, path, body=payload)
-            response = conn.getresponse()
-            data = response.read()
+            yield conn
         except OSError as exc:
             raise DriverError(
                 f"cannot reach the driver at {self.socket_path}: {exc} (is it running?)"
             ) from None
         finally:
             conn.close()
+
+    def request(self, method: str, path: str, body=None):
+        with self._connection(self.timeout) as conn:
+            payload = json.dumps(body) if body is not None else None
+            conn.request(method, path, body=payload)
+            response = conn.getresponse()
+            data = response.read()
         decoded = json.loads(data) if data else {}
         if response.status >= 400:
             raise DriverError(decoded.get("Err") or f"HTTP {response.status}")
@@ -46,8 +53,7 @@ class ApiClient:
 
     def stream(self, path: str):
         """JSON objects of a streaming GET, one per non-empty line, until the server stops."""
-        conn = _UnixConnection(self.socket_path, timeout=None)
-        try:
+        with self._connection(None) as conn:
             conn.request("GET", path)
             response = conn.getresponse()
             if response.status >= 400:
@@ -56,9 +62,3 @@ class ApiClient:
             for line in response:
                 if line.strip():
                     yield json.loads(line)
-        except OSError as exc:
-            raise DriverError(
-                f"cannot reach the driver at {self.socket_path}: {exc} (is it running?)"
-            ) from None
-        finally:
-            conn.close()

@@ -106,7 +106,8 @@ class DriverProcess:
             )
 
 
-def _unix_http(path: str, request: bytes) -> bytes:
+def unix_http(path: str, request: bytes) -> bytes:
+    """The raw HTTP response to a raw request over a unix socket."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(30)
         s.connect(path)
@@ -129,12 +130,12 @@ def plugin_call(sock: str, call: str, body: dict | None = None) -> dict:
         f"POST /{call} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\n"
         f"Content-Length: {len(payload)}\r\n\r\n"
     ).encode() + payload
-    return _body(_unix_http(sock, request))[1]
+    return _body(unix_http(sock, request))[1]
 
 
 def http_get(sock: str, path: str):
     request = f"GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n".encode()
-    status, body = _body(_unix_http(sock, request))
+    status, body = _body(unix_http(sock, request))
     if status != 200:
         raise RuntimeError(f"GET {path}: {status} {body}")
     return body

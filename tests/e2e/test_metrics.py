@@ -2,24 +2,17 @@
 containers run, and `cilium status` on the same instance. (The loopback TCP server is
 tested in tests/unit/test_metrics.py on a real port: no second driver instance here.)"""
 
-import socket
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from datapath import reasons
+
+from .driver_process import unix_http
 
 
 def scrape(sock: str) -> dict[tuple[str, tuple], float]:
     """GET /metrics over the unix socket: (sample name, sorted labels) -> value."""
     request = b"GET /metrics HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(30)
-        s.connect(sock)
-        s.sendall(request)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    head, _, body = unix_http(sock, request).partition(b"\r\n\r\n")
     assert head.split(b" ", 2)[1] == b"200", head
     assert b"content-type: text/plain" in head.lower(), head
     return {
