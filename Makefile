@@ -19,7 +19,7 @@ export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
 
-.PHONY: help setup run stop status lint format docs test clean plugin demo demo-down
+.PHONY: help setup run stop status lint format docs test clean plugin demo demo-down bench
 
 help:
 	@echo "make run      install what is missing, start dockerd and the driver"
@@ -71,6 +71,15 @@ test: setup lint
 # PLUGIN=NAME:TAG (default pycilium:latest), PLUGIN_ENABLE=0, PLUGIN_SETTINGS="KEY=VALUE ...".
 plugin: setup
 	@scripts/build-plugin.sh
+
+# Benchmarks against the driver that 'make run' started (bench/run.py --help; BENCH_ARGS=...).
+# Writes bench/results/<UTC date>.{json,md} and docs/benchmarks/*.png.
+bench:
+	@scripts/driver.sh status >/dev/null 2>&1 || { echo "the cilium driver is not running: 'make run' first" >&2; exit 1; }
+	@command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iperf3 >/dev/null
+	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/python -m pip install -q 'matplotlib>=3.6'
+	@DOCKER=$(DOCKER) bench/build-image.sh
+	DOCKER=$(DOCKER) $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	@if scripts/driver.sh status >/dev/null 2>&1; then \
