@@ -38,6 +38,7 @@ NETWORK_CIL = "pcb-bench-cil"
 NETWORK_BR6 = "pcb-bench-br6"
 POLICY_NAME = "bench"
 PORT = 5201
+BATCH = 2000  # rules per import request
 COMPILE_METRIC = "pycilium_bpf_compile_duration_seconds_count"
 
 
@@ -330,9 +331,17 @@ class Bench:
         self.stack.callback(self._delete_policy)
         if not rules:
             return
+        # The API takes at most 1 MiB per request: import in batches. Rules with equal label
+        # sets replace each other across imports, so each batch carries its own extra label;
+        # `name=bench` is on all of them (one delete removes them all).
         before = compile_count()
         t0 = time.monotonic()
-        api("PUT", "/v1/policy", {"text": json.dumps(rules), "source": "bench"})
+        for k in range(0, len(rules), BATCH):
+            batch = rules[k : k + BATCH]
+            for rule in batch:
+                rule["labels"] = [*rule["labels"], {"key": "bench-batch", "value": str(k)}]
+            body = {"text": json.dumps(batch, separators=(",", ":")), "source": "bench"}
+            api("PUT", "/v1/policy", body)
         self.meta["policy_import"] = {
             "rules": len(rules),
             "seconds": round(time.monotonic() - t0, 3),
