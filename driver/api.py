@@ -25,7 +25,10 @@ def daemon():
 
 
 def _body() -> dict:
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
@@ -239,7 +242,7 @@ def policy_trace():
         raise BadRequest(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     try:
         dport = int(body.get("dport", 0))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"port {body.get('dport')!r} is not a number") from None
     with daemon().lock:
         verdict = daemon().security.trace(src, dst, dport, PROTOCOLS[protocol])

@@ -105,6 +105,8 @@ def parse_body(validator: Draft7Validator | None) -> dict:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     error = next(iter(sorted(validator.iter_errors(body), key=lambda e: e.path)), None)
     if error is not None:
         where = ".".join(str(p) for p in error.absolute_path) or "body"

@@ -233,7 +233,7 @@ def _labels(labels: dict) -> str:
 def _int(value, what: str) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidArgument(f"{what} {value!r} is not a number") from None
 
 
