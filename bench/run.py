@@ -535,6 +535,7 @@ def plot(result: dict, outdir: Path) -> list[Path]:
         for v, style in (("raw", "--"), ("bridge", ":")):
             ax.axhline(per[v]["gbit_s"]["median"], linestyle=style, color="grey", label=v)
         ax.set_xscale("symlog", linthresh=100)
+        ax.set_xlim(-20, max(rules) * 1.5)
         ax.set_xlabel("rules N")
         ax.set_ylabel("Gbit/s (median, min-max)")
         ax.set_ylim(bottom=0)
