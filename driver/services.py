@@ -104,10 +104,18 @@ class Services:
         warnings = []
         if service.selector is not None and not resolved:
             warnings.append(f"selector {_labels(service.selector)} matches no endpoint yet")
-        if previous is not None and previous.frontend != service.frontend:
+        moved = previous is not None and previous.frontend != service.frontend
+        if moved:
             # An id names one frontend in the datapath (it is the reverse-NAT key).
             self.datapath.delete_service(previous.service_id, previous.frontend)
-        self.datapath.set_service(service.service_id, service.frontend, resolved)
+        try:
+            self.datapath.set_service(service.service_id, service.frontend, resolved)
+        except DatapathError:
+            if moved:  # refused whole: the previous frontend stays in force
+                self.datapath.set_service(
+                    previous.service_id, previous.frontend, self.resolve(previous)
+                )
+            raise
         with self.store.transaction():
             self.store.set_meta(f"service:{service.service_id}", _encode(service))
         return {**service.record(resolved), "warnings": warnings}

@@ -26,6 +26,9 @@ from .model import (
 )
 
 MAX_RANGE = 1024
+# Values in a loaded document, counting each YAML alias as often as it is used: a few
+# kilobytes of nested aliases ("billion laughs") would otherwise expand to billions.
+MAX_NODES = 2_000_000
 _RULE_FIELDS = ("endpointSelector", "labels", "description", "ingress", "egress")
 _KINDS = {
     dict: "an object",
@@ -55,13 +58,34 @@ def parse_rules(text: str, source: str) -> list[Rule]:
 def _load(text: str, source: str):
     try:
         return json.loads(text)
+    except RecursionError:
+        raise PolicyError(f"{source}: nested too deeply") from None
     except ValueError as json_error:
         try:
-            return yaml.safe_load(text)
+            data = yaml.safe_load(text)
+        except RecursionError:
+            raise PolicyError(f"{source}: nested too deeply") from None
         except yaml.YAMLError as yaml_error:
             if text.lstrip()[:1] in ("[", "{"):
                 raise PolicyError(f"{source}: not JSON: {json_error}") from None
             raise PolicyError(f"{source}: not JSON or YAML: {_yaml_problem(yaml_error)}") from None
+        _check_size(data, source)
+        return data
+
+
+def _check_size(data, source: str) -> None:
+    """Refuse a document whose aliases expand past MAX_NODES values (or refer to themselves)."""
+    stack, count = [data], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise PolicyError(f"{source}: more than {MAX_NODES} values once YAML aliases expand")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
