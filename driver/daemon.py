@@ -121,14 +121,14 @@ class Daemon:
         """The container is going: its ports close and it stops being a service backend."""
         ep = self.store.get_endpoint(endpoint_id)
         if ep is not None:
-            self.ports.unpublish(ep)
+            self.ports.withdraw(ep)
         self.endpoints.leave(network_id, endpoint_id)
         self.services.sync()
 
     def delete_endpoint(self, endpoint_id: str) -> None:
         ep = self.store.get_endpoint(endpoint_id)
         if ep is not None:
-            self.ports.unpublish(ep)
+            self.ports.withdraw(ep)
         self.endpoints.delete(endpoint_id)
         self.security.refresh()
         self.services.sync()

@@ -88,10 +88,18 @@ class Ports:
         for wanted, host_end in requested:
             published = self._choose(wanted, host_end, taken + chosen)
             chosen.append(published)
-        self.apply(ep, chosen)
-        with self.store.transaction():
-            self.store.set_ports(ep.endpoint_id, [asdict(p) for p in chosen])
+        if chosen:
+            self.apply(ep, chosen)
+            with self.store.transaction():
+                self.store.set_ports(ep.endpoint_id, [asdict(p) for p in chosen])
         return chosen
+
+    def withdraw(self, ep: Endpoint) -> None:
+        """The container leaves: its ports close and are forgotten."""
+        self.unpublish(ep)
+        if ep.ports:
+            with self.store.transaction():
+                self.store.set_ports(ep.endpoint_id, [])
 
     def apply(self, ep: Endpoint, published: list[Published]) -> None:
         """Install DNAT rules and loopback proxies; all or nothing."""
@@ -115,10 +123,13 @@ class Ports:
         self._proxies[tag] = proxies
 
     def unpublish(self, ep: Endpoint) -> None:
+        """Close the endpoint's ports. Only endpoints that published some have rules: the
+        others cost no netfilter round trip (most containers publish nothing)."""
         tag = _tag(ep)
         for proxy in self._proxies.pop(tag, []):
             proxy.stop()
-        self.datapath.unpublish_ports(tag)
+        if ep.ports:
+            self.datapath.unpublish_ports(tag)
 
     def restore(self) -> None:
         """After a restart: rules and proxies of joined endpoints again, orphan rules gone."""

@@ -28,6 +28,7 @@ class FakeDatapath:
         self.policy_capacity = None
         self.lb = {}
         self.published = {}
+        self.unpublish_calls = 0
 
     def start(self):
         self.compile_count = 1
@@ -131,6 +132,7 @@ class FakeDatapath:
         self.published[tag] = list(mappings)
 
     def unpublish_ports(self, tag):
+        self.unpublish_calls += 1
         self.published.pop(tag, None)
 
     def published_tags(self):

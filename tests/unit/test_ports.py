@@ -77,3 +77,19 @@ def test_host_port_zero_is_chosen_and_clashes_are_refused(post, datapath, app):
     assert status == 200, reply
     chosen = app.extensions["pycilium"].store.get_endpoint("c" * 64).ports[0]
     assert 49152 <= chosen["host_port"] <= 65535 and chosen["port"] == 53
+
+
+def test_containers_without_ports_cost_no_netfilter_calls(post, datapath):
+    pools = make_ipam_network(post)
+    assert publish(post, "d" * 64, pools, {})[0] == 200
+    post("NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": "d" * 64})
+    post("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": "d" * 64})
+    assert datapath.unpublish_calls == 0
+
+
+def test_ports_are_closed_once_when_the_container_leaves(post, datapath, app):
+    pools = make_ipam_network(post)
+    publish(post, "e" * 64, pools, portmap(entry(48090, host_ip="192.0.2.2")))
+    post("NetworkDriver.Leave", {"NetworkID": NET, "EndpointID": "e" * 64})
+    post("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": "e" * 64})
+    assert datapath.published == {} and datapath.unpublish_calls == 1
