@@ -261,8 +261,10 @@ main() {
     SRC_TMP=$(mktemp -d)
     trap 'rm -rf "$SRC_TMP"' EXIT
     copy_source "$SRC_TMP/pycilium"
-    ensure_dep_wheels "$SRC_TMP/pycilium"
+    # Hashed before pip builds wheels from the copy: that leaves build/ and *.egg-info there,
+    # which would make a cold wheel cache look like a changed tree.
     hash=$(tree_hash "$SRC_TMP/pycilium" "$BASE")
+    ensure_dep_wheels "$SRC_TMP/pycilium"
     stamp=$CACHE/${PLUGIN//[\/:]/_}.stamp
 
     # The plugin as last built from this very tree: nothing to create.
