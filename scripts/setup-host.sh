@@ -12,7 +12,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 VENV=${VENV:-.venv}
 case "$VENV" in /*) ;; *) VENV="$REPO_ROOT/$VENV" ;; esac
 SYSTEM_PYTHON=/usr/bin/python3     # Debian's python: bcc (python3-bpfcc) lives in its dist-packages
-DOCKERD=/usr/bin/dockerd
+DOCKERD=/usr/sbin/dockerd        # where Debian's docker.io installs it (not on a user's PATH)
 DOCKERD_LOG=/var/log/dockerd.log
 DOCKERD_PIDFILE=/var/run/docker.pid
 DOCKERD_MARK=$STATE_DIR/dockerd.started-by-make
