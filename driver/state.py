@@ -6,14 +6,20 @@ that either commits whole or leaves nothing behind.
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 from dataclasses import dataclass, field
 
 from .errors import DriverError
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 INIT_IDENTITY = 3
+# How long a write waits for another process's lock on the database: well below Docker's
+# 30 s plugin timeout, so Docker gets our error, not its own timeout.
+BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -148,7 +154,7 @@ class Store:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StateError(
@@ -177,26 +183,40 @@ class Store:
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StateError(f"state database unavailable: {exc}") from exc
+            raise self._error(exc) from exc
         try:
             yield self
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        try:
             db.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise self._error(exc) from exc
+            raise
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back itself (a full disk does): a second ROLLBACK would
+        # fail and hide the error that matters.
+        if not self._db.in_transaction:
+            return
+        try:
+            self._db.execute("ROLLBACK")
         except sqlite3.Error as exc:
-            db.execute("ROLLBACK")
-            raise StateError(f"cannot save state: {exc}") from exc
+            log.warning("rollback of state database %s failed: %s", self.path, exc)
+
+    def _error(self, exc: sqlite3.Error) -> "StateError":
+        return StateError(_error_message(exc, self.path))
 
     def _write(self, sql: str, args=()) -> sqlite3.Cursor:
         try:
             return self._db.execute(sql, args)
         except sqlite3.Error as exc:
-            raise StateError(f"cannot save state: {exc}") from exc
+            raise self._error(exc) from exc
 
     def _rows(self, sql: str, args=()) -> list[sqlite3.Row]:
-        return self._db.execute(sql, args).fetchall()
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     # meta
 
@@ -385,6 +405,22 @@ class Store:
             "(SELECT identity FROM endpoints)"
         )
         return [r["identity"] for r in rows]
+
+
+def _error_message(exc: sqlite3.Error, path: str) -> str:
+    """What a Docker user reads when the state database refuses: the cause and what to do."""
+    # Errors raised by the sqlite3 module itself (a closed connection) carry no SQLite code.
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return (
+            f"state database {path} is locked by another process (waited "
+            f"{BUSY_TIMEOUT_MS / 1000:g} s); retry when it is released"
+        )
+    if code == sqlite3.SQLITE_FULL:
+        return f"no space left on device for state database {path}; free space and retry"
+    if code == sqlite3.SQLITE_IOERR:
+        return f"state database {path}: disk I/O error ({exc.sqlite_errorname})"
+    return f"state database {path}: {exc}"
 
 
 def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
