@@ -3,7 +3,7 @@
 from .datapath import DEFAULT_PIN_DIR, Datapath
 from .errors import DatapathError, VethExistsError
 from .events import Event
-from .maps import AddressEntry, CtEntry, EndpointEntry
+from .maps import AddressEntry, CtEntry, EndpointEntry, MapSizes
 from .policy import EGRESS, HOST_ID, INGRESS, INIT_ID, UNMANAGED_ID, WORLD_ID, PolicyKey
 from .portmap import PortMapping
 from .service import Backend, Frontend
@@ -26,6 +26,7 @@ __all__ = [
     "EndpointSpec",
     "Event",
     "Frontend",
+    "MapSizes",
     "PolicyKey",
     "PortMapping",
     "VethExistsError",

@@ -20,6 +20,7 @@ from . import bpffs, events, firewall, loader, netlink, portmap
 from .errors import DatapathError, VethExistsError
 from .maps import (
     CONFIG_TRACE_EVENTS,
+    DEFAULT_MAP_SIZES,
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
     AddressEntry,
@@ -27,6 +28,7 @@ from .maps import (
     DatapathMaps,
     EndpointEntry,
     IPAddress,
+    MapSizes,
 )
 from .policy import PolicyKey, validate_identity
 from .service import (
@@ -49,9 +51,15 @@ def _host_cidr(ip: IPAddress) -> str:
 class Datapath:
     """Owner of the pinned maps and the loaded program of one driver process."""
 
-    def __init__(self, pin_dir: str = DEFAULT_PIN_DIR, veth_prefix: str = "lxc"):
+    def __init__(
+        self,
+        pin_dir: str = DEFAULT_PIN_DIR,
+        veth_prefix: str = "lxc",
+        map_sizes: MapSizes = DEFAULT_MAP_SIZES,
+    ):
         self.pin_dir = Path(pin_dir)
         self.veth_prefix = veth_prefix
+        self.map_sizes = map_sizes
         self.compile_count = 0
         self.compile_seconds = 0.0  # compiling and loading, over every compile
         self._maps: DatapathMaps | None = None
@@ -64,7 +72,7 @@ class Datapath:
         if self._programs is not None:
             return
         bpffs.ensure_pin_dir(self.pin_dir)
-        maps = DatapathMaps.open(self.pin_dir)
+        maps = DatapathMaps.open(self.pin_dir, self.map_sizes)
         started = time.monotonic()
         try:
             programs = loader.load_programs(maps.fds())

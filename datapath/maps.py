@@ -38,11 +38,8 @@ BPF_NOEXIST = 1
 BPF_F_NO_PREALLOC = 1
 
 # Capacities. Changing one makes start() refuse the old pinned map (see _check_layout).
-POLICY_MAP_SIZE = 262144  # policy entries of all endpoints together
-CT_MAP_SIZE = 262144  # tracked flows (LRU: the oldest go first when full)
 CIDR_MAP_SIZE = 16384  # prefixes per family
 EVENTS_RING_BYTES = 1 << 20  # ring buffer of drop and trace events; a power of 2 pages
-LB_SERVICE_MAP_SIZE = 8192  # frontends (each has its own service id and reverse NAT entry)
 LB_SLOT_MAP_SIZE = 65536  # backend slots of all services together
 LB_FLOW_MAP_SIZE = 65536  # flows' backend picks (LRU: the oldest go first when full)
 
@@ -395,6 +392,18 @@ def _cidr_of(key) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 @dataclass(frozen=True)
+class MapSizes:
+    """The capacities a driver instance configures (--policy-map-size and friends)."""
+
+    policy: int = 262144  # policy entries of all endpoints together
+    conntrack: int = 262144  # tracked flows (LRU: the oldest go first when full)
+    services: int = 8192  # frontends (each has its own service id and reverse NAT entry)
+
+
+DEFAULT_MAP_SIZES = MapSizes()
+
+
+@dataclass(frozen=True)
 class MapSpec:
     name: str  # pinned file name and map name (<= 15 chars)
     map_type: int
@@ -412,7 +421,7 @@ class MapSpec:
         return 0 if self.leaf is None else ct.sizeof(self.leaf)
 
 
-def map_specs() -> tuple[MapSpec, ...]:
+def map_specs(sizes: MapSizes = DEFAULT_MAP_SIZES) -> tuple[MapSpec, ...]:
     """Every map of the datapath. lib/maps.h expects -D<NAME>_MAP_FD for each."""
     return (
         MapSpec("endpoints", BPF_MAP_TYPE_HASH, ct.c_uint32, EndpointInfo, 16384),
@@ -436,10 +445,10 @@ def map_specs() -> tuple[MapSpec, ...]:
             BPF_MAP_TYPE_HASH,
             PolicyKeyC,
             PolicyEntryC,
-            POLICY_MAP_SIZE,
+            sizes.policy,
             BPF_F_NO_PREALLOC,
         ),
-        MapSpec("conntrack", BPF_MAP_TYPE_LRU_HASH, CtKeyC, CtEntryC, CT_MAP_SIZE),
+        MapSpec("conntrack", BPF_MAP_TYPE_LRU_HASH, CtKeyC, CtEntryC, sizes.conntrack),
         MapSpec(
             "cidr4", BPF_MAP_TYPE_LPM_TRIE, Cidr4Key, ct.c_uint32, CIDR_MAP_SIZE, BPF_F_NO_PREALLOC
         ),
@@ -447,9 +456,9 @@ def map_specs() -> tuple[MapSpec, ...]:
             "cidr6", BPF_MAP_TYPE_LPM_TRIE, Cidr6Key, ct.c_uint32, CIDR_MAP_SIZE, BPF_F_NO_PREALLOC
         ),
         MapSpec("config", BPF_MAP_TYPE_ARRAY, ct.c_uint32, ConfigC, 1),
-        MapSpec("lb_services", BPF_MAP_TYPE_HASH, LbKeyC, LbServiceC, LB_SERVICE_MAP_SIZE),
+        MapSpec("lb_services", BPF_MAP_TYPE_HASH, LbKeyC, LbServiceC, sizes.services),
         MapSpec("lb_slots", BPF_MAP_TYPE_HASH, LbSlotKeyC, LbAddrC, LB_SLOT_MAP_SIZE),
-        MapSpec("lb_revnat", BPF_MAP_TYPE_HASH, ct.c_uint16, LbAddrC, LB_SERVICE_MAP_SIZE),
+        MapSpec("lb_revnat", BPF_MAP_TYPE_HASH, ct.c_uint16, LbAddrC, sizes.services),
         MapSpec("lb_flows", BPF_MAP_TYPE_LRU_HASH, CtKeyC, LbFlowC, LB_FLOW_MAP_SIZE),
         MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, EVENTS_RING_BYTES),
     )
@@ -523,11 +532,20 @@ class PinnedMap:
             raise DatapathError(f"cannot inspect pinned map {self.path}")
         want = (self.spec.map_type, self.spec.key_size, self.spec.leaf_size)
         have = (info.type, info.key_size, info.value_size)
-        if want != have or info.max_entries != self.spec.max_entries:
+        if want != have:
             self.close()
             raise DatapathError(
                 f"pinned map {self.path} has another layout than this version expects "
                 f"(type/key/value {have}, want {want}); remove it to have it recreated"
+            )
+        if info.max_entries != self.spec.max_entries:
+            # Refused, not recreated: the programs attached to running containers keep using
+            # the pinned map, and a fresh one would start empty (policy, flows, services).
+            self.close()
+            raise DatapathError(
+                f"pinned map {self.path} holds {info.max_entries} entries, the configuration "
+                f"says {self.spec.max_entries}: configure {info.max_entries} again, or stop "
+                "the containers of this driver and remove the pinned map to have it recreated"
             )
 
     def close(self) -> None:
@@ -591,10 +609,10 @@ class DatapathMaps:
         self._policy_index: dict[int, set[PolicyKey]] | None = None
 
     @classmethod
-    def open(cls, pin_dir: str | Path) -> "DatapathMaps":
+    def open(cls, pin_dir: str | Path, sizes: MapSizes = DEFAULT_MAP_SIZES) -> "DatapathMaps":
         opened: dict[str, PinnedMap] = {}
         try:
-            for spec in map_specs():
+            for spec in map_specs(sizes):
                 opened[spec.name] = PinnedMap.open(Path(pin_dir), spec)
         except BaseException:
             for pinned in opened.values():

@@ -5,7 +5,7 @@ import logging
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
-from datapath import Datapath, DatapathError
+from datapath import Datapath, DatapathError, MapSizes
 
 from . import api, plugin
 from .config import Config
@@ -22,7 +22,8 @@ def create_app(config: Config, datapath=None, watch_docker: bool = True) -> Flas
     """Build and start the control plane. `datapath` defaults to the real kernel datapath;
     `watch_docker` starts the Docker events watcher that gives endpoints their identity."""
     if datapath is None:
-        datapath = Datapath(pin_dir=config.bpf_pin_dir, veth_prefix=config.veth_prefix)
+        sizes = MapSizes(config.policy_map_size, config.ct_map_size, config.service_map_size)
+        datapath = Datapath(config.bpf_pin_dir, config.veth_prefix, sizes)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     daemon = Daemon(config, datapath)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from .identities import DEFAULT_LABEL_PREFIXES
 
+MAX_MAP_SIZE = 1 << 24
+
 
 @dataclass(frozen=True)
 class Config:
@@ -34,6 +36,12 @@ class Config:
     policy_enforcement: str = "default"
     # Empty: /metrics only on the API socket. Else also on this loopback HOST:PORT.
     metrics_address: str = ""
+    # Capacities of the pinned maps (datapath.MapSizes has the same defaults; not imported
+    # here, so the `cilium` command starts without the datapath). A start refuses pinned
+    # maps of another size.
+    policy_map_size: int = 262144
+    ct_map_size: int = 262144
+    service_map_size: int = 8192
 
     @property
     def plugin_socket(self) -> str:
@@ -64,6 +72,9 @@ class Config:
             )
         if self.metrics_address:
             loopback_address(self.metrics_address)
+        for name in ("policy_map_size", "ct_map_size", "service_map_size"):
+            if not 16 <= getattr(self, name) <= MAX_MAP_SIZE:
+                raise ValueError(f"{name.replace('_', ' ')} must be between 16 and {MAX_MAP_SIZE}")
         return self
 
 

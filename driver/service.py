@@ -73,6 +73,9 @@ def _option(name: str, help_text: str, **kwargs):
     )
 
 
+_PINNED = "a start refuses pinned maps of another size (docs/security.md)"
+
+
 @click.command(context_settings={"show_default": True})
 @_option("plugin_name", "plugin name: Docker finds the driver as <plugin-dir>/<name>.sock")
 @_option("plugin_dir", "directory of Docker plugin sockets")
@@ -98,6 +101,9 @@ def _option(name: str, help_text: str, **kwargs):
     "also serve Prometheus /metrics on this loopback HOST:PORT, e.g. 127.0.0.1:9962 "
     "(always on the API socket)",
 )
+@_option("policy_map_size", f"policy map entries, all endpoints together; {_PINNED}", type=int)
+@_option("ct_map_size", f"conntrack map entries (oldest go first when full); {_PINNED}", type=int)
+@_option("service_map_size", f"service frontends; {_PINNED}", type=int)
 def main(**options):
     """Serve the pycilium Docker network and IPAM driver in the foreground."""
     try:
