@@ -5,6 +5,7 @@ before anything changes; if the datapath refuses the result (a full policy map),
 previous policy is put back in force.
 """
 
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -14,7 +15,7 @@ from datapath import HOST_ID, INIT_ID, DatapathError, PolicyKey
 from .endpoints import spec_of
 from .errors import InvalidArgument
 from .identities import Identities, LabelFilter, identity_labels
-from .policy import Identity, PolicyRepository, parse_rules
+from .policy import EndpointPolicy, Identity, PolicyRepository, compact, parse_rules
 from .state import Endpoint, Store
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,15 @@ class Security:
         saved = store.get_meta("policy_rules")
         self.policy = PolicyRepository(parse_rules(saved, "saved policy") if saved else [])
         self.revision = int(store.get_meta("policy_revision") or 0)
+        # What the cached results were computed from; None until the first (full) computation.
+        self._known: dict[int, Identity] | None = None
+        self._mates: dict[str, frozenset[int]] = {}
+        self._cidr_identities: dict[str, int] = {}
+        # (identity, network id) -> the policy of its endpoints on that network.
+        self._results: dict[tuple[int, str], tuple[Identity, EndpointPolicy]] = {}
+        # endpoint id -> (numeric id, policy) as last written to the datapath.
+        self._written: dict[str, tuple[int, EndpointPolicy]] = {}
+        self._cidrs_written: dict[str, int] | None = None
 
     # endpoints
 
@@ -46,42 +56,105 @@ class Security:
             identity = self.identities.for_labels(wanted)
             self.store.set_container(ep.endpoint_id, container_id, name, wanted, identity)
         if identity != ep.identity:
-            self.regenerate()
+            self.sync()
             self.datapath.set_endpoint_identity(spec_of(ep), identity)
             self.refresh()
         return identity
 
     def refresh(self) -> None:
-        """After endpoints went away: free identities nobody has, then regenerate the rest."""
+        """After endpoints went away: free identities nobody has, then update the rest."""
         self.identities.collect_garbage()
-        self.regenerate()
+        self.sync()
 
     def regenerate(self) -> None:
-        """Make every endpoint's policy entries what the rules say for today's identities."""
-        cidr_identities = self.identities.sync_cidrs(self.policy.cidrs())
-        self.datapath.set_cidr_identities({**self._host_prefixes(), **cidr_identities})
-        known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
+        """Recompute every endpoint's policy from the rules (after a policy or mode change);
+        only entries that differ from what the datapath has are written."""
+        self._known = None
+        self.sync()
+
+    def sync(self) -> None:
+        """Make every endpoint's policy entries what the rules say for today's identities,
+        recomputing only what the identities and network mates that changed since the
+        last sync can affect.
+
+        A peer identity's keys in a result depend only on that identity's labels (and
+        the network mates), so an identity that appears adds its own keys to each cached
+        result, and one that goes takes its keys away; no other key changes.
+        """
+        if self._known is None:
+            self._cidr_identities = self.identities.sync_cidrs(self.policy.cidrs())
+            self._results.clear()
+            self._known, self._mates = {}, {}
+        self._write_cidr_identities()
+        known = {
+            i.identity: Identity(i.identity, i.labels) for i in self.store.identities("endpoint")
+        }
         endpoints = self.store.endpoints()
         mates = _network_mates(endpoints)
-        computed = {}
+        added = [i for number, i in known.items() if self._known.get(number) != i]
+        removed = {number for number, i in self._known.items() if known.get(number) != i}
+        moved = {
+            network
+            for network in mates.keys() | self._mates.keys()
+            if mates.get(network) != self._mates.get(network)
+        }
+        in_use = {(ep.identity, ep.network_id) for ep in endpoints if ep.identity != INIT_ID}
+        for key in list(self._results):
+            if key not in in_use or key[0] in removed or key[1] in moved:
+                del self._results[key]
+            elif added or removed:
+                self._results[key] = self._update(key, added, removed, mates)
+        self._known, self._mates = known, mates
+        for ep in endpoints:
+            key = (ep.identity, ep.network_id)
+            if key in in_use and key not in self._results:
+                identity = Identity(ep.identity, ep.labels)
+                result = self._compute(identity, known.values(), mates, ep.network_id)
+                self._results[key] = (identity, result)
+        self._write(endpoints)
+
+    def _compute(self, identity: Identity, peers, mates, network_id: str) -> EndpointPolicy:
+        return self.policy.compute(
+            identity,
+            peers,
+            self._cidr_identities,
+            self.mode,
+            network_mates=mates.get(network_id, frozenset()),
+        )
+
+    def _update(self, key, added, removed, mates) -> tuple[Identity, EndpointPolicy]:
+        identity, result = self._results[key]
+        keys = {k for k in result.keys if k.identity not in removed}
+        if added:
+            keys |= self._compute(identity, added, mates, key[1]).keys
+        return identity, dataclasses.replace(result, keys=compact(keys))
+
+    def _write(self, endpoints: list[Endpoint]) -> None:
+        """Write the policy of the endpoints whose result differs from what they have."""
+        present = {ep.endpoint_id for ep in endpoints}
+        for endpoint_id in self._written.keys() - present:
+            del self._written[endpoint_id]
         for ep in endpoints:
             if ep.identity == INIT_ID:
                 continue
-            if ep.identity not in computed:
-                computed[ep.identity] = self.policy.compute(
-                    Identity(ep.identity, ep.labels),
-                    known,
-                    cidr_identities,
-                    self.mode,
-                    network_mates=mates.get(ep.network_id, frozenset()),
-                )
-            result = computed[ep.identity]
+            _, result = self._results[ep.identity, ep.network_id]
+            if self._written.get(ep.endpoint_id) == (ep.numeric_id, result):
+                continue
+            self._written.pop(ep.endpoint_id, None)
             self.datapath.set_endpoint_policy(
                 spec_of(ep),
                 result.ingress_enforced,
                 result.egress_enforced,
                 {PolicyKey(k.identity, k.dport, k.protocol, k.direction) for k in result.keys},
             )
+            self._written[ep.endpoint_id] = (ep.numeric_id, result)
+
+    def _write_cidr_identities(self) -> None:
+        wanted = {**self._host_prefixes(), **self._cidr_identities}
+        if wanted != self._cidrs_written:
+            self._cidrs_written = None
+            self.datapath.set_cidr_identities(wanted)
+            self._cidrs_written = wanted
 
     def _host_prefixes(self) -> dict[str, int]:
         return {
