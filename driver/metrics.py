@@ -2,9 +2,10 @@
 TCP address of its own.
 
 Every app has its own CollectorRegistry (never prometheus_client's global one: tests build
-several apps in one process). Counts of state and datapath counters are read when scraped,
-under the daemon's lock, by :class:`DaemonCollector`; only plugin call latency is recorded
-as calls happen, by hooks around the plugin blueprint's requests.
+several apps in one process). Counts of state and datapath counters are read when scraped
+by :class:`DaemonCollector` (state under the daemon's lock, BPF counters without it); only
+plugin call latency is recorded as calls happen, by hooks around the plugin blueprint's
+requests.
 """
 
 import logging
@@ -56,12 +57,16 @@ class DaemonCollector:
             identities = d.store.identities()
             rules = len(d.security.policy.rules())
             revision, mode = d.security.revision, d.security.mode
-            drops = d.datapath.drop_counts()
-            forwards = d.datapath.trace_counts()
+            # The policy map's count comes from the datapath's index, which the control
+            # plane changes: read it under the lock.
             fill = d.datapath.map_fill()
-            ct_totals = d.datapath.ct_totals()
             compiles = d.datapath.compile_count
             compile_seconds = d.datapath.compile_seconds
+        # BPF maps are safe to read while the control plane writes them: walking conntrack
+        # (up to its capacity in entries) does not hold up plugin calls.
+        drops = d.datapath.drop_counts()
+        forwards = d.datapath.trace_counts()
+        ct_totals = d.datapath.ct_totals()
         connected = bool(d.watcher and d.watcher.connected.is_set())
 
         waiting = sum(ep.identity == INIT_ID for ep in endpoints)
