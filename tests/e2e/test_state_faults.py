@@ -31,6 +31,8 @@ SETTINGS = {
     "service_range4": "10.222.0.0/16",
     "node_id": "44",
 }
+# A user's subnet: its pool gets an unreachable route of its own.
+SUBNET6 = "fdce:1c09:0:1::/64"
 LOCKED = "is locked by another process"
 FULL = "no space left on device for state database"
 
@@ -76,7 +78,23 @@ def snapshot(driver) -> dict:
         "endpoints": sorted(e["endpoint_id"] for e in driver.api("/v1/endpoints")),
         "networks": sorted(n["network_id"] for n in driver.api("/v1/networks")),
         "bpf": sorted(json.dumps(e, sort_keys=True) for e in driver.api("/v1/bpf/endpoints")),
+        "routes": own_routes(),
     }
+
+
+def own_routes() -> list[str]:
+    lines = []
+    for family in ("-6", "-4"):
+        out = subprocess.run(
+            ["ip", family, "route", "show", "proto", "206"], capture_output=True, text=True
+        ).stdout
+        # "unreachable <prefix> ..." or "<address> dev ...": the destination is in the first two.
+        lines += [
+            line
+            for line in out.splitlines()
+            if any(word.startswith(("fdce:1c09", "10.221.")) for word in line.split()[:2])
+        ]
+    return sorted(lines)
 
 
 def create_endpoint_body(docker, network) -> dict:
@@ -92,53 +110,70 @@ def create_endpoint_body(docker, network) -> dict:
     }
 
 
-def recreate_and_retry(docker, driver, network, container, endpoint) -> None:
-    """The three operations that failed, again: each succeeds."""
-    docker.network_create(network, "-d", driver.name, "--ipam-driver", driver.name, "--ipv6")
-    docker.run("start", container)
-    reply = plugin_call(driver.plugin_socket, "NetworkDriver.CreateEndpoint", endpoint)
-    assert "Err" not in reply, reply
-    assert SETTINGS["veth_prefix"] + endpoint["EndpointID"][:12] in veths(SETTINGS["veth_prefix"])
+class Operations:
+    """What Docker does on the state database: create a network, start a container, and
+    (as a direct plugin call) CreateEndpoint."""
 
+    def __init__(self, docker, driver, network):
+        self.docker, self.driver = docker, driver
+        self.network = network
+        self.new_network = "d-" + uuid.uuid4().hex[:8]
+        self.container = "d-" + uuid.uuid4().hex[:8]
+        self.endpoint = create_endpoint_body(docker, network)
 
-def delete_endpoint(driver, endpoint) -> None:
-    ids = {k: endpoint[k] for k in ("NetworkID", "EndpointID")}
-    assert plugin_call(driver.plugin_socket, "NetworkDriver.DeleteEndpoint", ids) == {}
+    def attempt(self) -> list[str]:
+        """Each operation's error as Docker reports it."""
+        driver = self.driver.name
+        results = [
+            self.docker.run(
+                "network", "create", "--label", LABEL, "-d", driver, "--ipam-driver", driver,
+                "--ipv6", self.new_network, check=False,
+            ),
+            self.docker.run(
+                "run", "-d", "--label", LABEL, "--net", self.network, "--name", self.container,
+                IMAGE, "sleep", "1d", check=False,
+            ),
+        ]  # fmt: skip
+        errors = [r.stderr if r.returncode else "" for r in results]
+        reply = plugin_call(
+            self.driver.plugin_socket, "NetworkDriver.CreateEndpoint", self.endpoint
+        )
+        return [*errors, reply.get("Err", "")]
 
+    def retry_and_undo(self) -> None:
+        """The same operations once the fault is gone: each succeeds. (Docker left the
+        container created but not started.)"""
+        driver = self.driver.name
+        self.docker.network_create(
+            self.new_network, "-d", driver, "--ipam-driver", driver, "--ipv6"
+        )
+        self.docker.run("start", self.container)
+        reply = plugin_call(
+            self.driver.plugin_socket, "NetworkDriver.CreateEndpoint", self.endpoint
+        )
+        assert "Err" not in reply, reply
+        prefix = SETTINGS["veth_prefix"]
+        assert prefix + self.endpoint["EndpointID"][:12] in veths(prefix)
 
-def failed_with(result: subprocess.CompletedProcess, message: str) -> bool:
-    return result.returncode != 0 and message in result.stderr
+        ids = {k: self.endpoint[k] for k in ("NetworkID", "EndpointID")}
+        assert plugin_call(self.driver.plugin_socket, "NetworkDriver.DeleteEndpoint", ids) == {}
+        self.docker.remove_network(self.new_network)
 
 
 def test_a_locked_state_database_is_a_clear_error_and_changes_nothing(docker, disk_driver, network):
-    endpoint = create_endpoint_body(docker, network)
-    name = "d-" + uuid.uuid4().hex[:8]
-    other_net = "d-" + uuid.uuid4().hex[:8]
+    ops = Operations(docker, disk_driver, network)
     before = snapshot(disk_driver)
     other = sqlite3.connect(os.path.join(SETTINGS["state_dir"], "state.db"), isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     try:
-        create = docker.run(
-            "network", "create", "--label", LABEL, "-d", disk_driver.name,
-            "--ipam-driver", disk_driver.name, "--ipv6", other_net, check=False,
-        )  # fmt: skip
-        run = docker.run(
-            "run", "-d", "--label", LABEL, "--net", network, "--name", name, IMAGE, "sleep", "1d",
-            check=False,
-        )  # fmt: skip
-        reply = plugin_call(disk_driver.plugin_socket, "NetworkDriver.CreateEndpoint", endpoint)
+        errors = ops.attempt()
         during = snapshot(disk_driver)
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert failed_with(create, LOCKED), create.stderr
-    assert failed_with(run, LOCKED), run.stderr
-    assert LOCKED in reply.get("Err", ""), reply
+    assert all(LOCKED in error for error in errors), errors
     assert during == before
-
-    recreate_and_retry(docker, disk_driver, other_net, name, endpoint)
-    delete_endpoint(disk_driver, endpoint)
-    docker.remove_network(other_net)
+    ops.retry_and_undo()
 
 
 def fill(directory: str) -> str:
@@ -158,30 +193,34 @@ def fill(directory: str) -> str:
 
 
 def test_a_full_state_disk_is_a_clear_error_and_changes_nothing(docker, disk_driver, network):
-    endpoint = create_endpoint_body(docker, network)
-    name = "d-" + uuid.uuid4().hex[:8]
-    other_net = "d-" + uuid.uuid4().hex[:8]
+    ops = Operations(docker, disk_driver, network)
     before = snapshot(disk_driver)
     filler = fill(MOUNT)
     try:
-        create = docker.run(
-            "network", "create", "--label", LABEL, "-d", disk_driver.name,
-            "--ipam-driver", disk_driver.name, "--ipv6", other_net, check=False,
-        )  # fmt: skip
-        run = docker.run(
-            "run", "-d", "--label", LABEL, "--net", network, "--name", name, IMAGE, "sleep", "1d",
-            check=False,
-        )  # fmt: skip
-        reply = plugin_call(disk_driver.plugin_socket, "NetworkDriver.CreateEndpoint", endpoint)
+        errors = ops.attempt()
         during = snapshot(disk_driver)
     finally:
         os.unlink(filler)
-    assert failed_with(create, FULL), create.stderr
-    assert failed_with(run, FULL), run.stderr
+    assert all(FULL in error for error in errors), errors
     # CreateEndpoint made the veth and its map entry before the commit failed: both are gone.
+    assert during == before
+    ops.retry_and_undo()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Ipam.request_pool adds the pool's unreachable route inside the transaction and "
+    "does not remove it when the commit fails (driver/ipam.py, not this helper's file)",
+)
+def test_a_full_state_disk_leaves_no_route_for_a_refused_subnet(disk_driver):
+    before = own_routes()
+    pool = {"AddressSpace": "CiliumLocal", "Pool": SUBNET6, "V6": True}
+    filler = fill(MOUNT)
+    try:
+        reply = plugin_call(disk_driver.plugin_socket, "IpamDriver.RequestPool", pool)
+        during = own_routes()
+    finally:
+        os.unlink(filler)
+        subprocess.run(["ip", "-6", "route", "del", "unreachable", SUBNET6], capture_output=True)
     assert FULL in reply.get("Err", ""), reply
     assert during == before
-
-    recreate_and_retry(docker, disk_driver, other_net, name, endpoint)
-    delete_endpoint(disk_driver, endpoint)
-    docker.remove_network(other_net)
