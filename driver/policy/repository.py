@@ -3,6 +3,7 @@
 Not thread-safe by itself: the control plane holds its lock around changes and computes.
 """
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 from .compute import EndpointPolicy, Peers, resolve
@@ -107,13 +108,18 @@ class PolicyRepository:
         ]
 
     def _rule_index(self):
-        """Rules by the first label pair their endpointSelector requires; the rest apart."""
+        """Rules by the rarest label pair their endpointSelector requires (so a pair that
+        thousands of rules share, like app=web beside a per-rule one, does not make every
+        one of them a candidate); the rest apart."""
         if self._index is None:
+            frequency = Counter(
+                pair for rule in self._rules for pair in rule.endpoint_selector.match_labels
+            )
             by_pair, unindexed = {}, []
             for i, rule in enumerate(self._rules):
                 pairs = rule.endpoint_selector.match_labels
                 if pairs:
-                    by_pair.setdefault(pairs[0], []).append(i)
+                    by_pair.setdefault(min(pairs, key=frequency.__getitem__), []).append(i)
                 else:
                     unindexed.append(i)
             self._index = (by_pair, unindexed)

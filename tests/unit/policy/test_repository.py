@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from driver.policy import PolicyError, PolicyNotFound, PolicyRepository, parse_rules
+from driver.policy import PolicyError, PolicyNotFound, PolicyRepository, Selector, parse_rules
 
 from .helpers import endpoint
 
@@ -123,3 +123,22 @@ def test_compute_uses_rules_added_after_an_earlier_compute():
     assert repo.compute(web, [web], {}).rules == ("a",)
     repo.delete("a")
     assert repo.compute(web, [web], {}).rules == ()
+
+
+def test_selection_looks_only_at_rules_indexed_by_a_pair_the_endpoint_has(monkeypatch):
+    """Thousands of rules sharing app=web, each with a pair of its own: an endpoint is
+    matched against the few rules indexed by its rarest pair, not all of them."""
+    text = "".join(
+        f"- endpointSelector: {{matchLabels: {{app: web, shard: '{i % 100}'}}}}\n"
+        f"  labels: [name=r{i}]\n"
+        for i in range(2000)
+    )
+    repo = PolicyRepository(rules(text))
+    examined = []
+    original = Selector.matches
+    monkeypatch.setattr(
+        Selector, "matches", lambda s, labels: examined.append(s) or original(s, labels)
+    )
+    selected = repo.compute(endpoint(256, app="web", shard="7"), [], {}).rules
+    assert selected == tuple(f"r{i}" for i in range(7, 2000, 100))
+    assert len(examined) == 20
