@@ -124,6 +124,7 @@ def waiting(datapath, new_spec):
 def test_own_answers_reach_a_waiting_endpoint(datapath, waiting):
     spec, ifindex = waiting
     advert = pk.ipv6(ROUTER6, spec.ipv6, pk.icmp(136), pk.ICMPV6)
+    advert = advert[:7] + b"\xff" + advert[8:]  # the hop limit of real NDisc
     echo6 = pk.ipv6(ROUTER6, spec.ipv6, pk.icmp(129), pk.ICMPV6)
     echo4 = pk.ipv4(ROUTER4, spec.ipv4, pk.icmp(0), pk.ICMP)
     arp = bytes(28)

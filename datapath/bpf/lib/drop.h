@@ -24,6 +24,9 @@ enum drop_reason {
 	DROP_INVALID_EXTHDR = -13,	/* Too many or malformed IPv6 extension headers */
 	DROP_NO_SERVICE_BACKEND = -14,	/* Service has no backend */
 	DROP_NO_REV_NAT = -15,		/* Reply of a flow whose service is gone */
+	DROP_NDISC_HOP_LIMIT = -16,	/* Neighbour discovery not from a neighbour (hop limit not 255) */
+	DROP_NDISC_ROUTER = -17,	/* Router advertisement or redirect from a container */
+	DROP_NDISC_TARGET = -18,	/* Neighbour advertisement for an address not the container's */
 };
 
 /* Size of the drop_counts array; every reason's -value must stay below it. */

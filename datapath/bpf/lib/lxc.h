@@ -67,6 +67,9 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 	if (ret < 0)
 		return ret;
 	if (ctx->flow.icmp == FLOW_ICMP_NDISC) {
+		ret = ndisc_check_egress6(skb, ep, &ip6, &ctx->flow);
+		if (ret < 0)
+			return ret;
 		if (ip6.nexthdr == IPPROTO_ICMPV6) {
 			ret = ndisc_answer6(skb, ep, &ip6, ctx);
 			if (ret != CTX_CONTINUE)
@@ -159,10 +162,14 @@ static __always_inline int lxc_is_loopback(const struct __sk_buff *skb)
 static __always_inline int lxc_ingress6(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
 	struct ipv6hdr ip6;
+	int ret;
 
 	if (bpf_skb_load_bytes(skb, IPV6_HDR_OFF, &ip6, sizeof(ip6)) < 0)
 		return DROP_INVALID_PACKET;
-	return flow_parse6(skb, &ip6, &ctx->flow);
+	ret = flow_parse6(skb, &ip6, &ctx->flow);
+	if (ret < 0 || ctx->flow.icmp != FLOW_ICMP_NDISC)
+		return ret;
+	return ndisc_from_neighbour(&ip6);
 }
 
 static __always_inline int lxc_ingress4(struct __sk_buff *skb, struct pkt_ctx *ctx)

@@ -1,0 +1,600 @@
+"""Hostile and malformed packets against the real programs (BPF_PROG_TEST_RUN: nothing is
+sent). Whatever a container or a peer puts on the wire, the program must end in a defined
+verdict: dropped and counted under a named reason, or passed and counted at a trace point,
+and a flow policy denies stays denied however it is encoded.
+
+The cast: `client` may open TCP port 80 on `server` and nothing else (egress enforced);
+`server` admits exactly that (ingress enforced) and may open nothing itself; `other` is
+enforced nowhere and admitted by nobody.
+"""
+
+import ipaddress
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from datapath import EGRESS, INGRESS, EndpointSpec, PolicyKey, loader, reasons
+
+from . import packets as pk
+from .conftest import ROUTER4, ROUTER6
+
+PASS = (pk.TC_ACT_OK, pk.TC_ACT_REDIRECT)
+HOST_MAC = "02:00:00:00:00:01"
+ETH_P_ARP, ETH_P_8021Q = 0x0806, 0x8100
+NS, NA, RS, RA, REDIRECT = 135, 136, 133, 134, 137
+AH = 51
+
+
+@dataclass
+class Endpoint:
+    spec: EndpointSpec
+    ifindex: int
+
+    @property
+    def ip6(self) -> ipaddress.IPv6Address:
+        return self.spec.ipv6
+
+    @property
+    def ip4(self) -> ipaddress.IPv4Address:
+        return self.spec.ipv4
+
+
+@dataclass
+class Cast:
+    client: Endpoint
+    server: Endpoint
+    other: Endpoint
+
+
+@pytest.fixture
+def cast(datapath, new_spec):
+    made = [new_spec() for _ in range(3)]
+    client, server, other = (Endpoint(s, datapath.create_endpoint(s)) for s in made)
+    datapath.set_endpoint_policy(
+        server.spec, True, True, {PolicyKey(client.spec.identity, 80, pk.TCP, INGRESS)}
+    )
+    datapath.set_endpoint_policy(
+        client.spec, True, True, {PolicyKey(server.spec.identity, 80, pk.TCP, EGRESS)}
+    )
+    yield Cast(client, server, other)
+    for spec in made:
+        datapath.delete_endpoint(spec)
+
+
+def _counters(datapath) -> dict[str, int]:
+    return {**datapath.drop_counts(), **datapath.trace_counts()}
+
+
+def outcome(datapath, program, frame: bytes, ifindex: int) -> tuple[int, str]:
+    """(verdict, the one drop reason or trace point the run counted). Fails unless the
+    program counted exactly one and the verdict agrees with it."""
+    before = _counters(datapath)
+    verdict, _ = loader.run_program(program, frame, ifindex)
+    after = _counters(datapath)
+    moved = [name for name in after if after[name] != before[name]]
+    assert len(moved) == 1, f"verdict {verdict} counted {moved}"
+    name = moved[0]
+    if name.startswith("DROP_"):
+        assert verdict == pk.TC_ACT_SHOT, f"{name} with verdict {verdict}"
+    else:
+        assert verdict in PASS, f"{name} with verdict {verdict}"
+    return verdict, name
+
+
+def sent(datapath, ep: Endpoint, l3: bytes, ethertype=pk.ETH_P_IPV6, src_mac=None):
+    """The outcome of a frame the container of ep sends."""
+    frame = pk.eth(HOST_MAC, src_mac or ep.spec.mac, ethertype) + l3
+    return outcome(datapath, datapath.programs.from_container, frame, ep.ifindex)
+
+
+def received(datapath, ep: Endpoint, l3: bytes, ethertype=pk.ETH_P_IPV6):
+    """The outcome of a frame on its way into the container of ep."""
+    frame = pk.eth(ep.spec.mac, HOST_MAC, ethertype) + l3
+    return outcome(datapath, datapath.programs.to_container, frame, ep.ifindex)
+
+
+def ethertype_of(l3: bytes) -> int:
+    return pk.ETH_P_IPV6 if l3[0] >> 4 == 6 else pk.ETH_P_IP
+
+
+def _ipv4(src, dst, payload: bytes, proto: int, options: bytes = b"", ihl=None) -> bytes:
+    ihl = ihl if ihl is not None else 5 + len(options) // 4
+    head = struct.pack(
+        "!BBHHHBBH", 0x40 | ihl, 0, 20 + len(options) + len(payload), 1, 0, 64, proto, 0
+    )
+    addrs = ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed
+    return head + addrs + options + payload
+
+
+def _with_hop_limit(l3: bytes, hop_limit: int) -> bytes:
+    return l3[:7] + bytes([hop_limit]) + l3[8:]
+
+
+def _icmp6(type_: int, body: bytes = b"") -> bytes:
+    return struct.pack("!BBHI", type_, 0, 0, 0) + body
+
+
+def _ndisc(src, dst, type_: int, target=None, hop_limit=255, options=b"") -> bytes:
+    body = ipaddress.IPv6Address(target).packed if target is not None else b""
+    return _with_hop_limit(pk.ipv6(src, dst, _icmp6(type_, body + options), pk.ICMPV6), hop_limit)
+
+
+# Truncation: every length of a few frames, both hooks. ---------------------------------
+
+
+def _frames(cast: Cast) -> dict[str, tuple[Endpoint, bytes, int]]:
+    """name -> (sending endpoint, L3 packet, ethertype)."""
+    c, s = cast.client, cast.server
+    ns = _ndisc(c.ip6, "ff02::1:ff00:1", NS, ROUTER6, options=b"\x01\x01" + pk.mac(c.spec.mac))
+    arp = struct.pack("!HHBBH", 1, pk.ETH_P_IP, 6, 4, 1) + pk.mac(c.spec.mac) + c.ip4.packed
+    arp += bytes(6) + ROUTER4.packed
+    quoted = pk.ipv6(s.ip6, c.ip6, pk.tcp(80, 40000), pk.TCP)[:48]
+    return {
+        "tcp6": (c, pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP), pk.ETH_P_IPV6),
+        "tcp6-exthdrs": (
+            c,
+            pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP, (pk.HOPOPTS, pk.DSTOPTS)),
+            pk.ETH_P_IPV6,
+        ),
+        "udp6": (c, pk.ipv6(c.ip6, s.ip6, pk.udp(40000, 53), pk.UDP), pk.ETH_P_IPV6),
+        "tcp4": (c, _ipv4(c.ip4, s.ip4, pk.tcp(40000, 80), pk.TCP), pk.ETH_P_IP),
+        "tcp4-options": (
+            c,
+            _ipv4(c.ip4, s.ip4, pk.tcp(40000, 80), pk.TCP, options=b"\x01" * 8),
+            pk.ETH_P_IP,
+        ),
+        "echo6-router": (c, pk.ipv6(c.ip6, ROUTER6, pk.icmp(128), pk.ICMPV6), pk.ETH_P_IPV6),
+        "echo4-router": (c, _ipv4(c.ip4, ROUTER4, pk.icmp(8), pk.ICMP), pk.ETH_P_IP),
+        "ns-router": (c, ns, pk.ETH_P_IPV6),
+        "arp-router": (c, arp, ETH_P_ARP),
+        "icmp6-error": (
+            c,
+            pk.ipv6(c.ip6, s.ip6, _icmp6(1) + quoted, pk.ICMPV6),
+            pk.ETH_P_IPV6,
+        ),
+    }
+
+
+FRAME_NAMES = [
+    "tcp6",
+    "tcp6-exthdrs",
+    "udp6",
+    "tcp4",
+    "tcp4-options",
+    "echo6-router",
+    "echo4-router",
+    "ns-router",
+    "arp-router",
+    "icmp6-error",
+]
+
+
+# BPF_PROG_TEST_RUN refuses frames shorter than their IP header; those are sent for real
+# below (test_short_frames_sent_for_real).
+SHORTEST = {pk.ETH_P_IPV6: 40, pk.ETH_P_IP: 20, ETH_P_ARP: 0}
+
+
+@pytest.mark.parametrize("name", FRAME_NAMES)
+def test_truncated_at_every_length_sent(datapath, cast, name):
+    """Cut anywhere, a frame gets a counted verdict; a cut inside the headers the program
+    reads is dropped as malformed, never passed."""
+    ep, l3, ethertype = _frames(cast)[name]
+    full = sent(datapath, ep, l3, ethertype)
+    for length in range(SHORTEST[ethertype], len(l3)):
+        verdict, reason = sent(datapath, ep, l3[:length], ethertype)
+        assert verdict == pk.TC_ACT_SHOT or (verdict, reason) == full, (length, reason)
+
+
+@pytest.mark.parametrize("name", FRAME_NAMES)
+def test_truncated_at_every_length_received(datapath, cast, name):
+    _, l3, ethertype = _frames(cast)[name]
+    for length in range(SHORTEST[ethertype], len(l3) + 1):
+        _, reason = received(datapath, cast.server, l3[:length], ethertype)
+        if reason.startswith("TRACE_"):
+            # Only the server's one admitted flow, and what policy never sees, get in.
+            # NDisc with hop limit 255 can only come from the host: no policy applies.
+            admitted = ("tcp6", "tcp6-exthdrs", "tcp4", "tcp4-options", "arp-router", "ns-router")
+            assert name in admitted, (
+                length,
+                reason,
+            )
+
+
+SEND_RAW = r"""
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for frame in sys.stdin.read().split():
+    s.send(bytes.fromhex(frame))
+"""
+
+
+def test_short_frames_sent_for_real(datapath, make_container, event_log):
+    """Frames cut inside the Ethernet or IP header, from a packet socket in a container:
+    each is dropped as malformed (or, with no EtherType, as an unknown L3)."""
+    c = make_container()
+    head = pk.eth(HOST_MAC, c.spec.mac, 0)[:12]
+    v6 = pk.ipv6(c.spec.ipv6, ROUTER6, pk.icmp(128), pk.ICMPV6)
+    v4 = _ipv4(c.spec.ipv4, ROUTER4, pk.icmp(8), pk.ICMP)
+    frames = [head + struct.pack("!H", pk.ETH_P_IPV6) + v6[:n] for n in range(40)]
+    frames += [head + struct.pack("!H", pk.ETH_P_IP) + v4[:n] for n in range(20)]
+    frames += [head + struct.pack("!H", ETH_P_ARP) + bytes(n) for n in range(28)]
+    subprocess.run(
+        ["ip", "netns", "exec", c.netns, sys.executable, "-c", SEND_RAW],
+        input=" ".join(f.hex() for f in frames),
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        mine = [e for e in event_log.events if e.ifindex == c.ifindex and e.kind == "drop"]
+        if len(mine) >= len(frames):
+            break
+        time.sleep(0.05)
+    assert [e.reason_name for e in mine] == ["DROP_INVALID_PACKET"] * len(frames)
+
+
+# Policy bypass attempts: a denied flow stays denied in every encoding. ----------------
+
+
+def _ext(nexthdr: int, kind: int, length8: int = 0) -> bytes:
+    """An extension header of kind, (length8 + 1) * 8 bytes (AH: (length8 + 2) * 4)."""
+    if kind == AH:
+        return struct.pack("!BBH", nexthdr, length8, 0) + bytes(4 + length8 * 4)
+    if kind == pk.FRAGMENT:  # a first fragment
+        return pk.fragment_header(nexthdr, 0, True)
+    return (
+        struct.pack("!BB", nexthdr, length8)
+        + bytes([1, 4 + length8 * 8, 0, 0, 0, 0])
+        + bytes(length8 * 8)
+    )
+
+
+def _ipv6_chain(src, dst, payload: bytes, proto: int, kinds) -> bytes:
+    chain = b""
+    for i, kind in enumerate(kinds):
+        chain += _ext(kinds[i + 1] if i + 1 < len(kinds) else proto, kind)
+    first = kinds[0] if kinds else proto
+    head = struct.pack("!IHBB", 6 << 28, len(chain) + len(payload), first, 64)
+    return (
+        head
+        + ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + chain
+        + payload
+    )
+
+
+CHAINS = [
+    (),
+    (pk.HOPOPTS,),
+    (pk.ROUTING,),
+    (pk.DSTOPTS,),
+    (AH,),
+    (pk.HOPOPTS, pk.ROUTING, pk.DSTOPTS),
+    (pk.HOPOPTS, AH, pk.ROUTING, pk.DSTOPTS),
+    (pk.DSTOPTS, pk.DSTOPTS, pk.DSTOPTS, pk.DSTOPTS, pk.DSTOPTS),
+    (pk.HOPOPTS,) * 8,
+    (pk.DSTOPTS, pk.FRAGMENT),
+]
+
+
+def _chain_id(kinds) -> str:
+    names = {pk.HOPOPTS: "hop", pk.ROUTING: "rt", pk.DSTOPTS: "dst", AH: "ah", pk.FRAGMENT: "frag"}
+    return "-".join(names[k] for k in kinds) or "none"
+
+
+@pytest.mark.parametrize("kinds", CHAINS, ids=[_chain_id(k) for k in CHAINS])
+@pytest.mark.parametrize("flags", [pk.SYN, 0x10, 0x18, 0x03, 0x06, 0xFF, 0x00])
+def test_denied_flows_stay_denied_behind_extension_headers(datapath, cast, kinds, flags):
+    c, s, o = cast.client, cast.server, cast.other
+    # client -> server:81 (client's egress denies it), other -> server:80 (server's ingress).
+    egress = _ipv6_chain(c.ip6, s.ip6, pk.tcp(40000, 81, flags), pk.TCP, kinds)
+    ingress = _ipv6_chain(o.ip6, s.ip6, pk.tcp(40000, 80, flags), pk.TCP, kinds)
+    assert sent(datapath, c, egress)[0] == pk.TC_ACT_SHOT
+    assert received(datapath, s, ingress)[0] == pk.TC_ACT_SHOT
+    allowed = _ipv6_chain(c.ip6, s.ip6, pk.tcp(40000, 80, flags), pk.TCP, kinds)
+    _, reason = received(datapath, s, allowed)
+    if len(kinds) <= 4 and pk.FRAGMENT not in kinds:
+        assert reason == "TRACE_TO_CONTAINER"
+    else:
+        assert reason in ("DROP_INVALID_EXTHDR", "DROP_FRAG_IPV6")
+
+
+@pytest.mark.parametrize("decoy", [80, 81])
+def test_the_port_read_is_the_one_the_kernel_reads(datapath, cast, decoy):
+    """A destination options header of 16 bytes whose second half looks like a TCP header:
+    policy must look behind the header, where the kernel finds TCP."""
+    c, s = cast.client, cast.server
+    real = 81 if decoy == 80 else 80
+    fake = struct.pack("!HHI", 40000, decoy, 0)
+    dstopts = struct.pack("!BB", pk.TCP, 1) + bytes([1, 4, 0, 0, 0, 0]) + fake
+    head = struct.pack("!IHBB", 6 << 28, len(dstopts) + 20, pk.DSTOPTS, 64)
+    l3 = head + c.ip6.packed + s.ip6.packed + dstopts + pk.tcp(40000, real)
+    assert received(datapath, s, l3)[1] == ("TRACE_TO_CONTAINER" if real == 80 else "DROP_POLICY")
+
+
+@pytest.mark.parametrize("options", [4, 8, 20, 40])
+@pytest.mark.parametrize("decoy", [80, 81])
+def test_ipv4_options_do_not_hide_the_port(datapath, cast, options, decoy):
+    c, s = cast.client, cast.server
+    real = 81 if decoy == 80 else 80
+    opts = (struct.pack("!HH", 40000, decoy) * 10)[:options]
+    l3 = _ipv4(c.ip4, s.ip4, pk.tcp(40000, real), pk.TCP, options=opts)
+    assert received(datapath, s, l3, pk.ETH_P_IP)[1] == (
+        "TRACE_TO_CONTAINER" if real == 80 else "DROP_POLICY"
+    )
+
+
+@pytest.mark.parametrize("ihl", [0, 1, 4, 15])
+def test_bad_ipv4_header_lengths_are_dropped(datapath, cast, ihl):
+    c, s = cast.client, cast.server
+    l3 = _ipv4(c.ip4, s.ip4, pk.tcp(40000, 80), pk.TCP, ihl=ihl)
+    assert sent(datapath, c, l3, pk.ETH_P_IP) == (pk.TC_ACT_SHOT, "DROP_INVALID_PACKET")
+    assert received(datapath, s, l3, pk.ETH_P_IP) == (pk.TC_ACT_SHOT, "DROP_INVALID_PACKET")
+
+
+@pytest.mark.parametrize(
+    ("frag_off", "reason"),
+    [
+        (0x2000, "DROP_FRAG_IPV4"),  # first fragment
+        (0x0001, "DROP_FRAG_IPV4"),  # a later one
+        (0x2001, "DROP_FRAG_IPV4"),
+        (0x1FFF, "DROP_FRAG_IPV4"),
+        (0x4000, "TRACE_TO_CONTAINER"),  # don't fragment: a whole packet
+    ],
+)
+def test_ipv4_fragments_never_pass_policy(datapath, cast, frag_off, reason):
+    c, s = cast.client, cast.server
+    l3 = bytearray(_ipv4(c.ip4, s.ip4, pk.tcp(40000, 80), pk.TCP))
+    l3[6:8] = struct.pack("!H", frag_off)
+    assert received(datapath, s, bytes(l3), pk.ETH_P_IP)[1] == reason
+
+
+@pytest.mark.parametrize(
+    ("offset", "more"), [(0, True), (0, False), (1, True), (8191, False)], ids=str
+)
+def test_ipv6_fragments_never_pass_policy(datapath, cast, offset, more):
+    c, s = cast.client, cast.server
+    payload = pk.fragment_header(pk.TCP, offset, more) + pk.tcp(40000, 80)
+    l3 = pk.ipv6(c.ip6, s.ip6, payload, pk.FRAGMENT)
+    assert received(datapath, s, l3) == (pk.TC_ACT_SHOT, "DROP_FRAG_IPV6")
+    assert sent(datapath, c, l3) == (pk.TC_ACT_SHOT, "DROP_FRAG_IPV6")
+
+
+@pytest.mark.parametrize("proto", [pk.UDP, 132, 136, 50, 59, 255])
+def test_the_allowed_port_with_another_protocol_is_denied(datapath, cast, proto):
+    """Policy admits TCP 80; the same port number in UDP, SCTP, UDP-Lite, ESP... is not."""
+    c, s = cast.client, cast.server
+    l3 = pk.ipv6(c.ip6, s.ip6, pk.udp(40000, 80), proto)
+    assert sent(datapath, c, l3) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+    assert received(datapath, s, l3) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+
+
+def test_a_server_cannot_open_flows_back_through_a_clients_flow(datapath, cast):
+    """The reply direction of client -> server:80 admits exactly its reverse tuple."""
+    c, s = cast.client, cast.server
+    assert sent(datapath, c, pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP))[0] in PASS
+    assert received(datapath, s, pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP))[0] in PASS
+    reply = pk.ipv6(s.ip6, c.ip6, pk.tcp(80, 40000, 0x12), pk.TCP)
+    assert sent(datapath, s, reply)[0] in PASS
+    for sport, dport in ((80, 40001), (81, 40000), (22, 22)):
+        other = pk.ipv6(s.ip6, c.ip6, pk.tcp(sport, dport, pk.SYN), pk.TCP)
+        assert sent(datapath, s, other) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+
+
+# Spoofing. -------------------------------------------------------------------------------
+
+
+def test_spoofed_sources_are_dropped_by_reason(datapath, cast):
+    c, s, o = cast.client, cast.server, cast.other
+    tcp = pk.tcp(40000, 80)
+    cases = [
+        (pk.ipv6(o.ip6, s.ip6, tcp, pk.TCP), pk.ETH_P_IPV6, "DROP_INVALID_SIP6"),
+        (pk.ipv6(ROUTER6, s.ip6, tcp, pk.TCP), pk.ETH_P_IPV6, "DROP_INVALID_SIP6"),
+        (pk.ipv6("::", s.ip6, tcp, pk.TCP), pk.ETH_P_IPV6, "DROP_INVALID_SIP6"),
+        (pk.ipv6("fe80::1", s.ip6, tcp, pk.TCP), pk.ETH_P_IPV6, "DROP_INVALID_SIP6"),
+        (pk.ipv6("ff02::1", s.ip6, tcp, pk.TCP), pk.ETH_P_IPV6, "DROP_INVALID_SIP6"),
+        (pk.ipv6(f"::ffff:{c.ip4}", s.ip6, tcp, pk.TCP), pk.ETH_P_IPV6, "DROP_INVALID_SIP6"),
+        (_ipv4(o.ip4, s.ip4, tcp, pk.TCP), pk.ETH_P_IP, "DROP_INVALID_SIP4"),
+        (_ipv4("0.0.0.0", s.ip4, tcp, pk.TCP), pk.ETH_P_IP, "DROP_INVALID_SIP4"),
+        (_ipv4(ROUTER4, s.ip4, tcp, pk.TCP), pk.ETH_P_IP, "DROP_INVALID_SIP4"),
+        (_ipv4("255.255.255.255", s.ip4, tcp, pk.TCP), pk.ETH_P_IP, "DROP_INVALID_SIP4"),
+    ]
+    for l3, ethertype, reason in cases:
+        assert sent(datapath, c, l3, ethertype) == (pk.TC_ACT_SHOT, reason), l3.hex()
+
+
+@pytest.mark.parametrize(
+    "mac", ["ff:ff:ff:ff:ff:ff", "00:00:00:00:00:00", "01:00:5e:00:00:01", "SERVER"]
+)
+def test_spoofed_source_macs_are_dropped(datapath, cast, mac):
+    c, s = cast.client, cast.server
+    mac = s.spec.mac if mac == "SERVER" else mac
+    l3 = pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP)
+    assert sent(datapath, c, l3, src_mac=mac) == (pk.TC_ACT_SHOT, "DROP_INVALID_SMAC")
+
+
+def _arp(op: int, sha: str, sip, tip, hrd=1, pro=pk.ETH_P_IP, hln=6, pln=4) -> bytes:
+    head = struct.pack("!HHBBH", hrd, pro, hln, pln, op)
+    return head + pk.mac(sha) + ipaddress.IPv4Address(sip).packed + bytes(6) + tip.packed
+
+
+def test_arp_poisoning_and_odd_sizes_are_dropped_by_reason(datapath, cast):
+    c, s, o = cast.client, cast.server, cast.other
+    mine = c.spec.mac
+    cases = [
+        (_arp(1, mine, c.ip4, ROUTER4), "TRACE_REPLY"),
+        (_arp(2, mine, c.ip4, ROUTER4), "TRACE_TO_STACK"),
+        (_arp(1, mine, c.ip4, c.ip4), "TRACE_TO_STACK"),  # gratuitous, its own address
+        (_arp(2, mine, o.ip4, o.ip4), "DROP_INVALID_SIP4"),  # claims other's address
+        (_arp(1, mine, ROUTER4, s.ip4), "DROP_INVALID_SIP4"),  # claims the router's
+        (_arp(1, s.spec.mac, c.ip4, ROUTER4), "DROP_INVALID_SMAC"),
+        (_arp(1, mine, c.ip4, ROUTER4, hrd=6), "DROP_INVALID_ARP"),
+        (_arp(1, mine, c.ip4, ROUTER4, pro=pk.ETH_P_IPV6), "DROP_INVALID_ARP"),
+        (_arp(1, mine, c.ip4, ROUTER4, hln=8), "DROP_INVALID_ARP"),
+        (_arp(1, mine, c.ip4, ROUTER4, pln=16), "DROP_INVALID_ARP"),
+        (_arp(1, mine, c.ip4, ROUTER4)[:27], "DROP_INVALID_PACKET"),
+    ]
+    for l3, reason in cases:
+        assert sent(datapath, c, l3, ETH_P_ARP)[1] == reason, l3.hex()
+
+
+def test_tagged_frames_are_unknown_l3(datapath, cast):
+    c, s = cast.client, cast.server
+    inner = pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP)
+    for tpid in (ETH_P_8021Q, 0x88A8):
+        for vid in (0, 1, 4095):
+            tagged = struct.pack("!HH", vid, pk.ETH_P_IPV6) + inner
+            assert sent(datapath, c, tagged, tpid) == (pk.TC_ACT_SHOT, "DROP_UNKNOWN_L3")
+            assert received(datapath, s, tagged, tpid) == (pk.TC_ACT_SHOT, "DROP_UNKNOWN_L3")
+
+
+# Neighbour discovery and the router address. ---------------------------------------------
+
+
+def test_the_router_answers_echo_and_nothing_else(datapath, cast):
+    c = cast.client
+    assert sent(datapath, c, pk.ipv6(c.ip6, ROUTER6, pk.icmp(128), pk.ICMPV6))[1] == "TRACE_REPLY"
+    assert sent(datapath, c, _ipv4(c.ip4, ROUTER4, pk.icmp(8), pk.ICMP), pk.ETH_P_IP)[1] == (
+        "TRACE_REPLY"
+    )
+    # Anything else to the router is a flow to the world, which the client may not open.
+    for l3, ethertype in (
+        (pk.ipv6(c.ip6, ROUTER6, pk.tcp(40000, 22), pk.TCP), pk.ETH_P_IPV6),
+        (pk.ipv6(c.ip6, ROUTER6, pk.udp(40000, 53), pk.UDP), pk.ETH_P_IPV6),
+        (pk.ipv6(c.ip6, ROUTER6, pk.icmp(129), pk.ICMPV6), pk.ETH_P_IPV6),
+        (_ipv4(c.ip4, ROUTER4, pk.tcp(40000, 22), pk.TCP), pk.ETH_P_IP),
+        (_ipv4(c.ip4, ROUTER4, pk.icmp(13), pk.ICMP), pk.ETH_P_IP),
+    ):
+        assert sent(datapath, c, l3, ethertype) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+
+
+@pytest.mark.parametrize("options", [b"", b"\x01\x00" + bytes(6), b"\x01\xff" + bytes(6), b"\x63"])
+def test_solicitations_with_bogus_options_get_a_well_formed_answer(datapath, cast, options):
+    c = cast.client
+    l3 = _ndisc(c.ip6, "ff02::1:ff00:1", NS, ROUTER6, options=options)
+    frame = pk.eth(HOST_MAC, c.spec.mac, pk.ETH_P_IPV6) + l3
+    verdict, out = loader.run_program(datapath.programs.from_container, frame, c.ifindex)
+    assert verdict == pk.TC_ACT_REDIRECT and len(out) == 86
+    assert out[54] == NA and out[62:78] == ROUTER6.packed
+    assert pk.checksum(out[22:54] + struct.pack("!I3xB", 32, 58) + out[54:]) == 0
+
+
+@pytest.mark.parametrize(
+    ("type_", "target"),
+    [(RA, None), (REDIRECT, "SERVER"), (NA, "SERVER"), (NA, "ROUTER")],
+    ids=["router-advertisement", "redirect", "advert-for-other", "advert-for-router"],
+)
+def test_neighbour_discovery_a_container_may_not_send(datapath, cast, type_, target):
+    c, s = cast.client, cast.server
+    target = {"SERVER": s.ip6, "ROUTER": ROUTER6, None: None}[target]
+    for src in (c.ip6, "fe80::1"):
+        l3 = _ndisc(src, "ff02::1", type_, target)
+        verdict, reason = sent(datapath, c, l3)
+        assert verdict == pk.TC_ACT_SHOT and reason.startswith("DROP_NDISC"), reason
+
+
+def test_neighbour_discovery_a_container_may_send(datapath, cast):
+    c = cast.client
+    cases = [
+        (_ndisc(c.ip6, "ff02::1", NA, c.ip6), "TRACE_TO_STACK"),  # its own address
+        (_ndisc("fe80::2", "fe80::1", NA, "fe80::2"), "TRACE_TO_STACK"),
+        (_ndisc("fe80::2", "ff02::2", RS), "TRACE_TO_STACK"),
+        (_ndisc("::", "ff02::1:ff00:1", NS, c.ip6), "TRACE_TO_STACK"),  # DAD
+        (_ndisc(c.ip6, "ff02::1:ff00:1", NS, ROUTER6), "TRACE_REPLY"),
+    ]
+    for l3, reason in cases:
+        assert sent(datapath, c, l3)[1] == reason
+
+
+@pytest.mark.parametrize("type_", [NS, NA, RS, RA, REDIRECT])
+def test_neighbour_discovery_that_crossed_a_router_is_not_exempt_from_policy(datapath, cast, type_):
+    """NDisc is valid with hop limit 255 only (RFC 4861): one that was forwarded (by the
+    host, from another container) is no NDisc and gets no free pass into an endpoint."""
+    o, s = cast.other, cast.server
+    l3 = _ndisc(o.ip6, s.ip6, type_, s.ip6, hop_limit=254)
+    assert received(datapath, s, l3)[0] == pk.TC_ACT_SHOT
+    assert sent(datapath, o, _ndisc(o.ip6, s.ip6, type_, o.ip6, hop_limit=64))[0] == (
+        pk.TC_ACT_SHOT
+    )
+
+
+# Monitor events. ---------------------------------------------------------------------------
+
+
+def test_events_of_hostile_packets_are_well_formed(datapath, cast, event_log):
+    c, s = cast.client, cast.server
+    known = {r.name for r in reasons.drop_reasons()}
+    batch = [
+        pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 81), pk.TCP),
+        pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP, (pk.DSTOPTS,) * 6),
+        pk.ipv6(c.ip6, s.ip6, pk.fragment_header(pk.TCP, 0, True) + pk.tcp(1, 80), 44),
+        pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP)[:50],
+        pk.ipv6(cast.other.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP),
+    ]
+    expected = []
+    for l3 in batch:
+        expected.append(sent(datapath, c, l3)[1])
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        mine = [e for e in event_log.events if e.ifindex == c.ifindex and e.kind == "drop"]
+        if len(mine) >= len(batch):
+            break
+        time.sleep(0.05)
+    assert [e.reason_name for e in mine] == expected
+    for event in mine:
+        assert event.reason_name in known and event.description
+        assert (event.endpoint_id, event.direction) == (c.spec.endpoint_id, EGRESS)
+        assert event.src in (None, c.ip6, cast.other.ip6)
+
+
+RAW_LISTEN = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.settimeout(float(sys.argv[1]))
+print("ready", flush=True)
+try:
+    while True:
+        data, peer = s.recvfrom(2048)
+        if data.endswith(b"smuggled"):
+            print("got", data[0], peer[0], flush=True)
+except socket.timeout:
+    print("done", flush=True)
+"""
+
+RAW_SEND = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+target = socket.inet_pton(socket.AF_INET6, sys.argv[2])
+for type_ in (133, 134, 135, 136, 137):
+    s.sendto(bytes([type_, 0, 0, 0]) + bytes(4) + target + b"smuggled", (sys.argv[1], 0))
+"""
+
+
+def test_neighbour_discovery_carries_nothing_past_policy(datapath, make_container):
+    """A container that may not reach another sends it NDisc-typed ICMPv6 messages (with
+    data) to its address: the host forwards them, and they must not get in."""
+    attacker, victim = make_container(), make_container()
+    datapath.set_endpoint_policy(victim.spec, True, False, set())
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", victim.netns, sys.executable, "-c", RAW_LISTEN, "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        attacker.exec(
+            sys.executable, "-c", RAW_SEND, str(victim.spec.ipv6), str(attacker.spec.ipv6)
+        )
+        received = listener.communicate(timeout=10)[0].split("\n")
+    finally:
+        listener.kill()
+        listener.wait()
+    assert received == ["done", ""], received
