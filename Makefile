@@ -77,6 +77,7 @@ plugin: setup
 bench:
 	@scripts/driver.sh status >/dev/null 2>&1 || { echo "the cilium driver is not running: 'make run' first" >&2; exit 1; }
 	@command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iperf3 >/dev/null
+	@command -v gcc >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends gcc libc6-dev >/dev/null
 	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/python -m pip install -q 'matplotlib>=3.6'
 	@DOCKER=$(DOCKER) bench/build-image.sh
 	DOCKER=$(DOCKER) $(VENV)/bin/python bench/run.py $(BENCH_ARGS)

@@ -1,16 +1,20 @@
 """pycilium benchmark harness (`make bench`).
 
-Compares, side by side in one invocation, single-stream TCP throughput (iperf3, IPv6 and IPv4)
-between two network namespaces joined to the host by veths with plain routing (raw), Docker's
-bridge, raw plus an ip(6)tables chain of N rules (matching rule last) and two containers on a
-cilium network with N policy rules (the allowed flow matching one of them); and the wall time of
-`docker run --rm` on a cilium network against the bridge. Runs are interleaved (A B A B ...),
-every figure is a median with min and max, and every comparison is a ratio to the raw run of
-the same round.
+Compares, side by side in one invocation: single-stream TCP throughput (iperf3, IPv6 and IPv4),
+1-byte request/response rate on one connection and new connections per second (tcpbench, a
+small C client/server built at run time) between two network namespaces joined to the host by
+veths with plain routing (raw), Docker's bridge, raw plus an ip(6)tables chain of N rules
+(matching rule last) and two containers on a cilium network with N policy rules (the allowed
+flow matching one of them); throughput, request/response and connection rate through a service
+VIP with 2 and 16 backends against the same client talking to one backend directly; and the
+wall time of `docker run --rm` on a cilium network against the bridge, with the BPF compiles it
+caused. Runs are interleaved (A B A B ...), every figure is a median with min and max, and
+every comparison is the median of per-round ratios to the reference run of the same round.
 
 Uses the driver that `make run` started; creates only its own namespaces, containers, networks,
-ip(6)tables chains and routes (all named pcb*/pcb-bench*) and removes them on exit, even on
-failure. Raw traffic stays inside test ranges that are unreachable on the host during the run.
+ip(6)tables chains, routes, policy rules and services (all named pcb*/pcb-bench*) and removes
+them on exit, even on failure. Raw traffic stays inside test ranges that are unreachable on the
+host during the run; VIPs are inside the driver's service ranges.
 """
 
 from __future__ import annotations
@@ -35,11 +39,17 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
 CILIUM_SOCK = "/var/run/cilium/cilium.sock"
 NETWORK_CIL = "pcb-bench-cil"
-NETWORK_BR6 = "pcb-bench-br6"
+NETWORK_BR = "pcb-bench-br"
 POLICY_NAME = "bench"
-PORT = 5201
+PORT = 5201  # iperf3
+TPORT = 5202  # tcpbench
 BATCH = 2000  # rules per import request
 COMPILE_METRIC = "pycilium_bpf_compile_duration_seconds_count"
+TCPBENCH_SRC = REPO / "bench" / "tcpbench.c"
+SCENARIOS = ("throughput", "rr", "service", "lifecycle")
+RR_TESTS = ("rr", "crr")  # tcpbench modes of the rr scenario
+SERVICE_TESTS = ("stream", "crr", "rr")
+UNITS = {"stream": "Gbit/s", "rr": "transactions/s", "crr": "connections/s"}
 
 
 def log(msg: str) -> None:
@@ -53,6 +63,14 @@ def run(*args: str, check: bool = True, input: str | None = None, timeout: float
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)[:200]} failed ({proc.returncode}): {proc.stderr}")
     return proc.stdout
+
+
+def build_tcpbench(outdir: Path) -> Path:
+    """Compile tcpbench.c for this host; it runs from the host inside each namespace."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    exe = outdir / "tcpbench"
+    run("gcc", "-O2", "-Wall", "-Werror", "-o", str(exe), str(TCPBENCH_SRC))
+    return exe
 
 
 def quiet(*args: str) -> None:
@@ -148,7 +166,20 @@ class Bench:
         self.pairs: dict[str, dict] = {}  # variant -> {"a": ns, "b": ns, "v6": addr, ...}
         self.servers: list[subprocess.Popen] = []
         self.cpair: dict[str, dict] = {}  # variant -> {"cli": container, "v6": addr, "v4": addr}
+        # variant -> {"ns": command prefix entering the client's netns, "v6": addr, "v4": addr}
+        self.clients: dict[str, dict] = {}
         self.meta: dict = {}
+        self.tcpbench_exe = build_tcpbench(Path(args.build))
+
+    def _serve(self, ns: list[str]) -> None:
+        """A tcpbench server in the netns that `ns` enters, stopped on exit."""
+        srv = subprocess.Popen(
+            [*ns, str(self.tcpbench_exe), "server", str(TPORT)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.servers.append(srv)
+        self.stack.callback(_stop, srv)
 
     # -- raw namespaces and ip(6)tables chains --
 
@@ -191,6 +222,12 @@ class Bench:
                 pair["host"][side] = hv
                 pair[f"v6{side}"], pair[f"v4{side}"] = str(c6), str(c4)
             self.pairs[variant] = pair
+            self.clients[variant] = {
+                "ns": ["ip", "netns", "exec", pair["a"]],
+                "v6": pair["v6b"],
+                "v4": pair["v4b"],
+            }
+            self._serve(["ip", "netns", "exec", pair["b"]])
             srv = subprocess.Popen(
                 ["ip", "netns", "exec", pair["b"], "iperf3", "-s", "-p", str(PORT)],
                 stdout=subprocess.DEVNULL,
@@ -218,7 +255,8 @@ class Bench:
                     )
                 if n:
                     lines.append(
-                        f"-A PCB-BENCH-{n} -s {src} -d {dst} -p tcp --dport {PORT} -j ACCEPT"
+                        f"-A PCB-BENCH-{n} -s {src} -d {dst} -p tcp -m multiport "
+                        f"--dports {PORT},{TPORT} -j ACCEPT"
                     )
             # Whatever the chains did not accept (the reverse direction, raw) is accepted here:
             # Docker's FORWARD policy is DROP for IPv4.
@@ -259,11 +297,17 @@ class Bench:
         v6, v4 = [*run(DOCKER, "inspect", "-f", fmt, name).strip("\n").split(" "), "", ""][:2]
         return v6, v4
 
+    @staticmethod
+    def _netns(name: str) -> list[str]:
+        pid = run(DOCKER, "inspect", "-f", "{{.State.Pid}}", name).strip()
+        return ["nsenter", "-t", pid, "-n"]
+
     def setup_docker(self) -> None:
-        # Bridge: Docker's default bridge for IPv4; it has no IPv6, so IPv6 uses a user-defined
-        # bridge network (same driver) with a subnet inside the test range.
-        quiet(DOCKER, "network", "rm", NETWORK_BR6)
-        self.stack.callback(quiet, DOCKER, "network", "rm", NETWORK_BR6)
+        # Bridge: a user-defined network of Docker's bridge driver (the same driver and
+        # iptables chains as docker0, which has no IPv6 without daemon settings, and the same
+        # embedded DNS setup as a cilium network), subnets inside the test ranges.
+        quiet(DOCKER, "network", "rm", NETWORK_BR)
+        self.stack.callback(quiet, DOCKER, "network", "rm", NETWORK_BR)
         br6 = list(self.range6.subnets(new_prefix=64))[-1]
         br4 = list(self.range4.subnets(new_prefix=24))[-1]
         run(
@@ -275,17 +319,14 @@ class Bench:
             str(br6),
             "--subnet",
             str(br4),
-            NETWORK_BR6,
+            NETWORK_BR,
         )
-        self._container("pcb-bench-br-srv", "bridge", {}, ["iperf3", "-s", "-p", str(PORT)])
-        self._container("pcb-bench-br-cli", "bridge", {}, ["sleep", "infinity"])
-        for c in ("pcb-bench-br-srv", "pcb-bench-br-cli"):
-            run(DOCKER, "network", "connect", NETWORK_BR6, c)
-        self.cpair["bridge"] = {
-            "cli": "pcb-bench-br-cli",
-            "v6": self._addrs("pcb-bench-br-srv", NETWORK_BR6)[0],
-            "v4": self._addrs("pcb-bench-br-srv", "bridge")[1],
-        }
+        self._container("pcb-bench-br-srv", NETWORK_BR, {}, ["iperf3", "-s", "-p", str(PORT)])
+        self._container("pcb-bench-br-cli", NETWORK_BR, {}, ["sleep", "infinity"])
+        v6, v4 = self._addrs("pcb-bench-br-srv", NETWORK_BR)
+        self.cpair["bridge"] = {"cli": "pcb-bench-br-cli", "v6": v6, "v4": v4}
+        self.clients["bridge"] = {**self.cpair["bridge"], "ns": self._netns("pcb-bench-br-cli")}
+        self._serve(self._netns("pcb-bench-br-srv"))
         # Cilium: one client, one server per rule count.
         quiet(DOCKER, "network", "rm", NETWORK_CIL)
         self.stack.callback(quiet, DOCKER, "network", "rm", NETWORK_CIL)
@@ -310,12 +351,15 @@ class Bench:
             )
             v6, v4 = self._addrs(name, NETWORK_CIL)
             self.cpair[f"cil-{n}"] = {"cli": "pcb-bench-cil-cli", "v6": v6, "v4": v4}
+            cli_ns = self._netns("pcb-bench-cil-cli")
+            self.clients[f"cil-{n}"] = {"ns": cli_ns, "v6": v6, "v4": v4}
+            self._serve(self._netns(name))
 
     def load_policy(self) -> None:
         rules = []
         for n in self.a.rules:
             for i in range(n):
-                port = PORT if i == n - 1 else 10000 + i
+                ports = [PORT, TPORT] if i == n - 1 else [10000 + i]
                 rules.append(
                     {
                         "endpointSelector": {"matchLabels": {"app": f"pcb-bench-srv-{n}"}},
@@ -323,7 +367,9 @@ class Bench:
                         "ingress": [
                             {
                                 "fromEndpoints": [{"matchLabels": {"app": "pcb-bench-cli"}}],
-                                "toPorts": [{"ports": [{"port": str(port), "protocol": "TCP"}]}],
+                                "toPorts": [
+                                    {"ports": [{"port": str(p), "protocol": "TCP"} for p in ports]}
+                                ],
                             }
                         ],
                     }
@@ -362,7 +408,88 @@ class Bench:
         with contextlib.suppress(Exception):
             api("DELETE", f"/v1/policy?name={POLICY_NAME}")
 
+    # -- services --
+
+    def setup_services(self) -> None:
+        """Backends with tcpbench servers, and one VIP per backend count and family (the VIP
+        with K backends is --vip6/--vip4 + K); the direct variant talks to backend 0."""
+        for svc in json.loads(api("GET", "/v1/services")):  # leftovers of a killed run
+            if (svc.get("name") or "").startswith("pcb-bench-"):
+                self._delete_service(svc["id"])
+        names = [f"pcb-bench-be-{i}" for i in range(max(self.a.backends))]
+        addrs = []
+        for name in names:
+            self._container(name, NETWORK_CIL, {"app": "pcb-bench-be"}, ["sleep", "infinity"])
+            self._serve(self._netns(name))
+            addrs.append(dict(zip(("v6", "v4"), self._addrs(name, NETWORK_CIL), strict=True)))
+        cli_ns = self._netns("pcb-bench-cil-cli")
+        self.clients["direct"] = {"ns": cli_ns, **addrs[0]}
+        for k in self.a.backends:
+            client: dict = {"ns": cli_ns}
+            for fam, base in (("v6", self.a.vip6), ("v4", self.a.vip4)):
+                if fam not in self.a.families:
+                    continue
+                vip = ipaddress.ip_address(base) + k
+                fmt = "[{}]:{}" if fam == "v6" else "{}:{}"
+                body = {
+                    "frontend": fmt.format(vip, TPORT),
+                    "backends": [fmt.format(a[fam], TPORT) for a in addrs[:k]],
+                    "protocol": "tcp",
+                    "name": f"pcb-bench-vip{k}-{fam}",
+                }
+                svc = json.loads(api("PUT", "/v1/services", body))
+                self.stack.callback(self._delete_service, svc["id"])
+                client[fam] = str(vip)
+            self.clients[f"vip-{k}"] = client
+        log(f"services: VIPs with {self.a.backends} backends of {len(names)}")
+
+    @staticmethod
+    def _delete_service(service_id: int) -> None:
+        with contextlib.suppress(Exception):
+            api("DELETE", f"/v1/services/{service_id}")
+
     # -- measurements --
+
+    def tcpbench(self, variant: str, fam: str, mode: str) -> float:
+        c = self.clients[variant]
+        secs = self.a.rr_duration
+        cmd = [*c["ns"], str(self.tcpbench_exe), mode, c[fam], str(TPORT), str(secs)]
+        last = ""
+        for _ in range(5):  # the server may still be starting
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, check=False, timeout=secs + 30
+            )
+            if proc.returncode == 0:
+                return float(proc.stdout.split()[2])
+            last = proc.stderr.strip()[-300:]
+            time.sleep(1)
+        raise RuntimeError(f"tcpbench {mode} {variant} {fam} failed: {last}")
+
+    def interleaved(self, tests: tuple[str, ...], variants: list[str], measure) -> dict:
+        """samples[test][fam][variant]: one run of every variant per round, the order
+        reversed every other round."""
+        samples = {t: {f: {v: [] for v in variants} for f in self.a.families} for t in tests}
+        for r in range(self.a.rounds):
+            order = variants if r % 2 == 0 else variants[::-1]
+            for t in tests:
+                for fam in self.a.families:
+                    for v in order:
+                        x = measure(v, fam, t)
+                        samples[t][fam][v].append(x)
+                        log(
+                            f"round {r + 1}/{self.a.rounds} {t:6} {fam} {label(v, fam):16} "
+                            f"{x:10.2f} {UNITS[t]}"
+                        )
+        return samples
+
+    def rr(self) -> dict:
+        variants = ["raw", "bridge"] + [f"ipt-{n}" for n in self.a.rules]
+        variants += [f"cil-{n}" for n in self.a.rules]
+        return self.interleaved(RR_TESTS, variants, lambda v, f, t: self.tcpbench(v, f, t))
+
+    def service(self) -> dict:
+        variants = ["direct"] + [f"vip-{k}" for k in self.a.backends]
+        return self.interleaved(SERVICE_TESTS, variants, lambda v, f, t: self.tcpbench(v, f, t))
 
     def iperf(self, variant: str, fam: str) -> float:
         t = str(self.a.duration)
@@ -388,32 +515,34 @@ class Bench:
     def throughput(self) -> dict:
         variants = ["raw", "bridge"] + [f"ipt-{n}" for n in self.a.rules]
         variants += [f"cil-{n}" for n in self.a.rules]
-        samples: dict = {fam: {v: [] for v in variants} for fam in self.a.families}
-        for r in range(self.a.rounds):
-            order = variants if r % 2 == 0 else variants[::-1]
-            for fam in self.a.families:
-                for v in order:
-                    g = self.iperf(v, fam)
-                    samples[fam][v].append(g)
-                    log(f"round {r + 1}/{self.a.rounds} {fam} {label(v, fam):16} {g:7.2f} Gbit/s")
-        return samples
+        return self.interleaved(("stream",), variants, lambda v, f, _t: self.iperf(v, f))["stream"]
 
     def lifecycle(self) -> dict:
+        def docker_run(net: str) -> float:
+            t0 = time.monotonic()
+            run(DOCKER, "run", "--rm", "--net", net, self.a.lifecycle_image, "true")
+            return time.monotonic() - t0
+
+        # Warm-up (not counted): the first endpoint after a policy change may still compile.
+        docker_run(NETWORK_CIL)
+        docker_run(NETWORK_BR)
         out: dict = {"cilium": [], "bridge": []}
         before = compile_count()
         for r in range(self.a.lifecycle_rounds):
             order = ("cilium", "bridge") if r % 2 == 0 else ("bridge", "cilium")
             for which in order:
-                net = NETWORK_CIL if which == "cilium" else "bridge"
-                t0 = time.monotonic()
-                run(DOCKER, "run", "--rm", "--net", net, self.a.lifecycle_image, "true")
-                out[which].append(time.monotonic() - t0)
+                out[which].append(docker_run(NETWORK_CIL if which == "cilium" else NETWORK_BR))
             log(
-                f"lifecycle pair {r + 1}: cilium {out['cilium'][-1]:.2f} s, "
-                f"bridge {out['bridge'][-1]:.2f} s"
+                f"lifecycle pair {r + 1}/{self.a.lifecycle_rounds}: cilium "
+                f"{out['cilium'][-1]:.2f} s, bridge {out['bridge'][-1]:.2f} s"
             )
         after = compile_count()
-        out["bpf_compiles"] = {"before": before, "after": after, "delta": after - before}
+        out["bpf_compiles"] = {
+            "before": before,
+            "after": after,
+            "delta": after - before,
+            "per_endpoint": (after - before) / self.a.lifecycle_rounds,
+        }
         return out
 
 
@@ -434,6 +563,10 @@ def label(variant: str, fam: str) -> str:
         return ("ip6tables-" if fam == "v6" else "iptables-") + variant[4:]
     if variant.startswith("cil-"):
         return "pycilium-" + variant[4:]
+    if variant.startswith("vip-"):
+        return f"VIP, {variant[4:]} backends"
+    if variant == "direct":
+        return "direct to a backend"
     return variant
 
 
@@ -441,19 +574,79 @@ def stats(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
-def summarize(samples: dict) -> dict:
-    summary: dict = {}
-    for fam, per in samples.items():
-        raw = per["raw"]
-        summary[fam] = {}
-        for v, xs in per.items():
-            ratios = [x / r for x, r in zip(xs, raw, strict=True)]
-            summary[fam][v] = {
-                "label": label(v, fam),
-                "gbit_s": stats(xs),
-                "ratio_to_raw": stats(ratios),
-            }
-    return summary
+def paired(xs: list[float], ys: list[float]) -> dict:
+    """Per-round ratios x/y: the runs of one round share whatever else loads the machine."""
+    return stats([x / y for x, y in zip(xs, ys, strict=True)])
+
+
+def summarize(samples: dict, ref: str) -> dict:
+    """samples[fam][variant] -> summary[fam][variant] with the ratio to `ref`."""
+    return {
+        fam: {
+            v: {"label": label(v, fam), "value": stats(xs), "ratio": paired(xs, per[ref])}
+            for v, xs in per.items()
+        }
+        for fam, per in samples.items()
+    }
+
+
+def targets(result: dict) -> list[dict]:
+    """The issue's targets, each as the median per-round ratio (min-max) and whether the
+    median meets it."""
+    rules = result["args"]["rules"]
+    n = 10000 if 10000 in rules else max(rules)
+    out = []
+
+    def add(what: str, r: dict, ok: bool) -> None:
+        out.append({"target": what, "ratio": r, "met": ok})
+
+    tp = result.get("throughput", {}).get("samples")
+    for fam, per in (tp or {}).items():
+        name = f"IPv{fam[1]} throughput, pycilium-{n}"
+        r = paired(per[f"cil-{n}"], per["raw"])
+        add(f"{name} >= 0.95 x raw", r, r["median"] >= 0.95)
+        r = paired(per[f"cil-{n}"], per["bridge"])
+        add(f"{name} >= 1.0 x bridge", r, r["median"] >= 1.0)
+        if n:
+            r = paired(per[f"cil-{n}"], per[f"ipt-{n}"])
+            add(f"{name} >= 10 x {label(f'ipt-{n}', fam)}", r, r["median"] >= 10)
+    for t, per_fam in result.get("rr", {}).get("samples", {}).items():
+        for fam, per in per_fam.items():
+            r = paired(per[f"cil-{n}"], per["raw"])
+            add(f"IPv{fam[1]} {t}, pycilium-{n} >= 0.95 x raw", r, r["median"] >= 0.95)
+    for t, per_fam in result.get("service", {}).get("samples", {}).items():
+        if t == "rr":  # not a target in the issue; reported in the table
+            continue
+        for fam, per in per_fam.items():
+            for v in per:
+                if v.startswith("vip-"):
+                    r = paired(per[v], per["direct"])
+                    what = f"IPv{fam[1]} {t} through a VIP, {v[4:]} backends >= 0.9 x direct"
+                    add(what, r, r["median"] >= 0.9)
+    lc = result.get("lifecycle")
+    if lc:
+        r = paired(lc["cilium"], lc["bridge"])
+        add("docker run --rm on cilium <= 1.2 x bridge", r, r["median"] <= 1.2)
+        c = lc["bpf_compiles"]["per_endpoint"]
+        add("BPF compiles per endpoint after warm-up = 0", stats([c]), c == 0)
+    return out
+
+
+def _table(summary: dict, unit: str, ref: str) -> list[str]:
+    fmt = "{:.2f}" if unit == "Gbit/s" else "{:.0f}"
+    lines = [
+        f"| family | path | {unit} median | min | max | ratio to {ref} median (min-max) |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for fam, per in summary.items():
+        for s in per.values():
+            g, q = s["value"], s["ratio"]
+            lines.append(
+                f"| IPv{fam[1]} | {s['label']} | {fmt.format(g['median'])} | "
+                f"{fmt.format(g['min'])} | {fmt.format(g['max'])} | "
+                f"{q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f}) |"
+            )
+    return lines
 
 
 def markdown(result: dict) -> str:
@@ -461,38 +654,58 @@ def markdown(result: dict) -> str:
     lines = [
         f"# pycilium benchmark, {result['date']}",
         "",
-        f"Host: {result['host']['kernel']}, {result['host']['cpus']} CPUs. "
-        f"iperf3 TCP, one stream, {a['duration']} s per run, {a['rounds']} interleaved rounds; "
-        "median (min-max); ratio = run / raw run of the same round.",
-        "",
-        "| family | path | Gbit/s median | min | max | ratio to raw median (min-max) |",
-        "|---|---|---:|---:|---:|---|",
+        f"Host: {result['host']['kernel']}, {result['host']['cpus']} CPUs, commit "
+        f"{result['host']['commit'][:12]}. `{result['command']}`, {result['seconds']} s. "
+        f"{a['rounds']} interleaved rounds; median (min-max); ratio = median of the per-round "
+        "ratios run / reference run of the same round.",
     ]
-    for fam, per in result["throughput"]["summary"].items():
-        for s in per.values():
-            g, q = s["gbit_s"], s["ratio_to_raw"]
-            lines.append(
-                f"| IPv{fam[1]} | {s['label']} | {g['median']:.2f} | {g['min']:.2f} | "
-                f"{g['max']:.2f} | {q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f}) |"
-            )
+    tp = result.get("throughput")
+    if tp:
+        lines += [
+            "",
+            f"## Throughput: iperf3 TCP, one stream, {a['duration']} s per run",
+            "",
+            *_table(tp["summary"], "Gbit/s", "raw"),
+        ]
+    rr = result.get("rr")
+    if rr:
+        lines += [
+            "",
+            f"## Request/response (tcpbench rr: 1-byte request and answer on one connection) "
+            f"and connection rate (crr: connect, 1-byte request/response, close), "
+            f"{a['rr_duration']} s per run",
+        ]
+        for t in RR_TESTS:
+            lines += ["", f"### {t}", "", *_table(rr["summary"][t], UNITS[t], "raw")]
+    svc = result.get("service")
+    if svc:
+        lines += [
+            "",
+            f"## Service VIP: the pycilium client to a VIP with K backends (hash-picked per "
+            f"connection) against the same client to one backend directly, "
+            f"{a['rr_duration']} s per run",
+        ]
+        for t in SERVICE_TESTS:
+            lines += ["", f"### {t}", "", *_table(svc["summary"][t], UNITS[t], "direct")]
     lc = result.get("lifecycle")
     if lc:
         c, b = stats(lc["cilium"]), stats(lc["bridge"])
-        ratios = stats([x / y for x, y in zip(lc["cilium"], lc["bridge"], strict=True)])
+        q = paired(lc["cilium"], lc["bridge"])
+        bc = lc["bpf_compiles"]
         lines += [
             "",
-            f"Endpoint lifecycle, `docker run --rm --net X {a['lifecycle_image']} true`, "
-            f"{len(lc['cilium'])} interleaved pairs (seconds):",
+            f"## Endpoint lifecycle: `docker run --rm --net X {a['lifecycle_image']} true`, X a "
+            "cilium or a user-defined bridge network, "
+            f"{len(lc['cilium'])} interleaved pairs after one warm-up pair (seconds)",
             "",
             "| network | median | min | max |",
             "|---|---:|---:|---:|",
             f"| cilium | {c['median']:.2f} | {c['min']:.2f} | {c['max']:.2f} |",
             f"| bridge | {b['median']:.2f} | {b['min']:.2f} | {b['max']:.2f} |",
             "",
-            f"cilium / bridge: {ratios['median']:.2f} ({ratios['min']:.2f}-{ratios['max']:.2f}); "
-            f"BPF compiles (pycilium_bpf_compile_duration_seconds_count) "
-            f"{lc['bpf_compiles']['before']:.0f} -> {lc['bpf_compiles']['after']:.0f} "
-            f"(+{lc['bpf_compiles']['delta']:.0f}).",
+            f"cilium / bridge: {q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f}); BPF compiles "
+            f"({COMPILE_METRIC}) {bc['before']:.0f} -> {bc['after']:.0f}: "
+            f"{bc['per_endpoint']:.2f} per endpoint.",
         ]
     pi = result["meta"].get("policy_import")
     if pi:
@@ -502,7 +715,34 @@ def markdown(result: dict) -> str:
             f"({pi['bpf_compiles']:.0f} BPF compiles); policy map entries per server: "
             f"{result['meta'].get('policy_map_entries')}.",
         ]
+    tg = result.get("targets")
+    if tg:
+        lines += ["", "## Targets (issue 6)", "", "| target | ratio median (min-max) | met |"]
+        lines.append("|---|---|---|")
+        for t in tg:
+            r = t["ratio"]
+            lines.append(
+                f"| {t['target']} | {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}) | "
+                f"{'yes' if t['met'] else '**no**'} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _vs_rules(ax, per: dict, rules: list[int], fam: str, unit: str, title: str) -> None:
+    for prefix, name in (("cil", "pycilium"), ("ipt", "ip6tables" if fam == "v6" else "iptables")):
+        vals = [per[f"{prefix}-{n}"]["value"] for n in rules]
+        med = [v["median"] for v in vals]
+        err = [[v["median"] - v["min"] for v in vals], [v["max"] - v["median"] for v in vals]]
+        ax.errorbar(rules, med, yerr=err, marker="o", capsize=3, label=f"{name}-N")
+    for v, style in (("raw", "--"), ("bridge", ":")):
+        ax.axhline(per[v]["value"]["median"], linestyle=style, color="grey", label=v)
+    ax.set_xscale("symlog", linthresh=100)
+    ax.set_xlim(-20, max(rules) * 1.5)
+    ax.set_xlabel("rules N")
+    ax.set_ylabel(f"{unit} (median, min-max)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
 
 
 def plot(result: dict, outdir: Path) -> list[Path]:
@@ -514,65 +754,98 @@ def plot(result: dict, outdir: Path) -> list[Path]:
     except ImportError:
         log("matplotlib is missing (pip install '.[bench]'): no plots")
         return []
-    summary = result["throughput"]["summary"]
     rules = result["args"]["rules"]
-    fams = list(summary)
-    fig, axes = plt.subplots(1, len(fams), figsize=(5.5 * len(fams), 4), squeeze=False)
-    for ax, fam in zip(axes[0], fams, strict=True):
-        per = summary[fam]
-        for prefix, name in (
-            ("cil", "pycilium"),
-            ("ipt", "ip6tables" if fam == "v6" else "iptables"),
-        ):
-            med = [per[f"{prefix}-{n}"]["gbit_s"]["median"] for n in rules]
-            lo = [
-                m - per[f"{prefix}-{n}"]["gbit_s"]["min"] for m, n in zip(med, rules, strict=True)
-            ]
-            hi = [
-                per[f"{prefix}-{n}"]["gbit_s"]["max"] - m for m, n in zip(med, rules, strict=True)
-            ]
-            ax.errorbar(rules, med, yerr=[lo, hi], marker="o", capsize=3, label=f"{name}-N")
-        for v, style in (("raw", "--"), ("bridge", ":")):
-            ax.axhline(per[v]["gbit_s"]["median"], linestyle=style, color="grey", label=v)
-        ax.set_xscale("symlog", linthresh=100)
-        ax.set_xlim(-20, max(rules) * 1.5)
-        ax.set_xlabel("rules N")
-        ax.set_ylabel("Gbit/s (median, min-max)")
-        ax.set_ylim(bottom=0)
-        ax.set_title(f"IPv{fam[1]} TCP, 1 stream")
-        ax.legend(fontsize="small")
-    fig.suptitle(f"pycilium bench {result['date']}", fontsize="small")
-    fig.tight_layout()
+    figures = []
+    if "throughput" in result:
+        summary = result["throughput"]["summary"]
+        figures.append(
+            (
+                "throughput-vs-rules.png",
+                [[(summary[f], f, "Gbit/s", f"IPv{f[1]} TCP, 1 stream") for f in summary]],
+            )
+        )
+    if "rr" in result:
+        summary = result["rr"]["summary"]
+        figures.append(
+            (
+                "rr-vs-rules.png",
+                [
+                    [(summary[t][f], f, UNITS[t], f"IPv{f[1]} {t}") for f in summary[t]]
+                    for t in RR_TESTS
+                ],
+            )
+        )
     outdir.mkdir(parents=True, exist_ok=True)
-    path = outdir / "throughput-vs-rules.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    paths = []
+    for name, grid in figures:
+        rows, cols = len(grid), len(grid[0])
+        fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+        for r, row in enumerate(grid):
+            for c, (per, fam, unit, title) in enumerate(row):
+                _vs_rules(axes[r][c], per, rules, fam, unit, title)
+        fig.suptitle(f"pycilium bench {result['date']}", fontsize="small")
+        fig.tight_layout()
+        path = outdir / name
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 # --- main ---------------------------------------------------------------------------------
 
 
+def _ints(text: str) -> list[int]:
+    return sorted({int(x) for x in text.split(",") if x.strip()})
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Quick check: --scenarios rr --rules 0,10000 --rounds 1 --rr-duration 1",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"which to run, comma-separated ({','.join(SCENARIOS)})",
+    )
     p.add_argument("--duration", type=int, default=3, help="seconds per iperf3 run (3)")
+    p.add_argument(
+        "--rr-duration", type=float, default=2, help="seconds per tcpbench run: rr, crr, VIP (2)"
+    )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
     p.add_argument("--rules", default="0,1000,10000", help="rule counts N (0,1000,10000)")
     p.add_argument("--families", default="v6,v4", help="v6,v4")
-    p.add_argument("--lifecycle-rounds", type=int, default=5, help="docker run pairs (5; 0: skip)")
+    p.add_argument("--backends", default="2,16", help="service backend counts (2,16)")
+    p.add_argument("--lifecycle-rounds", type=int, default=20, help="docker run pairs (20)")
     p.add_argument("--image", default=os.environ.get("BENCH_IMAGE", "pycilium/bench-iperf3:latest"))
     p.add_argument("--lifecycle-image", default=os.environ.get("IMAGE", "pycilium/busybox:latest"))
     p.add_argument("--range6", default="fdbe:7c00:ba5e::/48", help="raw namespaces' IPv6 range")
     p.add_argument("--range4", default="198.18.0.0/15", help="raw namespaces' IPv4 range")
+    p.add_argument(
+        "--vip6", default="fd00:5::be00", help="VIP base, inside the driver's service range6"
+    )
+    p.add_argument(
+        "--vip4", default="10.96.190.0", help="VIP base, inside the driver's service range4"
+    )
     p.add_argument("--results", default=str(REPO / "bench" / "results"))
     p.add_argument("--plots", default=str(REPO / "docs" / "benchmarks"))
+    p.add_argument("--build", default=str(REPO / "build" / "bench"), help="where tcpbench is built")
     a = p.parse_args(argv)
-    a.rules = sorted({int(x) for x in a.rules.split(",") if x.strip()})
+    a.scenarios = [x.strip() for x in a.scenarios.split(",") if x.strip()]
+    a.rules = _ints(a.rules)
+    a.backends = _ints(a.backends)
     a.families = [f.strip() for f in a.families.split(",") if f.strip()]
+    if not a.scenarios or not set(a.scenarios) <= set(SCENARIOS):
+        p.error(f"--scenarios: some of {','.join(SCENARIOS)}")
     if any(n > 50000 or n < 0 for n in a.rules) or not a.rules:
         p.error("--rules: counts between 0 and 50000")
-    if not set(a.families) <= {"v6", "v4"}:
+    if not a.backends or any(k < 1 or k > 64 for k in a.backends):
+        p.error("--backends: counts between 1 and 64")
+    if not set(a.families) <= {"v6", "v4"} or not a.families:
         p.error("--families: v6 and/or v4")
+    if a.rounds < 1 or a.duration < 1 or a.rr_duration <= 0 or a.lifecycle_rounds < 1:
+        p.error("--rounds, --duration, --rr-duration and --lifecycle-rounds must be positive")
     return a
 
 
@@ -582,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("bench: ERROR: must run as root")
     require_driver()
     check_ranges([ipaddress.ip_network(a.range6), ipaddress.ip_network(a.range4)])
-    for tool in ("iperf3", "ip6tables-restore", "iptables-restore"):
+    for tool in ("iperf3", "ip6tables-restore", "iptables-restore", "gcc", "nsenter"):
         run("sh", "-c", f"command -v {tool}")
     run(DOCKER, "image", "inspect", a.image)
 
@@ -593,7 +866,8 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now(dt.UTC)
     result: dict = {
         "date": now.strftime("%Y-%m-%d %H:%M UTC"),
-        "args": {k: v for k, v in vars(a).items() if k not in ("results", "plots")},
+        "command": " ".join(["bench/run.py", *(sys.argv[1:] if argv is None else argv)]).strip(),
+        "args": {k: v for k, v in vars(a).items() if k not in ("results", "plots", "build")},
         "host": {
             "kernel": platform.release(),
             "cpus": os.cpu_count(),
@@ -608,13 +882,28 @@ def main(argv: list[str] | None = None) -> int:
         b.setup_raw()
         b.setup_docker()
         b.load_policy()
-        samples = b.throughput()
-        result["throughput"] = {"samples_gbit_s": samples, "summary": summarize(samples)}
-        if a.lifecycle_rounds:
+        if "throughput" in a.scenarios:
+            samples = b.throughput()
+            result["throughput"] = {"samples": samples, "summary": summarize(samples, "raw")}
+        if "rr" in a.scenarios:
+            samples = b.rr()
+            result["rr"] = {
+                "samples": samples,
+                "summary": {t: summarize(samples[t], "raw") for t in samples},
+            }
+        if "service" in a.scenarios:
+            b.setup_services()
+            samples = b.service()
+            result["service"] = {
+                "samples": samples,
+                "summary": {t: summarize(samples[t], "direct") for t in samples},
+            }
+        if "lifecycle" in a.scenarios:
             result["lifecycle"] = b.lifecycle()
         result["meta"] = b.meta
         log("cleaning up")
     result["seconds"] = round(time.monotonic() - t0, 1)
+    result["targets"] = targets(result)
     stem = now.strftime("%Y-%m-%dT%H%MZ")
     outdir = Path(a.results)
     outdir.mkdir(parents=True, exist_ok=True)
