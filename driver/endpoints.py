@@ -6,6 +6,7 @@ import logging
 
 from datapath import EndpointSpec
 
+from . import failpoints
 from .addressing import NodeAddressing
 from .errors import Conflict, DriverError, InvalidArgument, NotFound
 from .ipam import Ipam
@@ -66,6 +67,7 @@ class Endpoints:
                 self.store.add_endpoint(ep)
                 self.datapath.create_endpoint(spec_of(ep))
                 made = True
+                failpoints.hit("create_endpoint.after_veth")
         except BaseException:
             if made:
                 self.datapath.delete_endpoint(spec_of(ep))
@@ -77,6 +79,7 @@ class Endpoints:
         if ep is None:
             return
         self.datapath.delete_endpoint(spec_of(ep))
+        failpoints.hit("delete_endpoint.after_datapath")
         self._forget(ep)
 
     def join(self, network_id: str, endpoint_id: str, sandbox_key: str) -> dict:

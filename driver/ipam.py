@@ -9,6 +9,7 @@ Endpoint addresses are returned as /128 and /32: containers are routed, not brid
 import ipaddress
 import uuid
 
+from . import failpoints
 from .addressing import NodeAddressing
 from .errors import Conflict, DriverError, InvalidArgument, NotFound
 from .state import Pool, Store
@@ -107,9 +108,11 @@ class Ipam:
             self._check_in_pool(ip, entry)
             with self.store.transaction():
                 self.reserve(ip, alloc_range, owner="pool:" + pool_id)
+                failpoints.hit("request_address.before_commit")
         else:
             with self.store.transaction():
                 ip = self.allocate(alloc_range, owner="pool:" + pool_id)
+                failpoints.hit("request_address.before_commit")
         if is_gateway:
             return f"{ip}/{ipaddress.ip_network(entry.cidr).prefixlen}"
         return f"{ip}/{ip.max_prefixlen}"

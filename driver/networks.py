@@ -2,6 +2,7 @@
 
 import ipaddress
 
+from . import failpoints
 from .addressing import NodeAddressing
 from .errors import InvalidArgument
 from .ipam import GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, Ipam
@@ -43,6 +44,7 @@ class Networks:
             self.store.add_network(net)
             for cidr in owned:
                 self.datapath.add_unreachable_route(cidr)
+            failpoints.hit("create_network.before_commit")
 
     def delete(self, network_id: str, delete_endpoint) -> None:
         net = self.store.get_network(network_id)

@@ -11,6 +11,7 @@ import logging
 from flask import Blueprint, Response, current_app, request
 from jsonschema import Draft7Validator
 
+from . import failpoints
 from .errors import BadRequest
 from .ipam import GATEWAY_OPTION, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE
 
@@ -119,7 +120,9 @@ def call(name: str, validator: Draft7Validator | None = None):
 
     def register(handler):
         def view():
-            return reply(handler(parse_body(validator)) or {})
+            body = handler(parse_body(validator)) or {}
+            failpoints.hit(name + ".before_reply")
+            return reply(body)
 
         bp.add_url_rule("/" + name, name.replace(".", "_"), view, methods=["POST"])
         return handler

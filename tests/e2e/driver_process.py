@@ -45,9 +45,11 @@ class DriverProcess:
     def cli_path() -> str:
         return os.path.join(os.path.dirname(sys.executable), "cilium")
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, environment: dict | None = None) -> None:
+        """Start the service; `environment` adds variables (e.g. PYCILIUM_FAILPOINTS)."""
         env = dict(os.environ)
         env.update({"CILIUM_" + k.upper(): v for k, v in self.settings.items()})
+        env.update(environment or {})
         command = [os.path.join(os.path.dirname(sys.executable), "cilium-docker")]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -73,6 +75,10 @@ class DriverProcess:
         """kill -9 of every process of the service, gunicorn master and worker alike."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit status once the service has died by itself (a failpoint killed it)."""
+        return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
