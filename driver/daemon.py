@@ -42,6 +42,8 @@ class Daemon:
         self.watcher: DockerWatcher | None = None
         self.monitor: Monitor | None = None
         self._closers: list[Callable[[], None]] = []
+        # What the state held at start, until Docker's first full listing confirms it.
+        self._unconfirmed: tuple[set[str], dict[str, str]] | None = None
 
     def start(self) -> None:
         with self.lock:
@@ -71,6 +73,14 @@ class Daemon:
             self.ports.restore()
             self.security.refresh()
             self.services.sync()
+            self._unconfirmed = (
+                {net.network_id for net in self.store.networks()},
+                {
+                    a["address"]: a["owner"]
+                    for a in self.store.addresses()
+                    if a["owner"].startswith("pool:")
+                },
+            )
         log.info(
             "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
             self.node.node_id,
@@ -154,6 +164,26 @@ class Daemon:
             identity = self.security.assign_container(ep, network_name, container_id, name, labels)
             self.services.sync()
         log.info("endpoint %d is container %s, identity %d", ep.numeric_id, name, identity)
+
+    def forget_what_docker_lost(self, docker_networks: set[str], used_addresses: set[str]) -> None:
+        """Once, with Docker's first full listing after start: drop the networks and pool
+        addresses the state held at start that Docker does not have. A call killed after it
+        committed is retried by Docker with an empty body, which fails, so Docker never learns
+        of what the first attempt made and never deletes or releases it."""
+        with self.lock:
+            if self._unconfirmed is None:
+                return
+            networks, addresses = self._unconfirmed
+            self._unconfirmed = None
+            for network_id in sorted(networks - docker_networks):
+                if self.store.get_network(network_id) is not None:
+                    log.info("forgetting network %s, which Docker does not have", network_id)
+                    self.delete_network(network_id)
+            for address, owner in sorted(addresses.items()):
+                if address not in used_addresses and self.store.address_owner(address) == owner:
+                    log.info("releasing %s, which Docker does not use", address)
+                    with self.store.transaction():
+                        self.store.delete_address(address)
 
     def _node_id(self) -> int:
         with self.store.transaction():

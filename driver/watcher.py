@@ -67,14 +67,24 @@ class DockerWatcher:
             self._stop.wait(delay)
 
     def resync(self, client) -> None:
-        """Match every endpoint of our networks to its container from a full listing."""
-        for network_id in self.daemon.network_ids():
+        """Match every endpoint of our networks to its container from a full listing; then
+        let the daemon drop what Docker does not have."""
+        ours = self.daemon.config.plugin_name
+        docker_networks, used_addresses = set(), set()
+        for listed in client.networks():
+            docker_networks.add(listed["Id"])
+            if ours not in (listed.get("Driver"), (listed.get("IPAM") or {}).get("Driver")):
+                continue
             try:
-                network = client.inspect_network(network_id)
+                network = client.inspect_network(listed["Id"])
             except docker.errors.NotFound:
+                continue
+            used_addresses |= _addresses_in_use(network)
+            if listed["Id"] not in self.daemon.network_ids():
                 continue
             for container_id, info in (network.get("Containers") or {}).items():
                 self._assign(client, network, container_id, info.get("EndpointID"))
+        self.daemon.forget_what_docker_lost(docker_networks, used_addresses)
 
     def _dispatch(self, client, event: dict) -> None:
         actor = event.get("Actor") or {}
@@ -113,3 +123,14 @@ class DockerWatcher:
         labels = (data.get("Config") or {}).get("Labels") or {}
         self._labels[container_id] = (name, labels)
         return name, labels
+
+
+def _addresses_in_use(network: dict) -> set[str]:
+    """The addresses Docker holds on a network: gateways, auxiliary and container addresses."""
+    used = set()
+    for config in (network.get("IPAM") or {}).get("Config") or []:
+        used.add(config.get("Gateway", ""))
+        used.update((config.get("AuxiliaryAddresses") or {}).values())
+    for info in (network.get("Containers") or {}).values():
+        used.update((info.get("IPv4Address", ""), info.get("IPv6Address", "")))
+    return {text.split("/")[0] for text in used if text}
