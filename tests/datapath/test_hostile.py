@@ -388,6 +388,22 @@ def test_a_server_cannot_open_flows_back_through_a_clients_flow(datapath, cast):
         assert sent(datapath, s, other) == (pk.TC_ACT_SHOT, "DROP_POLICY")
 
 
+def test_icmp_errors_get_in_only_for_a_tracked_flow(datapath, cast):
+    """An ICMP error passes policy when it quotes a flow conntrack knows, whoever sends it
+    (as with Linux conntrack and Cilium: routers on the way send them). `other` may send
+    the server errors about the client's flow; about any other flow it may not."""
+    c, s, o = cast.client, cast.server, cast.other
+    syn = pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP)
+    assert received(datapath, s, syn)[1] == "TRACE_TO_CONTAINER"
+
+    def error_quoting(dport: int) -> bytes:
+        quoted = pk.ipv6(s.ip6, c.ip6, pk.tcp(80, dport, 0x12), pk.TCP)[:48]
+        return pk.ipv6(o.ip6, s.ip6, _icmp6(1) + quoted, pk.ICMPV6)
+
+    assert received(datapath, s, error_quoting(40000))[1] == "TRACE_TO_CONTAINER"
+    assert received(datapath, s, error_quoting(40001)) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+
+
 # Spoofing. -------------------------------------------------------------------------------
 
 
@@ -445,7 +461,7 @@ def test_arp_poisoning_and_odd_sizes_are_dropped_by_reason(datapath, cast):
         assert sent(datapath, c, l3, ETH_P_ARP)[1] == reason, l3.hex()
 
 
-def test_tagged_frames_are_unknown_l3(datapath, cast):
+def test_tags_left_in_the_frame_are_unknown_l3(datapath, cast):
     c, s = cast.client, cast.server
     inner = pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP)
     for tpid in (ETH_P_8021Q, 0x88A8):
@@ -453,6 +469,47 @@ def test_tagged_frames_are_unknown_l3(datapath, cast):
             tagged = struct.pack("!HH", vid, pk.ETH_P_IPV6) + inner
             assert sent(datapath, c, tagged, tpid) == (pk.TC_ACT_SHOT, "DROP_UNKNOWN_L3")
             assert received(datapath, s, tagged, tpid) == (pk.TC_ACT_SHOT, "DROP_UNKNOWN_L3")
+
+
+def test_tagged_frames_sent_for_real_are_judged_by_the_packet_inside(
+    datapath, make_container, event_log
+):
+    """The kernel takes one VLAN tag off a frame before the tc hook (skb_vlan_untag): the
+    program sees the packet inside, with its spoofing checks and policy. A second tag
+    stays in the frame, an unknown L3."""
+    c, s = make_container(), make_container()
+    datapath.set_endpoint_policy(c.spec, False, True, {PolicyKey(s.identity, 80, pk.TCP, EGRESS)})
+    head = pk.eth(HOST_MAC, c.spec.mac, ETH_P_8021Q) + struct.pack("!H", 100)
+    denied = pk.ipv6(c.spec.ipv6, s.spec.ipv6, pk.tcp(40000, 81), pk.TCP)
+    spoofed = pk.ipv6(s.spec.ipv6, c.spec.ipv6, pk.tcp(40000, 80), pk.TCP)
+    frames = [
+        head + struct.pack("!H", pk.ETH_P_IPV6) + denied,
+        head + struct.pack("!H", pk.ETH_P_IPV6) + spoofed,
+        head + struct.pack("!HH", ETH_P_8021Q, 200) + struct.pack("!H", pk.ETH_P_IPV6) + denied,
+    ]
+    subprocess.run(
+        ["ip", "netns", "exec", c.netns, sys.executable, "-c", SEND_RAW],
+        input=" ".join(f.hex() for f in frames),
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    wanted = {
+        ("DROP_POLICY", c.spec.ipv6, 81),
+        ("DROP_INVALID_SIP6", s.spec.ipv6, 80),
+        ("DROP_UNKNOWN_L3", None, 0),
+    }
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        seen = {
+            (e.reason_name, e.src, e.dport)
+            for e in event_log.events
+            if e.ifindex == c.ifindex and e.kind == "drop"
+        }
+        if wanted <= seen:
+            break
+        time.sleep(0.05)
+    assert wanted <= seen
 
 
 # Neighbour discovery and the router address. ---------------------------------------------
