@@ -15,7 +15,7 @@ from datapath import HOST_ID, INIT_ID, DatapathError, PolicyKey
 from .endpoints import spec_of
 from .errors import InvalidArgument
 from .identities import Identities, LabelFilter, identity_labels
-from .policy import EndpointPolicy, Identity, PolicyRepository, compact, parse_rules
+from .policy import EndpointPolicy, Identity, Peers, PolicyRepository, merge, parse_rules
 from .state import Endpoint, Store
 
 log = logging.getLogger(__name__)
@@ -99,35 +99,36 @@ class Security:
             if mates.get(network) != self._mates.get(network)
         }
         in_use = {(ep.identity, ep.network_id) for ep in endpoints if ep.identity != INIT_ID}
+        newcomers = Peers(added, self._cidr_identities)
         for key in list(self._results):
             if key not in in_use or key[0] in removed or key[1] in moved:
                 del self._results[key]
             elif added or removed:
-                self._results[key] = self._update(key, added, removed, mates)
+                self._results[key] = self._update(key, newcomers, removed, mates)
         self._known, self._mates = known, mates
+        everyone = None
         for ep in endpoints:
             key = (ep.identity, ep.network_id)
             if key in in_use and key not in self._results:
+                everyone = everyone or Peers(known.values(), self._cidr_identities)
                 identity = Identity(ep.identity, ep.labels)
-                result = self._compute(identity, known.values(), mates, ep.network_id)
+                result = self._compute(identity, everyone, mates, ep.network_id)
                 self._results[key] = (identity, result)
         self._write(endpoints)
 
-    def _compute(self, identity: Identity, peers, mates, network_id: str) -> EndpointPolicy:
-        return self.policy.compute(
-            identity,
-            peers,
-            self._cidr_identities,
-            self.mode,
-            network_mates=mates.get(network_id, frozenset()),
+    def _compute(self, identity: Identity, peers: Peers, mates, network_id: str):
+        return self.policy.compute_for(
+            identity, peers, self.mode, network_mates=mates.get(network_id, frozenset())
         )
 
-    def _update(self, key, added, removed, mates) -> tuple[Identity, EndpointPolicy]:
+    def _update(self, key, newcomers: Peers, removed, mates) -> tuple[Identity, EndpointPolicy]:
         identity, result = self._results[key]
-        keys = {k for k in result.keys if k.identity not in removed}
-        if added:
-            keys |= self._compute(identity, added, mates, key[1]).keys
-        return identity, dataclasses.replace(result, keys=compact(keys))
+        keys = result.keys
+        if removed:
+            keys = frozenset(k for k in keys if k.identity not in removed)
+        if newcomers.endpoints:
+            keys = merge(keys, self._compute(identity, newcomers, mates, key[1]).keys)
+        return identity, dataclasses.replace(result, keys=keys)
 
     def _write(self, endpoints: list[Endpoint]) -> None:
         """Write the policy of the endpoints whose result differs from what they have."""

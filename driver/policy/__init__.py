@@ -5,10 +5,12 @@ from .compute import (
     INGRESS,
     MODES,
     EndpointPolicy,
+    Peers,
     PolicyKey,
     compact,
     first_match,
     lookup_keys,
+    merge,
 )
 from .model import (
     ID_ANY,
@@ -42,6 +44,7 @@ __all__ = [
     "NETWORK_LABEL",
     "EndpointPolicy",
     "Identity",
+    "Peers",
     "PolicyError",
     "PolicyKey",
     "PolicyNotFound",
@@ -52,5 +55,6 @@ __all__ = [
     "compact",
     "first_match",
     "lookup_keys",
+    "merge",
     "parse_rules",
 ]

@@ -9,6 +9,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .model import (
     ID_ANY,
@@ -38,8 +39,9 @@ ISOLATION = "network isolation (same network, host, world, CIDRs)"
 SYNTHETIC = (HOST_ACCESS, ISOLATION)
 
 
-@dataclass(frozen=True)
-class PolicyKey:
+class PolicyKey(NamedTuple):
+    """A tuple: hashed and compared in C, and built by the ten thousand per computation."""
+
     identity: int
     dport: int
     protocol: int
@@ -87,17 +89,35 @@ def first_match(keys, identity: int, dport: int, protocol: int, direction: int):
 
 def compact(keys: Iterable[PolicyKey]) -> frozenset[PolicyKey]:
     keys = set(keys)
-    return frozenset(k for k in keys if not any(w in keys for w in _wider(k)))
+    return frozenset(k for k in keys if not _covered(k, keys))
 
 
-def _wider(key: PolicyKey):
-    """Keys that allow every flow `key` allows (never (X, port, 0): the datapath skips it)."""
-    for identity in {key.identity, ID_ANY}:
-        for port in {key.dport, 0}:
-            for proto in {key.protocol, 0}:
-                wider = PolicyKey(identity, port, proto, key.direction)
-                if wider != key and (port == 0 or proto != 0):
-                    yield wider
+def merge(compacted: frozenset[PolicyKey], more: Iterable[PolicyKey]) -> frozenset[PolicyKey]:
+    """compact(compacted | more) for a compacted set: only the keys of `more`, and those
+    of `compacted` they may cover (same identity, or any with an ID_ANY key), are looked at."""
+    extra = set(more) - compacted
+    if not extra:
+        return compacted
+    present = compacted | extra
+    kept = {k for k in extra if not _covered(k, present)}
+    identities = {k.identity for k in kept}
+    if ID_ANY in identities:
+        return compact(compacted | kept)
+    kept |= {k for k in compacted if k.identity not in identities or not _covered(k, present)}
+    return frozenset(kept)
+
+
+def _covered(key: PolicyKey, keys) -> bool:
+    """Whether keys hold a key that allows every flow `key` allows (never (X, port, 0):
+    the datapath skips that shape)."""
+    identity, port, proto, direction = key
+    for i in (identity, ID_ANY):
+        for p in (port, 0):
+            for pr in (proto, 0):
+                wider = (p == 0 or pr != 0) and (i, p, pr) != (identity, port, proto)
+                if wider and (i, p, pr, direction) in keys:
+                    return True
+    return False
 
 
 class Peers:

@@ -69,7 +69,16 @@ class PolicyRepository:
     ) -> EndpointPolicy:
         """network_mates: identities that network isolation lets in as if they were on the
         endpoint's network (other endpoints of containers connected to it, as in Docker)."""
-        peers = Peers(identities, cidr_identities)
+        return self.compute_for(identity, Peers(identities, cidr_identities), mode, network_mates)
+
+    def compute_for(
+        self,
+        identity: Identity,
+        peers: Peers,
+        mode: str = "default",
+        network_mates: frozenset[int] = frozenset(),
+    ) -> EndpointPolicy:
+        """compute() with the peers built once for many endpoints (they cache selections)."""
         selected = self._selecting(identity.labels)
         return resolve(identity, selected, peers, mode, network_mates).policy()
 

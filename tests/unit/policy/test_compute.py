@@ -1,8 +1,18 @@
 """compute: rules selecting one endpoint -> the compact keys its datapath looks up."""
 
+import random
+
 import pytest
 
-from driver.policy import EGRESS, INGRESS, EndpointPolicy, PolicyError, PolicyKey
+from driver.policy import (
+    EGRESS,
+    INGRESS,
+    EndpointPolicy,
+    PolicyError,
+    PolicyKey,
+    compact,
+    merge,
+)
 
 from .helpers import endpoint, keyset, repository
 
@@ -193,3 +203,18 @@ def test_selecting_rules_are_named_in_repository_order():
 """
     )
     assert repo.compute(WEB, IDENTITIES, CIDRS).rules == ("b", "team=x,tier=y", "rule 3")
+
+
+def random_keys(rng, count: int) -> set[PolicyKey]:
+    shapes = [(0, 0), (0, 6), (0, 17), (80, 6), (443, 6), (53, 17)]
+    return {
+        PolicyKey(rng.choice([0, 1, 256, 257, 258]), *rng.choice(shapes), rng.choice([0, 1]))
+        for _ in range(count)
+    }
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_merge_into_a_compact_set_equals_compacting_the_union(seed):
+    rng = random.Random(seed)
+    old, more = random_keys(rng, rng.randint(0, 25)), random_keys(rng, rng.randint(0, 8))
+    assert merge(compact(old), more) == compact(old | more)
