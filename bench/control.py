@@ -187,7 +187,7 @@ class Prober:
     def attempt(self, targets, timeout: float) -> set:
         return self.pool.submit(attempt, list(targets), timeout).result()
 
-    def until_all(self, targets, deadline: float, interval: float = 0.005) -> float | None:
+    def until_all(self, targets, deadline: float, interval: float = 0.01) -> float | None:
         """A new connection attempt to each target not yet accepted every `interval` (each
         attempt kept open for up to AGE seconds) until all have accepted: the monotonic time
         when the last did, or None at the deadline."""
@@ -631,7 +631,8 @@ def markdown(r: dict) -> str:
         for call, c in r["calls"].items():
             out.append(f"| {call} | {c['calls']} | {c['p50_ms']} ms | {c['p99_ms']} ms |")
         out.append("")
-    out.append(f"Total {r['seconds']} s.")
+    load = ", ".join(f"{x:.1f}" for x in r["host"]["loadavg_at_end"])
+    out.append(f"Total {r['seconds']} s; load average at the end {load}.")
     return "\n".join(out) + "\n"
 
 
@@ -678,6 +679,8 @@ def main(argv=None) -> int:
             "kernel": platform.release(),
             "cpus": os.cpu_count(),
             "commit": run("git", "-C", str(REPO), "rev-parse", "HEAD", check=False).strip(),
+            # Others share this machine: the load says how much.
+            "loadavg_at_start": os.getloadavg(),
         },
     }
     t0 = time.monotonic()
@@ -714,6 +717,7 @@ def main(argv=None) -> int:
             r["calls"] = call_latency(before, metrics())
         log("cleaning up")
     r["seconds"] = round(time.monotonic() - t0, 1)
+    r["host"]["loadavg_at_end"] = os.getloadavg()
     stem = now.strftime("%Y-%m-%dT%H%MZ") + "-control"
     outdir = Path(a.results)
     outdir.mkdir(parents=True, exist_ok=True)
