@@ -19,6 +19,10 @@ from tests.e2e.driver_process import DriverProcess
 FAULTD_ROOT = "/run/pycilium-faultd"
 FAULTD_SOCKET = f"unix://{FAULTD_ROOT}/docker.sock"
 FAULTD_DATA = "/var/lib/pycilium-faultd"
+# faultd's default bridge network needs a bridge: with --bridge=none dockerd deletes "docker0",
+# the main dockerd's. Its own, on a link-local /30 that no container uses.
+FAULTD_BRIDGE = "pcfaultd0"
+FAULTD_BRIDGE_ADDRESS = "169.254.237.1/30"
 
 FAULT_SETTINGS = {
     "plugin_name": "pycilium-fault",
@@ -79,7 +83,8 @@ class Faultd:
             f"{FAULTD_ROOT}/exec",
             "--pidfile",
             f"{FAULTD_ROOT}/dockerd.pid",
-            "--bridge=none",
+            "--bridge",
+            FAULTD_BRIDGE,
             "--iptables=false",
             "--ip6tables=false",
             "--ip-masq=false",
@@ -89,6 +94,7 @@ class Faultd:
     def start(self, live_restore: bool = False, timeout: float = 60.0) -> float:
         """Start dockerd; returns the seconds until `docker info` answered."""
         os.makedirs(FAULTD_ROOT, exist_ok=True)
+        make_bridge()
         with open(os.path.join(FAULTD_ROOT, "daemon.json"), "w") as f:
             f.write("{}\n")
         started = time.monotonic()
@@ -102,8 +108,11 @@ class Faultd:
         while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"faultd exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.docker.run("info", check=False, timeout=10).returncode == 0:
-                return time.monotonic() - started
+            try:
+                if self.docker.run("info", check=False, timeout=10).returncode == 0:
+                    return time.monotonic() - started
+            except subprocess.TimeoutExpired:
+                continue
             time.sleep(0.3)
         raise RuntimeError(f"faultd did not answer within {timeout} s:\n{self.log_tail()}")
 
@@ -124,6 +133,14 @@ class Faultd:
     def log_tail(self, lines: int = 30) -> str:
         with open(self.log_path, errors="replace") as f:
             return "".join(f.readlines()[-lines:])
+
+
+def make_bridge() -> None:
+    if subprocess.run(["ip", "link", "show", FAULTD_BRIDGE], capture_output=True).returncode:
+        subprocess.run(["ip", "link", "add", FAULTD_BRIDGE, "type", "bridge"], check=True)
+        subprocess.run(
+            ["ip", "addr", "add", FAULTD_BRIDGE_ADDRESS, "dev", FAULTD_BRIDGE], check=True
+        )
 
 
 def stop_stale_faultd() -> None:
@@ -167,6 +184,7 @@ def faultd(tmp_path_factory):
         if daemon.proc.poll() is None:
             daemon.docker.remove_all()
         daemon.stop()
+        subprocess.run(["ip", "link", "del", FAULTD_BRIDGE], check=False)
         shutil.rmtree(FAULTD_ROOT, ignore_errors=True)
         shutil.rmtree(FAULTD_DATA, ignore_errors=True)
 
