@@ -7,11 +7,10 @@ import json
 import os
 import time
 
-import pytest
-
 from .conftest import veths
 from .test_compose import Compose
 from .test_metrics import by_label, scrape
+from .test_races import log_problems
 
 ROUNDS = 10
 REPLICAS = 30
@@ -151,40 +150,52 @@ def check_round(compose, docker, driver, round_index) -> None:
     assert fetch_all(docker, source, list(expected), seconds=2) == expected
 
 
-def down(compose, docker, driver) -> None:
+def down(compose, docker, driver) -> bool:
+    """`docker-compose down`; False if Docker kept the network because it lost count of its
+    endpoints (Docker 20.10 under parallel endpoint changes, moby/moby#42119) while neither
+    Docker nor the driver holds an endpoint on it. Any other failure fails the test."""
     network = json.loads(docker.out("network", "inspect", f"{compose.project}_net"))[0]
     result = compose("down", check=False)
-    if result.returncode:
-        # Docker 20.10 can lose count of a network's endpoints under parallel removal
-        # ("has active endpoints", moby/moby#42119): say whether the driver still has any.
-        held = [e for e in driver.api("/v1/endpoints") if e["network_id"] == network["Id"]]
-        pytest.fail(f"down failed, driver holds {len(held)} endpoints:\n{result.stderr[-400:]}")
+    if result.returncode == 0:
+        return True
+    held = [e for e in driver.api("/v1/endpoints") if e["network_id"] == network["Id"]]
+    attached = json.loads(docker.out("network", "inspect", network["Id"]))[0]["Containers"]
+    assert "has active endpoints" in result.stderr, result.stderr[-400:]
+    assert (held, attached) == ([], {}), result.stderr[-400:]
+    return False
 
 
 def test_compose_churn_leaks_nothing(driver, docker, cilium, tmp_path):
     (tmp_path / "docker-compose.yml").write_text(COMPOSE_FILE)
     (tmp_path / "policy.yaml").write_text(POLICY)
-    compose = Compose(driver, tmp_path, tmp_path / "docker-compose.yml")
     cilium("policy", "import", str(tmp_path / "policy.yaml"))
     baseline = resources(driver)
-    rss = []
-    try:
-        for round_index in range(ROUNDS):
-            started = time.monotonic()
+    log_start = os.path.getsize(driver.log_path)
+    rss, stuck = [], []
+    for round_index in range(ROUNDS):
+        # A project of its own each round: a network Docker failed to remove stays behind.
+        compose = Compose(driver, tmp_path, tmp_path / "docker-compose.yml")
+        started = time.monotonic()
+        try:
             compose("up", "-d", "--scale", f"web={REPLICAS}")
             up = time.monotonic() - started
             check_round(compose, docker, driver, round_index)
             checked = time.monotonic() - started
-            down(compose, docker, driver)
-            assert veths(driver.settings["veth_prefix"]) == baseline["veths"]
-            rss.append(driver_rss(driver))
-            print(
-                f"round {round_index + 1}: up {up:.1f} s, checked {checked:.1f} s, "
-                f"all {time.monotonic() - started:.1f} s, driver RSS {rss[-1] / 2**20:.1f} MiB"
-            )
-    finally:
-        compose("down", check=False)
+        except BaseException:
+            compose("down", check=False)
+            raise
+        if not down(compose, docker, driver):
+            stuck.append(compose.project)
+        assert veths(driver.settings["veth_prefix"]) == baseline["veths"]
+        rss.append(driver_rss(driver))
+        print(
+            f"round {round_index + 1}: up {up:.1f} s, checked {checked:.1f} s, "
+            f"all {time.monotonic() - started:.1f} s, driver RSS {rss[-1] / 2**20:.1f} MiB"
+        )
+    if stuck:
+        print(f"Docker kept the networks of {stuck} with no endpoint (moby/moby#42119)")
     after = resources(driver)
     for what, before in baseline.items():
         assert after[what] == before, what
     assert rss[-1] - rss[0] < RSS_GROWTH_LIMIT, rss
+    assert log_problems(driver, log_start) == []

@@ -6,6 +6,7 @@ afterwards the driver's state matches the containers that live: endpoints, veths
 map entries, identities; the driver logged no error."""
 
 import json
+import os
 import random
 import threading
 import time
@@ -65,6 +66,14 @@ def replace_containers(docker, net, mine: list[str], rng: random.Random) -> None
         docker.run(*end, short_lived)
 
 
+def log_problems(driver, start: int) -> list[str]:
+    """Errors, warnings and tracebacks the driver logged after byte offset start."""
+    with open(driver.log_path, "rb") as log:
+        log.seek(start)
+        lines = log.read().decode(errors="replace").splitlines()
+    return [line for line in lines if any(w in line for w in (" ERROR ", " WARNING ", "Traceback"))]
+
+
 def live_endpoints(docker, net) -> dict[str, str]:
     """Endpoint id -> container name, as Docker sees the network."""
     containers = json.loads(docker.out("network", "inspect", net))[0]["Containers"]
@@ -72,9 +81,7 @@ def live_endpoints(docker, net) -> dict[str, str]:
 
 
 def test_kill_and_remove_during_regeneration_leave_consistent_state(docker, driver, net, cilium):
-    with open(driver.log_path, "rb") as log:
-        log.seek(0, 2)
-        log_start = log.tell()
+    log_start = os.path.getsize(driver.log_path)
     baseline_addresses = {a["address"] for a in driver.api("/v1/addresses")}
     client = docker.container(net, "--label", "app=race-client")
     workers_containers = [
@@ -131,10 +138,4 @@ def test_kill_and_remove_during_regeneration_leave_consistent_state(docker, driv
     assert docker.exec(client, "ping6", "-c1", "-W2", web6, check=False).returncode != 0
     assert docker.exec(web, "ping6", "-c1", "-W2", client6, check=False).returncode == 0
 
-    with open(driver.log_path, "rb") as log:
-        log.seek(log_start)
-        lines = log.read().decode(errors="replace").splitlines()
-    problems = [
-        line for line in lines if any(w in line for w in (" ERROR ", " WARNING ", "Traceback"))
-    ]
-    assert problems == []
+    assert log_problems(driver, log_start) == []
