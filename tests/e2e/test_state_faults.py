@@ -8,6 +8,7 @@ import errno
 import ipaddress
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import uuid
@@ -52,7 +53,8 @@ def disk_driver(docker, tmp_path_factory):
         leftovers = veths(SETTINGS["veth_prefix"])
         process.purge()
         subprocess.run(["umount", MOUNT], check=True)
-        os.rmdir(MOUNT)
+        # The mount point and the API socket's directory.
+        shutil.rmtree(os.path.dirname(MOUNT))
     assert not leftovers, f"veths left behind: {leftovers}"
 
 
