@@ -6,6 +6,8 @@ session's test instance), so the maps can be filled without touching other tests
 """
 
 import json
+import os
+import shutil
 import subprocess
 import uuid
 
@@ -55,6 +57,7 @@ def driver(docker, tmp_path_factory):
     process.stop()
     leftovers = veths(SETTINGS["veth_prefix"])
     process.purge()
+    shutil.rmtree(os.path.dirname(SETTINGS["api_socket"]), ignore_errors=True)
     assert not leftovers, f"veths left behind: {leftovers}"
 
 
