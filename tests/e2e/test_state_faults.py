@@ -197,6 +197,8 @@ def fill(directory: str) -> str:
 def test_a_full_state_disk_is_a_clear_error_and_changes_nothing(docker, disk_driver, network):
     ops = Operations(docker, disk_driver, network)
     before = snapshot(disk_driver)
+    # Commits append to the WAL, which this young instance has not yet checkpointed back to
+    # its start (SQLite does at 1000 pages): each needs new blocks on the tmpfs.
     filler = fill(MOUNT)
     try:
         errors = ops.attempt()
