@@ -45,6 +45,8 @@ PORT = 5201  # iperf3
 TPORT = 5202  # tcpbench
 BATCH = 2000  # rules per import request
 COMPILE_METRIC = "pycilium_bpf_compile_duration_seconds_count"
+CALL_METRIC = "pycilium_plugin_call_duration_seconds"
+LIFECYCLE_CALLS = ("CreateEndpoint", "Join", "Leave", "DeleteEndpoint")
 TCPBENCH_SRC = REPO / "bench" / "tcpbench.c"
 SCENARIOS = ("throughput", "rr", "service", "lifecycle")
 RR_TESTS = ("rr", "crr")  # tcpbench modes of the rr scenario
@@ -106,12 +108,30 @@ def api(method: str, path: str, body: dict | None = None, timeout: float = 600) 
         conn.close()
 
 
-def compile_count() -> float:
+def metric(prefix: str) -> float:
+    """Sum of the driver's metric lines starting with prefix (name and labels)."""
     total = 0.0
     for line in api("GET", "/metrics").decode().splitlines():
-        if line.startswith(COMPILE_METRIC):
+        if line.startswith(prefix):
             total += float(line.rsplit(None, 1)[1])
     return total
+
+
+def compile_count() -> float:
+    return metric(COMPILE_METRIC)
+
+
+def call_totals() -> dict[str, tuple[float, float]]:
+    """Plugin call -> (seconds, calls) so far, from the driver's histogram."""
+    return {
+        c: tuple(metric(f'{CALL_METRIC}_{k}{{call="NetworkDriver.{c}"}}') for k in ("sum", "count"))
+        for c in LIFECYCLE_CALLS
+    }
+
+
+def map_entries() -> dict[str, int]:
+    maps = json.loads(api("GET", "/v1/status"))["datapath"]["maps"]
+    return {m: maps[m]["entries"] for m in ("conntrack", "lb_flows")}
 
 
 def require_driver() -> None:
@@ -526,8 +546,8 @@ class Bench:
         # Warm-up (not counted): the first endpoint after a policy change may still compile.
         docker_run(NETWORK_CIL)
         docker_run(NETWORK_BR)
-        out: dict = {"cilium": [], "bridge": []}
-        before = compile_count()
+        out: dict = {"cilium": [], "bridge": [], "maps_before": map_entries()}
+        before, calls0 = compile_count(), call_totals()
         for r in range(self.a.lifecycle_rounds):
             order = ("cilium", "bridge") if r % 2 == 0 else ("bridge", "cilium")
             for which in order:
@@ -536,7 +556,11 @@ class Bench:
                 f"lifecycle pair {r + 1}/{self.a.lifecycle_rounds}: cilium "
                 f"{out['cilium'][-1]:.2f} s, bridge {out['bridge'][-1]:.2f} s"
             )
-        after = compile_count()
+        after, calls1 = compile_count(), call_totals()
+        out["call_mean_seconds"] = {
+            c: (calls1[c][0] - calls0[c][0]) / max(calls1[c][1] - calls0[c][1], 1)
+            for c in LIFECYCLE_CALLS
+        }
         out["bpf_compiles"] = {
             "before": before,
             "after": after,
@@ -705,7 +729,10 @@ def markdown(result: dict) -> str:
             "",
             f"cilium / bridge: {q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f}); BPF compiles "
             f"({COMPILE_METRIC}) {bc['before']:.0f} -> {bc['after']:.0f}: "
-            f"{bc['per_endpoint']:.2f} per endpoint.",
+            f"{bc['per_endpoint']:.2f} per endpoint. Mean plugin call time meanwhile: "
+            + ", ".join(f"{c} {t * 1000:.0f} ms" for c, t in lc["call_mean_seconds"].items())
+            + f"; datapath map entries at the start: {lc['maps_before']} (deleting an endpoint "
+            "walks them).",
         ]
     pi = result["meta"].get("policy_import")
     if pi:
