@@ -159,11 +159,15 @@ class _TestRunOpts(ct.Structure):
 
 
 SKB_CTX_SIZE = 192  # sizeof(struct __sk_buff)
+SKB_CTX_INGRESS_IFINDEX_OFF = 36  # offsetof(struct __sk_buff, ingress_ifindex)
 SKB_CTX_IFINDEX_OFF = 40  # offsetof(struct __sk_buff, ifindex)
 
 
-def run_program(program: Program, frame: bytes, ifindex: int) -> tuple[int, bytes]:
-    """Run program once on an Ethernet frame as if received on ifindex (BPF_PROG_TEST_RUN).
+def run_program(
+    program: Program, frame: bytes, ifindex: int, ingress_ifindex: int = 0
+) -> tuple[int, bytes]:
+    """Run program once on an Ethernet frame as if received on ifindex (BPF_PROG_TEST_RUN),
+    having first come in on ingress_ifindex (0: from nowhere in particular).
 
     Returns the TC verdict and the frame as the program left it. Nothing is sent.
     """
@@ -175,6 +179,7 @@ def run_program(program: Program, frame: bytes, ifindex: int) -> tuple[int, byte
     data_out = ct.create_string_buffer(len(frame) + 256)
     ctx = ct.create_string_buffer(SKB_CTX_SIZE)
     ct.c_uint32.from_buffer(ctx, SKB_CTX_IFINDEX_OFF).value = ifindex
+    ct.c_uint32.from_buffer(ctx, SKB_CTX_INGRESS_IFINDEX_OFF).value = ingress_ifindex
     opts = _TestRunOpts(
         sz=ct.sizeof(_TestRunOpts),
         data_in=ct.addressof(data_in),

@@ -9,6 +9,7 @@ enforced nowhere and admitted by nobody.
 """
 
 import ipaddress
+import os
 import struct
 import subprocess
 import sys
@@ -17,10 +18,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from datapath import EGRESS, INGRESS, EndpointSpec, PolicyKey, loader, reasons
+from datapath import EGRESS, INGRESS, EndpointSpec, PolicyKey, loader, netlink, reasons
 
 from . import packets as pk
-from .conftest import ROUTER4, ROUTER6
+from .conftest import ROUTER4, ROUTER6, run
 
 PASS = (pk.TC_ACT_OK, pk.TC_ACT_REDIRECT)
 HOST_MAC = "02:00:00:00:00:01"
@@ -532,6 +533,21 @@ def test_the_router_answers_echo_and_nothing_else(datapath, cast):
         assert sent(datapath, c, l3, ethertype) == (pk.TC_ACT_SHOT, "DROP_POLICY")
 
 
+def test_echo_replies_from_the_router_get_in_only_as_the_datapaths_answer(datapath, cast):
+    s = cast.server
+    program = datapath.programs.to_container
+    for l3, ethertype in (
+        (pk.ipv6(ROUTER6, s.ip6, pk.icmp(129), pk.ICMPV6), pk.ETH_P_IPV6),
+        (_ipv4(ROUTER4, s.ip4, pk.icmp(0), pk.ICMP), pk.ETH_P_IP),
+    ):
+        frame = pk.eth(s.spec.mac, HOST_MAC, ethertype) + l3
+        assert outcome(datapath, program, frame, s.ifindex)[1] == "DROP_POLICY"
+        before = _counters(datapath)
+        verdict, _ = loader.run_program(program, frame, s.ifindex, ingress_ifindex=s.ifindex)
+        assert verdict == pk.TC_ACT_OK
+        assert _counters(datapath)["TRACE_TO_CONTAINER"] == before["TRACE_TO_CONTAINER"] + 1
+
+
 @pytest.mark.parametrize("options", [b"", b"\x01\x00" + bytes(6), b"\x01\xff" + bytes(6), b"\x63"])
 def test_solicitations_with_bogus_options_get_a_well_formed_answer(datapath, cast, options):
     c = cast.client
@@ -649,6 +665,81 @@ def test_neighbour_discovery_carries_nothing_past_policy(datapath, make_containe
         assert listener.stdout.readline().strip() == "ready"
         attacker.exec(
             sys.executable, "-c", RAW_SEND, str(victim.spec.ipv6), str(attacker.spec.ipv6)
+        )
+        received = listener.communicate(timeout=10)[0].split("\n")
+    finally:
+        listener.kill()
+        listener.wait()
+    assert received == ["done", ""], received
+
+
+OUTSIDE6 = ipaddress.IPv6Network("fdce:1c98::/64")
+
+
+@pytest.fixture
+def outside():
+    """A namespace behind the host, standing for a peer outside the node: the host routes
+    its packets to the endpoints (fdce:1c98::/64 exists on its veth only)."""
+    name = f"dpx{os.getpid() & 0xFFFF:04x}"
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", name)
+        run("ip", "addr", "add", f"{OUTSIDE6[1]}/64", "dev", name, "nodad")
+        run("ip", "link", "set", name, "up")
+        for args in (
+            ("addr", "add", f"{OUTSIDE6[2]}/64", "dev", "eth0", "nodad"),
+            ("link", "set", "eth0", "up"),
+            ("-6", "route", "add", "default", "via", str(OUTSIDE6[1])),
+        ):
+            run("ip", "-n", name, *args)
+        yield name, netlink.link_mac(netlink.link_index(name))
+    finally:
+        run("ip", "link", "del", name, check=False)
+        run("ip", "netns", "del", name, check=False)
+
+
+RAW_ECHO_LISTEN = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.settimeout(float(sys.argv[1]))
+print("ready", flush=True)
+try:
+    while True:
+        data, peer = s.recvfrom(2048)
+        if data[0] == 129 and data.endswith(b"smuggled"):
+            print("got", peer[0], flush=True)
+except socket.timeout:
+    print("done", flush=True)
+"""
+
+
+def test_echo_replies_from_the_router_address_are_the_datapaths_own_only(
+    datapath, make_container, outside
+):
+    """The datapath answers a container's pings to its router itself, and those answers
+    skip policy. A peer outside the node that forges the router address as its source
+    must not get echo replies (with any payload) past the container's ingress policy."""
+    netns, host_mac = outside
+    victim = make_container()
+    datapath.set_endpoint_policy(victim.spec, True, False, set())
+    assert victim.ping(ROUTER6)  # the datapath's own answer still gets in
+    reply = pk.with_checksums(
+        pk.eth(host_mac, "02:00:00:00:98:02", pk.ETH_P_IPV6)
+        + pk.ipv6(ROUTER6, victim.spec.ipv6, pk.icmp(129) + b"smuggled", pk.ICMPV6)
+    )
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", victim.netns, sys.executable, "-c", RAW_ECHO_LISTEN, "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        subprocess.run(
+            ["ip", "netns", "exec", netns, sys.executable, "-c", SEND_RAW],
+            input=reply.hex(),
+            text=True,
+            check=True,
+            timeout=30,
         )
         received = listener.communicate(timeout=10)[0].split("\n")
     finally:

@@ -22,9 +22,12 @@ def server(datapath, new_spec):
     datapath.delete_endpoint(spec)
 
 
-def _to_container(datapath, spec, ifindex, l3: bytes, ethertype=pk.ETH_P_IPV6) -> int:
+def _to_container(
+    datapath, spec, ifindex, l3: bytes, ethertype=pk.ETH_P_IPV6, ingress_ifindex=0
+) -> int:
     frame = pk.eth(spec.mac, "02:00:00:00:00:01", ethertype) + l3
-    verdict, _ = loader.run_program(datapath.programs.to_container, frame, ifindex)
+    program = datapath.programs.to_container
+    verdict, _ = loader.run_program(program, frame, ifindex, ingress_ifindex)
     return verdict
 
 
@@ -129,8 +132,10 @@ def test_own_answers_reach_a_waiting_endpoint(datapath, waiting):
     echo4 = pk.ipv4(ROUTER4, spec.ipv4, pk.icmp(0), pk.ICMP)
     arp = bytes(28)
     assert _to_container(datapath, spec, ifindex, advert) == pk.TC_ACT_OK
-    assert _to_container(datapath, spec, ifindex, echo6) == pk.TC_ACT_OK
-    assert _to_container(datapath, spec, ifindex, echo4, pk.ETH_P_IP) == pk.TC_ACT_OK
+    # Echo answers are sent back out of the veth they came in on.
+    assert _to_container(datapath, spec, ifindex, echo6, ingress_ifindex=ifindex) == pk.TC_ACT_OK
+    echo4_verdict = _to_container(datapath, spec, ifindex, echo4, pk.ETH_P_IP, ifindex)
+    assert echo4_verdict == pk.TC_ACT_OK
     assert _to_container(datapath, spec, ifindex, arp, 0x0806) == pk.TC_ACT_OK
 
 

@@ -140,19 +140,10 @@ static __always_inline int lxc_egress(struct __sk_buff *skb, const struct endpoi
 	return DROP_UNKNOWN_L3;
 }
 
-/* An echo reply from the endpoint's router address: the datapath's own answer. */
-static __always_inline int lxc_is_router_reply(const struct endpoint_info *ep,
-					       const struct flow *f)
-{
-	if (f->icmp != FLOW_ICMP_ECHO_REPLY)
-		return 0;
-	if (f->family == ENDPOINT_KEY_IPV6)
-		return ipv6_addr_equals(&f->saddr, &ep->router6);
-	return ep->router4 && f->saddr.p[0] == ep->router4;
-}
-
-/* A packet this endpoint sent that came back to it (a hairpinned service flow): its
- * from-container hook already did conntrack and translation.
+/* A packet this endpoint sent that came back to it: the datapath's own answers (echo
+ * from the router address; the source alone proves nothing, anyone beyond the host can
+ * forge it) and hairpinned service flows, whose from-container hook already did
+ * conntrack and translation.
  */
 static __always_inline int lxc_is_loopback(const struct __sk_buff *skb)
 {
@@ -197,8 +188,7 @@ static __always_inline int lxc_ingress(struct __sk_buff *skb, const struct endpo
 		return DROP_UNKNOWN_L3;
 	if (ret < 0)
 		return ret;
-	if (ctx->flow.icmp != FLOW_ICMP_NDISC && !lxc_is_router_reply(ep, &ctx->flow) &&
-	    !lxc_is_loopback(skb)) {
+	if (ctx->flow.icmp != FLOW_ICMP_NDISC && !lxc_is_loopback(skb)) {
 		ret = lxc_identify_or_wait(ep, ctx);
 		if (ret < 0)
 			return ret;
