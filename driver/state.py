@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass, field
 
 from .errors import DriverError
@@ -17,9 +18,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 INIT_IDENTITY = 3
-# How long a write waits for another process's lock on the database: well below Docker's
-# 30 s plugin timeout, so Docker gets our error, not its own timeout.
+# How long a write waits for another process's lock on the database: well below the 30 s
+# Docker gives a managed plugin's call, so Docker gets our error, not its own timeout.
 BUSY_TIMEOUT_MS = 5000
+BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -142,6 +144,8 @@ class Store:
     def __init__(self, path: str):
         self.path = path
         self._db: sqlite3.Connection | None = None
+        # Until then, a write tries once without waiting: another one just waited in vain.
+        self._locked_until = 0.0
 
     def open(self) -> None:
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
@@ -181,7 +185,7 @@ class Store:
         """All writes inside commit together; an exception rolls every one of them back."""
         db = self._db
         try:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin()
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         try:
@@ -192,6 +196,23 @@ class Store:
             if isinstance(exc, sqlite3.Error):
                 raise self._error(exc) from exc
             raise
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE, waiting up to the busy timeout for another process's lock. Calls
+        queued behind one that waited in vain try once without waiting: else the n-th of
+        them would answer Docker only after n timeouts."""
+        hurry = time.monotonic() < self._locked_until
+        if hurry:
+            self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            if _primary_code(exc) in BUSY_CODES:
+                self._locked_until = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            raise
+        finally:
+            if hurry:
+                self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _rollback(self) -> None:
         # SQLite may have rolled back itself (a full disk does): a second ROLLBACK would
@@ -407,14 +428,18 @@ class Store:
         return [r["identity"] for r in rows]
 
 
+def _primary_code(exc: sqlite3.Error) -> int:
+    # Errors raised by the sqlite3 module itself (a closed connection) carry no SQLite code.
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+
+
 def _error_message(exc: sqlite3.Error, path: str) -> str:
     """What a Docker user reads when the state database refuses: the cause and what to do."""
-    # Errors raised by the sqlite3 module itself (a closed connection) carry no SQLite code.
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+    code = _primary_code(exc)
+    if code in BUSY_CODES:
         return (
-            f"state database {path} is locked by another process (waited "
-            f"{BUSY_TIMEOUT_MS / 1000:g} s); retry when it is released"
+            f"state database {path} is locked by another process (held for "
+            f"{BUSY_TIMEOUT_MS / 1000:g} s or more); retry when it is released"
         )
     if code == sqlite3.SQLITE_FULL:
         return f"no space left on device for state database {path}; free space and retry"
