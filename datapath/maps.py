@@ -39,6 +39,8 @@ BPF_F_NO_PREALLOC = 1
 
 # Capacities. Changing one makes start() refuse the old pinned map (see _check_layout).
 CIDR_MAP_SIZE = 16384  # prefixes per family
+BATCH_ENTRIES = 4096  # entries per batched map read
+BATCH_TOKEN_SIZE = 64  # the kernel's resume token: a bucket index for hash maps
 EVENTS_RING_BYTES = 1 << 20  # ring buffer of drop and trace events; a power of 2 pages
 LB_SLOT_MAP_SIZE = 65536  # backend slots of all services together
 LB_FLOW_MAP_SIZE = 65536  # flows' backend picks (LRU: the oldest go first when full)
@@ -282,6 +284,11 @@ def _address_from_key(key: EndpointKey) -> IPAddress:
     return _address(key.family, key.ip)
 
 
+def _raw_end(family: int, raw) -> tuple[int, bytes]:
+    """A flow end as the key holds it, comparable without decoding (IPv4: 4 bytes)."""
+    return family, bytes(raw) if family == ENDPOINT_KEY_IPV6 else bytes(raw)[:4]
+
+
 def _address(family: int, raw) -> IPAddress:
     if family == ENDPOINT_KEY_IPV6:
         return ipaddress.IPv6Address(bytes(raw))
@@ -476,6 +483,8 @@ def libbcc():
     lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
     lib.bpf_obj_get_info.restype = ct.c_int
     lib.bpf_obj_get_info.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+    lib.bpf_lookup_batch.restype = ct.c_int
+    lib.bpf_lookup_batch.argtypes = [ct.c_int] + [ct.c_void_p] * 4 + [ct.POINTER(ct.c_uint32)]
     return lib
 
 
@@ -586,6 +595,26 @@ class PinnedMap:
         if err == errno.ENOENT:
             return False
         raise DatapathError(f"cannot delete from BPF map {self.spec.name}: {os.strerror(err)}")
+
+    def items(self) -> Iterator[tuple]:
+        """Every (key, leaf) of a hash map, BATCH_ENTRIES per system call. Unlike a
+        get_next_key walk, which starts over when the key it stands on is deleted (an LRU
+        map evicts all the time), a batch walk goes bucket by bucket and ends."""
+        token, following = (ct.create_string_buffer(BATCH_TOKEN_SIZE) for _ in range(2))
+        start = None
+        while True:
+            keys = (self.spec.key * BATCH_ENTRIES)()
+            leaves = (self.spec.leaf * BATCH_ENTRIES)()
+            count = ct.c_uint32(BATCH_ENTRIES)
+            ret = self._lib.bpf_lookup_batch(self.fd, start, following, keys, leaves, count)
+            err = _errno(ret) if ret < 0 else 0
+            yield from zip(keys[: count.value], leaves[: count.value], strict=True)
+            if err == errno.ENOENT:
+                return
+            if err:
+                raise DatapathError(f"cannot read BPF map {self.spec.name}: {os.strerror(err)}")
+            ct.memmove(token, following, BATCH_TOKEN_SIZE)
+            start = token
 
     def keys(self) -> Iterator:
         key = self.spec.key()
@@ -764,13 +793,8 @@ class DatapathMaps:
 
     # conntrack
 
-    def _ct_items(self) -> list[tuple[CtKeyC, CtEntryC]]:
-        pinned, items = self._maps["conntrack"], []
-        for key in list(pinned.keys()):
-            leaf = pinned.lookup(key)
-            if leaf is not None:
-                items.append((key, leaf))
-        return items
+    def _ct_items(self) -> Iterator[tuple[CtKeyC, CtEntryC]]:
+        return self._maps["conntrack"].items()
 
     def ct_totals(self) -> dict[int, tuple[int, int, int]]:
         """Direction -> (flows, packets, bytes) summed over the conntrack entries, undecoded."""
@@ -788,15 +812,16 @@ class DatapathMaps:
 
     def delete_ct(self, endpoint_id: int, addresses: Iterable[IPAddress]) -> int:
         """Delete entries of endpoint_id's hooks and entries naming any of addresses."""
-        gone = {
-            (ENDPOINT_KEY_IPV6 if ip.version == 6 else ENDPOINT_KEY_IPV4, ip) for ip in addresses
-        }
-        deleted = 0
-        for key, _ in self._ct_items():
-            ends = {(key.family, _address(key.family, a)) for a in (key.saddr, key.daddr)}
-            if key.endpoint_id == endpoint_id or ends & gone:
-                deleted += self._maps["conntrack"].delete(key)
-        return deleted
+        # Compared as raw bytes: decoding every entry of a full table costs more than the walk.
+        gone = {_raw_end(key.family, key.ip) for key in map(_address_key, addresses)}
+        stale = [
+            key
+            for key, _ in self._ct_items()
+            if key.endpoint_id == endpoint_id
+            or _raw_end(key.family, key.saddr) in gone
+            or _raw_end(key.family, key.daddr) in gone
+        ]
+        return sum(self._maps["conntrack"].delete(key) for key in stale)
 
     # services: frontend -> (service id, slot count); (id, slot) -> backend; id -> frontend
 
