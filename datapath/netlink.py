@@ -11,6 +11,7 @@ import ipaddress
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,17 +26,20 @@ RT_TABLE_MAIN = 254
 RT_SCOPE_LINK = 253
 CLONE_NEWNET = 0x40000000
 _GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH)
-DUMP_ATTEMPTS = 10
+DUMP_ATTEMPTS = 40
+# Pauses between attempts grow to this: a burst of veth changes (a compose project starting)
+# interrupted ten dumps in a row, and the driver failed to start.
+DUMP_PAUSE_MAX = 0.1
 
 
 def _dump(request, *args, **kwargs) -> list:
     """A netlink dump, again if the kernel says links or routes changed while it ran
     (NLM_F_DUMP_INTR): busy hosts create and delete veths all the time."""
-    for _ in range(DUMP_ATTEMPTS):
+    for attempt in range(DUMP_ATTEMPTS):
         try:
             return list(request(*args, **kwargs))
         except NetlinkDumpInterrupted:
-            continue
+            time.sleep(min(0.001 * 2**attempt, DUMP_PAUSE_MAX))
     raise DatapathError("netlink dump kept being interrupted by changes")
 
 

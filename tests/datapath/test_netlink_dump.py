@@ -25,6 +25,12 @@ def test_an_interrupted_dump_is_repeated():
     assert len(calls) == 3 and calls[-1] == ((), {"family": 10})
 
 
+def test_a_burst_of_interruptions_is_waited_out():
+    request, calls = interrupted_then(20, ["link"])
+    assert _dump(request) == ["link"]
+    assert len(calls) == 21
+
+
 def test_a_dump_interrupted_every_time_is_a_clear_error():
     request, calls = interrupted_then(DUMP_ATTEMPTS, [])
     with pytest.raises(DatapathError, match="kept being interrupted"):
