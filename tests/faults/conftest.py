@@ -68,6 +68,7 @@ class Faultd:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.docker = FaultDocker()
+        self.live_restore = False
 
     def command(self, live_restore: bool) -> list[str]:
         config = os.path.join(FAULTD_ROOT, "daemon.json")
@@ -97,6 +98,7 @@ class Faultd:
         make_bridge()
         with open(os.path.join(FAULTD_ROOT, "daemon.json"), "w") as f:
             f.write("{}\n")
+        self.live_restore = live_restore
         started = time.monotonic()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

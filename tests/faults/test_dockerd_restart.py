@@ -16,6 +16,14 @@ UNKNOWN_ENDPOINT = "0123456789ab" * 4 + "0123456789abcdef"
 
 
 @pytest.fixture
+def plain_faultd(faultd):
+    """faultd without live restore: its stop stops the containers."""
+    if faultd.live_restore:
+        faultd.restart(live_restore=False)
+    return faultd
+
+
+@pytest.fixture
 def trio(request, docker, net, cilium):
     """web, client and other; only client may reach web, on port 80. Docker restarts web, and
     the other two unless the test asks for them to have no restart policy ("web-only")."""
@@ -78,8 +86,9 @@ def test_dockerd_restart(faultd, docker, driver_up, trio, live_restore):
 
 # dockerd waits ~15 s for the plugin of each container it restarts: one is enough here.
 @pytest.mark.parametrize("trio", ["web-only"], indirect=True)
-def test_driver_down_when_dockerd_starts(faultd, docker, driver_up, trio):
+def test_driver_down_when_dockerd_starts(plain_faultd, docker, driver_up, trio):
     """A boot in the wrong order: dockerd stopped, then the driver; dockerd starts first."""
+    faultd = plain_faultd
     faultd.stop()
     driver_up.stop()
     answered = faultd.start(timeout=60)
