@@ -70,11 +70,12 @@ def _counters(datapath) -> dict[str, int]:
     return {**datapath.drop_counts(), **datapath.trace_counts()}
 
 
-def outcome(datapath, program, frame: bytes, ifindex: int) -> tuple[int, str]:
-    """(verdict, the one drop reason or trace point the run counted). Fails unless the
-    program counted exactly one and the verdict agrees with it."""
+def outcome(datapath, program, frame: bytes, ifindex: int, via: int = 0) -> tuple[int, str]:
+    """(verdict, the one drop reason or trace point the run counted) of frame on ifindex,
+    having come in on via. Fails unless the program counted exactly one and the verdict
+    agrees with it."""
     before = _counters(datapath)
-    verdict, _ = loader.run_program(program, frame, ifindex)
+    verdict, _ = loader.run_program(program, frame, ifindex, via)
     after = _counters(datapath)
     moved = [name for name in after if after[name] != before[name]]
     assert len(moved) == 1, f"verdict {verdict} counted {moved}"
@@ -93,9 +94,23 @@ def sent(datapath, ep: Endpoint, l3: bytes, ethertype=pk.ETH_P_IPV6, src_mac=Non
 
 
 def received(datapath, ep: Endpoint, l3: bytes, ethertype=pk.ETH_P_IPV6):
-    """The outcome of a frame on its way into the container of ep."""
+    """The outcome of a frame on its way into the container of ep, having come out of the
+    veth of the local endpoint its source address names (as the real ones do)."""
     frame = pk.eth(ep.spec.mac, HOST_MAC, ethertype) + l3
-    return outcome(datapath, datapath.programs.to_container, frame, ep.ifindex)
+    return outcome(datapath, datapath.programs.to_container, frame, ep.ifindex, _via(datapath, l3))
+
+
+def _via(datapath, l3: bytes) -> int:
+    """The host ifindex of the local endpoint owning l3's source address, else 0."""
+    version = l3[0] >> 4 if l3 else 0
+    if version == 6 and len(l3) >= 24:
+        source = ipaddress.IPv6Address(l3[8:24])
+    elif version == 4 and len(l3) >= 16:
+        source = ipaddress.IPv4Address(l3[12:16])
+    else:
+        return 0
+    owner = datapath.address_map_entries().get(source)
+    return owner.ifindex if owner is not None else 0
 
 
 def ethertype_of(l3: bytes) -> int:
@@ -387,6 +402,22 @@ def test_a_server_cannot_open_flows_back_through_a_clients_flow(datapath, cast):
     for sport, dport in ((80, 40001), (81, 40000), (22, 22)):
         other = pk.ipv6(s.ip6, c.ip6, pk.tcp(sport, dport, pk.SYN), pk.TCP)
         assert sent(datapath, s, other) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+
+
+def test_a_local_endpoints_source_from_another_device_is_forged(datapath, cast):
+    c, s, o = cast.client, cast.server, cast.other
+    program = datapath.programs.to_container
+    for l3, ethertype in (
+        (pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP), pk.ETH_P_IPV6),
+        (_ipv4(c.ip4, s.ip4, pk.tcp(40000, 80), pk.TCP), pk.ETH_P_IP),
+    ):
+        frame = pk.eth(s.spec.mac, HOST_MAC, ethertype) + l3
+        for via in (0, 1, o.ifindex):  # the stack itself, loopback, another container
+            assert outcome(datapath, program, frame, s.ifindex, via) == (
+                pk.TC_ACT_SHOT,
+                "DROP_FORGED_SOURCE",
+            )
+        assert outcome(datapath, program, frame, s.ifindex, c.ifindex)[1] == "TRACE_TO_CONTAINER"
 
 
 def test_icmp_errors_get_in_only_for_a_tracked_flow(datapath, cast):
@@ -746,3 +777,59 @@ def test_echo_replies_from_the_router_address_are_the_datapaths_own_only(
         listener.kill()
         listener.wait()
     assert received == ["done", ""], received
+
+
+UDP_LISTEN = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("::", int(sys.argv[2])))
+s.settimeout(float(sys.argv[1]))
+print("ready", flush=True)
+try:
+    while True:
+        data, peer = s.recvfrom(2048)
+        print("got", peer[0], data.decode(), flush=True)
+except socket.timeout:
+    print("done", flush=True)
+"""
+
+
+def test_a_local_endpoints_address_from_elsewhere_is_no_identity(datapath, make_container, outside):
+    """Identity comes from the source address. A peer beyond the host (or a container on a
+    Docker bridge of the same host) that forges the address of a local endpoint must not
+    get that endpoint's access: only packets that came out of its veth carry it."""
+    netns, host_mac = outside
+    client, server = make_container(), make_container()
+    datapath.set_endpoint_policy(
+        server.spec, True, False, {PolicyKey(client.identity, 5353, pk.UDP, INGRESS)}
+    )
+    forged = pk.with_checksums(
+        pk.eth(host_mac, "02:00:00:00:98:02", pk.ETH_P_IPV6)
+        + pk.ipv6(client.spec.ipv6, server.spec.ipv6, pk.udp(40000, 5353, b"forged"), pk.UDP)
+    )
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", server.netns, sys.executable, "-c", UDP_LISTEN, "2", "5353"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        client.exec(
+            sys.executable,
+            "-c",
+            "import socket,sys; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)"
+            ".sendto(b'real', (sys.argv[1], 5353))",
+            str(server.spec.ipv6),
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", netns, sys.executable, "-c", SEND_RAW],
+            input=forged.hex(),
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        received = listener.communicate(timeout=10)[0].split("\n")
+    finally:
+        listener.kill()
+        listener.wait()
+    assert received == [f"got {client.spec.ipv6} real", "done", ""], received

@@ -108,9 +108,9 @@ def _udp(src, dst, sport, dport):
     return pk.ipv6(src, dst, pk.udp(sport, dport), pk.UDP)
 
 
-def _run(datapath, program, spec, ifindex, l3, outgoing):
+def _run(datapath, program, spec, ifindex, l3, outgoing, via=0):
     src, dst = (spec.mac, "02:00:00:00:00:01") if outgoing else ("02:00:00:00:00:01", spec.mac)
-    verdict, _ = loader.run_program(program, pk.eth(dst, src, pk.ETH_P_IPV6) + l3, ifindex)
+    verdict, _ = loader.run_program(program, pk.eth(dst, src, pk.ETH_P_IPV6) + l3, ifindex, via)
     return verdict
 
 
@@ -134,7 +134,16 @@ def test_the_reply_of_an_evicted_flow_is_a_new_flow_to_policy(datapath, make_con
         return _run(datapath, programs.from_container, client.spec, client.ifindex, l3, True)
 
     def answer():
-        return _run(datapath, programs.to_container, client.spec, client.ifindex, reply, False)
+        # As it comes: out of the server's veth.
+        return _run(
+            datapath,
+            programs.to_container,
+            client.spec,
+            client.ifindex,
+            reply,
+            False,
+            server.ifindex,
+        )
 
     assert send(request) == pk.TC_ACT_REDIRECT
     assert answer() == pk.TC_ACT_OK

@@ -150,6 +150,21 @@ static __always_inline int lxc_is_loopback(const struct __sk_buff *skb)
 	return skb->ingress_ifindex == skb->ifindex;
 }
 
+/* Identity comes from the source address, so a local endpoint's address counts only on
+ * packets that came out of that endpoint's veth (directly or through the stack); from
+ * anywhere else (beyond the host, a Docker bridge) it is forged. Returns 0 or a drop reason.
+ */
+static __always_inline int lxc_check_local_source(const struct __sk_buff *skb,
+						  const struct flow *f)
+{
+	struct endpoint_key key = { .ip = f->saddr, .family = f->family };
+	struct endpoint_addr *owner = endpoint_addr_lookup(&key);
+
+	if (owner && owner->ifindex != skb->ingress_ifindex)
+		return DROP_FORGED_SOURCE;
+	return 0;
+}
+
 static __always_inline int lxc_ingress6(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
 	struct ipv6hdr ip6;
@@ -189,6 +204,9 @@ static __always_inline int lxc_ingress(struct __sk_buff *skb, const struct endpo
 	if (ret < 0)
 		return ret;
 	if (ctx->flow.icmp != FLOW_ICMP_NDISC && !lxc_is_loopback(skb)) {
+		ret = lxc_check_local_source(skb, &ctx->flow);
+		if (ret < 0)
+			return ret;
 		ret = lxc_identify_or_wait(ep, ctx);
 		if (ret < 0)
 			return ret;
