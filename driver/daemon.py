@@ -169,18 +169,25 @@ class Daemon:
         """Once, with Docker's first full listing after start: drop the networks and pool
         addresses the state held at start that Docker does not have. A call killed after it
         committed is retried by Docker with an empty body, which fails, so Docker never learns
-        of what the first attempt made and never deletes or releases it."""
+        of what the first attempt made and never deletes or releases it.
+        Networks with endpoints and addresses of endpoints stay: some dockerd uses them,
+        even if the watcher reads another one."""
         with self.lock:
             if self._unconfirmed is None:
                 return
             networks, addresses = self._unconfirmed
             self._unconfirmed = None
-            for network_id in sorted(networks - docker_networks):
+            endpoints = self.store.endpoints()
+            in_use = {ep.network_id for ep in endpoints}
+            held = {ip for ep in endpoints for ip in (ep.ipv6, ep.ipv4) if ip}
+            for network_id in sorted(networks - docker_networks - in_use):
                 if self.store.get_network(network_id) is not None:
                     log.info("forgetting network %s, which Docker does not have", network_id)
                     self.delete_network(network_id)
             for address, owner in sorted(addresses.items()):
-                if address not in used_addresses and self.store.address_owner(address) == owner:
+                if address in used_addresses or address in held:
+                    continue
+                if self.store.address_owner(address) == owner:
                     log.info("releasing %s, which Docker does not use", address)
                     with self.store.transaction():
                         self.store.delete_address(address)
