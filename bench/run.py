@@ -461,6 +461,12 @@ class Bench:
                 self.stack.callback(self._delete_service, svc["id"])
                 client[fam] = str(vip)
             self.clients[f"vip-{k}"] = client
+            # crr's second reference: new connections spread over the same K servers
+            # directly, so what the VIP adds is apart from what K servers cost.
+            self.clients[f"rot-{k}"] = {
+                "ns": cli_ns,
+                **{f: ",".join(a[f] for a in addrs[:k]) for f in self.a.families},
+            }
         log(f"services: VIPs with {self.a.backends} backends of {len(names)}")
 
     @staticmethod
@@ -508,8 +514,14 @@ class Bench:
         return self.interleaved(RR_TESTS, variants, lambda v, f, t: self.tcpbench(v, f, t))
 
     def service(self) -> dict:
-        variants = ["direct"] + [f"vip-{k}" for k in self.a.backends]
-        return self.interleaved(SERVICE_TESTS, variants, lambda v, f, t: self.tcpbench(v, f, t))
+        def measure(v, f, t):
+            return self.tcpbench(v, f, t)
+
+        vips = [f"vip-{k}" for k in self.a.backends]
+        samples = self.interleaved(("stream", "rr"), ["direct", *vips], measure)
+        spread = [v for k in self.a.backends for v in (f"rot-{k}", f"vip-{k}")]
+        samples.update(self.interleaved(("crr",), ["direct", *spread], measure))
+        return {t: samples[t] for t in SERVICE_TESTS}
 
     def iperf(self, variant: str, fam: str) -> float:
         t = str(self.a.duration)
@@ -591,6 +603,8 @@ def label(variant: str, fam: str) -> str:
         return f"VIP, {variant[4:]} backends"
     if variant == "direct":
         return "direct to a backend"
+    if variant.startswith("rot-"):
+        return f"direct, {variant[4:]} backends in turn"
     return variant
 
 
@@ -707,7 +721,7 @@ def markdown(result: dict) -> str:
             "",
             f"## Service VIP: the pycilium client to a VIP with K backends (hash-picked per "
             f"connection) against the same client to one backend directly, "
-            f"{a['rr_duration']} s per run",
+            f"{a['rr_duration']} s per run; crr also directly to the K backends in turn",
         ]
         for t in SERVICE_TESTS:
             lines += ["", f"### {t}", "", *_table(svc["summary"][t], UNITS[t], "direct")]

@@ -5,6 +5,7 @@
  *   tcpbench server PORT                 serve one connection at a time, forever
  *   tcpbench rr     ADDR PORT SECONDS    1-byte request/response on one connection
  *   tcpbench crr    ADDR PORT SECONDS    connect, 1-byte request/response, close; repeat
+ *                                        (ADDR,ADDR,...: each connection to the next one)
  *   tcpbench stream ADDR PORT SECONDS    send as fast as possible on one connection
  *
  * A client prints one line: "<operations> <seconds> <rate>", where rate is transactions/s,
@@ -32,6 +33,7 @@
 #include <unistd.h>
 
 #define STREAM_CHUNK (128 * 1024)
+#define MAX_ADDRS 64
 
 static void die(const char *what)
 {
@@ -192,14 +194,14 @@ static int rr(const struct addrinfo *ai, double secs)
 	return 0;
 }
 
-static int crr(const struct addrinfo *ai, double secs)
+static int crr(struct addrinfo **ai, int count, double secs)
 {
 	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 	unsigned long long n = 0;
 	double t0 = now(), t = t0;
 
 	while (t - t0 < secs) {
-		int s = dial(ai);
+		int s = dial(ai[n % count]);
 		char b = 'r';
 
 		if (full_write(s, &b, 1) < 0 || full_read(s, &b, 1) < 0)
@@ -243,7 +245,9 @@ static int stream(const struct addrinfo *ai, double secs)
 
 int main(int argc, char **argv)
 {
-	struct addrinfo *ai;
+	struct addrinfo *ai[MAX_ADDRS];
+	char *addrs, *addr, *save = NULL;
+	int count = 0;
 	double secs;
 
 	signal(SIGPIPE, SIG_IGN);
@@ -253,14 +257,21 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: tcpbench server PORT | {rr|crr|stream} ADDR PORT SECONDS\n");
 		return 2;
 	}
-	ai = resolve(argv[2], argv[3]);
+	addrs = strdup(argv[2]);
+	for (addr = strtok_r(addrs, ",", &save); addr && count < MAX_ADDRS;
+	     addr = strtok_r(NULL, ",", &save))
+		ai[count++] = resolve(addr, argv[3]);
+	if (!count) {
+		fprintf(stderr, "tcpbench: no address\n");
+		return 2;
+	}
 	secs = atof(argv[4]);
 	if (!strcmp(argv[1], "rr"))
-		return rr(ai, secs);
+		return rr(ai[0], secs);
 	if (!strcmp(argv[1], "crr"))
-		return crr(ai, secs);
+		return crr(ai, count, secs);
 	if (!strcmp(argv[1], "stream"))
-		return stream(ai, secs);
+		return stream(ai[0], secs);
 	fprintf(stderr, "tcpbench: unknown mode %s\n", argv[1]);
 	return 2;
 }
