@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from datapath import EGRESS, INGRESS, EndpointSpec, PolicyKey, loader, netlink, reasons
+from datapath import EGRESS, HOST_ID, INGRESS, EndpointSpec, PolicyKey, loader, netlink, reasons
 
 from . import packets as pk
 from .conftest import ROUTER4, ROUTER6, run
@@ -833,3 +833,43 @@ def test_a_local_endpoints_address_from_elsewhere_is_no_identity(datapath, make_
         listener.kill()
         listener.wait()
     assert received == [f"got {client.spec.ipv6} real", "done", ""], received
+
+
+def test_the_hosts_address_from_beyond_the_host_is_no_host_identity(
+    datapath, make_container, outside
+):
+    """The host may always reach endpoints (a reserved ingress entry). A peer beyond the
+    host that forges one of the host's addresses as its source is not the host: it gets
+    the identity of the world, which this server does not admit."""
+    netns, host_mac = outside
+    server = make_container()
+    host = OUTSIDE6[1]  # one of the host's own addresses
+    datapath.set_cidr_identities({f"{host}/128": HOST_ID})
+    try:
+        datapath.set_endpoint_policy(server.spec, True, False, {PolicyKey(HOST_ID, 0, 0, INGRESS)})
+        forged = pk.with_checksums(
+            pk.eth(host_mac, "02:00:00:00:98:02", pk.ETH_P_IPV6)
+            + pk.ipv6(host, server.spec.ipv6, pk.udp(40000, 5353, b"forged"), pk.UDP)
+        )
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", server.netns, sys.executable, "-c", UDP_LISTEN, "2", "5353"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert listener.stdout.readline().strip() == "ready"
+            assert server.ping(host)  # the host itself (its answer) gets in
+            subprocess.run(
+                ["ip", "netns", "exec", netns, sys.executable, "-c", SEND_RAW],
+                input=forged.hex(),
+                text=True,
+                check=True,
+                timeout=30,
+            )
+            received = listener.communicate(timeout=10)[0].split("\n")
+        finally:
+            listener.kill()
+            listener.wait()
+    finally:
+        datapath.set_cidr_identities({})
+    assert received == ["done", ""], received

@@ -165,6 +165,17 @@ static __always_inline int lxc_check_local_source(const struct __sk_buff *skb,
 	return 0;
 }
 
+/* The host's identity (always admitted) belongs to packets the host itself sent, which
+ * came in on no device. One of its addresses on a packet it forwards is forged or
+ * masqueraded: the world's, for policy.
+ */
+static __always_inline void lxc_host_only_from_host(const struct __sk_buff *skb,
+						    struct pkt_ctx *ctx)
+{
+	if (ctx->src_identity == IDENTITY_HOST && skb->ingress_ifindex)
+		ctx->src_identity = IDENTITY_WORLD;
+}
+
 static __always_inline int lxc_ingress6(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
 	struct ipv6hdr ip6;
@@ -210,6 +221,7 @@ static __always_inline int lxc_ingress(struct __sk_buff *skb, const struct endpo
 		ret = lxc_identify_or_wait(ep, ctx);
 		if (ret < 0)
 			return ret;
+		lxc_host_only_from_host(skb, ctx);
 		ret = policy_check(skb, ep, ctx);
 		if (ret < 0)
 			return ret;
