@@ -150,6 +150,10 @@ def stop_stale_faultd() -> None:
     try:
         with open(f"{FAULTD_ROOT}/dockerd.pid") as f:
             pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            # A recycled pid is someone else's process.
+            if FAULTD_SOCKET.encode() not in f.read():
+                return
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError):
         return
