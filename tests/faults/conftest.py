@@ -191,6 +191,9 @@ def faultd(tmp_path_factory):
             daemon.docker.remove_all()
         daemon.stop()
         subprocess.run(["ip", "link", "del", FAULTD_BRIDGE], check=False)
+        # dockerd bind-mounts its data root onto itself, and leaves it so.
+        while os.path.ismount(FAULTD_DATA):
+            subprocess.run(["umount", FAULTD_DATA], check=True)
         shutil.rmtree(FAULTD_ROOT, ignore_errors=True)
         shutil.rmtree(FAULTD_DATA, ignore_errors=True)
 
