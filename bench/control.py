@@ -66,7 +66,9 @@ def run(*args: str, check: bool = True, timeout: float = 300) -> str:
 
 
 def quiet(*args: str) -> None:
-    subprocess.run(args, capture_output=True, check=False, timeout=300)
+    """Best effort (cleanup): a failure or a hang does not stop the rest of the cleanup."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(args, capture_output=True, check=False, timeout=300)
 
 
 class _UnixConnection(http.client.HTTPConnection):
