@@ -6,6 +6,7 @@ so two networks never get the same address. A user's --subnet is honoured as its
 Endpoint addresses are returned as /128 and /32: containers are routed, not bridged.
 """
 
+import contextlib
 import ipaddress
 import uuid
 
@@ -19,6 +20,23 @@ ADDRESS_TYPE_OPTION = "RequestAddressType"
 LOCAL_ADDRESS_SPACE = "CiliumLocal"
 GLOBAL_ADDRESS_SPACE = "CiliumGlobal"
 ANY4 = ipaddress.IPv4Network("0.0.0.0/0")
+
+
+@contextlib.contextmanager
+def unreachable_routes(datapath, cidrs):
+    """The unreachable routes of cidrs for the block inside, taken away again if the block
+    fails: a transaction that does not commit must leave no route of what it would have
+    owned. Enter it before the transaction, so that a failed commit is seen here."""
+    added = []
+    try:
+        for cidr in cidrs:
+            datapath.add_unreachable_route(cidr)
+            added.append(cidr)
+        yield
+    except BaseException:
+        for cidr in added:
+            datapath.remove_unreachable_route(cidr)
+        raise
 
 
 class Ipam:
@@ -50,9 +68,8 @@ class Ipam:
             gateway=None,
             shared=False,
         )
-        with self.store.transaction():
+        with unreachable_routes(self.datapath, [entry.cidr]), self.store.transaction():
             self.store.add_pool(entry)
-            self.datapath.add_unreachable_route(entry.cidr)
         return entry
 
     def check_free_range(self, cidr) -> None:
@@ -94,8 +111,9 @@ class Ipam:
             return
         with self.store.transaction():
             self.store.delete_pool(pool_id)
-            if not entry.shared:
-                self.datapath.remove_unreachable_route(entry.cidr)
+        # Only once the pool is gone for good: a failed commit keeps pool and route.
+        if not entry.shared:
+            self.datapath.remove_unreachable_route(entry.cidr)
 
     def request_address(self, pool_id: str, address: str, options: dict | None) -> str:
         entry = self._pool(pool_id)

@@ -5,7 +5,7 @@ import ipaddress
 from . import failpoints
 from .addressing import NodeAddressing
 from .errors import InvalidArgument
-from .ipam import GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, Ipam
+from .ipam import GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, Ipam, unreachable_routes
 from .state import Network, Store
 
 GENERIC_OPTIONS = "com.docker.network.generic"
@@ -40,10 +40,8 @@ class Networks:
             mtu=mtu,
             owned_routes=tuple(owned),
         )
-        with self.store.transaction():
+        with unreachable_routes(self.datapath, owned), self.store.transaction():
             self.store.add_network(net)
-            for cidr in owned:
-                self.datapath.add_unreachable_route(cidr)
             failpoints.hit("create_network.before_commit")
 
     def delete(self, network_id: str, delete_endpoint) -> None:
@@ -52,10 +50,11 @@ class Networks:
             return
         for ep in self.store.endpoints(network_id):
             delete_endpoint(ep.endpoint_id)
-        for cidr in net.owned_routes:
-            self.datapath.remove_unreachable_route(cidr)
         with self.store.transaction():
             self.store.delete_network(network_id)
+        # Only once the network is gone for good: a failed commit keeps network and routes.
+        for cidr in net.owned_routes:
+            self.datapath.remove_unreachable_route(cidr)
 
     def _mtu(self, generic: dict) -> int:
         unknown = sorted(set(generic) - set(MTU_OPTIONS))

@@ -211,11 +211,6 @@ def test_a_full_state_disk_is_a_clear_error_and_changes_nothing(docker, disk_dri
     ops.retry_and_undo()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ipam.request_pool adds the pool's unreachable route inside the transaction and "
-    "does not remove it when the commit fails (driver/ipam.py, not this helper's file)",
-)
 def test_a_full_state_disk_leaves_no_route_for_a_refused_subnet(disk_driver):
     before = own_routes()
     pool = {"AddressSpace": "CiliumLocal", "Pool": SUBNET6, "V6": True}
