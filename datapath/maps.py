@@ -826,12 +826,7 @@ class DatapathMaps:
     # services: frontend -> (service id, slot count); (id, slot) -> backend; id -> frontend
 
     def _items(self, name: str) -> list:
-        pinned, items = self._maps[name], []
-        for key in list(pinned.keys()):
-            leaf = pinned.lookup(key)
-            if leaf is not None:
-                items.append((key, leaf))
-        return items
+        return list(self._maps[name].items())
 
     def services(self) -> dict[Frontend, tuple[int, int]]:
         """Frontend -> (service id, backend slot count)."""
