@@ -3,6 +3,7 @@ a test instance of the driver started here, so tests can kill and restart it."""
 
 import json
 import os
+import signal
 import subprocess
 import uuid
 
@@ -18,10 +19,22 @@ LABEL = "pycilium.test"
 class Docker:
     """The docker CLI, as users type it. Everything created carries a label for clean-up."""
 
+    # Set once the main dockerd stopped answering: every later call fails at once instead of
+    # waiting out its own timeout, so a wedged engine costs a failed run, not hours.
+    wedged = ""
+
     def run(self, *args, check=True, timeout=120) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False
-        )
+        main_engine = args[:1] != ("-H",)
+        if main_engine and Docker.wedged:
+            raise AssertionError(Docker.wedged)
+        try:
+            result = subprocess.run(
+                [DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            if main_engine and not engine_answers():
+                Docker.wedged = wedged_engine(args)
+            raise
         if check and result.returncode != 0:
             raise AssertionError(
                 f"docker {' '.join(args)} failed ({result.returncode}):\n{result.stderr}"
@@ -64,6 +77,28 @@ class Docker:
         nets = self.out("network", "ls", "-q", "--filter", f"label={LABEL}").split()
         for net in nets:
             self.run("network", "rm", net, check=False)
+
+
+def engine_answers() -> bool:
+    try:
+        return subprocess.run([DOCKER, "info"], capture_output=True, timeout=30).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def wedged_engine(args) -> str:
+    """Ask dockerd for its goroutine stacks and say what happened."""
+    try:
+        with open("/var/run/docker.pid") as f:
+            os.kill(int(f.read()), signal.SIGUSR1)
+        stacks = "goroutine stacks: /var/run/docker/goroutine-stacks-*.log"
+    except (OSError, ValueError) as exc:
+        stacks = f"no goroutine stacks ({exc})"
+    return (
+        f"dockerd stopped answering during `docker {' '.join(args)}` and `docker info`; "
+        f"later docker calls fail at once ({stacks}). Docker 20.10 can deadlock in "
+        "libnetwork under heavy container churn (moby/moby#46661)."
+    )
 
 
 @pytest.fixture(scope="session")
