@@ -25,6 +25,7 @@ PACKAGES=(
     python3-venv python3-pip
     iproute2 iptables iputils-ping curl bpftool tcpdump
     make
+    systemd              # systemd-analyze: the suite verifies contrib/systemd/pycilium.service
 )
 
 # --- Debian packages ---------------------------------------------------------------------
