@@ -72,7 +72,8 @@ test: setup lint
 plugin: setup
 	@scripts/build-plugin.sh
 
-# Benchmarks against the driver that 'make run' started (bench/run.py --help; BENCH_ARGS=...).
+# Benchmarks against the driver that 'make run' started: the datapath (bench/run.py --help,
+# BENCH_ARGS=...) and the control plane (bench/control.py --help, BENCH_CONTROL_ARGS=...).
 # Writes bench/results/<UTC date>.{json,md} and docs/benchmarks/*.png.
 bench:
 	@scripts/driver.sh status >/dev/null 2>&1 || { echo "the cilium driver is not running: 'make run' first" >&2; exit 1; }
@@ -81,6 +82,7 @@ bench:
 	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/python -m pip install -q 'matplotlib>=3.6'
 	@DOCKER=$(DOCKER) bench/build-image.sh
 	DOCKER=$(DOCKER) $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+	DOCKER=$(DOCKER) $(VENV)/bin/python bench/control.py $(BENCH_CONTROL_ARGS)
 
 clean:
 	@if scripts/driver.sh status >/dev/null 2>&1; then \
