@@ -48,6 +48,12 @@ class Docker:
         self.run("network", "create", "--label", LABEL, *args, name)
         return name
 
+    def cilium_network(self, driver_name, *args, prefix="n-"):
+        """A new network in the IPAM form (`-d X --ipam-driver X --ipv6`) of driver_name."""
+        name = prefix + uuid.uuid4().hex[:8]
+        ipam_form = ("-d", driver_name, "--ipam-driver", driver_name, "--ipv6")
+        return self.network_create(name, *ipam_form, *args)
+
     def container(self, network, *args, name=None, command=("sleep", "1d")):
         name = name or "t-" + uuid.uuid4().hex[:8]
         self.run(
@@ -131,9 +137,7 @@ def driver(docker, tmp_path_factory):
 @pytest.fixture
 def net(docker, driver):
     """A fresh IPAM-form IPv6 network, removed with its containers after the test."""
-    name = docker.network_create(
-        "n-" + uuid.uuid4().hex[:8], "-d", driver.name, "--ipam-driver", driver.name, "--ipv6"
-    )
+    name = docker.cilium_network(driver.name)
     yield name
     docker.remove_network(name)
 
@@ -141,20 +145,7 @@ def net(docker, driver):
 @pytest.fixture
 def cilium(driver):
     """The `cilium` command line against the test driver."""
-    binary = driver.cli_path()
-
-    def run(*args, stdin=None, check=True):
-        result = subprocess.run(
-            [binary, "--socket", driver.settings["api_socket"], *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"cilium {' '.join(args)}: {result.stdout}{result.stderr}")
-        return result
-
+    run = driver.cli
     yield run
     run("policy", "delete", "--all", check=False)
     run("policy", "mode", "default", check=False)

@@ -93,6 +93,19 @@ class DriverProcess:
         with open(self.log_path, errors="replace") as f:
             return "".join(f.readlines()[-lines:])
 
+    def cli(self, *args, stdin=None, check=True) -> subprocess.CompletedProcess:
+        """The `cilium` command line against this instance."""
+        result = subprocess.run(
+            [self.cli_path(), "--socket", self.settings["api_socket"], *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"cilium {' '.join(args)}: {result.stdout}{result.stderr}")
+        return result
+
     def api(self, path: str):
         return http_get(self.settings["api_socket"], path)
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -203,9 +202,7 @@ def test_managed_plugin(plugin_docker):
     assert result.returncode == 0, f"docker plugin enable: {result.stderr}"
 
     # The foundation's scenario, with the full NAME:TAG.
-    net = docker.network_create(
-        "pn-" + uuid.uuid4().hex[:8], "-d", PLUGIN, "--ipam-driver", PLUGIN, "--ipv6"
-    )
+    net = docker.cilium_network(PLUGIN, prefix="pn-")
     a = docker.container(net)
     b = docker.container(net)
     a6, a4 = docker.addresses(a, net)

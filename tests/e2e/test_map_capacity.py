@@ -8,8 +8,6 @@ session's test instance), so the maps can be filled without touching other tests
 import json
 import os
 import shutil
-import subprocess
-import uuid
 
 import pytest
 
@@ -63,26 +61,12 @@ def driver(docker, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cilium(driver):
-    def run(*args, stdin=None, check=True):
-        result = subprocess.run(
-            [driver.cli_path(), "--socket", SETTINGS["api_socket"], *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"cilium {' '.join(args)}: {result.stdout}{result.stderr}")
-        return result
-
-    return run
+    return driver.cli
 
 
 @pytest.fixture(scope="module")
 def trio(docker, driver):
-    net = docker.network_create(
-        "m-" + uuid.uuid4().hex[:8], "-d", driver.name, "--ipam-driver", driver.name, "--ipv6"
-    )
+    net = docker.cilium_network(driver.name, prefix="m-")
     web = docker.container(net, "--label", "app=web", command=SERVE_HTTP)
     client = docker.container(net, "--label", "app=client")
     other = docker.container(net, "--label", "app=other")

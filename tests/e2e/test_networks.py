@@ -75,17 +75,8 @@ def test_plain_network_gets_ipv6_from_the_driver(docker, driver):
 
 
 def test_user_subnets_static_addresses_and_mac(docker, driver):
-    net = docker.network_create(
-        "s-" + uuid.uuid4().hex[:8],
-        "-d",
-        driver.name,
-        "--ipam-driver",
-        driver.name,
-        "--ipv6",
-        "--subnet",
-        "fdce:77::/64",
-        "--subnet",
-        "10.77.0.0/24",
+    net = docker.cilium_network(
+        driver.name, "--subnet", "fdce:77::/64", "--subnet", "10.77.0.0/24", prefix="s-"
     )
     try:
         a = docker.container(
@@ -117,17 +108,8 @@ def test_user_subnets_static_addresses_and_mac(docker, driver):
 
 @pytest.fixture
 def subnet_net(docker, driver):
-    name = docker.network_create(
-        "s-" + uuid.uuid4().hex[:8],
-        "-d",
-        driver.name,
-        "--ipam-driver",
-        driver.name,
-        "--ipv6",
-        "--subnet",
-        "fdce:78::/64",
-        "--subnet",
-        "10.78.0.0/24",
+    name = docker.cilium_network(
+        driver.name, "--subnet", "fdce:78::/64", "--subnet", "10.78.0.0/24", prefix="s-"
     )
     yield name
     docker.remove_network(name)
@@ -173,9 +155,7 @@ def test_bad_static_addresses_are_clear_errors_and_leave_nothing(docker, driver,
 
 
 def test_connect_and_disconnect_a_running_container(docker, driver, net):
-    other = docker.network_create(
-        "c-" + uuid.uuid4().hex[:8], "-d", driver.name, "--ipam-driver", driver.name, "--ipv6"
-    )
+    other = docker.cilium_network(driver.name, prefix="c-")
     try:
         a = docker.container(net)
         docker.run("network", "connect", other, a)

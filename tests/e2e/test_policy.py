@@ -4,7 +4,6 @@ import json
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -54,9 +53,7 @@ def test_no_policy_everyone_on_a_network_reaches_everyone(docker, driver, trio):
 
 
 def test_networks_are_isolated_by_default(docker, driver, trio):
-    elsewhere = docker.network_create(
-        "i-" + uuid.uuid4().hex[:8], "-d", driver.name, "--ipam-driver", driver.name, "--ipv6"
-    )
+    elsewhere = docker.cilium_network(driver.name, prefix="i-")
     try:
         stranger = docker.container(elsewhere, "--label", "app=client")
         assert not ping(docker, stranger, trio["web6"])

@@ -60,14 +60,7 @@ def disk_driver(docker, tmp_path_factory):
 
 @pytest.fixture
 def network(docker, disk_driver):
-    name = docker.network_create(
-        "d-" + uuid.uuid4().hex[:8],
-        "-d",
-        disk_driver.name,
-        "--ipam-driver",
-        disk_driver.name,
-        "--ipv6",
-    )
+    name = docker.cilium_network(disk_driver.name, prefix="d-")
     yield name
     docker.remove_network(name)
 

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 
 import pytest
 
@@ -230,14 +229,7 @@ def driver_up(driver):
 @pytest.fixture
 def net(docker, driver_up):
     """An IPAM-form IPv6 network of the fault driver, removed with its containers."""
-    name = docker.network_create(
-        "f-" + uuid.uuid4().hex[:8],
-        "-d",
-        driver_up.name,
-        "--ipam-driver",
-        driver_up.name,
-        "--ipv6",
-    )
+    name = docker.cilium_network(driver_up.name, prefix="f-")
     yield name
     docker.remove_network(name)
 
@@ -245,19 +237,7 @@ def net(docker, driver_up):
 @pytest.fixture
 def cilium(driver):
     """The `cilium` command line against the fault driver."""
-
-    def run(*args, stdin=None, check=True):
-        result = subprocess.run(
-            [driver.cli_path(), "--socket", driver.settings["api_socket"], *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"cilium {' '.join(args)}: {result.stdout}{result.stderr}")
-        return result
-
+    run = driver.cli
     yield run
     if driver.proc.poll() is None:
         run("policy", "delete", "--all", check=False)
