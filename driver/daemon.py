@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .addressing import NodeAddressing, node_id_from_machine_id
 from .config import Config
@@ -24,6 +25,15 @@ from .state import Store
 from .watcher import DockerWatcher
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeldAtStart:
+    """What the state held when the driver started (see Daemon.forget_what_docker_lost)."""
+
+    networks: set[str]
+    addresses: dict[str, str]  # address -> owner ("pool:<pool id>")
+    subnet_pools: dict[str, str]  # pool id -> CIDR, pools of a user's --subnet
 
 
 class Daemon:
@@ -43,7 +53,7 @@ class Daemon:
         self.monitor: Monitor | None = None
         self._closers: list[Callable[[], None]] = []
         # What the state held at start, until Docker's first full listing confirms it.
-        self._unconfirmed: tuple[set[str], dict[str, str]] | None = None
+        self._unconfirmed: HeldAtStart | None = None
 
     def start(self) -> None:
         with self.lock:
@@ -73,13 +83,14 @@ class Daemon:
             self.ports.restore()
             self.security.refresh()
             self.services.sync()
-            self._unconfirmed = (
-                {net.network_id for net in self.store.networks()},
-                {
+            self._unconfirmed = HeldAtStart(
+                networks={net.network_id for net in self.store.networks()},
+                addresses={
                     a["address"]: a["owner"]
                     for a in self.store.addresses()
                     if a["owner"].startswith("pool:")
                 },
+                subnet_pools={p.pool_id: p.cidr for p in self.store.pools() if not p.shared},
             )
         log.info(
             "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
@@ -165,32 +176,43 @@ class Daemon:
             self.services.sync()
         log.info("endpoint %d is container %s, identity %d", ep.numeric_id, name, identity)
 
-    def forget_what_docker_lost(self, docker_networks: set[str], used_addresses: set[str]) -> None:
-        """Once, with Docker's first full listing after start: drop the networks and pool
-        addresses the state held at start that Docker does not have. A call killed after it
-        committed is retried by Docker with an empty body, which fails, so Docker never learns
-        of what the first attempt made and never deletes or releases it.
+    def forget_what_docker_lost(
+        self, docker_networks: set[str], used_addresses: set[str], docker_subnets: set[str]
+    ) -> None:
+        """Once, with Docker's first full listing after start: drop the networks, pool
+        addresses and subnet pools the state held at start that Docker does not have. A call
+        killed after it committed is retried by Docker with an empty body, which fails, so
+        Docker never learns of what the first attempt made and never deletes or releases it
+        (a leaked subnet pool would refuse every later network with that subnet).
         Networks with endpoints and addresses of endpoints stay: some dockerd uses them,
         even if the watcher reads another one."""
         with self.lock:
             if self._unconfirmed is None:
                 return
-            networks, addresses = self._unconfirmed
-            self._unconfirmed = None
+            held_at_start, self._unconfirmed = self._unconfirmed, None
             endpoints = self.store.endpoints()
             in_use = {ep.network_id for ep in endpoints}
             held = {ip for ep in endpoints for ip in (ep.ipv6, ep.ipv4) if ip}
-            for network_id in sorted(networks - docker_networks - in_use):
+            for network_id in sorted(held_at_start.networks - docker_networks - in_use):
                 if self.store.get_network(network_id) is not None:
                     log.info("forgetting network %s, which Docker does not have", network_id)
                     self.delete_network(network_id)
-            for address, owner in sorted(addresses.items()):
+            for address, owner in sorted(held_at_start.addresses.items()):
                 if address in used_addresses or address in held:
                     continue
                 if self.store.address_owner(address) == owner:
                     log.info("releasing %s, which Docker does not use", address)
                     with self.store.transaction():
                         self.store.delete_address(address)
+            for pool_id, cidr in sorted(held_at_start.subnet_pools.items()):
+                if cidr in docker_subnets or self._pool_holds_any(pool_id, held):
+                    continue
+                log.info("releasing pool %s, which no Docker network uses", cidr)
+                self.ipam.release_pool(pool_id)
+
+    def _pool_holds_any(self, pool_id: str, addresses: set[str]) -> bool:
+        owner = "pool:" + pool_id
+        return any(self.store.address_owner(ip) == owner for ip in addresses)
 
     def _node_id(self) -> int:
         with self.store.transaction():

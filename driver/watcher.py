@@ -7,6 +7,7 @@ watcher looks the endpoint up with a network inspect (which, unlike a container 
 does not wait for the container's start) and hands it to the control plane.
 """
 
+import ipaddress
 import logging
 import threading
 
@@ -70,10 +71,13 @@ class DockerWatcher:
         """Match every endpoint of our networks to its container from a full listing; then
         let the daemon drop what Docker does not have."""
         ours = self.daemon.config.plugin_name
-        docker_networks, used_addresses = set(), set()
+        docker_networks, used_addresses, docker_subnets = set(), set(), set()
         for listed in client.networks():
             docker_networks.add(listed["Id"])
-            if ours not in (listed.get("Driver"), (listed.get("IPAM") or {}).get("Driver")):
+            ipam = listed.get("IPAM") or {}
+            if ipam.get("Driver") == ours:
+                docker_subnets |= _subnets(ipam)
+            if ours not in (listed.get("Driver"), ipam.get("Driver")):
                 continue
             try:
                 network = client.inspect_network(listed["Id"])
@@ -84,7 +88,7 @@ class DockerWatcher:
                 continue
             for container_id, info in (network.get("Containers") or {}).items():
                 self._assign(client, network, container_id, info.get("EndpointID"))
-        self.daemon.forget_what_docker_lost(docker_networks, used_addresses)
+        self.daemon.forget_what_docker_lost(docker_networks, used_addresses, docker_subnets)
 
     def _dispatch(self, client, event: dict) -> None:
         actor = event.get("Actor") or {}
@@ -123,6 +127,17 @@ class DockerWatcher:
         labels = (data.get("Config") or {}).get("Labels") or {}
         self._labels[container_id] = (name, labels)
         return name, labels
+
+
+def _subnets(ipam: dict) -> set[str]:
+    """The subnets of a network's IPAM configuration, written as the driver's pools are."""
+    subnets = set()
+    for config in ipam.get("Config") or []:
+        try:
+            subnets.add(str(ipaddress.ip_network(config.get("Subnet", ""), strict=False)))
+        except ValueError:
+            continue
+    return subnets
 
 
 def _addresses_in_use(network: dict) -> set[str]:
