@@ -63,9 +63,11 @@ demo-down:
 docs:
 	$(VENV)/bin/python -m driver.docs README.md
 
-# The suite starts its own driver instance; this target does not start one.
+# The suite starts its own driver instance; this target does not start one. It also writes
+# docs/reliability.md from the run (the fault, fuzzing and hostile-packet tests and results).
 test: setup lint
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests $(PYTEST_ARGS)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests \
+		--reliability-report docs/reliability.md $(PYTEST_ARGS)
 
 # The driver as a Docker managed (v2) plugin, built without a registry (README: Managed plugin).
 # PLUGIN=NAME:TAG (default pycilium:latest), PLUGIN_ENABLE=0, PLUGIN_SETTINGS="KEY=VALUE ...".
