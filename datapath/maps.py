@@ -318,10 +318,6 @@ class CtEntry:
         return bool(self.flags & CT_F_TX_CLOSING)
 
     @property
-    def rx_closing(self) -> bool:
-        return bool(self.flags & CT_F_RX_CLOSING)
-
-    @property
     def established(self) -> bool:
         return bool(self.flags & CT_F_SEEN_REPLY)
 
@@ -901,11 +897,3 @@ class DatapathMaps:
         config = pinned.lookup(slot) or ConfigC()
         config.flags = config.flags | flag if enabled else config.flags & ~flag
         pinned.update(slot, config)
-
-    def config_flags(self) -> int:
-        config = self._maps["config"].lookup(ct.c_uint32(0))
-        return 0 if config is None else config.flags
-
-    @property
-    def events_path(self) -> Path:
-        return self._maps["events"].path

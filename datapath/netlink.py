@@ -140,13 +140,6 @@ def delete_link(ifname: str) -> bool:
     return True
 
 
-def host_addresses() -> list[str]:
-    """Every address on the host namespace's links, both families, link-local included."""
-    with IPRoute() as ipr:
-        found = {msg.get_attr("IFA_ADDRESS") for msg in _dump(ipr.get_addr)}
-    return sorted(addr for addr in found if addr)
-
-
 # routes
 
 
