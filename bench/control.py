@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import ctypes
 import datetime as dt
-import http.client
 import json
 import os
 import platform
@@ -38,9 +37,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import CILIUM_SOCK, api, quiet
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
-CILIUM_SOCK = "/var/run/cilium/cilium.sock"
 PIDFILE = "/run/pycilium/cilium-docker.pid"
 PIN_DIR = Path("/sys/fs/bpf/pycilium")
 NETWORK = "pcb-ctl"
@@ -63,37 +63,6 @@ def run(*args: str, check: bool = True, timeout: float = 300) -> str:
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)[:200]} failed ({proc.returncode}): {proc.stderr}")
     return proc.stdout
-
-
-def quiet(*args: str) -> None:
-    """Best effort (cleanup): a failure or a hang does not stop the rest of the cleanup."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(args, capture_output=True, check=False, timeout=300)
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
-def api(method: str, path: str, body: dict | None = None, timeout: float = 600) -> bytes:
-    conn = _UnixConnection(CILIUM_SOCK, timeout)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        payload = resp.read()
-        if resp.status >= 400:
-            raise RuntimeError(f"{method} {path}: HTTP {resp.status}: {payload[:300]!r}")
-        return payload
-    finally:
-        conn.close()
 
 
 def import_rules(rules: list[dict]) -> float:

@@ -22,22 +22,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import http.client
 import ipaddress
 import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from common import CILIUM_SOCK, api, quiet
+
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
-CILIUM_SOCK = "/var/run/cilium/cilium.sock"
 NETWORK_CIL = "pcb-bench-cil"
 NETWORK_BR = "pcb-bench-br"
 POLICY_NAME = "bench"
@@ -75,37 +74,7 @@ def build_tcpbench(outdir: Path) -> Path:
     return exe
 
 
-def quiet(*args: str) -> None:
-    """Best effort (cleanup): ignore failures."""
-    subprocess.run(args, capture_output=True, check=False, timeout=120)
-
-
 # --- the driver's management socket --------------------------------------------------------
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
-def api(method: str, path: str, body: dict | None = None, timeout: float = 600) -> bytes:
-    conn = _UnixConnection(CILIUM_SOCK, timeout)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        payload = resp.read()
-        if resp.status >= 400:
-            raise RuntimeError(f"{method} {path}: HTTP {resp.status}: {payload[:300]!r}")
-        return payload
-    finally:
-        conn.close()
 
 
 def metric(prefix: str) -> float:
