@@ -69,41 +69,18 @@ class Background:
         return self._result
 
 
-def create_network(docker, driver, _net, _witness):
+def create_network(docker, driver, _net, _witness, *options):
     name = "f-" + uuid.uuid4().hex[:8]
+    ipam_form = ("-d", driver.name, "--ipam-driver", driver.name, "--ipv6")
     docker.run(
-        "network",
-        "create",
-        "--label",
-        "pycilium.test",
-        "-d",
-        driver.name,
-        "--ipam-driver",
-        driver.name,
-        "--ipv6",
-        name,
-        check=False,
+        "network", "create", "--label", "pycilium.test", *ipam_form, *options, name, check=False
     )
     return name
 
 
-def create_subnet_network(docker, driver, _net, _witness):
-    name = "f-" + uuid.uuid4().hex[:8]
-    docker.run(
-        "network",
-        "create",
-        "--label",
-        "pycilium.test",
-        "-d",
-        driver.name,
-        "--ipam-driver",
-        driver.name,
-        "--ipv6",
-        *(arg for subnet in SUBNETS for arg in ("--subnet", subnet)),
-        name,
-        check=False,
-    )
-    return name
+def create_subnet_network(docker, driver, net, witness):
+    subnets = (arg for subnet in SUBNETS for arg in ("--subnet", subnet))
+    return create_network(docker, driver, net, witness, *subnets)
 
 
 def run_container(docker, _driver, net, _witness):
