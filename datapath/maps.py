@@ -14,6 +14,7 @@ import errno
 import ipaddress
 import itertools
 import os
+import struct
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -284,9 +285,40 @@ def _address_from_key(key: EndpointKey) -> IPAddress:
     return _address(key.family, key.ip)
 
 
-def _raw_end(family: int, raw) -> tuple[int, bytes]:
-    """A flow end as the key holds it, comparable without decoding (IPv4: 4 bytes)."""
-    return family, bytes(raw) if family == ENDPOINT_KEY_IPV6 else bytes(raw)[:4]
+CT_KEY_SIZE = ct.sizeof(CtKeyC)
+# The one field a packed walk reads of every record: the 16-bit id and nothing else.
+_CT_KEY_ENDPOINT_ID = struct.Struct(
+    f"<{CtKeyC.endpoint_id.offset}xH{CT_KEY_SIZE - CtKeyC.endpoint_id.offset - 2}x"
+)
+_LB_FLOW_SERVICE_ID = struct.Struct(
+    f"<{LbFlowC.service_id.offset}xH{ct.sizeof(LbFlowC) - LbFlowC.service_id.offset - 2}x"
+)
+
+
+def _record(packed: bytes, size: int, index: int) -> bytes:
+    return packed[index * size : (index + 1) * size]
+
+
+def _packed_matches(
+    keys: bytes, id_field: struct.Struct, endpoint_id: int | None, ends: Iterable = ()
+) -> bytes:
+    """The conntrack keys (struct ct_key, packed) of endpoint_id's hooks or with a source or
+    destination in ends ((family, 16 raw address bytes) pairs), packed the same way."""
+    size = CT_KEY_SIZE
+    found = set()
+    if endpoint_id is not None:
+        ids = id_field.iter_unpack(keys)
+        found.update(i for i, (owner,) in enumerate(ids) if owner == endpoint_id)
+    family_at = CtKeyC.family.offset
+    for family, raw in ends:
+        at = keys.find(raw)
+        while at >= 0:
+            index, offset = divmod(at, size)
+            field = offset in (CtKeyC.saddr.offset, CtKeyC.daddr.offset)
+            if field and keys[index * size + family_at] == family:
+                found.add(index)
+            at = keys.find(raw, at + 1)
+    return b"".join(_record(keys, size, i) for i in sorted(found))
 
 
 def _address(family: int, raw) -> IPAddress:
@@ -481,6 +513,8 @@ def libbcc():
     lib.bpf_obj_get_info.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
     lib.bpf_lookup_batch.restype = ct.c_int
     lib.bpf_lookup_batch.argtypes = [ct.c_int] + [ct.c_void_p] * 4 + [ct.POINTER(ct.c_uint32)]
+    lib.bpf_delete_batch.restype = ct.c_int
+    lib.bpf_delete_batch.argtypes = [ct.c_int, ct.c_char_p, ct.POINTER(ct.c_uint32)]
     return lib
 
 
@@ -593,24 +627,60 @@ class PinnedMap:
         raise DatapathError(f"cannot delete from BPF map {self.spec.name}: {os.strerror(err)}")
 
     def items(self) -> Iterator[tuple]:
-        """Every (key, leaf) of a hash map, BATCH_ENTRIES per system call. Unlike a
-        get_next_key walk, which starts over when the key it stands on is deleted (an LRU
-        map evicts all the time), a batch walk goes bucket by bucket and ends."""
+        """Every (key, leaf) of a hash map; see _batches()."""
+        for keys, leaves, count in self._batches(reuse=False):
+            yield from zip(keys[:count], leaves[:count], strict=True)
+
+    def packed_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """The entries of a hash map as (keys, leaves) byte strings, count entries back to
+        back in each, one pair per batch: for walks that match bytes instead of decoding."""
+        for keys, leaves, count in self._batches(reuse=True):
+            yield (
+                ct.string_at(keys, count * self.spec.key_size),
+                ct.string_at(leaves, count * self.spec.leaf_size),
+            )
+
+    def _batches(self, reuse: bool) -> Iterator[tuple]:
+        """(keys, leaves, count) arrays, BATCH_ENTRIES per system call; with reuse, the same
+        two arrays every time. Unlike a get_next_key walk, which starts over when the key it
+        stands on is deleted (an LRU map evicts all the time), a batch walk goes bucket by
+        bucket and ends."""
         token, following = (ct.create_string_buffer(BATCH_TOKEN_SIZE) for _ in range(2))
-        start = None
+        start, keys, leaves = None, None, None
         while True:
-            keys = (self.spec.key * BATCH_ENTRIES)()
-            leaves = (self.spec.leaf * BATCH_ENTRIES)()
+            if keys is None or not reuse:
+                keys = (self.spec.key * BATCH_ENTRIES)()
+                leaves = (self.spec.leaf * BATCH_ENTRIES)()
             count = ct.c_uint32(BATCH_ENTRIES)
             ret = self._lib.bpf_lookup_batch(self.fd, start, following, keys, leaves, count)
             err = _errno(ret) if ret < 0 else 0
-            yield from zip(keys[: count.value], leaves[: count.value], strict=True)
+            yield keys, leaves, count.value
             if err == errno.ENOENT:
                 return
             if err:
                 raise DatapathError(f"cannot read BPF map {self.spec.name}: {os.strerror(err)}")
             ct.memmove(token, following, BATCH_TOKEN_SIZE)
             start = token
+
+    def delete_packed(self, keys: bytes) -> int:
+        """Delete the keys packed back to back in keys, in as few system calls as the kernel
+        allows; keys already gone (an LRU map evicts) are skipped. Returns how many went."""
+        size, deleted, offset = self.spec.key_size, 0, 0
+        total = len(keys) // size
+        while offset < total:
+            count = ct.c_uint32(total - offset)
+            rest = keys[offset * size :]
+            ret = self._lib.bpf_delete_batch(self.fd, rest, ct.byref(count))
+            deleted += count.value
+            offset += count.value
+            if ret < 0:
+                err = _errno(ret)
+                if err != errno.ENOENT:
+                    raise DatapathError(
+                        f"cannot delete from BPF map {self.spec.name}: {os.strerror(err)}"
+                    )
+                offset += 1
+        return deleted
 
     def keys(self) -> Iterator:
         key = self.spec.key()
@@ -808,16 +878,15 @@ class DatapathMaps:
 
     def delete_ct(self, endpoint_id: int, addresses: Iterable[IPAddress]) -> int:
         """Delete entries of endpoint_id's hooks and entries naming any of addresses."""
-        # Compared as raw bytes: decoding every entry of a full table costs more than the walk.
-        gone = {_raw_end(key.family, key.ip) for key in map(_address_key, addresses)}
+        # Matched as bytes in whole batches: decoding every entry of a full table from Python
+        # costs seconds, and so does one system call per deleted entry.
+        ends = [(key.family, bytes(key.ip)) for key in map(_address_key, addresses)]
+        conntrack = self._maps["conntrack"]
         stale = [
-            key
-            for key, _ in self._ct_items()
-            if key.endpoint_id == endpoint_id
-            or _raw_end(key.family, key.saddr) in gone
-            or _raw_end(key.family, key.daddr) in gone
+            _packed_matches(keys, _CT_KEY_ENDPOINT_ID, endpoint_id, ends)
+            for keys, _ in conntrack.packed_items()
         ]
-        return sum(self._maps["conntrack"].delete(key) for key in stale)
+        return conntrack.delete_packed(b"".join(stale))
 
     # services: frontend -> (service id, slot count); (id, slot) -> backend; id -> frontend
 
@@ -884,11 +953,14 @@ class DatapathMaps:
 
     def delete_lb_flows(self, endpoint_id: int | None = None, service_id: int | None = None) -> int:
         """Forget the backend picks of a client endpoint's flows, or of a service's."""
-        pinned, deleted = self._maps["lb_flows"], 0
-        for key, leaf in self._items("lb_flows"):
-            if key.endpoint_id == endpoint_id or leaf.service_id == service_id:
-                deleted += pinned.delete(key)
-        return deleted
+        flows, stale = self._maps["lb_flows"], []
+        for keys, leaves in flows.packed_items():
+            stale.append(_packed_matches(keys, _CT_KEY_ENDPOINT_ID, endpoint_id))
+            if service_id is not None:
+                services = _LB_FLOW_SERVICE_ID.iter_unpack(leaves)
+                matching = [i for i, (found,) in enumerate(services) if found == service_id]
+                stale.append(b"".join(_record(keys, CT_KEY_SIZE, i) for i in matching))
+        return flows.delete_packed(b"".join(stale))
 
     # config
 

@@ -1,6 +1,7 @@
 """Reading whole maps: the batched walk returns every entry once, across many batches, and
 conntrack clean-up of an endpoint takes exactly its own flows."""
 
+import ctypes as ct
 import ipaddress
 from pathlib import Path
 
@@ -66,3 +67,51 @@ def test_ct_clean_up_takes_the_endpoints_flows_only(datapath):
     finally:
         for key in kept + doomed:
             conntrack.delete(key)
+
+
+def test_packed_walk_matches_the_decoded_walk(ct_map):
+    for n in range(SCRATCH_ENTRIES):
+        ct_map.update(ct_key(n, endpoint_id=n % 5), maps.CtEntryC(packets=n))
+    decoded = sorted((bytes(key), bytes(leaf)) for key, leaf in ct_map.items())
+    packed = []
+    for keys, leaves in ct_map.packed_items():
+        count = len(keys) // maps.CT_KEY_SIZE
+        assert len(leaves) == count * ct.sizeof(maps.CtEntryC)
+        packed += [
+            (maps._record(keys, maps.CT_KEY_SIZE, i), maps._record(leaves, len(leaves) // count, i))
+            for i in range(count)
+        ]
+    assert sorted(packed) == decoded
+
+
+def test_batched_delete_skips_keys_already_gone(ct_map):
+    """An LRU map evicts between the walk and the delete: the batch goes on past a missing key."""
+    for n in range(10):
+        ct_map.update(ct_key(n), maps.CtEntryC())
+    ct_map.delete(ct_key(3))
+    ct_map.delete(ct_key(9))
+    doomed = b"".join(bytes(ct_key(n)) for n in (1, 3, 5, 9, 7))
+    assert ct_map.delete_packed(doomed) == 3
+    left = sorted(key.sport for key, _ in ct_map.items())
+    assert left == [0, 2, 4, 6, 8]
+
+
+def test_lb_flow_clean_up_by_endpoint_and_by_service(datapath):
+    flows = datapath.maps._maps["lb_flows"]
+    made = {}
+    for n in range(2 * maps.BATCH_ENTRIES):
+        key = ct_key(n, endpoint_id=900 + n % 3)
+        flows.update(key, maps.LbFlowC(service_id=7000 + n % 4))
+        made[bytes(key)] = (900 + n % 3, 7000 + n % 4)
+    try:
+        gone_by_endpoint = sum(1 for owner, _ in made.values() if owner == 901)
+        assert datapath.maps.delete_lb_flows(endpoint_id=901) == gone_by_endpoint
+        gone_by_service = sum(1 for owner, svc in made.values() if owner != 901 and svc == 7002)
+        assert datapath.maps.delete_lb_flows(service_id=7002) == gone_by_service
+        left = {bytes(key) for key, _ in flows.items()}
+        assert {k for k in made if k in left} == {
+            k for k, (owner, svc) in made.items() if owner != 901 and svc != 7002
+        }
+    finally:
+        for key in made:
+            flows.delete(maps.CtKeyC.from_buffer_copy(key))
