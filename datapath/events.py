@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import reasons
+from . import libbpf, reasons
 from .errors import DatapathError
-from .maps import ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6, IP6, IPAddress, libbcc
+from .maps import ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6, IP6, IPAddress
 
 EVENT_DROP = 1  # lib/common.h
 EVENT_TRACE = 2
@@ -112,12 +112,11 @@ def read_events(
 
     An exception from callback ends the loop and is raised here.
     """
-    from bcc.libbcc import _RINGBUF_CB_TYPE
-
-    lib = libbcc()
+    lib = libbpf.lib()
     fd = lib.bpf_obj_get(os.fsencode(ring_path))
     if fd < 0:
-        raise DatapathError(f"cannot open event ring buffer {ring_path}: {os.strerror(-fd)}")
+        reason = os.strerror(libbpf.errno_of(fd))
+        raise DatapathError(f"cannot open event ring buffer {ring_path}: {reason}")
     failure: list[BaseException] = []
 
     def on_record(_ctx, data, size) -> int:
@@ -128,16 +127,16 @@ def read_events(
             return -1
         return 0
 
-    handler = _RINGBUF_CB_TYPE(on_record)  # referenced until the ring is freed
-    ring = lib.bpf_new_ringbuf(fd, handler, None)
+    handler = libbpf.RINGBUF_CALLBACK(on_record)  # referenced until the ring is freed
+    ring = lib.ring_buffer__new(fd, handler, None, None)
     if not ring:
         os.close(fd)
         raise DatapathError(f"cannot read event ring buffer {ring_path}")
     try:
         while not stop.is_set() and not failure:
-            lib.bpf_poll_ringbuf(ring, timeout_ms)
+            lib.ring_buffer__poll(ring, timeout_ms)
     finally:
-        lib.bpf_free_ringbuf(ring)
+        lib.ring_buffer__free(ring)
         os.close(fd)
     if failure:
         raise failure[0]

@@ -1,6 +1,7 @@
 """Compiling the BPF programs (bcc) and attaching them to veths (tc, through pyroute2).
 
-bpf_lxc.c is compiled once per driver process into :class:`Programs`, whose two entry
+bpf_lxc.c is compiled once per driver process (by a child process, so the compiler's memory
+goes with it) into :class:`Programs`, whose two entry
 functions are attached to every endpoint: ``from_container`` on tc ingress and
 ``to_container`` on tc egress of the host veth. Attaching uses ``replace`` so it is atomic
 and idempotent, and a program stays attached after the process that loaded it exits.
@@ -9,16 +10,23 @@ and idempotent, and a program stays attached after the process that loaded it ex
 import ctypes as ct
 import errno
 import os
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from . import libbpf
 from .errors import DatapathError
 
 BPF_DIR = Path(__file__).parent / "bpf"
 LXC_SOURCE = BPF_DIR / "bpf_lxc.c"
+COMPILE_CHILD = Path(__file__).with_name("compile_child.py")
+COMPILE_TIMEOUT = 300  # seconds; a compile takes about 5 on the 2-core test machines
+COMPILE_ERROR_LINES = 20  # of the compiler's or verifier's output kept in an error
 FROM_CONTAINER = "from_container"
 TO_CONTAINER = "to_container"
 
@@ -45,40 +53,58 @@ class Program:
 
 @dataclass
 class Programs:
-    """The entry functions of one compile; keeps the bcc object (and so the fds) alive."""
+    """The entry functions of one compile; they stay loaded while their fds are open."""
 
     from_container: Program
     to_container: Program
-    _bpf: object
 
     def close(self) -> None:
-        self._bpf.cleanup()
+        for program in (self.from_container, self.to_container):
+            os.close(program.fd)
 
 
 def load_programs(map_fds: dict[str, int]) -> Programs:
-    """Compile bpf_lxc.c once with the given map fds and load both entry functions."""
-    from bcc import BPF  # bcc is imported lazily: importing this module needs no root
+    """Compile bpf_lxc.c once with the given map fds and load both entry functions.
 
-    try:
-        bpf = BPF(src_file=str(LXC_SOURCE).encode(), cflags=compile_cflags(map_fds))
-    except Exception as exc:
-        raise DatapathError(f"compiling {LXC_SOURCE.name} failed: {exc}") from exc
-    loaded = {}
-    for function in (FROM_CONTAINER, TO_CONTAINER):
+    bcc compiles in a child process (compile_child.py) that inherits the map fds under the
+    same numbers and hands the loaded programs' fds back over a socket pair.
+    """
+    functions = (FROM_CONTAINER, TO_CONTAINER)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, theirs:
+        command = [sys.executable, str(COMPILE_CHILD), str(theirs.fileno()), str(LXC_SOURCE)]
+        command += [*functions, "--", *compile_cflags(map_fds)]
         try:
-            fn = bpf.load_func(function.encode(), BPF.SCHED_CLS)
-        except Exception as exc:
-            bpf.cleanup()
-            raise DatapathError(f"the kernel rejected BPF program {function}: {exc}") from exc
-        loaded[function] = Program(name=function, fd=fn.fd)
-    _return_compiler_heap()
-    return Programs(loaded[FROM_CONTAINER], loaded[TO_CONTAINER], bpf)
+            child = subprocess.run(
+                command,
+                pass_fds=(theirs.fileno(), *map_fds.values()),
+                capture_output=True,
+                text=True,
+                timeout=COMPILE_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise DatapathError(
+                f"compiling {LXC_SOURCE.name} took more than {COMPILE_TIMEOUT} s"
+            ) from None
+        if child.returncode != 0:
+            raise DatapathError(_compile_failure(child.stderr))
+        ours.setblocking(False)
+        _, fds, _, _ = socket.recv_fds(ours, 64, len(functions))
+    if len(fds) != len(functions):
+        for fd in fds:
+            os.close(fd)
+        raise DatapathError(f"the compiler process of {LXC_SOURCE.name} sent no programs")
+    loaded = {name: Program(name=name, fd=fd) for name, fd in zip(functions, fds, strict=True)}
+    return Programs(loaded[FROM_CONTAINER], loaded[TO_CONTAINER])
 
 
-def _return_compiler_heap() -> None:
-    """Clang and LLVM free about 70 MiB of heap after a compile that glibc keeps for later;
-    the driver compiles once and then runs for months, so give it back to the system."""
-    ct.CDLL(None).malloc_trim(0)
+def _compile_failure(stderr: str) -> str:
+    """The child's own message (its last line) with the compiler's or verifier's output
+    before it, shortened to what fits in a log line and an API error."""
+    lines = stderr.strip().splitlines() or ["the compiler process failed without a message"]
+    detail = "\n".join(lines[-COMPILE_ERROR_LINES - 1 : -1])
+    return lines[-1] + (f"\n{detail}" if detail else "")
 
 
 def attach_ingress(ifindex: int, program: Program) -> None:
@@ -178,10 +204,6 @@ def run_program(
 
     Returns the TC verdict and the frame as the program left it. Nothing is sent.
     """
-    from bcc.libbcc import lib
-
-    lib.bpf_prog_test_run_opts.restype = ct.c_int
-    lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(_TestRunOpts)]
     data_in = ct.create_string_buffer(frame, len(frame))
     data_out = ct.create_string_buffer(len(frame) + 256)
     ctx = ct.create_string_buffer(SKB_CTX_SIZE)
@@ -197,8 +219,8 @@ def run_program(
         ctx_size_in=SKB_CTX_SIZE,
         repeat=1,
     )
-    ret = lib.bpf_prog_test_run_opts(program.fd, ct.byref(opts))
+    ret = libbpf.lib().bpf_prog_test_run_opts(program.fd, ct.byref(opts))
     if ret < 0:
-        err = ct.get_errno() or -ret
+        err = libbpf.errno_of(ret)
         raise DatapathError(f"test run of {program.name} failed: {os.strerror(err)}")
     return opts.retval, data_out.raw[: opts.data_size_out]

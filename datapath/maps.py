@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import reasons
+from . import libbpf, reasons
 from .errors import DatapathError
 from .policy import EGRESS, INGRESS, INIT_ID, PolicyKey
 from .service import Frontend
@@ -499,33 +499,12 @@ def map_specs(sizes: MapSizes = DEFAULT_MAP_SIZES) -> tuple[MapSpec, ...]:
     )
 
 
-def libbcc():
-    """libbcc with the prototypes used here; imported lazily so importing works anywhere."""
-    from bcc.libbcc import lib
-
-    lib.bcc_create_map.restype = ct.c_int
-    lib.bcc_create_map.argtypes = [ct.c_int, ct.c_char_p] + [ct.c_int] * 4
-    lib.bpf_obj_get.restype = ct.c_int
-    lib.bpf_obj_get.argtypes = [ct.c_char_p]
-    lib.bpf_obj_pin.restype = ct.c_int
-    lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
-    lib.bpf_obj_get_info.restype = ct.c_int
-    lib.bpf_obj_get_info.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
-    lib.bpf_lookup_batch.restype = ct.c_int
-    lib.bpf_lookup_batch.argtypes = [ct.c_int] + [ct.c_void_p] * 4 + [ct.POINTER(ct.c_uint32)]
-    lib.bpf_delete_batch.restype = ct.c_int
-    lib.bpf_delete_batch.argtypes = [ct.c_int, ct.c_char_p, ct.POINTER(ct.c_uint32)]
-    return lib
-
-
 def _errno(ret: int) -> int:
-    return ct.get_errno() or -ret
+    return libbpf.errno_of(ret)
 
 
 def _possible_cpus() -> int:
-    from bcc.utils import get_possible_cpus
-
-    return len(get_possible_cpus())
+    return libbpf.lib().libbpf_num_possible_cpus()
 
 
 class PinnedMap:
@@ -535,11 +514,11 @@ class PinnedMap:
         self.spec = spec
         self.fd = fd
         self.path = path
-        self._lib = libbcc()
+        self._lib = libbpf.lib()
 
     @classmethod
     def open(cls, pin_dir: Path, spec: MapSpec) -> "PinnedMap":
-        lib = libbcc()
+        lib = libbpf.lib()
         path = pin_dir / spec.name
         if path.exists():
             fd = lib.bpf_obj_get(os.fsencode(path))
@@ -548,13 +527,14 @@ class PinnedMap:
             pinned = cls(spec, fd, path)
             pinned._check_layout()
             return pinned
-        fd = lib.bcc_create_map(
+        opts = libbpf.MapCreateOpts(sz=ct.sizeof(libbpf.MapCreateOpts), map_flags=spec.flags)
+        fd = lib.bpf_map_create(
             spec.map_type,
             spec.name.encode(),
             spec.key_size,
             spec.leaf_size,
             spec.max_entries,
-            spec.flags,
+            ct.byref(opts),
         )
         if fd < 0:
             raise DatapathError(f"cannot create BPF map {spec.name}: {os.strerror(_errno(fd))}")
@@ -567,7 +547,7 @@ class PinnedMap:
     def _check_layout(self) -> None:
         info = _MapInfo()
         size = ct.c_uint32(ct.sizeof(info))
-        if self._lib.bpf_obj_get_info(self.fd, ct.byref(info), ct.byref(size)) < 0:
+        if self._lib.bpf_obj_get_info_by_fd(self.fd, ct.byref(info), ct.byref(size)) < 0:
             raise DatapathError(f"cannot inspect pinned map {self.path}")
         want = (self.spec.map_type, self.spec.key_size, self.spec.leaf_size)
         have = (info.type, info.key_size, info.value_size)
@@ -599,18 +579,18 @@ class PinnedMap:
 
     def lookup(self, key):
         leaf = self._leaf_buffer()
-        if self._lib.bpf_lookup_elem(self.fd, ct.byref(key), ct.byref(leaf)) < 0:
+        if self._lib.bpf_map_lookup_elem(self.fd, ct.byref(key), ct.byref(leaf)) < 0:
             return None
         return leaf
 
     def update(self, key, leaf) -> None:
-        if self._lib.bpf_update_elem(self.fd, ct.byref(key), ct.byref(leaf), BPF_ANY) < 0:
+        if self._lib.bpf_map_update_elem(self.fd, ct.byref(key), ct.byref(leaf), BPF_ANY) < 0:
             err = _errno(-1)
             raise DatapathError(f"cannot update BPF map {self.spec.name}: {os.strerror(err)}")
 
     def insert(self, key, leaf) -> bool:
         """Add key unless it is there (its value then stays); False if it was there."""
-        if self._lib.bpf_update_elem(self.fd, ct.byref(key), ct.byref(leaf), BPF_NOEXIST) == 0:
+        if self._lib.bpf_map_update_elem(self.fd, ct.byref(key), ct.byref(leaf), BPF_NOEXIST) == 0:
             return True
         err = _errno(-1)
         if err == errno.EEXIST:
@@ -619,7 +599,7 @@ class PinnedMap:
 
     def delete(self, key) -> bool:
         """Delete key; False if it was not there."""
-        if self._lib.bpf_delete_elem(self.fd, ct.byref(key)) == 0:
+        if self._lib.bpf_map_delete_elem(self.fd, ct.byref(key)) == 0:
             return True
         err = _errno(-1)
         if err == errno.ENOENT:
@@ -652,7 +632,9 @@ class PinnedMap:
                 keys = (self.spec.key * BATCH_ENTRIES)()
                 leaves = (self.spec.leaf * BATCH_ENTRIES)()
             count = ct.c_uint32(BATCH_ENTRIES)
-            ret = self._lib.bpf_lookup_batch(self.fd, start, following, keys, leaves, count)
+            ret = self._lib.bpf_map_lookup_batch(
+                self.fd, start, following, keys, leaves, count, None
+            )
             err = _errno(ret) if ret < 0 else 0
             yield keys, leaves, count.value
             if err == errno.ENOENT:
@@ -670,7 +652,7 @@ class PinnedMap:
         while offset < total:
             count = ct.c_uint32(total - offset)
             rest = keys[offset * size :]
-            ret = self._lib.bpf_delete_batch(self.fd, rest, ct.byref(count))
+            ret = self._lib.bpf_map_delete_batch(self.fd, rest, ct.byref(count), None)
             deleted += count.value
             offset += count.value
             if ret < 0:
@@ -684,12 +666,12 @@ class PinnedMap:
 
     def keys(self) -> Iterator:
         key = self.spec.key()
-        if self._lib.bpf_get_first_key(self.fd, ct.byref(key), ct.sizeof(key)) < 0:
+        if self._lib.bpf_map_get_next_key(self.fd, None, ct.byref(key)) < 0:
             return
         while True:
             yield key
             following = self.spec.key()
-            if self._lib.bpf_get_next_key(self.fd, ct.byref(key), ct.byref(following)) < 0:
+            if self._lib.bpf_map_get_next_key(self.fd, ct.byref(key), ct.byref(following)) < 0:
                 return
             key = following
 

@@ -20,7 +20,7 @@ STAMP=$VENV/.pycilium-install.stamp
 
 PACKAGES=(
     docker.io docker-compose
-    python3-bpfcc bpfcc-tools linux-headers-amd64
+    python3-bpfcc libbpf1 bpfcc-tools linux-headers-amd64
     busybox-static
     python3-venv python3-pip
     iproute2 iptables iputils-ping curl bpftool tcpdump
