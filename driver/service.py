@@ -7,7 +7,6 @@ import os
 import click
 from gunicorn.app.base import BaseApplication
 
-from .app import create_app
 from .config import Config, env_name
 
 log = logging.getLogger("pycilium")
@@ -50,7 +49,11 @@ class DriverService(BaseApplication):
         os.chmod(self.config.api_socket, 0o600)
 
     def load(self):
-        # Runs in the worker: the datapath and state are opened there and nowhere else.
+        # Runs in the worker: the datapath and state are opened there and nowhere else. The
+        # app's modules are imported here too, so the master, which only watches the worker,
+        # does not hold flask, pyroute2 and the Docker SDK (about 35 MiB) for nothing.
+        from .app import create_app
+
         self.app = create_app(self.config)
         return self.app
 
