@@ -75,9 +75,12 @@ def enable_forwarding() -> None:
 
 
 def link_index(ifname: str) -> int | None:
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-    return found[0] if found else None
+    # The libc call (one ioctl) rather than a netlink dump through pyroute2: a policy change
+    # looks up every endpoint's veth, and this takes 2 us where pyroute2 takes 300.
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
 
 
 def link_mac(ifindex: int) -> str:
