@@ -1,6 +1,6 @@
 """Security identities and policy keys: the vocabulary the control plane speaks to the datapath."""
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import DatapathError
 
@@ -19,9 +19,9 @@ EGRESS = 1  # traffic from it
 PROTOCOLS = {0: "any", 1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 
-@dataclass(frozen=True)
-class PolicyKey:
-    """One allow entry of an endpoint's policy; 0 in a field is a wildcard."""
+class PolicyKey(NamedTuple):
+    """One allow entry of an endpoint's policy; 0 in a field is a wildcard. A tuple, so that
+    the set arithmetic of a policy change over thousands of keys hashes and compares in C."""
 
     identity: int  # peer identity
     dport: int  # host byte order

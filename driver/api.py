@@ -159,10 +159,8 @@ def endpoint(ref):
 def _policy_entries(ep) -> list[dict]:
     entries = daemon().datapath.policy_entries(spec_of(ep))
     return [
-        {**dataclasses.asdict(key), "packets": packets, "bytes": size}
-        for key, (packets, size) in sorted(
-            entries.items(), key=lambda kv: dataclasses.astuple(kv[0])
-        )
+        {**key._asdict(), "packets": packets, "bytes": size}
+        for key, (packets, size) in sorted(entries.items())
     ]
 
 

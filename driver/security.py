@@ -146,7 +146,7 @@ class Security:
                 spec_of(ep),
                 result.ingress_enforced,
                 result.egress_enforced,
-                {PolicyKey(k.identity, k.dport, k.protocol, k.direction) for k in result.keys},
+                set(map(PolicyKey._make, result.keys)),
             )
             self._written[ep.endpoint_id] = (ep.numeric_id, result)
 
