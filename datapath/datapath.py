@@ -43,8 +43,10 @@ from .service import (
     validate_service_id,
 )
 from .spec import EndpointSpec
+from .sweeper import FlowSweeper
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pycilium"
+SWEEP_WAIT_SECONDS = 30.0  # a new endpoint waits this long at most for a predecessor's sweep
 
 
 IF_INET6 = "/proc/net/if_inet6"
@@ -89,6 +91,7 @@ class Datapath:
         self.compile_seconds = 0.0  # compiling and loading, over every compile
         self._maps: DatapathMaps | None = None
         self._programs: loader.Programs | None = None
+        self._sweeper: FlowSweeper | None = None
 
     # lifecycle
 
@@ -107,12 +110,17 @@ class Datapath:
         self.compile_seconds += time.monotonic() - started
         self.compile_count += 1
         self._maps, self._programs = maps, programs
+        self._sweeper = FlowSweeper(maps)
         netlink.enable_forwarding()
         firewall.accept_forwarding(self.veth_prefix)
         portmap.setup(self.veth_prefix)
 
     def close(self) -> None:
-        """Release the program and map fds. Attached programs and pinned maps stay."""
+        """Finish the flow sweeps asked for, release the program and map fds. Attached
+        programs and pinned maps stay."""
+        if self._sweeper is not None:
+            self._sweeper.close()
+            self._sweeper = None
         if self._programs is not None:
             self._programs.close()
             self._programs = None
@@ -143,12 +151,14 @@ class Datapath:
         """Build the endpoint's veth, routes, map entries and program; returns the host ifindex.
 
         Raises VethExistsError (changing nothing) if spec.host_ifname exists. A failure
-        midway removes everything this call made.
+        midway removes everything this call made. If a deleted endpoint with the same id or
+        an address of spec still has flows to sweep, waits for that sweep first.
         """
         programs = self.programs
         validate_identity(spec.identity)
         if netlink.link_index(spec.host_ifname) is not None:
             raise VethExistsError(f"interface {spec.host_ifname} already exists")
+        self._sweeper.wait_until_swept(spec.endpoint_id, spec.addresses(), SWEEP_WAIT_SECONDS)
         with ExitStack() as undo:
             ifindex = netlink.create_veth(spec.host_ifname, spec.peer_ifname, spec.mac, spec.mtu)
             undo.callback(netlink.delete_link, spec.host_ifname)
@@ -158,8 +168,9 @@ class Datapath:
         return ifindex
 
     def delete_endpoint(self, spec: EndpointSpec) -> None:
-        """Remove map entries, routes and the veth of spec, then its policy entries and the
-        conntrack entries of its hooks and addresses; whatever is missing is fine."""
+        """Remove map entries, routes and the veth of spec and its policy entries, and retire
+        its id and addresses: the conntrack entries of its hooks and addresses are swept in
+        the background (datapath.sweeper). Whatever is missing is fine."""
         self._forget(spec)
         for ip in spec.addresses():
             netlink.delete_route(_host_cidr(ip))
@@ -255,11 +266,14 @@ class Datapath:
                 self.maps.delete_address(ip)
 
     def _forget_flows(self, spec: EndpointSpec) -> None:
-        """Remove spec's policy entries and the conntrack entries of its hooks and addresses,
-        so that an endpoint reusing its id or addresses inherits nothing."""
+        """Remove spec's policy entries now and its flows soon, so that an endpoint reusing
+        its id or addresses inherits nothing."""
         self.maps.delete_policy(spec.endpoint_id, self.maps.policy_keys(spec.endpoint_id))
-        self.maps.delete_ct(spec.endpoint_id, spec.addresses())
-        self.maps.delete_lb_flows(endpoint_id=spec.endpoint_id)
+        self._sweeper.retire(spec.endpoint_id, spec.addresses())
+
+    def wait_for_sweeps(self, timeout: float = SWEEP_WAIT_SECONDS) -> None:
+        """Return once every flow sweep asked for so far is done (DatapathError after timeout)."""
+        self._sweeper.wait_until_idle(timeout)
 
     @staticmethod
     def _entry(spec: EndpointSpec, node_mac: str, flags: int) -> EndpointEntry:

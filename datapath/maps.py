@@ -16,7 +16,7 @@ import itertools
 import os
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ BATCH_TOKEN_SIZE = 64  # the kernel's resume token: a bucket index for hash maps
 EVENTS_RING_BYTES = 1 << 20  # ring buffer of drop and trace events; a power of 2 pages
 LB_SLOT_MAP_SIZE = 65536  # backend slots of all services together
 LB_FLOW_MAP_SIZE = 65536  # flows' backend picks (LRU: the oldest go first when full)
+RETIRED_MAP_SIZE = 4096  # deleted endpoints whose flows are yet to be swept (read by no program)
 
 # lib/common.h
 EP_F_INGRESS_ENFORCED = 1
@@ -83,6 +84,12 @@ class EndpointKey(ct.Structure):
     """Key of the endpoint_addrs map (struct endpoint_key)."""
 
     _fields_ = (("ip", IP6), ("family", ct.c_uint8), ("pad", ct.c_uint8 * 3))
+
+
+class RetiredC(ct.Structure):
+    """Leaf of retired (the control plane's own map): a deleted endpoint's addresses."""
+
+    _fields_ = (("ipv6", IP6), ("ipv4", IP6), ("has_ipv4", ct.c_uint8), ("pad", ct.c_uint8 * 3))
 
 
 class EndpointAddr(ct.Structure):
@@ -300,15 +307,15 @@ def _record(packed: bytes, size: int, index: int) -> bytes:
 
 
 def _packed_matches(
-    keys: bytes, id_field: struct.Struct, endpoint_id: int | None, ends: Iterable = ()
+    keys: bytes, id_field: struct.Struct, endpoint_ids: Collection[int], ends: Iterable = ()
 ) -> bytes:
-    """The conntrack keys (struct ct_key, packed) of endpoint_id's hooks or with a source or
-    destination in ends ((family, 16 raw address bytes) pairs), packed the same way."""
+    """The conntrack keys (struct ct_key, packed) of the hooks of endpoint_ids or with a
+    source or destination in ends ((family, 16 raw address bytes) pairs), packed the same way."""
     size = CT_KEY_SIZE
     found = set()
-    if endpoint_id is not None:
+    if endpoint_ids:
         ids = id_field.iter_unpack(keys)
-        found.update(i for i, (owner,) in enumerate(ids) if owner == endpoint_id)
+        found.update(i for i, (owner,) in enumerate(ids) if owner in endpoint_ids)
     family_at = CtKeyC.family.offset
     for family, raw in ends:
         at = keys.find(raw)
@@ -496,6 +503,7 @@ def map_specs(sizes: MapSizes = DEFAULT_MAP_SIZES) -> tuple[MapSpec, ...]:
         MapSpec("lb_revnat", BPF_MAP_TYPE_HASH, ct.c_uint16, LbAddrC, sizes.services),
         MapSpec("lb_flows", BPF_MAP_TYPE_LRU_HASH, CtKeyC, LbFlowC, LB_FLOW_MAP_SIZE),
         MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, EVENTS_RING_BYTES),
+        MapSpec("retired", BPF_MAP_TYPE_HASH, ct.c_uint32, RetiredC, RETIRED_MAP_SIZE),
     )
 
 
@@ -858,14 +866,14 @@ class DatapathMaps:
         now = monotonic_seconds()
         return [CtEntry.decode(key, leaf, now) for key, leaf in self._ct_items()]
 
-    def delete_ct(self, endpoint_id: int, addresses: Iterable[IPAddress]) -> int:
-        """Delete entries of endpoint_id's hooks and entries naming any of addresses."""
+    def delete_ct(self, endpoint_ids: Collection[int], addresses: Iterable[IPAddress]) -> int:
+        """Delete entries of the hooks of endpoint_ids and entries naming any of addresses."""
         # Matched as bytes in whole batches: decoding every entry of a full table from Python
         # costs seconds, and so does one system call per deleted entry.
         ends = [(key.family, bytes(key.ip)) for key in map(_address_key, addresses)]
         conntrack = self._maps["conntrack"]
         stale = [
-            _packed_matches(keys, _CT_KEY_ENDPOINT_ID, endpoint_id, ends)
+            _packed_matches(keys, _CT_KEY_ENDPOINT_ID, endpoint_ids, ends)
             for keys, _ in conntrack.packed_items()
         ]
         return conntrack.delete_packed(b"".join(stale))
@@ -933,16 +941,41 @@ class DatapathMaps:
     def delete_revnat(self, service_id: int) -> bool:
         return self._maps["lb_revnat"].delete(ct.c_uint16(service_id))
 
-    def delete_lb_flows(self, endpoint_id: int | None = None, service_id: int | None = None) -> int:
-        """Forget the backend picks of a client endpoint's flows, or of a service's."""
+    def delete_lb_flows(
+        self, endpoint_ids: Collection[int] = (), service_id: int | None = None
+    ) -> int:
+        """Forget the backend picks of client endpoints' flows, or of a service's."""
         flows, stale = self._maps["lb_flows"], []
         for keys, leaves in flows.packed_items():
-            stale.append(_packed_matches(keys, _CT_KEY_ENDPOINT_ID, endpoint_id))
+            stale.append(_packed_matches(keys, _CT_KEY_ENDPOINT_ID, endpoint_ids))
             if service_id is not None:
                 services = _LB_FLOW_SERVICE_ID.iter_unpack(leaves)
                 matching = [i for i, (found,) in enumerate(services) if found == service_id]
                 stale.append(b"".join(_record(keys, CT_KEY_SIZE, i) for i in matching))
         return flows.delete_packed(b"".join(stale))
+
+    # retired: endpoint id -> addresses of a deleted endpoint whose flows are yet to be swept
+
+    def retired(self) -> dict[int, tuple[IPAddress, ...]]:
+        found = {}
+        for key, leaf in self._maps["retired"].items():
+            addresses = [_address(ENDPOINT_KEY_IPV6, leaf.ipv6)]
+            if leaf.has_ipv4:
+                addresses.append(_address(ENDPOINT_KEY_IPV4, leaf.ipv4))
+            found[key] = tuple(addresses)  # a c_uint32 array yields plain ints
+        return found
+
+    def put_retired(self, endpoint_id: int, addresses: Iterable[IPAddress]) -> None:
+        leaf = RetiredC()
+        for ip in addresses:
+            if ip.version == 6:
+                leaf.ipv6 = IP6(*ip.packed)
+            else:
+                leaf.ipv4, leaf.has_ipv4 = IP6(*ip.packed), 1
+        self._maps["retired"].update(ct.c_uint32(endpoint_id), leaf)
+
+    def delete_retired(self, endpoint_id: int) -> None:
+        self._maps["retired"].delete(ct.c_uint32(endpoint_id))
 
     # config
 

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 CONNECTED = 1
 NEXT_HOP = 0
 MAX_NUMERIC_ID = 0xFFFE
+NUMERIC_ID_CURSOR = "cursor:endpoint-id"
 
 
 class Endpoints:
@@ -144,9 +145,15 @@ class Endpoints:
         return net
 
     def _free_numeric_id(self) -> int:
+        """The next free id after the last one given. A deleted endpoint's flows are swept
+        in the background, and a new endpoint with its id would wait for that sweep; so ids,
+        like addresses, are not reused at once. The caller holds a transaction."""
         used = self.store.used_numeric_ids()
-        for candidate in range(1, MAX_NUMERIC_ID + 1):
+        cursor = int(self.store.get_meta(NUMERIC_ID_CURSOR) or 0)
+        for step in range(1, MAX_NUMERIC_ID + 1):
+            candidate = (cursor + step - 1) % MAX_NUMERIC_ID + 1
             if candidate not in used:
+                self.store.set_meta(NUMERIC_ID_CURSOR, str(candidate))
                 return candidate
         raise DriverError("no free endpoint id left on this node")
 

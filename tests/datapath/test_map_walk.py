@@ -60,7 +60,7 @@ def test_ct_clean_up_takes_the_endpoints_flows_only(datapath):
     ]
     kept = [flow(other6, other6, 900, 4), flow(other4, other4, 900, 5)]
     try:
-        assert datapath.maps.delete_ct(901, [mine6, mine4]) == len(doomed)
+        assert datapath.maps.delete_ct({901}, [mine6, mine4]) == len(doomed)
         left = {bytes(key) for key, _ in conntrack.items()}
         assert all(bytes(key) in left for key in kept)
         assert not any(bytes(key) in left for key in doomed)
@@ -105,7 +105,7 @@ def test_lb_flow_clean_up_by_endpoint_and_by_service(datapath):
         made[bytes(key)] = (900 + n % 3, 7000 + n % 4)
     try:
         gone_by_endpoint = sum(1 for owner, _ in made.values() if owner == 901)
-        assert datapath.maps.delete_lb_flows(endpoint_id=901) == gone_by_endpoint
+        assert datapath.maps.delete_lb_flows(endpoint_ids={901}) == gone_by_endpoint
         gone_by_service = sum(1 for owner, svc in made.values() if owner != 901 and svc == 7002)
         assert datapath.maps.delete_lb_flows(service_id=7002) == gone_by_service
         left = {bytes(key) for key, _ in flows.items()}

@@ -1,10 +1,21 @@
 """Identities, L3/L4 policy and conntrack with real packets between namespaces."""
 
+import ipaddress
 import sys
 
 import pytest
 
-from datapath import EGRESS, HOST_ID, INGRESS, INIT_ID, DatapathError, PolicyKey, netlink
+from datapath import (
+    EGRESS,
+    HOST_ID,
+    INGRESS,
+    INIT_ID,
+    Datapath,
+    DatapathError,
+    PolicyKey,
+    maps,
+    netlink,
+)
 
 from .conftest import ROUTER4, ROUTER6, run
 
@@ -225,8 +236,39 @@ def test_delete_endpoint_leaves_no_policy_or_conntrack(datapath, make_container)
     assert any(ours(e) for e in datapath.ct_entries())
     datapath.delete_endpoint(b.spec)
     assert datapath.policy_entries(b.spec) == {}
+    datapath.wait_for_sweeps()  # conntrack is cleaned in the background
     assert not any(ours(e) for e in datapath.ct_entries())
+    assert datapath.maps.retired() == {}
     assert datapath.compile_count == 1
+
+
+def test_flows_retired_before_a_restart_are_swept_by_the_next_start(datapath, pin_dir):
+    """The driver killed between DeleteEndpoint and the sweep: the pinned record of the
+    retired endpoint makes the next start sweep its flows."""
+    conntrack = datapath.maps._maps["conntrack"]
+    gone6, kept6 = ipaddress.ip_address("fdce:1c99::91"), ipaddress.ip_address("fdce:1c99::92")
+
+    def flow(endpoint_id: int, src, dst) -> maps.CtKeyC:
+        key = maps.CtKeyC(sport=4242, dport=80, endpoint_id=endpoint_id, protocol=6)
+        key.family = maps.ENDPOINT_KEY_IPV6
+        key.saddr, key.daddr = maps.IP6(*src.packed), maps.IP6(*dst.packed)
+        conntrack.update(key, maps.CtEntryC())
+        return key
+
+    doomed = [flow(950, gone6, kept6), flow(951, kept6, gone6)]
+    kept = flow(951, kept6, kept6)
+    datapath.maps.put_retired(950, [gone6])  # what delete_endpoint records, before a kill
+    later = Datapath(pin_dir=pin_dir, veth_prefix=datapath.veth_prefix)
+    later.start()
+    try:
+        later.wait_for_sweeps()
+        left = {bytes(key) for key, _ in conntrack.items()}
+        assert bytes(kept) in left
+        assert not {bytes(key) for key in doomed} & left
+        assert later.maps.retired() == {}
+    finally:
+        later.close()
+        conntrack.delete(kept)
 
 
 # TCP client whose segments carry a destination-options header (a sticky socket option).

@@ -299,3 +299,16 @@ def test_mtu_option_reaches_the_endpoint(post, datapath):
         {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}},
     )
     assert datapath.endpoints["lxc" + EP[:12]].mtu == 1400
+
+
+def test_a_deleted_endpoints_id_is_not_reused_at_once(post, datapath):
+    """Its flows are swept in the background: the next endpoint takes the next id."""
+    pools = make_ipam_network(post)
+    first, second, third = (f"{n}" * 64 for n in "abc")
+    assert create_endpoint(post, pools, endpoint_id=first)[0] == 200
+    (taken,) = [spec.endpoint_id for spec in datapath.endpoints.values()]
+    assert post("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": first})[0] == 200
+    assert create_endpoint(post, pools, endpoint_id=second)[0] == 200
+    assert create_endpoint(post, pools, endpoint_id=third)[0] == 200
+    ids = sorted(spec.endpoint_id for spec in datapath.endpoints.values())
+    assert ids == [taken + 1, taken + 2]
