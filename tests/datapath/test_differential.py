@@ -105,7 +105,7 @@ def test_trace_matches_datapath(datapath, fleet, number):
         policies.append(computed)
     # No conntrack entry of an earlier case may admit a flow of this one.
     for container in fleet.containers:
-        datapath.maps.delete_ct(container.spec.endpoint_id, container.spec.addresses())
+        datapath.maps.delete_ct({container.spec.endpoint_id}, container.spec.addresses())
 
     expected = []
     for flow in case.flows:

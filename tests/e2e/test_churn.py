@@ -88,7 +88,15 @@ def driver_rss(driver) -> int:
 
 def resources(driver) -> dict:
     """Everything a round could leak: compared before the first and after the last round."""
-    maps = by_label(scrape(driver.settings["api_socket"]), "pycilium_bpf_map_entries", "map")
+    # The flows of deleted endpoints are swept in the background: wait for the sweeper (the
+    # retired map empty), so that what is compared is what stays.
+    deadline = time.monotonic() + 30
+    while True:
+        found = scrape(driver.settings["api_socket"])
+        maps = by_label(found, "pycilium_bpf_map_entries", "map")
+        if maps["retired"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     # Finished flows stay in the LRU conntrack table until they age out: that is no leak. The
     # CIDR maps hold the host's own addresses, link-local ones of every veth on this host
     # included, which other drivers on the host change too.
