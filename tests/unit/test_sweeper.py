@@ -23,11 +23,14 @@ class Maps:
         self.gate.set()
         self.walking = threading.Event()
         self.failures = 0
+        self.full = False
 
     def retired(self):
         return dict(self.records)
 
     def put_retired(self, endpoint_id, addresses):
+        if self.full:
+            raise DatapathError("cannot update BPF map retired: Argument list too long")
         self.records[endpoint_id] = tuple(addresses)
 
     def delete_retired(self, endpoint_id):
@@ -113,3 +116,13 @@ def test_close_finishes_the_sweeps_asked_for():
     threading.Timer(0.1, maps.gate.set).start()
     sweeper.close()
     assert maps.sweeps == [({1}, {A6})]
+
+
+def test_a_full_retired_map_does_not_stop_the_sweep(sweeper_of, caplog):
+    maps = Maps()
+    maps.full = True
+    sweeper = sweeper_of(maps)
+    sweeper.retire(3, [A6])
+    sweeper.wait_until_idle(5)
+    assert maps.sweeps == [({3}, {A6})]
+    assert "retired without a pinned record" in caplog.text
