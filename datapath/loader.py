@@ -90,7 +90,10 @@ def load_programs(map_fds: dict[str, int]) -> Programs:
         if child.returncode != 0:
             raise DatapathError(_compile_failure(child.stderr))
         ours.setblocking(False)
-        _, fds, _, _ = socket.recv_fds(ours, 64, len(functions))
+        try:
+            _, fds, _, _ = socket.recv_fds(ours, 64, len(functions))
+        except BlockingIOError:  # it exited without sending
+            fds = []
     if len(fds) != len(functions):
         for fd in fds:
             os.close(fd)

@@ -33,3 +33,13 @@ def test_loaded_programs_run_and_close(datapath):
     assert verdict == TC_ACT_SHOT
     programs.close()
     assert open_fds() <= before
+
+
+def test_a_compiler_process_that_sends_nothing_is_an_error(datapath, monkeypatch, tmp_path):
+    silent = tmp_path / "silent_child.py"
+    silent.write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.setattr(loader, "COMPILE_CHILD", silent)
+    before = open_fds()
+    with pytest.raises(DatapathError, match="sent no programs"):
+        loader.load_programs(datapath.maps.fds())
+    assert open_fds() <= before
