@@ -293,7 +293,7 @@ def _address_from_key(key: EndpointKey) -> IPAddress:
 
 
 CT_KEY_SIZE = ct.sizeof(CtKeyC)
-# The one field a packed walk reads of every record: the 16-bit id and nothing else.
+# The one field a packed walk decodes of every record: a 16-bit id, and nothing else.
 _CT_KEY_ENDPOINT_ID = struct.Struct(
     f"<{CtKeyC.endpoint_id.offset}xH{CT_KEY_SIZE - CtKeyC.endpoint_id.offset - 2}x"
 )
@@ -306,15 +306,13 @@ def _record(packed: bytes, size: int, index: int) -> bytes:
     return packed[index * size : (index + 1) * size]
 
 
-def _packed_matches(
-    keys: bytes, id_field: struct.Struct, endpoint_ids: Collection[int], ends: Iterable = ()
-) -> bytes:
+def _packed_matches(keys: bytes, endpoint_ids: Collection[int], ends: Iterable = ()) -> bytes:
     """The conntrack keys (struct ct_key, packed) of the hooks of endpoint_ids or with a
     source or destination in ends ((family, 16 raw address bytes) pairs), packed the same way."""
     size = CT_KEY_SIZE
     found = set()
     if endpoint_ids:
-        ids = id_field.iter_unpack(keys)
+        ids = _CT_KEY_ENDPOINT_ID.iter_unpack(keys)
         found.update(i for i, (owner,) in enumerate(ids) if owner in endpoint_ids)
     family_at = CtKeyC.family.offset
     for family, raw in ends:
@@ -872,10 +870,7 @@ class DatapathMaps:
         # costs seconds, and so does one system call per deleted entry.
         ends = [(key.family, bytes(key.ip)) for key in map(_address_key, addresses)]
         conntrack = self._maps["conntrack"]
-        stale = [
-            _packed_matches(keys, _CT_KEY_ENDPOINT_ID, endpoint_ids, ends)
-            for keys, _ in conntrack.packed_items()
-        ]
+        stale = [_packed_matches(keys, endpoint_ids, ends) for keys, _ in conntrack.packed_items()]
         return conntrack.delete_packed(b"".join(stale))
 
     # services: frontend -> (service id, slot count); (id, slot) -> backend; id -> frontend
@@ -947,7 +942,7 @@ class DatapathMaps:
         """Forget the backend picks of client endpoints' flows, or of a service's."""
         flows, stale = self._maps["lb_flows"], []
         for keys, leaves in flows.packed_items():
-            stale.append(_packed_matches(keys, _CT_KEY_ENDPOINT_ID, endpoint_ids))
+            stale.append(_packed_matches(keys, endpoint_ids))
             if service_id is not None:
                 services = _LB_FLOW_SERVICE_ID.iter_unpack(leaves)
                 matching = [i for i, (found,) in enumerate(services) if found == service_id]
