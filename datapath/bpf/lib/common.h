@@ -247,6 +247,11 @@ struct pkt_ctx {
 	__u16 rev_nat_index;	/* egress: service the packet was translated for; ingress: of the
 				 * conntrack entry a reply belongs to */
 	__u16 pad;
+	/* Egress: the local endpoint owning the destination (as translated), found with its
+	 * identity so that the redirect needs no second lookup; dst_ifindex 0: none. */
+	__u32 dst_ifindex;
+	__u8 dst_mac[ETH_ALEN];
+	__u8 dst_node_mac[ETH_ALEN];
 };
 
 static __always_inline int ipv6_addr_equals(const union v6addr *a, const union v6addr *b)

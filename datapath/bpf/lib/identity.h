@@ -37,4 +37,22 @@ static __always_inline __u32 identity_lookup(const union v6addr *addr, __u8 fami
 	return identity_of_cidr(addr, family);
 }
 
+/* ctx's destination identity and, for a local endpoint, where a redirect delivers to. */
+static __always_inline void identity_of_destination(struct pkt_ctx *ctx)
+{
+	struct endpoint_key key = { .ip = ctx->flow.daddr, .family = ctx->flow.family };
+	struct endpoint_addr *owner = endpoint_addr_lookup(&key);
+	struct endpoint_info *ep = owner ? endpoint_lookup(owner->ifindex) : NULL;
+
+	if (!owner || !ep) {
+		ctx->dst_ifindex = 0;
+		ctx->dst_identity = identity_of_cidr(&ctx->flow.daddr, ctx->flow.family);
+		return;
+	}
+	ctx->dst_ifindex = owner->ifindex;
+	__builtin_memcpy(ctx->dst_mac, ep->mac, ETH_ALEN);
+	__builtin_memcpy(ctx->dst_node_mac, ep->node_mac, ETH_ALEN);
+	ctx->dst_identity = ep->identity;
+}
+
 #endif

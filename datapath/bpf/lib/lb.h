@@ -147,7 +147,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, const struct endp
 	if (ret < 0)
 		return ret;
 	ctx->rev_nat_index = chosen.service_id;
-	ctx->dst_identity = identity_lookup(&ctx->flow.daddr, ctx->flow.family);
+	identity_of_destination(ctx);
 	if (!lb_is_self(ep, &ctx->flow, &ctx->flow.daddr))
 		return 0;
 	ctx->loopback = 1;
@@ -188,7 +188,11 @@ static __always_inline int lb_loopback_reply(struct __sk_buff *skb, const struct
 	ret = nat_rewrite(skb, &ctx->flow, NAT_SRC, &front.addr, front.port);
 	if (ret < 0)
 		return ret;
-	return nat_store_addr(skb, &ctx->flow, NAT_DST, &self);
+	ret = nat_store_addr(skb, &ctx->flow, NAT_DST, &self);
+	if (ret < 0)
+		return ret;
+	identity_of_destination(ctx);
+	return 0;
 }
 
 /* Into a client: a reply of a load-balanced flow comes from the frontend it called.

@@ -20,7 +20,7 @@ static __always_inline void lxc_identify(const struct endpoint_info *ep, struct 
 {
 	if (ctx->direction == DIR_EGRESS) {
 		ctx->src_identity = ep->identity;
-		ctx->dst_identity = identity_lookup(&ctx->flow.daddr, ctx->flow.family);
+		identity_of_destination(ctx);
 	} else {
 		ctx->src_identity = identity_lookup(&ctx->flow.saddr, ctx->flow.family);
 		ctx->dst_identity = ep->identity;
