@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -229,6 +230,34 @@ for frame in sys.stdin.read().split():
 """
 
 
+def send_raw(netns: str, frames: list[bytes]) -> None:
+    """Send Ethernet frames, as they are, out of eth0 of netns (a packet socket)."""
+    subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", SEND_RAW],
+        input=" ".join(f.hex() for f in frames),
+        text=True,
+        check=True,
+        timeout=30,
+    )
+
+
+def heard(netns: str, listener: str, args: list[str], meanwhile: Callable[[], None]) -> list[str]:
+    """The lines a listener script in netns prints while meanwhile() runs (it prints
+    "ready" first, then whatever it hears until its timeout)."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", listener, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        meanwhile()
+        return proc.communicate(timeout=10)[0].split("\n")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_short_frames_sent_for_real(datapath, make_container, event_log):
     """Frames cut inside the Ethernet or IP header, from a packet socket in a container:
     each is dropped as malformed (or, with no EtherType, as an unknown L3)."""
@@ -239,13 +268,7 @@ def test_short_frames_sent_for_real(datapath, make_container, event_log):
     frames = [head + struct.pack("!H", pk.ETH_P_IPV6) + v6[:n] for n in range(40)]
     frames += [head + struct.pack("!H", pk.ETH_P_IP) + v4[:n] for n in range(20)]
     frames += [head + struct.pack("!H", ETH_P_ARP) + bytes(n) for n in range(28)]
-    subprocess.run(
-        ["ip", "netns", "exec", c.netns, sys.executable, "-c", SEND_RAW],
-        input=" ".join(f.hex() for f in frames),
-        text=True,
-        check=True,
-        timeout=30,
-    )
+    send_raw(c.netns, frames)
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         mine = [e for e in event_log.events if e.ifindex == c.ifindex and e.kind == "drop"]
@@ -519,13 +542,7 @@ def test_tagged_frames_sent_for_real_are_judged_by_the_packet_inside(
         head + struct.pack("!H", pk.ETH_P_IPV6) + spoofed,
         head + struct.pack("!HH", ETH_P_8021Q, 200) + struct.pack("!H", pk.ETH_P_IPV6) + denied,
     ]
-    subprocess.run(
-        ["ip", "netns", "exec", c.netns, sys.executable, "-c", SEND_RAW],
-        input=" ".join(f.hex() for f in frames),
-        text=True,
-        check=True,
-        timeout=30,
-    )
+    send_raw(c.netns, frames)
     wanted = {
         ("DROP_POLICY", c.spec.ipv6, 81),
         ("DROP_INVALID_SIP6", s.spec.ipv6, 80),
@@ -687,20 +704,14 @@ def test_neighbour_discovery_carries_nothing_past_policy(datapath, make_containe
     data) to its address: the host forwards them, and they must not get in."""
     attacker, victim = make_container(), make_container()
     datapath.set_endpoint_policy(victim.spec, True, False, set())
-    listener = subprocess.Popen(
-        ["ip", "netns", "exec", victim.netns, sys.executable, "-c", RAW_LISTEN, "2"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert listener.stdout.readline().strip() == "ready"
-        attacker.exec(
+    received = heard(
+        victim.netns,
+        RAW_LISTEN,
+        ["2"],
+        lambda: attacker.exec(
             sys.executable, "-c", RAW_SEND, str(victim.spec.ipv6), str(attacker.spec.ipv6)
-        )
-        received = listener.communicate(timeout=10)[0].split("\n")
-    finally:
-        listener.kill()
-        listener.wait()
+        ),
+    )
     assert received == ["done", ""], received
 
 
@@ -758,24 +769,7 @@ def test_echo_replies_from_the_router_address_are_the_datapaths_own_only(
         pk.eth(host_mac, "02:00:00:00:98:02", pk.ETH_P_IPV6)
         + pk.ipv6(ROUTER6, victim.spec.ipv6, pk.icmp(129) + b"smuggled", pk.ICMPV6)
     )
-    listener = subprocess.Popen(
-        ["ip", "netns", "exec", victim.netns, sys.executable, "-c", RAW_ECHO_LISTEN, "2"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert listener.stdout.readline().strip() == "ready"
-        subprocess.run(
-            ["ip", "netns", "exec", netns, sys.executable, "-c", SEND_RAW],
-            input=reply.hex(),
-            text=True,
-            check=True,
-            timeout=30,
-        )
-        received = listener.communicate(timeout=10)[0].split("\n")
-    finally:
-        listener.kill()
-        listener.wait()
+    received = heard(victim.netns, RAW_ECHO_LISTEN, ["2"], lambda: send_raw(netns, [reply]))
     assert received == ["done", ""], received
 
 
@@ -807,13 +801,8 @@ def test_a_local_endpoints_address_from_elsewhere_is_no_identity(datapath, make_
         pk.eth(host_mac, "02:00:00:00:98:02", pk.ETH_P_IPV6)
         + pk.ipv6(client.spec.ipv6, server.spec.ipv6, pk.udp(40000, 5353, b"forged"), pk.UDP)
     )
-    listener = subprocess.Popen(
-        ["ip", "netns", "exec", server.netns, sys.executable, "-c", UDP_LISTEN, "2", "5353"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert listener.stdout.readline().strip() == "ready"
+
+    def real_then_forged():
         client.exec(
             sys.executable,
             "-c",
@@ -821,17 +810,9 @@ def test_a_local_endpoints_address_from_elsewhere_is_no_identity(datapath, make_
             ".sendto(b'real', (sys.argv[1], 5353))",
             str(server.spec.ipv6),
         )
-        subprocess.run(
-            ["ip", "netns", "exec", netns, sys.executable, "-c", SEND_RAW],
-            input=forged.hex(),
-            text=True,
-            check=True,
-            timeout=30,
-        )
-        received = listener.communicate(timeout=10)[0].split("\n")
-    finally:
-        listener.kill()
-        listener.wait()
+        send_raw(netns, [forged])
+
+    received = heard(server.netns, UDP_LISTEN, ["2", "5353"], real_then_forged)
     assert received == [f"got {client.spec.ipv6} real", "done", ""], received
 
 
@@ -851,25 +832,12 @@ def test_the_hosts_address_from_beyond_the_host_is_no_host_identity(
             pk.eth(host_mac, "02:00:00:00:98:02", pk.ETH_P_IPV6)
             + pk.ipv6(host, server.spec.ipv6, pk.udp(40000, 5353, b"forged"), pk.UDP)
         )
-        listener = subprocess.Popen(
-            ["ip", "netns", "exec", server.netns, sys.executable, "-c", UDP_LISTEN, "2", "5353"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert listener.stdout.readline().strip() == "ready"
+
+        def ping_then_forged():
             assert server.ping(host)  # the host itself (its answer) gets in
-            subprocess.run(
-                ["ip", "netns", "exec", netns, sys.executable, "-c", SEND_RAW],
-                input=forged.hex(),
-                text=True,
-                check=True,
-                timeout=30,
-            )
-            received = listener.communicate(timeout=10)[0].split("\n")
-        finally:
-            listener.kill()
-            listener.wait()
+            send_raw(netns, [forged])
+
+        received = heard(server.netns, UDP_LISTEN, ["2", "5353"], ping_then_forged)
     finally:
         datapath.set_cidr_identities({})
     assert received == ["done", ""], received
