@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import bpffs, events, firewall, loader, netlink, portmap
+from . import bpffs, events, loader, netlink
 from .errors import DatapathError, VethExistsError
 from .maps import (
     CONFIG_TRACE_EVENTS,
@@ -33,15 +33,9 @@ from .maps import (
     IPAddress,
     MapSizes,
 )
+from .netfilter import firewall, portmap
 from .policy import PolicyKey, validate_identity
-from .service import (
-    Backend,
-    Frontend,
-    backends_of,
-    slots_of,
-    validate_service,
-    validate_service_id,
-)
+from .service import Backend, Frontend, backends_of, slots_of, validate_service, validate_service_id
 from .spec import EndpointSpec
 from .sweeper import FlowSweeper
 

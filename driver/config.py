@@ -4,9 +4,22 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
-from .identities import DEFAULT_LABEL_PREFIXES
-
 MAX_MAP_SIZE = 1 << 24
+
+# Labels that differ between replicas of one service or change with every deploy: they
+# would give every container an identity of its own.
+DEFAULT_LABEL_PREFIXES = ",".join(
+    "!" + prefix
+    for prefix in (
+        "com.docker.compose.config-hash",
+        "com.docker.compose.container-number",
+        "com.docker.compose.oneoff",
+        "com.docker.compose.project.config_files",
+        "com.docker.compose.project.working_dir",
+        "com.docker.compose.version",
+        "org.opencontainers.",
+    )
+)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from .cli import main as cli_main
+from .cli.main import main as cli_main
 from .config import Config, env_name
-from .service import main as service_main
+from .server.main import main as service_main
 
 SECTIONS = ("cli-reference", "config-reference")
 

@@ -182,7 +182,7 @@ build_plugin_dir() {
     install -m 0755 "$PLUGIN_SRC/entrypoint.sh" "$root/opt/pycilium/entrypoint.sh"
     # Mount points of plugin/config.json that the rootfs lacks.
     mkdir -p "$root/sys/fs/bpf" "$root/var/lib/pycilium" "$root/run/docker/plugins" "$root/usr/src"
-    in_root "$root" /opt/pycilium/bin/python -c 'import bcc, driver.service, datapath' ||
+    in_root "$root" /opt/pycilium/bin/python -c 'import bcc, driver.server.main, datapath' ||
         die "the rootfs cannot import bcc and the driver"
     cp "$PLUGIN_SRC/config.json" "$tmp/config.json"
     mv "$tmp" "$dir"

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from datapath import Datapath, EndpointSpec, firewall, portmap
+from datapath import Datapath, EndpointSpec
+from datapath.netfilter import firewall, portmap
 
 from . import traffic
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import yaml
 
 import datapath
-from driver import policy
+from driver.control import policy
 
 NETWORK = "difftest"
 # The endpoints' label sets (besides NETWORK_LABEL): app=b and tier=x each select two of

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pytest
 
 from datapath import INIT_ID
-from driver.policy import PolicyRepository, parse_rules
+from driver.control.policy import PolicyRepository, parse_rules
 
 from . import differential_helpers as dh
 from . import traffic
@@ -37,7 +37,7 @@ RETRY_TIMEOUT = 2.0  # an expected-allowed flow that failed is tried once more, 
 @dataclass
 class Fleet:
     containers: list[Container]
-    identities: list  # driver.policy.Identity of each container, same order
+    identities: list  # driver.control.policy.Identity of each container, same order
 
 
 @pytest.fixture(scope="module")

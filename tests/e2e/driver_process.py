@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from datapath import firewall, portmap
+from datapath.netfilter import firewall, portmap
 
 # A test instance of its own: other name, ranges, sockets and pin directory than `make run`'s,
 # so the suite never touches a driver a user started.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from datapath import firewall, portmap
+from datapath.netfilter import firewall, portmap
 from driver.config import Config, env_name
 
 from .conftest import DOCKER, IMAGE, Docker, veths

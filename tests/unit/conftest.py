@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from driver.app import create_app
 from driver.config import Config
+from driver.server.app import create_app
 
 from .docker_calls import create_endpoint, join, make_ipam_network
 from .fakes import FakeDatapath

@@ -1,0 +1,124 @@
+"""Published ports (`docker run -p`): DNAT in netfilter's nat table for traffic to the host's
+own addresses, from other hosts, namespaces or the host itself.
+
+Loopback (127.0.0.1, ::1) is not DNATed: the kernel will not route loopback-sourced packets
+out of a veth, so the control plane proxies it in user space instead. Rules carry a comment
+naming their endpoint, so each endpoint's rules can be found and removed again. Commands get
+fixed arguments and values the control plane validated (addresses, ints, the veth prefix).
+"""
+
+import ipaddress
+import subprocess
+from dataclasses import dataclass
+
+from datapath.errors import DatapathError
+
+TOOLS = {4: "iptables", 6: "ip6tables"}
+LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
+PROTOCOLS = {6: "tcp", 17: "udp"}
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    protocol: int  # 6 tcp, 17 udp
+    host_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None  # None: every host address
+    host_port: int
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address  # the container's
+    port: int
+
+
+def _chain(veth_prefix: str) -> str:
+    return f"PYCILIUM-{veth_prefix.upper()}-PORTS"
+
+
+def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            [tool, "-w", "5", "-t", "nat", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError as exc:
+        raise DatapathError(f"cannot run {tool}: {exc}") from exc
+
+
+def _must(tool: str, *args: str) -> None:
+    result = _run(tool, *args)
+    if result.returncode != 0:
+        raise DatapathError(f"{tool} -t nat {' '.join(args)}: {result.stderr.strip()}")
+
+
+def _hooks(family: int, chain: str) -> list[tuple[str, list[str]]]:
+    to_local = ["-m", "addrtype", "--dst-type", "LOCAL", "-j", chain]
+    return [
+        ("PREROUTING", to_local),
+        ("OUTPUT", ["!", "-d", LOOPBACK[family], *to_local]),
+    ]
+
+
+def setup(veth_prefix: str) -> None:
+    """The chain and its jumps from PREROUTING and OUTPUT, once (idempotent)."""
+    chain = _chain(veth_prefix)
+    for family, tool in TOOLS.items():
+        if _run(tool, "-L", chain, "-n").returncode != 0:
+            _must(tool, "-N", chain)
+        for hook, rule in _hooks(family, chain):
+            if _run(tool, "-C", hook, *rule).returncode != 0:
+                _must(tool, "-A", hook, *rule)
+
+
+def teardown(veth_prefix: str) -> None:
+    """Remove the chain and its jumps (tests, uninstall)."""
+    chain = _chain(veth_prefix)
+    for family, tool in TOOLS.items():
+        for hook, rule in _hooks(family, chain):
+            while _run(tool, "-C", hook, *rule).returncode == 0:
+                _run(tool, "-D", hook, *rule)
+        _run(tool, "-F", chain)
+        _run(tool, "-X", chain)
+
+
+def _rule(mapping: PortMapping, tag: str) -> list[str]:
+    target = mapping.address
+    destination = (
+        f"[{target}]:{mapping.port}" if target.version == 6 else f"{target}:{mapping.port}"
+    )
+    rule = ["-p", PROTOCOLS[mapping.protocol]]
+    if mapping.host_ip is not None:
+        rule += ["-d", str(mapping.host_ip)]
+    rule += ["--dport", str(mapping.host_port), "-m", "comment", "--comment", tag]
+    return [*rule, "-j", "DNAT", "--to-destination", destination]
+
+
+def publish(veth_prefix: str, tag: str, mappings: list[PortMapping]) -> None:
+    """Install the DNAT rules of one endpoint (tag names it); all or nothing."""
+    chain = _chain(veth_prefix)
+    try:
+        for mapping in mappings:
+            _must(TOOLS[mapping.address.version], "-A", chain, *_rule(mapping, tag))
+    except DatapathError:
+        unpublish(veth_prefix, tag)
+        raise
+
+
+def unpublish(veth_prefix: str, tag: str) -> None:
+    """Remove every rule of the endpoint tagged so; idempotent."""
+    chain = _chain(veth_prefix)
+    for tool in TOOLS.values():
+        listing = _run(tool, "-S", chain)
+        for line in listing.stdout.splitlines():
+            if f'--comment "{tag}"' in line or f"--comment {tag} " in line:
+                _run(tool, *line.replace("-A", "-D", 1).split())
+
+
+def published_tags(veth_prefix: str) -> set[str]:
+    """Tags of every endpoint that has rules (to find orphans after a restart)."""
+    tags = set()
+    for tool in TOOLS.values():
+        for line in _run(tool, "-S", _chain(veth_prefix)).stdout.splitlines():
+            words = line.split()
+            if "--comment" in words:
+                tags.add(words[words.index("--comment") + 1].strip('"'))
+    return tags

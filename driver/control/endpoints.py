@@ -1,0 +1,208 @@
+"""Container endpoints: the veth, addresses and datapath entries of one container on one network."""
+
+import hashlib
+import ipaddress
+import logging
+
+from datapath import EndpointSpec
+from driver import failpoints
+from driver.errors import Conflict, DriverError, InvalidArgument, NotFound
+
+from .addressing import NodeAddressing
+from .ipam import Ipam
+from .state import Endpoint, Network, Store
+
+log = logging.getLogger(__name__)
+
+CONNECTED = 1
+NEXT_HOP = 0
+MAX_NUMERIC_ID = 0xFFFE
+NUMERIC_ID_CURSOR = "cursor:endpoint-id"
+
+
+class Endpoints:
+    def __init__(self, store: Store, ipam: Ipam, datapath, node: NodeAddressing, veth_prefix: str):
+        self.store = store
+        self.ipam = ipam
+        self.datapath = datapath
+        self.node = node
+        self.veth_prefix = veth_prefix
+
+    def create(self, network_id: str, endpoint_id: str, interface: dict) -> dict:
+        """Make the endpoint; return the Interface fields Docker left empty and we filled."""
+        existing = self.store.get_endpoint(endpoint_id)
+        if existing is not None:
+            if existing.network_id != network_id:
+                raise Conflict(f"endpoint {endpoint_id} exists on network {existing.network_id}")
+            return existing.returned
+        net = self._network(network_id)
+        returned = {}
+        mac = interface.get("MacAddress") or ""
+        if not mac:
+            mac = _mac_for(endpoint_id)
+            returned["MacAddress"] = mac
+        ipv4 = _interface_ip(interface.get("Address"), 4)
+        made = False
+        try:
+            with self.store.transaction():
+                ipv6 = _interface_ip(interface.get("AddressIPv6"), 6)
+                if ipv6 is None:
+                    if not net.ipv6_by_driver:
+                        raise InvalidArgument("Docker gave no IPv6 address on an IPv6 network")
+                    ipv6 = self.ipam.allocate(self.node.range6, owner="endpoint:" + endpoint_id)
+                    returned["AddressIPv6"] = f"{ipv6}/128"
+                ep = Endpoint(
+                    endpoint_id=endpoint_id,
+                    network_id=network_id,
+                    numeric_id=self._free_numeric_id(),
+                    host_ifname=self.veth_prefix + endpoint_id[:12],
+                    peer_ifname="tmp" + endpoint_id[:12],
+                    mac=mac,
+                    ipv6=str(ipv6),
+                    ipv4=str(ipv4) if ipv4 else None,
+                    router6=net.gateway6,
+                    router4=net.gateway4,
+                    mtu=net.mtu,
+                    returned=returned,
+                )
+                self.store.add_endpoint(ep)
+                self.datapath.create_endpoint(spec_of(ep))
+                made = True
+                failpoints.hit("create_endpoint.after_veth")
+        except BaseException:
+            if made:
+                self.datapath.delete_endpoint(spec_of(ep))
+            raise
+        return returned
+
+    def delete(self, endpoint_id: str) -> None:
+        ep = self.store.get_endpoint(endpoint_id)
+        if ep is None:
+            return
+        self.datapath.delete_endpoint(spec_of(ep))
+        failpoints.hit("delete_endpoint.after_datapath")
+        self._forget(ep)
+
+    def join(self, network_id: str, endpoint_id: str, sandbox_key: str) -> dict:
+        ep = self.store.get_endpoint(endpoint_id)
+        if ep is None or ep.network_id != network_id:
+            raise NotFound(f"endpoint {endpoint_id} not found on network {network_id}")
+        net = self._network(network_id)
+        present = {
+            str(ipaddress.ip_network(d))
+            for d in self.datapath.sandbox_route_destinations(sandbox_key)
+        }
+        routes = _gateway_routes(ep.router6, net.pool6, present)
+        if ep.router4:
+            range4 = net.pool4 if net.pool4 not in (None, "0.0.0.0/0") else str(self.node.range4)
+            routes += _gateway_routes(ep.router4, range4, present)
+        with self.store.transaction():
+            self.store.set_sandbox(endpoint_id, sandbox_key)
+        return {
+            "InterfaceName": {"SrcName": ep.peer_ifname, "DstPrefix": "eth"},
+            "GatewayIPv6": ep.router6,
+            "StaticRoutes": routes,
+            "DisableGatewayService": True,
+        }
+
+    def leave(self, network_id: str, endpoint_id: str) -> None:
+        ep = self.store.get_endpoint(endpoint_id)
+        if ep is None or ep.network_id != network_id:
+            return
+        with self.store.transaction():
+            self.store.set_sandbox(endpoint_id, None)
+
+    def restore_all(self) -> list[str]:
+        """After a driver restart: re-make the datapath of live endpoints, forget dead ones,
+        remove veths and map entries nobody owns. Returns the endpoints forgotten."""
+        forgotten = []
+        for ep in self.store.endpoints():
+            if self.datapath.link_exists(ep.peer_ifname):
+                # Docker pulled the interface out of a container that stopped while we were down.
+                self.datapath.delete_endpoint(spec_of(ep))
+                alive = False
+            else:
+                alive = self.datapath.restore_endpoint(spec_of(ep))
+            if not alive:
+                self._forget(ep)
+                forgotten.append(ep.endpoint_id)
+        known = {ep.host_ifname for ep in self.store.endpoints()}
+        removed = self.datapath.remove_orphans(known)
+        if forgotten or removed:
+            log.info("restore: forgot endpoints %s, removed orphans %s", forgotten, removed)
+        return forgotten
+
+    def _forget(self, ep: Endpoint) -> None:
+        with self.store.transaction():
+            self.store.delete_endpoint(ep.endpoint_id)
+            if self.store.address_owner(ep.ipv6) == "endpoint:" + ep.endpoint_id:
+                self.store.delete_address(ep.ipv6)
+
+    def _network(self, network_id: str) -> Network:
+        net = self.store.get_network(network_id)
+        if net is None:
+            raise NotFound(f"network {network_id} not found")
+        return net
+
+    def _free_numeric_id(self) -> int:
+        """The next free id after the last one given. A deleted endpoint's flows are swept
+        in the background, and a new endpoint with its id would wait for that sweep; so ids,
+        like addresses, are not reused at once. The caller holds a transaction."""
+        used = self.store.used_numeric_ids()
+        cursor = int(self.store.get_meta(NUMERIC_ID_CURSOR) or 0)
+        for step in range(1, MAX_NUMERIC_ID + 1):
+            candidate = (cursor + step - 1) % MAX_NUMERIC_ID + 1
+            if candidate not in used:
+                self.store.set_meta(NUMERIC_ID_CURSOR, str(candidate))
+                return candidate
+        raise DriverError("no free endpoint id left on this node")
+
+
+def spec_of(ep: Endpoint) -> EndpointSpec:
+    return EndpointSpec(
+        endpoint_id=ep.numeric_id,
+        host_ifname=ep.host_ifname,
+        peer_ifname=ep.peer_ifname,
+        mac=ep.mac,
+        ipv6=ipaddress.IPv6Address(ep.ipv6),
+        ipv4=ipaddress.IPv4Address(ep.ipv4) if ep.ipv4 else None,
+        router6=ipaddress.IPv6Address(ep.router6),
+        router4=ipaddress.IPv4Address(ep.router4) if ep.router4 else None,
+        mtu=ep.mtu,
+        identity=ep.identity,
+    )
+
+
+def _gateway_routes(router: str, network_range: str, present: set[str]) -> list[dict]:
+    """A connected route to the router and a default route through it. Where the sandbox
+    already has them (a second network on the same container), the network's own range
+    goes through the router instead, so Docker never hits "file exists"."""
+    ip = ipaddress.ip_address(router)
+    host_route = f"{ip}/{ip.max_prefixlen}"
+    default = "::/0" if ip.version == 6 else "0.0.0.0/0"
+    routes = []
+    if host_route not in present:
+        routes.append({"Destination": host_route, "RouteType": CONNECTED})
+    if default not in present:
+        routes.append({"Destination": default, "RouteType": NEXT_HOP, "NextHop": str(ip)})
+    elif network_range not in present:
+        routes.append({"Destination": network_range, "RouteType": NEXT_HOP, "NextHop": str(ip)})
+    return routes
+
+
+def _interface_ip(text: str | None, version: int):
+    if not text:
+        return None
+    try:
+        ip = ipaddress.ip_interface(text).ip
+    except ValueError:
+        raise InvalidArgument(f"interface address {text!r} does not parse") from None
+    if ip.version != version:
+        raise InvalidArgument(f"interface address {text!r} is not IPv{version}")
+    return ip
+
+
+def _mac_for(endpoint_id: str) -> str:
+    """A locally administered unicast MAC derived from the endpoint id (stable across replays)."""
+    digest = hashlib.sha256(endpoint_id.encode()).digest()
+    return ":".join(f"{b:02x}" for b in bytes([0x02]) + digest[:5])

@@ -1,0 +1,95 @@
+"""Docker networks of this driver: their pools, gateways and options."""
+
+import ipaddress
+
+from driver import failpoints
+from driver.errors import InvalidArgument
+
+from .addressing import NodeAddressing
+from .ipam import GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, Ipam, unreachable_routes
+from .state import Network, Store
+
+GENERIC_OPTIONS = "com.docker.network.generic"
+MTU_OPTIONS = ("com.docker.network.driver.mtu", "mtu")
+ANY_ROUTES = {"0.0.0.0/0", "::/0"}
+
+
+class Networks:
+    def __init__(self, store: Store, ipam: Ipam, datapath, node: NodeAddressing, default_mtu: int):
+        self.store = store
+        self.ipam = ipam
+        self.datapath = datapath
+        self.node = node
+        self.default_mtu = default_mtu
+
+    def create(self, network_id: str, options: dict, ipv4_data: list, ipv6_data: list) -> None:
+        if self.store.get_network(network_id) is not None:
+            return
+        mtu = self._mtu(options.get(GENERIC_OPTIONS) or {})
+        pool4, gateway4 = _first_pool(ipv4_data)
+        pool6, gateway6 = _first_pool(ipv6_data)
+        owned = [d["Pool"] for d in ipv4_data + ipv6_data if _needs_own_route(d)]
+        for cidr in owned:
+            self.ipam.check_free_range(_parse(ipaddress.ip_network, cidr, "pool"))
+        net = Network(
+            network_id=network_id,
+            pool4=pool4,
+            gateway4=gateway4,
+            pool6=pool6 or str(self.node.range6),
+            gateway6=gateway6 or str(self.node.router6),
+            ipv6_by_driver=not ipv6_data,
+            mtu=mtu,
+            owned_routes=tuple(owned),
+        )
+        with unreachable_routes(self.datapath, owned), self.store.transaction():
+            self.store.add_network(net)
+            failpoints.hit("create_network.before_commit")
+
+    def delete(self, network_id: str, delete_endpoint) -> None:
+        net = self.store.get_network(network_id)
+        if net is None:
+            return
+        for ep in self.store.endpoints(network_id):
+            delete_endpoint(ep.endpoint_id)
+        with self.store.transaction():
+            self.store.delete_network(network_id)
+        # Only once the network is gone for good: a failed commit keeps network and routes.
+        for cidr in net.owned_routes:
+            self.datapath.remove_unreachable_route(cidr)
+
+    def _mtu(self, generic: dict) -> int:
+        unknown = sorted(set(generic) - set(MTU_OPTIONS))
+        if unknown:
+            raise InvalidArgument(
+                f"unknown driver option {', '.join(unknown)} (known: {', '.join(MTU_OPTIONS)})"
+            )
+        raw = next((generic[k] for k in MTU_OPTIONS if k in generic), self.default_mtu)
+        try:
+            mtu = int(raw)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"MTU {raw!r} is not a number") from None
+        if not 1280 <= mtu <= 65535:
+            raise InvalidArgument(f"MTU {mtu} must be between 1280 and 65535")
+        return mtu
+
+
+def _first_pool(data: list) -> tuple[str | None, str | None]:
+    if not data:
+        return None, None
+    gateway = data[0].get("Gateway") or None
+    if gateway:
+        gateway = str(_parse(ipaddress.ip_interface, gateway, "gateway").ip)
+    return data[0]["Pool"], gateway
+
+
+def _parse(parse, text: str, what: str):
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} {text!r} does not parse: {exc}") from None
+
+
+def _needs_own_route(data: dict) -> bool:
+    """Pools from Docker's own IPAM get an unreachable route from the driver; ours have one."""
+    ours = data.get("AddressSpace") in (LOCAL_ADDRESS_SPACE, GLOBAL_ADDRESS_SPACE)
+    return not ours and data["Pool"] not in ANY_ROUTES

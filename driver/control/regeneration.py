@@ -1,0 +1,228 @@
+"""Identities and policy of endpoints, and the regeneration that turns them into map entries.
+
+Everything runs under the control plane's lock. A policy change is validated completely
+before anything changes; if the datapath refuses the result (a full policy map), the
+previous policy is put back in force.
+"""
+
+import dataclasses
+import ipaddress
+import json
+import logging
+
+from datapath import HOST_ID, INIT_ID, DatapathError, PolicyKey
+from driver.errors import InvalidArgument
+
+from .endpoints import spec_of
+from .identities import Identities, LabelFilter, identity_labels
+from .policy import EndpointPolicy, Identity, Peers, PolicyRepository, merge, parse_rules
+from .state import Endpoint, Store
+
+log = logging.getLogger(__name__)
+
+MODES = ("default", "always", "never")
+
+
+class Security:
+    def __init__(self, store: Store, datapath, label_filter: LabelFilter, default_mode: str):
+        self.store = store
+        self.datapath = datapath
+        self.label_filter = label_filter
+        self.identities = Identities(store)
+        self.mode = store.get_meta("policy_mode") or default_mode
+        saved = store.get_meta("policy_rules")
+        self.policy = PolicyRepository(parse_rules(saved, "saved policy") if saved else [])
+        self.revision = int(store.get_meta("policy_revision") or 0)
+        # What the cached results were computed from; None until the first (full) computation.
+        self._known: dict[int, Identity] | None = None
+        self._mates: dict[str, frozenset[int]] = {}
+        self._cidr_identities: dict[str, int] = {}
+        # (identity, network id) -> the policy of its endpoints on that network.
+        self._results: dict[tuple[int, str], tuple[Identity, EndpointPolicy]] = {}
+        # endpoint id -> (numeric id, policy) as last written to the datapath.
+        self._written: dict[str, tuple[int, EndpointPolicy]] = {}
+        self._cidrs_written: dict[str, int] | None = None
+
+    # endpoints
+
+    def assign_container(
+        self, ep: Endpoint, network_name: str, container_id: str, name: str, labels: dict
+    ) -> int:
+        """Give an endpoint its container's identity; its policy is in place before the
+        identity leaves the waiting state, and peers learn the new identity first."""
+        wanted = identity_labels(labels, network_name, self.label_filter)
+        with self.store.transaction():
+            self.store.set_network_name(ep.network_id, network_name)
+            identity = self.identities.for_labels(wanted)
+            self.store.set_container(ep.endpoint_id, container_id, name, wanted, identity)
+        if identity != ep.identity:
+            self.sync()
+            self.datapath.set_endpoint_identity(spec_of(ep), identity)
+            self.refresh()
+        return identity
+
+    def refresh(self) -> None:
+        """After endpoints went away: free identities nobody has, then update the rest."""
+        self.identities.collect_garbage()
+        self.sync()
+
+    def regenerate(self) -> None:
+        """Recompute every endpoint's policy from the rules (after a policy or mode change);
+        only entries that differ from what the datapath has are written."""
+        self._known = None
+        self.sync()
+
+    def sync(self) -> None:
+        """Make every endpoint's policy entries what the rules say for today's identities,
+        recomputing only what the identities and network mates that changed since the
+        last sync can affect.
+
+        A peer identity's keys in a result depend only on that identity's labels (and
+        the network mates), so an identity that appears adds its own keys to each cached
+        result, and one that goes takes its keys away; no other key changes.
+        """
+        if self._known is None:
+            self._cidr_identities = self.identities.sync_cidrs(self.policy.cidrs())
+            self._results.clear()
+            self._known, self._mates = {}, {}
+        self._write_cidr_identities()
+        known = {
+            i.identity: Identity(i.identity, i.labels) for i in self.store.identities("endpoint")
+        }
+        endpoints = self.store.endpoints()
+        mates = _network_mates(endpoints)
+        added = [i for number, i in known.items() if self._known.get(number) != i]
+        removed = {number for number, i in self._known.items() if known.get(number) != i}
+        moved = {
+            network
+            for network in mates.keys() | self._mates.keys()
+            if mates.get(network) != self._mates.get(network)
+        }
+        in_use = {(ep.identity, ep.network_id) for ep in endpoints if ep.identity != INIT_ID}
+        newcomers = Peers(added, self._cidr_identities)
+        for key in list(self._results):
+            if key not in in_use or key[0] in removed or key[1] in moved:
+                del self._results[key]
+            elif added or removed:
+                self._results[key] = self._update(key, newcomers, removed, mates)
+        self._known, self._mates = known, mates
+        everyone = None
+        for ep in endpoints:
+            key = (ep.identity, ep.network_id)
+            if key in in_use and key not in self._results:
+                everyone = everyone or Peers(known.values(), self._cidr_identities)
+                identity = Identity(ep.identity, ep.labels)
+                result = self._compute(identity, everyone, mates, ep.network_id)
+                self._results[key] = (identity, result)
+        self._write(endpoints)
+
+    def _compute(self, identity: Identity, peers: Peers, mates, network_id: str):
+        return self.policy.compute_for(
+            identity, peers, self.mode, network_mates=mates.get(network_id, frozenset())
+        )
+
+    def _update(self, key, newcomers: Peers, removed, mates) -> tuple[Identity, EndpointPolicy]:
+        identity, result = self._results[key]
+        keys = result.keys
+        if removed:
+            keys = frozenset(k for k in keys if k.identity not in removed)
+        if newcomers.endpoints:
+            keys = merge(keys, self._compute(identity, newcomers, mates, key[1]).keys)
+        return identity, dataclasses.replace(result, keys=keys)
+
+    def _write(self, endpoints: list[Endpoint]) -> None:
+        """Write the policy of the endpoints whose result differs from what they have."""
+        present = {ep.endpoint_id for ep in endpoints}
+        for endpoint_id in self._written.keys() - present:
+            del self._written[endpoint_id]
+        for ep in endpoints:
+            if ep.identity == INIT_ID:
+                continue
+            _, result = self._results[ep.identity, ep.network_id]
+            if self._written.get(ep.endpoint_id) == (ep.numeric_id, result):
+                continue
+            self._written.pop(ep.endpoint_id, None)
+            self.datapath.set_endpoint_policy(
+                spec_of(ep),
+                result.ingress_enforced,
+                result.egress_enforced,
+                set(map(PolicyKey._make, result.keys)),
+            )
+            self._written[ep.endpoint_id] = (ep.numeric_id, result)
+
+    def _write_cidr_identities(self) -> None:
+        wanted = {**self._host_prefixes(), **self._cidr_identities}
+        if wanted != self._cidrs_written:
+            self._cidrs_written = None
+            self.datapath.set_cidr_identities(wanted)
+            self._cidrs_written = wanted
+
+    def _host_prefixes(self) -> dict[str, int]:
+        return {
+            f"{ip}/{ip.max_prefixlen}": HOST_ID
+            for ip in map(ipaddress.ip_address, self.datapath.host_addresses())
+        }
+
+    # policy
+
+    def import_rules(self, text: str, source: str) -> dict:
+        rules = parse_rules(text, source)
+        candidate = PolicyRepository(self.policy.rules())
+        candidate.add(rules)
+        self._switch(candidate)
+        known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
+        return {"revision": self.revision, "warnings": candidate.selects_nothing(rules, known)}
+
+    def delete_rules(self, name: str | None, everything: bool) -> dict:
+        candidate = PolicyRepository(self.policy.rules())
+        candidate.delete(name=name, all=everything)
+        self._switch(candidate)
+        return {"revision": self.revision}
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise InvalidArgument(f"policy enforcement {mode!r} is not one of {', '.join(MODES)}")
+        previous, self.mode = self.mode, mode
+        try:
+            self.regenerate()
+        except DatapathError:
+            self.mode = previous
+            self.regenerate()
+            raise
+        with self.store.transaction():
+            self.store.set_meta("policy_mode", mode)
+
+    def trace(self, src_labels: dict, dst_labels: dict, dport: int, protocol: int):
+        known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
+        return self.policy.trace(
+            src_labels, dst_labels, dport, protocol, identities=known, mode=self.mode
+        )
+
+    def _switch(self, candidate: PolicyRepository) -> None:
+        previous, self.policy = self.policy, candidate
+        try:
+            self.regenerate()
+        except DatapathError:
+            self.policy = previous
+            self.regenerate()
+            raise
+        self.revision += 1
+        with self.store.transaction():
+            self.store.set_meta("policy_rules", json.dumps(candidate.to_json()))
+            self.store.set_meta("policy_revision", str(self.revision))
+        log.info("policy revision %d in force (%d rules)", self.revision, len(candidate.rules()))
+
+
+def _network_mates(endpoints: list[Endpoint]) -> dict[str, frozenset[int]]:
+    """Per network, the identities of the other endpoints of containers connected to it: a
+    container on two networks reaches both, whichever interface its packets leave by."""
+    by_sandbox = {}
+    for ep in endpoints:
+        if ep.sandbox_key:
+            by_sandbox.setdefault(ep.sandbox_key, []).append(ep)
+    mates: dict[str, set[int]] = {}
+    for members in by_sandbox.values():
+        for ep in members:
+            others = {m.identity for m in members if m is not ep and m.identity != INIT_ID}
+            mates.setdefault(ep.network_id, set()).update(others)
+    return {network: frozenset(ids) for network, ids in mates.items()}

@@ -1,0 +1,77 @@
+"""create_app(): one Flask application for Docker's plugin protocol and the management API."""
+
+import logging
+
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException
+
+from datapath import Datapath, DatapathError, MapSizes
+from driver.config import Config
+from driver.control.plane import Daemon
+from driver.errors import BadRequest, DriverError
+
+from . import api, plugin
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def create_app(config: Config, datapath=None, watch_docker: bool = True) -> Flask:
+    """Build and start the control plane. `datapath` defaults to the real kernel datapath;
+    `watch_docker` starts the Docker events watcher that gives endpoints their identity."""
+    if datapath is None:
+        sizes = MapSizes(config.policy_map_size, config.ct_map_size, config.service_map_size)
+        datapath = Datapath(config.bpf_pin_dir, config.veth_prefix, sizes)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    daemon = Daemon(config, datapath)
+    metrics = Metrics(daemon)
+    if config.metrics_address:
+        # Bound before the daemon starts: a taken port fails the start before any change.
+        metrics.serve(config.metrics_address)
+    try:
+        daemon.start()
+    except BaseException:
+        metrics.close()
+        raise
+    daemon.on_close(metrics.close)
+    if watch_docker:
+        daemon.watch_docker()
+    app.extensions["pycilium"] = daemon
+    app.register_blueprint(plugin.bp)
+    app.register_blueprint(api.bp)
+    metrics.install(app)
+    app.register_error_handler(DriverError, _driver_error)
+    app.register_error_handler(DatapathError, _datapath_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def _error(message: str, status: int) -> Response:
+    return Response(json.dumps({"Err": message}), status=status, mimetype=plugin.CONTENT_TYPE)
+
+
+def _driver_error(exc: DriverError) -> Response:
+    # The plugin protocol knows 400 (bad body) and 500; the management API uses every status.
+    use_own_status = isinstance(exc, BadRequest) or request.path.startswith("/v1/")
+    status = exc.status if use_own_status else 500
+    log.warning("%s failed: %s", request.path, exc)
+    return _error(str(exc), status)
+
+
+def _datapath_error(exc: DatapathError) -> Response:
+    """The kernel refused something (a full map, a taken name): the message says what."""
+    log.warning("%s failed: %s", request.path, exc)
+    return _error(str(exc), 500)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    return _error(f"{request.method} {request.path}: {exc.description}", exc.code or 500)
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    log.exception("%s failed", request.path)
+    return _error(f"{request.path.lstrip('/')}: {exc}", 500)
