@@ -4,6 +4,9 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+# Defined with the API client, which the `cilium` command imports without the driver.
+from driver.cli.client import DEFAULT_API_SOCKET
+
 MAX_MAP_SIZE = 1 << 24
 
 # Labels that differ between replicas of one service or change with every deploy: they
@@ -26,7 +29,7 @@ DEFAULT_LABEL_PREFIXES = ",".join(
 class Config:
     plugin_name: str = "cilium"
     plugin_dir: str = "/run/docker/plugins"
-    api_socket: str = "/var/run/cilium/cilium.sock"
+    api_socket: str = DEFAULT_API_SOCKET
     state_dir: str = "/var/lib/pycilium"
     bpf_pin_dir: str = "/sys/fs/bpf/pycilium"
     veth_prefix: str = "lxc"

@@ -1,15 +1,22 @@
-"""A small HTTP client for the management API on its unix socket."""
+"""A small HTTP client for the management API on its unix socket. It depends on nothing of
+the driver, so the `cilium` command and the benchmarks start without the control plane; the
+driver's Config takes its default socket from here."""
 
 import contextlib
 import http.client
 import json
 import socket
 
-from driver.errors import DriverError
+DEFAULT_API_SOCKET = "/var/run/cilium/cilium.sock"
+API_SOCKET_ENV = "CILIUM_API_SOCKET"
+
+
+class ApiError(Exception):
+    """The driver refused a request, or does not answer; the message says which."""
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
+    def __init__(self, path: str, timeout: float | None):
         super().__init__("localhost", timeout=timeout)
         self.path = path
 
@@ -19,8 +26,17 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
+def _refusal(status: int, data: bytes) -> ApiError:
+    """The driver's {"Err": ...} of a failed request, or its HTTP status."""
+    try:
+        message = json.loads(data).get("Err")
+    except (ValueError, AttributeError):
+        message = None
+    return ApiError(message or f"HTTP {status}")
+
+
 class ApiClient:
-    def __init__(self, socket_path: str, timeout: float = 30.0):
+    def __init__(self, socket_path: str = DEFAULT_API_SOCKET, timeout: float = 30.0):
         self.socket_path = socket_path
         self.timeout = timeout
 
@@ -31,25 +47,33 @@ class ApiClient:
         try:
             yield conn
         except OSError as exc:
-            raise DriverError(
+            raise ApiError(
                 f"cannot reach the driver at {self.socket_path}: {exc} (is it running?)"
             ) from None
         finally:
             conn.close()
 
-    def request(self, method: str, path: str, body=None):
+    def _exchange(self, method: str, path: str, body=None) -> bytes:
+        """The body of the answer to one request; ApiError for a refusal."""
         with self._connection(self.timeout) as conn:
             payload = json.dumps(body) if body is not None else None
             conn.request(method, path, body=payload)
             response = conn.getresponse()
             data = response.read()
-        decoded = json.loads(data) if data else {}
         if response.status >= 400:
-            raise DriverError(decoded.get("Err") or f"HTTP {response.status}")
-        return decoded
+            raise _refusal(response.status, data)
+        return data
+
+    def request(self, method: str, path: str, body=None):
+        data = self._exchange(method, path, body)
+        return json.loads(data) if data else {}
 
     def get(self, path: str):
         return self.request("GET", path)
+
+    def text(self, path: str) -> str:
+        """A resource that is not JSON (the Prometheus exposition at /metrics)."""
+        return self._exchange("GET", path).decode()
 
     def stream(self, path: str):
         """JSON objects of a streaming GET, one per non-empty line, until the server stops."""
@@ -57,8 +81,7 @@ class ApiClient:
             conn.request("GET", path)
             response = conn.getresponse()
             if response.status >= 400:
-                body = response.read()
-                raise DriverError((json.loads(body) if body else {}).get("Err") or "failed")
+                raise _refusal(response.status, response.read())
             for line in response:
                 if line.strip():
                     yield json.loads(line)

@@ -5,10 +5,7 @@ import sys
 
 import click
 
-from driver.config import Config, env_name
-from driver.errors import DriverError
-
-from .client import ApiClient
+from .client import API_SOCKET_ENV, DEFAULT_API_SOCKET, ApiClient, ApiError
 
 PROTOCOL_NAMES = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}
 DIRECTIONS = {0: "ingress", 1: "egress"}
@@ -20,8 +17,8 @@ MAP_FILL_WARNING = 0.9
 @click.option(
     "--socket",
     "socket_path",
-    envvar=env_name("api_socket"),
-    default=Config.api_socket,
+    envvar=API_SOCKET_ENV,
+    default=DEFAULT_API_SOCKET,
     show_default=True,
     help="management API socket of the driver",
 )
@@ -44,7 +41,7 @@ output_option = click.option(
 def _call(client: ApiClient, method: str, path: str, body=None):
     try:
         return client.request(method, path, body)
-    except DriverError as exc:
+    except ApiError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
 
@@ -447,7 +444,7 @@ def monitor(client, kinds, source, destination, output):
     try:
         for event in client.stream(path):
             click.echo(json.dumps(event) if output == "json" else format_event(event))
-    except DriverError as exc:
+    except ApiError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

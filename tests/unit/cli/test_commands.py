@@ -1,0 +1,391 @@
+"""The `cilium` command against a fake API client: the human tables, the JSON, the requests
+it sends and its exit codes."""
+
+import copy
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from driver.cli import main as cli
+from driver.cli.client import ApiError
+
+from .api_answers import ANSWERS, EVENTS, STATUS
+
+
+class FakeApi:
+    """Answers from api_answers (or the test's own), and the requests it was sent."""
+
+    def __init__(self, answers: dict, events: list):
+        self.answers = answers
+        self.events = events
+        self.calls = []
+
+    def request(self, method, path, body=None):
+        self.calls.append((method, path, body))
+        answer = self.answers[(method, path)]
+        if isinstance(answer, Exception):
+            raise answer
+        return copy.deepcopy(answer)
+
+    def stream(self, path):
+        self.calls.append(("STREAM", path, None))
+        for event in self.events:
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+
+
+@pytest.fixture
+def api(monkeypatch):
+    fake = FakeApi(dict(ANSWERS), list(EVENTS))
+    monkeypatch.setattr(cli, "ApiClient", lambda _path: fake)
+    return fake
+
+
+def cilium(*args, stdin=None):
+    return CliRunner().invoke(cli.main, list(args), input=stdin)
+
+
+READS = {
+    ("status",): ("GET", "/v1/status"),
+    ("endpoint", "list"): ("GET", "/v1/endpoints"),
+    ("endpoint", "get", "web-1"): ("GET", "/v1/endpoints/web-1"),
+    ("identity", "list"): ("GET", "/v1/identities"),
+    ("identity", "get", "256"): ("GET", "/v1/identities/256"),
+    ("bpf", "endpoint"): ("GET", "/v1/bpf/endpoints"),
+    ("bpf", "lb", "list"): ("GET", "/v1/bpf/lb"),
+    ("bpf", "policy", "list", "web-1"): ("GET", "/v1/bpf/policy/web-1"),
+    ("bpf", "ct", "list"): ("GET", "/v1/bpf/ct"),
+    ("service", "list"): ("GET", "/v1/services"),
+    ("service", "get", "1"): ("GET", "/v1/services/1"),
+    ("network", "list"): ("GET", "/v1/networks"),
+}
+
+TABLES = {
+    ("status",): """\
+Driver:        ok
+Docker events: connected
+Kernel:        6.1.0-18-amd64 (bpf_jit, no btf)
+Node:          0a0b0c0d
+IPv6 range:    fdce:1c00:a0b:c0d::/96 (router fdce:1c00:a0b:c0d::1)
+IPv4 range:    10.213.0.0/24 (router 10.213.0.1)
+Networks:      1
+Endpoints:     2 (1 waiting for identity)
+Identities:    4
+Policy:        revision 3, 2 rules, default
+BPF compiles:  5
+Drops:         POLICY_DENIED 4, CT_FULL 1
+BPF maps:      2 ok, fullest conntrack 26214/262144 (10%)
+Metrics:       /metrics on the API socket and http://127.0.0.1:9962/metrics
+""",
+    ("endpoint", "list"): """\
+ENDPOINT  CONTAINER  IDENTITY  LABELS               IPv6                  IPv4        POLICY IN/OUT  STATE
+7         web-1      256       app=web, tier=front  fdce:1c00:a0b:c0d::7  10.213.0.7  on/off         ready
+8         client-1   5                              fdce:1c00:a0b:c0d::7              off/on         waiting-for-identity
+""",  # noqa: E501
+    ("endpoint", "get", "web-1"): """\
+Endpoint:       7
+Container:      web-1 (c0ffeec0ffee)
+Network:        4e74e74e74e7
+Identity:       256
+Labels:         app=web, tier=front
+IPv6:           fdce:1c00:a0b:c0d::7
+IPv4:           10.213.0.7
+Interface:      lxc7
+Ports:          *:8080->80/tcp, [::1]:5353->53/udp
+State:          ready
+Ingress policy: enforced
+Egress policy:  not enforced
+DIRECTION  IDENTITY  PORT  PROTOCOL  PACKETS  BYTES
+ingress    257       80    TCP       3        180
+egress     any       any   ANY       0        0
+""",
+    ("identity", "list"): """\
+IDENTITY  KIND      LABELS
+2         reserved  reserved:world
+256       endpoint  app=web
+""",
+    ("identity", "get", "256"): """\
+Identity:   256 (endpoint)
+Labels:     app=web
+Endpoints:  7, 9
+""",
+    ("identity", "get", "2"): """\
+Identity:   2 (reserved)
+Labels:     reserved:world
+Endpoints:  none
+""",
+    ("bpf", "endpoint"): """\
+IFINDEX  ENDPOINT  IDENTITY  MAC                IPv6                  IPv4
+12       7         256       02:00:00:00:00:07  fdce:1c00:a0b:c0d::7
+""",
+    ("bpf", "lb", "list"): """\
+FRONTEND             ID  BACKEND                  WEIGHT
+[fd00:5::10]:80/tcp  1   fdce:1c00:a0b:c0d::7:80  1
+                         fdce:1c00:a0b:c0d::8:80  2
+10.96.0.10:53/udp    2   (none):
+""",
+    ("bpf", "policy", "list", "web-1"): """\
+DIRECTION  IDENTITY  PORT  PROTOCOL  PACKETS  BYTES
+ingress    257       80    TCP       3        180
+egress     any       any   ANY       0        0
+""",
+    ("bpf", "ct", "list"): """\
+PROTO  SOURCE                        DESTINATION                DIRECTION  ENDPOINT  EXPIRES  FLAGS
+TCP    [fdce:1c00:a0b:c0d::8]:40000  [fdce:1c00:a0b:c0d::7]:80  ingress    7         21590    SYN ACK
+132    [10.213.0.8]:None             [10.213.0.7]:None          9
+""",  # noqa: E501
+    ("service", "list"): """\
+ID  NAME  FRONTEND         SELECTOR  BACKEND
+1   web   [fd00:5::10]:80  app=web   [fdce:1c00:a0b:c0d::7]:80
+                                     [fdce:1c00:a0b:c0d::8]:80
+2         10.96.0.10:53              (none)
+""",
+    ("service", "get", "1"): """\
+ID  NAME  FRONTEND         SELECTOR  BACKEND
+1   web   [fd00:5::10]:80  app=web   [fdce:1c00:a0b:c0d::7]:80
+                                     [fdce:1c00:a0b:c0d::8]:80
+""",
+    ("network", "list"): """\
+NETWORK       NAME  IPv6 POOL               IPv6 GATEWAY          IPv4 POOL      IPv4 GATEWAY  MTU
+4e74e74e74e7  demo  fdce:1c00:a0b:c0d::/96  fdce:1c00:a0b:c0d::1  10.213.0.0/24  10.213.0.1    1500
+""",
+}
+
+
+@pytest.mark.parametrize("args", TABLES, ids=" ".join)
+def test_human_tables(api, args):
+    result = cilium(*args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == TABLES[args]
+
+
+@pytest.mark.parametrize("args", READS, ids=" ".join)
+def test_json_is_the_api_answer(api, args):
+    result = cilium(*args, "-o", "json")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == json.dumps(ANSWERS[READS[args]], indent=2) + "\n"
+    assert api.calls == [(*READS[args], None)]
+
+
+def test_policy_get_prints_the_rules_as_json(api):
+    result = cilium("policy", "get")
+    assert result.stdout == json.dumps(ANSWERS[("GET", "/v1/policy")], indent=2) + "\n"
+
+
+def _maps(**maps) -> dict:
+    """STATUS's datapath with these map fills."""
+    return {
+        **STATUS["datapath"],
+        "maps": {
+            name: dict(zip(("entries", "capacity"), fill, strict=True))
+            for name, fill in maps.items()
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"docker_events": False}, 2),
+        ({"datapath": _maps(policy=(240000, 262144))}, 3),
+        ({"docker_events": False, "datapath": _maps(policy=(9, 9))}, 2),
+    ],
+)
+def test_status_exit_codes(api, change, code):
+    api.answers[("GET", "/v1/status")] = {**STATUS, **change}
+    result = cilium("status")
+    assert result.exit_code == code, result.output
+    assert result.stdout.startswith("Driver:        ok\n")
+
+
+def test_status_names_every_nearly_full_map(api):
+    maps = {
+        "policy": {"entries": 240000, "capacity": 262144},
+        "conntrack": {"entries": 262144, "capacity": 262144},
+        "endpoints": {"entries": 1, "capacity": 16384},
+    }
+    api.answers[("GET", "/v1/status")] = {
+        **STATUS,
+        "datapath": {**STATUS["datapath"], "maps": maps},
+    }
+    result = cilium("status")
+    assert (
+        "BPF maps:      WARNING nearly full: conntrack 262144/262144 (100%), "
+        "policy 240000/262144 (92%)\n"
+    ) in result.stdout
+    assert "Drops:         POLICY_DENIED 4, CT_FULL 1\n" in result.stdout
+
+
+def test_an_unreachable_driver_is_one_line_and_exit_1(api):
+    api.answers[("GET", "/v1/endpoints")] = ApiError("cannot reach the driver at /x: gone")
+    result = cilium("endpoint", "list")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == "Error: cannot reach the driver at /x: gone\n"
+
+
+def test_policy_import_sends_the_text_and_prints_warnings(api, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("- endpointSelector: {}\n")
+    result = cilium("policy", "import", str(rules))
+    assert result.exit_code == 0
+    assert result.stdout == "Revision: 4\n"
+    assert result.stderr == "Warning: rule 1 selects nothing\n"
+    assert api.calls == [
+        ("PUT", "/v1/policy", {"text": "- endpointSelector: {}\n", "source": str(rules)})
+    ]
+
+
+def test_policy_import_from_stdin(api):
+    result = cilium("policy", "import", "-", stdin="[]")
+    assert result.exit_code == 0
+    assert api.calls == [("PUT", "/v1/policy", {"text": "[]", "source": "<stdin>"})]
+
+
+@pytest.mark.parametrize(
+    ("args", "path", "revision"),
+    [(("web",), "/v1/policy?name=web", 5), (("--all",), "/v1/policy?all=true", 6)],
+)
+def test_policy_delete(api, args, path, revision):
+    result = cilium("policy", "delete", *args)
+    assert result.stdout == f"Revision: {revision}\n"
+    assert api.calls == [("DELETE", path, None)]
+
+
+@pytest.mark.parametrize("args", [(), ("web", "--all")])
+def test_policy_delete_wants_a_name_or_all(api, args):
+    result = cilium("policy", "delete", *args)
+    assert result.exit_code == 2
+    assert "give a rule name or --all" in result.stderr
+    assert api.calls == []
+
+
+def test_policy_mode(api):
+    result = cilium("policy", "mode", "always")
+    assert result.stdout == "Policy enforcement: always\n"
+    assert api.calls == [("PUT", "/v1/policy/mode", {"mode": "always"})]
+
+
+@pytest.mark.parametrize(
+    ("allowed", "code", "verdict"), [(True, 0, "ALLOWED"), (False, 1, "DENIED")]
+)
+def test_policy_trace(api, allowed, code, verdict):
+    answer = {"allowed": allowed, "reason": "the reason"}
+    api.answers[("POST", "/v1/policy/trace")] = answer
+    args = ("policy", "trace", "--src", "app=client, x=", "--dst", "app=web", "--dport", "53/udp")
+    result = cilium(*args)
+    assert result.exit_code == code
+    assert result.stdout == f"the reason\nFinal verdict: {verdict}\n"
+    body = {
+        "src": {"app": "client", "x": ""},
+        "dst": {"app": "web"},
+        "dport": "53",
+        "protocol": "udp",
+    }
+    assert api.calls == [("POST", "/v1/policy/trace", body)]
+    result = cilium(*args, "-o", "json")
+    assert result.exit_code == code
+    assert result.stdout == json.dumps(answer, indent=2) + "\n"
+
+
+def test_policy_trace_port_defaults(api):
+    cilium("policy", "trace", "--src", "a=b", "--dst", "c=d", "--dport", "8080")
+    cilium("policy", "trace", "--src", "a=b", "--dst", "c=d")
+    assert [call[2]["dport"] for call in api.calls] == ["8080", "0"]
+    assert [call[2]["protocol"] for call in api.calls] == ["tcp", "tcp"]
+
+
+def test_monitor_lines(api):
+    result = cilium("monitor", "--type", "drop", "--from", "7")
+    assert result.exit_code == 0
+    assert result.stdout == (
+        "xx drop (Policy denied) endpoint 7 ingress: identity 5 -> 256: "
+        "TCP [fdce:1c00:a0b:c0d::8]:40000 -> [fdce:1c00:a0b:c0d::7]:80\n"
+        "-> trace (TO_ENDPOINT) endpoint 8 egress: identity 256 -> 5: "
+        "ICMPv6 fdce:1c00:a0b:c0d::7 -> fdce:1c00:a0b:c0d::8\n"
+    )
+    assert api.calls == [("STREAM", "/v1/monitor?type=drop&from=7", None)]
+
+
+def test_monitor_json_is_one_event_a_line(api):
+    result = cilium("monitor", "-o", "json", "--to", "8")
+    assert result.stdout == "".join(json.dumps(e) + "\n" for e in EVENTS)
+    assert api.calls == [("STREAM", "/v1/monitor?type=drop&type=trace&to=8", None)]
+
+
+def test_monitor_ends_with_the_stream_or_an_error(api):
+    api.events.append(ApiError("cannot reach the driver"))
+    result = cilium("monitor")
+    assert result.exit_code == 1
+    assert result.stdout.count("\n") == 2
+    assert result.stderr == "Error: cannot reach the driver\n"
+    api.events[-1] = KeyboardInterrupt()
+    assert cilium("monitor").exit_code == 0
+
+
+def test_service_update_sends_the_service_and_prints_warnings(api):
+    result = cilium(
+        "service",
+        "update",
+        "--frontend",
+        "[fd00:5::10]:80",
+        "--backends",
+        "[fd00::2]:80, ,[fd00::3]:80@2",
+    )
+    assert result.exit_code == 0
+    assert result.stdout == TABLES[("service", "get", "1")]
+    assert result.stderr == "Warning: no endpoint matches app=web yet\n"
+    body = {
+        "frontend": "[fd00:5::10]:80",
+        "protocol": "tcp",
+        "port": 0,
+        "id": None,
+        "name": None,
+        "backends": ["[fd00::2]:80", "[fd00::3]:80@2"],
+    }
+    assert api.calls == [("PUT", "/v1/services", body)]
+
+
+def test_service_update_by_selector_as_json(api):
+    args = (
+        "--selector",
+        "app=web",
+        "--port",
+        "8080",
+        "--protocol",
+        "udp",
+        "--id",
+        "4",
+        "--name",
+        "w",
+    )
+    result = cilium("service", "update", "--frontend", "10.96.0.1:80", *args, "-o", "json")
+    assert json.loads(result.stdout) == ANSWERS[("GET", "/v1/services/1")]
+    body = {"frontend": "10.96.0.1:80", "protocol": "udp", "port": 8080, "id": 4, "name": "w"}
+    assert api.calls == [("PUT", "/v1/services", {**body, "selector": {"app": "web"}})]
+
+
+@pytest.mark.parametrize(
+    ("args", "deleted"), [(("--all",), [1, 2]), (("web",), [1]), (("2",), [2])]
+)
+def test_service_delete(api, args, deleted):
+    result = cilium("service", "delete", *args)
+    assert result.exit_code == 0
+    assert result.stdout == "".join(f"Deleted service {n}\n" for n in deleted)
+    assert api.calls[1:] == [("DELETE", f"/v1/services/{n}", None) for n in deleted]
+
+
+def test_service_delete_of_an_unknown_name(api):
+    result = cilium("service", "delete", "nope")
+    assert result.exit_code == 1
+    assert result.stderr == "Error: no service named nope\n"
+    assert api.calls == [("GET", "/v1/services", None)]
+
+
+@pytest.mark.parametrize("args", [(), ("web", "--all")])
+def test_service_delete_wants_a_ref_or_all(api, args):
+    result = cilium("service", "delete", *args)
+    assert result.exit_code == 2
+    assert "give a service id or name, or --all" in result.stderr
