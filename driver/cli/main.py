@@ -1,12 +1,17 @@
-"""`cilium`: the command line for the driver's management API."""
+"""`cilium`: the command line for the driver's management API. Each command calls the API
+and hands the answer to driver/cli/output.py, with the table it reads as for humans.
 
-import json
+Over 300 lines because it is the whole command tree in one place, as `cilium --help` shows
+it: each command is a few lines, the rest is the human tables of the API's records."""
+
 import sys
 
 import click
 
-from .client import API_SOCKET_ENV, DEFAULT_API_SOCKET, ApiClient, ApiError
+from .client import API_SOCKET_ENV, DEFAULT_API_SOCKET, ApiClient
+from .output import call, fail, fields, getter, listing, output_option, show, show_stream, table
 
+# The API reports protocols and directions as the datapath's numbers.
 PROTOCOL_NAMES = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}
 DIRECTIONS = {0: "ingress", 1: "egress"}
 # `cilium status` warns, and exits 3, when a BPF map is this full.
@@ -28,35 +33,6 @@ def main(ctx, socket_path):
     ctx.obj = ApiClient(socket_path)
 
 
-output_option = click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="human table or raw JSON",
-)
-
-
-def _call(client: ApiClient, method: str, path: str, body=None):
-    try:
-        return client.request(method, path, body)
-    except ApiError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-
-
-def _json(data) -> None:
-    click.echo(json.dumps(data, indent=2))
-
-
-def _table(headers: list[str], rows: list[list]) -> None:
-    cells = [headers] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 def _labels(labels: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
@@ -69,41 +45,42 @@ def _parse_labels(text: str) -> dict:
     return labels
 
 
-@main.command()
-@output_option
-@click.pass_obj
-def status(client, output):
-    """Health of the driver in one screen. Exit code 0 when healthy, 1 when the driver does
-    not answer, 2 when it cannot follow Docker's events (endpoints would wait for identity),
-    3 when a BPF map is 90% full or more."""
-    data = _call(client, "GET", "/v1/status")
-    if output == "json":
-        _json(data)
-        return
+def _status_screen(data: dict) -> None:
     node, policy = data["node"], data["policy"]
     drops = data["datapath"]["drops"]
-    lines = [
-        ("Driver", "ok"),
-        ("Docker events", "connected" if data["docker_events"] else "NOT connected"),
-        ("Kernel", _kernel(data["kernel"])),
-        ("Node", node["id"]),
-        ("IPv6 range", f"{node['ipv6_range']} (router {node['ipv6_router']})"),
-        ("IPv4 range", f"{node['ipv4_range']} (router {node['ipv4_router']})"),
-        ("Networks", data["networks"]),
-        ("Endpoints", f"{data['endpoints']} ({data['waiting']} waiting for identity)"),
-        ("Identities", data["identities"]),
-        ("Policy", f"revision {policy['revision']}, {policy['rules']} rules, {policy['mode']}"),
-        ("BPF compiles", data["datapath"]["compile_count"]),
-        ("Drops", ", ".join(f"{k} {v}" for k, v in drops.items() if v) or "none"),
-        ("BPF maps", _maps(data["datapath"].get("maps", {}))),
-        ("Metrics", _metrics(data.get("metrics") or {})),
-    ]
-    for name, value in lines:
-        click.echo(f"{name + ':':<15}{value}")
+    fields(
+        [
+            ("Driver", "ok"),
+            ("Docker events", "connected" if data["docker_events"] else "NOT connected"),
+            ("Kernel", _kernel(data["kernel"])),
+            ("Node", node["id"]),
+            ("IPv6 range", f"{node['ipv6_range']} (router {node['ipv6_router']})"),
+            ("IPv4 range", f"{node['ipv4_range']} (router {node['ipv4_router']})"),
+            ("Networks", data["networks"]),
+            ("Endpoints", f"{data['endpoints']} ({data['waiting']} waiting for identity)"),
+            ("Identities", data["identities"]),
+            ("Policy", f"revision {policy['revision']}, {policy['rules']} rules, {policy['mode']}"),
+            ("BPF compiles", data["datapath"]["compile_count"]),
+            ("Drops", ", ".join(f"{k} {v}" for k, v in drops.items() if v) or "none"),
+            ("BPF maps", _maps(data["datapath"].get("maps", {}))),
+            ("Metrics", _metrics(data.get("metrics") or {})),
+        ],
+        15,
+    )
+    # The exit codes belong to the human form: -o json|yaml leaves judging to the reader.
     if not data["docker_events"]:
         sys.exit(2)
     if _full_maps(data["datapath"].get("maps", {})):
         sys.exit(3)
+
+
+@main.command()
+@getter(_status_screen)
+def status():
+    """Health of the driver in one screen. Exit code 0 when healthy, 1 when the driver does
+    not answer, 2 when it cannot follow Docker's events (endpoints would wait for identity),
+    3 when a BPF map is 90% full or more."""
+    return "/v1/status"
 
 
 def _fill(entry: dict) -> float:
@@ -146,60 +123,26 @@ def endpoint():
     """Container endpoints."""
 
 
+_endpoints_table = listing(
+    ["ENDPOINT", "CONTAINER", "IDENTITY", "LABELS", "IPv6", "IPv4", "POLICY IN/OUT", "STATE"],
+    lambda e: [
+        e["numeric_id"],
+        e["container_name"],
+        e["identity"],
+        _labels(e["labels"]),
+        e["ipv6"],
+        e["ipv4"],
+        "/".join("on" if e["enforcement"][d] else "off" for d in ("ingress", "egress")),
+        e["state"],
+    ],
+)
+
+
 @endpoint.command("list")
-@output_option
-@click.pass_obj
-def endpoint_list(client, output):
+@getter(_endpoints_table)
+def endpoint_list():
     """Every endpoint: id, container, identity, labels, addresses, state."""
-    eps = _call(client, "GET", "/v1/endpoints")
-    if output == "json":
-        _json(eps)
-        return
-    _table(
-        ["ENDPOINT", "CONTAINER", "IDENTITY", "LABELS", "IPv6", "IPv4", "POLICY IN/OUT", "STATE"],
-        [
-            [
-                e["numeric_id"],
-                e["container_name"],
-                e["identity"],
-                _labels(e["labels"]),
-                e["ipv6"],
-                e["ipv4"],
-                "/".join("on" if e["enforcement"][d] else "off" for d in ("ingress", "egress")),
-                e["state"],
-            ]
-            for e in eps
-        ],
-    )
-
-
-@endpoint.command("get")
-@click.argument("ref")
-@output_option
-@click.pass_obj
-def endpoint_get(client, ref, output):
-    """One endpoint (id, container name or id) with its policy."""
-    ep = _call(client, "GET", f"/v1/endpoints/{ref}")
-    if output == "json":
-        _json(ep)
-        return
-    policy = ep["policy"]
-    for name, value in (
-        ("Endpoint", ep["numeric_id"]),
-        ("Container", f"{ep['container_name']} ({(ep['container_id'] or '')[:12]})"),
-        ("Network", ep["network_id"][:12]),
-        ("Identity", ep["identity"]),
-        ("Labels", _labels(ep["labels"])),
-        ("IPv6", ep["ipv6"]),
-        ("IPv4", ep["ipv4"]),
-        ("Interface", ep["host_ifname"]),
-        ("Ports", ", ".join(_port_text(p) for p in ep["ports"]) or "none"),
-        ("State", ep["state"]),
-        ("Ingress policy", "enforced" if policy["ingress_enforced"] else "not enforced"),
-        ("Egress policy", "enforced" if policy["egress_enforced"] else "not enforced"),
-    ):
-        click.echo(f"{name + ':':<16}{value}")
-    _policy_table(policy["entries"])
+    return "/v1/endpoints"
 
 
 def _port_text(p: dict) -> str:
@@ -207,21 +150,47 @@ def _port_text(p: dict) -> str:
     return f"{host}:{p['host_port']}->{p['port']}/{PROTOCOL_NAMES[p['protocol']].lower()}"
 
 
-def _policy_table(entries: list[dict]) -> None:
-    _table(
-        ["DIRECTION", "IDENTITY", "PORT", "PROTOCOL", "PACKETS", "BYTES"],
+_policy_table = listing(
+    ["DIRECTION", "IDENTITY", "PORT", "PROTOCOL", "PACKETS", "BYTES"],
+    lambda e: [
+        DIRECTIONS[e["direction"]],
+        e["identity"] or "any",
+        e["dport"] or "any",
+        PROTOCOL_NAMES.get(e["protocol"], e["protocol"]),
+        e["packets"],
+        e["bytes"],
+    ],
+)
+
+
+def _endpoint_sheet(ep: dict) -> None:
+    policy = ep["policy"]
+    fields(
         [
-            [
-                DIRECTIONS[e["direction"]],
-                e["identity"] or "any",
-                e["dport"] or "any",
-                PROTOCOL_NAMES.get(e["protocol"], e["protocol"]),
-                e["packets"],
-                e["bytes"],
-            ]
-            for e in entries
+            ("Endpoint", ep["numeric_id"]),
+            ("Container", f"{ep['container_name']} ({(ep['container_id'] or '')[:12]})"),
+            ("Network", ep["network_id"][:12]),
+            ("Identity", ep["identity"]),
+            ("Labels", _labels(ep["labels"])),
+            ("IPv6", ep["ipv6"]),
+            ("IPv4", ep["ipv4"]),
+            ("Interface", ep["host_ifname"]),
+            ("Ports", ", ".join(_port_text(p) for p in ep["ports"]) or "none"),
+            ("State", ep["state"]),
+            ("Ingress policy", "enforced" if policy["ingress_enforced"] else "not enforced"),
+            ("Egress policy", "enforced" if policy["egress_enforced"] else "not enforced"),
         ],
+        16,
     )
+    _policy_table(policy["entries"])
+
+
+@endpoint.command("get")
+@click.argument("ref")
+@getter(_endpoint_sheet)
+def endpoint_get(ref):
+    """One endpoint (id, container name or id) with its policy."""
+    return f"/v1/endpoints/{ref}"
 
 
 @main.group()
@@ -230,33 +199,34 @@ def identity():
 
 
 @identity.command("list")
-@output_option
-@click.pass_obj
-def identity_list(client, output):
-    """Every identity and its labels."""
-    found = _call(client, "GET", "/v1/identities")
-    if output == "json":
-        _json(found)
-        return
-    _table(
+@getter(
+    listing(
         ["IDENTITY", "KIND", "LABELS"],
-        [[i["identity"], i["kind"], _labels(i["labels"]) or i["key"]] for i in found],
+        lambda i: [i["identity"], i["kind"], _labels(i["labels"]) or i["key"]],
+    )
+)
+def identity_list():
+    """Every identity and its labels."""
+    return "/v1/identities"
+
+
+def _identity_sheet(found: dict) -> None:
+    fields(
+        [
+            ("Identity", f"{found['identity']} ({found['kind']})"),
+            ("Labels", _labels(found.get("labels") or {}) or found["key"]),
+            ("Endpoints", ", ".join(map(str, found.get("endpoints", []))) or "none"),
+        ],
+        12,
     )
 
 
 @identity.command("get")
 @click.argument("number", type=int)
-@output_option
-@click.pass_obj
-def identity_get(client, number, output):
+@getter(_identity_sheet)
+def identity_get(number):
     """One identity and the endpoints that have it."""
-    found = _call(client, "GET", f"/v1/identities/{number}")
-    if output == "json":
-        _json(found)
-        return
-    click.echo(f"Identity:   {found['identity']} ({found['kind']})")
-    click.echo(f"Labels:     {_labels(found.get('labels') or {}) or found['key']}")
-    click.echo(f"Endpoints:  {', '.join(map(str, found.get('endpoints', []))) or 'none'}")
+    return f"/v1/identities/{number}"
 
 
 @main.group()
@@ -269,7 +239,7 @@ def policy():
 @click.pass_obj
 def policy_import(client, source):
     """Add rules from a JSON or YAML file (- for stdin); rules with the same labels replace."""
-    result = _call(
+    result = call(
         client, "PUT", "/v1/policy", {"text": source.read(), "source": source.name or "-"}
     )
     for warning in result.get("warnings", []):
@@ -278,10 +248,10 @@ def policy_import(client, source):
 
 
 @policy.command("get")
-@click.pass_obj
-def policy_get(client):
-    """The rules in force, as JSON."""
-    _json(_call(client, "GET", "/v1/policy"))
+@getter()
+def policy_get():
+    """The rules in force, as JSON or YAML."""
+    return "/v1/policy"
 
 
 @policy.command("delete")
@@ -293,7 +263,7 @@ def policy_delete(client, name, everything):
     if bool(name) == everything:
         raise click.UsageError("give a rule name or --all")
     query = "all=true" if everything else f"name={name}"
-    result = _call(client, "DELETE", f"/v1/policy?{query}")
+    result = call(client, "DELETE", f"/v1/policy?{query}")
     click.echo(f"Revision: {result['revision']}")
 
 
@@ -303,15 +273,20 @@ def policy_delete(client, name, everything):
 def policy_mode(client, mode):
     """Set the enforcement mode."""
     click.echo(
-        f"Policy enforcement: {_call(client, 'PUT', '/v1/policy/mode', {'mode': mode})['mode']}"
+        f"Policy enforcement: {call(client, 'PUT', '/v1/policy/mode', {'mode': mode})['mode']}"
     )
+
+
+def _verdict(verdict: dict) -> None:
+    click.echo(verdict["reason"])
+    click.echo(f"Final verdict: {'ALLOWED' if verdict['allowed'] else 'DENIED'}")
 
 
 @policy.command("trace")
 @click.option("--src", "src", required=True, help="source labels, e.g. app=client")
 @click.option("--dst", "dst", required=True, help="destination labels, e.g. app=web")
 @click.option("--dport", default="0/tcp", show_default=True, help="PORT/PROTOCOL, e.g. 80/tcp")
-@output_option
+@output_option()
 @click.pass_obj
 def policy_trace(client, src, dst, dport, output):
     """The verdict for a new flow between two label sets, and the rule that decided it.
@@ -323,12 +298,8 @@ def policy_trace(client, src, dst, dport, output):
         "dport": port,
         "protocol": protocol or "tcp",
     }
-    verdict = _call(client, "POST", "/v1/policy/trace", body)
-    if output == "json":
-        _json(verdict)
-    else:
-        click.echo(verdict["reason"])
-        click.echo(f"Final verdict: {'ALLOWED' if verdict['allowed'] else 'DENIED'}")
+    verdict = call(client, "POST", "/v1/policy/trace", body)
+    show(verdict, output, _verdict)
     sys.exit(0 if verdict["allowed"] else 1)
 
 
@@ -338,17 +309,15 @@ def bpf():
 
 
 @bpf.command("endpoint")
-@output_option
-@click.pass_obj
-def bpf_endpoint(client, output):
+@getter(
+    listing(
+        ["IFINDEX", "ENDPOINT", "IDENTITY", "MAC", "IPv6", "IPv4"],
+        lambda e: [e.get(k) for k in ("ifindex", "endpoint_id", "identity", "mac", "ipv6", "ipv4")],
+    )
+)
+def bpf_endpoint():
     """The endpoints map."""
-    entries = _call(client, "GET", "/v1/bpf/endpoints")
-    if output == "json":
-        _json(entries)
-        return
-    headers = ["IFINDEX", "ENDPOINT", "IDENTITY", "MAC", "IPv6", "IPv4"]
-    keys = ["ifindex", "endpoint_id", "identity", "mac", "ipv6", "ipv4"]
-    _table(headers, [[e.get(k) for k in keys] for e in entries])
+    return "/v1/bpf/endpoints"
 
 
 @bpf.group("lb")
@@ -356,15 +325,7 @@ def bpf_lb():
     """Load-balancer maps."""
 
 
-@bpf_lb.command("list")
-@output_option
-@click.pass_obj
-def bpf_lb_list(client, output):
-    """Every frontend in the datapath with its backend slots."""
-    entries = _call(client, "GET", "/v1/bpf/lb")
-    if output == "json":
-        _json(entries)
-        return
+def _frontends_table(entries: list[dict]) -> None:
     rows = []
     for e in entries:
         for i, b in enumerate(e["backends"] or [{"address": "(none)", "port": "", "weight": ""}]):
@@ -376,7 +337,14 @@ def bpf_lb_list(client, output):
                     b["weight"],
                 ]
             )
-    _table(["FRONTEND", "ID", "BACKEND", "WEIGHT"], rows)
+    table(["FRONTEND", "ID", "BACKEND", "WEIGHT"], rows)
+
+
+@bpf_lb.command("list")
+@getter(_frontends_table)
+def bpf_lb_list():
+    """Every frontend in the datapath with its backend slots."""
+    return "/v1/bpf/lb"
 
 
 @bpf.group("policy")
@@ -386,15 +354,10 @@ def bpf_policy():
 
 @bpf_policy.command("list")
 @click.argument("ref")
-@output_option
-@click.pass_obj
-def bpf_policy_list(client, ref, output):
+@getter(_policy_table)
+def bpf_policy_list(ref):
     """An endpoint's policy map entries with their counters."""
-    entries = _call(client, "GET", f"/v1/bpf/policy/{ref}")
-    if output == "json":
-        _json(entries)
-    else:
-        _policy_table(entries)
+    return f"/v1/bpf/policy/{ref}"
 
 
 @bpf.group("ct")
@@ -403,29 +366,23 @@ def bpf_ct():
 
 
 @bpf_ct.command("list")
-@output_option
-@click.pass_obj
-def bpf_ct_list(client, output):
-    """Every tracked connection."""
-    entries = _call(client, "GET", "/v1/bpf/ct")
-    if output == "json":
-        _json(entries)
-        return
-    _table(
+@getter(
+    listing(
         ["PROTO", "SOURCE", "DESTINATION", "DIRECTION", "ENDPOINT", "EXPIRES", "FLAGS"],
-        [
-            [
-                PROTOCOL_NAMES.get(e.get("protocol"), e.get("protocol")),
-                f"[{e.get('src')}]:{e.get('sport')}",
-                f"[{e.get('dst')}]:{e.get('dport')}",
-                DIRECTIONS.get(e.get("direction"), e.get("direction")),
-                e.get("endpoint_id"),
-                e.get("lifetime_remaining"),
-                e.get("flags"),
-            ]
-            for e in entries
+        lambda e: [
+            PROTOCOL_NAMES.get(e.get("protocol"), e.get("protocol")),
+            f"[{e.get('src')}]:{e.get('sport')}",
+            f"[{e.get('dst')}]:{e.get('dport')}",
+            DIRECTIONS.get(e.get("direction"), e.get("direction")),
+            e.get("endpoint_id"),
+            e.get("lifetime_remaining"),
+            e.get("flags"),
         ],
     )
+)
+def bpf_ct_list():
+    """Every tracked connection."""
+    return "/v1/bpf/ct"
 
 
 @main.command()
@@ -434,21 +391,14 @@ def bpf_ct_list(client, output):
 )
 @click.option("--from", "source", help="only packets from this endpoint")
 @click.option("--to", "destination", help="only packets to this endpoint")
-@output_option
+@output_option()
 @click.pass_obj
 def monitor(client, kinds, source, destination, output):
     """Stream datapath events (drops, traces) as readable lines until Ctrl-C."""
     query = [("type", k) for k in kinds or ("drop", "trace")]
     query += [(k, v) for k, v in (("from", source), ("to", destination)) if v]
     path = "/v1/monitor?" + "&".join(f"{k}={v}" for k, v in query)
-    try:
-        for event in client.stream(path):
-            click.echo(json.dumps(event) if output == "json" else format_event(event))
-    except ApiError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        pass
+    show_stream(client.stream(path), output, format_event)
 
 
 def format_event(e: dict) -> str:
@@ -469,46 +419,6 @@ def service():
     """Load-balanced services (VIPs)."""
 
 
-@service.command("update")
-@click.option(
-    "--frontend", required=True, help='VIP and port: "[fd00:5::10]:80" or "10.96.0.10:80"'
-)
-@click.option(
-    "--backends", help='comma-separated ADDRESS:PORT[@WEIGHT], e.g. "[fd00::2]:80,[fd00::3]:80@2"'
-)
-@click.option("--selector", help="labels of the backend containers, e.g. app=web")
-@click.option(
-    "--port", type=int, default=0, help="backend port with --selector (default: the frontend's)"
-)
-@click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
-@click.option(
-    "--id", "service_id", type=int, help="service id (default: the frontend's, or a new one)"
-)
-@click.option("--name", help="a name for the service")
-@output_option
-@click.pass_obj
-def service_update(client, frontend, backends, selector, port, protocol, service_id, name, output):
-    """Create or change a service: explicit backends, or every endpoint matching a selector."""
-    body = {
-        "frontend": frontend,
-        "protocol": protocol,
-        "port": port,
-        "id": service_id,
-        "name": name,
-    }
-    if backends is not None:
-        body["backends"] = [b for b in backends.split(",") if b.strip()]
-    if selector is not None:
-        body["selector"] = _parse_labels(selector)
-    result = _call(client, "PUT", "/v1/services", body)
-    for warning in result.pop("warnings", []):
-        click.echo(f"Warning: {warning}", err=True)
-    if output == "json":
-        _json(result)
-    else:
-        _services_table([result])
-
-
 def _services_table(services: list[dict]) -> None:
     rows = []
     for s in services:
@@ -525,32 +435,63 @@ def _services_table(services: list[dict]) -> None:
                     backend,
                 ]
             )
-    _table(["ID", "NAME", "FRONTEND", "SELECTOR", "BACKEND"], rows)
+    table(["ID", "NAME", "FRONTEND", "SELECTOR", "BACKEND"], rows)
+
+
+def _service_table(found: dict) -> None:
+    _services_table([found])
+
+
+@service.command("update")
+@click.option(
+    "--frontend", required=True, help='VIP and port: "[fd00:5::10]:80" or "10.96.0.10:80"'
+)
+@click.option(
+    "--backends", help='comma-separated ADDRESS:PORT[@WEIGHT], e.g. "[fd00::2]:80,[fd00::3]:80@2"'
+)
+@click.option("--selector", help="labels of the backend containers, e.g. app=web")
+@click.option(
+    "--port", type=int, default=0, help="backend port with --selector (default: the frontend's)"
+)
+@click.option("--protocol", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
+@click.option(
+    "--id", "service_id", type=int, help="service id (default: the frontend's, or a new one)"
+)
+@click.option("--name", help="a name for the service")
+@output_option()
+@click.pass_obj
+def service_update(client, frontend, backends, selector, port, protocol, service_id, name, output):
+    """Create or change a service: explicit backends, or every endpoint matching a selector."""
+    body = {
+        "frontend": frontend,
+        "protocol": protocol,
+        "port": port,
+        "id": service_id,
+        "name": name,
+    }
+    if backends is not None:
+        body["backends"] = [b for b in backends.split(",") if b.strip()]
+    if selector is not None:
+        body["selector"] = _parse_labels(selector)
+    result = call(client, "PUT", "/v1/services", body)
+    for warning in result.pop("warnings", []):
+        click.echo(f"Warning: {warning}", err=True)
+    show(result, output, _service_table)
 
 
 @service.command("list")
-@output_option
-@click.pass_obj
-def service_list(client, output):
+@getter(_services_table)
+def service_list():
     """Every service with its backends as they are now."""
-    services = _call(client, "GET", "/v1/services")
-    if output == "json":
-        _json(services)
-    else:
-        _services_table(services)
+    return "/v1/services"
 
 
 @service.command("get")
 @click.argument("service_id", type=int)
-@output_option
-@click.pass_obj
-def service_get(client, service_id, output):
+@getter(_service_table)
+def service_get(service_id):
     """One service."""
-    found = _call(client, "GET", f"/v1/services/{service_id}")
-    if output == "json":
-        _json(found)
-    else:
-        _services_table([found])
+    return f"/v1/services/{service_id}"
 
 
 @service.command("delete")
@@ -561,7 +502,7 @@ def service_delete(client, ref, everything):
     """Delete a service by id or name, or all of them."""
     if (ref is None) == (not everything):
         raise click.UsageError("give a service id or name, or --all")
-    services = _call(client, "GET", "/v1/services")
+    services = call(client, "GET", "/v1/services")
     if everything:
         ids = [s["id"] for s in services]
     elif ref.isdigit():
@@ -569,10 +510,9 @@ def service_delete(client, ref, everything):
     else:
         ids = [s["id"] for s in services if s["name"] == ref]
         if not ids:
-            click.echo(f"Error: no service named {ref}", err=True)
-            sys.exit(1)
+            fail(f"no service named {ref}")
     for number in ids:
-        _call(client, "DELETE", f"/v1/services/{number}")
+        call(client, "DELETE", f"/v1/services/{number}")
         click.echo(f"Deleted service {number}")
 
 
@@ -582,26 +522,20 @@ def network():
 
 
 @network.command("list")
-@output_option
-@click.pass_obj
-def network_list(client, output):
-    """Every network: id, name, pools, gateways."""
-    nets = _call(client, "GET", "/v1/networks")
-    if output == "json":
-        _json(nets)
-        return
-    _table(
+@getter(
+    listing(
         ["NETWORK", "NAME", "IPv6 POOL", "IPv6 GATEWAY", "IPv4 POOL", "IPv4 GATEWAY", "MTU"],
-        [
-            [
-                n["network_id"][:12],
-                n["name"],
-                n["pool6"],
-                n["gateway6"],
-                n["pool4"],
-                n["gateway4"],
-                n["mtu"],
-            ]
-            for n in nets
+        lambda n: [
+            n["network_id"][:12],
+            n["name"],
+            n["pool6"],
+            n["gateway6"],
+            n["pool4"],
+            n["gateway4"],
+            n["mtu"],
         ],
     )
+)
+def network_list():
+    """Every network: id, name, pools, gateways."""
+    return "/v1/networks"

@@ -4,7 +4,9 @@ it sends and its exit codes."""
 import copy
 import json
 
+import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from driver.cli import main as cli
@@ -169,9 +171,57 @@ def test_json_is_the_api_answer(api, args):
     assert api.calls == [(*READS[args], None)]
 
 
-def test_policy_get_prints_the_rules_as_json(api):
-    result = cilium("policy", "get")
-    assert result.stdout == json.dumps(ANSWERS[("GET", "/v1/policy")], indent=2) + "\n"
+@pytest.mark.parametrize("args", READS, ids=" ".join)
+def test_yaml_is_the_api_answer(api, args):
+    result = cilium(*args, "--output", "yaml")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == yaml.safe_dump(ANSWERS[READS[args]], sort_keys=False)
+    assert yaml.safe_load(result.stdout) == ANSWERS[READS[args]]
+
+
+def test_policy_get_prints_the_rules_as_json_or_yaml(api):
+    rules = ANSWERS[("GET", "/v1/policy")]
+    assert cilium("policy", "get").stdout == json.dumps(rules, indent=2) + "\n"
+    assert yaml.safe_load(cilium("policy", "get", "-o", "yaml").stdout) == rules
+    assert cilium("policy", "get", "-o", "table").exit_code == 2
+
+
+def _commands(command, path=()):
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, (*path, name))
+    else:
+        yield path, command
+
+
+def test_every_command_that_shows_an_answer_has_the_same_output_option():
+    """Every command but the few that only report a revision or a deletion."""
+    printers = {}
+    for path, command in _commands(cli.main):
+        options = [p for p in command.params if p.name == "output"]
+        if options:
+            option = options[0]
+            printers[path] = (tuple(option.opts), tuple(option.type.choices), option.default)
+    everything = (("-o", "--output"), ("table", "json", "yaml"), "table")
+    assert printers.pop(("policy", "get")) == (("-o", "--output"), ("json", "yaml"), "json")
+    assert set(printers.values()) == {everything}
+    assert sorted(" ".join(path) for path in printers) == [
+        "bpf ct list",
+        "bpf endpoint",
+        "bpf lb list",
+        "bpf policy list",
+        "endpoint get",
+        "endpoint list",
+        "identity get",
+        "identity list",
+        "monitor",
+        "network list",
+        "policy trace",
+        "service get",
+        "service list",
+        "service update",
+        "status",
+    ]
 
 
 def _maps(**maps) -> dict:
@@ -313,6 +363,12 @@ def test_monitor_json_is_one_event_a_line(api):
     result = cilium("monitor", "-o", "json", "--to", "8")
     assert result.stdout == "".join(json.dumps(e) + "\n" for e in EVENTS)
     assert api.calls == [("STREAM", "/v1/monitor?type=drop&type=trace&to=8", None)]
+
+
+def test_monitor_yaml_is_one_document_an_event(api):
+    result = cilium("monitor", "-o", "yaml")
+    assert list(yaml.safe_load_all(result.stdout)) == EVENTS
+    assert result.stdout.count("---") == len(EVENTS)
 
 
 def test_monitor_ends_with_the_stream_or_an_error(api):
