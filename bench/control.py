@@ -37,7 +37,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import CILIUM_SOCK, api, quiet
+from common import API, quiet
+
+from driver.cli.client import ApiError
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
@@ -70,13 +72,13 @@ def import_rules(rules: list[dict]) -> float:
     t0 = time.perf_counter()
     for k in range(0, len(rules), BATCH):
         text = json.dumps(rules[k : k + BATCH], separators=(",", ":"))
-        api("PUT", "/v1/policy", {"text": text, "source": "bench/control.py"})
+        API.request("PUT", "/v1/policy", {"text": text, "source": "bench/control.py"})
     return time.perf_counter() - t0
 
 
 def delete_rules(name: str) -> None:
-    with contextlib.suppress(RuntimeError):
-        api("DELETE", f"/v1/policy?name={name}")
+    with contextlib.suppress(ApiError):
+        API.request("DELETE", f"/v1/policy?name={name}")
 
 
 # --- connection attempts from inside a container --------------------------------------------
@@ -206,7 +208,7 @@ def ours() -> list[str]:
 
 
 def metrics() -> str:
-    return api("GET", "/metrics").decode()
+    return API.text("/metrics")
 
 
 def call_histograms(text: str) -> dict[str, dict[float, float]]:
@@ -468,10 +470,10 @@ class Control:
         seconds = import_rules(rules)
         text = metrics()
         entries = gauge(text, "pycilium_bpf_map_entries", map="policy")
-        sample = json.loads(api("GET", f"/v1/bpf/policy/{endpoints[0]}"))
+        sample = API.get(f"/v1/bpf/policy/{endpoints[0]}")
         flips = self.flips(self.a.big_flips, endpoints)
         t0 = time.perf_counter()
-        api("DELETE", f"/v1/policy?name={BIG_POLICY}")
+        API.request("DELETE", f"/v1/policy?name={BIG_POLICY}")
         return {
             "rules": len(rules),
             "import_s": round(seconds, 3),
@@ -506,7 +508,7 @@ class Control:
     def memory(self, label: str) -> dict:
         rss = driver_rss_kib()
         maps = bpf_map_memlock()
-        endpoints = len(json.loads(api("GET", "/v1/endpoints")))
+        endpoints = len(API.get("/v1/endpoints"))
         text = metrics()
         return {
             "at": label,
@@ -634,8 +636,8 @@ def main(argv=None) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         before = metrics()
-    except OSError as exc:
-        sys.exit(f"control: ERROR: the driver does not answer on {CILIUM_SOCK} ({exc}): make run")
+    except ApiError as exc:
+        sys.exit(f"control: ERROR: the driver does not answer ({exc}): make run")
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")

@@ -33,7 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import CILIUM_SOCK, api, quiet
+from common import API, quiet
+
+from driver.cli.client import ApiClient, ApiError
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
@@ -80,7 +82,7 @@ def build_tcpbench(outdir: Path) -> Path:
 def metric(prefix: str) -> float:
     """Sum of the driver's metric lines starting with prefix (name and labels)."""
     total = 0.0
-    for line in api("GET", "/metrics").decode().splitlines():
+    for line in API.text("/metrics").splitlines():
         if line.startswith(prefix):
             total += float(line.rsplit(None, 1)[1])
     return total
@@ -99,16 +101,16 @@ def call_totals() -> dict[str, tuple[float, float]]:
 
 
 def map_entries() -> dict[str, int]:
-    maps = json.loads(api("GET", "/v1/status"))["datapath"]["maps"]
+    maps = API.get("/v1/status")["datapath"]["maps"]
     return {m: maps[m]["entries"] for m in ("conntrack", "lb_flows")}
 
 
 def require_driver() -> None:
     try:
-        api("GET", "/metrics", timeout=5)
-    except (OSError, RuntimeError) as exc:
+        ApiClient(API.socket_path, timeout=5).text("/metrics")
+    except ApiError as exc:
         sys.exit(
-            f"bench: ERROR: the cilium driver does not answer on {CILIUM_SOCK} ({exc}).\n"
+            f"bench: ERROR: the cilium driver does not answer on {API.socket_path} ({exc}).\n"
             "Start it with `make run` first (make bench uses that instance)."
         )
     if run(DOCKER, "info", "--format", "{{.ServerVersion}}", check=False).strip() == "":
@@ -376,7 +378,7 @@ class Bench:
             for rule in batch:
                 rule["labels"] = [*rule["labels"], {"key": "bench-batch", "value": str(k)}]
             body = {"text": json.dumps(batch, separators=(",", ":")), "source": "bench"}
-            api("PUT", "/v1/policy", body)
+            API.request("PUT", "/v1/policy", body)
         self.meta["policy_import"] = {
             "rules": len(rules),
             "seconds": round(time.monotonic() - t0, 3),
@@ -389,20 +391,20 @@ class Bench:
         entries = {}
         for n in self.a.rules:
             with contextlib.suppress(Exception):
-                entries[n] = len(json.loads(api("GET", f"/v1/bpf/policy/pcb-bench-cil-srv-{n}")))
+                entries[n] = len(API.get(f"/v1/bpf/policy/pcb-bench-cil-srv-{n}"))
         self.meta["policy_map_entries"] = entries
 
     @staticmethod
     def _delete_policy() -> None:
         with contextlib.suppress(Exception):
-            api("DELETE", f"/v1/policy?name={POLICY_NAME}")
+            API.request("DELETE", f"/v1/policy?name={POLICY_NAME}")
 
     # -- services --
 
     def setup_services(self) -> None:
         """Backends with tcpbench servers, and one VIP per backend count and family (the VIP
         with K backends is --vip6/--vip4 + K); the direct variant talks to backend 0."""
-        for svc in json.loads(api("GET", "/v1/services")):  # leftovers of a killed run
+        for svc in API.get("/v1/services"):  # leftovers of a killed run
             if (svc.get("name") or "").startswith("pcb-bench-"):
                 self._delete_service(svc["id"])
         names = [f"pcb-bench-be-{i}" for i in range(max(self.a.backends))]
@@ -426,7 +428,7 @@ class Bench:
                     "protocol": "tcp",
                     "name": f"pcb-bench-vip{k}-{fam}",
                 }
-                svc = json.loads(api("PUT", "/v1/services", body))
+                svc = API.request("PUT", "/v1/services", body)
                 self.stack.callback(self._delete_service, svc["id"])
                 client[fam] = str(vip)
             self.clients[f"vip-{k}"] = client
@@ -441,7 +443,7 @@ class Bench:
     @staticmethod
     def _delete_service(service_id: int) -> None:
         with contextlib.suppress(Exception):
-            api("DELETE", f"/v1/services/{service_id}")
+            API.request("DELETE", f"/v1/services/{service_id}")
 
     # -- measurements --
 
