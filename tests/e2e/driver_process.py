@@ -1,5 +1,6 @@
 """The real driver service, started as its own process group for end-to-end tests."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -123,6 +124,28 @@ class DriverProcess:
                 ["ip", family, "route", "flush", "root", self.settings[prefix], "proto", "206"],
                 check=True,
             )
+
+
+@contextlib.contextmanager
+def running(docker, log_path: str, settings: dict = TEST_SETTINGS):
+    """A driver instance started afresh for a fixture's scope. Afterwards the containers of
+    `docker` (a Docker) are removed, the instance stopped and purged, and none of its veths
+    may be left."""
+    process = DriverProcess(log_path, settings)
+    process.purge()
+    process.start()
+    yield process
+    docker.remove_all()
+    process.stop()
+    leftovers = veths(settings["veth_prefix"])
+    process.purge()
+    assert not leftovers, f"veths left behind: {leftovers}"
+
+
+def veths(prefix: str) -> list[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+    return [n for n in names if n.startswith(prefix)]
 
 
 def unix_http(path: str, request: bytes) -> bytes:

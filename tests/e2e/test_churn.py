@@ -7,7 +7,7 @@ import json
 import os
 import time
 
-from .conftest import veths
+from .driver_process import veths
 from .test_compose import Compose
 from .test_metrics import by_label, scrape
 from .test_races import log_problems

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import veths
+from .driver_process import veths
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = "/usr/bin/docker-compose"

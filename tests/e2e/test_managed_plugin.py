@@ -19,7 +19,8 @@ import pytest
 from datapath.netfilter import firewall, portmap
 from driver.config import Config, env_name
 
-from .conftest import DOCKER, IMAGE, Docker, veths
+from .docker_cli import DOCKER, IMAGE, Docker
+from .driver_process import veths
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_JSON = REPO / "plugin" / "config.json"

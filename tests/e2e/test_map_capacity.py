@@ -11,8 +11,7 @@ import shutil
 
 import pytest
 
-from .conftest import veths
-from .driver_process import DriverProcess, _body, unix_http
+from .driver_process import DriverProcess, _body, running, unix_http
 from .test_policy import SERVE_HTTP, WEB_POLICY, wget
 
 POLICY_MAP_SIZE = 24
@@ -47,16 +46,11 @@ WIDE_POLICY = f"""
 
 @pytest.fixture(scope="module")
 def driver(docker, tmp_path_factory):
-    process = DriverProcess(str(tmp_path_factory.mktemp("maps") / "driver.log"), SETTINGS)
-    process.purge()
-    process.start()
-    yield process
-    docker.remove_all()
-    process.stop()
-    leftovers = veths(SETTINGS["veth_prefix"])
-    process.purge()
-    shutil.rmtree(os.path.dirname(SETTINGS["api_socket"]), ignore_errors=True)
-    assert not leftovers, f"veths left behind: {leftovers}"
+    try:
+        with running(docker, str(tmp_path_factory.mktemp("maps") / "driver.log"), SETTINGS) as p:
+            yield p
+    finally:
+        shutil.rmtree(os.path.dirname(SETTINGS["api_socket"]), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import IMAGE, LABEL, veths
+from .docker_cli import IMAGE, LABEL
+from .driver_process import veths
 
 
 def ping_ok(docker, container, address, count=1):

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from .conftest import IMAGE, LABEL, connects_from
+from .conftest import connects_from
+from .docker_cli import IMAGE, LABEL
 from .driver_process import http_get
 
 # busybox httpd answers 404 without an index page: give it one.

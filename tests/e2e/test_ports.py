@@ -3,7 +3,8 @@ from another namespace through the host's address; closed when the container sto
 
 import subprocess
 
-from .conftest import IMAGE, LABEL, connects_from
+from .conftest import connects_from
+from .docker_cli import IMAGE, LABEL
 from .test_policy import SERVE_HTTP, WEB_POLICY
 
 HOST_PORT = 18080

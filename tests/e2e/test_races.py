@@ -11,8 +11,7 @@ import random
 import threading
 import time
 
-from .conftest import veths
-from .driver_process import unix_http
+from .driver_process import unix_http, veths
 from .test_metrics import by_label, scrape
 
 CONTAINERS = 6

@@ -4,7 +4,7 @@ import subprocess
 import threading
 import time
 
-from .conftest import veths
+from .driver_process import veths
 
 
 def test_kill9_and_restart_keeps_traffic_and_state(docker, driver, net):

@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-from .conftest import IMAGE, LABEL, veths
-from .driver_process import TEST_SETTINGS, DriverProcess, plugin_call
+from .docker_cli import IMAGE, LABEL
+from .driver_process import TEST_SETTINGS, DriverProcess, plugin_call, veths
 
 MOUNT = "/run/pycilium-disk/statefs"
 SETTINGS = {

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from datapath.maps import DatapathMaps
-from tests.e2e.conftest import DOCKER, IMAGE, Docker, veths
-from tests.e2e.driver_process import DriverProcess
+from tests.e2e.docker_cli import DOCKER, IMAGE, Docker
+from tests.e2e.driver_process import DriverProcess, running, veths
 
 FAULTD_ROOT = "/run/pycilium-faultd"
 FAULTD_SOCKET = f"unix://{FAULTD_ROOT}/docker.sock"
@@ -205,15 +205,9 @@ def docker(faultd):
 @pytest.fixture(scope="session")
 def driver(faultd, tmp_path_factory):
     """The fault tests' driver instance; tests that kill it start it again."""
-    process = DriverProcess(str(tmp_path_factory.mktemp("driver") / "driver.log"), FAULT_SETTINGS)
-    process.purge()
-    process.start()
-    yield process
-    faultd.docker.remove_all()
-    process.stop()
-    leftovers = veths(FAULT_SETTINGS["veth_prefix"])
-    process.purge()
-    assert not leftovers, f"veths left behind: {leftovers}"
+    log = str(tmp_path_factory.mktemp("driver") / "driver.log")
+    with running(faultd.docker, log, FAULT_SETTINGS) as process:
+        yield process
 
 
 @pytest.fixture
@@ -229,9 +223,8 @@ def driver_up(driver):
 @pytest.fixture
 def net(docker, driver_up):
     """An IPAM-form IPv6 network of the fault driver, removed with its containers."""
-    name = docker.cilium_network(driver_up.name, prefix="f-")
-    yield name
-    docker.remove_network(name)
+    with docker.fresh_network(driver_up.name, prefix="f-") as name:
+        yield name
 
 
 @pytest.fixture
