@@ -23,7 +23,7 @@ from .networks import Networks
 from .ports import Ports, requested_ports
 from .regeneration import Security
 from .state import Store
-from .watcher import DockerWatcher
+from .watcher import DockerWatcher, Listener
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ class Daemon:
         )
 
     def watch_docker(self) -> None:
-        self.watcher = DockerWatcher(self, self.config.docker_host)
+        listener = Listener(self.network_ids, self.assign_container, self.forget_what_docker_lost)
+        self.watcher = DockerWatcher(listener, self.config.docker_host, self.config.plugin_name)
         self.watcher.start()
 
     def on_close(self, closer: Callable[[], None]) -> None:
