@@ -30,9 +30,10 @@ from .ipam import Ipam
 from .loadbalancer import Services
 from .monitor import Monitor, Subscription
 from .networks import Networks
+from .policy.trace import Verdict
 from .ports import Ports, requested_ports
 from .regeneration import Security
-from .state import Endpoint, Pool, Store
+from .state import Endpoint, Network, Pool, Store
 from .watcher import DockerWatcher, Listener
 
 # DatapathError is the kernel refusing something (a full map, a taken name): the server
@@ -401,7 +402,7 @@ class ControlPlane:
         return self.security.mode
 
     @_locked
-    def trace(self, src: dict, dst: dict, dport: int, protocol: int):
+    def trace(self, src: dict, dst: dict, dport: int, protocol: int) -> Verdict:
         """The verdict the rules give a packet between two sets of labels."""
         return self.security.trace(src, dst, dport, protocol)
 
@@ -432,7 +433,7 @@ class ControlPlane:
         return self.store.addresses()
 
     @_locked
-    def list_networks(self) -> list:
+    def list_networks(self) -> list[Network]:
         return self.store.networks()
 
     @_locked
