@@ -1,98 +1,158 @@
-"""The one owner of the control plane: state, IPAM, networks, endpoints and the datapath.
+"""The control plane: one object owns the state, IPAM, networks, endpoints, policy, services,
+published ports, the event monitor and the datapath, behind one lock.
 
-Plugin and API handlers run on several gunicorn threads; every call that reads or changes
-state goes through `with daemon.lock`, so concurrent Docker calls never interleave.
+Plugin and API handlers run on several gunicorn threads. Each public method of ControlPlane
+is one use case (of Docker's plugin protocol, the management API or the Docker events
+watcher) and takes the lock itself, so concurrent calls never interleave and no caller
+touches the lock or a component. This file is longer than ~300 lines because it is the one
+door into the control plane: thirty-six use cases of a few lines each, and the start that
+builds and reconciles the components.
 """
 
+import dataclasses
+import functools
 import ipaddress
 import logging
+import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from datapath import INIT_ID, Datapath, DatapathError, MapSizes
+from datapath.maps import EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED
 from driver.config import Config
-from driver.errors import DriverError
+from driver.errors import DriverError, NotFound
 
 from .addressing import NodeAddressing, node_id_from_machine_id
-from .endpoints import Endpoints
-from .identities import LabelFilter
+from .endpoints import Endpoints, spec_of
+from .identities import RESERVED, LabelFilter
 from .ipam import Ipam
 from .loadbalancer import Services
-from .monitor import Monitor
+from .monitor import Monitor, Subscription
 from .networks import Networks
+from .policy.trace import Verdict
 from .ports import Ports, requested_ports
 from .regeneration import Security
-from .state import Store
-from .watcher import DockerWatcher
+from .state import Endpoint, Network, Pool, Store
+from .watcher import DockerWatcher, Listener
+
+# DatapathError is the kernel refusing something (a full map, a taken name): the server
+# renders it from here, without importing the datapath.
+__all__ = ["ControlPlane", "DatapathError", "Snapshot", "Traffic"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class HeldAtStart:
-    """What the state held when the driver started (see Daemon.forget_what_docker_lost)."""
+    """What the state held when the driver started (see ControlPlane.forget_what_docker_lost)."""
 
     networks: set[str]
     addresses: dict[str, str]  # address -> owner ("pool:<pool id>")
     subnet_pools: dict[str, str]  # pool id -> CIDR, pools of a user's --subnet
 
+    @classmethod
+    def of(cls, store: Store) -> "HeldAtStart":
+        return cls(
+            networks={net.network_id for net in store.networks()},
+            addresses={
+                a["address"]: a["owner"]
+                for a in store.addresses()
+                if a["owner"].startswith("pool:")
+            },
+            subnet_pools={p.pool_id: p.cidr for p in store.pools() if not p.shared},
+        )
 
-class Daemon:
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The control plane and datapath in numbers, at one moment: /v1/status and the
+    Prometheus metrics both show it."""
+
+    node: NodeAddressing
+    networks: int
+    endpoints: int
+    waiting: int  # endpoints whose container (so identity) is not known yet
+    addresses: int
+    identities: dict[str, int]  # by kind, the reserved ones included
+    policy_revision: int
+    policy_mode: str
+    policy_rules: int
+    map_fill: dict[str, tuple[int, int]]  # map -> (entries, capacity)
+    compile_count: int
+    compile_seconds: float
+    drops: dict[str, int]  # drop reason -> packets
+    docker_events: bool  # the Docker events watcher is connected
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Counters only the metrics export: packets passed on by trace point, and conntrack
+    totals (flows, packets, bytes) by the direction of the hook tracking them."""
+
+    forwards: dict[str, int]
+    conntrack: dict[int, tuple[int, int, int]]
+
+
+def _locked(method: Callable) -> Callable:
+    """A use case, run under the control plane's lock."""
+
+    @functools.wraps(method)
+    def run(self: "ControlPlane", *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
+class ControlPlane:
+    @classmethod
+    def open(cls, config: Config, datapath=None) -> "ControlPlane":
+        """The started control plane over `datapath`, by default the kernel's."""
+        if datapath is None:
+            sizes = MapSizes(config.policy_map_size, config.ct_map_size, config.service_map_size)
+            datapath = Datapath(config.bpf_pin_dir, config.veth_prefix, sizes)
+        return cls(config, datapath)
+
     def __init__(self, config: Config, datapath):
+        """Open the state, start the datapath and make it what the state says."""
         self.config = config
         self.datapath = datapath
-        self.store = Store(config.state_db)
         self.lock = threading.RLock()
-        self.node: NodeAddressing | None = None
-        self.ipam: Ipam | None = None
-        self.networks: Networks | None = None
-        self.endpoints: Endpoints | None = None
-        self.security: Security | None = None
-        self.services: Services | None = None
-        self.ports: Ports | None = None
+        self.store = Store(config.state_db)
         self.watcher: DockerWatcher | None = None
-        self.monitor: Monitor | None = None
         self._closers: list[Callable[[], None]] = []
-        # What the state held at start, until Docker's first full listing confirms it.
-        self._unconfirmed: HeldAtStart | None = None
-
-    def start(self) -> None:
+        ranges = [
+            ipaddress.ip_network(config.service_range6),
+            ipaddress.ip_network(config.service_range4),
+        ]
         with self.lock:
             self.store.open()
             self.node = NodeAddressing.build(
-                self.config.cluster_prefix6, self._node_id(), self.config.node_range4
+                config.cluster_prefix6, self._node_id(), config.node_range4
             )
-            self.datapath.start()
-            self.ipam = Ipam(self.store, self.node, self.datapath, self.service_ranges())
-            self.networks = Networks(
-                self.store, self.ipam, self.datapath, self.node, self.config.mtu
-            )
+            datapath.start()
+            self.ipam = Ipam(self.store, self.node, datapath, ranges)
+            self.networks = Networks(self.store, self.ipam, datapath, self.node, config.mtu)
             self.endpoints = Endpoints(
-                self.store, self.ipam, self.datapath, self.node, self.config.veth_prefix
+                self.store, self.ipam, datapath, self.node, config.veth_prefix
             )
-            self.monitor = Monitor(self.datapath)
+            self.monitor = Monitor(datapath)
             self.security = Security(
                 self.store,
-                self.datapath,
-                LabelFilter(self.config.label_prefixes),
-                self.config.policy_enforcement,
+                datapath,
+                LabelFilter(config.label_prefixes),
+                config.policy_enforcement,
             )
-            self.services = Services(self.store, self.datapath, self.service_ranges())
-            self._claim_ranges()
-            self.ports = Ports(self.store, self.datapath)
+            self.services = Services(self.store, datapath, ranges)
+            self._claim_ranges(ranges)
+            self.ports = Ports(self.store, datapath)
             self.endpoints.restore_all()
             self.ports.restore()
             self.security.refresh()
             self.services.sync()
-            self._unconfirmed = HeldAtStart(
-                networks={net.network_id for net in self.store.networks()},
-                addresses={
-                    a["address"]: a["owner"]
-                    for a in self.store.addresses()
-                    if a["owner"].startswith("pool:")
-                },
-                subnet_pools={p.pool_id: p.cidr for p in self.store.pools() if not p.shared},
-            )
+            # What the state held at start, until Docker's first full listing confirms it.
+            self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
         log.info(
             "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
             self.node.node_id,
@@ -103,11 +163,12 @@ class Daemon:
         )
 
     def watch_docker(self) -> None:
-        self.watcher = DockerWatcher(self, self.config.docker_host)
+        listener = Listener(self.network_ids, self.assign_container, self.forget_what_docker_lost)
+        self.watcher = DockerWatcher(listener, self.config.docker_host, self.config.plugin_name)
         self.watcher.start()
 
     def on_close(self, closer: Callable[[], None]) -> None:
-        """Run closer first in close(): for what serves the daemon (the metrics server)."""
+        """Run closer first in close(): for what serves the control plane (the metrics server)."""
         self._closers.append(closer)
 
     def close(self) -> None:
@@ -116,37 +177,34 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
-        if self.monitor is not None:
-            self.monitor.close()
-        if self.ports is not None:
-            self.ports.close()
+        self.monitor.close()
+        self.ports.close()
         with self.lock:
             self.datapath.close()
             self.store.close()
 
-    def service_ranges(self) -> list:
-        return [
-            ipaddress.ip_network(self.config.service_range6),
-            ipaddress.ip_network(self.config.service_range4),
-        ]
+    # Docker's network driver and IPAM driver
 
+    @_locked
+    def create_network(
+        self, network_id: str, options: dict, ipv4_data: list, ipv6_data: list
+    ) -> None:
+        self.networks.create(network_id, options, ipv4_data, ipv6_data)
+
+    @_locked
     def delete_network(self, network_id: str) -> None:
         self.networks.delete(network_id, self.delete_endpoint)
 
-    def join(self, network_id: str, endpoint_id: str, sandbox_key: str, options: dict) -> dict:
-        requested = requested_ports(options)
-        reply = self.endpoints.join(network_id, endpoint_id, sandbox_key)
-        self.ports.publish(self.store.get_endpoint(endpoint_id), requested)
-        return reply
+    @_locked
+    def create_endpoint(self, network_id: str, endpoint_id: str, interface: dict) -> dict:
+        """The interface fields Docker left empty, filled in."""
+        return self.endpoints.create(network_id, endpoint_id, interface)
 
-    def leave(self, network_id: str, endpoint_id: str) -> None:
-        """The container is going: its ports close and it stops being a service backend."""
-        ep = self.store.get_endpoint(endpoint_id)
-        if ep is not None:
-            self.ports.withdraw(ep)
-        self.endpoints.leave(network_id, endpoint_id)
-        self.services.sync()
+    @_locked
+    def endpoint_info(self, endpoint_id: str) -> Endpoint | None:
+        return self.store.get_endpoint(endpoint_id)
 
+    @_locked
     def delete_endpoint(self, endpoint_id: str) -> None:
         ep = self.store.get_endpoint(endpoint_id)
         if ep is not None:
@@ -155,9 +213,43 @@ class Daemon:
         self.security.refresh()
         self.services.sync()
 
+    @_locked
+    def join(self, network_id: str, endpoint_id: str, sandbox_key: str, options: dict) -> dict:
+        requested = requested_ports(options)
+        reply = self.endpoints.join(network_id, endpoint_id, sandbox_key)
+        self.ports.publish(self.store.get_endpoint(endpoint_id), requested)
+        return reply
+
+    @_locked
+    def leave(self, network_id: str, endpoint_id: str) -> None:
+        """The container is going: its ports close and it stops being a service backend."""
+        ep = self.store.get_endpoint(endpoint_id)
+        if ep is not None:
+            self.ports.withdraw(ep)
+        self.endpoints.leave(network_id, endpoint_id)
+        self.services.sync()
+
+    @_locked
+    def request_pool(self, pool: str, sub_pool: str, v6: bool) -> Pool:
+        return self.ipam.request_pool(pool, sub_pool, v6)
+
+    @_locked
+    def release_pool(self, pool_id: str) -> None:
+        self.ipam.release_pool(pool_id)
+
+    @_locked
+    def request_address(self, pool_id: str, address: str, options: dict | None) -> str:
+        return self.ipam.request_address(pool_id, address, options)
+
+    @_locked
+    def release_address(self, pool_id: str, address: str) -> None:
+        self.ipam.release_address(pool_id, address)
+
+    # The Docker events watcher
+
+    @_locked
     def network_ids(self) -> set[str]:
-        with self.lock:
-            return {net.network_id for net in self.store.networks()}
+        return {net.network_id for net in self.store.networks()}
 
     def assign_container(
         self,
@@ -168,7 +260,7 @@ class Daemon:
         name: str,
         labels: dict,
     ) -> None:
-        """Called by the Docker events watcher once it knows an endpoint's container."""
+        """The watcher learnt an endpoint's container: give it the container's identity."""
         with self.lock:
             ep = self.store.get_endpoint(endpoint_id)
             if ep is None or ep.network_id != network_id:
@@ -177,6 +269,7 @@ class Daemon:
             self.services.sync()
         log.info("endpoint %d is container %s, identity %d", ep.numeric_id, name, identity)
 
+    @_locked
     def forget_what_docker_lost(
         self, docker_networks: set[str], used_addresses: set[str], docker_subnets: set[str]
     ) -> None:
@@ -187,29 +280,221 @@ class Daemon:
         (a leaked subnet pool would refuse every later network with that subnet).
         Networks with endpoints and addresses of endpoints stay: some dockerd uses them,
         even if the watcher reads another one."""
+        if self._unconfirmed is None:
+            return
+        held_at_start, self._unconfirmed = self._unconfirmed, None
+        endpoints = self.store.endpoints()
+        in_use = {ep.network_id for ep in endpoints}
+        held = {ip for ep in endpoints for ip in (ep.ipv6, ep.ipv4) if ip}
+        for network_id in sorted(held_at_start.networks - docker_networks - in_use):
+            if self.store.get_network(network_id) is not None:
+                log.info("forgetting network %s, which Docker does not have", network_id)
+                self.delete_network(network_id)
+        for address, owner in sorted(held_at_start.addresses.items()):
+            if address in used_addresses or address in held:
+                continue
+            if self.store.address_owner(address) == owner:
+                log.info("releasing %s, which Docker does not use", address)
+                with self.store.transaction():
+                    self.store.delete_address(address)
+        for pool_id, cidr in sorted(held_at_start.subnet_pools.items()):
+            if cidr in docker_subnets or self._pool_holds_any(pool_id, held):
+                continue
+            log.info("releasing pool %s, which no Docker network uses", cidr)
+            self.ipam.release_pool(pool_id)
+
+    # Status and metrics
+
+    def snapshot(self) -> Snapshot:
         with self.lock:
-            if self._unconfirmed is None:
-                return
-            held_at_start, self._unconfirmed = self._unconfirmed, None
             endpoints = self.store.endpoints()
-            in_use = {ep.network_id for ep in endpoints}
-            held = {ip for ep in endpoints for ip in (ep.ipv6, ep.ipv4) if ip}
-            for network_id in sorted(held_at_start.networks - docker_networks - in_use):
-                if self.store.get_network(network_id) is not None:
-                    log.info("forgetting network %s, which Docker does not have", network_id)
-                    self.delete_network(network_id)
-            for address, owner in sorted(held_at_start.addresses.items()):
-                if address in used_addresses or address in held:
-                    continue
-                if self.store.address_owner(address) == owner:
-                    log.info("releasing %s, which Docker does not use", address)
-                    with self.store.transaction():
-                        self.store.delete_address(address)
-            for pool_id, cidr in sorted(held_at_start.subnet_pools.items()):
-                if cidr in docker_subnets or self._pool_holds_any(pool_id, held):
-                    continue
-                log.info("releasing pool %s, which no Docker network uses", cidr)
-                self.ipam.release_pool(pool_id)
+            identities = {"reserved": len(RESERVED), "endpoint": 0, "cidr": 0}
+            for identity in self.store.identities():
+                identities[identity.kind] = identities.get(identity.kind, 0) + 1
+            held = {
+                "node": self.node,
+                "networks": len(self.store.networks()),
+                "endpoints": len(endpoints),
+                "waiting": sum(ep.identity == INIT_ID for ep in endpoints),
+                "addresses": self.store.address_count(),
+                "identities": identities,
+                "policy_revision": self.security.revision,
+                "policy_mode": self.security.mode,
+                "policy_rules": len(self.security.policy.rules()),
+                # The policy map's count comes from the datapath's index, which the control
+                # plane changes: read it under the lock.
+                "map_fill": self.datapath.map_fill(),
+                "compile_count": self.datapath.compile_count,
+                "compile_seconds": self.datapath.compile_seconds,
+            }
+        connected = self.watcher is not None and self.watcher.connected.is_set()
+        return Snapshot(**held, drops=self.datapath.drop_counts(), docker_events=connected)
+
+    def traffic(self) -> Traffic:
+        """Read without the lock: BPF maps are safe to read while the control plane writes
+        them, and walking conntrack (up to its capacity in entries) must not hold up
+        plugin calls."""
+        return Traffic(self.datapath.trace_counts(), self.datapath.ct_totals())
+
+    # Endpoints and identities
+
+    def list_endpoints(self) -> list[dict]:
+        with self.lock:
+            endpoints = self.store.endpoints()
+            flags = self._endpoint_flags()
+        return [
+            {**_record(ep), "enforcement": _enforcement(flags.get(ep.numeric_id, 0))}
+            for ep in endpoints
+        ]
+
+    def get_endpoint(self, ref: str) -> dict:
+        """An endpoint by numeric id, container name, or a prefix of its container or
+        endpoint id, with the policy entries of its datapath."""
+        with self.lock:
+            ep = self._find(ref)
+            entries = self._policy_entries(ep)
+            enforcement = _enforcement(self._endpoint_flags().get(ep.numeric_id, 0))
+        policy = {
+            "ingress_enforced": enforcement["ingress"],
+            "egress_enforced": enforcement["egress"],
+            "entries": entries,
+        }
+        return {**_record(ep), "policy": policy}
+
+    @_locked
+    def list_identities(self) -> list[dict]:
+        reserved = [{**_reserved(number), "labels": {}} for number in RESERVED]
+        return reserved + [dataclasses.asdict(i) for i in self.store.identities()]
+
+    def get_identity(self, number: int) -> dict:
+        if number in RESERVED:
+            return _reserved(number)
+        with self.lock:
+            found = self.store.get_identity(number)
+            users = [ep.numeric_id for ep in self.store.endpoints() if ep.identity == number]
+        if found is None:
+            raise NotFound(f"identity {number} not found")
+        return {**dataclasses.asdict(found), "endpoints": users}
+
+    # Policy
+
+    @_locked
+    def get_policy(self) -> dict:
+        return {
+            "revision": self.security.revision,
+            "mode": self.security.mode,
+            "rules": self.security.policy.to_json(),
+        }
+
+    @_locked
+    def import_policy(self, text: str, source: str) -> dict:
+        """{"revision", "warnings"}: rules that select nothing yet."""
+        return self.security.import_rules(text, source)
+
+    @_locked
+    def delete_policy(self, name: str | None, everything: bool) -> dict:
+        return self.security.delete_rules(name, everything)
+
+    @_locked
+    def set_mode(self, mode: str) -> str:
+        """The enforcement mode now in force."""
+        self.security.set_mode(mode)
+        return self.security.mode
+
+    @_locked
+    def trace(self, src: dict, dst: dict, dport: int, protocol: int) -> Verdict:
+        """The verdict the rules give a packet between two sets of labels."""
+        return self.security.trace(src, dst, dport, protocol)
+
+    # Services
+
+    @_locked
+    def list_services(self) -> list[dict]:
+        return self.services.records()
+
+    @_locked
+    def get_service(self, service_id: int) -> dict:
+        found = self.services.get(service_id)
+        return found.record(self.services.resolve(found))
+
+    @_locked
+    def update_service(self, request: dict) -> dict:
+        return self.services.update(request)
+
+    @_locked
+    def delete_service(self, service_id: int) -> None:
+        self.services.delete(service_id)
+
+    # State and datapath tables, as they are
+
+    @_locked
+    def list_addresses(self) -> list[dict]:
+        """Every address handed out, with its range and owner."""
+        return self.store.addresses()
+
+    @_locked
+    def list_networks(self) -> list[Network]:
+        return self.store.networks()
+
+    @_locked
+    def bpf_endpoints(self) -> dict:
+        """ifindex -> the endpoint map's entry."""
+        return self.datapath.endpoint_map_entries()
+
+    @_locked
+    def bpf_policy(self, ref: str) -> list[dict]:
+        return self._policy_entries(self._find(ref))
+
+    @_locked
+    def bpf_ct(self) -> list:
+        """The conntrack table's flows."""
+        return self.datapath.ct_entries()
+
+    @_locked
+    def bpf_lb(self) -> dict:
+        """Frontend -> (service id, backends)."""
+        return self.datapath.services()
+
+    # Events
+
+    def events(
+        self, kinds: frozenset[str], source: str | None, destination: str | None, idle: float
+    ) -> Iterator[dict | None]:
+        """Datapath events of these kinds from and to the endpoints named (any, if None),
+        until the iterator is closed; None after `idle` seconds without one."""
+        with self.lock:
+            sources = self._addresses_of(source)
+            destinations = self._addresses_of(destination)
+        subscription = self.monitor.subscribe(kinds)
+        return _feed(subscription, sources, destinations, idle)
+
+    # Helpers, under the lock
+
+    def _find(self, ref: str) -> Endpoint:
+        for ep in self.store.endpoints():
+            if ref in (str(ep.numeric_id), ep.container_name) or any(
+                value and len(ref) >= 4 and value.startswith(ref)
+                for value in (ep.container_id, ep.endpoint_id)
+            ):
+                return ep
+        raise NotFound(f"endpoint {ref} not found")
+
+    def _addresses_of(self, ref: str | None) -> set[str]:
+        if not ref:
+            return set()
+        ep = self._find(ref)
+        return {a for a in (ep.ipv6, ep.ipv4) if a}
+
+    def _endpoint_flags(self) -> dict[int, int]:
+        """Endpoint numeric id -> the flags of its endpoint map entry."""
+        return {e.endpoint_id: e.flags for e in self.datapath.endpoint_map_entries().values()}
+
+    def _policy_entries(self, ep: Endpoint) -> list[dict]:
+        entries = self.datapath.policy_entries(spec_of(ep))
+        return [
+            {**key._asdict(), "packets": packets, "bytes": size}
+            for key, (packets, size) in sorted(entries.items())
+        ]
 
     def _pool_holds_any(self, pool_id: str, addresses: set[str]) -> bool:
         owner = "pool:" + pool_id
@@ -222,11 +507,10 @@ class Daemon:
             self.store.set_meta("node_id", str(node_id))
         return node_id
 
-    def _claim_ranges(self) -> None:
+    def _claim_ranges(self, service_ranges: list) -> None:
         """Refuse node ranges that the host routes elsewhere; make every owned range unreachable
         so nothing addressed to it leaves the host by accident."""
-        own = [self.node.range6, self.node.range4, *self.service_ranges()]
-        for owned in own:
+        for owned in (self.node.range6, self.node.range4, *service_ranges):
             overlaps = self.datapath.host_route_overlaps(str(owned))
             if overlaps:
                 raise DriverError(
@@ -235,3 +519,38 @@ class Daemon:
                 )
         for owned in self.ipam.owned_ranges():
             self.datapath.add_unreachable_route(str(owned))
+
+
+def _record(ep: Endpoint) -> dict:
+    state = "waiting-for-identity" if ep.identity == INIT_ID else "ready"
+    return {**dataclasses.asdict(ep), "state": state}
+
+
+def _enforcement(flags: int) -> dict:
+    return {
+        "ingress": bool(flags & EP_F_INGRESS_ENFORCED),
+        "egress": bool(flags & EP_F_EGRESS_ENFORCED),
+    }
+
+
+def _reserved(number: int) -> dict:
+    return {"identity": number, "kind": "reserved", "key": f"reserved:{RESERVED[number]}"}
+
+
+def _feed(
+    subscription: Subscription, sources: set[str], destinations: set[str], idle: float
+) -> Iterator[dict | None]:
+    try:
+        while True:
+            try:
+                event = subscription.events.get(timeout=idle)
+            except queue.Empty:
+                yield None
+                continue
+            if sources and event.get("src") not in sources:
+                continue
+            if destinations and event.get("dst") not in destinations:
+                continue
+            yield event
+    finally:
+        subscription.close()

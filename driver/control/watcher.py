@@ -10,6 +10,8 @@ does not wait for the container's start) and hands it to the control plane.
 import ipaddress
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import docker
 import docker.errors
@@ -21,10 +23,23 @@ RECONNECT_DELAYS = (0.5, 1, 2, 5)
 STREAM_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
+@dataclass(frozen=True)
+class Listener:
+    """What the watcher needs of the control plane: which networks are ours, and where to
+    report what it learns."""
+
+    network_ids: Callable[[], set[str]]
+    # endpoint id, network id, network name, container id, container name, labels
+    assign_container: Callable[[str, str, str, str, str, dict], None]
+    # Docker's networks, the addresses it uses, its subnets of our IPAM
+    forget_what_docker_lost: Callable[[set[str], set[str], set[str]], None]
+
+
 class DockerWatcher:
-    def __init__(self, daemon, docker_host: str):
-        self.daemon = daemon
+    def __init__(self, listener: Listener, docker_host: str, plugin_name: str):
+        self.listener = listener
         self.docker_host = docker_host
+        self.plugin_name = plugin_name
         self._labels: dict[str, tuple[str, dict]] = {}
         self._stop = threading.Event()
         self._stream = None
@@ -69,8 +84,8 @@ class DockerWatcher:
 
     def resync(self, client) -> None:
         """Match every endpoint of our networks to its container from a full listing; then
-        let the daemon drop what Docker does not have."""
-        ours = self.daemon.config.plugin_name
+        let the control plane drop what Docker does not have."""
+        ours = self.plugin_name
         docker_networks, used_addresses, docker_subnets = set(), set(), set()
         for listed in client.networks():
             docker_networks.add(listed["Id"])
@@ -84,11 +99,11 @@ class DockerWatcher:
             except docker.errors.NotFound:
                 continue
             used_addresses |= _addresses_in_use(network)
-            if listed["Id"] not in self.daemon.network_ids():
+            if listed["Id"] not in self.listener.network_ids():
                 continue
             for container_id, info in (network.get("Containers") or {}).items():
                 self._assign(client, network, container_id, info.get("EndpointID"))
-        self.daemon.forget_what_docker_lost(docker_networks, used_addresses, docker_subnets)
+        self.listener.forget_what_docker_lost(docker_networks, used_addresses, docker_subnets)
 
     def _dispatch(self, client, event: dict) -> None:
         actor = event.get("Actor") or {}
@@ -100,7 +115,7 @@ class DockerWatcher:
         elif kind == "container" and action == "destroy":
             self._labels.pop(actor.get("ID"), None)
         elif kind == "network" and action == "connect":
-            if actor.get("ID") not in self.daemon.network_ids():
+            if actor.get("ID") not in self.listener.network_ids():
                 return
             try:
                 network = client.inspect_network(actor["ID"])
@@ -114,7 +129,7 @@ class DockerWatcher:
         if not endpoint_id:
             return
         name, labels = self._labels.get(container_id) or self._inspect_labels(client, container_id)
-        self.daemon.assign_container(
+        self.listener.assign_container(
             endpoint_id, network["Id"], network["Name"], container_id, name, labels
         )
 

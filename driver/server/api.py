@@ -1,17 +1,14 @@
 """The management API the `cilium` command line talks to, under /v1."""
 
+import contextlib
 import dataclasses
 import json
 import os
-import queue
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from datapath import INIT_ID
-from datapath.maps import EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED
-from driver.control.endpoints import spec_of
-from driver.control.identities import RESERVED
-from driver.errors import BadRequest, NotFound
+from driver.control.plane import ControlPlane
+from driver.errors import BadRequest
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -19,7 +16,7 @@ PROTOCOLS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 HEARTBEAT_SECONDS = 1.0
 
 
-def daemon():
+def plane() -> ControlPlane:
     return current_app.extensions["pycilium"]
 
 
@@ -40,23 +37,6 @@ def _plain(record: dict) -> dict:
     }
 
 
-def endpoint_record(ep) -> dict:
-    record = dataclasses.asdict(ep)
-    record["state"] = "waiting-for-identity" if ep.identity == INIT_ID else "ready"
-    return record
-
-
-def find_endpoint(ref: str):
-    """An endpoint by numeric id, container name, or a prefix of its container or endpoint id."""
-    for ep in daemon().store.endpoints():
-        if ref in (str(ep.numeric_id), ep.container_name) or any(
-            value and len(ref) >= 4 and value.startswith(ref)
-            for value in (ep.container_id, ep.endpoint_id)
-        ):
-            return ep
-    raise NotFound(f"endpoint {ref} not found")
-
-
 @bp.get("/healthz")
 def healthz():
     return jsonify({"status": "ok"})
@@ -64,30 +44,8 @@ def healthz():
 
 @bp.get("/status")
 def status():
-    d = daemon()
-    with d.lock:
-        endpoints = d.store.endpoints()
-        counts = {
-            "networks": len(d.store.networks()),
-            "endpoints": len(endpoints),
-            "waiting": sum(ep.identity == INIT_ID for ep in endpoints),
-            "addresses": d.store.address_count(),
-            "identities": len(d.store.identities("endpoint")),
-        }
-        policy = {
-            "revision": d.security.revision,
-            "mode": d.security.mode,
-            "rules": len(d.security.policy.rules()),
-        }
-        datapath = {
-            "compile_count": d.datapath.compile_count,
-            "drops": d.datapath.drop_counts(),
-            "maps": {
-                name: {"entries": entries, "capacity": capacity}
-                for name, (entries, capacity) in d.datapath.map_fill().items()
-            },
-        }
-    node = d.node
+    snapshot = plane().snapshot()
+    node = snapshot.node
     return jsonify(
         {
             "node": {
@@ -98,11 +56,26 @@ def status():
                 "ipv4_router": str(node.router4),
             },
             "kernel": {"release": os.uname().release, **_kernel_features()},
-            "docker_events": bool(d.watcher and d.watcher.connected.is_set()),
-            **counts,
-            "policy": policy,
-            "datapath": datapath,
-            "metrics": {"address": d.config.metrics_address or None},
+            "docker_events": snapshot.docker_events,
+            "networks": snapshot.networks,
+            "endpoints": snapshot.endpoints,
+            "waiting": snapshot.waiting,
+            "addresses": snapshot.addresses,
+            "identities": snapshot.identities["endpoint"],
+            "policy": {
+                "revision": snapshot.policy_revision,
+                "mode": snapshot.policy_mode,
+                "rules": snapshot.policy_rules,
+            },
+            "datapath": {
+                "compile_count": snapshot.compile_count,
+                "drops": snapshot.drops,
+                "maps": {
+                    name: {"entries": entries, "capacity": capacity}
+                    for name, (entries, capacity) in snapshot.map_fill.items()
+                },
+            },
+            "metrics": {"address": plane().config.metrics_address or None},
         }
     )
 
@@ -119,85 +92,27 @@ def _kernel_features() -> dict:
 
 @bp.get("/endpoints")
 def endpoints():
-    with daemon().lock:
-        eps = daemon().store.endpoints()
-        flags = {e.endpoint_id: e.flags for e in daemon().datapath.endpoint_map_entries().values()}
-    records = []
-    for ep in eps:
-        record = endpoint_record(ep)
-        record["enforcement"] = _enforcement(flags.get(ep.numeric_id, 0))
-        records.append(record)
-    return jsonify(records)
-
-
-def _enforcement(flags: int) -> dict:
-    return {
-        "ingress": bool(flags & EP_F_INGRESS_ENFORCED),
-        "egress": bool(flags & EP_F_EGRESS_ENFORCED),
-    }
+    return jsonify(plane().list_endpoints())
 
 
 @bp.get("/endpoints/<ref>")
 def endpoint(ref):
-    d = daemon()
-    with d.lock:
-        ep = find_endpoint(ref)
-        entries = _policy_entries(ep)
-        map_entries = d.datapath.endpoint_map_entries()
-    record = endpoint_record(ep)
-    entry = next((e for e in map_entries.values() if e.endpoint_id == ep.numeric_id), None)
-    enforcement = _enforcement(entry.flags if entry else 0)
-    record["policy"] = {
-        "ingress_enforced": enforcement["ingress"],
-        "egress_enforced": enforcement["egress"],
-        "entries": entries,
-    }
-    return jsonify(record)
-
-
-def _policy_entries(ep) -> list[dict]:
-    entries = daemon().datapath.policy_entries(spec_of(ep))
-    return [
-        {**key._asdict(), "packets": packets, "bytes": size}
-        for key, (packets, size) in sorted(entries.items())
-    ]
+    return jsonify(plane().get_endpoint(ref))
 
 
 @bp.get("/identities")
 def identities():
-    with daemon().lock:
-        found = daemon().store.identities()
-    reserved = [
-        {"identity": number, "kind": "reserved", "key": f"reserved:{name}", "labels": {}}
-        for number, name in RESERVED.items()
-    ]
-    return jsonify(reserved + [dataclasses.asdict(i) for i in found])
+    return jsonify(plane().list_identities())
 
 
 @bp.get("/identities/<int:number>")
 def identity(number):
-    if number in RESERVED:
-        name = RESERVED[number]
-        return jsonify({"identity": number, "kind": "reserved", "key": f"reserved:{name}"})
-    with daemon().lock:
-        found = daemon().store.get_identity(number)
-        users = [ep.numeric_id for ep in daemon().store.endpoints() if ep.identity == number]
-    if found is None:
-        raise NotFound(f"identity {number} not found")
-    return jsonify({**dataclasses.asdict(found), "endpoints": users})
+    return jsonify(plane().get_identity(number))
 
 
 @bp.get("/policy")
 def policy_get():
-    d = daemon()
-    with d.lock:
-        return jsonify(
-            {
-                "revision": d.security.revision,
-                "mode": d.security.mode,
-                "rules": d.security.policy.to_json(),
-            }
-        )
+    return jsonify(plane().get_policy())
 
 
 @bp.put("/policy")
@@ -205,9 +120,7 @@ def policy_import():
     body = _body()
     if not isinstance(body.get("text"), str):
         raise BadRequest("policy import needs the rules as a string in 'text'")
-    with daemon().lock:
-        result = daemon().security.import_rules(body["text"], str(body.get("source") or "-"))
-    return jsonify(result)
+    return jsonify(plane().import_policy(body["text"], str(body.get("source") or "-")))
 
 
 @bp.delete("/policy")
@@ -216,16 +129,13 @@ def policy_delete():
     everything = request.args.get("all") in ("1", "true")
     if not name and not everything:
         raise BadRequest("policy delete needs a rule name or all=true")
-    with daemon().lock:
-        return jsonify(daemon().security.delete_rules(name, everything))
+    return jsonify(plane().delete_policy(name, everything))
 
 
 @bp.put("/policy/mode")
 def policy_mode():
     mode = _body().get("mode")
-    with daemon().lock:
-        daemon().security.set_mode(str(mode))
-        return jsonify({"mode": daemon().security.mode})
+    return jsonify({"mode": plane().set_mode(str(mode))})
 
 
 @bp.post("/policy/trace")
@@ -241,42 +151,34 @@ def policy_trace():
         dport = int(body.get("dport", 0))
     except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"port {body.get('dport')!r} is not a number") from None
-    with daemon().lock:
-        verdict = daemon().security.trace(src, dst, dport, PROTOCOLS[protocol])
+    verdict = plane().trace(src, dst, dport, PROTOCOLS[protocol])
     return jsonify(dataclasses.asdict(verdict))
 
 
 @bp.get("/addresses")
 def addresses():
-    with daemon().lock:
-        return jsonify(daemon().store.addresses())
+    return jsonify(plane().list_addresses())
 
 
 @bp.get("/networks")
 def networks():
-    with daemon().lock:
-        nets = daemon().store.networks()
-    return jsonify([dataclasses.asdict(n) for n in nets])
+    return jsonify([dataclasses.asdict(n) for n in plane().list_networks()])
 
 
 @bp.get("/bpf/endpoints")
 def bpf_endpoints():
-    with daemon().lock:
-        entries = daemon().datapath.endpoint_map_entries()
+    entries = plane().bpf_endpoints()
     return jsonify([_plain({"ifindex": k, **dataclasses.asdict(v)}) for k, v in entries.items()])
 
 
 @bp.get("/bpf/policy/<ref>")
 def bpf_policy(ref):
-    with daemon().lock:
-        return jsonify(_policy_entries(find_endpoint(ref)))
+    return jsonify(plane().bpf_policy(ref))
 
 
 @bp.get("/bpf/ct")
 def bpf_ct():
-    with daemon().lock:
-        entries = daemon().datapath.ct_entries()
-    return jsonify([_plain(dataclasses.asdict(e)) for e in entries])
+    return jsonify([_plain(dataclasses.asdict(e)) for e in plane().bpf_ct()])
 
 
 @bp.get("/monitor")
@@ -286,68 +188,42 @@ def monitor():
     unknown = kinds - {"drop", "trace"}
     if unknown:
         raise BadRequest(f"unknown event type {', '.join(sorted(unknown))} (drop, trace)")
-    with daemon().lock:
-        sources = _addresses_of(request.args.get("from"))
-        destinations = _addresses_of(request.args.get("to"))
-    subscription = daemon().monitor.subscribe(kinds)
+    events = plane().events(
+        kinds, request.args.get("from"), request.args.get("to"), HEARTBEAT_SECONDS
+    )
 
     def lines():
-        try:
-            while True:
-                try:
-                    event = subscription.events.get(timeout=HEARTBEAT_SECONDS)
-                except queue.Empty:
-                    yield "\n"
-                    continue
-                if sources and event.get("src") not in sources:
-                    continue
-                if destinations and event.get("dst") not in destinations:
-                    continue
-                yield json.dumps(event) + "\n"
-        finally:
-            subscription.close()
+        with contextlib.closing(events):
+            for event in events:
+                yield "\n" if event is None else json.dumps(event) + "\n"
 
     return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
 
 
-def _addresses_of(ref: str | None) -> set[str]:
-    if not ref:
-        return set()
-    ep = find_endpoint(ref)
-    return {a for a in (ep.ipv6, ep.ipv4) if a}
-
-
 @bp.get("/services")
 def services():
-    with daemon().lock:
-        return jsonify(daemon().services.records())
+    return jsonify(plane().list_services())
 
 
 @bp.get("/services/<int:service_id>")
 def service(service_id):
-    d = daemon()
-    with d.lock:
-        found = d.services.get(service_id)
-        return jsonify(found.record(d.services.resolve(found)))
+    return jsonify(plane().get_service(service_id))
 
 
 @bp.put("/services")
 def service_update():
-    with daemon().lock:
-        return jsonify(daemon().services.update(_body()))
+    return jsonify(plane().update_service(_body()))
 
 
 @bp.delete("/services/<int:service_id>")
 def service_delete(service_id):
-    with daemon().lock:
-        daemon().services.delete(service_id)
+    plane().delete_service(service_id)
     return jsonify({})
 
 
 @bp.get("/bpf/lb")
 def bpf_lb():
-    with daemon().lock:
-        entries = daemon().datapath.services()
+    entries = plane().bpf_lb()
     return jsonify(
         [
             {

@@ -5,13 +5,12 @@ import logging
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
-from datapath import Datapath, DatapathError, MapSizes
 from driver.config import Config
-from driver.control.plane import Daemon
+from driver.control.plane import ControlPlane, DatapathError
 from driver.errors import BadRequest, DriverError
 
 from . import api, plugin
-from .metrics import Metrics
+from .metrics import Metrics, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -21,25 +20,23 @@ MAX_BODY_BYTES = 1 << 20
 def create_app(config: Config, datapath=None, watch_docker: bool = True) -> Flask:
     """Build and start the control plane. `datapath` defaults to the real kernel datapath;
     `watch_docker` starts the Docker events watcher that gives endpoints their identity."""
-    if datapath is None:
-        sizes = MapSizes(config.policy_map_size, config.ct_map_size, config.service_map_size)
-        datapath = Datapath(config.bpf_pin_dir, config.veth_prefix, sizes)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    daemon = Daemon(config, datapath)
-    metrics = Metrics(daemon)
-    if config.metrics_address:
-        # Bound before the daemon starts: a taken port fails the start before any change.
-        metrics.serve(config.metrics_address)
+    # Bound before the control plane starts: a taken port fails the start before any change.
+    server = MetricsServer(config.metrics_address) if config.metrics_address else None
     try:
-        daemon.start()
+        plane = ControlPlane.open(config, datapath)
     except BaseException:
-        metrics.close()
+        if server is not None:
+            server.close()
         raise
-    daemon.on_close(metrics.close)
+    metrics = Metrics(plane)
+    if server is not None:
+        metrics.serve(server)
+    plane.on_close(metrics.close)
     if watch_docker:
-        daemon.watch_docker()
-    app.extensions["pycilium"] = daemon
+        plane.watch_docker()
+    app.extensions["pycilium"] = plane
     app.register_blueprint(plugin.bp)
     app.register_blueprint(api.bp)
     metrics.install(app)

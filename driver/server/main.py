@@ -34,7 +34,7 @@ class DriverService(BaseApplication):
             "umask": 0o117,
             "loglevel": self.config.log_level,
             "accesslog": None,
-            "worker_exit": _close_daemon,
+            "worker_exit": _close_plane,
             "when_ready": self._restrict_api_socket,
         }
         # gunicorn 24+ opens a runtime control socket at a fixed path, shared by every
@@ -58,11 +58,11 @@ class DriverService(BaseApplication):
         return self.app
 
 
-def _close_daemon(_server, worker):
+def _close_plane(_server, worker):
     app = getattr(worker, "wsgi", None)
-    daemon = getattr(app, "extensions", {}).get("pycilium") if app else None
-    if daemon is not None:
-        daemon.close()
+    plane = getattr(app, "extensions", {}).get("pycilium") if app else None
+    if plane is not None:
+        plane.close()
 
 
 def _option(name: str, help_text: str, **kwargs):

@@ -3,7 +3,7 @@ TCP address of its own.
 
 Every app has its own CollectorRegistry (never prometheus_client's global one: tests build
 several apps in one process). Counts of state and datapath counters are read when scraped
-by :class:`DaemonCollector` (state under the daemon's lock, BPF counters without it); only
+by :class:`PlaneCollector` from the control plane's snapshot and traffic counters; only
 plugin call latency is recorded as calls happen, by hooks around the plugin blueprint's
 requests.
 """
@@ -25,9 +25,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 
-from datapath import INIT_ID
 from driver.config import loopback_address
-from driver.control.identities import RESERVED
+from driver.control.plane import ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -39,83 +38,68 @@ DIRECTIONS = {0: "ingress", 1: "egress"}
 ENFORCEMENT_MODES = ("default", "always", "never")
 
 
-class DaemonCollector:
+class PlaneCollector:
     """Current values of the control plane and datapath, read at scrape time."""
 
-    def __init__(self, daemon):
-        self.daemon = daemon
+    def __init__(self, plane: ControlPlane):
+        self.plane = plane
 
     def describe(self):
         return []  # values are read only when scraped, not when registered
 
     def collect(self):
-        d = self.daemon
-        with d.lock:
-            endpoints = d.store.endpoints()
-            networks = len(d.store.networks())
-            identities = d.store.identities()
-            rules = len(d.security.policy.rules())
-            revision, mode = d.security.revision, d.security.mode
-            # The policy map's count comes from the datapath's index, which the control
-            # plane changes: read it under the lock.
-            fill = d.datapath.map_fill()
-            compiles = d.datapath.compile_count
-            compile_seconds = d.datapath.compile_seconds
-        # BPF maps are safe to read while the control plane writes them: walking conntrack
-        # (up to its capacity in entries) does not hold up plugin calls.
-        drops = d.datapath.drop_counts()
-        forwards = d.datapath.trace_counts()
-        ct_totals = d.datapath.ct_totals()
-        connected = bool(d.watcher and d.watcher.connected.is_set())
-
-        waiting = sum(ep.identity == INIT_ID for ep in endpoints)
+        snapshot = self.plane.snapshot()
+        traffic = self.plane.traffic()
         yield _gauge(
             "endpoints",
             "Endpoints by state",
             ["state"],
-            {("ready",): len(endpoints) - waiting, ("waiting-for-identity",): waiting},
+            {
+                ("ready",): snapshot.endpoints - snapshot.waiting,
+                ("waiting-for-identity",): snapshot.waiting,
+            },
         )
-        yield _gauge("networks", "Docker networks of this driver", value=networks)
-        kinds = {("reserved",): len(RESERVED), ("endpoint",): 0, ("cidr",): 0}
-        for identity in identities:
-            kinds[(identity.kind,)] = kinds.get((identity.kind,), 0) + 1
+        yield _gauge("networks", "Docker networks of this driver", value=snapshot.networks)
+        kinds = {(kind,): count for kind, count in snapshot.identities.items()}
         yield _gauge("identities", "Security identities by kind", ["kind"], kinds)
-        yield _gauge("policy_rules", "Policy rules in force", value=rules)
-        yield _gauge("policy_revision", "Revision of the policy in force", value=revision)
+        yield _gauge("policy_rules", "Policy rules in force", value=snapshot.policy_rules)
+        yield _gauge(
+            "policy_revision", "Revision of the policy in force", value=snapshot.policy_revision
+        )
         yield _gauge(
             "policy_enforcement_mode",
             "Policy enforcement mode: 1 for the one in force",
             ["mode"],
-            {(m,): int(m == mode) for m in ENFORCEMENT_MODES},
+            {(m,): int(m == snapshot.policy_mode) for m in ENFORCEMENT_MODES},
         )
         yield _gauge(
             "docker_events_connected",
             "1 while the Docker events watcher is connected (endpoints get identities)",
-            value=int(connected),
+            value=int(snapshot.docker_events),
         )
         yield _gauge(
             "bpf_map_entries",
             "Entries in each BPF map",
             ["map"],
-            {(name,): entries for name, (entries, _) in fill.items()},
+            {(name,): entries for name, (entries, _) in snapshot.map_fill.items()},
         )
         yield _gauge(
             "bpf_map_capacity",
             "Maximum entries of each BPF map",
             ["map"],
-            {(name,): capacity for name, (_, capacity) in fill.items()},
+            {(name,): capacity for name, (_, capacity) in snapshot.map_fill.items()},
         )
         yield _counter(
             "drop_packets",
             "Packets dropped by the datapath, by reason (datapath/bpf/lib/drop.h)",
             "reason",
-            drops,
+            snapshot.drops,
         )
         yield _counter(
             "forward_packets",
             "Packets the datapath passed on, by trace point (datapath/bpf/lib/trace.h)",
             "point",
-            forwards,
+            traffic.forwards,
         )
         for what, index in (("packets", 1), ("bytes", 2)):
             yield _gauge(
@@ -123,13 +107,16 @@ class DaemonCollector:
                 f"{what.capitalize()} of the flows in the conntrack table now, both ways, by the "
                 "direction of the endpoint hook tracking them (falls when flows leave the table)",
                 ["direction"],
-                {(DIRECTIONS.get(d, str(d)),): totals[index] for d, totals in ct_totals.items()},
+                {
+                    (DIRECTIONS.get(d, str(d)),): totals[index]
+                    for d, totals in traffic.conntrack.items()
+                },
             )
         compile_time = SummaryMetricFamily(
             f"{PREFIX}_bpf_compile_duration_seconds",
             "Compiling and loading the BPF programs",
-            count_value=compiles,
-            sum_value=compile_seconds,
+            count_value=snapshot.compile_count,
+            sum_value=snapshot.compile_seconds,
         )
         yield compile_time
 
@@ -151,9 +138,9 @@ def _counter(name, documentation, label, values: dict):
 class Metrics:
     """The registry of one app, its plugin call instruments and the optional TCP server."""
 
-    def __init__(self, daemon):
+    def __init__(self, plane: ControlPlane):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(DaemonCollector(daemon))
+        self.registry.register(PlaneCollector(plane))
         ProcessCollector(namespace=PREFIX, registry=self.registry)
         self.call_seconds = Histogram(
             f"{PREFIX}_plugin_call_duration_seconds",
@@ -198,11 +185,10 @@ class Metrics:
                 self.call_failures.labels(call).inc()
         return response
 
-    def serve(self, address: str) -> "MetricsServer":
-        """Serve /metrics (and nothing else) on a loopback HOST:PORT, in a thread."""
-        self.server = MetricsServer(self.wsgi, address)
-        self.server.start()
-        return self.server
+    def serve(self, server: "MetricsServer") -> None:
+        """Serve /metrics on a server bound before the control plane started."""
+        self.server = server
+        server.start(self.wsgi)
 
     def close(self) -> None:
         if self.server is not None:
@@ -221,17 +207,12 @@ class _QuietHandler(WSGIRequestHandler):
 
 class MetricsServer:
     """A small HTTP server of its own in the worker, apart from gunicorn's sockets: so the
-    TCP port answers /metrics only, never the management API or Docker's plugin calls."""
+    TCP port answers /metrics only, never the management API or Docker's plugin calls.
+    Bound when made (a taken port fails the driver's start before anything changes);
+    scrapes wait in the socket's backlog until start()."""
 
-    def __init__(self, metrics_app, address: str):
+    def __init__(self, address: str):
         host, port = loopback_address(address)
-
-        def only_metrics(environ, start_response):
-            if environ.get("PATH_INFO") != PATH:
-                start_response("404 Not Found", [("Content-Type", "text/plain")])
-                return [b"only /metrics is served here\n"]
-            return metrics_app(environ, start_response)
-
         server_class = type(
             "_Server",
             (_ThreadingServer,),
@@ -239,7 +220,7 @@ class MetricsServer:
         )
         try:
             self.httpd = make_server(
-                host, port, only_metrics, server_class=server_class, handler_class=_QuietHandler
+                host, port, None, server_class=server_class, handler_class=_QuietHandler
             )
         except OSError as exc:
             raise OSError(exc.errno, f"cannot serve metrics on {address}: {exc.strerror}") from exc
@@ -253,7 +234,8 @@ class MetricsServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}{PATH}"
 
-    def start(self) -> None:
+    def start(self, metrics_app) -> None:
+        self.httpd.set_app(_only_metrics(metrics_app))
         self._thread.start()
         log.info("serving metrics on %s", self.url)
 
@@ -262,3 +244,13 @@ class MetricsServer:
             self.httpd.shutdown()
             self._thread.join(timeout=5)
         self.httpd.server_close()
+
+
+def _only_metrics(metrics_app):
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") != PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"only /metrics is served here\n"]
+        return metrics_app(environ, start_response)
+
+    return app

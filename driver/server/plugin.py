@@ -13,6 +13,7 @@ from jsonschema import Draft7Validator
 
 from driver import failpoints
 from driver.control.ipam import GATEWAY_OPTION, GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE
+from driver.control.plane import ControlPlane
 from driver.errors import BadRequest
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
@@ -130,7 +131,7 @@ def call(name: str, validator: Draft7Validator | None = None):
     return register
 
 
-def daemon():
+def plane() -> ControlPlane:
     return current_app.extensions["pycilium"]
 
 
@@ -149,38 +150,34 @@ def create_network(body):
     """{"NetworkID", "Options": {"com.docker.network.enable_ipv6": bool,
     "com.docker.network.generic": {...}}, "IPv4Data": [{"AddressSpace", "Pool", "Gateway",
     "AuxAddresses"}], "IPv6Data": [...]}"""
-    with daemon().lock:
-        daemon().networks.create(
-            body["NetworkID"],
-            body.get("Options") or {},
-            body.get("IPv4Data") or [],
-            body.get("IPv6Data") or [],
-        )
+    plane().create_network(
+        body["NetworkID"],
+        body.get("Options") or {},
+        body.get("IPv4Data") or [],
+        body.get("IPv6Data") or [],
+    )
 
 
 @call("NetworkDriver.DeleteNetwork", NETWORK)
 def delete_network(body):
     """{"NetworkID"}"""
-    with daemon().lock:
-        daemon().delete_network(body["NetworkID"])
+    plane().delete_network(body["NetworkID"])
 
 
 @call("NetworkDriver.CreateEndpoint", CREATE_ENDPOINT)
 def create_endpoint(body):
     """{"NetworkID", "EndpointID", "Interface": {"Address", "AddressIPv6", "MacAddress"},
     "Options": {...}} -> {"Interface": only the fields Docker left empty}"""
-    with daemon().lock:
-        filled = daemon().endpoints.create(
-            body["NetworkID"], body["EndpointID"], body.get("Interface") or {}
-        )
+    filled = plane().create_endpoint(
+        body["NetworkID"], body["EndpointID"], body.get("Interface") or {}
+    )
     return {"Interface": filled} if filled else {}
 
 
 @call("NetworkDriver.EndpointOperInfo", ENDPOINT)
 def endpoint_oper_info(body):
     """{"NetworkID", "EndpointID"} -> {"Value": {...}}"""
-    with daemon().lock:
-        ep = daemon().store.get_endpoint(body["EndpointID"])
+    ep = plane().endpoint_info(body["EndpointID"])
     if ep is None:
         return {"Value": {}}
     return {"Value": {"id": ep.numeric_id, "hostInterface": ep.host_ifname, "ipv6": ep.ipv6}}
@@ -189,24 +186,21 @@ def endpoint_oper_info(body):
 @call("NetworkDriver.DeleteEndpoint", ENDPOINT)
 def delete_endpoint(body):
     """{"NetworkID", "EndpointID"}; Docker has already pulled the interface out."""
-    with daemon().lock:
-        daemon().delete_endpoint(body["EndpointID"])
+    plane().delete_endpoint(body["EndpointID"])
 
 
 @call("NetworkDriver.Join", JOIN)
 def join(body):
     """{"NetworkID", "EndpointID", "SandboxKey": "/var/run/docker/netns/<id>", "Options"}"""
-    with daemon().lock:
-        return daemon().join(
-            body["NetworkID"], body["EndpointID"], body["SandboxKey"], body.get("Options") or {}
-        )
+    return plane().join(
+        body["NetworkID"], body["EndpointID"], body["SandboxKey"], body.get("Options") or {}
+    )
 
 
 @call("NetworkDriver.Leave", ENDPOINT)
 def leave(body):
     """{"NetworkID", "EndpointID"}; arrives before Docker pulls the interface out."""
-    with daemon().lock:
-        daemon().leave(body["NetworkID"], body["EndpointID"])
+    plane().leave(body["NetworkID"], body["EndpointID"])
 
 
 @call("NetworkDriver.ProgramExternalConnectivity", ENDPOINT)
@@ -257,10 +251,7 @@ def default_address_spaces(_):
 def request_pool(body):
     """{"AddressSpace", "Pool": "" | CIDR, "SubPool", "Options", "V6": bool}
     -> {"PoolID", "Pool", "Data": {"com.docker.network.gateway": "<router>/<len>"}}"""
-    with daemon().lock:
-        pool = daemon().ipam.request_pool(
-            body.get("Pool", ""), body.get("SubPool", ""), bool(body.get("V6"))
-        )
+    pool = plane().request_pool(body.get("Pool", ""), body.get("SubPool", ""), bool(body.get("V6")))
     data = {GATEWAY_OPTION: pool.gateway} if pool.gateway else {}
     return {"PoolID": pool.pool_id, "Pool": pool.cidr, "Data": data}
 
@@ -268,23 +259,18 @@ def request_pool(body):
 @call("IpamDriver.ReleasePool", POOL)
 def release_pool(body):
     """{"PoolID"}"""
-    with daemon().lock:
-        daemon().ipam.release_pool(body["PoolID"])
+    plane().release_pool(body["PoolID"])
 
 
 @call("IpamDriver.RequestAddress", REQUEST_ADDRESS)
 def request_address(body):
     """{"PoolID", "Address": "" | IP, "Options": null | {"RequestAddressType": gateway}}
     -> {"Address": "IP/len", "Data": {}}"""
-    with daemon().lock:
-        address = daemon().ipam.request_address(
-            body["PoolID"], body.get("Address", ""), body.get("Options")
-        )
+    address = plane().request_address(body["PoolID"], body.get("Address", ""), body.get("Options"))
     return {"Address": address, "Data": {}}
 
 
 @call("IpamDriver.ReleaseAddress", RELEASE_ADDRESS)
 def release_address(body):
     """{"PoolID", "Address"}"""
-    with daemon().lock:
-        daemon().ipam.release_address(body["PoolID"], body.get("Address", ""))
+    plane().release_address(body["PoolID"], body.get("Address", ""))

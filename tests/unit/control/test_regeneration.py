@@ -93,7 +93,7 @@ class Host:
         self.security.assign_container(ep, network, "c" * 64, "name", labels)
 
     def remove(self, endpoint_id: str) -> None:
-        """What Daemon.delete_endpoint does."""
+        """What ControlPlane.delete_endpoint does."""
         ep = self.store.get_endpoint(endpoint_id)
         self.datapath.delete_endpoint(spec_of(ep))
         with self.store.transaction():

@@ -5,6 +5,7 @@ from click.testing import CliRunner
 
 from datapath import MapSizes
 from driver.config import Config
+from driver.control import plane as plane_module
 from driver.server import app as app_module
 from driver.server import main as service_module
 
@@ -59,7 +60,7 @@ def test_the_datapath_is_built_with_the_configured_sizes(monkeypatch, tmp_path):
         built.append((pin_dir, veth_prefix, sizes))
         return FakeDatapath()
 
-    monkeypatch.setattr(app_module, "Datapath", datapath)
+    monkeypatch.setattr(plane_module, "Datapath", datapath)
     config = Config(
         state_dir=str(tmp_path),
         node_id=7,
