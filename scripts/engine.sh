@@ -134,12 +134,17 @@ ensure_rootfs() {
 # filesystems, a fresh /run, the host's /tmp (bind-mount sources and compose files there are
 # the same paths for the engine as for a test), the host's plugin directory, and the engine's
 # run directory and data root at the same paths as on the host; then the command, chrooted.
+# Every mount turns private but the exec root, a shared mount made by start_engine: the
+# network namespaces dockerd mounts under exec/netns show on the host too, so the host's
+# driver can open the SandboxKey that Join gets.
 # shellcheck disable=SC2016
 NS_SETUP='set -e
-lower=$1 state=$2 run=$3 data=$4
-shift 4
+lower=$1 state=$2 run=$3 data=$4 exec_root=$5
+shift 5
 root=$state/root
-mount --make-rprivate /
+awk '"'"'{ print $5 }'"'"' /proc/self/mountinfo | while read -r m; do
+    [ "$m" = "$exec_root" ] || mount --make-private "$m" || true
+done
 mount -t overlay overlay -o "lowerdir=$lower,upperdir=$state/upper,workdir=$state/work" "$root"
 mount --rbind /proc "$root/proc"
 mount --rbind /sys "$root/sys"
@@ -149,6 +154,7 @@ mount -t tmpfs -o mode=0755 tmpfs "$root/run"
 mkdir -p "$root/run/docker/plugins" "$root$run" "$root$data"
 mount --bind /run/docker/plugins "$root/run/docker/plugins"
 mount --bind "$run" "$root$run"
+mount --bind "$exec_root" "$root$exec_root"
 mount --bind "$data" "$root$data"
 exec chroot "$root" "$@"'
 
@@ -174,9 +180,13 @@ start_engine() {
     local pid waited=0
     mkdir -p "$RUN_DIR" "$EXEC_ROOT" "$DATA_ROOT" "$ENGINE_STATE"/{upper,work,root} "$LOG_DIR"
     printf '\n==> %s: dockerd %s from %s\n' "$(date -Is)" "$VERSION" "$ROOTFS" >>"$ENGINE_LOG"
+    mount --bind "$EXEC_ROOT" "$EXEC_ROOT"
+    mount --make-private "$EXEC_ROOT"
+    mount --make-shared "$EXEC_ROOT"
     # The pid of setsid is dockerd's: setsid, env, unshare, sh and chroot all exec.
     setsid env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-        unshare --mount --propagation private sh -c "$NS_SETUP" sh "$ROOTFS" "$ENGINE_STATE" "$RUN_DIR" "$DATA_ROOT" \
+        unshare --mount --propagation unchanged sh -c "$NS_SETUP" sh \
+        "$ROOTFS" "$ENGINE_STATE" "$RUN_DIR" "$DATA_ROOT" "$EXEC_ROOT" \
         /usr/sbin/dockerd -H "unix://$SOCK" --data-root "$DATA_ROOT" --exec-root "$EXEC_ROOT" \
         --pidfile "$PIDFILE" --containerd-namespace "$NAME" --containerd-plugins-namespace "$NAME-plugins" \
         --bridge none --iptables=false --ip6tables=false \
@@ -344,6 +354,10 @@ clean_up() {
     if [ -d "$ENGINE_STATE" ]; then
         rm -rf "$ENGINE_STATE"
         say "removed $ENGINE_STATE (data root, rootfs overlay)"
+    fi
+    if mountpoint -q "$EXEC_ROOT" 2>/dev/null; then
+        umount -R "$EXEC_ROOT"
+        say "unmounted $EXEC_ROOT"
     fi
     if [ -d "$RUN_DIR" ]; then
         rm -rf "$RUN_DIR"
