@@ -20,21 +20,17 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from . import bpffs, events, loader, netlink
-from .errors import DatapathError, VethExistsError
-from .maps import (
+from .abi import (
     CONFIG_TRACE_EVENTS,
-    DEFAULT_MAP_SIZES,
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
-    AddressEntry,
-    CtEntry,
-    DatapathMaps,
-    EndpointEntry,
     IPAddress,
-    MapSizes,
+    PolicyKey,
+    validate_identity,
 )
+from .errors import DatapathError, VethExistsError
+from .maps import DEFAULT_MAP_SIZES, AddressEntry, CtEntry, DatapathMaps, EndpointEntry, MapSizes
 from .netfilter import firewall, portmap
-from .policy import PolicyKey, validate_identity
 from .service import Backend, Frontend, backends_of, slots_of, validate_service, validate_service_id
 from .spec import EndpointSpec
 from .sweeper import FlowSweeper

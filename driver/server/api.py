@@ -8,14 +8,17 @@ import queue
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from datapath import INIT_ID
-from datapath.maps import EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED
+from datapath.abi import (
+    EP_F_EGRESS_ENFORCED,
+    EP_F_INGRESS_ENFORCED,
+    PROTOCOL_NUMBERS,
+    RESERVED_IDENTITIES,
+)
 from driver.control.endpoints import spec_of
-from driver.control.identities import RESERVED
 from driver.errors import BadRequest, NotFound
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
-PROTOCOLS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 HEARTBEAT_SECONDS = 1.0
 
 
@@ -169,15 +172,15 @@ def identities():
         found = daemon().store.identities()
     reserved = [
         {"identity": number, "kind": "reserved", "key": f"reserved:{name}", "labels": {}}
-        for number, name in RESERVED.items()
+        for number, name in RESERVED_IDENTITIES.items()
     ]
     return jsonify(reserved + [dataclasses.asdict(i) for i in found])
 
 
 @bp.get("/identities/<int:number>")
 def identity(number):
-    if number in RESERVED:
-        name = RESERVED[number]
+    if number in RESERVED_IDENTITIES:
+        name = RESERVED_IDENTITIES[number]
         return jsonify({"identity": number, "kind": "reserved", "key": f"reserved:{name}"})
     with daemon().lock:
         found = daemon().store.get_identity(number)
@@ -235,14 +238,14 @@ def policy_trace():
     if not isinstance(src, dict) or not isinstance(dst, dict):
         raise BadRequest("trace needs 'src' and 'dst' label objects")
     protocol = str(body.get("protocol", "tcp")).lower()
-    if protocol not in PROTOCOLS:
-        raise BadRequest(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if protocol not in PROTOCOL_NUMBERS:
+        raise BadRequest(f"protocol {protocol!r} is not one of {', '.join(PROTOCOL_NUMBERS)}")
     try:
         dport = int(body.get("dport", 0))
     except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"port {body.get('dport')!r} is not a number") from None
     with daemon().lock:
-        verdict = daemon().security.trace(src, dst, dport, PROTOCOLS[protocol])
+        verdict = daemon().security.trace(src, dst, dport, PROTOCOL_NUMBERS[protocol])
     return jsonify(dataclasses.asdict(verdict))
 
 

@@ -26,8 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.process_collector import ProcessCollector
 
 from datapath import INIT_ID
+from datapath.abi import DIRECTIONS, ENFORCEMENT_MODES, RESERVED_IDENTITIES
 from driver.config import loopback_address
-from driver.control.identities import RESERVED
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ PREFIX = "pycilium"
 PATH = "/metrics"
 # Docker gives up on a plugin call after 30 s; endpoint calls make veths and routes.
 CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-DIRECTIONS = {0: "ingress", 1: "egress"}
-ENFORCEMENT_MODES = ("default", "always", "never")
 
 
 class DaemonCollector:
@@ -76,7 +74,7 @@ class DaemonCollector:
             {("ready",): len(endpoints) - waiting, ("waiting-for-identity",): waiting},
         )
         yield _gauge("networks", "Docker networks of this driver", value=networks)
-        kinds = {("reserved",): len(RESERVED), ("endpoint",): 0, ("cidr",): 0}
+        kinds = {("reserved",): len(RESERVED_IDENTITIES), ("endpoint",): 0, ("cidr",): 0}
         for identity in identities:
             kinds[(identity.kind,)] = kinds.get((identity.kind,), 0) + 1
         yield _gauge("identities", "Security identities by kind", ["kind"], kinds)
