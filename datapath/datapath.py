@@ -5,36 +5,33 @@ Methods are idempotent "make it so" operations. They are not thread-safe among
 themselves: the caller serialises them (the control plane holds one lock). The one
 exception is :meth:`Datapath.read_events`, which shares no state with the others and may
 run in a thread of its own.
+
+Longer than 300 lines because it is the one place that orders the steps of each use case
+across netlink, the maps, the sweeper and netfilter (what is made first, what is undone on
+failure, which write comes before which so that no packet sees a half-made state); the
+steps themselves live in those modules.
 """
 
-import array
 import dataclasses
-import fcntl
 import ipaddress
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import bpffs, events, loader, netlink
-from .errors import DatapathError, VethExistsError
-from .maps import (
+from . import bpffs, events, hostnet, loader, netlink
+from .abi import (
     CONFIG_TRACE_EVENTS,
-    DEFAULT_MAP_SIZES,
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
-    AddressEntry,
-    CtEntry,
-    DatapathMaps,
-    EndpointEntry,
     IPAddress,
-    MapSizes,
+    PolicyKey,
+    validate_identity,
 )
+from .errors import DatapathError, VethExistsError
+from .maps import DEFAULT_MAP_SIZES, AddressEntry, CtEntry, DatapathMaps, EndpointEntry, MapSizes
 from .netfilter import firewall, portmap
-from .policy import PolicyKey, validate_identity
 from .service import Backend, Frontend, backends_of, slots_of, validate_service, validate_service_id
 from .spec import EndpointSpec
 from .sweeper import FlowSweeper
@@ -43,30 +40,8 @@ DEFAULT_PIN_DIR = "/sys/fs/bpf/pycilium"
 SWEEP_WAIT_SECONDS = 30.0  # a new endpoint waits this long at most for a predecessor's sweep
 
 
-IF_INET6 = "/proc/net/if_inet6"
-SIOCGIFCONF = 0x8912
-IFREQ_SIZE = 40  # struct ifreq: name[16], then the sockaddr_in (address at byte 20)
-
-
 def _host_cidr(ip: IPAddress) -> str:
     return f"{ip}/{ip.max_prefixlen}"
-
-
-def _ipv4_host_addresses() -> list[str]:
-    """Every IPv4 address of the host (SIOCGIFCONF lists each, secondary ones included)."""
-    slots = 256
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        while True:
-            buf = array.array("B", bytes(slots * IFREQ_SIZE))
-            ifconf = struct.pack("iL", len(buf), buf.buffer_info()[0])
-            used, _ = struct.unpack("iL", fcntl.ioctl(sock, SIOCGIFCONF, ifconf))
-            if used < len(buf):
-                break
-            slots *= 2  # it may have filled the buffer exactly: ask again with more room
-    raw = buf.tobytes()
-    return [
-        socket.inet_ntoa(raw[offset + 20 : offset + 24]) for offset in range(0, used, IFREQ_SIZE)
-    ]
 
 
 class Datapath:
@@ -368,15 +343,8 @@ class Datapath:
 
     def host_addresses(self) -> list[str]:
         """The host's own addresses, both families, link-local included: the control plane
-        maps each (as /32 or /128) to HOST_ID in set_cidr_identities.
-
-        Asked on every endpoint event, so read the kernel's own lists (under a millisecond)
-        rather than a netlink dump of every address (about 50 ms with 250 veths)."""
-        found = set(_ipv4_host_addresses())
-        with open(IF_INET6) as lines:
-            for line in lines:
-                found.add(str(ipaddress.IPv6Address(bytes.fromhex(line.split()[0]))))
-        return sorted(found)
+        maps each (as /32 or /128) to HOST_ID in set_cidr_identities."""
+        return hostnet.host_addresses()
 
     def cidr_identities(self) -> dict[str, int]:
         return {str(net): identity for net, identity in self.maps.cidr_identities().items()}
@@ -482,33 +450,7 @@ class Datapath:
     def host_route_overlaps(self, cidr: str) -> list[str]:
         """Destinations of host main-table routes overlapping cidr, except default routes,
         link-local and multicast ones, and our own (unreachable and endpoint routes)."""
-        try:
-            net = ipaddress.ip_network(cidr, strict=False)
-        except ValueError as exc:
-            raise DatapathError(f"invalid network {cidr!r}: {exc}") from exc
-        family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
-        overlaps = []
-        for route in netlink.main_routes(family):
-            dst = ipaddress.ip_network(route.dst, strict=False)
-            if self._ignored_route(route, dst):
-                continue
-            if dst.overlaps(net):
-                overlaps.append(route.dst)
-        return overlaps
-
-    def _ignored_route(self, route: netlink.Route, dst) -> bool:
-        own_endpoint = (
-            dst.prefixlen == dst.max_prefixlen
-            and route.ifname is not None
-            and route.ifname.startswith(self.veth_prefix)
-        )
-        return (
-            dst.prefixlen == 0
-            or dst.is_link_local
-            or dst.is_multicast
-            or route.proto == netlink.ROUTE_PROTOCOL
-            or own_endpoint
-        )
+        return hostnet.route_overlaps(cidr, self.veth_prefix)
 
     def sandbox_route_destinations(self, sandbox_key: str) -> set[str]:
         return netlink.sandbox_route_destinations(sandbox_key)

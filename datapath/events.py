@@ -7,7 +7,6 @@ at a time.
 """
 
 import ctypes as ct
-import ipaddress
 import os
 import threading
 from collections.abc import Callable
@@ -15,34 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import libbpf, reasons
+from .abi import (
+    ENDPOINT_KEY_IPV4,
+    ENDPOINT_KEY_IPV6,
+    EVENT_DROP,
+    EVENT_TRACE,
+    EventRecord,
+    IPAddress,
+)
 from .errors import DatapathError
-from .maps import ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6, IP6, IPAddress
+from .maps.addressing import decode_address
 
-EVENT_DROP = 1  # lib/common.h
-EVENT_TRACE = 2
 KINDS = {EVENT_DROP: "drop", EVENT_TRACE: "trace"}
-
-
-class EventRecord(ct.Structure):
-    """One record of the events ring buffer (struct datapath_event)."""
-
-    _fields_ = (
-        ("kind", ct.c_uint8),
-        ("direction", ct.c_uint8),
-        ("protocol", ct.c_uint8),
-        ("family", ct.c_uint8),
-        ("code", ct.c_int32),
-        ("endpoint_id", ct.c_uint16),
-        ("sport", ct.c_uint16),
-        ("dport", ct.c_uint16),
-        ("pad", ct.c_uint16),
-        ("ifindex", ct.c_uint32),
-        ("src_identity", ct.c_uint32),
-        ("dst_identity", ct.c_uint32),
-        ("pad2", ct.c_uint32),
-        ("saddr", IP6),
-        ("daddr", IP6),
-    )
 
 
 @dataclass(frozen=True)
@@ -64,10 +47,9 @@ class Event:
 
 
 def _address(family: int, raw) -> IPAddress | None:
-    if family == ENDPOINT_KEY_IPV6:
-        return ipaddress.IPv6Address(bytes(raw))
-    if family == ENDPOINT_KEY_IPV4:
-        return ipaddress.IPv4Address(bytes(raw)[:4])
+    """None if the packet was dropped before its family was known (family 0)."""
+    if family in (ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6):
+        return decode_address(family, raw)
     return None
 
 

@@ -8,11 +8,9 @@ slots, in the order given (so a slot list decodes back into the same backends).
 import ipaddress
 from dataclasses import dataclass
 
+from .abi import PORT_PROTOCOLS, PROTOCOL_NAMES, IPAddress
 from .errors import DatapathError
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-TCP, UDP = 6, 17
 MAX_SERVICE_ID = 0xFFFF
 MAX_SLOTS = 256  # backend slots of one service: the sum of its backends' weights
 
@@ -28,7 +26,7 @@ class Frontend:
 
     def __str__(self) -> str:
         host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
-        proto = {TCP: "tcp", UDP: "udp"}.get(self.protocol, "any")
+        proto = PROTOCOL_NAMES[self.protocol] if self.protocol in PORT_PROTOCOLS else "any"
         return f"{host}:{self.port}/{proto}"
 
     def validate(self) -> None:
@@ -38,7 +36,7 @@ class Frontend:
             raise DatapathError(f"frontend {self}: port {self.port!r} out of range")
         if self.port == 0 and self.protocol != 0:
             raise DatapathError(f"frontend {self}: an L3-only frontend (port 0) has protocol 0")
-        if self.port != 0 and self.protocol not in (TCP, UDP):
+        if self.port != 0 and self.protocol not in PORT_PROTOCOLS:
             raise DatapathError(f"frontend {self}: protocol must be tcp (6) or udp (17)")
 
 

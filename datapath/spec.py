@@ -3,7 +3,7 @@
 import ipaddress
 from dataclasses import dataclass
 
-from .policy import INIT_ID
+from .abi import INIT_ID
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ import threading
 import time
 from collections.abc import Iterable
 
+from .abi import IPAddress
 from .errors import DatapathError
-from .maps import DatapathMaps, IPAddress
+from .maps import DatapathMaps
 
 log = logging.getLogger(__name__)
 

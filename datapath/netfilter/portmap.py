@@ -11,11 +11,11 @@ import ipaddress
 import subprocess
 from dataclasses import dataclass
 
+from datapath.abi import PROTOCOL_NAMES
 from datapath.errors import DatapathError
 
 TOOLS = {4: "iptables", 6: "ip6tables"}
 LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
-PROTOCOLS = {6: "tcp", 17: "udp"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def _rule(mapping: PortMapping, tag: str) -> list[str]:
     destination = (
         f"[{target}]:{mapping.port}" if target.version == 6 else f"{target}:{mapping.port}"
     )
-    rule = ["-p", PROTOCOLS[mapping.protocol]]
+    rule = ["-p", PROTOCOL_NAMES[mapping.protocol]]
     if mapping.host_ip is not None:
         rule += ["-d", str(mapping.host_ip)]
     rule += ["--dport", str(mapping.host_port), "-m", "comment", "--comment", tag]

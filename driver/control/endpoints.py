@@ -5,6 +5,7 @@ import ipaddress
 import logging
 
 from datapath import EndpointSpec
+from datapath.interface import DatapathApi
 from driver import failpoints
 from driver.errors import Conflict, DriverError, InvalidArgument, NotFound
 
@@ -21,7 +22,14 @@ NUMERIC_ID_CURSOR = "cursor:endpoint-id"
 
 
 class Endpoints:
-    def __init__(self, store: Store, ipam: Ipam, datapath, node: NodeAddressing, veth_prefix: str):
+    def __init__(
+        self,
+        store: Store,
+        ipam: Ipam,
+        datapath: DatapathApi,
+        node: NodeAddressing,
+        veth_prefix: str,
+    ):
         self.store = store
         self.ipam = ipam
         self.datapath = datapath

@@ -5,15 +5,11 @@ not reused at once."""
 
 import json
 
-from .state import Identity, Store
+from datapath.abi import FIRST_ENDPOINT_IDENTITY
 
-HOST = 1
-WORLD = 2
-INIT = 3
-UNMANAGED = 4
-RESERVED = {HOST: "host", WORLD: "world", INIT: "init", UNMANAGED: "unmanaged"}
-NETWORK_LABEL = "io.pycilium.network"
-FIRST_ENDPOINT_IDENTITY = 256
+from .policy import NETWORK_LABEL
+from .state import IdentityRecord, Store
+
 FIRST_CIDR_IDENTITY = 1 << 24
 ENDPOINT_IDENTITY_LIMIT = FIRST_CIDR_IDENTITY
 
@@ -85,6 +81,6 @@ class Identities:
             if number not in taken:
                 break
             number += 1
-        self.store.add_identity(Identity(number, kind, key, labels))
+        self.store.add_identity(IdentityRecord(number, kind, key, labels))
         self.store.set_meta(counter, str(number + 1))
         return number

@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import uuid
 
+from datapath.interface import DatapathApi
 from driver import failpoints
 from driver.errors import Conflict, DriverError, InvalidArgument, NotFound
 
@@ -24,7 +25,7 @@ ANY4 = ipaddress.IPv4Network("0.0.0.0/0")
 
 
 @contextlib.contextmanager
-def unreachable_routes(datapath, cidrs):
+def unreachable_routes(datapath: DatapathApi, cidrs):
     """The unreachable routes of cidrs for the block inside, taken away again if the block
     fails: a transaction that does not commit must leave no route of what it would have
     owned. Enter it before the transaction, so that a failed commit is seen here."""
@@ -41,7 +42,9 @@ def unreachable_routes(datapath, cidrs):
 
 
 class Ipam:
-    def __init__(self, store: Store, node: NodeAddressing, datapath, service_ranges=()):
+    def __init__(
+        self, store: Store, node: NodeAddressing, datapath: DatapathApi, service_ranges=()
+    ):
         self.store = store
         self.node = node
         self.datapath = datapath

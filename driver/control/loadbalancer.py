@@ -11,11 +11,12 @@ import re
 from dataclasses import dataclass
 
 from datapath import INIT_ID, Backend, DatapathError, Frontend
+from datapath.abi import PORT_PROTOCOLS, PROTOCOL_NUMBERS
+from datapath.interface import DatapathApi
 from driver.errors import Conflict, InvalidArgument, NotFound
 
 from .state import Endpoint, Store
 
-PROTOCOLS = {"tcp": 6, "udp": 17}
 MAX_SERVICE_ID = 0xFFFF
 ADDRESS_PORT = re.compile(
     r"^\[(?P<v6>[0-9a-fA-F:.]+)\](?::(?P<p6>\d+))?$|^(?P<v4>[0-9.]+)(?::(?P<p4>\d+))?$"
@@ -58,9 +59,10 @@ def parse_address_port(text: str, what: str) -> tuple[ipaddress._BaseAddress, in
 
 def parse_frontend(text: str, protocol: str) -> Frontend:
     address, port = parse_address_port(text, "frontend")
-    if protocol.lower() not in PROTOCOLS:
+    number = PROTOCOL_NUMBERS.get(protocol.lower())
+    if number not in PORT_PROTOCOLS:
         raise InvalidArgument(f"protocol {protocol!r} is not one of tcp, udp")
-    return Frontend(address, port, PROTOCOLS[protocol.lower()] if port else 0)
+    return Frontend(address, port, number if port else 0)
 
 
 def parse_backend(text: str) -> Backend:
@@ -82,7 +84,7 @@ def _backend_text(b: Backend) -> str:
 class Services:
     """Callers hold the control plane's lock."""
 
-    def __init__(self, store: Store, datapath, ranges: list):
+    def __init__(self, store: Store, datapath: DatapathApi, ranges: list):
         self.store = store
         self.datapath = datapath
         self.ranges = ranges

@@ -10,6 +10,8 @@ import logging
 import queue
 import threading
 
+from datapath.interface import DatapathApi
+
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
@@ -35,7 +37,7 @@ class Subscription:
 
 
 class Monitor:
-    def __init__(self, datapath):
+    def __init__(self, datapath: DatapathApi):
         self.datapath = datapath
         self._subscribers: list[Subscription] = []
         self._lock = threading.Lock()

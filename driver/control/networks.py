@@ -2,6 +2,7 @@
 
 import ipaddress
 
+from datapath.interface import DatapathApi
 from driver import failpoints
 from driver.errors import InvalidArgument
 
@@ -15,7 +16,14 @@ ANY_ROUTES = {"0.0.0.0/0", "::/0"}
 
 
 class Networks:
-    def __init__(self, store: Store, ipam: Ipam, datapath, node: NodeAddressing, default_mtu: int):
+    def __init__(
+        self,
+        store: Store,
+        ipam: Ipam,
+        datapath: DatapathApi,
+        node: NodeAddressing,
+        default_mtu: int,
+    ):
         self.store = store
         self.ipam = ipam
         self.datapath = datapath

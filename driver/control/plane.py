@@ -19,13 +19,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from datapath import INIT_ID, Datapath, DatapathError, MapSizes
-from datapath.maps import EP_F_EGRESS_ENFORCED, EP_F_INGRESS_ENFORCED
+from datapath.abi import (
+    DIRECTIONS,
+    ENFORCEMENT_MODES,
+    EP_F_EGRESS_ENFORCED,
+    EP_F_INGRESS_ENFORCED,
+    PROTOCOL_NUMBERS,
+    RESERVED_IDENTITIES,
+)
+from datapath.interface import DatapathApi
 from driver.config import Config
 from driver.errors import DriverError, NotFound
 
 from .addressing import NodeAddressing, node_id_from_machine_id
 from .endpoints import Endpoints, spec_of
-from .identities import RESERVED, LabelFilter
+from .identities import LabelFilter
 from .ipam import Ipam
 from .loadbalancer import Services
 from .monitor import Monitor, Subscription
@@ -36,9 +44,18 @@ from .regeneration import Security
 from .state import Endpoint, Network, Pool, Store
 from .watcher import DockerWatcher, Listener
 
-# DatapathError is the kernel refusing something (a full map, a taken name): the server
+# DatapathError is the kernel refusing something (a full map, a taken name), and the names of
+# directions, enforcement modes and protocols are the datapath's vocabulary: the server
 # renders it from here, without importing the datapath.
-__all__ = ["ControlPlane", "DatapathError", "Snapshot", "Traffic"]
+__all__ = [
+    "DIRECTIONS",
+    "ENFORCEMENT_MODES",
+    "PROTOCOL_NUMBERS",
+    "ControlPlane",
+    "DatapathError",
+    "Snapshot",
+    "Traffic",
+]
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +124,14 @@ def _locked(method: Callable) -> Callable:
 
 class ControlPlane:
     @classmethod
-    def open(cls, config: Config, datapath=None) -> "ControlPlane":
+    def open(cls, config: Config, datapath: DatapathApi | None = None) -> "ControlPlane":
         """The started control plane over `datapath`, by default the kernel's."""
         if datapath is None:
             sizes = MapSizes(config.policy_map_size, config.ct_map_size, config.service_map_size)
             datapath = Datapath(config.bpf_pin_dir, config.veth_prefix, sizes)
         return cls(config, datapath)
 
-    def __init__(self, config: Config, datapath):
+    def __init__(self, config: Config, datapath: DatapathApi):
         """Open the state, start the datapath and make it what the state says."""
         self.config = config
         self.datapath = datapath
@@ -308,7 +325,7 @@ class ControlPlane:
     def snapshot(self) -> Snapshot:
         with self.lock:
             endpoints = self.store.endpoints()
-            identities = {"reserved": len(RESERVED), "endpoint": 0, "cidr": 0}
+            identities = {"reserved": len(RESERVED_IDENTITIES), "endpoint": 0, "cidr": 0}
             for identity in self.store.identities():
                 identities[identity.kind] = identities.get(identity.kind, 0) + 1
             held = {
@@ -363,11 +380,11 @@ class ControlPlane:
 
     @_locked
     def list_identities(self) -> list[dict]:
-        reserved = [{**_reserved(number), "labels": {}} for number in RESERVED]
+        reserved = [{**_reserved(number), "labels": {}} for number in RESERVED_IDENTITIES]
         return reserved + [dataclasses.asdict(i) for i in self.store.identities()]
 
     def get_identity(self, number: int) -> dict:
-        if number in RESERVED:
+        if number in RESERVED_IDENTITIES:
             return _reserved(number)
         with self.lock:
             found = self.store.get_identity(number)
@@ -534,7 +551,11 @@ def _enforcement(flags: int) -> dict:
 
 
 def _reserved(number: int) -> dict:
-    return {"identity": number, "kind": "reserved", "key": f"reserved:{RESERVED[number]}"}
+    return {
+        "identity": number,
+        "kind": "reserved",
+        "key": f"reserved:{RESERVED_IDENTITIES[number]}",
+    }
 
 
 def _feed(

@@ -11,6 +11,8 @@ import logging
 from dataclasses import asdict, dataclass
 
 from datapath import PortMapping
+from datapath.abi import PORT_PROTOCOLS, PROTO_TCP, PROTOCOL_NAMES
+from datapath.interface import DatapathApi
 from datapath.netfilter.proxy import LoopbackProxy
 from driver.errors import Conflict, InvalidArgument
 
@@ -19,7 +21,6 @@ from .state import Endpoint, Store
 log = logging.getLogger(__name__)
 
 PORTMAP_OPTION = "com.docker.network.portmap"
-PROTOCOLS = {6: "tcp", 17: "udp"}
 EPHEMERAL_PORTS = range(49152, 65536)
 ANY_HOST = {"": None, "0.0.0.0": 4, "::": 6}
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
@@ -34,7 +35,7 @@ class Published:
 
     def __str__(self) -> str:
         host = f"[{self.host_ip}]" if ":" in self.host_ip else self.host_ip
-        return f"{host}:{self.host_port}->{self.port}/{PROTOCOLS[self.protocol]}"
+        return f"{host}:{self.host_port}->{self.port}/{PROTOCOL_NAMES[self.protocol]}"
 
     def clashes(self, other: "Published") -> bool:
         same_port = (self.protocol, self.host_port) == (other.protocol, other.host_port)
@@ -60,7 +61,7 @@ def requested_ports(options: dict) -> list[Published]:
                 host_ip = str(ipaddress.ip_address(host_ip))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidArgument(f"port mapping {item!r} does not parse: {exc}") from None
-        if protocol not in PROTOCOLS:
+        if protocol not in PORT_PROTOCOLS:
             raise InvalidArgument(f"port mapping {item!r}: only tcp and udp can be published")
         if not 1 <= port <= 0xFFFF or not 0 <= host_port <= host_end <= 0xFFFF:
             raise InvalidArgument(f"port mapping {item!r}: port out of range")
@@ -71,7 +72,7 @@ def requested_ports(options: dict) -> list[Published]:
 class Ports:
     """Callers hold the control plane's lock."""
 
-    def __init__(self, store: Store, datapath):
+    def __init__(self, store: Store, datapath: DatapathApi):
         self.store = store
         self.datapath = datapath
         self._proxies: dict[str, list[LoopbackProxy]] = {}
@@ -185,7 +186,7 @@ def _dnat(ep: Endpoint, p: Published) -> list[PortMapping]:
 
 def _proxied(ep: Endpoint, p: Published) -> list[tuple[tuple[str, int], tuple[str, int]]]:
     """Loopback listeners of a TCP mapping that covers the loopback address."""
-    if PROTOCOLS[p.protocol] != "tcp":
+    if p.protocol != PROTO_TCP:
         return []
     pairs = []
     for family in sorted(p.families()):

@@ -10,7 +10,9 @@ import ipaddress
 import json
 import logging
 
-from datapath import HOST_ID, INIT_ID, DatapathError, PolicyKey
+from datapath import DatapathError
+from datapath.abi import ENFORCEMENT_MODES, HOST_ID, INIT_ID
+from datapath.interface import DatapathApi
 from driver.errors import InvalidArgument
 
 from .endpoints import spec_of
@@ -20,11 +22,11 @@ from .state import Endpoint, Store
 
 log = logging.getLogger(__name__)
 
-MODES = ("default", "always", "never")
-
 
 class Security:
-    def __init__(self, store: Store, datapath, label_filter: LabelFilter, default_mode: str):
+    def __init__(
+        self, store: Store, datapath: DatapathApi, label_filter: LabelFilter, default_mode: str
+    ):
         self.store = store
         self.datapath = datapath
         self.label_filter = label_filter
@@ -146,7 +148,7 @@ class Security:
                 spec_of(ep),
                 result.ingress_enforced,
                 result.egress_enforced,
-                set(map(PolicyKey._make, result.keys)),
+                result.keys,
             )
             self._written[ep.endpoint_id] = (ep.numeric_id, result)
 
@@ -180,8 +182,9 @@ class Security:
         return {"revision": self.revision}
 
     def set_mode(self, mode: str) -> None:
-        if mode not in MODES:
-            raise InvalidArgument(f"policy enforcement {mode!r} is not one of {', '.join(MODES)}")
+        if mode not in ENFORCEMENT_MODES:
+            modes = ", ".join(ENFORCEMENT_MODES)
+            raise InvalidArgument(f"policy enforcement {mode!r} is not one of {modes}")
         previous, self.mode = self.mode, mode
         try:
             self.regenerate()

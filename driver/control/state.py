@@ -12,12 +12,12 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
+from datapath.abi import INIT_ID
 from driver.errors import DriverError
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-INIT_IDENTITY = 3
 # How long a write waits for another process's lock on the database: well below the 30 s
 # Docker gives a managed plugin's call, so Docker gets our error, not its own timeout.
 BUSY_TIMEOUT_MS = 5000
@@ -124,12 +124,15 @@ class Endpoint:
     container_id: str | None = None
     container_name: str | None = None
     labels: dict = field(default_factory=dict)
-    identity: int = INIT_IDENTITY
+    identity: int = INIT_ID
     ports: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class Identity:
+class IdentityRecord:
+    """A row of the identities table: a number allocated to labels or a prefix. The policy
+    engine sees identities as driver.control.policy.Identity (number and labels only)."""
+
     identity: int
     kind: str  # "endpoint" (labels of containers) or "cidr" (a prefix named by policy)
     key: str
@@ -396,21 +399,21 @@ class Store:
 
     # identities
 
-    def add_identity(self, identity: Identity) -> None:
+    def add_identity(self, identity: IdentityRecord) -> None:
         self._write(
             "INSERT INTO identities VALUES (?, ?, ?, ?)",
             (identity.identity, identity.kind, identity.key, json.dumps(identity.labels)),
         )
 
-    def identity_by_key(self, key: str) -> Identity | None:
+    def identity_by_key(self, key: str) -> IdentityRecord | None:
         rows = self._rows("SELECT * FROM identities WHERE key = ?", (key,))
         return _identity(rows[0]) if rows else None
 
-    def get_identity(self, identity: int) -> Identity | None:
+    def get_identity(self, identity: int) -> IdentityRecord | None:
         rows = self._rows("SELECT * FROM identities WHERE identity = ?", (identity,))
         return _identity(rows[0]) if rows else None
 
-    def identities(self, kind: str | None = None) -> list[Identity]:
+    def identities(self, kind: str | None = None) -> list[IdentityRecord]:
         if kind is None:
             rows = self._rows("SELECT * FROM identities ORDER BY identity")
         else:
@@ -519,7 +522,7 @@ def _endpoint(row: sqlite3.Row) -> Endpoint:
     )
 
 
-def _identity(row: sqlite3.Row) -> Identity:
-    return Identity(
+def _identity(row: sqlite3.Row) -> IdentityRecord:
+    return IdentityRecord(
         identity=row["identity"], kind=row["kind"], key=row["key"], labels=json.loads(row["labels"])
     )

@@ -7,12 +7,11 @@ import os
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from driver.control.plane import ControlPlane
+from driver.control.plane import PROTOCOL_NUMBERS, ControlPlane
 from driver.errors import BadRequest
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
-PROTOCOLS = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 HEARTBEAT_SECONDS = 1.0
 
 
@@ -145,13 +144,13 @@ def policy_trace():
     if not isinstance(src, dict) or not isinstance(dst, dict):
         raise BadRequest("trace needs 'src' and 'dst' label objects")
     protocol = str(body.get("protocol", "tcp")).lower()
-    if protocol not in PROTOCOLS:
-        raise BadRequest(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if protocol not in PROTOCOL_NUMBERS:
+        raise BadRequest(f"protocol {protocol!r} is not one of {', '.join(PROTOCOL_NUMBERS)}")
     try:
         dport = int(body.get("dport", 0))
     except (TypeError, ValueError, OverflowError):
         raise BadRequest(f"port {body.get('dport')!r} is not a number") from None
-    verdict = plane().trace(src, dst, dport, PROTOCOLS[protocol])
+    verdict = plane().trace(src, dst, dport, PROTOCOL_NUMBERS[protocol])
     return jsonify(dataclasses.asdict(verdict))
 
 

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.process_collector import ProcessCollector
 
 from driver.config import loopback_address
-from driver.control.plane import ControlPlane
+from driver.control.plane import DIRECTIONS, ENFORCEMENT_MODES, ControlPlane
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ PREFIX = "pycilium"
 PATH = "/metrics"
 # Docker gives up on a plugin call after 30 s; endpoint calls make veths and routes.
 CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-DIRECTIONS = {0: "ingress", 1: "egress"}
-ENFORCEMENT_MODES = ("default", "always", "never")
 
 
 class PlaneCollector:

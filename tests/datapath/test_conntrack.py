@@ -131,6 +131,6 @@ def test_untracked_flow_goes_through_policy_and_expired_entries_count_as_missing
 
 
 def test_ct_key_layout_is_what_the_decoder_reads():
-    from datapath import maps
+    from datapath import abi
 
-    assert ct.sizeof(maps.CtKeyC) == 44 and ct.sizeof(maps.CtEntryC) == 24
+    assert ct.sizeof(abi.CtKeyC) == 44 and ct.sizeof(abi.CtEntryC) == 24

@@ -7,31 +7,32 @@ from pathlib import Path
 
 import pytest
 
-from datapath import maps
+from datapath import abi
+from datapath.maps.addressing import address_key
+from datapath.maps.conntrack import CT_KEY_SIZE
+from datapath.maps.pinned import BATCH_ENTRIES, BPF_MAP_TYPE_LRU_HASH, MapSpec, PinnedMap, record
 
-SCRATCH_ENTRIES = 3 * maps.BATCH_ENTRIES + 17  # several full batches and a partial one
+SCRATCH_ENTRIES = 3 * BATCH_ENTRIES + 17  # several full batches and a partial one
 
 
 @pytest.fixture
 def ct_map(datapath, pin_dir):
-    spec = maps.MapSpec(
-        "walk_ct", maps.BPF_MAP_TYPE_LRU_HASH, maps.CtKeyC, maps.CtEntryC, 4 * maps.BATCH_ENTRIES
-    )
-    pinned = maps.PinnedMap.open(Path(pin_dir), spec)
+    spec = MapSpec("walk_ct", BPF_MAP_TYPE_LRU_HASH, abi.CtKeyC, abi.CtEntryC, 4 * BATCH_ENTRIES)
+    pinned = PinnedMap.open(Path(pin_dir), spec)
     yield pinned
     pinned.close()
     pinned.path.unlink()
 
 
-def ct_key(n: int, endpoint_id: int = 7) -> maps.CtKeyC:
-    key = maps.CtKeyC(sport=n & 0xFFFF, dport=n >> 16, endpoint_id=endpoint_id, protocol=6)
-    key.family = maps.ENDPOINT_KEY_IPV6
+def ct_key(n: int, endpoint_id: int = 7) -> abi.CtKeyC:
+    key = abi.CtKeyC(sport=n & 0xFFFF, dport=n >> 16, endpoint_id=endpoint_id, protocol=6)
+    key.family = abi.ENDPOINT_KEY_IPV6
     return key
 
 
 def test_batched_walk_returns_every_entry_once(ct_map):
     for n in range(SCRATCH_ENTRIES):
-        ct_map.update(ct_key(n), maps.CtEntryC(packets=n))
+        ct_map.update(ct_key(n), abi.CtEntryC(packets=n))
     seen = [(key.sport | key.dport << 16, leaf.packets) for key, leaf in ct_map.items()]
     assert sorted(seen) == [(n, n) for n in range(SCRATCH_ENTRIES)]
 
@@ -47,10 +48,10 @@ def test_ct_clean_up_takes_the_endpoints_flows_only(datapath):
     conntrack = datapath.maps._maps["conntrack"]
 
     def flow(src, dst, endpoint_id, sport):
-        key = maps.CtKeyC(sport=sport, dport=80, endpoint_id=endpoint_id, protocol=6)
-        key.family = maps.ENDPOINT_KEY_IPV6 if src.version == 6 else maps.ENDPOINT_KEY_IPV4
-        key.saddr, key.daddr = maps._address_key(src).ip, maps._address_key(dst).ip
-        conntrack.update(key, maps.CtEntryC())
+        key = abi.CtKeyC(sport=sport, dport=80, endpoint_id=endpoint_id, protocol=6)
+        key.family = abi.ENDPOINT_KEY_IPV6 if src.version == 6 else abi.ENDPOINT_KEY_IPV4
+        key.saddr, key.daddr = address_key(src).ip, address_key(dst).ip
+        conntrack.update(key, abi.CtEntryC())
         return key
 
     doomed = [
@@ -71,14 +72,14 @@ def test_ct_clean_up_takes_the_endpoints_flows_only(datapath):
 
 def test_packed_walk_matches_the_decoded_walk(ct_map):
     for n in range(SCRATCH_ENTRIES):
-        ct_map.update(ct_key(n, endpoint_id=n % 5), maps.CtEntryC(packets=n))
+        ct_map.update(ct_key(n, endpoint_id=n % 5), abi.CtEntryC(packets=n))
     decoded = sorted((bytes(key), bytes(leaf)) for key, leaf in ct_map.items())
     packed = []
     for keys, leaves in ct_map.packed_items():
-        count = len(keys) // maps.CT_KEY_SIZE
-        assert len(leaves) == count * ct.sizeof(maps.CtEntryC)
+        count = len(keys) // CT_KEY_SIZE
+        assert len(leaves) == count * ct.sizeof(abi.CtEntryC)
         packed += [
-            (maps._record(keys, maps.CT_KEY_SIZE, i), maps._record(leaves, len(leaves) // count, i))
+            (record(keys, CT_KEY_SIZE, i), record(leaves, len(leaves) // count, i))
             for i in range(count)
         ]
     assert sorted(packed) == decoded
@@ -87,7 +88,7 @@ def test_packed_walk_matches_the_decoded_walk(ct_map):
 def test_batched_delete_skips_keys_already_gone(ct_map):
     """An LRU map evicts between the walk and the delete: the batch goes on past a missing key."""
     for n in range(10):
-        ct_map.update(ct_key(n), maps.CtEntryC())
+        ct_map.update(ct_key(n), abi.CtEntryC())
     ct_map.delete(ct_key(3))
     ct_map.delete(ct_key(9))
     doomed = b"".join(bytes(ct_key(n)) for n in (1, 3, 5, 9, 7))
@@ -99,9 +100,9 @@ def test_batched_delete_skips_keys_already_gone(ct_map):
 def test_lb_flow_clean_up_by_endpoint_and_by_service(datapath):
     flows = datapath.maps._maps["lb_flows"]
     made = {}
-    for n in range(2 * maps.BATCH_ENTRIES):
+    for n in range(2 * BATCH_ENTRIES):
         key = ct_key(n, endpoint_id=900 + n % 3)
-        flows.update(key, maps.LbFlowC(service_id=7000 + n % 4))
+        flows.update(key, abi.LbFlowC(service_id=7000 + n % 4))
         made[bytes(key)] = (900 + n % 3, 7000 + n % 4)
     try:
         gone_by_endpoint = sum(1 for owner, _ in made.values() if owner == 901)
@@ -114,4 +115,4 @@ def test_lb_flow_clean_up_by_endpoint_and_by_service(datapath):
         }
     finally:
         for key in made:
-            flows.delete(maps.CtKeyC.from_buffer_copy(key))
+            flows.delete(abi.CtKeyC.from_buffer_copy(key))

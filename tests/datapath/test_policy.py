@@ -13,7 +13,7 @@ from datapath import (
     Datapath,
     DatapathError,
     PolicyKey,
-    maps,
+    abi,
     netlink,
 )
 
@@ -248,11 +248,11 @@ def test_flows_retired_before_a_restart_are_swept_by_the_next_start(datapath, pi
     conntrack = datapath.maps._maps["conntrack"]
     gone6, kept6 = ipaddress.ip_address("fdce:1c99::91"), ipaddress.ip_address("fdce:1c99::92")
 
-    def flow(endpoint_id: int, src, dst) -> maps.CtKeyC:
-        key = maps.CtKeyC(sport=4242, dport=80, endpoint_id=endpoint_id, protocol=6)
-        key.family = maps.ENDPOINT_KEY_IPV6
-        key.saddr, key.daddr = maps.IP6(*src.packed), maps.IP6(*dst.packed)
-        conntrack.update(key, maps.CtEntryC())
+    def flow(endpoint_id: int, src, dst) -> abi.CtKeyC:
+        key = abi.CtKeyC(sport=4242, dport=80, endpoint_id=endpoint_id, protocol=6)
+        key.family = abi.ENDPOINT_KEY_IPV6
+        key.saddr, key.daddr = abi.IP6(*src.packed), abi.IP6(*dst.packed)
+        conntrack.update(key, abi.CtEntryC())
         return key
 
     doomed = [flow(950, gone6, kept6), flow(951, kept6, gone6)]

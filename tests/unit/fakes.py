@@ -1,4 +1,5 @@
-"""An in-memory stand-in for datapath.Datapath, for tests of control-plane logic only."""
+"""An in-memory stand-in for datapath.Datapath, for tests of control-plane logic only; it has
+the face of datapath.interface.DatapathApi (tests/unit/datapath/test_interface.py checks)."""
 
 import ipaddress
 
@@ -49,14 +50,14 @@ class FakeDatapath:
     def restore_endpoint(self, spec):
         return spec.host_ifname in self.endpoints
 
-    def remove_orphans(self, known):
-        orphans = sorted(set(self.endpoints) - set(known))
+    def remove_orphans(self, known_host_ifnames):
+        orphans = sorted(set(self.endpoints) - set(known_host_ifnames))
         for name in orphans:
             del self.endpoints[name]
         return orphans
 
-    def link_exists(self, name):
-        return name in self.host_links
+    def link_exists(self, ifname):
+        return ifname in self.host_links
 
     def add_unreachable_route(self, cidr):
         self.unreachable.add(cidr)
@@ -96,8 +97,10 @@ class FakeDatapath:
             raise DatapathError("policy map full")
         self.policies[spec.host_ifname] = (ingress_enforced, egress_enforced, set(keys))
 
-    def policy_entries(self, spec):
-        return {key: (0, 0) for key in self.policies.get(spec.host_ifname, (0, 0, set()))[2]}
+    def policy_entries(self, spec_or_endpoint_id):
+        """The control plane passes a spec."""
+        policy = self.policies.get(spec_or_endpoint_id.host_ifname, (0, 0, set()))
+        return {key: (0, 0) for key in policy[2]}
 
     def set_cidr_identities(self, mapping):
         self.cidr_identities = dict(mapping)

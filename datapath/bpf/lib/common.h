@@ -1,7 +1,7 @@
-/* Types and constants shared by every program and by datapath/maps.py.
- * The layouts of every struct with a _Static_assert below are mirrored by ctypes classes
- * in datapath/maps.py (tests/datapath/test_layout.py compares the sizes): change both
- * together.
+/* Types and constants shared by every program and by datapath/abi.py.
+ * The constants and the layouts of every struct with a _Static_assert below are mirrored
+ * in datapath/abi.py (tests/datapath/test_layout.py compares values, sizes and field
+ * offsets): change both together.
  */
 #ifndef PYCILIUM_COMMON_H
 #define PYCILIUM_COMMON_H

@@ -1,4 +1,4 @@
-/* Map accessors. The maps are created and pinned by datapath/maps.py, which passes
+/* Map accessors. The maps are created and pinned by datapath/maps/, which passes
  * their file descriptors to the compile as -D<NAME>_MAP_FD=<fd>; bpf_pseudo_fd turns
  * them into map references when the program is loaded.
  */

@@ -3,7 +3,6 @@
 from .compute import (
     EGRESS,
     INGRESS,
-    MODES,
     EndpointPolicy,
     Peers,
     PolicyKey,
@@ -13,12 +12,6 @@ from .compute import (
     merge,
 )
 from .model import (
-    ID_ANY,
-    ID_HOST,
-    ID_INIT,
-    ID_UNMANAGED,
-    ID_WORLD,
-    MIN_ENDPOINT_ID,
     NETWORK_LABEL,
     Identity,
     PolicyError,
@@ -32,15 +25,8 @@ from .trace import Verdict
 
 __all__ = [
     "EGRESS",
-    "ID_ANY",
-    "ID_HOST",
-    "ID_INIT",
-    "ID_UNMANAGED",
-    "ID_WORLD",
     "INGRESS",
     "MAX_RANGE",
-    "MIN_ENDPOINT_ID",
-    "MODES",
     "NETWORK_LABEL",
     "EndpointPolicy",
     "Identity",

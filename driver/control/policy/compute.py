@@ -9,15 +9,25 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+
+from datapath.abi import (
+    ANY_ID,
+    EGRESS,
+    ENFORCEMENT_MODES,
+    FIRST_ENDPOINT_IDENTITY,
+    HOST_ID,
+    INGRESS,
+    INIT_ID,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    UNMANAGED_ID,
+    WORLD_ID,
+    PolicyKey,
+)
 
 from .model import (
-    ID_ANY,
-    ID_HOST,
-    ID_INIT,
-    ID_UNMANAGED,
-    ID_WORLD,
-    MIN_ENDPOINT_ID,
     NETWORK_LABEL,
     Identity,
     PeerRule,
@@ -29,23 +39,9 @@ from .model import (
     Selector,
 )
 
-INGRESS = 0
-EGRESS = 1
-TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
-MODES = ("default", "always", "never")
-
 HOST_ACCESS = "host access (health checks)"
 ISOLATION = "network isolation (same network, host, world, CIDRs)"
 SYNTHETIC = (HOST_ACCESS, ISOLATION)
-
-
-class PolicyKey(NamedTuple):
-    """A tuple: hashed and compared in C, and built by the ten thousand per computation."""
-
-    identity: int
-    dport: int
-    protocol: int
-    direction: int
 
 
 @dataclass(frozen=True)
@@ -76,9 +72,9 @@ def lookup_keys(identity: int, dport: int, protocol: int, direction: int) -> lis
         (identity, dport, protocol),
         (identity, 0, protocol),
         (identity, 0, 0),
-        (ID_ANY, dport, protocol),
-        (ID_ANY, 0, protocol),
-        (ID_ANY, 0, 0),
+        (ANY_ID, dport, protocol),
+        (ANY_ID, 0, protocol),
+        (ANY_ID, 0, 0),
     )
     return [PolicyKey(i, p, pr, direction) for i, p, pr in shapes]
 
@@ -94,14 +90,14 @@ def compact(keys: Iterable[PolicyKey]) -> frozenset[PolicyKey]:
 
 def merge(compacted: frozenset[PolicyKey], more: Iterable[PolicyKey]) -> frozenset[PolicyKey]:
     """compact(compacted | more) for a compacted set: only the keys of `more`, and those
-    of `compacted` they may cover (same identity, or any with an ID_ANY key), are looked at."""
+    of `compacted` they may cover (same identity, or any with an ANY_ID key), are looked at."""
     extra = set(more) - compacted
     if not extra:
         return compacted
     present = compacted | extra
     kept = {k for k in extra if not _covered(k, present)}
     identities = {k.identity for k in kept}
-    if ID_ANY in identities:
+    if ANY_ID in identities:
         return compact(compacted | kept)
     kept |= {k for k in compacted if k.identity not in identities or not _covered(k, present)}
     return frozenset(kept)
@@ -111,7 +107,7 @@ def _covered(key: PolicyKey, keys) -> bool:
     """Whether keys hold a key that allows every flow `key` allows (never (X, port, 0):
     the datapath skips that shape)."""
     identity, port, proto, direction = key
-    for i in (identity, ID_ANY):
+    for i in (identity, ANY_ID):
         for p in (port, 0):
             for pr in (proto, 0):
                 wider = (p == 0 or pr != 0) and (i, p, pr) != (identity, port, proto)
@@ -124,7 +120,7 @@ class Peers:
     """The identities a rule can name: known endpoints, reserved ids, CIDR identities."""
 
     def __init__(self, identities: Iterable[Identity], cidr_identities: Mapping[str, int]):
-        self.endpoints = {i.id: i.labels for i in identities if i.id >= MIN_ENDPOINT_ID}
+        self.endpoints = {i.id: i.labels for i in identities if i.id >= FIRST_ENDPOINT_IDENTITY}
         self._by_pair = defaultdict(set)
         self._by_key = defaultdict(set)
         for ident, labels in self.endpoints.items():
@@ -165,17 +161,17 @@ class Peers:
 
     def entity(self, name: str) -> set[int]:
         if name == "all":
-            return {ID_ANY}
+            return {ANY_ID}
         if name == "host":
-            return {ID_HOST}
+            return {HOST_ID}
         if name == "world":
-            return {ID_WORLD, *self.prefixes.values()}
-        return {*self.endpoints, ID_HOST, ID_INIT, ID_UNMANAGED}  # cluster
+            return {WORLD_ID, *self.prefixes.values()}
+        return {*self.endpoints, HOST_ID, INIT_ID, UNMANAGED_ID}  # cluster
 
     def describe(self, ident: int) -> str:
         if ident in self.endpoints:
             return ",".join(f"{k}={v}" for k, v in sorted(self.endpoints[ident].items()))
-        names = {ID_ANY: "any peer", ID_HOST: "host", ID_WORLD: "world", ID_INIT: "init"}
+        names = {ANY_ID: "any peer", HOST_ID: "host", WORLD_ID: "world", INIT_ID: "init"}
         cidrs = [str(net) for net, i in self.prefixes.items() if i == ident]
         return names.get(ident) or (f"cidr {cidrs[0]}" if cidrs else f"identity {ident}")
 
@@ -194,8 +190,9 @@ def resolve(
     """selected: (display name, rule) for every rule whose endpointSelector matches identity;
     network_mates: identities isolation treats as on the same network (the other endpoints
     of containers connected to it)."""
-    if mode not in MODES:
-        raise PolicyError(f"unknown enforcement mode {mode!r} (expected {', '.join(MODES)})")
+    if mode not in ENFORCEMENT_MODES:
+        modes = ", ".join(ENFORCEMENT_MODES)
+        raise PolicyError(f"unknown enforcement mode {mode!r} (expected {modes})")
     names = tuple(name for name, _ in selected)
     if mode == "never":
         return Resolved(False, False, {}, names)
@@ -205,7 +202,7 @@ def resolve(
     ingress = mode == "always" or any(r.ingress is not None for _, r in selected)
     egress = mode == "always" or any(r.egress is not None for _, r in selected)
     if ingress:
-        origins[ID_HOST, 0, 0, INGRESS][HOST_ACCESS] = None
+        origins[HOST_ID, 0, 0, INGRESS][HOST_ACCESS] = None
     else:
         _add_isolation(identity, peers, origins, network_mates)
     frozen = {PolicyKey(*key): tuple(o) for key, o in origins.items()}
@@ -235,7 +232,7 @@ def _section_peers(section: PeerRule, peers: Peers, allowed) -> set[int]:
     if not section.has_peers():
         if not section.to_ports:
             return set()  # an empty section allows nothing (Cilium's default-deny idiom)
-        return {ID_ANY} if allowed is None else set(allowed)
+        return {ANY_ID} if allowed is None else set(allowed)
     ids = set().union(*map(peers.select, section.endpoints or ()))
     if allowed is not None:
         ids &= allowed
@@ -256,10 +253,12 @@ def _port_specs(to_ports: tuple[PortRule, ...]) -> set[tuple[int, int]]:
 
 def _specs(port: PortProtocol) -> list[tuple[int, int]]:
     if port.protocol == "ICMP":
-        return [(0, ICMP), (0, ICMPV6)]
+        return [(0, PROTO_ICMP), (0, PROTO_ICMPV6)]
     if port.protocol == "ANY" and not port.port:
         return [(0, 0)]
-    protos = {"TCP": (TCP,), "UDP": (UDP,), "ANY": (TCP, UDP)}[port.protocol]
+    protos = {"TCP": (PROTO_TCP,), "UDP": (PROTO_UDP,), "ANY": (PROTO_TCP, PROTO_UDP)}[
+        port.protocol
+    ]
     numbers = range(port.port, (port.end_port or port.port) + 1)
     return [(number, proto) for number in numbers for proto in protos]
 
@@ -268,7 +267,7 @@ def _add_isolation(identity: Identity, peers: Peers, origins, network_mates) -> 
     network = identity.labels.get(NETWORK_LABEL)
     same = {i for i, labels in peers.endpoints.items() if labels.get(NETWORK_LABEL) == network}
     same |= network_mates
-    if identity.id >= MIN_ENDPOINT_ID:
+    if identity.id >= FIRST_ENDPOINT_IDENTITY:
         same.add(identity.id)
-    for ident in same | {ID_HOST, ID_WORLD, *peers.prefixes.values()}:
+    for ident in same | {HOST_ID, WORLD_ID, *peers.prefixes.values()}:
         origins[ident, 0, 0, INGRESS][ISOLATION] = None

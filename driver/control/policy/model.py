@@ -11,16 +11,9 @@ from driver.errors import DriverError
 
 NETWORK_LABEL = "io.pycilium.network"
 
-ID_ANY = 0
-ID_HOST = 1
-ID_WORLD = 2
-ID_INIT = 3
-ID_UNMANAGED = 4
-MIN_ENDPOINT_ID = 256
-
 ENTITIES = ("all", "cluster", "host", "world")
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-PROTOCOLS = ("TCP", "UDP", "ICMP", "ANY")
+RULE_PROTOCOLS = ("TCP", "UDP", "ICMP", "ANY")  # toPorts protocols, spelt as Cilium does
 
 
 class PolicyError(DriverError):
@@ -95,7 +88,7 @@ class Selector:
 
 @dataclass(frozen=True)
 class PortProtocol:
-    """port 0 = any port; end_port 0 = a single port; protocol one of PROTOCOLS."""
+    """port 0 = any port; end_port 0 = a single port; protocol one of RULE_PROTOCOLS."""
 
     port: int = 0
     end_port: int = 0

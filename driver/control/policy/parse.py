@@ -14,7 +14,7 @@ import yaml
 from .model import (
     ENTITIES,
     OPERATORS,
-    PROTOCOLS,
+    RULE_PROTOCOLS,
     CIDRSet,
     PeerRule,
     PolicyError,
@@ -229,7 +229,9 @@ def _port_rule(node, path: str) -> PortRule:
 
 def _port(node, path: str) -> PortProtocol:
     node = _fields(node, path, ("port", "endPort", "protocol"))
-    protocol = _choice(node.get("protocol", "ANY"), _at(path, "protocol"), PROTOCOLS, "a protocol")
+    protocol = _choice(
+        node.get("protocol", "ANY"), _at(path, "protocol"), RULE_PROTOCOLS, "a protocol"
+    )
     start, end = _port_range(node.get("port", 0), _at(path, "port"))
     if "endPort" in node:
         if end:

@@ -6,11 +6,13 @@ Not thread-safe by itself: the control plane holds its lock around changes and c
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+from datapath.abi import FIRST_ENDPOINT_IDENTITY, HOST_ID, WORLD_ID
+
 from .compute import EndpointPolicy, Peers, resolve
-from .model import ID_HOST, ID_WORLD, MIN_ENDPOINT_ID, Identity, PolicyError, PolicyNotFound, Rule
+from .model import Identity, PolicyError, PolicyNotFound, Rule
 from .trace import Flow, Verdict, trace_flow
 
-_RESERVED_LABELS = {"reserved:host": ID_HOST, "reserved:world": ID_WORLD}
+_RESERVED_LABELS = {"reserved:host": HOST_ID, "reserved:world": WORLD_ID}
 
 
 class PolicyRepository:
@@ -51,7 +53,7 @@ class PolicyRepository:
 
     def selects_nothing(self, rules: Iterable[Rule], identities: Iterable[Identity]) -> list[str]:
         """Warnings for rules whose endpointSelector matches no known endpoint identity."""
-        known = [i.labels for i in identities if i.id >= MIN_ENDPOINT_ID]
+        known = [i.labels for i in identities if i.id >= FIRST_ENDPOINT_IDENTITY]
         return [
             f"{_title(rule, i)}: endpointSelector ({rule.endpoint_selector.describe()})"
             " selects no known endpoint"
@@ -154,6 +156,6 @@ def _identity_for(labels: Mapping[str, str], known: list[Identity]) -> Identity:
     for identity in known:
         if dict(identity.labels) == labels:
             return identity
-    fresh = Identity(max([MIN_ENDPOINT_ID - 1, *(i.id for i in known)]) + 1, labels)
+    fresh = Identity(max([FIRST_ENDPOINT_IDENTITY - 1, *(i.id for i in known)]) + 1, labels)
     known.append(fresh)
     return fresh

@@ -8,10 +8,19 @@ destination; the flow passes if both do.
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .compute import EGRESS, INGRESS, SYNTHETIC, Peers, first_match, resolve
-from .model import MIN_ENDPOINT_ID, Identity, PolicyError
+from datapath.abi import (
+    EGRESS,
+    FIRST_ENDPOINT_IDENTITY,
+    INGRESS,
+    PORT_PROTOCOLS,
+    PROTO_ANY,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTOCOL_NAMES,
+)
 
-PROTOCOL_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}
+from .compute import SYNTHETIC, Peers, first_match, resolve
+from .model import Identity, PolicyError
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ def trace_flow(flow: Flow, peers: Peers, selecting: Callable, mode: str) -> Verd
 def _check(direction, local: Identity, remote: Identity, flow: Flow, peers, selecting, mode):
     side = "egress of src" if direction == EGRESS else "ingress of dst"
     side = f"{side} ({peers.describe(local.id)})"
-    if local.id < MIN_ENDPOINT_ID:
+    if local.id < FIRST_ENDPOINT_IDENTITY:
         return True, f"{side}: not an endpoint, no policy here", ()
     resolved = resolve(local, selecting(local.labels), peers, mode)
     enforced = resolved.ingress_enforced if direction == INGRESS else resolved.egress_enforced
@@ -73,16 +82,23 @@ def _selected_by(names) -> str:
     return f" (selected by: {', '.join(names)})" if names else ""
 
 
+def _protocol_text(number: int) -> str:
+    """Cilium's spelling: TCP, UDP, ICMP, ICMPv6; any other (0 too) by its number."""
+    if number == PROTO_ANY or number not in PROTOCOL_NAMES:
+        return f"protocol {number}"
+    return PROTOCOL_NAMES[number].upper().replace("V6", "v6")
+
+
 def _flow_text(flow: Flow) -> str:
-    name = PROTOCOL_NAMES.get(flow.protocol, f"protocol {flow.protocol}")
-    return f"{name}/{flow.dport}" if flow.protocol in (6, 17) else name
+    name = _protocol_text(flow.protocol)
+    return f"{name}/{flow.dport}" if flow.protocol in PORT_PROTOCOLS else name
 
 
 def _key_text(key) -> str:
     if not key.protocol:
         return "any protocol and port"
-    name = PROTOCOL_NAMES.get(key.protocol, f"protocol {key.protocol}")
-    if key.protocol in (1, 58):
+    name = _protocol_text(key.protocol)
+    if key.protocol in (PROTO_ICMP, PROTO_ICMPV6):
         return name
     return f"{name}/{key.dport}" if key.dport else f"{name} (any port)"
 
