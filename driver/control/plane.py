@@ -40,7 +40,7 @@ from .monitor import Monitor, Subscription
 from .networks import Networks
 from .policy.trace import Verdict
 from .ports import Ports, requested_ports
-from .regeneration import Security
+from .regeneration import Regeneration
 from .state import Endpoint, Network, Pool, Store
 from .watcher import DockerWatcher, Listener
 
@@ -155,7 +155,7 @@ class ControlPlane:
                 self.store, self.ipam, datapath, self.node, config.veth_prefix
             )
             self.monitor = Monitor(datapath)
-            self.security = Security(
+            self.regeneration = Regeneration(
                 self.store,
                 datapath,
                 LabelFilter(config.label_prefixes),
@@ -166,7 +166,7 @@ class ControlPlane:
             self.ports = Ports(self.store, datapath)
             self.endpoints.restore_all()
             self.ports.restore()
-            self.security.refresh()
+            self.regeneration.refresh()
             self.services.sync()
             # What the state held at start, until Docker's first full listing confirms it.
             self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
@@ -227,7 +227,7 @@ class ControlPlane:
         if ep is not None:
             self.ports.withdraw(ep)
         self.endpoints.delete(endpoint_id)
-        self.security.refresh()
+        self.regeneration.refresh()
         self.services.sync()
 
     @_locked
@@ -282,7 +282,9 @@ class ControlPlane:
             ep = self.store.get_endpoint(endpoint_id)
             if ep is None or ep.network_id != network_id:
                 return
-            identity = self.security.assign_container(ep, network_name, container_id, name, labels)
+            identity = self.regeneration.assign_container(
+                ep, network_name, container_id, name, labels
+            )
             self.services.sync()
         log.info("endpoint %d is container %s, identity %d", ep.numeric_id, name, identity)
 
@@ -335,9 +337,9 @@ class ControlPlane:
                 "waiting": sum(ep.identity == INIT_ID for ep in endpoints),
                 "addresses": self.store.address_count(),
                 "identities": identities,
-                "policy_revision": self.security.revision,
-                "policy_mode": self.security.mode,
-                "policy_rules": len(self.security.policy.rules()),
+                "policy_revision": self.regeneration.revision,
+                "policy_mode": self.regeneration.mode,
+                "policy_rules": len(self.regeneration.policy.rules()),
                 # The policy map's count comes from the datapath's index, which the control
                 # plane changes: read it under the lock.
                 "map_fill": self.datapath.map_fill(),
@@ -398,30 +400,30 @@ class ControlPlane:
     @_locked
     def get_policy(self) -> dict:
         return {
-            "revision": self.security.revision,
-            "mode": self.security.mode,
-            "rules": self.security.policy.to_json(),
+            "revision": self.regeneration.revision,
+            "mode": self.regeneration.mode,
+            "rules": self.regeneration.policy.to_json(),
         }
 
     @_locked
     def import_policy(self, text: str, source: str) -> dict:
         """{"revision", "warnings"}: rules that select nothing yet."""
-        return self.security.import_rules(text, source)
+        return self.regeneration.import_rules(text, source)
 
     @_locked
     def delete_policy(self, name: str | None, everything: bool) -> dict:
-        return self.security.delete_rules(name, everything)
+        return self.regeneration.delete_rules(name, everything)
 
     @_locked
     def set_mode(self, mode: str) -> str:
         """The enforcement mode now in force."""
-        self.security.set_mode(mode)
-        return self.security.mode
+        self.regeneration.set_mode(mode)
+        return self.regeneration.mode
 
     @_locked
     def trace(self, src: dict, dst: dict, dport: int, protocol: int) -> Verdict:
         """The verdict the rules give a packet between two sets of labels."""
-        return self.security.trace(src, dst, dport, protocol)
+        return self.regeneration.trace(src, dst, dport, protocol)
 
     # Services
 

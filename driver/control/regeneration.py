@@ -23,7 +23,10 @@ from .state import Endpoint, Store
 log = logging.getLogger(__name__)
 
 
-class Security:
+class Regeneration:
+    """Identities, the policy in force and its enforcement mode, and the map entries they
+    give every endpoint: recomputed for what a change touches, written to the datapath."""
+
     def __init__(
         self, store: Store, datapath: DatapathApi, label_filter: LabelFilter, default_mode: str
     ):

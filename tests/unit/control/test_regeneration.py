@@ -9,7 +9,7 @@ from datapath import PolicyKey
 from driver.control.endpoints import spec_of
 from driver.control.identities import LabelFilter
 from driver.control.policy import Identity
-from driver.control.regeneration import Security, _network_mates
+from driver.control.regeneration import Regeneration, _network_mates
 from driver.control.state import Endpoint, Store
 
 from ..fakes import FakeDatapath
@@ -59,8 +59,8 @@ class Host:
         self.store = Store(str(tmp_path / "state.db"))
         self.store.open()
         self.datapath = CountingDatapath()
-        self.security = Security(self.store, self.datapath, LabelFilter(""), "default")
-        self.security.refresh()
+        self.regeneration = Regeneration(self.store, self.datapath, LabelFilter(""), "default")
+        self.regeneration.refresh()
         self.count = 0
 
     def add(self, network: str, labels: dict, sandbox: str | None = None) -> str:
@@ -90,7 +90,7 @@ class Host:
     def assign(self, endpoint_id: str, labels: dict) -> None:
         ep = self.store.get_endpoint(endpoint_id)
         network = ep.network_id.removeprefix("net-")
-        self.security.assign_container(ep, network, "c" * 64, "name", labels)
+        self.regeneration.assign_container(ep, network, "c" * 64, "name", labels)
 
     def remove(self, endpoint_id: str) -> None:
         """What ControlPlane.delete_endpoint does."""
@@ -98,7 +98,7 @@ class Host:
         self.datapath.delete_endpoint(spec_of(ep))
         with self.store.transaction():
             self.store.delete_endpoint(endpoint_id)
-        self.security.refresh()
+        self.regeneration.refresh()
 
     def ifname(self, endpoint_id: str) -> str:
         return "lxc" + endpoint_id[:12]
@@ -113,11 +113,11 @@ class Host:
         for ep in endpoints:
             if ep.identity == 3:
                 continue
-            result = self.security.policy.compute(
+            result = self.regeneration.policy.compute(
                 Identity(ep.identity, ep.labels),
                 known,
                 cidrs,
-                self.security.mode,
+                self.regeneration.mode,
                 network_mates=mates.get(ep.network_id, frozenset()),
             )
             keys = {PolicyKey(k.identity, k.dport, k.protocol, k.direction) for k in result.keys}
@@ -137,7 +137,7 @@ def policy_writes(calls) -> list[str]:
 
 
 def test_a_new_identity_nobody_selects_writes_only_its_own_endpoint(host):
-    host.security.import_rules(WEB_POLICY, "web.yaml")
+    host.regeneration.import_rules(WEB_POLICY, "web.yaml")
     for i in range(100):
         host.add("a", {"app": "web", "replica": str(i)})
     host.datapath.take()
@@ -159,7 +159,7 @@ def test_joining_an_existing_identity_writes_only_the_joining_endpoint(host):
 
 
 def test_a_new_identity_is_written_to_the_endpoints_that_select_it_first(host):
-    host.security.import_rules(WEB_POLICY, "web.yaml")
+    host.regeneration.import_rules(WEB_POLICY, "web.yaml")
     web = [host.add("a", {"app": "web", "replica": str(i)}) for i in range(10)]
     for i in range(90):
         host.add("b", {"app": "other", "replica": str(i)})
@@ -173,7 +173,7 @@ def test_a_new_identity_is_written_to_the_endpoints_that_select_it_first(host):
 
 
 def test_removing_an_endpoint_writes_only_those_that_lose_its_identity(host):
-    host.security.import_rules(WEB_POLICY, "web.yaml")
+    host.regeneration.import_rules(WEB_POLICY, "web.yaml")
     web = [host.add("a", {"app": "web", "replica": str(i)}) for i in range(10)]
     for i in range(90):
         host.add("b", {"app": "other", "replica": str(i)})
@@ -191,9 +191,9 @@ def test_a_policy_change_writes_only_endpoints_whose_policy_changes(host):
     for i in range(90):
         host.add("b", {"app": "other", "replica": str(i)})
     host.datapath.take()
-    host.security.import_rules(WEB_POLICY, "web.yaml")
+    host.regeneration.import_rules(WEB_POLICY, "web.yaml")
     assert sorted(policy_writes(host.datapath.take())) == sorted(map(host.ifname, web))
-    host.security.set_mode("default")
+    host.regeneration.set_mode("default")
     assert host.datapath.take() == []
     assert host.datapath.policies == host.expected()
 
@@ -277,14 +277,14 @@ def random_step(host, rng) -> str:
     else:
         change = rng.choice(["import", "import", "delete", "delete-all", "mode"])
         if change == "import":
-            host.security.import_rules(rng.choice(POLICIES), "random.yaml")
-        elif change == "delete" and host.security.policy.rules():
-            labels = {v for r in host.security.policy.rules() for _, v in r.labels}
-            host.security.delete_rules(rng.choice(sorted(labels)), False)
+            host.regeneration.import_rules(rng.choice(POLICIES), "random.yaml")
+        elif change == "delete" and host.regeneration.policy.rules():
+            labels = {v for r in host.regeneration.policy.rules() for _, v in r.labels}
+            host.regeneration.delete_rules(rng.choice(sorted(labels)), False)
         elif change == "delete-all":
-            host.security.delete_rules(None, True)
+            host.regeneration.delete_rules(None, True)
         else:
-            host.security.set_mode(rng.choice(["default", "always", "never"]))
+            host.regeneration.set_mode(rng.choice(["default", "always", "never"]))
     return action
 
 

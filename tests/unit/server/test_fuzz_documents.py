@@ -285,7 +285,7 @@ def test_many_selectors_in_one_rule_through_the_api(shared, count):
     """One rule whose fromEndpoints has `count` distinct selectors, imported through the
     API with a ready endpoint (so the policy is computed and written). Measured: 20,000
     (0.77 MB) 0.27 s; 100,000 (3.9 MB, over the 1 MiB body limit, so only through
-    Security.import_rules) 1.6 s. CI runs 20,000; 100,000 bare {} selectors go through the
+    Regeneration.import_rules) 1.6 s. CI runs 20,000; 100,000 bare {} selectors go through the
     API in the next test."""
     app, datapath, errors = shared
     selectors = [{"matchLabels": {"app": f"peer{i}"}} for i in range(count)]

@@ -149,8 +149,8 @@ def snapshot(app, datapath) -> dict:
         "pools": [repr(p) for p in store.pools()],
         "store_identities": [dataclasses.asdict(i) for i in store.identities()],
         "meta": store.meta_with_prefix(""),
-        "revision": d.security.revision,
-        "mode": d.security.mode,
+        "revision": d.regeneration.revision,
+        "mode": d.regeneration.mode,
     }
 
 
