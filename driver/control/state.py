@@ -2,6 +2,10 @@
 
 One connection, used under the control plane's lock. Every change runs in a transaction
 that either commits whole or leaves nothing behind.
+
+Longer than ~300 lines because it is the one module that speaks SQL: the schema and its
+check, the transaction and its error messages, and a short accessor per query for each of
+the five tables; the rest of the control plane sees only the dataclasses below.
 """
 
 import contextlib
