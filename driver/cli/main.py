@@ -11,7 +11,9 @@ import click
 from .client import API_SOCKET_ENV, DEFAULT_API_SOCKET, ApiClient
 from .output import call, fail, fields, getter, listing, output_option, show, show_stream, table
 
-# The API reports protocols and directions as the datapath's numbers.
+# The API reports protocols and directions as the datapath's numbers (datapath/abi.py); these
+# are their spellings on screen. The command imports nothing of the driver, so a test keeps
+# the two in step (tests/unit/cli/test_vocabulary.py).
 PROTOCOL_NAMES = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}
 DIRECTIONS = {0: "ingress", 1: "egress"}
 # `cilium status` warns, and exits 3, when a BPF map is this full.
