@@ -3,7 +3,9 @@
 #   make test   run the whole suite (what .ci/run does)
 
 VENV        ?= .venv
-DOCKER      ?= /usr/bin/docker
+# The engine's own client: /usr/bin/docker (docker.io, docker-ce-cli and moby-cli put it
+# there), else the docker on PATH (an engine installed elsewhere).
+DOCKER      ?= $(shell test -x /usr/bin/docker && echo /usr/bin/docker || command -v docker || echo /usr/bin/docker)
 PIDFILE     ?= /run/pycilium/cilium-docker.pid
 LOG         ?= /var/log/pycilium/cilium-docker.log
 PLUGIN_SOCK ?= /run/docker/plugins/cilium.sock
@@ -11,8 +13,8 @@ IMAGE       ?= pycilium/busybox:latest
 DRIVER_ARGS ?=
 PYTEST_ARGS ?=
 
-# The scripts read these; DOCKER is the 20.10 client matching the engine (not the CLI 28
-# that is first on PATH), exported so the test suite can use the same binary.
+# The scripts read these; DOCKER is the client matching the engine (not the CLI 28 that is
+# first on PATH on these machines), exported so the test suite can use the same binary.
 export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS
 
 # Prerequisites run in the order written (setup before lint before pytest).
