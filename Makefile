@@ -1,5 +1,6 @@
 # pycilium: host setup, run, test. Everything needs root (packages, bpffs, dockerd, tc).
 #   make run    install what is missing, start dockerd and the driver
+#   make uninstall  remove what the driver added to the host (after make stop)
 #   make test   run the whole suite (what .ci/run does)
 
 VENV        ?= .venv
@@ -21,11 +22,12 @@ export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
 
-.PHONY: help setup run stop status lint format docs test clean plugin demo demo-down bench
+.PHONY: help setup run stop uninstall status lint format docs test clean plugin demo demo-down bench
 
 help:
 	@echo "make run      install what is missing, start dockerd and the driver"
 	@echo "make stop     stop the driver that 'make run' started"
+	@echo "make uninstall  remove what the driver added to the host (routes, rules, maps, state)"
 	@echo "make test     setup, lint, then the whole pytest suite (PYTEST_ARGS=... to pass options)"
 	@echo "make setup    only the host setup (packages, headers, bpffs, venv, dockerd, image)"
 	@echo "make demo     the docker-compose demo (make demo-down removes it)"
@@ -40,6 +42,12 @@ run: setup
 
 stop:
 	@scripts/driver.sh stop
+
+# Same DRIVER_ARGS as 'make run': it removes what that instance added, and nothing else.
+uninstall:
+	@if scripts/driver.sh status >/dev/null 2>&1; then \
+		echo "the driver from 'make run' still runs: 'make stop' first" >&2; exit 1; fi
+	@$(VENV)/bin/python -m driver.server.uninstall $(DRIVER_ARGS)
 
 status:
 	@scripts/driver.sh status
