@@ -1,9 +1,12 @@
 # pycilium: host setup, run, test. Everything needs root (packages, bpffs, dockerd, tc).
 #   make run    install what is missing, start dockerd and the driver
+#   make uninstall  remove what the driver added to the host (after make stop)
 #   make test   run the whole suite (what .ci/run does)
 
 VENV        ?= .venv
-DOCKER      ?= /usr/bin/docker
+# The engine's own client: /usr/bin/docker (docker.io, docker-ce-cli and moby-cli put it
+# there), else the docker on PATH (an engine installed elsewhere).
+DOCKER      ?= $(shell test -x /usr/bin/docker && echo /usr/bin/docker || command -v docker || echo /usr/bin/docker)
 PIDFILE     ?= /run/pycilium/cilium-docker.pid
 LOG         ?= /var/log/pycilium/cilium-docker.log
 PLUGIN_SOCK ?= /run/docker/plugins/cilium.sock
@@ -11,19 +14,20 @@ IMAGE       ?= pycilium/busybox:latest
 DRIVER_ARGS ?=
 PYTEST_ARGS ?=
 
-# The scripts read these; DOCKER is the 20.10 client matching the engine (not the CLI 28
-# that is first on PATH), exported so the test suite can use the same binary.
+# The scripts read these; DOCKER is the client matching the engine (not the CLI 28 that is
+# first on PATH on these machines), exported so the test suite can use the same binary.
 export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS
 
 # Prerequisites run in the order written (setup before lint before pytest).
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
 
-.PHONY: help setup run stop status lint format docs test clean plugin demo demo-down bench
+.PHONY: help setup run stop uninstall status lint format docs test clean plugin demo demo-down bench
 
 help:
 	@echo "make run      install what is missing, start dockerd and the driver"
 	@echo "make stop     stop the driver that 'make run' started"
+	@echo "make uninstall  remove what the driver added to the host (routes, rules, maps, state)"
 	@echo "make test     setup, lint, then the whole pytest suite (PYTEST_ARGS=... to pass options)"
 	@echo "make setup    only the host setup (packages, headers, bpffs, venv, dockerd, image)"
 	@echo "make demo     the docker-compose demo (make demo-down removes it)"
@@ -38,6 +42,12 @@ run: setup
 
 stop:
 	@scripts/driver.sh stop
+
+# Same DRIVER_ARGS as 'make run': it removes what that instance added, and nothing else.
+uninstall:
+	@if scripts/driver.sh status >/dev/null 2>&1; then \
+		echo "the driver from 'make run' still runs: 'make stop' first" >&2; exit 1; fi
+	@$(VENV)/bin/python -m driver.server.uninstall $(DRIVER_ARGS)
 
 status:
 	@scripts/driver.sh status

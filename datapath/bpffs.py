@@ -15,9 +15,13 @@ def _bpf_mountpoints() -> list[Path]:
         return [Path(f[1]) for f in fields if len(f) > 2 and f[2] == "bpf"]
 
 
+def on_bpffs(path: Path) -> bool:
+    return any(path == mp or mp in path.parents for mp in _bpf_mountpoints())
+
+
 def ensure_pin_dir(pin_dir: Path) -> None:
     """Mount bpffs at /sys/fs/bpf if pin_dir is on no bpffs yet, then create pin_dir."""
-    if not any(pin_dir == mp or mp in pin_dir.parents for mp in _bpf_mountpoints()):
+    if not on_bpffs(pin_dir):
         if BPFFS_ROOT not in pin_dir.parents:
             raise DatapathError(f"{pin_dir} is not on a BPF filesystem (mount bpffs there)")
         libc = ct.CDLL(None, use_errno=True)

@@ -193,6 +193,22 @@ def remove_unreachable_route(cidr: str) -> None:
     delete_route(cidr, type="unreachable")
 
 
+def remove_own_routes(ranges: list[str]) -> list[str]:
+    """Delete the main-table routes of our protocol whose destination lies inside one of
+    ranges; their destinations. Routes of other protocols or elsewhere stay."""
+    owned = [_network(cidr) for cidr in ranges]
+    removed = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for route in main_routes(family):
+            if route.proto != ROUTE_PROTOCOL:
+                continue
+            dst = _network(route.dst)
+            inside = any(dst.version == o.version and dst.subnet_of(o) for o in owned)
+            if inside and delete_route(route.dst, type=route.type):
+                removed.append(route.dst)
+    return removed
+
+
 @dataclass(frozen=True)
 class Route:
     dst: str  # CIDR

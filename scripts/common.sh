@@ -1,9 +1,19 @@
 # Shared helpers for scripts/*.sh. Source it; do not run it.
 # shellcheck shell=bash
 
-# The 20.10 client that matches the engine from docker.io. /usr/local/bin/docker (CLI 28)
-# comes first on PATH on these machines; we never rely on PATH for docker.
-DOCKER=${DOCKER:-/usr/bin/docker}
+# docker_client DEFAULT: the client of the host's engine. /usr/bin/docker is where docker.io,
+# docker-ce-cli and moby-cli all put it, and it matches their engine (on these machines a
+# CLI 28 in /usr/local/bin comes first on PATH): PATH is only the fallback, for engines
+# installed elsewhere. Before any engine is installed: /usr/bin/docker, where docker.io goes.
+docker_client() {
+    local default=$1
+    if [ -x "$default" ]; then
+        echo "$default"
+    else
+        command -v docker || echo "$default"
+    fi
+}
+DOCKER=${DOCKER:-$(docker_client /usr/bin/docker)}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE_DIR=${STATE_DIR:-/run/pycilium}
 LOG_DIR=${LOG_DIR:-/var/log/pycilium}

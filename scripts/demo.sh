@@ -4,7 +4,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-COMPOSE=(docker-compose -p pycilium-demo -f docker-compose.yml)
+# Debian's docker-compose (installed with docker.io), else the engine's compose v2 plugin.
+if command -v docker-compose >/dev/null; then
+    COMPOSE=(docker-compose)
+else
+    COMPOSE=("${DOCKER:-docker}" compose)
+fi
+COMPOSE+=(-p pycilium-demo -f docker-compose.yml)
 CILIUM=${CILIUM:-.venv/bin/cilium}
 VIP=${DEMO_VIP:-fd00:5::80}
 
@@ -20,7 +26,7 @@ up() {
 }
 
 address() {  # the IPv6 address of service $1's first container
-    docker inspect -f '{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}' \
+    "${DOCKER:-docker}" inspect -f '{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}' \
         "$("${COMPOSE[@]}" ps -q "$1" | head -n 1)"
 }
 

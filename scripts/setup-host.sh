@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Prepare this host for pycilium: Debian packages, kernel headers for bcc, bpffs, the
-# project venv and a running dockerd. Prints one line per thing it actually does.
-# Idempotent: a second run changes nothing, prints nothing and takes about a second.
+# project venv and a running Docker engine. It first says, one line each, what it will
+# change on the host, then does it. Idempotent: a second run changes nothing, prints
+# nothing and takes about a second.
 #
-# Environment: VENV (default .venv), DOCKER (default /usr/bin/docker).
+# A Docker engine already installed (any package: docker.io, docker-ce, moby-engine...) or
+# running is the one used: Debian's docker.io is installed only where there is none at all.
+#
+# Environment: VENV (default .venv), DOCKER (default /usr/bin/docker, else docker on PATH).
+# Where it looks for an engine (tests point them elsewhere): DPKG_ADMINDIR (/var/lib/dpkg),
+# DOCKER_SOCKET (/var/run/docker.sock), PROC_DIR (/proc).
 set -euo pipefail
 
 # shellcheck source=scripts/common.sh
@@ -12,14 +18,26 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 VENV=${VENV:-.venv}
 case "$VENV" in /*) ;; *) VENV="$REPO_ROOT/$VENV" ;; esac
 SYSTEM_PYTHON=/usr/bin/python3     # Debian's python: bcc (python3-bpfcc) lives in its dist-packages
-DOCKERD=/usr/sbin/dockerd        # where Debian's docker.io installs it (not on a user's PATH)
+# Where Debian's docker.io installs it (not on a user's PATH); docker-ce's is in /usr/bin.
+DOCKERD=$(for d in /usr/sbin/dockerd /usr/bin/dockerd; do [ -x "$d" ] && echo "$d" && break; done)
+DOCKERD=${DOCKERD:-/usr/sbin/dockerd}
 DOCKERD_LOG=/var/log/dockerd.log
 DOCKERD_PIDFILE=/var/run/docker.pid
 DOCKERD_MARK=$STATE_DIR/dockerd.started-by-make
 STAMP=$VENV/.pycilium-install.stamp
+DPKG_ADMINDIR=${DPKG_ADMINDIR:-/var/lib/dpkg}
+DOCKER_SOCKET=${DOCKER_SOCKET:-/var/run/docker.sock}
+PROC_DIR=${PROC_DIR:-/proc}
 
+# Installed only where the host has no Docker engine of any kind.
+ENGINE_PACKAGES=(docker.io docker-compose)
+# Any of these means an engine (or its parts) is already there: installing docker.io beside
+# them would conflict with them (containerd.io against containerd, docker-ce-cli against
+# docker.io's client) or give the host a second engine.
+KNOWN_ENGINE_PACKAGES=(
+    docker.io docker-ce docker-ce-cli docker-ee docker-engine containerd.io moby-engine moby-cli
+)
 PACKAGES=(
-    docker.io docker-compose
     python3-bpfcc libbpf1 bpfcc-tools linux-headers-amd64
     busybox-static
     python3-venv python3-pip
@@ -30,33 +48,63 @@ PACKAGES=(
 
 # --- Debian packages ---------------------------------------------------------------------
 
-pkg_installed() {
-    local status
-    status=$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) || return 1
-    [ "$status" = "install ok installed" ]
+# installed_packages NAME...: those of NAME... that are installed (one a line).
+installed_packages() {
+    dpkg-query --admindir="$DPKG_ADMINDIR" -W -f='${Package} ${Status}\n' "$@" 2>/dev/null |
+        awk '$2 == "install" && $4 == "installed" { print $1 }' || true
+}
+
+# engine_running: a Docker engine answers, or its process or socket is there (one that is
+# still starting up, or whose client is not where we look).
+engine_running() {
+    "$DOCKER" info >/dev/null 2>&1 && return 0
+    [ -S "$DOCKER_SOCKET" ] && return 0
+    grep -qx dockerd "$PROC_DIR"/[0-9]*/comm 2>/dev/null
+}
+
+# engine_found: says which engine is there ("installed: PACKAGES" or "running"); fails
+# when the host has none.
+engine_found() {
+    local installed
+    installed=$(installed_packages "${KNOWN_ENGINE_PACKAGES[@]}")
+    if [ -n "$installed" ]; then
+        echo "installed: ${installed//$'\n'/ }"
+    elif engine_running; then
+        echo "running"
+    else
+        return 1
+    fi
+}
+
+# missing_packages: the packages to install, one a line; the engine's only if there is none.
+missing_packages() {
+    local wanted=("${PACKAGES[@]}") installed p
+    engine_found >/dev/null || wanted=("${ENGINE_PACKAGES[@]}" "${wanted[@]}")
+    installed=$(installed_packages "${wanted[@]}")
+    for p in "${wanted[@]}"; do
+        grep -qxF "$p" <<<"$installed" || echo "$p"
+    done
 }
 
 install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        pkg_installed "$p" || missing+=("$p")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    say "installing Debian packages: ${missing[*]}"
+    [ $# -eq 0 ] && return 0
     export DEBIAN_FRONTEND=noninteractive
     run_logged apt-get update
-    run_logged apt-get install -y --no-install-recommends "${missing[@]}"
+    run_logged apt-get install -y --no-install-recommends "$@"
 }
 
 # --- kernel headers for bcc --------------------------------------------------------------
 
 # link_kernel_headers MODULES_DIR SRC_DIR
-# Only when MODULES_DIR/build is missing or a dangling link (a host with the right headers
-# for its own kernel keeps them): link build -> SRC_DIR/linux-headers-<ver>-amd64 and
-# source -> SRC_DIR/linux-headers-<ver>-common, newest installed Debian headers.
+# Only when MODULES_DIR/build is missing or a dangling link (kernel_headers_missing: a host
+# with the right headers for its own kernel keeps them): link build ->
+# SRC_DIR/linux-headers-<ver>-amd64 and source -> SRC_DIR/linux-headers-<ver>-common, newest
+# installed Debian headers.
+kernel_headers_missing() { [ ! -d "$1/build" ]; }
+
 link_kernel_headers() {
     local moddir=$1 srcdir=$2 amd64 common
-    [ -d "$moddir/build" ] && return 0
+    kernel_headers_missing "$moddir" || return 0
     amd64=$(find "$srcdir" -maxdepth 1 -name 'linux-headers-*-amd64' \( -type d -o -type l \) \
         -printf '%f\n' 2>/dev/null | sort -V | tail -n 1) || true
     [ -n "$amd64" ] || die "no $srcdir/linux-headers-*-amd64 (is linux-headers-amd64 installed?)"
@@ -73,13 +121,14 @@ link_kernel_headers() {
 
 # --- bpffs -------------------------------------------------------------------------------
 
+bpffs_mounted() {
+    awk '$2 == "/sys/fs/bpf" && $3 == "bpf" { found = 1 } END { exit !found }' /proc/mounts
+}
+
 mount_bpffs() {
-    if awk '$2 == "/sys/fs/bpf" && $3 == "bpf" { found = 1 } END { exit !found }' /proc/mounts; then
-        return 0
-    fi
+    bpffs_mounted && return 0
     mkdir -p /sys/fs/bpf
     mount -t bpf bpf /sys/fs/bpf
-    say "mounted bpffs at /sys/fs/bpf"
 }
 
 # --- venv ----------------------------------------------------------------------------------
@@ -130,6 +179,7 @@ start_dockerd() {
     if [ -s "$DOCKERD_PIDFILE" ] && kill -0 "$(cat "$DOCKERD_PIDFILE")" 2>/dev/null; then
         say "waiting for the dockerd that is already starting (pid $(cat "$DOCKERD_PIDFILE"))"
     else
+        [ -x "$DOCKERD" ] || die "no dockerd in /usr/sbin or /usr/bin: start this host's engine yourself"
         mkdir -p "$STATE_DIR"
         setsid nohup "$DOCKERD" >>"$DOCKERD_LOG" 2>&1 </dev/null &
         pid=$!
@@ -152,10 +202,34 @@ start_dockerd() {
     die "dockerd did not answer 'docker info' within 60 s"
 }
 
+# --- what will change ----------------------------------------------------------------------
+
+# announce_changes MODULES_DIR PACKAGE...: one line for each change to the host that main
+# is about to make, before it makes any.
+announce_changes() {
+    local moddir=$1 engine
+    shift
+    if [ $# -gt 0 ]; then
+        engine=$(engine_found) && engine="; the Docker engine already here is used, $engine"
+        say "will install Debian packages: $* (apt-get, log $SETUP_LOG${engine:-})"
+    fi
+    if kernel_headers_missing "$moddir"; then
+        say "will link $moddir/build and source to the newest /usr/src/linux-headers-*-amd64" \
+            "and -common (the running kernel has no headers of its own)"
+    fi
+    bpffs_mounted || say "will mount bpffs at /sys/fs/bpf"
+    "$DOCKER" info >/dev/null 2>&1 ||
+        say "will start dockerd in the background (log $DOCKERD_LOG) unless one is starting already"
+}
+
 main() {
     require_root
-    install_packages
-    link_kernel_headers "/lib/modules/$(uname -r)" /usr/src
+    local moddir missing
+    moddir="/lib/modules/$(uname -r)"
+    mapfile -t missing < <(missing_packages)
+    announce_changes "$moddir" "${missing[@]}"
+    install_packages "${missing[@]}"
+    link_kernel_headers "$moddir" /usr/src
     mount_bpffs
     setup_venv
     start_dockerd

@@ -39,9 +39,12 @@ def accept_forwarding(veth_prefix: str) -> None:
                 raise DatapathError(f"{tool} -A FORWARD {' '.join(rule)}: {result.stderr.strip()}")
 
 
-def remove_forwarding(veth_prefix: str) -> None:
-    """Idempotent removal, for tests and uninstalls."""
+def remove_forwarding(veth_prefix: str) -> list[str]:
+    """Idempotent removal, for tests and uninstalls; the rules removed."""
+    removed = []
     for tool in TOOLS:
         for rule in _rules(veth_prefix):
             while _run(tool, "-C", "FORWARD", *rule).returncode == 0:
                 _run(tool, "-D", "FORWARD", *rule)
+                removed.append(f"{tool} FORWARD {' '.join(rule)}")
+    return removed

@@ -69,15 +69,19 @@ def setup(veth_prefix: str) -> None:
                 _must(tool, "-A", hook, *rule)
 
 
-def teardown(veth_prefix: str) -> None:
-    """Remove the chain and its jumps (tests, uninstall)."""
+def teardown(veth_prefix: str) -> list[str]:
+    """Remove the chain and its jumps (tests, uninstall); what was removed."""
     chain = _chain(veth_prefix)
+    removed = []
     for family, tool in TOOLS.items():
         for hook, rule in _hooks(family, chain):
             while _run(tool, "-C", hook, *rule).returncode == 0:
                 _run(tool, "-D", hook, *rule)
+                removed.append(f"{tool} -t nat {hook} jump to {chain}")
         _run(tool, "-F", chain)
-        _run(tool, "-X", chain)
+        if _run(tool, "-X", chain).returncode == 0:
+            removed.append(f"{tool} -t nat chain {chain}")
+    return removed
 
 
 def _rule(mapping: PortMapping, tag: str) -> list[str]:

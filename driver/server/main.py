@@ -79,40 +79,61 @@ def _option(name: str, help_text: str, **kwargs):
 _PINNED = "a start refuses pinned maps of another size (docs/security.md)"
 
 
-@click.command(context_settings={"show_default": True})
-@_option("plugin_name", "plugin name: Docker finds the driver as <plugin-dir>/<name>.sock")
-@_option("plugin_dir", "directory of Docker plugin sockets")
-@_option("api_socket", "management API socket for the `cilium` command")
-@_option("state_dir", "where the state database lives")
-@_option("bpf_pin_dir", "bpffs directory for pinned maps")
-@_option("veth_prefix", "host-side veth name prefix")
-@_option("cluster_prefix6", "IPv6 /64 cluster prefix")
-@_option("node_id", "32-bit node id (0: derived from /etc/machine-id)", type=int)
-@_option("node_range4", "IPv4 range of this node")
-@_option("service_range6", "IPv6 range service VIPs come from")
-@_option("service_range4", "IPv4 range service VIPs come from")
-@_option("mtu", "default MTU of container interfaces", type=int)
-@_option("threads", "request threads", type=int)
-@_option("log_level", "debug, info, warning or error")
-@_option("docker_host", "Docker API the events watcher reads")
-@_option(
-    "label_prefixes", "label-key prefixes that count for identity, comma-separated; ! excludes"
-)
-@_option("policy_enforcement", "default, always or never (until changed with `cilium policy mode`)")
-@_option(
-    "metrics_address",
-    "also serve Prometheus /metrics on this loopback HOST:PORT, e.g. 127.0.0.1:9962 "
-    "(always on the API socket)",
-)
-@_option("policy_map_size", f"policy map entries, all endpoints together; {_PINNED}", type=int)
-@_option("ct_map_size", f"conntrack map entries (oldest go first when full); {_PINNED}", type=int)
-@_option("service_map_size", f"service frontends; {_PINNED}", type=int)
-def main(**options):
-    """Serve the pycilium Docker network and IPAM driver in the foreground."""
+# The settings of one driver instance, as options and CILIUM_<OPTION> variables: every
+# command about one instance (the service, its uninstall) takes all of them.
+_OPTIONS = [
+    _option("plugin_name", "plugin name: Docker finds the driver as <plugin-dir>/<name>.sock"),
+    _option("plugin_dir", "directory of Docker plugin sockets"),
+    _option("api_socket", "management API socket for the `cilium` command"),
+    _option("state_dir", "where the state database lives"),
+    _option("bpf_pin_dir", "bpffs directory for pinned maps"),
+    _option("veth_prefix", "host-side veth name prefix"),
+    _option("cluster_prefix6", "IPv6 /64 cluster prefix"),
+    _option("node_id", "32-bit node id (0: derived from /etc/machine-id)", type=int),
+    _option("node_range4", "IPv4 range of this node"),
+    _option("service_range6", "IPv6 range service VIPs come from"),
+    _option("service_range4", "IPv4 range service VIPs come from"),
+    _option("mtu", "default MTU of container interfaces", type=int),
+    _option("threads", "request threads", type=int),
+    _option("log_level", "debug, info, warning or error"),
+    _option("docker_host", "Docker API the events watcher reads"),
+    _option(
+        "label_prefixes", "label-key prefixes that count for identity, comma-separated; ! excludes"
+    ),
+    _option(
+        "policy_enforcement", "default, always or never (until changed with `cilium policy mode`)"
+    ),
+    _option(
+        "metrics_address",
+        "also serve Prometheus /metrics on this loopback HOST:PORT, e.g. 127.0.0.1:9962 "
+        "(always on the API socket)",
+    ),
+    _option("policy_map_size", f"policy map entries, all endpoints together; {_PINNED}", type=int),
+    _option(
+        "ct_map_size", f"conntrack map entries (oldest go first when full); {_PINNED}", type=int
+    ),
+    _option("service_map_size", f"service frontends; {_PINNED}", type=int),
+]
+
+
+def driver_options(command):
+    for option in reversed(_OPTIONS):
+        command = option(command)
+    return command
+
+
+def config_of(options: dict) -> Config:
     try:
-        config = Config(**options).validate()
+        return Config(**options).validate()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+@click.command(context_settings={"show_default": True})
+@driver_options
+def main(**options):
+    """Serve the pycilium Docker network and IPAM driver in the foreground."""
+    config = config_of(options)
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

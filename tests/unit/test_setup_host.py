@@ -3,6 +3,8 @@
 The suite runs after `make setup`, so the packages the script installs are present: every
 program it starts by absolute path must exist on this host."""
 
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -11,13 +13,14 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "setup-host.sh"
 
 
-def sourced(snippet):
-    """Run SNIPPET in bash after sourcing the script; return its stdout."""
+def sourced(snippet, **env):
+    """Run SNIPPET in bash after sourcing the script, with ENV added; return its stdout."""
     return subprocess.run(
         ["bash", "-c", f'source "{SCRIPT}"\n{snippet}'],
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, **env},
     ).stdout
 
 
@@ -47,3 +50,130 @@ def test_existing_kernel_headers_are_left_alone(tmp_path):
     (moddir / "build").mkdir(parents=True)
     assert sourced(f'link_kernel_headers "{moddir}" "{tmp_path}/nowhere"') == ""
     assert not (moddir / "build").is_symlink()
+
+
+# --- which Docker engine: the one already here, or docker.io where there is none -----------
+
+ENGINE_PACKAGES = {"docker.io", "docker-compose"}
+
+
+def dpkg_status(directory, *packages):
+    """A dpkg admin directory whose status file lists PACKAGES as installed."""
+    directory.mkdir()
+    (directory / "status").write_text(
+        "".join(
+            f"Package: {name}\nStatus: install ok installed\nMaintainer: x <x@example.org>\n"
+            f"Architecture: amd64\nVersion: 1.0\nDescription: {name}\n\n"
+            for name in packages
+        )
+    )
+    return directory
+
+
+def executable(path, text):
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+class Host:
+    """Where the script looks for an engine, all of it inside tmp_path: a dpkg status, a
+    docker client that answers `info` or not, a /proc with or without dockerd, a socket."""
+
+    def __init__(self, tmp_path, packages=(), answers=False, process=False, sock=False):
+        self.dir = tmp_path
+        self.proc = tmp_path / "proc"
+        self.proc.mkdir()
+        if process:
+            (self.proc / "4242").mkdir()
+            (self.proc / "4242" / "comm").write_text("dockerd\n")
+        (self.proc / "1").mkdir()
+        (self.proc / "1" / "comm").write_text("init\n")
+        self.socket = tmp_path / "docker.sock"
+        self._listener = None
+        if sock:
+            self._listener = socket.socket(socket.AF_UNIX)
+            self._listener.bind(str(self.socket))
+        self.env = {
+            "DPKG_ADMINDIR": str(dpkg_status(tmp_path / "dpkg", *packages)),
+            "DOCKER": str(
+                executable(tmp_path / "docker", f"#!/bin/sh\nexit {0 if answers else 1}\n")
+            ),
+            "DOCKER_SOCKET": str(self.socket),
+            "PROC_DIR": str(self.proc),
+        }
+
+    def missing_packages(self):
+        return set(sourced("missing_packages", **self.env).split())
+
+    def close(self):
+        if self._listener is not None:
+            self._listener.close()
+
+
+ENGINES = {
+    "docker-ce": dict(packages=("docker-ce", "docker-ce-cli", "containerd.io")),
+    "docker-ce-cli and containerd.io": dict(packages=("docker-ce-cli", "containerd.io")),
+    "moby-engine": dict(packages=("moby-engine", "moby-cli")),
+    "docker.io": dict(packages=("docker.io",)),
+    "none installed, one answers docker info": dict(answers=True),
+    "none installed, a dockerd process": dict(process=True),
+    "none installed, a docker.sock": dict(sock=True),
+}
+
+
+@pytest.fixture
+def host(tmp_path):
+    made = []
+
+    def make(**kwargs):
+        made.append(Host(tmp_path, **kwargs))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_engine_already_here_is_used_and_none_installed(host, engine):
+    missing = host(**ENGINES[engine]).missing_packages()
+    assert not missing & ENGINE_PACKAGES
+    # The rest of what the driver needs is still installed.
+    assert {"python3-bpfcc", "linux-headers-amd64", "busybox-static"} <= missing
+
+
+def test_docker_io_is_installed_only_where_there_is_no_engine_at_all(host):
+    missing = host().missing_packages()
+    assert missing >= ENGINE_PACKAGES
+
+
+def test_packages_already_installed_are_not_installed_again(host):
+    missing = host(packages=("docker.io", "docker-compose", "busybox-static")).missing_packages()
+    assert not missing & (ENGINE_PACKAGES | {"busybox-static"})
+
+
+def test_what_will_change_is_said_first_one_line_each(host):
+    h = host()
+    out = sourced('announce_changes "$MODDIR" docker.io busybox-static', MODDIR=str(h.dir), **h.env)
+    lines = out.splitlines()
+    assert "will install Debian packages: docker.io busybox-static" in lines[0]
+    assert any("will link" in line and "build" in line for line in lines)
+    assert any("will start dockerd" in line for line in lines)
+
+
+def test_an_engine_that_answers_is_neither_installed_nor_started(host):
+    h = host(packages=("docker-ce",), answers=True)
+    (h.dir / "build").mkdir()
+    out = sourced('announce_changes "$MODDIR" busybox-static', MODDIR=str(h.dir), **h.env)
+    assert "dockerd" not in out
+    assert "docker.io" not in out
+    assert "the Docker engine already here is used, installed: docker-ce" in out
+
+
+def test_docker_client_falls_back_to_the_one_on_path(tmp_path):
+    stub = executable(tmp_path / "docker", "#!/bin/sh\n")
+    path = f"{tmp_path}:{os.environ['PATH']}"
+    out = sourced(f'docker_client "{tmp_path}/nowhere/docker"', PATH=path)
+    assert out.strip() == str(stub)
+    assert sourced("docker_client /bin/sh").strip() == "/bin/sh"

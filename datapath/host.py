@@ -1,0 +1,40 @@
+"""Everything a datapath leaves on the host after its driver stopped, and its removal.
+
+A stopped driver leaves its work in place on purpose (containers keep their connectivity
+and policy): veths with their tc programs, the pinned maps, unreachable routes over its
+ranges, its FORWARD rules and port-publishing chain. `remove_from_host` takes all of that
+away for one instance, told apart from other instances and from the host's own by what
+only that instance uses: its veth prefix, its pin directory, and routes of our protocol
+inside its ranges. It must only run once the driver is stopped for good.
+"""
+
+import shutil
+from pathlib import Path
+
+from . import bpffs, netlink
+from .netfilter import firewall, portmap
+
+
+def remove_from_host(pin_dir: str, veth_prefix: str, ranges: list[str]) -> list[str]:
+    """Remove the instance's links, routes, netfilter rules and pinned maps; one line for
+    each thing removed. Idempotent: a second call removes nothing."""
+    # Links first: the endpoint routes and tc programs go with them.
+    links = list(netlink.links_with_prefix(veth_prefix))
+    for name in links:
+        netlink.delete_link(name)
+    removed = [f"link {name}" for name in links]
+    removed += [f"route {dst}" for dst in netlink.remove_own_routes(ranges)]
+    removed += firewall.remove_forwarding(veth_prefix)
+    removed += portmap.teardown(veth_prefix)
+    if remove_pin_dir(Path(pin_dir)):
+        removed.append(f"pinned maps {pin_dir}")
+    return removed
+
+
+def remove_pin_dir(pin_dir: Path) -> bool:
+    """Remove pin_dir and what is pinned in it, only if it lies on a BPF filesystem (a
+    misconfigured path never costs a real directory). False if there was none."""
+    if not pin_dir.is_dir() or not bpffs.on_bpffs(pin_dir):
+        return False
+    shutil.rmtree(pin_dir)
+    return True
