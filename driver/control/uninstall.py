@@ -15,7 +15,7 @@ import stat
 import docker
 import docker.errors
 
-from datapath.host import remove_from_host
+from datapath.uninstall import remove_from_host
 from driver.config import Config
 from driver.errors import Conflict
 

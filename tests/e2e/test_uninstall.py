@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from datapath.host import remove_from_host
+from datapath.uninstall import remove_from_host
 
 from .driver_process import DriverProcess, plugin_call
 

@@ -1,5 +1,5 @@
 """driver.control.uninstall: when it refuses, and what it takes away. The host side
-(datapath.host.remove_from_host) is recorded here; tests/e2e/test_uninstall.py runs it."""
+(datapath.uninstall.remove_from_host) is recorded here; tests/e2e/test_uninstall.py runs it."""
 
 import os
 import socket
