@@ -4,9 +4,10 @@
 #   make test   run the whole suite (what .ci/run does)
 
 VENV        ?= .venv
-# The engine's own client: /usr/bin/docker (docker.io, docker-ce-cli and moby-cli put it
-# there), else the docker on PATH (an engine installed elsewhere).
-DOCKER      ?= $(shell test -x /usr/bin/docker && echo /usr/bin/docker || command -v docker || echo /usr/bin/docker)
+# The engine's own client, where docker.io, docker-ce-cli and moby-cli all put it. Not the
+# docker first on PATH: on a fresh machine that is a CLI 28 in /usr/local/bin, and this is
+# read before 'make setup' installs the engine. DOCKER=... for a client elsewhere.
+DOCKER      ?= /usr/bin/docker
 PIDFILE     ?= /run/pycilium/cilium-docker.pid
 LOG         ?= /var/log/pycilium/cilium-docker.log
 PLUGIN_SOCK ?= /run/docker/plugins/cilium.sock
