@@ -3,6 +3,7 @@ that YAML readers disagree on), CiliumNetworkPolicy and CiliumClusterwideNetwork
 documents, several documents in one file, and Kubernetes-only content refused by name."""
 
 import json
+import textwrap
 
 import pytest
 import yaml
@@ -23,11 +24,7 @@ kind: CiliumNetworkPolicy
 metadata:
   name: web-policy
 spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
-"""
+""" + textwrap.indent(RULE, "  ")
 
 CCNP = """\
 apiVersion: cilium.io/v2
