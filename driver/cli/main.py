@@ -4,12 +4,24 @@ and hands the answer to driver/cli/output.py, with the table it reads as for hum
 Over 300 lines because it is the whole command tree in one place, as `cilium --help` shows
 it: each command is a few lines, the rest is the human tables of the API's records."""
 
+import pathlib
 import sys
 
 import click
 
 from .client import API_SOCKET_ENV, DEFAULT_API_SOCKET, ApiClient
-from .output import call, fail, fields, getter, listing, output_option, show, show_stream, table
+from .output import (
+    FORMATS,
+    call,
+    fail,
+    fields,
+    getter,
+    listing,
+    output_option,
+    show,
+    show_stream,
+    table,
+)
 
 # The API reports protocols and directions as the datapath's numbers (datapath/abi.py); these
 # are their spellings on screen. The command imports nothing of the driver, so a test keeps
@@ -236,24 +248,110 @@ def policy():
     """L3/L4 policy rules."""
 
 
-@policy.command("import")
-@click.argument("source", type=click.File("r"))
-@click.pass_obj
-def policy_import(client, source):
-    """Add rules from a JSON or YAML file (- for stdin); rules with the same labels replace."""
-    result = call(
-        client, "PUT", "/v1/policy", {"text": source.read(), "source": source.name or "-"}
-    )
+POLICY_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _policy_files(sources: tuple[str, ...]) -> list[dict]:
+    """Each source's text: a file, every policy file of a directory (sorted), or stdin."""
+    files = []
+    for source in sources:
+        if source == "-":
+            files.append({"text": sys.stdin.read(), "source": "<stdin>"})
+            continue
+        path = pathlib.Path(source)
+        found = [path]
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file())
+            if not found:
+                fail(f"{source}: no {', '.join(POLICY_SUFFIXES)} file in this directory")
+        files += [{"text": p.read_text(), "source": str(p)} for p in found]
+    return files
+
+
+def _import(client, sources, replace: bool, dry_run: bool) -> dict:
+    query = "&".join(k for k, on in (("replace=1", replace), ("dry_run=1", dry_run)) if on)
+    body = {"files": _policy_files(sources)}
+    result = call(client, "PUT", "/v1/policy" + (f"?{query}" if query else ""), body)
     for warning in result.get("warnings", []):
         click.echo(f"Warning: {warning}", err=True)
-    click.echo(f"Revision: {result['revision']}")
+    return result
+
+
+def _plan(plan: dict) -> None:
+    for verb, rules in (("add", plan["rules_added"]), ("remove", plan["rules_removed"])):
+        if rules:
+            click.echo(f"Would {verb} {len(rules)} rule(s): {', '.join(rules)}")
+    if not (plan["rules_added"] or plan["rules_removed"]):
+        click.echo("No rule would change")
+    if plan["endpoints"]:
+        click.echo("Endpoints whose policy would change:")
+        _changes_table(plan["endpoints"])
+    click.echo(f"Revision: {plan['revision']} (unchanged)")
+
+
+def _on_off(change: list[bool]) -> str:
+    before, after = ("on" if value else "off" for value in change)
+    return before if before == after else f"{before}->{after}"
+
+
+_changes_table = listing(
+    ["ENDPOINT", "CONTAINER", "ENTRIES", "INGRESS", "EGRESS"],
+    lambda c: [
+        c["endpoint"],
+        c["container"],
+        f"+{c['entries_added']} -{c['entries_removed']}",
+        _on_off(c["ingress_enforced"]),
+        _on_off(c["egress_enforced"]),
+    ],
+)
+
+_SOURCES = click.argument(
+    "sources", nargs=-1, required=True, type=click.Path(exists=True, allow_dash=True)
+)
+_REPLACE = click.option(
+    "--replace", is_flag=True, help="replace the rules that have an imported rule's name label"
+)
+
+
+@policy.command("import")
+@_SOURCES
+@_REPLACE
+@click.option("--dry-run", is_flag=True, help="change nothing; say what would change")
+@click.pass_obj
+def policy_import(client, sources, replace, dry_run):
+    """Add the rules of JSON or YAML files, of every *.json, *.yaml and *.yml file in a
+    directory, or of stdin (-), all or none: rules, rule lists, CiliumNetworkPolicy and
+    CiliumClusterwideNetworkPolicy documents. Rules with the same labels replace."""
+    result = _import(client, sources, replace, dry_run)
+    if dry_run:
+        _plan(result)
+    else:
+        click.echo(f"Revision: {result['revision']}")
+
+
+@policy.command("validate")
+@_SOURCES
+@_REPLACE
+@output_option()
+@click.pass_obj
+def policy_validate(client, sources, replace, output):
+    """Parse files as `policy import` would, resolve them against the endpoints there are
+    and say what the import would change, changing nothing."""
+    show(_import(client, sources, replace, dry_run=True), output, _plan)
+
+
+def _rules_document(answer: dict) -> list[dict]:
+    click.echo(f"Revision: {answer['revision']}", err=True)
+    return answer["rules"]
 
 
 @policy.command("get")
-@getter()
-def policy_get():
-    """The rules in force, as JSON or YAML."""
-    return "/v1/policy"
+@output_option(FORMATS[1:])
+@click.pass_obj
+def policy_get(client, output):
+    """The rules in force as a document `policy import` reads back (JSON or YAML); the
+    revision goes to stderr."""
+    show(_rules_document(call(client, "GET", "/v1/policy")), output, None)
 
 
 @policy.command("delete")

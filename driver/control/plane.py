@@ -406,9 +406,14 @@ class ControlPlane:
         }
 
     @_locked
-    def import_policy(self, text: str, source: str) -> dict:
-        """{"revision", "warnings"}: rules that select nothing yet."""
-        return self.regeneration.import_rules(text, source)
+    def import_policy(
+        self, files: list[tuple[str, str]], replace: bool = False, dry_run: bool = False
+    ) -> dict:
+        """The rules of files ((text, source) pairs) added, or with replace put in place of
+        the rules with their name labels: {"revision", "warnings"} (rules that select
+        nothing yet). A dry run changes nothing and adds what would change: rules_added,
+        rules_removed, endpoints."""
+        return self.regeneration.import_rules(files, replace, dry_run)
 
     @_locked
     def delete_policy(self, name: str | None, everything: bool) -> dict:

@@ -16,7 +16,7 @@ from datapath.interface import DatapathApi
 from driver.errors import InvalidArgument
 
 from .endpoints import spec_of
-from .identities import Identities, LabelFilter, identity_labels
+from .identities import FIRST_CIDR_IDENTITY, Identities, LabelFilter, identity_labels
 from .policy import EndpointPolicy, Identity, Peers, PolicyRepository, merge, parse_rules
 from .state import Endpoint, Store
 
@@ -170,13 +170,20 @@ class Regeneration:
 
     # policy
 
-    def import_rules(self, text: str, source: str) -> dict:
-        rules = parse_rules(text, source)
+    def import_rules(
+        self, files: list[tuple[str, str]], replace: bool = False, dry_run: bool = False
+    ) -> dict:
+        """files: (text, source) pairs, imported together or not at all. A dry run changes
+        nothing and says what the import would change."""
+        rules = [rule for text, source in files for rule in parse_rules(text, source)]
         candidate = PolicyRepository(self.policy.rules())
-        candidate.add(rules)
-        self._switch(candidate)
+        candidate.add(rules, replace=replace)
         known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
-        return {"revision": self.revision, "warnings": candidate.selects_nothing(rules, known)}
+        warnings = candidate.selects_nothing(rules, known)
+        if dry_run:
+            return {"revision": self.revision, "warnings": warnings, **self._plan(candidate)}
+        self._switch(candidate)
+        return {"revision": self.revision, "warnings": warnings}
 
     def delete_rules(self, name: str | None, everything: bool) -> dict:
         candidate = PolicyRepository(self.policy.rules())
@@ -204,6 +211,37 @@ class Regeneration:
             src_labels, dst_labels, dport, protocol, identities=known, mode=self.mode
         )
 
+    def _plan(self, candidate: PolicyRepository) -> dict:
+        """The rules a switch to candidate adds and removes, and the endpoints whose policy
+        entries or enforcement it changes, computed aside: no identity is allocated, no
+        cached result or map entry touched. A prefix new to the rules gets a stand-in
+        identity, and one they no longer name none, as the import would have it."""
+        now, then = self.policy.rules(), candidate.rules()
+        wanted = candidate.cidrs()
+        cidrs = {p: n for p, n in self._cidr_identities.items() if p in wanted}
+        taken = [FIRST_CIDR_IDENTITY, *self._cidr_identities.values()]
+        for number, prefix in enumerate(sorted(wanted - cidrs.keys()), max(taken) + 1):
+            cidrs[prefix] = number
+        known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
+        peers_now, peers_then = Peers(known, self._cidr_identities), Peers(known, cidrs)
+        endpoints = self.store.endpoints()
+        mates = _network_mates(endpoints)
+        changes = []
+        for ep in endpoints:
+            if ep.identity == INIT_ID:
+                continue
+            identity = Identity(ep.identity, ep.labels)
+            ep_mates = mates.get(ep.network_id, frozenset())
+            before = self.policy.compute_for(identity, peers_now, self.mode, ep_mates)
+            after = candidate.compute_for(identity, peers_then, self.mode, ep_mates)
+            if _entries(before) != _entries(after):
+                changes.append(_change(ep, before, after))
+        return {
+            "rules_added": [r.display(i) for i, r in enumerate(then) if r not in now],
+            "rules_removed": [r.display(i) for i, r in enumerate(now) if r not in then],
+            "endpoints": changes,
+        }
+
     def _switch(self, candidate: PolicyRepository) -> None:
         previous, self.policy = self.policy, candidate
         try:
@@ -217,6 +255,21 @@ class Regeneration:
             self.store.set_meta("policy_rules", json.dumps(candidate.to_json()))
             self.store.set_meta("policy_revision", str(self.revision))
         log.info("policy revision %d in force (%d rules)", self.revision, len(candidate.rules()))
+
+
+def _entries(policy: EndpointPolicy) -> tuple:
+    return policy.ingress_enforced, policy.egress_enforced, policy.keys
+
+
+def _change(ep: Endpoint, before: EndpointPolicy, after: EndpointPolicy) -> dict:
+    return {
+        "endpoint": ep.numeric_id,
+        "container": ep.container_name,
+        "entries_added": len(after.keys - before.keys),
+        "entries_removed": len(before.keys - after.keys),
+        "ingress_enforced": [before.ingress_enforced, after.ingress_enforced],
+        "egress_enforced": [before.egress_enforced, after.egress_enforced],
+    }
 
 
 def _network_mates(endpoints: list[Endpoint]) -> dict[str, frozenset[int]]:

@@ -116,16 +116,31 @@ def policy_get():
 
 @bp.put("/policy")
 def policy_import():
+    """{"text": "...", "source": "web.yaml"} or {"files": [{"text", "source"}, ...]};
+    ?replace=1 replaces the rules with the same name labels, ?dry_run=1 changes nothing."""
     body = _body()
-    if not isinstance(body.get("text"), str):
-        raise BadRequest("policy import needs the rules as a string in 'text'")
-    return jsonify(plane().import_policy(body["text"], str(body.get("source") or "-")))
+    files = body.get("files", [body])
+    if not isinstance(files, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("text"), str) for f in files
+    ):
+        raise BadRequest("policy import needs the rules as a string in 'text' (or in 'files')")
+    return jsonify(
+        plane().import_policy(
+            [(f["text"], str(f.get("source") or "-")) for f in files],
+            replace=_flag("replace"),
+            dry_run=_flag("dry_run"),
+        )
+    )
+
+
+def _flag(name: str) -> bool:
+    return request.args.get(name) in ("1", "true")
 
 
 @bp.delete("/policy")
 def policy_delete():
     name = request.args.get("name")
-    everything = request.args.get("all") in ("1", "true")
+    everything = _flag("all")
     if not name and not everything:
         raise BadRequest("policy delete needs a rule name or all=true")
     return jsonify(plane().delete_policy(name, everything))

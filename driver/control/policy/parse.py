@@ -6,11 +6,9 @@ source and the rule ("web.yaml: rule 2 (web-policy): ingress[0].toPorts[0]...: .
 
 import difflib
 import ipaddress
-import json
 import re
 
-import yaml
-
+from .load import Duplicated, NotDecimal, load_documents
 from .model import (
     ENTITIES,
     OPERATORS,
@@ -26,10 +24,52 @@ from .model import (
 )
 
 MAX_RANGE = 1024
-# Values in a loaded document, counting each YAML alias as often as it is used: a few
-# kilobytes of nested aliases ("billion laughs") would otherwise expand to billions.
-MAX_NODES = 2_000_000
+API_VERSION = "cilium.io/v2"
+DOCUMENT_KINDS = ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
+_EXPECTED = "expected a rule, a list of rules or a CiliumNetworkPolicy"
+_DOCUMENT_FIELDS = ("apiVersion", "kind", "metadata", "spec", "specs")
 _RULE_FIELDS = ("endpointSelector", "labels", "description", "ingress", "egress")
+# Cilium's fields that pycilium does not enforce, and why: refused by name, never guessed at.
+_K8S_METADATA = {
+    "namespace": "Docker has no namespaces: a rule here applies to every container",
+    "labels": "Kubernetes object labels; give the rule's labels in its labels field",
+    "annotations": "Kubernetes object annotations",
+}
+_K8S_RULE = {
+    "nodeSelector": "host policies select Kubernetes nodes",
+    "ingressDeny": "deny sections",
+    "egressDeny": "deny sections",
+    "enableDefaultDeny": "an endpoint a rule selects always denies what no rule allows",
+    "log": "policy logging",
+}
+_K8S_SECTION = {
+    "toServices": "Kubernetes services",
+    "toFQDNs": "DNS names need Cilium's DNS proxy",
+    "fromGroups": "cloud provider groups",
+    "toGroups": "cloud provider groups",
+    "fromNodes": "Kubernetes nodes",
+    "toNodes": "Kubernetes nodes",
+    "icmps": "ICMP types; use protocol ICMP in toPorts",
+    "authentication": "mutual authentication",
+}
+_K8S_PORT_RULE = {
+    "rules": "L7 rules (HTTP, Kafka, DNS) need Cilium's proxy",
+    "originatingTLS": "TLS interception",
+    "terminatingTLS": "TLS interception",
+    "serverNames": "TLS server names",
+    "listener": "Envoy listeners",
+}
+_K8S_CIDR_SET = {
+    "cidrGroupRef": "CiliumCIDRGroup resources",
+    "cidrGroupSelector": "CiliumCIDRGroup resources",
+}
+_ENFORCED = "pycilium enforces TCP, UDP, ICMP and ANY"
+_K8S_PROTOCOLS = {
+    "SCTP": _ENFORCED,
+    "ICMPV6": "ICMP here covers ICMP and ICMPv6",
+    "VRRP": _ENFORCED,
+    "IGMP": _ENFORCED,
+}
 _KINDS = {
     dict: "an object",
     list: "a list",
@@ -47,64 +87,73 @@ class _Invalid(Exception):
 
 
 def parse_rules(text: str, source: str) -> list[Rule]:
-    data = _load(text, source)
+    """The rules of a file: one rule, a list of rules, CiliumNetworkPolicy or
+    CiliumClusterwideNetworkPolicy documents, or several YAML documents of these."""
+    documents = load_documents(text, source)
+    if len(documents) == 1:
+        return _document(documents[0], source)
+    if not documents:
+        raise PolicyError(f"{source}: {_EXPECTED}, got null")
+    return [
+        rule
+        for number, document in enumerate(documents)
+        for rule in _document(document, f"{source}: document {number}")
+    ]
+
+
+def _document(data, where: str) -> list[Rule]:
+    if _is_kubernetes(data):
+        return _cilium_document(data, where)
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
-        raise PolicyError(f"{source}: expected a rule object or a list of rules, got {_kind(data)}")
-    return [_rule_at(item, index, source) for index, item in enumerate(data)]
+        raise PolicyError(f"{where}: {_EXPECTED}, got {_kind(data)}")
+    rules = []
+    for index, item in enumerate(data):
+        if _is_kubernetes(item):
+            rules += _cilium_document(item, f"{where}: document {index}")
+        else:
+            rules.append(_rule_at(item, f"{where}: rule {index}"))
+    return rules
 
 
-def _load(text: str, source: str):
+def _is_kubernetes(data) -> bool:
+    return isinstance(data, dict) and ("apiVersion" in data or "kind" in data)
+
+
+def _cilium_document(node, where: str) -> list[Rule]:
+    """A CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy: its rules, named after it."""
     try:
-        return json.loads(text)
-    except RecursionError:
-        raise PolicyError(f"{source}: nested too deeply") from None
-    except ValueError as json_error:
-        try:
-            data = yaml.safe_load(text)
-        except RecursionError:
-            raise PolicyError(f"{source}: nested too deeply") from None
-        except yaml.YAMLError as yaml_error:
-            if text.lstrip()[:1] in ("[", "{"):
-                raise PolicyError(f"{source}: not JSON: {json_error}") from None
-            raise PolicyError(f"{source}: not JSON or YAML: {_yaml_problem(yaml_error)}") from None
-        _check_size(data, source)
-        return data
+        node = _fields(node, "", _DOCUMENT_FIELDS, ("apiVersion", "kind", "metadata"))
+        api_version = _string(node["apiVersion"], "apiVersion")
+        if api_version != API_VERSION:
+            raise _Invalid("apiVersion", f"{api_version!r} is not supported ({API_VERSION})")
+        kind = _string(node["kind"], "kind")
+        if kind not in DOCUMENT_KINDS:
+            raise _Invalid("kind", f"{kind} is not supported ({', '.join(DOCUMENT_KINDS)})")
+        metadata = _fields(node["metadata"], "metadata", ("name",), ("name",), _K8S_METADATA)
+        name = _string(metadata["name"], "metadata.name")
+        specs = [("spec", node["spec"])] if "spec" in node else []
+        more = _expect(node.get("specs", []), list, "specs")
+        specs += [(f"specs[{i}]", spec) for i, spec in enumerate(more)]
+        if not specs:
+            raise _Invalid("", "needs a rule in spec or specs")
+    except _Invalid as error:
+        raise PolicyError(f"{where}: {error}") from None
+    return [_rule_at(spec, f"{where}: {kind} {name}: {path}", name) for path, spec in specs]
 
 
-def _check_size(data, source: str) -> None:
-    """Refuse a document whose aliases expand past MAX_NODES values (or refer to themselves)."""
-    stack, count = [data], 0
-    while stack:
-        node = stack.pop()
-        count += 1
-        if count > MAX_NODES:
-            raise PolicyError(f"{source}: more than {MAX_NODES} values once YAML aliases expand")
-        if isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-    if mark is None:
-        return problem
-    return f"line {mark.line + 1} column {mark.column + 1}: {problem}"
-
-
-def _rule_at(item, index: int, source: str) -> Rule:
-    where = f"{source}: rule {index}"
+def _rule_at(item, where: str, document_name: str | None = None) -> Rule:
+    """A rule; one from a document without a name label gets the document's name."""
     try:
-        node = _fields(item, "", _RULE_FIELDS, required=("endpointSelector",))
+        node = _fields(item, "", _RULE_FIELDS, ("endpointSelector",), _K8S_RULE)
         labels = _labels(node.get("labels", []), "labels")
     except _Invalid as error:
         raise PolicyError(f"{where}: {error}") from None
     name = next((v for k, v in labels if k == "name"), None)
-    if name is not None:
+    if name is None and document_name is not None:
+        labels += (("name", document_name),)
+    elif name is not None and name != document_name:
         where += f" ({name})"
     try:
         return _rule(node, labels)
@@ -130,7 +179,7 @@ def _sections(node: dict, key: str, side: str):
 
 def _section(node, path: str, side: str) -> PeerRule:
     names = ("Endpoints", "Requires", "CIDR", "CIDRSet", "Entities")
-    node = _fields(node, path, [side + n for n in names] + ["toPorts"])
+    node = _fields(node, path, [side + n for n in names] + ["toPorts"], (), _K8S_SECTION)
 
     def get(name, parse):
         key = side + name
@@ -204,7 +253,7 @@ def _cidr(value, path: str) -> str:
 
 
 def _cidr_set(node, path: str) -> CIDRSet:
-    node = _fields(node, path, ("cidr", "except"), required=("cidr",))
+    node = _fields(node, path, ("cidr", "except"), ("cidr",), _K8S_CIDR_SET)
     cidr = _cidr(node["cidr"], _at(path, "cidr"))
     excepts = _list(node.get("except", []), _at(path, "except"), _cidr)
     outer = ipaddress.ip_network(cidr)
@@ -220,7 +269,7 @@ def _entity(value, path: str) -> str:
 
 
 def _port_rule(node, path: str) -> PortRule:
-    node = _fields(node, path, ("ports",), required=("ports",))
+    node = _fields(node, path, ("ports",), ("ports",), _K8S_PORT_RULE)
     ports = _list(node["ports"], _at(path, "ports"), _port)
     if not ports:
         raise _Invalid(_at(path, "ports"), "needs at least one port entry")
@@ -229,9 +278,7 @@ def _port_rule(node, path: str) -> PortRule:
 
 def _port(node, path: str) -> PortProtocol:
     node = _fields(node, path, ("port", "endPort", "protocol"))
-    protocol = _choice(
-        node.get("protocol", "ANY"), _at(path, "protocol"), RULE_PROTOCOLS, "a protocol"
-    )
+    protocol = _protocol(node.get("protocol", "ANY"), _at(path, "protocol"))
     start, end = _port_range(node.get("port", 0), _at(path, "port"))
     if "endPort" in node:
         if end:
@@ -245,10 +292,21 @@ def _port(node, path: str) -> PortProtocol:
     return PortProtocol(start, end if end != start else 0, protocol)
 
 
+def _protocol(value, path: str) -> str:
+    _string(value, path)
+    if value.upper() in _K8S_PROTOCOLS:
+        raise _Invalid(path, f"protocol {value} is not supported ({_K8S_PROTOCOLS[value.upper()]})")
+    return _choice(value, path, RULE_PROTOCOLS, "a protocol")
+
+
 def _port_range(value, path: str) -> tuple[int, int]:
+    """Cilium's port is a string; an integer written in decimal means the same here."""
+    _unmarked(value, path)
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Invalid(path, f"expected a string or an integer, got {_kind(value)}")
-    match = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", str(value).strip())
+        raise _Invalid(path, f"expected a string, got {_kind(value)}")
+    match = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", str(value))
+    if match is None and re.fullmatch(r"[a-zA-Z0-9-]*[a-zA-Z][a-zA-Z0-9-]*", str(value)):
+        raise _Invalid(path, f"named port {value!r} is not supported (Docker has no port names)")
     if match is None:
         raise _Invalid(path, f"{value!r} is not a port (1-65535)")
     start = int(match[1])
@@ -259,12 +317,13 @@ def _port_range(value, path: str) -> tuple[int, int]:
 
 
 def _port_number(value, path: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    """Cilium's endPort is an integer."""
+    _unmarked(value, path)
+    if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid(path, f"expected an integer, got {_kind(value)}")
-    text = str(value).strip()
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not 1 <= value <= 65535:
         raise _Invalid(path, f"{value!r} is not a port (1-65535)")
-    return int(text)
+    return value
 
 
 def _check_range(start: int, end: int, path: str) -> None:
@@ -283,9 +342,11 @@ def _choice(value, path: str, choices, what: str, fold=str.upper) -> str:
     return by_folded[fold(value)]
 
 
-def _fields(node, path: str, allowed, required=()) -> dict:
+def _fields(node, path: str, allowed, required=(), unsupported=None) -> dict:
     _expect(node, dict, path)
     for key in node:
+        if key in (unsupported or {}):
+            raise _Invalid(path, f"{key} is not supported ({unsupported[key]})")
         if key not in allowed:
             raise _Invalid(path, f"unknown field {key!r}{_hint(key, allowed)}")
     for key in required:
@@ -305,6 +366,7 @@ def _list(node, path: str, parse) -> tuple:
 
 
 def _string(value, path: str) -> str:
+    _unmarked(value, path)
     if not isinstance(value, str):
         hint = " (quote it in YAML)" if isinstance(value, int | float | bool) else ""
         raise _Invalid(path, f"expected a string, got {_kind(value)}{hint}")
@@ -312,9 +374,19 @@ def _string(value, path: str) -> str:
 
 
 def _expect(value, kind: type, path: str):
+    _unmarked(value, path)
     if not isinstance(value, kind):
         raise _Invalid(path, f"expected {_KINDS[kind]}, got {_kind(value)}")
     return value
+
+
+def _unmarked(value, path: str) -> None:
+    """Refuse what the loader marked: a duplicate key, a number not written in decimal."""
+    if isinstance(value, Duplicated):
+        raise _Invalid(path, f"duplicate key {value.duplicate!r}")
+    if isinstance(value, NotDecimal):
+        problem = "is a YAML number not written in decimal (quote it, or write it in decimal)"
+        raise _Invalid(path, f"{value.text} {problem}")
 
 
 def _kind(value) -> str:

@@ -21,12 +21,18 @@ class PolicyRepository:
         self.revision = 1
         self._index = None
 
-    def add(self, rules: Iterable[Rule]) -> int:
+    def add(self, rules: Iterable[Rule], replace: bool = False) -> int:
         """Rules whose label set equals an existing rule's replace it; unlabelled rules that
-        equal an existing rule are not added twice."""
+        equal an existing rule are not added twice. With replace, every rule that has the
+        name label of an incoming rule goes."""
         incoming = list(rules)
         replaced = {r.label_set() for r in incoming if r.labels}
-        kept = [r for r in self._rules if not (r.labels and r.label_set() in replaced)]
+        names = {r.name for r in incoming if replace and r.name is not None}
+        kept = [
+            r
+            for r in self._rules
+            if not (r.labels and r.label_set() in replaced) and r.name not in names
+        ]
         for rule in incoming:
             if rule.labels or rule not in kept:
                 kept.append(rule)

@@ -179,9 +179,13 @@ def test_yaml_is_the_api_answer(api, args):
     assert yaml.safe_load(result.stdout) == ANSWERS[READS[args]]
 
 
-def test_policy_get_prints_the_rules_as_json_or_yaml(api):
-    rules = ANSWERS[("GET", "/v1/policy")]
-    assert cilium("policy", "get").stdout == json.dumps(rules, indent=2) + "\n"
+def test_policy_get_prints_the_rules_as_a_document_import_reads(api):
+    """Only the rules on stdout (the revision on stderr), so `policy get > backup.json`
+    is a file `policy import` takes."""
+    rules = ANSWERS[("GET", "/v1/policy")]["rules"]
+    result = cilium("policy", "get")
+    assert result.stdout == json.dumps(rules, indent=2) + "\n"
+    assert result.stderr == "Revision: 3\n"
     assert yaml.safe_load(cilium("policy", "get", "-o", "yaml").stdout) == rules
     assert cilium("policy", "get", "-o", "table").exit_code == 2
 
@@ -217,6 +221,7 @@ def test_every_command_that_shows_an_answer_has_the_same_output_option():
         "monitor",
         "network list",
         "policy trace",
+        "policy validate",
         "service get",
         "service list",
         "service update",
@@ -283,15 +288,74 @@ def test_policy_import_sends_the_text_and_prints_warnings(api, tmp_path):
     assert result.exit_code == 0
     assert result.stdout == "Revision: 4\n"
     assert result.stderr == "Warning: rule 1 selects nothing\n"
-    assert api.calls == [
-        ("PUT", "/v1/policy", {"text": "- endpointSelector: {}\n", "source": str(rules)})
-    ]
+    files = [{"text": "- endpointSelector: {}\n", "source": str(rules)}]
+    assert api.calls == [("PUT", "/v1/policy", {"files": files})]
 
 
 def test_policy_import_from_stdin(api):
     result = cilium("policy", "import", "-", stdin="[]")
     assert result.exit_code == 0
-    assert api.calls == [("PUT", "/v1/policy", {"text": "[]", "source": "<stdin>"})]
+    assert api.calls == [("PUT", "/v1/policy", {"files": [{"text": "[]", "source": "<stdin>"}]})]
+
+
+def test_policy_import_reads_files_directories_and_stdin_in_one_request(api, tmp_path):
+    for name in ("b.yml", "a.json", "c.yaml", "notes.txt"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "sub.yaml").mkdir()
+    one = tmp_path / "one.txt"
+    one.write_text("one")
+    api.answers[("PUT", "/v1/policy?replace=1")] = {"revision": 9}
+    result = cilium("policy", "import", str(one), str(tmp_path), "-", "--replace", stdin="[]")
+    assert result.exit_code == 0, result.output
+    sources = [f["source"] for f in api.calls[0][2]["files"]]
+    listed = [str(tmp_path / name) for name in ("a.json", "b.yml", "c.yaml")]
+    assert sources == [str(one), *listed, "<stdin>"]
+    assert api.calls[0][1] == "/v1/policy?replace=1"
+    assert result.stdout == "Revision: 9\n"
+
+
+def test_policy_import_refuses_a_directory_without_policy_files(api, tmp_path):
+    result = cilium("policy", "import", str(tmp_path))
+    assert result.exit_code == 1 and "no .json, .yaml, .yml file" in result.stderr
+    assert api.calls == []
+
+
+PLAN = {
+    "revision": 3,
+    "warnings": [],
+    "rules_added": ["web"],
+    "rules_removed": [],
+    "endpoints": [
+        {
+            "endpoint": 7,
+            "container": "web-1",
+            "entries_added": 2,
+            "entries_removed": 1,
+            "ingress_enforced": [False, True],
+            "egress_enforced": [False, False],
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "args", [("import", "--dry-run"), ("validate",), ("import", "--replace", "--dry-run")]
+)
+def test_dry_run_and_validate_ask_for_a_dry_run_and_show_the_plan(api, tmp_path, args):
+    rules = tmp_path / "web.yaml"
+    rules.write_text("[]")
+    query = "?replace=1&dry_run=1" if "--replace" in args else "?dry_run=1"
+    api.answers[("PUT", "/v1/policy" + query)] = PLAN
+    result = cilium("policy", *args, str(rules))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "Would add 1 rule(s): web\n"
+        "Endpoints whose policy would change:\n"
+        "ENDPOINT  CONTAINER  ENTRIES  INGRESS  EGRESS\n"
+        "7         web-1      +2 -1    off->on  off\n"
+        "Revision: 3 (unchanged)\n"
+    )
+    assert [c[1] for c in api.calls] == ["/v1/policy" + query]
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ def policy_writes(calls) -> list[str]:
 
 
 def test_a_new_identity_nobody_selects_writes_only_its_own_endpoint(host):
-    host.regeneration.import_rules(WEB_POLICY, "web.yaml")
+    host.regeneration.import_rules([(WEB_POLICY, "web.yaml")])
     for i in range(100):
         host.add("a", {"app": "web", "replica": str(i)})
     host.datapath.take()
@@ -159,7 +159,7 @@ def test_joining_an_existing_identity_writes_only_the_joining_endpoint(host):
 
 
 def test_a_new_identity_is_written_to_the_endpoints_that_select_it_first(host):
-    host.regeneration.import_rules(WEB_POLICY, "web.yaml")
+    host.regeneration.import_rules([(WEB_POLICY, "web.yaml")])
     web = [host.add("a", {"app": "web", "replica": str(i)}) for i in range(10)]
     for i in range(90):
         host.add("b", {"app": "other", "replica": str(i)})
@@ -173,7 +173,7 @@ def test_a_new_identity_is_written_to_the_endpoints_that_select_it_first(host):
 
 
 def test_removing_an_endpoint_writes_only_those_that_lose_its_identity(host):
-    host.regeneration.import_rules(WEB_POLICY, "web.yaml")
+    host.regeneration.import_rules([(WEB_POLICY, "web.yaml")])
     web = [host.add("a", {"app": "web", "replica": str(i)}) for i in range(10)]
     for i in range(90):
         host.add("b", {"app": "other", "replica": str(i)})
@@ -191,7 +191,7 @@ def test_a_policy_change_writes_only_endpoints_whose_policy_changes(host):
     for i in range(90):
         host.add("b", {"app": "other", "replica": str(i)})
     host.datapath.take()
-    host.regeneration.import_rules(WEB_POLICY, "web.yaml")
+    host.regeneration.import_rules([(WEB_POLICY, "web.yaml")])
     assert sorted(policy_writes(host.datapath.take())) == sorted(map(host.ifname, web))
     host.regeneration.set_mode("default")
     assert host.datapath.take() == []
@@ -277,7 +277,7 @@ def random_step(host, rng) -> str:
     else:
         change = rng.choice(["import", "import", "delete", "delete-all", "mode"])
         if change == "import":
-            host.regeneration.import_rules(rng.choice(POLICIES), "random.yaml")
+            host.regeneration.import_rules([(rng.choice(POLICIES), "random.yaml")])
         elif change == "delete" and host.regeneration.policy.rules():
             labels = {v for r in host.regeneration.policy.rules() for _, v in r.labels}
             host.regeneration.delete_rules(rng.choice(sorted(labels)), False)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from datapath.service import validate_service
 from driver.config import Config
 from driver.control.policy import PolicyError, parse_rules
-from driver.control.policy.parse import MAX_NODES
+from driver.control.policy.load import MAX_NODES
 from driver.server.app import MAX_BODY_BYTES, create_app
 
 from ..docker_calls import EP, NET, create_endpoint, join, make_ipam_network

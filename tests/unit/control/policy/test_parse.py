@@ -101,8 +101,8 @@ def rule_with(section: str, direction: str = "ingress") -> str:
             '[{"endpointSelector": {}',
             "not JSON: Expecting ',' delimiter: line 1 column 25 (char 24)",
         ),
-        ("just text", "expected a rule object or a list of rules, got a string"),
-        ("", "expected a rule object or a list of rules, got null"),
+        ("just text", "expected a rule, a list of rules or a CiliumNetworkPolicy, got a string"),
+        ("", "expected a rule, a list of rules or a CiliumNetworkPolicy, got null"),
         ("[1]", "rule 0: expected an object, got an integer"),
         ("- ingress: []", "rule 0: missing field 'endpointSelector'"),
         (
@@ -146,7 +146,8 @@ def rule_with(section: str, direction: str = "ingress") -> str:
         ),
         (
             rule_with("{toPorts: [{ports: [{port: http}]}]}"),
-            "rule 0 (web): ingress[0].toPorts[0].ports[0].port: 'http' is not a port (1-65535)",
+            "rule 0 (web): ingress[0].toPorts[0].ports[0].port: named port 'http' is not supported"
+            " (Docker has no port names)",
         ),
         (
             rule_with("{toPorts: [{ports: [{port: '1', endPort: 2000}]}]}"),
@@ -168,8 +169,8 @@ def rule_with(section: str, direction: str = "ingress") -> str:
         ),
         (
             rule_with("{toPorts: [{ports: [{port: '80', protocol: SCTP}]}]}"),
-            "rule 0 (web): ingress[0].toPorts[0].ports[0].protocol: 'SCTP' is not a protocol"
-            " (TCP, UDP, ICMP, ANY)",
+            "rule 0 (web): ingress[0].toPorts[0].ports[0].protocol: protocol SCTP is not supported"
+            " (pycilium enforces TCP, UDP, ICMP and ANY)",
         ),
         (
             rule_with("{toPorts: [{ports: [{port: '8', protocol: ICMP}]}]}"),

@@ -74,6 +74,20 @@ def test_add_replaces_rules_with_the_same_label_set():
     assert apps == ["two", "three"]
 
 
+def test_replace_removes_every_rule_with_an_incoming_name_label():
+    versioned = rules(
+        "- {endpointSelector: {matchLabels: {app: one}}, labels: [name=a, v=1]}\n"
+        "- {endpointSelector: {matchLabels: {app: two}}, labels: [name=a, v=2]}\n"
+        "- {endpointSelector: {matchLabels: {app: other}}, labels: [name=b]}"
+    )
+    kept, replaced = PolicyRepository(versioned), PolicyRepository(versioned)
+    kept.add(named("a", "three"))
+    replaced.add(named("a", "three"), replace=True)
+    assert [r.name for r in kept.rules()] == ["a", "a", "b", "a"]
+    apps = [dict(r.endpoint_selector.match_labels)["app"] for r in replaced.rules()]
+    assert apps == ["other", "three"]
+
+
 def test_unlabelled_rules_are_not_added_twice():
     repo = PolicyRepository()
     repo.add(rules("endpointSelector: {}"))
