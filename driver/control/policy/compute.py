@@ -22,6 +22,7 @@ from datapath.abi import (
     PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
+    RESERVED_IDENTITIES,
     UNMANAGED_ID,
     WORLD_ID,
     PolicyKey,
@@ -132,20 +133,31 @@ class Peers:
         self._cidr = {}
 
     def select(self, selector: Selector) -> frozenset[int]:
+        """Containers only, unless a key names a reserved identity: then every identity
+        whose labels match (a CIDR identity reads as world, as Cilium labels it)."""
         if selector not in self._selected:
-            ids = set(self.endpoints)
-            for pair in selector.match_labels:
-                ids &= self._by_pair.get(pair, set())
-            for requirement in selector.match_expressions:
-                ids = self._narrow(ids, requirement)
+            if selector.names_reserved:
+                ids = {i for i, labels in self.endpoints.items() if selector.matches(labels)}
+                for ident, name in RESERVED_IDENTITIES.items():
+                    if selector.matches({}, name):
+                        ids.add(ident)
+                if selector.matches({}, "world"):
+                    ids.update(self.prefixes.values())
+            else:
+                ids = set(self.endpoints)
+                for (_, key), value in selector.label_pairs:
+                    ids &= self._by_pair.get((key, value), set())
+                for requirement in selector.match_expressions:
+                    ids = self._narrow(ids, requirement)
             self._selected[selector] = frozenset(ids)
         return self._selected[selector]
 
     def _narrow(self, ids: set[int], req: Requirement) -> set[int]:
+        _, key = req.label
         if req.operator in ("Exists", "DoesNotExist"):
-            having = self._by_key.get(req.key, set())
+            having = self._by_key.get(key, set())
         else:
-            having = set().union(*(self._by_pair.get((req.key, v), ()) for v in req.values))
+            having = set().union(*(self._by_pair.get((key, v), ()) for v in req.values))
         return ids & having if req.operator in ("In", "Exists") else ids - having
 
     def cidr(self, prefix: str, excepts: tuple[str, ...] = ()) -> frozenset[int]:
@@ -166,6 +178,10 @@ class Peers:
             return {HOST_ID}
         if name == "world":
             return {WORLD_ID, *self.prefixes.values()}
+        if name == "init":
+            return {INIT_ID}
+        if name == "unmanaged":
+            return {UNMANAGED_ID}
         return {*self.endpoints, HOST_ID, INIT_ID, UNMANAGED_ID}  # cluster
 
     def describe(self, ident: int) -> str:
@@ -229,6 +245,8 @@ def _required(sections, peers: Peers) -> frozenset[int] | None:
 
 
 def _section_peers(section: PeerRule, peers: Peers, allowed) -> set[int]:
+    if section.selects_no_peer():
+        return set()  # an explicitly empty peer list (Cilium 1.15+)
     if not section.has_peers():
         if not section.to_ports:
             return set()  # an empty section allows nothing (Cilium's default-deny idiom)
@@ -236,11 +254,11 @@ def _section_peers(section: PeerRule, peers: Peers, allowed) -> set[int]:
     ids = set().union(*map(peers.select, section.endpoints or ()))
     if allowed is not None:
         ids &= allowed
-    for prefix in section.cidr:
+    for prefix in section.cidr or ():
         ids |= peers.cidr(prefix)
-    for entry in section.cidr_set:
+    for entry in section.cidr_set or ():
         ids |= peers.cidr(entry.cidr, entry.excepts)
-    for entity in section.entities:
+    for entity in section.entities or ():
         ids |= peers.entity(entity)
     return ids
 

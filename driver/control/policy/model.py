@@ -6,12 +6,19 @@ Every rule value serializes back to the JSON it was parsed from (canonical form)
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from driver.errors import DriverError
 
 NETWORK_LABEL = "io.pycilium.network"
 
-ENTITIES = ("all", "cluster", "host", "world")
+ENTITIES = ("all", "cluster", "host", "world", "init", "unmanaged")
+# A selector key is Cilium's source:key. On Docker a container's labels are all of source
+# container, and "any", "unspec" (which Cilium's selectors read as any) and no source match
+# them; "reserved" names a reserved identity and never a container's label.
+RESERVED_SOURCE = "reserved"
+CONTAINER_SOURCES = ("any", "unspec", "container")
+RESERVED_NAMES = ("host", "world", "init", "unmanaged")
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 RULE_PROTOCOLS = ("TCP", "UDP", "ICMP", "ANY")  # toPorts protocols, spelt as Cilium does
 
@@ -24,6 +31,25 @@ class PolicyError(DriverError):
 
 class PolicyNotFound(PolicyError):
     status = 404
+
+
+def split_key(written: str) -> tuple[str, str]:
+    """("", a Docker label key) or (source, key) for any other source."""
+    source, sep, key = written.partition(":")
+    if not sep:
+        return "", written
+    if source in CONTAINER_SOURCES:
+        return "", key
+    return source, key
+
+
+def _value(labels: Mapping[str, str], reserved: str | None, key: tuple[str, str]):
+    """The value a key reads on an identity: a container's labels, or (reserved set) the
+    reserved identity of that name, whose only label is reserved:<name> with no value."""
+    source, name = key
+    if reserved is None:
+        return labels.get(name) if not source else None
+    return "" if key == (RESERVED_SOURCE, reserved) else None
 
 
 @dataclass(frozen=True)
@@ -40,12 +66,17 @@ class Requirement:
     operator: str
     values: tuple[str, ...] = ()
 
-    def matches(self, labels: Mapping[str, str]) -> bool:
+    @cached_property
+    def label(self) -> tuple[str, str]:
+        return split_key(self.key)
+
+    def admits(self, value: str | None) -> bool:
+        """value: the key's value on the identity, None when it has no such label."""
         if self.operator == "Exists":
-            return self.key in labels
+            return value is not None
         if self.operator == "DoesNotExist":
-            return self.key not in labels
-        found = self.key in labels and labels[self.key] in self.values
+            return value is None
+        found = value is not None and value in self.values
         return found if self.operator == "In" else not found
 
     def to_json(self) -> dict:
@@ -62,14 +93,27 @@ class Requirement:
 
 @dataclass(frozen=True)
 class Selector:
-    """A label selector; the empty selector matches every endpoint."""
+    """A label selector; the empty selector matches every endpoint. Keys are kept as
+    written (to_json gives them back) and matched by split_key()."""
 
     match_labels: tuple[tuple[str, str], ...] = ()
     match_expressions: tuple[Requirement, ...] = ()
 
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        return all(labels.get(k) == v for k, v in self.match_labels) and all(
-            r.matches(labels) for r in self.match_expressions
+    @cached_property
+    def label_pairs(self) -> tuple[tuple[tuple[str, str], str], ...]:
+        return tuple((split_key(k), v) for k, v in self.match_labels)
+
+    @cached_property
+    def names_reserved(self) -> bool:
+        """Whether a key has the reserved source: then it may select reserved identities."""
+        keys = [key for key, _ in self.label_pairs] + [r.label for r in self.match_expressions]
+        return any(source == RESERVED_SOURCE for source, _ in keys)
+
+    def matches(self, labels: Mapping[str, str], reserved: str | None = None) -> bool:
+        """labels: a container's identity labels; reserved: instead, a reserved identity's
+        name (so a container's label never reads as a reserved one, whatever its key)."""
+        return all(_value(labels, reserved, k) == v for k, v in self.label_pairs) and all(
+            r.admits(_value(labels, reserved, r.label)) for r in self.match_expressions
         )
 
     def to_json(self) -> dict:
@@ -124,21 +168,30 @@ class CIDRSet:
 
 @dataclass(frozen=True)
 class PeerRule:
-    """One ingress or egress section. endpoints None = no fromEndpoints/toEndpoints key."""
+    """One ingress or egress section. A peer field None = its key is absent (the section is
+    not restricted by it); () = present and empty, which selects no peer (Cilium 1.15+)."""
 
     endpoints: tuple[Selector, ...] | None = None
     requires: tuple[Selector, ...] = ()
-    cidr: tuple[str, ...] = ()
-    cidr_set: tuple[CIDRSet, ...] = ()
-    entities: tuple[str, ...] = ()
+    cidr: tuple[str, ...] | None = None
+    cidr_set: tuple[CIDRSet, ...] | None = None
+    entities: tuple[str, ...] | None = None
     to_ports: tuple[PortRule, ...] = ()
 
+    def _peer_fields(self) -> tuple:
+        return (self.endpoints, self.cidr, self.cidr_set, self.entities)
+
     def has_peers(self) -> bool:
-        return self.endpoints is not None or bool(self.cidr or self.cidr_set or self.entities)
+        return any(f is not None for f in self._peer_fields())
+
+    def selects_no_peer(self) -> bool:
+        """An explicitly empty peer list: the whole section selects no peer, whatever the
+        other peer fields hold (as Cilium's mergeEndpointSelectors has it)."""
+        return any(f == () for f in self._peer_fields())
 
     def prefixes(self) -> set[str]:
-        out = set(self.cidr)
-        for entry in self.cidr_set:
+        out = set(self.cidr or ())
+        for entry in self.cidr_set or ():
             out.add(entry.cidr)
             out.update(entry.excepts)
         return out
@@ -150,11 +203,11 @@ class PeerRule:
             out[f"{side}Endpoints"] = [s.to_json() for s in self.endpoints]
         if self.requires:
             out[f"{side}Requires"] = [s.to_json() for s in self.requires]
-        if self.cidr:
+        if self.cidr is not None:
             out[f"{side}CIDR"] = list(self.cidr)
-        if self.cidr_set:
+        if self.cidr_set is not None:
             out[f"{side}CIDRSet"] = [c.to_json() for c in self.cidr_set]
-        if self.entities:
+        if self.entities is not None:
             out[f"{side}Entities"] = list(self.entities)
         if self.to_ports:
             out["toPorts"] = [p.to_json() for p in self.to_ports]
@@ -163,7 +216,7 @@ class PeerRule:
 
 @dataclass(frozen=True)
 class Rule:
-    """ingress/egress None = the key is absent; () = present and empty (still enforces)."""
+    """ingress/egress None = the key is absent; parse refuses an empty list."""
 
     endpoint_selector: Selector
     labels: tuple[tuple[str, str], ...] = ()

@@ -12,6 +12,8 @@ from .load import Duplicated, NotDecimal, load_documents
 from .model import (
     ENTITIES,
     OPERATORS,
+    RESERVED_NAMES,
+    RESERVED_SOURCE,
     RULE_PROTOCOLS,
     CIDRSet,
     PeerRule,
@@ -21,6 +23,7 @@ from .model import (
     Requirement,
     Rule,
     Selector,
+    split_key,
 )
 
 MAX_RANGE = 1024
@@ -70,6 +73,25 @@ _K8S_PROTOCOLS = {
     "VRRP": _ENFORCED,
     "IGMP": _ENFORCED,
 }
+# Cilium's entities and label sources that have no meaning on Docker.
+_K8S_ENTITIES = {
+    "remote-node": "cluster nodes other than this host",
+    "kube-apiserver": "the Kubernetes API server",
+    "ingress": "Cilium's ingress proxy",
+    "health": "Cilium's health endpoints",
+    "world-ipv4": "use world",
+    "world-ipv6": "use world",
+}
+_K8S_SOURCES = {
+    "k8s": "Docker containers have no Kubernetes labels; match a Docker label with app"
+    " or container:app",
+    "cidr": "use fromCIDR or toCIDR",
+    "fqdn": "DNS names need Cilium's DNS proxy",
+}
+_EMPTY_SECTIONS = (
+    "an empty list enforces nothing in Cilium (the rule does not apply at {0}); write"
+    " '{0}: [{{}}]' for default deny at {0}, or leave {0} out"
+)
 _KINDS = {
     dict: "an object",
     list: "a list",
@@ -163,7 +185,7 @@ def _rule_at(item, where: str, document_name: str | None = None) -> Rule:
 
 def _rule(node: dict, labels) -> Rule:
     return Rule(
-        endpoint_selector=_selector(node["endpointSelector"], "endpointSelector"),
+        endpoint_selector=_selector(node["endpointSelector"], "endpointSelector", subject=True),
         labels=labels,
         description=_string(node.get("description", ""), "description"),
         ingress=_sections(node, "ingress", "from"),
@@ -174,7 +196,11 @@ def _rule(node: dict, labels) -> Rule:
 def _sections(node: dict, key: str, side: str):
     if key not in node:
         return None
-    return _list(node[key], key, lambda v, p: _section(v, p, side))
+    sections = _list(node[key], key, lambda v, p: _section(v, p, side))
+    if not sections:
+        # Refused rather than read: pycilium read it as default deny, Cilium as nothing.
+        raise _Invalid(key, _EMPTY_SECTIONS.format(key))
+    return sections
 
 
 def _section(node, path: str, side: str) -> PeerRule:
@@ -182,15 +208,13 @@ def _section(node, path: str, side: str) -> PeerRule:
     node = _fields(node, path, [side + n for n in names] + ["toPorts"], (), _K8S_SECTION)
 
     def get(name, parse):
+        """None when absent: an explicitly empty list selects no peer."""
         key = side + name
-        return _list(node[key], _at(path, key), parse) if key in node else ()
+        return _list(node[key], _at(path, key), parse) if key in node else None
 
-    endpoints = None
-    if side + "Endpoints" in node:
-        endpoints = get("Endpoints", _selector) or (Selector(),)  # [] selects every endpoint
     return PeerRule(
-        endpoints=endpoints,
-        requires=get("Requires", _selector),
+        endpoints=get("Endpoints", _selector),
+        requires=get("Requires", _selector) or (),
         cidr=get("CIDR", _cidr),
         cidr_set=get("CIDRSet", _cidr_set),
         entities=get("Entities", _entity),
@@ -198,12 +222,41 @@ def _section(node, path: str, side: str) -> PeerRule:
     )
 
 
-def _selector(node, path: str) -> Selector:
+def _selector(node, path: str, subject: bool = False) -> Selector:
+    """subject: the endpointSelector, which must select containers only."""
     node = _fields(node, path, ("matchLabels", "matchExpressions"))
     labels = _expect(node.get("matchLabels", {}), dict, _at(path, "matchLabels"))
     pairs = tuple(sorted(_label_pair(k, v, _at(path, "matchLabels")) for k, v in labels.items()))
     expressions = _list(node.get("matchExpressions", []), _at(path, "matchExpressions"), _req)
+    for key, value in pairs:
+        _check_source(key, value, _at(path, f"matchLabels.{key}"), subject)
+    for i, requirement in enumerate(expressions):
+        for value in requirement.values or ("",):
+            _check_source(requirement.key, value, _at(path, f"matchExpressions[{i}]"), subject)
     return Selector(pairs, expressions)
+
+
+def _check_source(key: str, value: str, path: str, subject: bool) -> None:
+    """A key's source must mean on Docker what it means in Cilium; else it is refused."""
+    source, name = split_key(key)
+    if source in _K8S_SOURCES:
+        raise _Invalid(path, f"label source {source!r} is not supported ({_K8S_SOURCES[source]})")
+    if source and source != RESERVED_SOURCE:
+        hint = f"; a Docker label key with ':' is written any:{key}"
+        raise _Invalid(path, f"unknown label source {source!r} (any, container, reserved{hint})")
+    if source != RESERVED_SOURCE:
+        return
+    if subject:
+        raise _Invalid(
+            path,
+            f"{key} selects a reserved identity, not a container (pycilium enforces policy on"
+            " containers only: host policies are not supported)",
+        )
+    if name not in RESERVED_NAMES:
+        names = ", ".join(f"reserved:{n}" for n in RESERVED_NAMES)
+        raise _Invalid(path, f"{key} is not supported (there is no such identity here: {names})")
+    if value:
+        raise _Invalid(path, f'{key} has no value (write {key}: "")')
 
 
 def _label_pair(key, value, path: str) -> tuple[str, str]:
@@ -265,6 +318,8 @@ def _cidr_set(node, path: str) -> CIDRSet:
 
 
 def _entity(value, path: str) -> str:
+    if isinstance(value, str) and value.lower() in _K8S_ENTITIES:
+        raise _Invalid(path, f"entity {value} is not supported ({_K8S_ENTITIES[value.lower()]})")
     return _choice(value, path, ENTITIES, "an entity", fold=str.lower)
 
 

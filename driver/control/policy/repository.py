@@ -6,13 +6,13 @@ Not thread-safe by itself: the control plane holds its lock around changes and c
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from datapath.abi import FIRST_ENDPOINT_IDENTITY, HOST_ID, WORLD_ID
+from datapath.abi import FIRST_ENDPOINT_IDENTITY, RESERVED_IDENTITIES
 
 from .compute import EndpointPolicy, Peers, resolve
-from .model import Identity, PolicyError, PolicyNotFound, Rule
+from .model import RESERVED_SOURCE, Identity, PolicyError, PolicyNotFound, Rule, split_key
 from .trace import Flow, Verdict, trace_flow
 
-_RESERVED_LABELS = {"reserved:host": HOST_ID, "reserved:world": WORLD_ID}
+_RESERVED_BY_NAME = {name: ident for ident, name in RESERVED_IDENTITIES.items()}
 
 
 class PolicyRepository:
@@ -99,8 +99,9 @@ class PolicyRepository:
         identities: Iterable[Identity] = (),
         mode: str = "default",
     ) -> Verdict:
-        """Labels not among identities get a new endpoint identity (as if that container
-        started); a "reserved:host" or "reserved:world" label key names that identity."""
+        """Labels are read as selector keys are: "app", "any:app", "container:app" are the
+        Docker label app, and a lone "reserved:<name>" names that reserved identity. Labels
+        not among identities get a new endpoint identity (as if that container started)."""
         known = list(identities)
         src = _identity_for(src_labels, known)
         dst = _identity_for(dst_labels, known)
@@ -129,12 +130,10 @@ class PolicyRepository:
         thousands of rules share, like app=web beside a per-rule one, does not make every
         one of them a candidate); the rest apart."""
         if self._index is None:
-            frequency = Counter(
-                pair for rule in self._rules for pair in rule.endpoint_selector.match_labels
-            )
+            frequency = Counter(pair for rule in self._rules for pair in _pairs(rule))
             by_pair, unindexed = {}, []
             for i, rule in enumerate(self._rules):
-                pairs = rule.endpoint_selector.match_labels
+                pairs = _pairs(rule)
                 if pairs:
                     by_pair.setdefault(min(pairs, key=frequency.__getitem__), []).append(i)
                 else:
@@ -154,11 +153,24 @@ def _named(rule: Rule, name: str) -> bool:
     return bool(sep) and (key, value) in rule.labels
 
 
-def _identity_for(labels: Mapping[str, str], known: list[Identity]) -> Identity:
-    labels = dict(labels)
-    for key, ident in _RESERVED_LABELS.items():
-        if key in labels:
-            return Identity(ident, labels)
+def _pairs(rule: Rule) -> tuple[tuple[str, str], ...]:
+    """The Docker label pairs a rule's endpointSelector requires (it names no other)."""
+    return tuple((key, value) for (_, key), value in rule.endpoint_selector.label_pairs)
+
+
+def _identity_for(written: Mapping[str, str], known: list[Identity]) -> Identity:
+    labels = {}
+    for key, value in written.items():
+        source, name = split_key(key)
+        if source == RESERVED_SOURCE and name in _RESERVED_BY_NAME and len(written) == 1:
+            return Identity(_RESERVED_BY_NAME[name], {})
+        if source:
+            names = ", ".join(f"reserved:{n}" for n in _RESERVED_BY_NAME)
+            raise PolicyError(
+                f"trace: {key!r} is neither a Docker label (app, any:app, container:app) nor"
+                f" one of {names} given alone"
+            )
+        labels[name] = value
     for identity in known:
         if dict(identity.labels) == labels:
             return identity

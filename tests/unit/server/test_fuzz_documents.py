@@ -89,17 +89,19 @@ def assert_applied_or_refused(app, datapath, errors, text):
 
 # --- rule documents -----------------------------------------------------------------------
 
-labels = st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3)
+# A ':' in a key names a label source (any:app, reserved:host): keys here are plain.
+label_key = st.text(max_size=8).filter(lambda key: ":" not in key)
+labels = st.dictionaries(label_key, st.text(max_size=8), max_size=3)
 requirement = st.one_of(
     st.fixed_dictionaries(
         {
-            "key": st.text(max_size=8),
+            "key": label_key,
             "operator": st.sampled_from(["In", "NotIn"]),
             "values": st.lists(st.text(max_size=8), min_size=1, max_size=3),
         }
     ),
     st.fixed_dictionaries(
-        {"key": st.text(max_size=8), "operator": st.sampled_from(["Exists", "DoesNotExist"])}
+        {"key": label_key, "operator": st.sampled_from(["Exists", "DoesNotExist"])}
     ),
 )
 selector = st.fixed_dictionaries(
@@ -149,8 +151,8 @@ rule = st.fixed_dictionaries(
     optional={
         "labels": st.lists(st.text(min_size=1, max_size=8).map(lambda s: "name=" + s), max_size=1),
         "description": st.text(max_size=20),
-        "ingress": st.lists(section("from"), max_size=2),
-        "egress": st.lists(section("to"), max_size=2),
+        "ingress": st.lists(section("from"), min_size=1, max_size=2),
+        "egress": st.lists(section("to"), min_size=1, max_size=2),
     },
 )
 documents = st.lists(rule, min_size=1, max_size=3)

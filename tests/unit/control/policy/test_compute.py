@@ -65,7 +65,7 @@ def ingress_of_web(section: str, mode: str = "default") -> frozenset[PolicyKey]:
         ),
         ("{toPorts: [{ports: [{port: '80', protocol: TCP}]}]}", [(0, 80, 6)]),
         ("{fromEndpoints: [{}]}", [(256, 0, 0), (257, 0, 0), (258, 0, 0), (259, 0, 0)]),
-        ("{fromEndpoints: []}", [(256, 0, 0), (257, 0, 0), (258, 0, 0), (259, 0, 0)]),
+        ("{fromEndpoints: []}", []),
         ("{fromEntities: [host]}", []),
         (
             "{fromEntities: [world]}",
@@ -183,8 +183,8 @@ def test_modes_for_an_unselected_endpoint(mode, expected):
     assert repository("[]").compute(OTHER, IDENTITIES, CIDRS, mode) == expected
 
 
-def test_an_empty_ingress_list_enforces_and_only_the_host_gets_in():
-    keys = repository("endpointSelector: {}\ningress: []").compute(WEB, IDENTITIES, CIDRS).keys
+def test_an_empty_ingress_section_enforces_and_only_the_host_gets_in():
+    keys = repository("endpointSelector: {}\ningress: [{}]").compute(WEB, IDENTITIES, CIDRS).keys
     assert keys == keyset(HOST)
 
 

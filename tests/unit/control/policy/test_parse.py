@@ -5,7 +5,7 @@ import json
 import pytest
 
 from driver.control.policy import PolicyError, parse_rules
-from driver.control.policy.model import CIDRSet, PortProtocol
+from driver.control.policy.model import CIDRSet, PeerRule, PortProtocol, Selector
 
 WEB = """
 - endpointSelector: {matchLabels: {app: web}}
@@ -44,19 +44,21 @@ def test_empty_list_is_no_rules():
     assert parse_rules("[]", "empty.json") == []
 
 
-def test_absent_and_empty_sections_differ():
-    text = "[{endpointSelector: {}}, {endpointSelector: {}, ingress: []}]"
-    absent, empty = parse_rules(text, "s")
-    assert absent.ingress is None and empty.ingress == ()
+def test_absent_and_default_deny_sections_differ():
+    text = "[{endpointSelector: {}}, {endpointSelector: {}, ingress: [{}]}]"
+    absent, deny = parse_rules(text, "s")
+    assert absent.ingress is None and deny.ingress == (PeerRule(),)
 
 
-def test_empty_endpoints_list_selects_all_endpoints():
-    a, b = parse_rules(
+def test_an_empty_endpoints_list_is_not_the_empty_selector():
+    """fromEndpoints: [] selects no endpoint (Cilium 1.15+), [{}] every endpoint."""
+    none, every = parse_rules(
         "[{endpointSelector: {}, ingress: [{fromEndpoints: []}]},"
         " {endpointSelector: {}, ingress: [{fromEndpoints: [{}]}]}]",
         "s",
     )
-    assert a == b
+    assert none.ingress[0].endpoints == () and none.ingress[0].selects_no_peer()
+    assert every.ingress[0].endpoints == (Selector(),)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +186,7 @@ def rule_with(section: str, direction: str = "ingress") -> str:
         (
             rule_with("{fromEntities: [wrld]}"),
             "rule 0 (web): ingress[0].fromEntities[0]: 'wrld' is not an entity"
-            " (all, cluster, host, world)",
+            " (all, cluster, host, world, init, unmanaged)",
         ),
         (
             rule_with("{fromEndpoints: [{matchExpressions: [{key: a, operator: Equals}]}]}"),

@@ -26,7 +26,7 @@ RULES = """
   - fromCIDR: [10.0.0.0/8, "fd00::/64"]
     fromCIDRSet: [{cidr: 172.16.0.0/12, except: [172.16.1.0/24]}]
     fromEntities: [host, world]
-  egress: []
+  egress: [{}]
 - endpointSelector: {matchExpressions: [{key: app, operator: Exists}]}
   labels: [team=a, tier=b]
   egress:

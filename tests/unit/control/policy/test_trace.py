@@ -139,23 +139,40 @@ def test_trace_refuses_bad_flows(dport, proto, message):
     assert str(caught.value) == message
 
 
-# Random rule sets over a small label space, so selectors often overlap.
+# Random rule sets over a small label space, so selectors often overlap; selector keys carry
+# Cilium's label sources, and one container label is named like a reserved identity.
 LABEL = st.fixed_dictionaries(
     {"app": st.sampled_from(["a", "b", "c"])},
-    optional={"env": st.sampled_from(["prod", "dev"])},
+    optional={"env": st.sampled_from(["prod", "dev"]), "reserved:world": st.just("")},
 )
+KEY = st.sampled_from(["app", "any:app", "container:app", "unspec:app"])
+ENV_KEY = st.sampled_from(["env", "any:env", "container:env"])
 EXPRESSION = st.builds(
     lambda key, op, values: {"key": key, "operator": op, **({"values": values} if values else {})},
-    st.sampled_from(["app", "env"]),
+    KEY | ENV_KEY,
     st.sampled_from(["In", "NotIn"]),
     st.lists(st.sampled_from(["a", "b", "prod"]), min_size=1, max_size=2),
 ) | st.builds(
     lambda key, op: {"key": key, "operator": op},
-    st.sampled_from(["app", "env"]),
+    KEY | ENV_KEY,
     st.sampled_from(["Exists", "DoesNotExist"]),
 )
+MATCH_LABELS = st.builds(
+    lambda key, app, more: {key: app, **more},
+    KEY,
+    st.sampled_from(["a", "b", "c"]),
+    st.sampled_from([{}, {"env": "prod"}, {"any:reserved:world": ""}]),
+)
 SELECTOR = st.fixed_dictionaries(
-    {}, optional={"matchLabels": LABEL, "matchExpressions": st.lists(EXPRESSION, max_size=2)}
+    {}, optional={"matchLabels": MATCH_LABELS, "matchExpressions": st.lists(EXPRESSION, max_size=2)}
+)
+RESERVED = st.sampled_from(
+    [
+        {"matchLabels": {"reserved:world": ""}},
+        {"matchLabels": {"reserved:host": ""}},
+        {"matchExpressions": [{"key": "reserved:host", "operator": "DoesNotExist"}]},
+        {"matchLabels": {"reserved:world": "", "app": "a"}},
+    ]
 )
 PORT = st.sampled_from(
     [
@@ -173,7 +190,8 @@ def section(side: str):
     return st.fixed_dictionaries(
         {},
         optional={
-            f"{side}Endpoints": st.lists(SELECTOR, max_size=2),
+            f"{side}Endpoints": st.lists(SELECTOR | RESERVED, max_size=2),
+            f"{side}CIDR": st.just([]),
             f"{side}Requires": st.lists(SELECTOR, min_size=1, max_size=1),
             f"{side}Entities": st.lists(
                 st.sampled_from(["host", "world", "all", "cluster"]), min_size=1, max_size=2
@@ -190,14 +208,21 @@ def section(side: str):
 RULE = st.fixed_dictionaries(
     {"endpointSelector": SELECTOR},
     optional={
-        "ingress": st.lists(section("from"), max_size=2),
-        "egress": st.lists(section("to"), max_size=2),
+        "ingress": st.lists(section("from"), min_size=1, max_size=2),
+        "egress": st.lists(section("to"), min_size=1, max_size=2),
     },
 )
 ENDPOINTS = st.lists(
     st.tuples(LABEL, st.sampled_from(["net1", "net2"])), min_size=1, max_size=5, unique_by=str
 )
 FLOW = st.tuples(st.sampled_from([0, 53, 80, 81, 8001]), st.sampled_from([6, 17, 1, 58]))
+
+
+def written(identity: Identity) -> dict:
+    """The labels a user gives trace: a Docker label key with ':' is written any:<key>."""
+    if identity.id < 256:
+        return dict(identity.labels)
+    return {(f"any:{k}" if ":" in k else k): v for k, v in identity.labels.items()}
 
 
 def expected_verdict(repo, identities, src, dst, dport, proto, mode) -> bool:
@@ -224,10 +249,10 @@ def expected_verdict(repo, identities, src, dst, dport, proto, mode) -> bool:
 def test_trace_verdict_is_what_the_datapath_does(rules, endpoints, data, flow, mode):
     repo = PolicyRepository(parse_rules(json.dumps(rules), "random.json"))
     identities = [endpoint(256 + i, net, **labels) for i, (labels, net) in enumerate(endpoints)]
-    peers = [*identities, Identity(1, {"reserved:host": ""})]
+    peers = [*identities, Identity(1, {"reserved:host": ""}), Identity(2, {"reserved:world": ""})]
     src = data.draw(st.sampled_from(peers))
     dst = data.draw(st.sampled_from(identities))
     dport, proto = flow
-    verdict = repo.trace(src.labels, dst.labels, dport, proto, identities, mode)
+    verdict = repo.trace(written(src), written(dst), dport, proto, identities, mode)
     assert verdict.allowed == expected_verdict(repo, identities, src, dst, dport, proto, mode)
     assert verdict.reason.endswith("allowed" if verdict.allowed else "denied")
