@@ -142,6 +142,15 @@ def test_internal_endpoint_reaches_nothing_beyond_the_host(
     assert b.ping(a.addr(version))
 
 
+def test_multicast_is_no_internal_drop(datapath, make_container):
+    """MLD reports and the like never leave the host: no drop to report for them."""
+    a = make_container(outbound=Outbound.INTERNAL)
+    before = _drops(datapath, "DROP_INTERNAL_NETWORK")
+    a.exec("ping", "-6", "-c", "1", "-W", "1", "-I", "eth0", "ff02::16", check=False)
+    a.exec("ping", "-c", "1", "-W", "1", "224.0.0.251", check=False)
+    assert _drops(datapath, "DROP_INTERNAL_NETWORK") == before
+
+
 @pytest.mark.parametrize("version", [4, 6])
 def test_port_unreachable_comes_back_to_the_container(make_container, world, version):
     a = make_container()

@@ -7,9 +7,19 @@
 
 #include "drop.h"
 
+/* Multicast is not routed beyond the host here (MLD reports, mDNS): neither translated
+ * nor counted as an internal network's drop. */
+static __always_inline int outbound_multicast(const struct flow *f)
+{
+	if (f->family == ENDPOINT_KEY_IPV6)
+		return f->daddr.addr[0] == 0xff;
+	return (f->daddr.addr[0] & 0xf0) == 0xe0;
+}
+
 static __always_inline int outbound_beyond_host(const struct pkt_ctx *ctx)
 {
-	return !ctx->dst_ifindex && ctx->dst_identity != IDENTITY_HOST;
+	return !ctx->dst_ifindex && ctx->dst_identity != IDENTITY_HOST &&
+	       !outbound_multicast(&ctx->flow);
 }
 
 /* Before policy, so that a refused flow leaves no conntrack entry. Returns 0 or a drop reason. */
