@@ -27,23 +27,6 @@ BEHIND_WORLD = {4: "203.0.113.128/25", 6: "2001:db8:2::/64"}
 FAR_MTU = 1280
 PORT = 8080
 
-# A connected UDP socket learns of an ICMP port unreachable as ECONNREFUSED.
-UDP_PROBE = r"""
-import socket, sys
-host, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(2)
-s.connect((host, port))
-s.send(b"x")
-try:
-    s.recv(10)
-    print("answer")
-except ConnectionRefusedError:
-    print("refused")
-except TimeoutError:
-    print("timeout")
-"""
-
 
 def _link(a: str, a_ns: str | None, b: str, b_ns: str, mtu: int = 1500) -> None:
     """A veth from a (in a_ns, or the host's) to b (in b_ns). Made under temporary names:
@@ -154,7 +137,7 @@ def test_multicast_is_no_internal_drop(datapath, make_container):
 @pytest.mark.parametrize("version", [4, 6])
 def test_port_unreachable_comes_back_to_the_container(make_container, world, version):
     a = make_container()
-    probe = [sys.executable, "-c", UDP_PROBE, HOST_WORLD[version][1], str(PORT + 1)]
+    probe = [sys.executable, "-c", traffic.UDP_PROBE, HOST_WORLD[version][1], str(PORT + 1)]
     assert a.exec(*probe).stdout.strip() == "refused"
 
 

@@ -100,20 +100,9 @@ def fetch(docker, container, address, timeout=3) -> str | None:
 def first_drop(driver, docker, container, address) -> str:
     """The first drop line `cilium monitor` shows for container's flow to address while the
     container fetches from it ("" if none comes within 10 s)."""
-    monitor = subprocess.Popen(
-        [
-            driver.cli_path(),
-            "--socket",
-            driver.settings["api_socket"],
-            "monitor",
-            "--type",
-            "drop",
-            "--from",
-            container,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    cli = [driver.cli_path(), "--socket", driver.settings["api_socket"]]
+    command = [*cli, "monitor", "--type", "drop", "--from", container]
+    monitor = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     deadline = threading.Timer(10, monitor.terminate)
     deadline.start()
     try:
