@@ -7,7 +7,7 @@ from .events import Event
 from .maps import AddressEntry, CtEntry, EndpointEntry, MapSizes
 from .netfilter.portmap import PortMapping
 from .service import Backend, Frontend
-from .spec import EndpointSpec
+from .spec import EndpointSpec, Outbound
 
 __all__ = [
     "DEFAULT_PIN_DIR",
@@ -27,6 +27,7 @@ __all__ = [
     "Event",
     "Frontend",
     "MapSizes",
+    "Outbound",
     "PolicyKey",
     "PortMapping",
     "VethExistsError",

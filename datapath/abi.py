@@ -58,6 +58,11 @@ PORT_PROTOCOLS = (PROTO_TCP, PROTO_UDP)  # the protocols with ports
 # endpoint_info.flags
 EP_F_INGRESS_ENFORCED = 1
 EP_F_EGRESS_ENFORCED = 2
+EP_F_MASQUERADE = 4
+EP_F_INTERNAL = 8
+EP_F_OUTBOUND = EP_F_MASQUERADE | EP_F_INTERNAL  # the bits set from EndpointSpec.outbound
+# skb->mark bit of packets to masquerade
+MARK_MASQUERADE = 0x02000000
 # datapath_config.flags
 CONFIG_TRACE_EVENTS = 1
 # ct_entry.flags

@@ -25,6 +25,7 @@ from .abi import (
     CONFIG_TRACE_EVENTS,
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
+    EP_F_OUTBOUND,
     IPAddress,
     PolicyKey,
     validate_identity,
@@ -65,7 +66,8 @@ class Datapath:
     # lifecycle
 
     def start(self) -> None:
-        """Open (or create) the pinned maps, compile and load the programs, enable forwarding."""
+        """Open (or create) the pinned maps, compile and load the programs, enable forwarding
+        and masquerading."""
         if self._programs is not None:
             return
         bpffs.ensure_pin_dir(self.pin_dir)
@@ -83,6 +85,7 @@ class Datapath:
         netlink.enable_forwarding()
         firewall.accept_forwarding(self.veth_prefix)
         portmap.setup(self.veth_prefix)
+        firewall.masquerade_outbound(self.veth_prefix)
 
     def close(self) -> None:
         """Finish the flow sweeps asked for, release the program and map fds. Attached
@@ -150,8 +153,9 @@ class Datapath:
         """Make an existing endpoint right again after a driver restart.
 
         If the host veth exists: routes, map entries and programs are replaced, True; the
-        identity is spec.identity, the policy enforcement flags stay as they were (policy
-        entries are untouched: call set_endpoint_policy to make them exact).
+        identity is spec.identity and the outbound mode spec.outbound, the policy
+        enforcement flags stay as they were (policy entries are untouched: call
+        set_endpoint_policy to make them exact).
         If it is gone: its map entries, policy and conntrack entries are removed, False.
         """
         validate_identity(spec.identity)
@@ -246,6 +250,7 @@ class Datapath:
 
     @staticmethod
     def _entry(spec: EndpointSpec, node_mac: str, flags: int) -> EndpointEntry:
+        """The map entry of spec: its outbound bits from spec.outbound, the rest from flags."""
         return EndpointEntry(
             endpoint_id=spec.endpoint_id,
             mac=spec.mac.lower(),
@@ -254,7 +259,7 @@ class Datapath:
             ipv4=spec.ipv4,
             router6=spec.router6,
             router4=spec.router4,
-            flags=flags,
+            flags=(flags & ~EP_F_OUTBOUND) | spec.outbound.flags,
             identity=spec.identity,
         )
 

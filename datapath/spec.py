@@ -1,9 +1,22 @@
 """What the control plane asks the datapath to build for one endpoint."""
 
+import enum
 import ipaddress
 from dataclasses import dataclass
 
-from .abi import INIT_ID
+from .abi import EP_F_INTERNAL, EP_F_MASQUERADE, INIT_ID
+
+
+class Outbound(enum.Enum):
+    """What happens to an endpoint's traffic to addresses beyond the host."""
+
+    MASQUERADE = "masquerade"  # leaves with the host's address, as on Docker's bridge
+    ROUTED = "routed"  # leaves with its own address (the network routes the node ranges)
+    INTERNAL = "internal"  # dropped: nothing leaves the host
+
+    @property
+    def flags(self) -> int:
+        return {Outbound.MASQUERADE: EP_F_MASQUERADE, Outbound.INTERNAL: EP_F_INTERNAL}.get(self, 0)
 
 
 @dataclass(frozen=True)
@@ -18,6 +31,7 @@ class EndpointSpec:
     router4: ipaddress.IPv4Address | None
     mtu: int = 1500
     identity: int = INIT_ID  # security identity; INIT_ID: sends and receives nothing yet
+    outbound: Outbound = Outbound.MASQUERADE  # read when the endpoint is made or restored
 
     def addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """The endpoint's own addresses, IPv6 first."""

@@ -2,10 +2,10 @@
 
 A stopped driver leaves its work in place on purpose (containers keep their connectivity
 and policy): veths with their tc programs, the pinned maps, unreachable routes over its
-ranges, its FORWARD rules and port-publishing chain. `remove_from_host` takes all of that
-away for one instance, told apart from other instances and from the host's own by what
-only that instance uses: its veth prefix, its pin directory, and routes of our protocol
-inside its ranges. It must only run once the driver is stopped for good.
+ranges, its FORWARD and masquerade rules and port-publishing chain. `remove_from_host`
+takes all of that away for one instance, told apart from other instances and from the
+host's own by what only that instance uses: its veth prefix, its pin directory, and
+routes of our protocol inside its ranges. It must only run once the driver is stopped for good.
 """
 
 import shutil
@@ -25,6 +25,7 @@ def remove_from_host(pin_dir: str, veth_prefix: str, ranges: list[str]) -> list[
     removed = [f"link {name}" for name in links]
     removed += [f"route {dst}" for dst in netlink.remove_own_routes(ranges)]
     removed += firewall.remove_forwarding(veth_prefix)
+    removed += firewall.remove_masquerade(veth_prefix)
     removed += portmap.teardown(veth_prefix)
     if remove_pin_dir(Path(pin_dir)):
         removed.append(f"pinned maps {pin_dir}")

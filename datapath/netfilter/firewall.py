@@ -5,10 +5,17 @@ routed between an endpoint and anything behind the host (another namespace, the 
 would die there. Policy is enforced in BPF; netfilter just has to let endpoint traffic
 through. Rules are appended after DOCKER-USER, so a user's own DOCKER-USER rules still
 come first. The commands take fixed arguments and the validated veth prefix only.
+
+Masquerading is netfilter's too: its conntrack picks source ports, undoes the translation
+on replies and on the ICMP errors about them (inner header included). The BPF program
+decides which packets it applies to (per endpoint, by its network) and marks them with
+MARK_MASQUERADE; one nat POSTROUTING rule per family translates the marked packets that
+leave by a device other than our veths.
 """
 
 import subprocess
 
+from datapath.abi import MARK_MASQUERADE
 from datapath.errors import DatapathError
 
 TOOLS = ("iptables", "ip6tables")
@@ -47,4 +54,33 @@ def remove_forwarding(veth_prefix: str) -> list[str]:
             while _run(tool, "-C", "FORWARD", *rule).returncode == 0:
                 _run(tool, "-D", "FORWARD", *rule)
                 removed.append(f"{tool} FORWARD {' '.join(rule)}")
+    return removed
+
+
+def _masquerade_rule(veth_prefix: str) -> list[str]:
+    mark = f"{MARK_MASQUERADE:#x}/{MARK_MASQUERADE:#x}"
+    comment = f"pycilium {veth_prefix} outbound"
+    match = ["-m", "mark", "--mark", mark, "!", "-o", veth_prefix + "+"]
+    return [*match, "-m", "comment", "--comment", comment, "-j", "MASQUERADE"]
+
+
+def masquerade_outbound(veth_prefix: str) -> None:
+    """Idempotent: the masquerade rule is added once, to the end of nat POSTROUTING."""
+    rule = _masquerade_rule(veth_prefix)
+    for tool in TOOLS:
+        if _run(tool, "-t", "nat", "-C", "POSTROUTING", *rule).returncode == 0:
+            continue
+        result = _run(tool, "-t", "nat", "-A", "POSTROUTING", *rule)
+        if result.returncode != 0:
+            raise DatapathError(f"{tool} -t nat -A POSTROUTING: {result.stderr.strip()}")
+
+
+def remove_masquerade(veth_prefix: str) -> list[str]:
+    """Idempotent removal, for tests and uninstalls; the rules removed."""
+    removed = []
+    rule = _masquerade_rule(veth_prefix)
+    for tool in TOOLS:
+        while _run(tool, "-t", "nat", "-C", "POSTROUTING", *rule).returncode == 0:
+            _run(tool, "-t", "nat", "-D", "POSTROUTING", *rule)
+            removed.append(f"{tool} -t nat POSTROUTING masquerade of {veth_prefix}+")
     return removed

@@ -4,7 +4,7 @@ import hashlib
 import ipaddress
 import logging
 
-from datapath import EndpointSpec
+from datapath import EndpointSpec, Outbound
 from datapath.interface import DatapathApi
 from driver import failpoints
 from driver.errors import Conflict, DriverError, InvalidArgument, NotFound
@@ -74,7 +74,7 @@ class Endpoints:
                     returned=returned,
                 )
                 self.store.add_endpoint(ep)
-                self.datapath.create_endpoint(spec_of(ep))
+                self.datapath.create_endpoint(spec_of(ep, Outbound(net.outbound)))
                 made = True
                 failpoints.hit("create_endpoint.after_veth")
         except BaseException:
@@ -124,13 +124,15 @@ class Endpoints:
         """After a driver restart: re-make the datapath of live endpoints, forget dead ones,
         remove veths and map entries nobody owns. Returns the endpoints forgotten."""
         forgotten = []
+        outbound = {net.network_id: Outbound(net.outbound) for net in self.store.networks()}
         for ep in self.store.endpoints():
             if self.datapath.link_exists(ep.peer_ifname):
                 # Docker pulled the interface out of a container that stopped while we were down.
                 self.datapath.delete_endpoint(spec_of(ep))
                 alive = False
             else:
-                alive = self.datapath.restore_endpoint(spec_of(ep))
+                spec = spec_of(ep, outbound.get(ep.network_id, Outbound.MASQUERADE))
+                alive = self.datapath.restore_endpoint(spec)
             if not alive:
                 self._forget(ep)
                 forgotten.append(ep.endpoint_id)
@@ -166,7 +168,9 @@ class Endpoints:
         raise DriverError("no free endpoint id left on this node")
 
 
-def spec_of(ep: Endpoint) -> EndpointSpec:
+def spec_of(ep: Endpoint, outbound: Outbound = Outbound.MASQUERADE) -> EndpointSpec:
+    """The datapath's view of ep; outbound (its network's) counts where the datapath makes
+    or restores the endpoint, and nowhere else."""
     return EndpointSpec(
         endpoint_id=ep.numeric_id,
         host_ifname=ep.host_ifname,
@@ -178,6 +182,7 @@ def spec_of(ep: Endpoint) -> EndpointSpec:
         router4=ipaddress.IPv4Address(ep.router4) if ep.router4 else None,
         mtu=ep.mtu,
         identity=ep.identity,
+        outbound=outbound,
     )
 
 

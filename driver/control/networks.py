@@ -2,6 +2,7 @@
 
 import ipaddress
 
+from datapath import Outbound
 from datapath.interface import DatapathApi
 from driver import failpoints
 from driver.errors import InvalidArgument
@@ -11,7 +12,11 @@ from .ipam import GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, Ipam, unreachable_r
 from .state import Network, Store
 
 GENERIC_OPTIONS = "com.docker.network.generic"
+INTERNAL_OPTION = "com.docker.network.internal"  # `docker network create --internal`
 MTU_OPTIONS = ("com.docker.network.driver.mtu", "mtu")
+MASQUERADE_OPTION = "masquerade"  # `-o masquerade=false`: the network routes the node ranges
+DRIVER_OPTIONS = (*MTU_OPTIONS, MASQUERADE_OPTION)
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 ANY_ROUTES = {"0.0.0.0/0", "::/0"}
 
 
@@ -33,7 +38,9 @@ class Networks:
     def create(self, network_id: str, options: dict, ipv4_data: list, ipv6_data: list) -> None:
         if self.store.get_network(network_id) is not None:
             return
-        mtu = self._mtu(options.get(GENERIC_OPTIONS) or {})
+        generic = options.get(GENERIC_OPTIONS) or {}
+        mtu = self._mtu(generic)
+        outbound = _outbound(options, generic)
         pool4, gateway4 = _first_pool(ipv4_data)
         pool6, gateway6 = _first_pool(ipv6_data)
         owned = [d["Pool"] for d in ipv4_data + ipv6_data if _needs_own_route(d)]
@@ -48,6 +55,7 @@ class Networks:
             ipv6_by_driver=not ipv6_data,
             mtu=mtu,
             owned_routes=tuple(owned),
+            outbound=outbound.value,
         )
         with unreachable_routes(self.datapath, owned), self.store.transaction():
             self.store.add_network(net)
@@ -66,10 +74,10 @@ class Networks:
             self.datapath.remove_unreachable_route(cidr)
 
     def _mtu(self, generic: dict) -> int:
-        unknown = sorted(set(generic) - set(MTU_OPTIONS))
+        unknown = sorted(set(generic) - set(DRIVER_OPTIONS))
         if unknown:
             raise InvalidArgument(
-                f"unknown driver option {', '.join(unknown)} (known: {', '.join(MTU_OPTIONS)})"
+                f"unknown driver option {', '.join(unknown)} (known: {', '.join(DRIVER_OPTIONS)})"
             )
         raw = next((generic[k] for k in MTU_OPTIONS if k in generic), self.default_mtu)
         try:
@@ -79,6 +87,17 @@ class Networks:
         if not 1280 <= mtu <= 65535:
             raise InvalidArgument(f"MTU {mtu} must be between 1280 and 65535")
         return mtu
+
+
+def _outbound(options: dict, generic: dict) -> Outbound:
+    """Internal networks keep everything on the host; the others masquerade unless told not to."""
+    if options.get(INTERNAL_OPTION) is True:
+        return Outbound.INTERNAL
+    raw = generic.get(MASQUERADE_OPTION, "true")
+    masquerade = BOOLEANS.get(str(raw).lower())
+    if masquerade is None:
+        raise InvalidArgument(f"driver option {MASQUERADE_OPTION}={raw!r} is not true or false")
+    return Outbound.MASQUERADE if masquerade else Outbound.ROUTED
 
 
 def _first_pool(data: list) -> tuple[str | None, str | None]:

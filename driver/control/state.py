@@ -21,7 +21,8 @@ from driver.errors import DriverError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: networks.outbound (a version 1 database gains it, as "masquerade", when opened)
+SCHEMA_VERSION = 2
 # How long a write waits for another process's lock on the database: well below the 30 s
 # Docker gives a managed plugin's call, so Docker gets our error, not its own timeout.
 BUSY_TIMEOUT_MS = 5000
@@ -55,7 +56,8 @@ CREATE TABLE IF NOT EXISTS networks (
     ipv6_by_driver INTEGER NOT NULL,
     mtu INTEGER NOT NULL,
     owned_routes TEXT NOT NULL,
-    name TEXT
+    name TEXT,
+    outbound TEXT NOT NULL DEFAULT 'masquerade'
 );
 CREATE TABLE IF NOT EXISTS endpoints (
     endpoint_id TEXT PRIMARY KEY,
@@ -107,6 +109,7 @@ class Network:
     mtu: int
     owned_routes: tuple[str, ...]
     name: str | None = None
+    outbound: str = "masquerade"  # a datapath.Outbound value
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ class Store:
                     f"state database {self.path} has schema {version}, newer than this driver"
                 )
             db.executescript(SCHEMA)
+            _migrate(db, version)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             _check_layout(db, self.path)
         except (sqlite3.Error, StateError) as exc:
@@ -309,7 +313,7 @@ class Store:
 
     def add_network(self, net: Network) -> None:
         self._write(
-            "INSERT INTO networks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO networks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 net.network_id,
                 net.pool4,
@@ -320,6 +324,7 @@ class Store:
                 net.mtu,
                 json.dumps(list(net.owned_routes)),
                 net.name,
+                net.outbound,
             ),
         )
 
@@ -455,6 +460,12 @@ def _error_message(exc: sqlite3.Error, path: str) -> str:
     return f"state database {path}: {exc}"
 
 
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a database of an older schema version to this one (a new one has it all)."""
+    if version == 1 and "outbound" not in _columns(db)["networks"]:
+        db.execute("ALTER TABLE networks ADD COLUMN outbound TEXT NOT NULL DEFAULT 'masquerade'")
+
+
 def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
     tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     return {t: [c[1] for c in db.execute(f"PRAGMA table_info({t})")] for t in sorted(tables)}
@@ -500,6 +511,7 @@ def _network(row: sqlite3.Row) -> Network:
         mtu=row["mtu"],
         owned_routes=tuple(json.loads(row["owned_routes"])),
         name=row["name"],
+        outbound=row["outbound"],
     )
 
 

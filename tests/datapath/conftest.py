@@ -6,6 +6,7 @@ Traffic stays between namespaces made here; the host gets unreachable routes for
 ranges so nothing addressed to them can leave the machine.
 """
 
+import dataclasses
 import ipaddress
 import itertools
 import os
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from datapath import Datapath, EndpointSpec
+from datapath import Datapath, EndpointSpec, Outbound
 from datapath.netfilter import firewall, portmap
 
 from . import traffic
@@ -125,6 +126,7 @@ def datapath(pin_dir):
     dp.close()
     # What Datapath.start() put into netfilter for this prefix.
     firewall.remove_forwarding(PREFIX)
+    firewall.remove_masquerade(PREFIX)
     portmap.teardown(PREFIX)
 
 
@@ -139,8 +141,8 @@ def make_container(datapath, new_spec):
     """Factory: create an endpoint with the datapath and put its peer in a new netns."""
     made: list[Container] = []
 
-    def make(identity: int | None = None) -> Container:
-        spec = new_spec(identity)
+    def make(identity: int | None = None, outbound: Outbound = Outbound.MASQUERADE) -> Container:
+        spec = dataclasses.replace(new_spec(identity), outbound=outbound)
         ifindex = datapath.create_endpoint(spec)
         container = Container(f"dpt-{os.getpid()}-{spec.endpoint_id}", spec, ifindex)
         made.append(container)

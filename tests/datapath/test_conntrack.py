@@ -6,21 +6,7 @@ import time
 
 from datapath import EGRESS, INGRESS, PolicyKey
 
-# A UDP client that reports how its datagram to a closed port ended.
-UDP_PROBE = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(2)
-s.connect((sys.argv[1], int(sys.argv[2])))
-s.send(b"x")
-try:
-    s.recv(10)
-    print("answered")
-except ConnectionRefusedError:
-    print("refused")
-except TimeoutError:
-    print("timeout")
-"""
+from . import traffic
 
 
 def _flow(datapath, endpoint_id, direction, protocol, dport):
@@ -91,7 +77,7 @@ def test_related_icmp_error_passes_enforced_ingress(datapath, make_container):
     a, b = make_container(), make_container()
     datapath.set_endpoint_policy(a.spec, True, True, {PolicyKey(b.identity, 9, 17, EGRESS)})
     for addr in (b.spec.ipv6, b.spec.ipv4):
-        done = a.exec(sys.executable, "-c", UDP_PROBE, str(addr), "9")
+        done = a.exec(sys.executable, "-c", traffic.UDP_PROBE, str(addr), "9")
         assert done.stdout.strip() == "refused"  # port unreachable came back
 
 

@@ -42,6 +42,9 @@ CONSTANTS = {
     "DIR_EGRESS": abi.EGRESS,
     "EP_F_INGRESS_ENFORCED": abi.EP_F_INGRESS_ENFORCED,
     "EP_F_EGRESS_ENFORCED": abi.EP_F_EGRESS_ENFORCED,
+    "EP_F_MASQUERADE": abi.EP_F_MASQUERADE,
+    "EP_F_INTERNAL": abi.EP_F_INTERNAL,
+    "MARK_MASQUERADE": abi.MARK_MASQUERADE,
     "ENDPOINT_KEY_IPV4": abi.ENDPOINT_KEY_IPV4,
     "ENDPOINT_KEY_IPV6": abi.ENDPOINT_KEY_IPV6,
     "CT_F_TX_CLOSING": abi.CT_F_TX_CLOSING,
@@ -52,7 +55,7 @@ CONSTANTS = {
     "EVENT_DROP": abi.EVENT_DROP,
     "EVENT_TRACE": abi.EVENT_TRACE,
 }
-FAMILIES = ("IDENTITY_", "DIR_", "EP_F_", "ENDPOINT_KEY_", "CT_F_", "CONFIG_", "EVENT_")
+FAMILIES = ("IDENTITY_", "DIR_", "EP_F_", "MARK_", "ENDPOINT_KEY_", "CT_F_", "CONFIG_", "EVENT_")
 
 
 def _header() -> str:
@@ -60,8 +63,8 @@ def _header() -> str:
 
 
 def _defines() -> dict[str, int]:
-    found = re.findall(r"^#define\s+(\w+)\s+(\d+)\s*$", _header(), re.M)
-    return {name: int(value) for name, value in found}
+    found = re.findall(r"^#define\s+(\w+)\s+(0x[0-9a-fA-F]+|\d+)\s*$", _header(), re.M)
+    return {name: int(value, 0) for name, value in found}
 
 
 def _static_sizes() -> dict[str, int]:

@@ -1,10 +1,12 @@
 """Creating, deleting, restoring endpoints and their failure modes."""
 
+import dataclasses
 import os
 
 import pytest
 
-from datapath import Datapath, DatapathError, VethExistsError, loader, netlink
+from datapath import Datapath, DatapathError, Outbound, VethExistsError, loader, netlink
+from datapath.abi import EP_F_INGRESS_ENFORCED, EP_F_INTERNAL, EP_F_MASQUERADE
 from datapath.loader import egress_program_names, ingress_program_names
 
 from .conftest import run
@@ -46,7 +48,8 @@ def test_create_makes_veth_routes_entries_and_program(datapath, new_spec):
         assert datapath.address_map_entries()[spec.ipv6].ifindex == ifindex
         assert ingress_program_names(ifindex) == [loader.FROM_CONTAINER]
         assert egress_program_names(ifindex) == [loader.TO_CONTAINER]
-        assert entry.identity == spec.identity and entry.flags == 0
+        # Not enforced yet; outbound traffic masqueraded, the default.
+        assert entry.identity == spec.identity and entry.flags == EP_F_MASQUERADE
         assert f"{spec.ipv4} " in _routes_to(spec.ipv4)
     finally:
         datapath.delete_endpoint(spec)
@@ -134,6 +137,21 @@ def test_remove_orphans(datapath, make_container):
     assert kept.ifindex in datapath.endpoint_map_entries()
 
 
+def test_restore_takes_the_outbound_mode_of_the_spec(datapath, pin_dir, make_container):
+    """A network's outbound mode applies to endpoints made before it was known (an upgrade),
+    and the policy enforcement flags stay."""
+    a = make_container()
+    datapath.set_endpoint_policy(a.spec, True, False, set())
+    restarted = Datapath(pin_dir=pin_dir, veth_prefix=datapath.veth_prefix)
+    restarted.start()
+    try:
+        assert restarted.restore_endpoint(dataclasses.replace(a.spec, outbound=Outbound.INTERNAL))
+        flags = restarted.endpoint_map_entries()[a.ifindex].flags
+        assert flags == EP_F_INGRESS_ENFORCED | EP_F_INTERNAL
+    finally:
+        restarted.close()
+
+
 def test_not_started_is_a_clear_error(pin_dir, new_spec):
     with pytest.raises(DatapathError, match="not started"):
         Datapath(pin_dir=pin_dir).create_endpoint(new_spec())
@@ -149,7 +167,9 @@ def test_restore_keeps_enforcement_and_policy(datapath, pin_dir, make_container)
     restarted.start()
     try:
         assert restarted.restore_endpoint(b.spec)
-        assert restarted.endpoint_map_entries()[b.ifindex].flags == 1
+        assert restarted.endpoint_map_entries()[b.ifindex].flags == (
+            EP_F_INGRESS_ENFORCED | EP_F_MASQUERADE
+        )
         assert restarted.policy_entries(b.spec).keys() == keys
         assert egress_program_names(b.ifindex) == [loader.TO_CONTAINER]
         assert a.ping(b.spec.ipv6)

@@ -209,7 +209,9 @@ def test_policy_over_capacity_changes_nothing(datapath, make_container):
     with pytest.raises(DatapathError, match="policy map full"):
         datapath.set_endpoint_policy(b.spec, False, True, too_many)
     assert datapath.policy_entries(b.spec).keys() == kept
-    assert datapath.endpoint_map_entries()[b.ifindex].flags == 1  # ingress only, as before
+    # ingress only, as before (and masquerading, the default)
+    flags = datapath.endpoint_map_entries()[b.ifindex].flags
+    assert flags == abi.EP_F_INGRESS_ENFORCED | abi.EP_F_MASQUERADE
     assert a.ping(b.spec.ipv6)
 
 

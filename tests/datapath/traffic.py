@@ -106,6 +106,23 @@ for i in range(int(count)):
         s.close()
 """
 
+# How a datagram to a closed port ended: a connected UDP socket learns of the ICMP port
+# unreachable as ECONNREFUSED ("refused"), "answered" or "timeout".
+UDP_PROBE = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b"x")
+try:
+    s.recv(10)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("timeout")
+"""
+
 
 def netns_cmd(netns: str, *args: str) -> list[str]:
     return ["ip", "netns", "exec", netns, *args]

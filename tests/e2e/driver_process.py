@@ -111,12 +111,13 @@ class DriverProcess:
         return http_get(self.settings["api_socket"], path)
 
     def purge(self) -> None:
-        """Remove what the test instance keeps between runs: state, pinned maps, its FORWARD
-        and port-publishing rules, and the unreachable routes of its ranges (the driver
+        """Remove what the test instance keeps between runs: state, pinned maps, its FORWARD,
+        masquerade and port-publishing rules, and the unreachable routes of its ranges (the driver
         keeps those while containers may run)."""
         shutil.rmtree(self.settings["state_dir"], ignore_errors=True)
         shutil.rmtree(self.settings["bpf_pin_dir"], ignore_errors=True)
         firewall.remove_forwarding(self.settings["veth_prefix"])
+        firewall.remove_masquerade(self.settings["veth_prefix"])
         portmap.teardown(self.settings["veth_prefix"])
         owned = ("node_range4", "cluster_prefix6", "service_range4", "service_range6")
         for family, prefix in ((("-6" if ":" in self.settings[k] else "-4"), k) for k in owned):

@@ -92,6 +92,7 @@ def purge() -> None:
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     shutil.rmtree(SETTINGS["CILIUM_BPF_PIN_DIR"], ignore_errors=True)
     firewall.remove_forwarding(VETH_PREFIX)
+    firewall.remove_masquerade(VETH_PREFIX)
     portmap.teardown(VETH_PREFIX)
     for key in OWNED_RANGES:
         cidr = SETTINGS[key]

@@ -48,7 +48,10 @@ class FakeDatapath:
         self.endpoints.pop(spec.host_ifname, None)
 
     def restore_endpoint(self, spec):
-        return spec.host_ifname in self.endpoints
+        if spec.host_ifname not in self.endpoints:
+            return False
+        self.endpoints[spec.host_ifname] = spec
+        return True
 
     def remove_orphans(self, known_host_ifnames):
         orphans = sorted(set(self.endpoints) - set(known_host_ifnames))

@@ -46,6 +46,12 @@ union v6addr {
 /* endpoint_info.flags */
 #define EP_F_INGRESS_ENFORCED 1	/* ingress policy applies; otherwise all is allowed */
 #define EP_F_EGRESS_ENFORCED 2
+#define EP_F_MASQUERADE 4	/* beyond the host, leaves with the host's address (MARK_MASQUERADE) */
+#define EP_F_INTERNAL 8		/* nothing beyond the host: an internal network's endpoint */
+
+/* skb->mark bit on a packet that netfilter's MASQUERADE rule of this driver translates
+ * (datapath/netfilter/masquerade.py); no other bit of the mark is touched. */
+#define MARK_MASQUERADE 0x02000000
 
 /* Value of the endpoints map, keyed by the host-side veth's ifindex. */
 struct endpoint_info {

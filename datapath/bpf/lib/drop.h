@@ -28,6 +28,7 @@ enum drop_reason {
 	DROP_NDISC_ROUTER = -17,	/* Router advertisement or redirect from a container */
 	DROP_NDISC_TARGET = -18,	/* Neighbour advertisement for an address not the container's */
 	DROP_FORGED_SOURCE = -19,	/* A local endpoint's address as source, not from its veth */
+	DROP_INTERNAL_NETWORK = -20,	/* Beyond the host, from an endpoint of an internal network */
 };
 
 /* Size of the drop_counts array; every reason's -value must stay below it. */

@@ -12,6 +12,7 @@
 #include "lb.h"
 #include "local.h"
 #include "ndisc.h"
+#include "outbound.h"
 #include "policy.h"
 #include "spoof.h"
 
@@ -35,9 +36,9 @@ static __always_inline int lxc_identify_or_wait(const struct endpoint_info *ep,
 	return ep->identity == IDENTITY_INIT ? DROP_WAITING_FOR_IDENTITY : 0;
 }
 
-/* Services, conntrack and egress policy, for both families. A hairpinned flow's reply is
- * already accounted for by its conntrack entry and heads straight back in. Returns 0 or
- * a drop reason.
+/* Services, the internal network's boundary, conntrack and egress policy, for both
+ * families. A hairpinned flow's reply is already accounted for by its conntrack entry and
+ * heads straight back in. Returns 0 or a drop reason.
  */
 static __always_inline int lxc_egress_flow(struct __sk_buff *skb, const struct endpoint_info *ep,
 					   struct pkt_ctx *ctx)
@@ -47,6 +48,9 @@ static __always_inline int lxc_egress_flow(struct __sk_buff *skb, const struct e
 	if (ret != CTX_CONTINUE)
 		return ret;
 	ret = lb_translate(skb, ep, ctx);
+	if (ret < 0)
+		return ret;
+	ret = outbound_check(ep, ctx);
 	if (ret < 0)
 		return ret;
 	return policy_check(skb, ep, ctx);
@@ -91,6 +95,7 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 	ret = redirect_local6(skb, &ip6, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
+	outbound_mark(skb, ep, ctx);
 	return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
 }
 
@@ -120,6 +125,7 @@ static __always_inline int lxc_egress4(struct __sk_buff *skb, const struct endpo
 	ret = redirect_local4(skb, &ip4, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
+	outbound_mark(skb, ep, ctx);
 	return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
 }
 

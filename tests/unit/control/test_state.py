@@ -33,6 +33,31 @@ def test_a_newer_schema_is_refused(tmp_path):
         Store(str(path)).open()
 
 
+def test_a_version_1_database_gains_the_outbound_column(tmp_path):
+    """Networks made before outbound traffic was masqueraded get the default: masquerade."""
+    path = tmp_path / "state.db"
+    old = sqlite3.connect(path)
+    column = ",\n    outbound TEXT NOT NULL DEFAULT 'masquerade'"
+    assert column in state.SCHEMA
+    old.executescript(state.SCHEMA.replace(column, ""))
+    old.execute(
+        "INSERT INTO networks VALUES ('n1', '10.0.0.0/24', '10.0.0.1', NULL, NULL, 1, 1500, "
+        "'[]', 'old')"
+    )
+    old.execute("PRAGMA user_version=1")
+    old.commit()
+    old.close()
+    store = Store(str(path))
+    store.open()
+    try:
+        assert store.get_network("n1").outbound == "masquerade"
+    finally:
+        store.close()
+    reopened = sqlite3.connect(path)
+    assert reopened.execute("PRAGMA user_version").fetchone()[0] == state.SCHEMA_VERSION
+    reopened.close()
+
+
 def test_state_files_are_root_only(tmp_path):
     store = Store(str(tmp_path / "state" / "state.db"))
     store.open()

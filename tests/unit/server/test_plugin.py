@@ -1,10 +1,12 @@
 """The plugin protocol's shapes, as Docker 20.10 expects them, through the Flask test client."""
 
+import dataclasses
 import ipaddress
 
 import pytest
 
-from datapath import DatapathError
+from datapath import DatapathError, Outbound
+from driver.server.app import create_app
 
 from ..docker_calls import (
     EP,
@@ -299,6 +301,73 @@ def test_mtu_option_reaches_the_endpoint(post, datapath):
         {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}},
     )
     assert datapath.endpoints["lxc" + EP[:12]].mtu == 1400
+
+
+def _plain_network(post, options: dict) -> tuple[int, dict]:
+    body = {
+        "NetworkID": NET,
+        "Options": options,
+        "IPv4Data": [
+            {"AddressSpace": "LocalDefault", "Pool": "172.18.0.0/16", "Gateway": "172.18.0.1/16"}
+        ],
+        "IPv6Data": [],
+    }
+    return post("NetworkDriver.CreateNetwork", body)
+
+
+@pytest.mark.parametrize(
+    ("options", "outbound"),
+    [
+        ({}, Outbound.MASQUERADE),
+        ({"com.docker.network.generic": {"masquerade": "true"}}, Outbound.MASQUERADE),
+        ({"com.docker.network.generic": {"masquerade": "false"}}, Outbound.ROUTED),
+        ({"com.docker.network.generic": {"masquerade": "0"}}, Outbound.ROUTED),
+        # What Docker sends for `docker network create --internal` (20.10 and 26 alike).
+        ({"com.docker.network.internal": True}, Outbound.INTERNAL),
+        (
+            {
+                "com.docker.network.internal": True,
+                "com.docker.network.generic": {"masquerade": "true"},
+            },
+            Outbound.INTERNAL,
+        ),
+    ],
+)
+def test_outbound_mode_of_the_network_reaches_the_endpoint(post, datapath, options, outbound):
+    assert _plain_network(post, options) == (200, {})
+    interface = {"Address": "172.18.0.2/16", "AddressIPv6": "", "MacAddress": ""}
+    post(
+        "NetworkDriver.CreateEndpoint",
+        {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}},
+    )
+    assert datapath.endpoints["lxc" + EP[:12]].outbound == outbound
+
+
+def test_a_masquerade_option_not_true_or_false_is_refused(post, app):
+    status, reply = _plain_network(post, {"com.docker.network.generic": {"masquerade": "maybe"}})
+    assert status == 500
+    assert "masquerade='maybe' is not true or false" in reply["Err"]
+    assert app.extensions["pycilium"].store.networks() == []
+
+
+def test_a_restart_restores_endpoints_with_their_networks_outbound_mode(
+    post, datapath, config, app
+):
+    _plain_network(post, {"com.docker.network.internal": True})
+    interface = {"Address": "172.18.0.2/16", "AddressIPv6": "", "MacAddress": ""}
+    post(
+        "NetworkDriver.CreateEndpoint",
+        {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}},
+    )
+    app.extensions["pycilium"].close()
+    datapath.endpoints["lxc" + EP[:12]] = dataclasses.replace(
+        datapath.endpoints["lxc" + EP[:12]], outbound=Outbound.MASQUERADE
+    )
+    restarted = create_app(config, datapath=datapath, watch_docker=False)
+    try:
+        assert datapath.endpoints["lxc" + EP[:12]].outbound == Outbound.INTERNAL
+    finally:
+        restarted.extensions["pycilium"].close()
 
 
 def test_a_deleted_endpoints_id_is_not_reused_at_once(post, datapath):
