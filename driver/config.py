@@ -50,6 +50,9 @@ class Config:
     # Comma-separated label-key prefixes that count for identity; "!" excludes.
     label_prefixes: str = DEFAULT_LABEL_PREFIXES
     policy_enforcement: str = "default"
+    # "load": enforce the policy saved in the state database; "discard": start without it
+    # (after a version change refused a saved rule, see docs/policy.md).
+    saved_policy: str = "load"
     # Empty: /metrics only on the API socket. Else also on this loopback HOST:PORT.
     metrics_address: str = ""
     # Capacities of the pinned maps (datapath.MapSizes has the same defaults; not imported
@@ -86,6 +89,8 @@ class Config:
             raise ValueError(
                 f"policy enforcement {self.policy_enforcement!r} must be default, always or never"
             )
+        if self.saved_policy not in ("load", "discard"):
+            raise ValueError(f"saved policy {self.saved_policy!r} must be load or discard")
         if self.metrics_address:
             loopback_address(self.metrics_address)
         for name in ("policy_map_size", "ct_map_size", "service_map_size"):

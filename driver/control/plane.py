@@ -160,6 +160,7 @@ class ControlPlane:
                 datapath,
                 LabelFilter(config.label_prefixes),
                 config.policy_enforcement,
+                config.saved_policy,
             )
             self.services = Services(self.store, datapath, ranges)
             self._claim_ranges(ranges)

@@ -9,15 +9,24 @@ import dataclasses
 import ipaddress
 import json
 import logging
+from pathlib import Path
 
 from datapath import DatapathError
 from datapath.abi import ENFORCEMENT_MODES, HOST_ID, INIT_ID
 from datapath.interface import DatapathApi
-from driver.errors import InvalidArgument
+from driver.errors import DriverError, InvalidArgument
 
 from .endpoints import spec_of
 from .identities import FIRST_CIDR_IDENTITY, Identities, LabelFilter, identity_labels
-from .policy import EndpointPolicy, Identity, Peers, PolicyRepository, merge, parse_rules
+from .policy import (
+    EndpointPolicy,
+    Identity,
+    Peers,
+    PolicyError,
+    PolicyRepository,
+    merge,
+    parse_rules,
+)
 from .state import Endpoint, Store
 
 log = logging.getLogger(__name__)
@@ -28,16 +37,20 @@ class Regeneration:
     give every endpoint: recomputed for what a change touches, written to the datapath."""
 
     def __init__(
-        self, store: Store, datapath: DatapathApi, label_filter: LabelFilter, default_mode: str
+        self,
+        store: Store,
+        datapath: DatapathApi,
+        label_filter: LabelFilter,
+        default_mode: str,
+        saved_policy: str = "load",
     ):
         self.store = store
         self.datapath = datapath
         self.label_filter = label_filter
         self.identities = Identities(store)
         self.mode = store.get_meta("policy_mode") or default_mode
-        saved = store.get_meta("policy_rules")
-        self.policy = PolicyRepository(parse_rules(saved, "saved policy") if saved else [])
         self.revision = int(store.get_meta("policy_revision") or 0)
+        self.policy = PolicyRepository(self._saved_rules(saved_policy))
         # What the cached results were computed from; None until the first (full) computation.
         self._known: dict[int, Identity] | None = None
         self._mates: dict[str, frozenset[int]] = {}
@@ -47,6 +60,28 @@ class Regeneration:
         # endpoint id -> (numeric id, policy) as last written to the datapath.
         self._written: dict[str, tuple[int, EndpointPolicy]] = {}
         self._cidrs_written: dict[str, int] | None = None
+
+    def _saved_rules(self, saved_policy: str) -> list:
+        """The rules in force at the last stop. An earlier version may have saved a rule
+        this one refuses (a meaning changed: docs/policy.md): that stops the start, unless
+        the operator chose to start without them; either way they are kept in a file."""
+        saved = self.store.get_meta("policy_rules")
+        if not saved:
+            return []
+        try:
+            return parse_rules(saved, "saved policy")
+        except PolicyError as exc:
+            kept = Path(self.store.path).with_name(f"refused-policy-r{self.revision}.json")
+            kept.write_text(saved)
+            if saved_policy == "discard":
+                log.error("started without the saved policy, kept in %s: %s", kept, exc)
+                return []
+            raise DriverError(
+                f"the saved policy (revision {self.revision}) is refused by this version: {exc}. "
+                f"It is kept in {kept}. While the driver is stopped the kernel still enforces "
+                "it; to start, fix the file, start with --saved-policy discard (no rules are "
+                "enforced until you import them again) and import the fixed file"
+            ) from None
 
     # endpoints
 

@@ -104,6 +104,11 @@ _OPTIONS = [
         "policy_enforcement", "default, always or never (until changed with `cilium policy mode`)"
     ),
     _option(
+        "saved_policy",
+        "load: enforce the policy saved at the last stop; discard: start without it, when this "
+        "version refuses a rule an earlier one saved (docs/policy.md)",
+    ),
+    _option(
         "metrics_address",
         "also serve Prometheus /metrics on this loopback HOST:PORT, e.g. 127.0.0.1:9962 "
         "(always on the API socket)",
