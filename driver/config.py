@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 # Defined with the API client, which the `cilium` command imports without the driver.
+from datapath.abi import ENFORCEMENT_MODES
 from driver.cli.client import DEFAULT_API_SOCKET
 
 MAX_MAP_SIZE = 1 << 24
@@ -85,7 +86,7 @@ class Config:
             raise ValueError(f"MTU {self.mtu} must be between 1280 and 65535")
         if not self.veth_prefix.isalnum() or len(self.veth_prefix) > 3:
             raise ValueError(f"veth prefix {self.veth_prefix!r} must be 1-3 letters or digits")
-        if self.policy_enforcement not in ("default", "always", "never"):
+        if self.policy_enforcement not in ENFORCEMENT_MODES:
             raise ValueError(
                 f"policy enforcement {self.policy_enforcement!r} must be default, always or never"
             )
