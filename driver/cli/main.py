@@ -28,6 +28,7 @@ from .output import (
 # the two in step (tests/unit/cli/test_vocabulary.py).
 PROTOCOL_NAMES = {0: "ANY", 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}
 DIRECTIONS = {0: "ingress", 1: "egress"}
+ENFORCEMENT_MODES = ("default", "always", "never")
 # `cilium status` warns, and exits 3, when a BPF map is this full.
 MAP_FILL_WARNING = 0.9
 
@@ -368,7 +369,7 @@ def policy_delete(client, name, everything):
 
 
 @policy.command("mode")
-@click.argument("mode", type=click.Choice(["default", "always", "never"]))
+@click.argument("mode", type=click.Choice(ENFORCEMENT_MODES))
 @click.pass_obj
 def policy_mode(client, mode):
     """Set the enforcement mode."""

@@ -1,5 +1,5 @@
-"""The `cilium` command spells the datapath's protocol and direction numbers itself (it may
-not import the driver); every number the datapath defines has the same name on screen."""
+"""The `cilium` command spells the datapath's protocol and direction numbers and the
+enforcement modes itself (it may not import the driver); each agrees with datapath/abi.py."""
 
 from datapath import abi
 from driver.cli import main
@@ -12,3 +12,7 @@ def test_protocol_names_match_the_datapath():
 
 def test_direction_names_match_the_datapath():
     assert main.DIRECTIONS == abi.DIRECTIONS
+
+
+def test_enforcement_modes_match_the_datapath():
+    assert main.ENFORCEMENT_MODES == abi.ENFORCEMENT_MODES
