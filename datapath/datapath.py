@@ -457,9 +457,6 @@ class Datapath:
         link-local and multicast ones, and our own (unreachable and endpoint routes)."""
         return hostnet.route_overlaps(cidr, self.veth_prefix)
 
-    def sandbox_route_destinations(self, sandbox_key: str) -> set[str]:
-        return netlink.sandbox_route_destinations(sandbox_key)
-
     # introspection
 
     def drop_counts(self) -> dict[str, int]:

@@ -5,12 +5,9 @@ exists at import time and callers on different threads share nothing. Idempotenc
 from catching only the specific errno: EEXIST on add, ENOENT/ENODEV/ESRCH on delete.
 """
 
-import ctypes as ct
 import errno
 import ipaddress
-import os
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,6 @@ from .errors import DatapathError, VethExistsError
 ROUTE_PROTOCOL = 0xCE
 RT_TABLE_MAIN = 254
 RT_SCOPE_LINK = 253
-CLONE_NEWNET = 0x40000000
 _GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH)
 DUMP_ATTEMPTS = 40
 # Pauses between attempts grow to this: a burst of veth changes (a compose project starting)
@@ -239,46 +235,3 @@ def main_routes(family: int) -> list[Route]:
     """Routes of the host's main table for one address family."""
     with IPRoute() as ipr:
         return _main_routes(ipr, family)
-
-
-def _sandbox_destinations(path: str, out: dict) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        out["dests"] = set()
-        return
-    try:
-        libc = ct.CDLL(None, use_errno=True)
-        if libc.setns(fd, CLONE_NEWNET) != 0:  # per thread: only this one moves
-            err = ct.get_errno()
-            raise DatapathError(f"cannot enter network namespace {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-    with IPRoute() as ipr:
-        routes = _main_routes(ipr, socket.AF_INET) + _main_routes(ipr, socket.AF_INET6)
-    out["dests"] = {route.dst for route in routes}
-
-
-def sandbox_route_destinations(sandbox_key: str) -> set[str]:
-    """Destinations of the main-table routes inside the network namespace at sandbox_key.
-
-    The namespace is entered from a short-lived thread, so the calling process's
-    namespace never changes.
-    """
-    out: dict = {}
-
-    def work() -> None:
-        try:
-            _sandbox_destinations(sandbox_key, out)
-        except BaseException as exc:
-            out["error"] = exc
-
-    thread = threading.Thread(target=work, name="sandbox-routes", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        error = out["error"]
-        if isinstance(error, DatapathError):
-            raise error
-        raise DatapathError(f"cannot read routes of {sandbox_key}: {error}") from error
-    return out["dests"]

@@ -3,6 +3,12 @@
 IPv6: cluster prefix (64 bits) | node id (32) | reserved (16) | endpoint id (16), so the
 node's range is a /112. Endpoint id 0 is the router (answered by BPF, never bound) and
 0xffff is kept for the host. IPv4: the configured node range, router at its first host address.
+
+Each network gets a block of its own from the node ranges, a 64th of each (IPv6 /118 and IPv4
+/22 by default), with its router at the block's first host address: Docker shows the block
+as the network's subnet, and a container on several networks gets a router and a route per
+network that do not collide. The first and last blocks hold the node's own router and host
+(and IPv4 network and broadcast) addresses and are never handed out.
 """
 
 import hashlib
@@ -11,6 +17,7 @@ import socket
 from dataclasses import dataclass
 
 HOST_ENDPOINT_ID = 0xFFFF
+BLOCK_BITS = 6  # 64 blocks per node range
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,27 @@ class NodeAddressing:
             router4=range4.network_address + 1,
         )
 
+    def range_of(self, version: int):
+        return self.range6 if version == 6 else self.range4
+
+    def blocks(self, version: int) -> list:
+        """The blocks networks may take, in order: the node range in 64 parts, without the
+        first and last (a small node range gives fewer, larger blocks)."""
+        node_range = self.range_of(version)
+        bits = max(0, min(BLOCK_BITS, node_range.max_prefixlen - 2 - node_range.prefixlen))
+        reserved = self.reserved()
+        return [
+            block
+            for block in node_range.subnets(prefixlen_diff=bits)
+            if not any(ip in block for ip in reserved)
+        ]
+
+    def is_block(self, cidr) -> bool:
+        """Whether cidr is a network's block (not the node range a network made before
+        blocks existed shares with the others)."""
+        node_range = self.range_of(cidr.version)
+        return cidr != node_range and cidr.subnet_of(node_range)
+
     def reserved(self) -> set:
         """Addresses of the node ranges that are never handed to a container."""
         return {
@@ -56,3 +84,8 @@ def node_id_from_machine_id(path: str = "/etc/machine-id") -> int:
     if not seed:
         seed = socket.gethostname().encode()
     return int.from_bytes(hashlib.sha256(seed).digest()[:4], "big") or 1
+
+
+def block_router(block: ipaddress.IPv4Network | ipaddress.IPv6Network):
+    """A block's router: its first host address, as Docker's own IPAM picks a gateway."""
+    return block.network_address + 1

@@ -57,7 +57,8 @@ class Endpoints:
                 if ipv6 is None:
                     if not net.ipv6_by_driver:
                         raise InvalidArgument("Docker gave no IPv6 address on an IPv6 network")
-                    ipv6 = self.ipam.allocate(self.node.range6, owner="endpoint:" + endpoint_id)
+                    block = ipaddress.ip_network(net.pool6)
+                    ipv6 = self.ipam.allocate(block, owner="endpoint:" + endpoint_id)
                     returned["AddressIPv6"] = f"{ipv6}/128"
                 ep = Endpoint(
                     endpoint_id=endpoint_id,
@@ -92,26 +93,38 @@ class Endpoints:
         self._forget(ep)
 
     def join(self, network_id: str, endpoint_id: str, sandbox_key: str) -> dict:
+        """Routes of this network only: a connected route to its router and, where the
+        container's address is a host address, one to its subnet through the router. Every
+        network has its own router and subnet, so several on one container never collide.
+        The default routes are Docker's to make (it picks one network's Gateway for them,
+        and changes them as networks come and go)."""
         ep = self.store.get_endpoint(endpoint_id)
         if ep is None or ep.network_id != network_id:
             raise NotFound(f"endpoint {endpoint_id} not found on network {network_id}")
         net = self._network(network_id)
-        present = {
-            str(ipaddress.ip_network(d))
-            for d in self.datapath.sandbox_route_destinations(sandbox_key)
-        }
-        routes = _gateway_routes(ep.router6, net.pool6, present)
-        if ep.router4:
-            range4 = net.pool4 if net.pool4 not in (None, "0.0.0.0/0") else str(self.node.range4)
-            routes += _gateway_routes(ep.router4, range4, present)
-        with self.store.transaction():
-            self.store.set_sandbox(endpoint_id, sandbox_key)
-        return {
+        routes = _router_routes(ep.router6, self._routed_subnet(net, net.pool6))
+        reply = {
             "InterfaceName": {"SrcName": ep.peer_ifname, "DstPrefix": "eth"},
             "GatewayIPv6": ep.router6,
-            "StaticRoutes": routes,
             "DisableGatewayService": True,
         }
+        if ep.router4:
+            routes += _router_routes(ep.router4, self._routed_subnet(net, net.pool4))
+            reply["Gateway"] = ep.router4
+        with self.store.transaction():
+            self.store.set_sandbox(endpoint_id, sandbox_key)
+        return {**reply, "StaticRoutes": routes}
+
+    def _routed_subnet(self, net: Network, pool: str | None) -> str | None:
+        """The subnet the container reaches through the router, or None: Docker's own IPAM
+        gives addresses with the subnet's length, so the kernel routes it already, and a
+        network made before blocks existed shares the node range with others."""
+        if not pool or pool in net.owned_routes:
+            return None
+        subnet = ipaddress.ip_network(pool)
+        if subnet.prefixlen == 0 or subnet == self.node.range_of(subnet.version):
+            return None
+        return pool
 
     def leave(self, network_id: str, endpoint_id: str) -> None:
         ep = self.store.get_endpoint(endpoint_id)
@@ -186,20 +199,11 @@ def spec_of(ep: Endpoint, outbound: Outbound = Outbound.MASQUERADE) -> EndpointS
     )
 
 
-def _gateway_routes(router: str, network_range: str, present: set[str]) -> list[dict]:
-    """A connected route to the router and a default route through it. Where the sandbox
-    already has them (a second network on the same container), the network's own range
-    goes through the router instead, so Docker never hits "file exists"."""
+def _router_routes(router: str, subnet: str | None) -> list[dict]:
     ip = ipaddress.ip_address(router)
-    host_route = f"{ip}/{ip.max_prefixlen}"
-    default = "::/0" if ip.version == 6 else "0.0.0.0/0"
-    routes = []
-    if host_route not in present:
-        routes.append({"Destination": host_route, "RouteType": CONNECTED})
-    if default not in present:
-        routes.append({"Destination": default, "RouteType": NEXT_HOP, "NextHop": str(ip)})
-    elif network_range not in present:
-        routes.append({"Destination": network_range, "RouteType": NEXT_HOP, "NextHop": str(ip)})
+    routes = [{"Destination": f"{ip}/{ip.max_prefixlen}", "RouteType": CONNECTED}]
+    if subnet:
+        routes.append({"Destination": subnet, "RouteType": NEXT_HOP, "NextHop": router})
     return routes
 
 

@@ -7,7 +7,7 @@ from datapath.interface import DatapathApi
 from driver import failpoints
 from driver.errors import InvalidArgument
 
-from .addressing import NodeAddressing
+from .addressing import block_router
 from .ipam import GLOBAL_ADDRESS_SPACE, LOCAL_ADDRESS_SPACE, Ipam, unreachable_routes
 from .state import Network, Store
 
@@ -26,13 +26,11 @@ class Networks:
         store: Store,
         ipam: Ipam,
         datapath: DatapathApi,
-        node: NodeAddressing,
         default_mtu: int,
     ):
         self.store = store
         self.ipam = ipam
         self.datapath = datapath
-        self.node = node
         self.default_mtu = default_mtu
 
     def create(self, network_id: str, options: dict, ipv4_data: list, ipv6_data: list) -> None:
@@ -46,18 +44,22 @@ class Networks:
         owned = [d["Pool"] for d in ipv4_data + ipv6_data if _needs_own_route(d)]
         for cidr in owned:
             self.ipam.check_free_range(_parse(ipaddress.ip_network, cidr, "pool"))
-        net = Network(
-            network_id=network_id,
-            pool4=pool4,
-            gateway4=gateway4,
-            pool6=pool6 or str(self.node.range6),
-            gateway6=gateway6 or str(self.node.router6),
-            ipv6_by_driver=not ipv6_data,
-            mtu=mtu,
-            owned_routes=tuple(owned),
-            outbound=outbound.value,
-        )
         with unreachable_routes(self.datapath, owned), self.store.transaction():
+            if not ipv6_data:
+                # Docker's own IPAM gave no IPv6: the driver's, from a block of the node range.
+                block = self.ipam.carve(6)
+                pool6, gateway6 = str(block), str(block_router(block))
+            net = Network(
+                network_id=network_id,
+                pool4=pool4,
+                gateway4=gateway4,
+                pool6=pool6,
+                gateway6=gateway6,
+                ipv6_by_driver=not ipv6_data,
+                mtu=mtu,
+                owned_routes=tuple(owned),
+                outbound=outbound.value,
+            )
             self.store.add_network(net)
             failpoints.hit("create_network.before_commit")
 

@@ -150,7 +150,7 @@ class ControlPlane:
             )
             datapath.start()
             self.ipam = Ipam(self.store, self.node, datapath, ranges)
-            self.networks = Networks(self.store, self.ipam, datapath, self.node, config.mtu)
+            self.networks = Networks(self.store, self.ipam, datapath, config.mtu)
             self.endpoints = Endpoints(
                 self.store, self.ipam, datapath, self.node, config.veth_prefix
             )

@@ -288,6 +288,9 @@ class Store:
         self._write("DELETE FROM addresses WHERE owner = ?", ("pool:" + pool_id,))
         self._write("DELETE FROM pools WHERE pool_id = ?", (pool_id,))
 
+    def set_pool_gateway(self, pool_id: str, gateway: str) -> None:
+        self._write("UPDATE pools SET gateway = ? WHERE pool_id = ?", (gateway, pool_id))
+
     def add_address(self, address: str, alloc_range: str, owner: str) -> None:
         self._write("INSERT INTO addresses VALUES (?, ?, ?)", (address, alloc_range, owner))
 

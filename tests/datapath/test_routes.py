@@ -1,12 +1,10 @@
 """Unreachable routes, overlap checks against the host's routes, routes inside a sandbox."""
 
-import os
-
 import pytest
 
 from datapath import netlink
 
-from .conftest import NET4, NET6, ROUTER4, ROUTER6, run
+from .conftest import NET4, NET6, run
 
 
 @pytest.fixture
@@ -47,18 +45,6 @@ def test_overlaps_ignore_our_own_routes(datapath, make_container):
     make_container()
     assert datapath.host_route_overlaps(str(NET4)) == []
     assert datapath.host_route_overlaps(str(NET6)) == []
-
-
-def test_sandbox_route_destinations(datapath, make_container):
-    a = make_container()
-    before = os.readlink("/proc/self/ns/net")
-    dests = datapath.sandbox_route_destinations(f"/var/run/netns/{a.netns}")
-    assert os.readlink("/proc/self/ns/net") == before
-    assert {"0.0.0.0/0", "::/0", f"{ROUTER4}/32", f"{ROUTER6}/128"} <= dests
-
-
-def test_sandbox_route_destinations_of_missing_sandbox(datapath):
-    assert datapath.sandbox_route_destinations("/var/run/docker/netns/does-not-exist") == set()
 
 
 def test_host_addresses_include_loopback_and_test_veths(datapath, make_container):

@@ -18,7 +18,6 @@ class FakeDatapath:
         self.endpoints = {}
         self.unreachable = set()
         self.host_routes = []
-        self.sandbox_routes = {}
         self.host_links = set()
         self.fail_create = None
         self.identities = {}
@@ -76,9 +75,6 @@ class FakeDatapath:
             if ipaddress.ip_network(r).version == net.version
             and ipaddress.ip_network(r).overlaps(net)
         ]
-
-    def sandbox_route_destinations(self, sandbox_key):
-        return set(self.sandbox_routes.get(sandbox_key, ()))
 
     def drop_counts(self):
         return dict(self.drops)

@@ -68,13 +68,14 @@ def test_static_address_outside_the_pool_is_refused(post):
     assert (status, reply) == (500, {"Err": "address fd00:beef::1 is not in pool fd00:cafe::/64"})
 
 
-def test_router_address_is_never_handed_out(post, app):
-    node = app.extensions["pycilium"].node
+def test_router_address_is_never_handed_out(post):
     _, v6 = pool(post, "", v6=True)
-    status, reply = address(post, v6["PoolID"], str(node.router6))
+    router = ipaddress.ip_network(v6["Pool"]).network_address + 1
+    status, reply = address(post, v6["PoolID"], str(router))
     assert status == 500 and "reserved" in reply["Err"]
     handed = {address(post, v6["PoolID"])[1]["Address"] for _ in range(5)}
-    assert f"{node.router6}/128" not in handed
+    assert f"{router}/128" not in handed
+    assert address(post, v6["PoolID"], gateway=True)[1]["Address"] == f"{router}/118"
 
 
 def test_overlap_with_host_routes_or_own_pools_is_refused(post, datapath):

@@ -13,7 +13,6 @@ from ..docker_calls import (
     NET,
     SANDBOX,
     create_endpoint,
-    join,
     make_ipam_network,
     request_address,
 )
@@ -88,12 +87,14 @@ def test_oversized_body_is_refused_as_json(post):
 
 def test_ipam_network_lifecycle(post, datapath, config):
     pool4, pool6 = make_ipam_network(post)
-    assert pool4["Pool"] == "0.0.0.0/0"
-    assert pool4["Data"]["com.docker.network.gateway"] == "10.213.0.1/32"
+    # A block of the node ranges each, the gateway asked for as Docker does when Data has none.
+    range4 = ipaddress.ip_network(pool4["Pool"])
+    assert range4.prefixlen == 22 and range4.subnet_of(ipaddress.ip_network(config.node_range4))
     range6 = ipaddress.ip_network(pool6["Pool"])
-    assert range6.prefixlen == 112
+    assert range6.prefixlen == 118
     assert range6.subnet_of(ipaddress.ip_network(config.cluster_prefix6))
-    assert pool6["Data"]["com.docker.network.gateway"] == f"{range6.network_address}/128"
+    assert pool4["Data"] == {} and pool6["Data"] == {}
+    router4, router6 = range4.network_address + 1, range6.network_address + 1
 
     addr4 = request_address(post, pool4)
     addr6 = request_address(post, pool6)
@@ -126,15 +127,15 @@ def test_ipam_network_lifecycle(post, datapath, config):
         {"NetworkID": NET, "EndpointID": EP, "SandboxKey": SANDBOX, "Options": {}},
     )
     assert status == 200
-    router6 = str(range6.network_address)
     assert reply == {
         "InterfaceName": {"SrcName": "tmp" + EP[:12], "DstPrefix": "eth"},
-        "GatewayIPv6": router6,
+        "Gateway": str(router4),
+        "GatewayIPv6": str(router6),
         "StaticRoutes": [
             {"Destination": f"{router6}/128", "RouteType": 1},
-            {"Destination": "::/0", "RouteType": 0, "NextHop": router6},
-            {"Destination": "10.213.0.1/32", "RouteType": 1},
-            {"Destination": "0.0.0.0/0", "RouteType": 0, "NextHop": "10.213.0.1"},
+            {"Destination": str(range6), "RouteType": 0, "NextHop": str(router6)},
+            {"Destination": f"{router4}/32", "RouteType": 1},
+            {"Destination": str(range4), "RouteType": 0, "NextHop": str(router4)},
         ],
         "DisableGatewayService": True,
     }
@@ -199,26 +200,15 @@ def test_plain_docker_ipam_network_gets_ipv6_from_the_driver(post, datapath, app
         "NetworkDriver.Join",
         {"NetworkID": NET, "EndpointID": EP, "SandboxKey": SANDBOX, "Options": {}},
     )
-    assert {"Destination": "0.0.0.0/0", "RouteType": 0, "NextHop": "172.18.0.1"} in join[
-        "StaticRoutes"
-    ]
+    # Docker gave 172.18.0.2/16: the kernel routes the subnet, Docker the default via Gateway.
+    assert join["Gateway"] == "172.18.0.1"
+    assert join["StaticRoutes"][2:] == [{"Destination": "172.18.0.1/32", "RouteType": 1}]
     assert post("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP}) == (200, {})
     # The driver's own IPv6 address is free again: the next endpoint may take it explicitly.
     store = app.extensions["pycilium"].store
     assert store.address_owner(str(ipv6.ip)) is None
     assert post("NetworkDriver.DeleteNetwork", {"NetworkID": NET}) == (200, {})
     assert "172.18.0.0/16" not in datapath.unreachable
-
-
-def test_second_network_on_a_sandbox_avoids_existing_default_routes(post, datapath):
-    pools = make_ipam_network(post)
-    pool6 = pools[1]
-    router6 = pool6["Data"]["com.docker.network.gateway"]
-    datapath.sandbox_routes[SANDBOX] = {"::/0", "0.0.0.0/0", router6, "10.213.0.1/32"}
-    create_endpoint(post, pools)
-    _, reply = join(post)
-    destinations = [r["Destination"] for r in reply["StaticRoutes"]]
-    assert destinations == [pool6["Pool"], "10.213.0.0/16"]
 
 
 def test_create_endpoint_on_unknown_network_is_a_500(post):
