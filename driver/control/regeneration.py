@@ -53,7 +53,6 @@ class Regeneration:
         self.policy = PolicyRepository(self._saved_rules(saved_policy))
         # What the cached results were computed from; None until the first (full) computation.
         self._known: dict[int, Identity] | None = None
-        self._mates: dict[str, frozenset[int]] = {}
         self._cidr_identities: dict[str, int] = {}
         # (identity, network id) -> the policy of its endpoints on that network.
         self._results: dict[tuple[int, str], tuple[Identity, EndpointPolicy]] = {}
@@ -114,60 +113,48 @@ class Regeneration:
 
     def sync(self) -> None:
         """Make every endpoint's policy entries what the rules say for today's identities,
-        recomputing only what the identities and network mates that changed since the
-        last sync can affect.
+        recomputing only what the identities that changed since the last sync can affect.
 
-        A peer identity's keys in a result depend only on that identity's labels (and
-        the network mates), so an identity that appears adds its own keys to each cached
-        result, and one that goes takes its keys away; no other key changes.
+        A peer identity's keys in a result depend only on that identity's labels, so an
+        identity that appears adds its own keys to each cached result, and one that goes
+        takes its keys away; no other key changes.
         """
         if self._known is None:
             self._cidr_identities = self.identities.sync_cidrs(self.policy.cidrs())
             self._results.clear()
-            self._known, self._mates = {}, {}
+            self._known = {}
         self._write_cidr_identities()
         known = {
             i.identity: Identity(i.identity, i.labels) for i in self.store.identities("endpoint")
         }
         endpoints = self.store.endpoints()
-        mates = _network_mates(endpoints)
         added = [i for number, i in known.items() if self._known.get(number) != i]
         removed = {number for number, i in self._known.items() if known.get(number) != i}
-        moved = {
-            network
-            for network in mates.keys() | self._mates.keys()
-            if mates.get(network) != self._mates.get(network)
-        }
         in_use = {(ep.identity, ep.network_id) for ep in endpoints if ep.identity != INIT_ID}
         newcomers = Peers(added, self._cidr_identities)
         for key in list(self._results):
-            if key not in in_use or key[0] in removed or key[1] in moved:
+            if key not in in_use or key[0] in removed:
                 del self._results[key]
             elif added or removed:
-                self._results[key] = self._update(key, newcomers, removed, mates)
-        self._known, self._mates = known, mates
+                self._results[key] = self._update(key, newcomers, removed)
+        self._known = known
         everyone = None
         for ep in endpoints:
             key = (ep.identity, ep.network_id)
             if key in in_use and key not in self._results:
                 everyone = everyone or Peers(known.values(), self._cidr_identities)
                 identity = Identity(ep.identity, ep.labels)
-                result = self._compute(identity, everyone, mates, ep.network_id)
+                result = self.policy.compute_for(identity, everyone, self.mode)
                 self._results[key] = (identity, result)
         self._write(endpoints)
 
-    def _compute(self, identity: Identity, peers: Peers, mates, network_id: str):
-        return self.policy.compute_for(
-            identity, peers, self.mode, network_mates=mates.get(network_id, frozenset())
-        )
-
-    def _update(self, key, newcomers: Peers, removed, mates) -> tuple[Identity, EndpointPolicy]:
+    def _update(self, key, newcomers: Peers, removed) -> tuple[Identity, EndpointPolicy]:
         identity, result = self._results[key]
         keys = result.keys
         if removed:
             keys = frozenset(k for k in keys if k.identity not in removed)
         if newcomers.endpoints:
-            keys = merge(keys, self._compute(identity, newcomers, mates, key[1]).keys)
+            keys = merge(keys, self.policy.compute_for(identity, newcomers, self.mode).keys)
         return identity, dataclasses.replace(result, keys=keys)
 
     def _write(self, endpoints: list[Endpoint]) -> None:
@@ -260,15 +247,13 @@ class Regeneration:
         known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
         peers_now, peers_then = Peers(known, self._cidr_identities), Peers(known, cidrs)
         endpoints = self.store.endpoints()
-        mates = _network_mates(endpoints)
         changes = []
         for ep in endpoints:
             if ep.identity == INIT_ID:
                 continue
             identity = Identity(ep.identity, ep.labels)
-            ep_mates = mates.get(ep.network_id, frozenset())
-            before = self.policy.compute_for(identity, peers_now, self.mode, ep_mates)
-            after = candidate.compute_for(identity, peers_then, self.mode, ep_mates)
+            before = self.policy.compute_for(identity, peers_now, self.mode)
+            after = candidate.compute_for(identity, peers_then, self.mode)
             if _entries(before) != _entries(after):
                 changes.append(_change(ep, before, after))
         return {
@@ -305,18 +290,3 @@ def _change(ep: Endpoint, before: EndpointPolicy, after: EndpointPolicy) -> dict
         "ingress_enforced": [before.ingress_enforced, after.ingress_enforced],
         "egress_enforced": [before.egress_enforced, after.egress_enforced],
     }
-
-
-def _network_mates(endpoints: list[Endpoint]) -> dict[str, frozenset[int]]:
-    """Per network, the identities of the other endpoints of containers connected to it: a
-    container on two networks reaches both, whichever interface its packets leave by."""
-    by_sandbox = {}
-    for ep in endpoints:
-        if ep.sandbox_key:
-            by_sandbox.setdefault(ep.sandbox_key, []).append(ep)
-    mates: dict[str, set[int]] = {}
-    for members in by_sandbox.values():
-        for ep in members:
-            others = {m.identity for m in members if m is not ep and m.identity != INIT_ID}
-            mates.setdefault(ep.network_id, set()).update(others)
-    return {network: frozenset(ids) for network, ids in mates.items()}

@@ -201,11 +201,8 @@ def resolve(
     selected: list[tuple[str, Rule]],
     peers: Peers,
     mode: str,
-    network_mates: frozenset[int] = frozenset(),
 ) -> Resolved:
-    """selected: (display name, rule) for every rule whose endpointSelector matches identity;
-    network_mates: identities isolation treats as on the same network (the other endpoints
-    of containers connected to it)."""
+    """selected: (display name, rule) for every rule whose endpointSelector matches identity."""
     if mode not in ENFORCEMENT_MODES:
         modes = ", ".join(ENFORCEMENT_MODES)
         raise PolicyError(f"unknown enforcement mode {mode!r} (expected {modes})")
@@ -220,7 +217,7 @@ def resolve(
     if ingress:
         origins[HOST_ID, 0, 0, INGRESS][HOST_ACCESS] = None
     else:
-        _add_isolation(identity, peers, origins, network_mates)
+        _add_isolation(identity, peers, origins)
     frozen = {PolicyKey(*key): tuple(o) for key, o in origins.items()}
     return Resolved(True, egress, frozen, names)
 
@@ -281,10 +278,11 @@ def _specs(port: PortProtocol) -> list[tuple[int, int]]:
     return [(number, proto) for number in numbers for proto in protos]
 
 
-def _add_isolation(identity: Identity, peers: Peers, origins, network_mates) -> None:
+def _add_isolation(identity: Identity, peers: Peers, origins) -> None:
+    """Without ingress rules an endpoint admits its own network, as a Docker bridge does: a
+    container on several networks reaches each through its interface there."""
     network = identity.labels.get(NETWORK_LABEL)
     same = {i for i, labels in peers.endpoints.items() if labels.get(NETWORK_LABEL) == network}
-    same |= network_mates
     if identity.id >= FIRST_ENDPOINT_IDENTITY:
         same.add(identity.id)
     for ident in same | {HOST_ID, WORLD_ID, *peers.prefixes.values()}:

@@ -73,22 +73,18 @@ class PolicyRepository:
         identities: Iterable[Identity],
         cidr_identities: Mapping[str, int],
         mode: str = "default",
-        network_mates: frozenset[int] = frozenset(),
     ) -> EndpointPolicy:
-        """network_mates: identities that network isolation lets in as if they were on the
-        endpoint's network (other endpoints of containers connected to it, as in Docker)."""
-        return self.compute_for(identity, Peers(identities, cidr_identities), mode, network_mates)
+        return self.compute_for(identity, Peers(identities, cidr_identities), mode)
 
     def compute_for(
         self,
         identity: Identity,
         peers: Peers,
         mode: str = "default",
-        network_mates: frozenset[int] = frozenset(),
     ) -> EndpointPolicy:
         """compute() with the peers built once for many endpoints (they cache selections)."""
         selected = self._selecting(identity.labels)
-        return resolve(identity, selected, peers, mode, network_mates).policy()
+        return resolve(identity, selected, peers, mode).policy()
 
     def trace(
         self,
