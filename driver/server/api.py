@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import os
 
@@ -39,6 +40,16 @@ def _plain(record: dict) -> dict:
 @bp.get("/healthz")
 def healthz():
     return jsonify({"status": "ok"})
+
+
+@bp.get("/version")
+def version():
+    """The driver's version, as installed (`cilium version` shows it beside its own)."""
+    try:
+        installed = importlib.metadata.version("pycilium")
+    except importlib.metadata.PackageNotFoundError:
+        installed = "unknown"
+    return jsonify({"version": installed})
 
 
 @bp.get("/status")
