@@ -35,10 +35,8 @@ MAP_FILL_WARNING = 0.9
 
 
 def _client_version() -> str:
-    try:
-        return importlib.metadata.version("pycilium")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    # Asked when needed: reading the metadata is not free and most commands never show it.
+    return importlib.metadata.version("pycilium")
 
 
 def _print_version(ctx, _param, wanted):
@@ -81,7 +79,7 @@ def version(client, output):
         # First, so it shows even when the driver does not answer.
         click.echo(f"Client: {mine}")
     daemon = call(client, "GET", "/v1/version")["version"]
-    show({"client": mine, "daemon": daemon}, output, lambda v: click.echo(f"Daemon: {daemon}"))
+    show({"client": mine, "daemon": daemon}, output, lambda v: click.echo(f"Daemon: {v['daemon']}"))
 
 
 def _labels(labels: dict) -> str:

@@ -45,11 +45,7 @@ def healthz():
 @bp.get("/version")
 def version():
     """The driver's version, as installed (`cilium version` shows it beside its own)."""
-    try:
-        installed = importlib.metadata.version("pycilium")
-    except importlib.metadata.PackageNotFoundError:
-        installed = "unknown"
-    return jsonify({"version": installed})
+    return jsonify({"version": importlib.metadata.version("pycilium")})
 
 
 @bp.get("/status")
