@@ -4,6 +4,7 @@ and hands the answer to driver/cli/output.py, with the table it reads as for hum
 Over 300 lines because it is the whole command tree in one place, as `cilium --help` shows
 it: each command is a few lines, the rest is the human tables of the API's records."""
 
+import importlib.metadata
 import pathlib
 import sys
 
@@ -33,7 +34,27 @@ ENFORCEMENT_MODES = ("default", "always", "never")
 MAP_FILL_WARNING = 0.9
 
 
-@click.group()
+def _client_version() -> str:
+    # Asked when needed: reading the metadata is not free and most commands never show it.
+    return importlib.metadata.version("pycilium")
+
+
+def _print_version(ctx, _param, wanted):
+    if wanted and not ctx.resilient_parsing:
+        click.echo(f"Client: {_client_version()}")
+        ctx.exit()
+
+
+# Every subcommand inherits -h from the group's context, as Cilium's commands take it.
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show this command's version and exit (`cilium version` adds the driver's).",
+)
 @click.option(
     "--socket",
     "socket_path",
@@ -46,6 +67,19 @@ MAP_FILL_WARNING = 0.9
 def main(ctx, socket_path):
     """Inspect and steer the pycilium driver."""
     ctx.obj = ApiClient(socket_path)
+
+
+@main.command()
+@output_option()
+@click.pass_obj
+def version(client, output):
+    """The version of this command and of the driver that answers on the API socket."""
+    mine = _client_version()
+    if output == "table":
+        # First, so it shows even when the driver does not answer.
+        click.echo(f"Client: {mine}")
+    daemon = call(client, "GET", "/v1/version")["version"]
+    show({"client": mine, "daemon": daemon}, output, lambda v: click.echo(f"Daemon: {v['daemon']}"))
 
 
 def _labels(labels: dict) -> str:
@@ -383,25 +417,48 @@ def _verdict(verdict: dict) -> None:
     click.echo(f"Final verdict: {'ALLOWED' if verdict['allowed'] else 'DENIED'}")
 
 
+# Not 1 (an error) nor 2 (click's usage error), so a script can tell "denied" from a mistake.
+TRACE_DENIED = 3
+
+
+def _trace_side(client, written: tuple[str, ...], number: int | None) -> dict:
+    """The labels of one side: -s/-d label lists (repeatable, comma-separated, as Cilium's
+    stringSlice), or an identity's labels as the API has them."""
+    if not written:
+        found = call(client, "GET", f"/v1/identities/{number}")
+        # A reserved or CIDR identity is its key ("reserved:world"), which trace reads as
+        # that identity; only a container identity's labels are Docker labels.
+        return found["labels"] if found["kind"] == "endpoint" else {found["key"]: ""}
+    labels = {}
+    for text in written:
+        labels.update(_parse_labels(text))
+    return labels
+
+
 @policy.command("trace")
-@click.option("--src", "src", required=True, help="source labels, e.g. app=client")
-@click.option("--dst", "dst", required=True, help="destination labels, e.g. app=web")
+@click.option("-s", "--src", multiple=True, help="source labels, e.g. app=client (repeatable)")
+@click.option("-d", "--dst", multiple=True, help="destination labels, e.g. app=web (repeatable)")
+@click.option("--src-identity", type=int, help="source identity (its labels)")
+@click.option("--dst-identity", type=int, help="destination identity (its labels)")
 @click.option("--dport", default="0/tcp", show_default=True, help="PORT/PROTOCOL, e.g. 80/tcp")
 @output_option()
 @click.pass_obj
-def policy_trace(client, src, dst, dport, output):
+def policy_trace(client, src, dst, src_identity, dst_identity, dport, output):
     """The verdict for a new flow between two label sets, and the rule that decided it.
-    Exit code 0 when allowed, 1 when denied."""
+    Exit code 0 when allowed, 3 when denied, 1 on an error, 2 on a usage error."""
+    for side, written, number in (("src", src, src_identity), ("dst", dst, dst_identity)):
+        if bool(written) == (number is not None):
+            raise click.UsageError(f"give one of --{side} or --{side}-identity")
     port, _, protocol = dport.partition("/")
     body = {
-        "src": _parse_labels(src),
-        "dst": _parse_labels(dst),
+        "src": _trace_side(client, src, src_identity),
+        "dst": _trace_side(client, dst, dst_identity),
         "dport": port,
         "protocol": protocol or "tcp",
     }
     verdict = call(client, "POST", "/v1/policy/trace", body)
     show(verdict, output, _verdict)
-    sys.exit(0 if verdict["allowed"] else 1)
+    sys.exit(0 if verdict["allowed"] else TRACE_DENIED)
 
 
 @main.group()
@@ -409,14 +466,26 @@ def bpf():
     """Dumps of the datapath's maps."""
 
 
-@bpf.command("endpoint")
-@getter(
-    listing(
-        ["IFINDEX", "ENDPOINT", "IDENTITY", "MAC", "IPv6", "IPv4"],
-        lambda e: [e.get(k) for k in ("ifindex", "endpoint_id", "identity", "mac", "ipv6", "ipv4")],
-    )
+_bpf_endpoints_table = listing(
+    ["IFINDEX", "ENDPOINT", "IDENTITY", "MAC", "IPv6", "IPv4"],
+    lambda e: [e.get(k) for k in ("ifindex", "endpoint_id", "identity", "mac", "ipv6", "ipv4")],
 )
-def bpf_endpoint():
+
+
+# A group like `bpf ct`, so `bpf endpoint list` works as in Cilium; alone it still lists,
+# as it did when it was a command, so scripts written for that keep working.
+@bpf.group("endpoint", invoke_without_command=True)
+@output_option()
+@click.pass_context
+def bpf_endpoint(ctx, output):
+    """Endpoints map (`cilium bpf endpoint` alone is `cilium bpf endpoint list`)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(bpf_endpoint_list, output=output)
+
+
+@bpf_endpoint.command("list")
+@getter(_bpf_endpoints_table)
+def bpf_endpoint_list():
     """The endpoints map."""
     return "/v1/bpf/endpoints"
 
@@ -459,6 +528,10 @@ def bpf_policy():
 def bpf_policy_list(ref):
     """An endpoint's policy map entries with their counters."""
     return f"/v1/bpf/policy/{ref}"
+
+
+# Cilium's name for it.
+bpf_policy.add_command(bpf_policy_list, "get")
 
 
 @bpf.group("ct")

@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import json
 import os
 
@@ -39,6 +40,12 @@ def _plain(record: dict) -> dict:
 @bp.get("/healthz")
 def healthz():
     return jsonify({"status": "ok"})
+
+
+@bp.get("/version")
+def version():
+    """The driver's version, as installed (`cilium version` shows it beside its own)."""
+    return jsonify({"version": importlib.metadata.version("pycilium")})
 
 
 @bp.get("/status")

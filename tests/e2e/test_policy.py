@@ -175,7 +175,7 @@ def test_trace_gives_the_verdict_the_datapath_enforces(docker, driver, cilium, t
         check=False,
     )
     assert allowed.returncode == 0 and "ALLOWED" in allowed.stdout
-    assert denied.returncode == 1 and "DENIED" in denied.stdout
+    assert denied.returncode == 3 and "DENIED" in denied.stdout
     assert wget(docker, trio["client"], trio["web6"])
     assert not wget(docker, trio["other"], trio["web6"])
 

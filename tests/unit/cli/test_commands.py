@@ -2,6 +2,7 @@
 it sends and its exit codes."""
 
 import copy
+import importlib.metadata
 import json
 
 import click
@@ -56,8 +57,10 @@ READS = {
     ("identity", "list"): ("GET", "/v1/identities"),
     ("identity", "get", "256"): ("GET", "/v1/identities/256"),
     ("bpf", "endpoint"): ("GET", "/v1/bpf/endpoints"),
+    ("bpf", "endpoint", "list"): ("GET", "/v1/bpf/endpoints"),
     ("bpf", "lb", "list"): ("GET", "/v1/bpf/lb"),
     ("bpf", "policy", "list", "web-1"): ("GET", "/v1/bpf/policy/web-1"),
+    ("bpf", "policy", "get", "web-1"): ("GET", "/v1/bpf/policy/web-1"),
     ("bpf", "ct", "list"): ("GET", "/v1/bpf/ct"),
     ("service", "list"): ("GET", "/v1/services"),
     ("service", "get", "1"): ("GET", "/v1/services/1"),
@@ -156,6 +159,11 @@ NETWORK       NAME  IPv6 POOL               IPv6 GATEWAY          IPv4 POOL     
 }
 
 
+# Cilium's names beside pycilium's first ones: the same request, the same table.
+TABLES[("bpf", "endpoint", "list")] = TABLES[("bpf", "endpoint")]
+TABLES[("bpf", "policy", "get", "web-1")] = TABLES[("bpf", "policy", "list", "web-1")]
+
+
 @pytest.mark.parametrize("args", TABLES, ids=" ".join)
 def test_human_tables(api, args):
     result = cilium(*args)
@@ -211,8 +219,9 @@ def test_every_command_that_shows_an_answer_has_the_same_output_option():
     assert set(printers.values()) == {everything}
     assert sorted(" ".join(path) for path in printers) == [
         "bpf ct list",
-        "bpf endpoint",
+        "bpf endpoint list",
         "bpf lb list",
+        "bpf policy get",
         "bpf policy list",
         "endpoint get",
         "endpoint list",
@@ -226,6 +235,7 @@ def test_every_command_that_shows_an_answer_has_the_same_output_option():
         "service list",
         "service update",
         "status",
+        "version",
     ]
 
 
@@ -383,7 +393,7 @@ def test_policy_mode(api):
 
 
 @pytest.mark.parametrize(
-    ("allowed", "code", "verdict"), [(True, 0, "ALLOWED"), (False, 1, "DENIED")]
+    ("allowed", "code", "verdict"), [(True, 0, "ALLOWED"), (False, 3, "DENIED")]
 )
 def test_policy_trace(api, allowed, code, verdict):
     answer = {"allowed": allowed, "reason": "the reason"}
@@ -402,6 +412,75 @@ def test_policy_trace(api, allowed, code, verdict):
     result = cilium(*args, "-o", "json")
     assert result.exit_code == code
     assert result.stdout == json.dumps(answer, indent=2) + "\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-s", "app=client", "-s", "x=", "-d", "app=web"),
+        ("--src", "app=client,x=", "--dst", "app=web"),
+        ("-s", "app=client, x=", "-d", "app=web"),
+    ],
+)
+def test_policy_trace_takes_ciliums_repeatable_label_flags(api, args):
+    """Cilium's -s/-d are string slices: repeated, comma-separated, or both."""
+    assert cilium("policy", "trace", *args).exit_code == 0
+    assert api.calls[0][2]["src"] == {"app": "client", "x": ""}
+    assert api.calls[0][2]["dst"] == {"app": "web"}
+
+
+@pytest.mark.parametrize(
+    ("number", "labels"),
+    [
+        ("256", {"app": "web"}),
+        ("2", {"reserved:world": ""}),
+        # A prefix's key, which trace refuses with its message: never its labels read as
+        # the Docker label "cidr".
+        ("16777216", {"cidr:10.0.0.0/8": ""}),
+    ],
+)
+def test_policy_trace_resolves_identities_to_their_labels(api, number, labels):
+    result = cilium("policy", "trace", "--src-identity", number, "--dst-identity", "256")
+    assert result.exit_code == 0, result.output
+    assert api.calls[:2] == [
+        ("GET", f"/v1/identities/{number}", None),
+        ("GET", "/v1/identities/256", None),
+    ]
+    assert api.calls[2][2]["src"] == labels
+    assert api.calls[2][2]["dst"] == {"app": "web"}
+
+
+def test_policy_trace_mixes_labels_and_an_identity(api):
+    result = cilium("policy", "trace", "-s", "reserved:host", "--dst-identity", "256")
+    assert result.exit_code == 0
+    assert api.calls[-1][2]["src"] == {"reserved:host": ""}
+    assert api.calls[-1][2]["dst"] == {"app": "web"}
+
+
+@pytest.mark.parametrize(
+    ("args", "side"),
+    [
+        (("-d", "a=b"), "src"),
+        (("-s", "a=b", "--src-identity", "2", "-d", "a=b"), "src"),
+        (("-s", "a=b"), "dst"),
+        (("-s", "a=b", "-d", "a=b", "--dst-identity", "256"), "dst"),
+    ],
+)
+def test_policy_trace_wants_one_form_a_side(api, args, side):
+    result = cilium("policy", "trace", *args)
+    assert result.exit_code == 2
+    assert f"give one of --{side} or --{side}-identity" in result.stderr
+    assert api.calls == []
+
+
+def test_policy_trace_errors_are_not_denials(api):
+    """1 for an error (here an unknown identity), 3 for denied, 2 for a usage error."""
+    api.answers[("GET", "/v1/identities/999")] = ApiError("identity 999 not found")
+    result = cilium("policy", "trace", "--src-identity", "999", "-d", "app=web")
+    assert result.exit_code == 1
+    assert result.stderr == "Error: identity 999 not found\n"
+    api.answers[("POST", "/v1/policy/trace")] = ApiError("trace: 'k8s:app' is neither ...")
+    assert cilium("policy", "trace", "-s", "k8s:app=x", "-d", "app=web").exit_code == 1
 
 
 def test_policy_trace_port_defaults(api):
@@ -509,3 +588,70 @@ def test_service_delete_wants_a_ref_or_all(api, args):
     result = cilium("service", "delete", *args)
     assert result.exit_code == 2
     assert "give a service id or name, or --all" in result.stderr
+
+
+def _every_command(command=cli.main, path=()):
+    """Every command and group, as a user can type it."""
+    yield path
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _every_command(sub, (*path, name))
+
+
+@pytest.mark.parametrize("path", list(_every_command()), ids=" ".join)
+def test_h_is_help_everywhere(api, path):
+    short, long = cilium(*path, "-h"), cilium(*path, "--help")
+    assert short.exit_code == 0, short.output
+    assert short.stdout.startswith(f"Usage: {' '.join(('main', *path))} ")
+    assert short.stdout == long.stdout
+    assert api.calls == []
+
+
+CLIENT_VERSION = importlib.metadata.version("pycilium")
+
+
+def test_version_flag_is_the_client_alone(api):
+    result = cilium("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"Client: {CLIENT_VERSION}\n"
+    assert api.calls == []
+
+
+def test_version_adds_the_drivers(api):
+    result = cilium("version")
+    assert result.exit_code == 0
+    assert result.stdout == f"Client: {CLIENT_VERSION}\nDaemon: 0.0.9\n"
+    assert api.calls == [("GET", "/v1/version", None)]
+    result = cilium("version", "-o", "json")
+    assert json.loads(result.stdout) == {"client": CLIENT_VERSION, "daemon": "0.0.9"}
+    result = cilium("version", "-o", "yaml")
+    assert yaml.safe_load(result.stdout) == {"client": CLIENT_VERSION, "daemon": "0.0.9"}
+
+
+def test_version_without_a_driver_still_names_the_client(api):
+    api.answers[("GET", "/v1/version")] = ApiError("cannot reach the driver at /x: gone")
+    result = cilium("version")
+    assert result.exit_code == 1
+    assert result.stdout == f"Client: {CLIENT_VERSION}\n"
+    assert result.stderr == "Error: cannot reach the driver at /x: gone\n"
+
+
+def test_bash_completion_script_and_answers():
+    """What README tells users to source: click's completion for the `cilium` entry point."""
+    runner = CliRunner()
+    script = runner.invoke(
+        cli.main, [], prog_name="cilium", env={"_CILIUM_COMPLETE": "bash_source"}
+    )
+    assert script.exit_code == 0
+    assert "complete -o nosort -F _cilium_completion cilium" in script.stdout
+    words = runner.invoke(
+        cli.main,
+        [],
+        prog_name="cilium",
+        env={
+            "_CILIUM_COMPLETE": "bash_complete",
+            "COMP_WORDS": "cilium bpf endpoint ",
+            "COMP_CWORD": "3",
+        },
+    )
+    assert words.stdout.split() == ["plain,list"]

@@ -1,5 +1,7 @@
 """The management API over the control plane, with the in-memory datapath."""
 
+import importlib.metadata
+
 import pytest
 
 from ..docker_calls import EP, NET
@@ -11,6 +13,10 @@ WEB_POLICY = """
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 """
+
+
+def test_version_is_the_installed_package(api):
+    assert api("GET", "version") == (200, {"version": importlib.metadata.version("pycilium")})
 
 
 def test_endpoint_waits_for_identity_until_its_container_is_known(api, web_endpoint, datapath):
