@@ -113,7 +113,7 @@ def _rule(rng: random.Random, index: int) -> dict:
     for direction in directions:
         side = "from" if direction == "ingress" else "to"
         if rng.random() < 0.08:
-            rule[direction] = []  # present and empty: enforces, allows nothing
+            rule[direction] = [{}]  # default deny: enforces, allows nothing
         else:
             rule[direction] = [_section(rng, side) for _ in range(rng.randint(1, 2))]
     return rule
@@ -127,7 +127,7 @@ def _section(rng: random.Random, side: str) -> dict:
     if roll < 0.7:
         section[f"{side}Endpoints"] = [_selector(rng) for _ in range(rng.randint(1, 2))]
     elif roll < 0.78:
-        section[f"{side}Endpoints"] = []  # every endpoint
+        section[f"{side}Endpoints"] = []  # selects no peer: the section allows nothing
     elif roll < 0.86:
         section[f"{side}Entities"] = [rng.choice(ENTITIES)]
     # else no peer field: toPorts alone, any peer
