@@ -1,7 +1,8 @@
-"""Random rule sets and flows for the differential test (policy engine vs real packets).
+"""Rule sets and flows for the differential test (policy engine vs real packets).
 
-Everything here is pure Python and seeded: case n of a seed is the same on every run, so
-a failing case can be rerun alone and its rules read back from the failure message.
+Random cases are seeded: case n of a seed is the same on every run, so a failing case can
+be rerun alone and its rules read back from the failure message. Fixed cases are written
+by hand with their verdicts (FixedCase) and probe every pair of endpoints.
 """
 
 import itertools
@@ -50,7 +51,7 @@ FLOWS_PER_CASE = 8
 
 @dataclass(frozen=True)
 class Flow:
-    src: int  # index into ENDPOINT_LABELS
+    src: int  # index of the endpoint (into ENDPOINT_LABELS, or a FixedCase's labels)
     dst: int
     proto: str  # "tcp", "udp" or "icmp" (echo request)
     port: int  # 0 for icmp
@@ -76,14 +77,53 @@ class Case:
     flows: tuple[Flow, ...]
 
 
-def endpoint_labels(index: int) -> dict[str, str]:
-    return {**ENDPOINT_LABELS[index], policy.NETWORK_LABEL: NETWORK}
-
-
-def identities() -> list[policy.Identity]:
+def identities(labels: tuple[dict[str, str], ...] = ENDPOINT_LABELS) -> list[policy.Identity]:
+    """The endpoints' identities: labels (and NETWORK_LABEL) for FIRST_IDENTITY, ..."""
     return [
-        policy.Identity(FIRST_IDENTITY + i, endpoint_labels(i)) for i in range(len(ENDPOINT_LABELS))
+        policy.Identity(FIRST_IDENTITY + i, {**own, policy.NETWORK_LABEL: NETWORK})
+        for i, own in enumerate(labels)
     ]
+
+
+def trace_labels(labels) -> dict[str, str]:
+    """A container's labels written as `policy trace --src` takes them: a Docker label
+    whose key has a ':' is any:KEY (reserved:world alone would be the world)."""
+    return {(f"any:{k}" if ":" in k else k): v for k, v in labels.items()}
+
+
+@dataclass(frozen=True)
+class FixedCase:
+    """Rules (YAML) with the verdicts written beside them. Every ordered pair of endpoints
+    probes each of kinds ("tcp/80", "udp/53", "icmp"; IPv6 when src + dst is odd, else
+    IPv4); blocked names the flows that must not pass as "SRC>DST" or "SRC>DST KIND" with
+    endpoint numbers or * ("*>0": every flow into ep0), and every other flow must pass.
+    labels: the endpoints' labels for this case (their identity numbers stay the same)."""
+
+    name: str
+    text: str
+    blocked: tuple[str, ...]
+    kinds: tuple[str, ...] = ("tcp/80",)
+    labels: tuple[dict[str, str], ...] = ENDPOINT_LABELS
+
+    def flows(self) -> tuple[Flow, ...]:
+        out = []
+        for src, dst in itertools.permutations(range(len(self.labels)), 2):
+            for kind in self.kinds:
+                proto, _, port = kind.partition("/")
+                out.append(Flow(src, dst, proto, int(port or 0), 6 if (src + dst) % 2 else 4))
+        return tuple(out)
+
+    def allows(self, flow: Flow) -> bool:
+        """The verdict written in the case."""
+        return not any(blocks(pattern, flow) for pattern in self.blocked)
+
+
+def blocks(pattern: str, flow: Flow) -> bool:
+    """Whether a FixedCase.blocked pattern names the flow."""
+    pair, _, kind = pattern.partition(" ")
+    src, dst = pair.split(">")
+    flow_kind = flow.proto if flow.proto == "icmp" else f"{flow.proto}/{flow.port}"
+    return src in ("*", str(flow.src)) and dst in ("*", str(flow.dst)) and kind in ("", flow_kind)
 
 
 def make_case(seed: int, number: int) -> Case:
@@ -113,7 +153,7 @@ def _rule(rng: random.Random, index: int) -> dict:
     for direction in directions:
         side = "from" if direction == "ingress" else "to"
         if rng.random() < 0.08:
-            rule[direction] = []  # present and empty: enforces, allows nothing
+            rule[direction] = [{}]  # default deny: enforces, allows nothing
         else:
             rule[direction] = [_section(rng, side) for _ in range(rng.randint(1, 2))]
     return rule
@@ -127,7 +167,7 @@ def _section(rng: random.Random, side: str) -> dict:
     if roll < 0.7:
         section[f"{side}Endpoints"] = [_selector(rng) for _ in range(rng.randint(1, 2))]
     elif roll < 0.78:
-        section[f"{side}Endpoints"] = []  # every endpoint
+        section[f"{side}Endpoints"] = []  # selects no peer: the section allows nothing
     elif roll < 0.86:
         section[f"{side}Entities"] = [rng.choice(ENTITIES)]
     # else no peer field: toPorts alone, any peer

@@ -8,7 +8,12 @@ Before each case's probes the endpoints' conntrack entries are deleted (and ever
 an echo id of its own), so no flow of an earlier case can admit one of this case. Packets
 only go between the namespaces made here, to the endpoints' own addresses.
 
-One case is one test (test_trace_matches_datapath[case-17]); a failure prints the rules,
+Fixed cases (FIXED) do the same on the same four endpoints for hand-written rules, one for
+each empty-list and label-source reading of docs/policy.md, with every pair of endpoints
+probed and each flow's verdict written in the case: it must be trace's and the packets'.
+
+One case is one test (test_trace_matches_datapath[case-17],
+test_fixed_case_matches_datapath[any-source]); a failure prints the rules,
 the keys of both endpoints (computed and installed, with their packet counters), the
 flow, trace's explanation and the drop counters that moved, so it can be replayed alone.
 """
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 import pytest
 
 from datapath import INIT_ID
-from driver.control.policy import PolicyRepository, parse_rules
+from driver.control.policy import PolicyRepository, Verdict, parse_rules
 
 from . import differential_helpers as dh
 from . import traffic
@@ -92,11 +97,206 @@ def test_cases_cover_both_verdicts_every_protocol_and_mode():
 def test_trace_matches_datapath(datapath, fleet, number):
     case = dh.make_case(SEED, number)
     repo = PolicyRepository(parse_rules(case.text, case.source))
-    ids = fleet.identities
+    about = About(
+        f"case {case.number} (seed {SEED}, {case.source})",
+        case.text,
+        f"test_trace_matches_datapath[case-{case.number}]",
+    )
+    _differential(datapath, fleet, repo, fleet.identities, case.mode, case.flows, None, about)
 
+
+# Hand-written cases for the readings issue 13 changed (docs/policy.md, "What the rules
+# mean"): each flow's written verdict, trace's and the datapath's must be the same. Endpoints
+# ep0 app=a,tier=x; ep1 app=b,tier=x; ep2 app=b,tier=y; ep3 app=c (unless labels says else).
+_TCP80 = "toPorts: [{ports: [{port: '80', protocol: TCP}]}]"
+_WORLD_LABELLED = (
+    dh.ENDPOINT_LABELS[0],
+    dh.ENDPOINT_LABELS[1],
+    {**dh.ENDPOINT_LABELS[2], "reserved.world": ""},
+    {**dh.ENDPOINT_LABELS[3], "reserved:world": ""},
+)
+FIXED = (
+    # An empty peer list selects no peer: before, it allowed every peer on its toPorts.
+    dh.FixedCase(
+        "fromEndpoints-empty",
+        f"""
+- endpointSelector: {{matchLabels: {{app: a}}}}
+  ingress:
+  - fromEndpoints: []
+    {_TCP80}
+  - fromEndpoints: [{{matchLabels: {{app: c}}}}]
+    toPorts: [{{ports: [{{port: '81', protocol: TCP}}]}}]
+""",
+        blocked=("*>0 tcp/80", "1>0 tcp/81", "2>0 tcp/81"),
+        kinds=("tcp/80", "tcp/81"),
+    ),
+    dh.FixedCase(
+        "fromCIDR-empty",
+        f"""
+- endpointSelector: {{matchLabels: {{app: a}}}}
+  ingress: [{{fromCIDR: [], {_TCP80}}}]
+""",
+        blocked=("*>0",),
+    ),
+    dh.FixedCase(
+        "fromCIDRSet-empty",
+        """
+- endpointSelector: {matchLabels: {tier: y}}
+  ingress: [{fromCIDRSet: [], toPorts: [{ports: [{port: '53', protocol: ANY}]}]}]
+""",
+        blocked=("*>2",),
+        kinds=("tcp/53", "udp/53"),
+    ),
+    dh.FixedCase(
+        "fromEntities-empty",
+        """
+- endpointSelector: {matchLabels: {app: c}}
+  ingress: [{fromEntities: [], toPorts: [{ports: [{protocol: ICMP}]}]}]
+""",
+        blocked=("*>3",),
+        kinds=("icmp", "tcp/80"),
+    ),
+    # One empty field empties the whole section, whatever the other peer fields select.
+    dh.FixedCase(
+        "fromEndpoints-beside-empty-fromCIDR",
+        """
+- endpointSelector: {matchLabels: {app: a}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: c}}], fromCIDR: []}]
+""",
+        blocked=("*>0",),
+    ),
+    dh.FixedCase(
+        "toEndpoints-empty",
+        f"""
+- endpointSelector: {{matchLabels: {{app: a}}}}
+  egress: [{{toEndpoints: [], {_TCP80}}}]
+""",
+        blocked=("0>*",),
+        kinds=("tcp/80", "udp/53"),
+    ),
+    # Label sources any, container, unspec name the Docker label: before, such a selector
+    # selected nobody and left the container unrestricted.
+    dh.FixedCase(
+        "any-source",
+        """
+- endpointSelector: {matchLabels: {'any:app': a}}
+  ingress: [{fromEndpoints: [{matchLabels: {'any:app': c}}]}]
+""",
+        blocked=("1>0", "2>0"),
+    ),
+    dh.FixedCase(
+        "container-source",
+        """
+- endpointSelector: {matchLabels: {'container:tier': y}}
+  ingress: [{fromEndpoints: [{matchLabels: {'container:app': a}}]}]
+""",
+        blocked=("1>2", "3>2"),
+    ),
+    dh.FixedCase(
+        "unspec-source",
+        """
+- endpointSelector:
+    matchExpressions: [{key: 'unspec:app', operator: In, values: [c]}]
+  egress: [{toEndpoints: [{matchLabels: {'unspec:tier': x}}]}]
+""",
+        blocked=("3>2",),
+    ),
+    # ep2 and ep3 carry Docker labels named like the world's: they never get its access.
+    dh.FixedCase(
+        "reserved-world-selector-vs-docker-label",
+        """
+- endpointSelector: {matchLabels: {app: a}}
+  ingress: [{fromEndpoints: [{matchLabels: {'reserved:world': ''}}]}]
+""",
+        blocked=("*>0",),
+        labels=_WORLD_LABELLED,
+    ),
+    dh.FixedCase(
+        "world-entity-vs-docker-label",
+        """
+- endpointSelector: {matchLabels: {app: a}}
+  ingress: [{fromEntities: [world]}]
+""",
+        blocked=("*>0",),
+        labels=_WORLD_LABELLED,
+    ),
+    # ... while a selector for the Docker label (any:KEY when the key has a ':') finds them.
+    dh.FixedCase(
+        "docker-label-named-reserved-world",
+        """
+- endpointSelector: {matchLabels: {app: a}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {'any:reserved:world': ''}}, {matchLabels: {reserved.world: ''}}]
+""",
+        blocked=("1>0",),
+        labels=_WORLD_LABELLED,
+    ),
+    dh.FixedCase(
+        "default-deny",
+        """
+- endpointSelector: {matchLabels: {app: b}}
+  ingress: [{}]
+- endpointSelector: {matchLabels: {app: c}}
+  egress: [{}]
+""",
+        blocked=("*>1", "*>2", "3>*"),
+        kinds=("tcp/80", "udp/53", "icmp"),
+    ),
+)
+
+
+def test_fixed_cases_name_real_flows_and_both_verdicts():
+    """A blocked pattern that matches no flow is a typo, a kind no endpoint serves would
+    never pass, and a case all of one verdict proves less."""
+    for case in FIXED:
+        flows = case.flows()
+        assert {(f.proto, f.port) for f in flows} <= set(dh.SERVICES), case.name
+        for pattern in case.blocked:
+            assert any(dh.blocks(pattern, f) for f in flows), (case.name, pattern)
+        assert {case.allows(f) for f in flows} == {True, False}, case.name
+    assert len({case.name for case in FIXED}) == len(FIXED)
+
+
+@pytest.mark.parametrize("case", FIXED, ids=lambda c: c.name)
+def test_fixed_case_matches_datapath(datapath, fleet, case):
+    repo = PolicyRepository(parse_rules(case.text, f"{case.name}.yaml"))
+    flows = case.flows()
+    written = [case.allows(flow) for flow in flows]
+    about = About(
+        f"fixed case {case.name}", case.text, f"test_fixed_case_matches_datapath[{case.name}]"
+    )
+    ids = dh.identities(case.labels)
+    _differential(datapath, fleet, repo, ids, "default", flows, written, about)
+
+
+@dataclass(frozen=True)
+class About:
+    """What a failure message says of the case: a title, its rules, its test node."""
+
+    title: str
+    text: str
+    node: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    flow: dh.Flow
+    written: bool | None  # the verdict written in a fixed case; None for a random one
+    verdict: Verdict  # trace's
+    by_keys: bool  # compute()'s keys probed as the BPF program probes them
+    passed: bool  # the real packets
+
+    def agrees(self) -> bool:
+        claims = {self.verdict.allowed, self.by_keys, self.passed}
+        return claims == {self.passed} and self.written in (None, self.passed)
+
+
+def _differential(datapath, fleet, repo, ids, mode, flows, written, about) -> None:
+    """Installs repo's policy on the fleet (given identities ids), sends flows, and fails
+    unless trace, compute's keys, the packets and the written verdicts (if any) agree."""
     policies = []
     for container, identity in zip(fleet.containers, ids, strict=True):
-        computed = repo.compute(identity, ids, {}, case.mode)
+        computed = repo.compute(identity, ids, {}, mode)
         keys = {dh.to_datapath_key(k) for k in computed.keys}
         datapath.set_endpoint_policy(
             container.spec, computed.ingress_enforced, computed.egress_enforced, keys
@@ -107,33 +307,34 @@ def test_trace_matches_datapath(datapath, fleet, number):
     for container in fleet.containers:
         datapath.maps.delete_ct({container.spec.endpoint_id}, container.spec.addresses())
 
-    expected = []
-    for flow in case.flows:
-        src, dst = ids[flow.src], ids[flow.dst]
-        verdict = repo.trace(
-            src.labels, dst.labels, flow.port, flow.protocol, identities=ids, mode=case.mode
-        )
-        by_keys = dh.keys_allow(policies[flow.src], policies[flow.dst], ids, flow)
-        expected.append((verdict, by_keys))
+    written = written or [None] * len(flows)
+    verdicts, by_keys = [], []
+    for flow in flows:
+        src, dst = dh.trace_labels(ids[flow.src].labels), dh.trace_labels(ids[flow.dst].labels)
+        verdicts.append(repo.trace(src, dst, flow.port, flow.protocol, identities=ids, mode=mode))
+        by_keys.append(dh.keys_allow(policies[flow.src], policies[flow.dst], ids, flow))
 
     def send(flow: dh.Flow, timeout: float) -> bool:
         dst = fleet.containers[flow.dst]
         return dh.probe(fleet.containers[flow.src], dst.addr(flow.version), flow, timeout)
 
     drops_before = datapath.drop_counts()
-    with ThreadPoolExecutor(len(case.flows)) as pool:
-        passed = list(pool.map(lambda f: send(f, PROBE_TIMEOUT), case.flows))
+    with ThreadPoolExecutor(len(flows)) as pool:
+        passed = list(pool.map(lambda f: send(f, PROBE_TIMEOUT), flows))
         # A slow first packet must not pass for a deny: retry expected-allowed failures.
-        retry = [i for i, f in enumerate(case.flows) if expected[i][0].allowed and not passed[i]]
-        again = pool.map(lambda i: send(case.flows[i], RETRY_TIMEOUT), retry)
+        retry = [
+            i for i in range(len(flows)) if (verdicts[i].allowed or written[i]) and not passed[i]
+        ]
+        again = pool.map(lambda i: send(flows[i], RETRY_TIMEOUT), retry)
         for i, ok in zip(retry, again, strict=True):
             passed[i] = ok
     drops = _moved(drops_before, datapath.drop_counts())
 
+    outcomes = map(Outcome, flows, written, verdicts, by_keys, passed)
     problems = [
-        _report(case, fleet, policies, datapath, flow, verdict, by_keys, passed[i], drops)
-        for i, (flow, (verdict, by_keys)) in enumerate(zip(case.flows, expected, strict=True))
-        if not verdict.allowed == by_keys == passed[i]
+        _report(about, mode, fleet, ids, policies, datapath, outcome, drops)
+        for outcome in outcomes
+        if not outcome.agrees()
     ]
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
@@ -143,19 +344,22 @@ def _moved(before: dict, after: dict) -> dict:
     return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 
 
-def _report(case, fleet, policies, datapath, flow, verdict, by_keys, passed, drops) -> str:
+def _report(about, mode, fleet, ids, policies, datapath, outcome: Outcome, drops) -> str:
     def say(allowed: bool) -> str:
         return "allowed" if allowed else "denied"
 
+    flow = outcome.flow
+    claims = [] if outcome.written is None else [f"written {say(outcome.written)}"]
+    claims += [f"trace {say(outcome.verdict.allowed)}", f"compute keys {say(outcome.by_keys)}"]
+    claims.append(f"datapath {'passed' if outcome.passed else 'blocked'}")
     lines = [
-        f"case {case.number} (seed {SEED}, mode {case.mode}, {case.source}):",
-        f"flow {flow.describe()}: trace {say(verdict.allowed)}, compute keys {say(by_keys)},"
-        f" datapath {'passed' if passed else 'blocked'}",
+        f"{about.title}, mode {mode}:",
+        f"flow {flow.describe()}: {', '.join(claims)}",
         "trace:",
-        *(f"  {line}" for line in verdict.reason.splitlines()),
+        *(f"  {line}" for line in outcome.verdict.reason.splitlines()),
     ]
     for role, index in (("src", flow.src), ("dst", flow.dst)):
-        container, identity = fleet.containers[index], fleet.identities[index]
+        container, identity = fleet.containers[index], ids[index]
         computed = policies[index]
         addr = container.addr(flow.version)
         labels = ",".join(f"{k}={v}" for k, v in sorted(identity.labels.items()))
@@ -172,10 +376,6 @@ def _report(case, fleet, policies, datapath, flow, verdict, by_keys, passed, dro
         lines += [f"    {k} packets={c[0]}" for k, c in sorted(counters.items())]
     lines.append(f"drop counters moved during the case's probes: {drops}")
     lines.append("rules:")
-    lines += [f"  {line}" for line in case.text.splitlines()]
-    lines.append(f"rerun: pytest 'tests/datapath/test_differential.py::{_node(case)}'")
+    lines += [f"  {line}" for line in about.text.strip().splitlines()]
+    lines.append(f"rerun: pytest 'tests/datapath/test_differential.py::{about.node}'")
     return "\n".join(lines)
-
-
-def _node(case) -> str:
-    return f"test_trace_matches_datapath[case-{case.number}]"
