@@ -46,14 +46,25 @@ def accept_forwarding(veth_prefix: str) -> None:
                 raise DatapathError(f"{tool} -A FORWARD {' '.join(rule)}: {result.stderr.strip()}")
 
 
+def delete_every(tool: str, table: tuple[str, ...], chain: str, rule: list[str]) -> int:
+    """Delete every copy of `rule` in `chain`; how many there were. A delete the tool
+    refuses (its lock not taken in time, say) is an error, never a loop."""
+    deleted = 0
+    while _run(tool, *table, "-C", chain, *rule).returncode == 0:
+        result = _run(tool, *table, "-D", chain, *rule)
+        if result.returncode != 0:
+            raise DatapathError(f"{tool} {' '.join(table)} -D {chain}: {result.stderr.strip()}")
+        deleted += 1
+    return deleted
+
+
 def remove_forwarding(veth_prefix: str) -> list[str]:
     """Idempotent removal, for tests and uninstalls; the rules removed."""
     removed = []
     for tool in TOOLS:
         for rule in _rules(veth_prefix):
-            while _run(tool, "-C", "FORWARD", *rule).returncode == 0:
-                _run(tool, "-D", "FORWARD", *rule)
-                removed.append(f"{tool} FORWARD {' '.join(rule)}")
+            copies = delete_every(tool, (), "FORWARD", rule)
+            removed += [f"{tool} FORWARD {' '.join(rule)}"] * copies
     return removed
 
 
@@ -80,7 +91,6 @@ def remove_masquerade(veth_prefix: str) -> list[str]:
     removed = []
     rule = _masquerade_rule(veth_prefix)
     for tool in TOOLS:
-        while _run(tool, "-t", "nat", "-C", "POSTROUTING", *rule).returncode == 0:
-            _run(tool, "-t", "nat", "-D", "POSTROUTING", *rule)
-            removed.append(f"{tool} -t nat POSTROUTING masquerade of {veth_prefix}+")
+        copies = delete_every(tool, ("-t", "nat"), "POSTROUTING", rule)
+        removed += [f"{tool} -t nat POSTROUTING masquerade of {veth_prefix}+"] * copies
     return removed

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datapath.abi import PROTOCOL_NAMES
 from datapath.errors import DatapathError
 
+from . import firewall
+
 TOOLS = {4: "iptables", 6: "ip6tables"}
 LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 
@@ -75,9 +77,8 @@ def teardown(veth_prefix: str) -> list[str]:
     removed = []
     for family, tool in TOOLS.items():
         for hook, rule in _hooks(family, chain):
-            while _run(tool, "-C", hook, *rule).returncode == 0:
-                _run(tool, "-D", hook, *rule)
-                removed.append(f"{tool} -t nat {hook} jump to {chain}")
+            copies = firewall.delete_every(tool, ("-t", "nat"), hook, rule)
+            removed += [f"{tool} -t nat {hook} jump to {chain}"] * copies
         _run(tool, "-F", chain)
         if _run(tool, "-X", chain).returncode == 0:
             removed.append(f"{tool} -t nat chain {chain}")
