@@ -70,6 +70,7 @@ class Regeneration:
         try:
             return parse_rules(saved, "saved policy")
         except PolicyError as exc:
+            # control/uninstall.py knows the name: make uninstall removes it with the state.
             kept = Path(self.store.path).with_name(f"refused-policy-r{self.revision}.json")
             kept.write_text(saved)
             if saved_policy == "discard":

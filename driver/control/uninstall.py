@@ -7,6 +7,7 @@ networks, a user's --subnet pools), so it must be read before it is removed.
 """
 
 import contextlib
+import glob
 import ipaddress
 import os
 import socket
@@ -21,8 +22,10 @@ from driver.errors import Conflict
 
 from .state import Store
 
-# The files of the state database (SQLite in WAL mode); nothing else lives in state_dir.
+# The files of the state database (SQLite in WAL mode) and the saved policies a start
+# refused (control/regeneration.py); nothing else of the driver lives in state_dir.
 STATE_FILES = ("state.db", "state.db-wal", "state.db-shm", "state.db-journal")
+REFUSED_POLICIES = "refused-policy-r*.json"
 
 
 def uninstall(config: Config, docker_client) -> list[str]:
@@ -87,8 +90,8 @@ def owned_ranges(config: Config) -> list[str]:
 def remove_state(state_dir: str) -> list[str]:
     """The state database's files, then state_dir if that leaves it empty."""
     removed = []
-    for name in STATE_FILES:
-        path = os.path.join(state_dir, name)
+    refused = sorted(glob.glob(os.path.join(glob.escape(state_dir), REFUSED_POLICIES)))
+    for path in [os.path.join(state_dir, name) for name in STATE_FILES] + refused:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             removed.append(f"state {path}")

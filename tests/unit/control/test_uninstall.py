@@ -141,3 +141,13 @@ def test_leaves_what_is_not_its_own_in_the_state_directory(config, host):
 def test_a_second_uninstall_finds_nothing_but_the_host_side(config, host):
     module.uninstall(config, None)
     assert module.uninstall(config, None) == ["route 10.213.0.0/16"]
+
+
+def test_removes_the_saved_policies_a_start_refused(config, host):
+    os.makedirs(config.state_dir)
+    open(config.state_db, "w").close()
+    refused = os.path.join(config.state_dir, "refused-policy-r7.json")
+    open(refused, "w").close()
+    removed = module.uninstall(config, None)
+    assert f"state {refused}" in removed
+    assert not os.path.exists(config.state_dir)
