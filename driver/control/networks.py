@@ -92,13 +92,14 @@ class Networks:
 
 
 def _outbound(options: dict, generic: dict) -> Outbound:
-    """Internal networks keep everything on the host; the others masquerade unless told not to."""
-    if options.get(INTERNAL_OPTION) is True:
-        return Outbound.INTERNAL
+    """Internal networks keep everything on the host, whatever the masquerade option says (the
+    stricter wins); the others masquerade unless told not to. A bad option is refused either way."""
     raw = generic.get(MASQUERADE_OPTION, "true")
     masquerade = BOOLEANS.get(str(raw).lower())
     if masquerade is None:
         raise InvalidArgument(f"driver option {MASQUERADE_OPTION}={raw!r} is not true or false")
+    if options.get(INTERNAL_OPTION) is True:
+        return Outbound.INTERNAL
     return Outbound.MASQUERADE if masquerade else Outbound.ROUTED
 
 

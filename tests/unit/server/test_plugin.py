@@ -333,8 +333,10 @@ def test_outbound_mode_of_the_network_reaches_the_endpoint(post, datapath, optio
     assert datapath.endpoints["lxc" + EP[:12]].outbound == outbound
 
 
-def test_a_masquerade_option_not_true_or_false_is_refused(post, app):
-    status, reply = _plain_network(post, {"com.docker.network.generic": {"masquerade": "maybe"}})
+@pytest.mark.parametrize("internal", [{}, {"com.docker.network.internal": True}])
+def test_a_masquerade_option_not_true_or_false_is_refused(post, app, internal):
+    generic = {"com.docker.network.generic": {"masquerade": "maybe"}}
+    status, reply = _plain_network(post, {**internal, **generic})
     assert status == 500
     assert "masquerade='maybe' is not true or false" in reply["Err"]
     assert app.extensions["pycilium"].store.networks() == []
