@@ -30,7 +30,7 @@ DOCKER_SOCKET=${DOCKER_SOCKET:-/var/run/docker.sock}
 PROC_DIR=${PROC_DIR:-/proc}
 
 # Installed only where the host has no Docker engine of any kind.
-ENGINE_PACKAGES=(docker.io docker-compose)
+ENGINE_PACKAGES=(docker.io)
 # Any of these means an engine (or its parts) is already there: installing docker.io beside
 # them would conflict with them (containerd.io against containerd, docker-ce-cli against
 # docker.io's client) or give the host a second engine.
@@ -40,6 +40,7 @@ KNOWN_ENGINE_PACKAGES=(
 PACKAGES=(
     python3-bpfcc libbpf1 bpfcc-tools linux-headers-amd64
     busybox-static
+    docker-compose       # compose 1.29 (the suite and make demo); beside any engine, it needs none
     python3-venv python3-pip
     iproute2 iptables iputils-ping curl bpftool tcpdump
     make
