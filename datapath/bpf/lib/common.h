@@ -50,7 +50,7 @@ union v6addr {
 #define EP_F_INTERNAL 8		/* nothing beyond the host: an internal network's endpoint */
 
 /* skb->mark bit on a packet that netfilter's MASQUERADE rule of this driver translates
- * (datapath/netfilter/masquerade.py); no other bit of the mark is touched. */
+ * (datapath/netfilter/firewall.py); no other bit of the mark is touched. */
 #define MARK_MASQUERADE 0x02000000
 
 /* Value of the endpoints map, keyed by the host-side veth's ifindex. */

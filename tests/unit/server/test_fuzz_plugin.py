@@ -1,6 +1,6 @@
 """Property-based fuzzing of every plugin and management endpoint.
 
-The contract driver/app.py implements: every reply is JSON; a failure is exactly
+The contract driver/server/app.py implements: every reply is JSON; a failure is exactly
 {"Err": <non-empty message>} with 400 (a body that is not JSON or not the call's shape),
 404, 405, 413 (a body over MAX_BODY_BYTES) or 500 (a DriverError or DatapathError: a
 well-formed request the driver could not carry out). An exception the driver did not
