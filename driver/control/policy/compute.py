@@ -18,6 +18,7 @@ from datapath.abi import (
     HOST_ID,
     INGRESS,
     INIT_ID,
+    PORT_PROTOCOLS,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
@@ -43,6 +44,9 @@ from .model import (
 HOST_ACCESS = "host access (health checks)"
 ISOLATION = "network isolation (same network, host, world, CIDRs)"
 SYNTHETIC = (HOST_ACCESS, ISOLATION)
+
+
+_RESERVED_BY_NAME = {name: number for number, name in RESERVED_IDENTITIES.items()}
 
 
 @dataclass(frozen=True)
@@ -174,20 +178,16 @@ class Peers:
     def entity(self, name: str) -> set[int]:
         if name == "all":
             return {ANY_ID}
-        if name == "host":
-            return {HOST_ID}
         if name == "world":
             return {WORLD_ID, *self.prefixes.values()}
-        if name == "init":
-            return {INIT_ID}
-        if name == "unmanaged":
-            return {UNMANAGED_ID}
+        if name in _RESERVED_BY_NAME:
+            return {_RESERVED_BY_NAME[name]}
         return {*self.endpoints, HOST_ID, INIT_ID, UNMANAGED_ID}  # cluster
 
     def describe(self, ident: int) -> str:
         if ident in self.endpoints:
             return ",".join(f"{k}={v}" for k, v in sorted(self.endpoints[ident].items()))
-        names = {ANY_ID: "any peer", HOST_ID: "host", WORLD_ID: "world", INIT_ID: "init"}
+        names = {ANY_ID: "any peer", **RESERVED_IDENTITIES}
         cidrs = [str(net) for net, i in self.prefixes.items() if i == ident]
         return names.get(ident) or (f"cidr {cidrs[0]}" if cidrs else f"identity {ident}")
 
@@ -271,9 +271,7 @@ def _specs(port: PortProtocol) -> list[tuple[int, int]]:
         return [(0, PROTO_ICMP), (0, PROTO_ICMPV6)]
     if port.protocol == "ANY" and not port.port:
         return [(0, 0)]
-    protos = {"TCP": (PROTO_TCP,), "UDP": (PROTO_UDP,), "ANY": (PROTO_TCP, PROTO_UDP)}[
-        port.protocol
-    ]
+    protos = {"TCP": (PROTO_TCP,), "UDP": (PROTO_UDP,), "ANY": PORT_PROTOCOLS}[port.protocol]
     numbers = range(port.port, (port.end_port or port.port) + 1)
     return [(number, proto) for number in numbers for proto in protos]
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from datapath.abi import RESERVED_IDENTITIES
 from driver.errors import DriverError
 
 NETWORK_LABEL = "io.pycilium.network"
@@ -18,7 +19,7 @@ ENTITIES = ("all", "cluster", "host", "world", "init", "unmanaged")
 # them; "reserved" names a reserved identity and never a container's label.
 RESERVED_SOURCE = "reserved"
 CONTAINER_SOURCES = ("any", "unspec", "container")
-RESERVED_NAMES = ("host", "world", "init", "unmanaged")
+RESERVED_NAMES = tuple(RESERVED_IDENTITIES.values())
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 RULE_PROTOCOLS = ("TCP", "UDP", "ICMP", "ANY")  # toPorts protocols, spelt as Cilium does
 
