@@ -24,7 +24,9 @@ class HostAddresses:
     compose: tuple[str, str]  # a compose file's ipam config
     routed4: str  # a host route a network's subnet may not overlap
     external: tuple[str, str]  # the `external` namespace's ranges (IPv6 /48, IPv4 /16)
-    world: tuple[str, str]  # the outbound tests' "world" link (IPv4 /24, IPv6 /64)
+    # The outbound tests' "world" link (IPv4, IPv6): documentation addresses the host does not
+    # use (192.0.2.0/24 may be its own LAN; the datapath tests take 203.0.113.0/24).
+    world: tuple[str, str]
     host_port: int  # the first of two host ports the tests publish
 
 
@@ -54,10 +56,10 @@ class Engine:
     def compose_v2(self) -> bool:
         return self.name != "20.10"
 
-    def compose_container(self, project: str, service: str, index: int = 1) -> str:
-        """The name compose gives a service's container: compose v2 joins with "-"."""
-        sep = "-" if self.compose_v2 else "_"
-        return sep.join((project, service, str(index)))
+    @property
+    def compose_separator(self) -> str:
+        """Of the container names compose gives: PROJECT-SERVICE-1 (v2), PROJECT_SERVICE_1."""
+        return "-" if self.compose_v2 else "_"
 
 
 def host_engine() -> Engine:
@@ -73,7 +75,7 @@ def host_engine() -> Engine:
             compose=("fdce:79::/64", "10.79.0.0/24"),
             routed4="10.99.0.0/24",
             external=("fdce:1c02::/48", "10.216.0.0/16"),
-            world=("198.51.100.0/24", "2001:db8:100::/64"),
+            world=("198.51.100.0/25", "2001:db8:100::/64"),
             host_port=18080,
         ),
     )
@@ -93,7 +95,7 @@ def engine_26() -> Engine:
             compose=("fdce:179::/64", "10.179.0.0/24"),
             routed4="10.189.0.0/24",
             external=("fdce:1c22::/48", "10.236.0.0/16"),
-            world=("192.0.2.0/24", "2001:db8:126::/64"),
+            world=("198.51.100.128/25", "2001:db8:126::/64"),
             host_port=18260,
         ),
     )

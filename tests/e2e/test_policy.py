@@ -122,7 +122,7 @@ def test_stateful_replies_pass_but_reverse_connections_do_not(docker, driver, ci
         "-",
         stdin="""
 - endpointSelector: {matchLabels: {app: client}}
-  ingress: []
+  ingress: [{}]
 """,
     )
     assert wget(docker, trio["client"], trio["web6"])

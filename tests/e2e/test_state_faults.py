@@ -107,7 +107,7 @@ def create_endpoint_body(docker, network) -> dict:
     """A CreateEndpoint as Docker sends it, for an address Docker will not hand out here."""
     ipam = json.loads(docker.out("network", "inspect", network))[0]
     subnet6 = next(c["Subnet"] for c in ipam["IPAM"]["Config"] if ":" in c["Subnet"])
-    address = ipaddress.ip_network(subnet6)[0xFFF0]
+    address = ipaddress.ip_network(subnet6)[-16]
     return {
         "NetworkID": ipam["Id"],
         "EndpointID": uuid.uuid4().hex * 2,
