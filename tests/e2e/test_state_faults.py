@@ -34,7 +34,11 @@ SETTINGS = ENGINE.instance({
     "node_id": "44",
 })  # fmt: skip
 MOUNT = os.path.dirname(SETTINGS["state_dir"])
-OWN_RANGES = [ipaddress.ip_network(SETTINGS[k]) for k in ("cluster_prefix6", "node_range4")]
+# The /32 of the cluster prefix (the user's subnet below is in it too) and the IPv4 range.
+OWN_RANGES = [
+    ipaddress.ip_network(SETTINGS["cluster_prefix6"]).supernet(new_prefix=32),
+    ipaddress.ip_network(SETTINGS["node_range4"]),
+]
 # A user's subnet: its pool gets an unreachable route of its own.
 SUBNET6 = ENGINE.range("fdce:1c09:0:1::/64")
 LOCKED = "is locked by another process"
