@@ -1,7 +1,7 @@
 # pycilium: host setup, run, test. Everything needs root (packages, bpffs, dockerd, tc).
 #   make run    install what is missing, start dockerd and the driver
 #   make uninstall  remove what the driver added to the host (after make stop)
-#   make test   run the whole suite (what .ci/run does)
+#   make test   run the whole suite, and tests/e2e on Docker 26 too (what .ci/run does)
 
 VENV        ?= .venv
 # The engine's own client, where docker.io, docker-ce-cli and moby-cli all put it. Not the
@@ -23,13 +23,14 @@ export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
 
-.PHONY: help setup run stop uninstall status lint format docs test clean plugin demo demo-down bench
+.PHONY: help setup run stop uninstall status lint format docs test test-26 clean plugin demo demo-down bench
 
 help:
 	@echo "make run      install what is missing, start dockerd and the driver"
 	@echo "make stop     stop the driver that 'make run' started"
 	@echo "make uninstall  remove what the driver added to the host (routes, rules, maps, state)"
-	@echo "make test     setup, lint, then the whole pytest suite (PYTEST_ARGS=... to pass options)"
+	@echo "make test     setup, lint, the whole pytest suite, then tests/e2e on Docker 26 (PYTEST_ARGS=...)"
+	@echo "make test-26  only tests/e2e against Docker 26 + compose v2 (scripts/engine.sh)"
 	@echo "make setup    only the host setup (packages, headers, bpffs, venv, dockerd, image)"
 	@echo "make demo     the docker-compose demo (make demo-down removes it)"
 	@echo "make lint / make format / make docs / make status / make clean"
@@ -76,9 +77,27 @@ docs:
 
 # The suite starts its own driver instance; this target does not start one. It also writes
 # docs/reliability.md from the run (the fault, fuzzing and hostile-packet tests and results).
+# Then the end-to-end tests again against Docker 26 with compose v2 (test-26); both runs go
+# to the end, and the target fails if either did.
 test: setup lint
+	@status=0; \
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests \
-		--reliability-report docs/reliability.md $(PYTEST_ARGS)
+		--reliability-report docs/reliability.md $(PYTEST_ARGS) || status=1; \
+	$(MAKE) --no-print-directory test-26 || status=1; \
+	exit $$status
+
+# Not on Docker 26: the managed plugin build and install (scripts/build-plugin.sh builds and
+# enables it on the host's engine only), and the uninstall test (it calls no engine at all).
+ENGINE26_IGNORE = --ignore=tests/e2e/test_managed_plugin.py --ignore=tests/e2e/test_uninstall.py
+
+# tests/e2e on Docker 26 + compose v2 (scripts/engine.sh; the first `up` debootstraps its
+# rootfs into /var/cache/pycilium), with a driver instance of its own; the engine is brought
+# down afterwards whatever the result.
+test-26:
+	@scripts/engine.sh up 26 || { scripts/engine.sh down 26; exit 1; }; \
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests/e2e --engine 26 \
+		$(ENGINE26_IGNORE) $(PYTEST_ARGS); \
+	status=$$?; scripts/engine.sh down 26; exit $$status
 
 # The driver as a Docker managed (v2) plugin, built without a registry (README: Managed plugin).
 # PLUGIN=NAME:TAG (default pycilium:latest), PLUGIN_ENABLE=0, PLUGIN_SETTINGS="KEY=VALUE ...".

@@ -44,8 +44,8 @@ STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 HOST_CLI=/usr/local/bin/docker
 # Bridge networks the engine makes (compose's project_default) come from here, so they
 # never take a range of the main engine, which shares the network namespace and picks from
-# Docker's default pools (172.17-31.x, 192.168.x).
-ADDRESS_POOL=${ADDRESS_POOL:-base=10.226.0.0/16,size=24}
+# Docker's default pools (172.17-31.x, 192.168.x), nor one the tests use (10.2xx.0.0/16).
+ADDRESS_POOL=${ADDRESS_POOL:-base=10.250.0.0/16,size=24}
 # Bump to rebuild every cached rootfs (a change of how it is made, not of what is in it).
 ROOTFS_FORMAT=1
 
@@ -133,10 +133,13 @@ ensure_rootfs() {
 # goes to the upper layer, removed by `down`; the cache stays as built), the kernel
 # filesystems, a fresh /run, the host's /tmp (bind-mount sources and compose files there are
 # the same paths for the engine as for a test), the host's plugin directory, and the engine's
-# run directory and data root at the same paths as on the host; then the command, chrooted.
+# run directory and data root at the same paths as on the host; then the command, in it.
 # Every mount turns private but the exec root, a shared mount made by start_engine: the
 # network namespaces dockerd mounts under exec/netns show on the host too, so the host's
-# driver can open the SandboxKey that Join gets.
+# driver can open the SandboxKey that Join gets. The overlay becomes the namespace's root by
+# pivot_root (the old root stacked on it, then detached), not chroot: `docker exec` joins a
+# container's mount namespace and starts at that namespace's root, which under a chroot is
+# the host's / (the exec'd command would run in the host's filesystem).
 # shellcheck disable=SC2016
 NS_SETUP='set -e
 lower=$1 state=$2 run=$3 data=$4 exec_root=$5
@@ -156,7 +159,10 @@ mount --bind /run/docker/plugins "$root/run/docker/plugins"
 mount --bind "$run" "$root$run"
 mount --bind "$exec_root" "$root$exec_root"
 mount --bind "$data" "$root$data"
-exec chroot "$root" "$@"'
+cd "$root"
+pivot_root . .
+umount -l .
+exec "$@"'
 
 # The engine's own client (the host's CLI when the rootfs is gone), pinned to its socket.
 engine_docker() {
@@ -176,14 +182,25 @@ engine_pid() {
     echo "$pid"
 }
 
+# With br_netfilter loaded, frames bridged between two containers of one of the engine's
+# bridge networks pass the host's FORWARD chain, whose policy the main engine sets to DROP;
+# this engine runs with --iptables=false and adds no rule of its own. One rule lets its
+# pool's traffic through; clean_up removes it.
+forward_rule() {
+    local base=${ADDRESS_POOL#base=}
+    base=${base%%,*}
+    iptables "$1" FORWARD -s "$base" -d "$base" -m comment --comment "pycilium engine $VERSION" -j ACCEPT
+}
+
 start_engine() {
     local pid waited=0
+    forward_rule -I
     mkdir -p "$RUN_DIR" "$EXEC_ROOT" "$DATA_ROOT" "$ENGINE_STATE"/{upper,work,root} "$LOG_DIR"
     printf '\n==> %s: dockerd %s from %s\n' "$(date -Is)" "$VERSION" "$ROOTFS" >>"$ENGINE_LOG"
     mount --bind "$EXEC_ROOT" "$EXEC_ROOT"
     mount --make-private "$EXEC_ROOT"
     mount --make-shared "$EXEC_ROOT"
-    # The pid of setsid is dockerd's: setsid, env, unshare, sh and chroot all exec.
+    # The pid of setsid is dockerd's: setsid, env, unshare and sh all exec.
     setsid env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
         unshare --mount --propagation unchanged sh -c "$NS_SETUP" sh \
         "$ROOTFS" "$ENGINE_STATE" "$RUN_DIR" "$DATA_ROOT" "$EXEC_ROOT" \
@@ -351,6 +368,7 @@ clean_up() {
             die "could not remove the cgroups $NAME (processes left in them?)"
         say "removed the cgroups /sys/fs/cgroup/*/$NAME"
     fi
+    while forward_rule -D 2>/dev/null; do :; done
     if [ -d "$ENGINE_STATE" ]; then
         rm -rf "$ENGINE_STATE"
         say "removed $ENGINE_STATE (data root, rootfs overlay)"

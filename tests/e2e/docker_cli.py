@@ -1,5 +1,5 @@
-"""The docker CLI as the end-to-end and fault tests type it, against the main dockerd or
-(with -H) another one."""
+"""The docker CLI as the end-to-end and fault tests type it, against the main dockerd,
+another engine's client (tests/e2e/engines.py), or (with -H) another dockerd."""
 
 import contextlib
 import json
@@ -20,17 +20,21 @@ class Docker:
     # waiting out its own timeout, so a wedged engine costs a failed run, not hours.
     wedged = ""
 
+    def __init__(self, client: str = DOCKER, pidfile: str = "/var/run/docker.pid"):
+        self.client = client
+        self.pidfile = pidfile
+
     def run(self, *args, check=True, timeout=120) -> subprocess.CompletedProcess:
         main_engine = args[:1] != ("-H",)
         if main_engine and Docker.wedged:
             raise AssertionError(Docker.wedged)
         try:
             result = subprocess.run(
-                [DOCKER, *args], capture_output=True, text=True, timeout=timeout, check=False
+                [self.client, *args], capture_output=True, text=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
-            if main_engine and not engine_answers():
-                Docker.wedged = wedged_engine(args)
+            if main_engine and not engine_answers(self.client):
+                Docker.wedged = wedged_engine(args, self.pidfile)
             raise
         if check and result.returncode != 0:
             raise AssertionError(
@@ -89,19 +93,19 @@ class Docker:
             self.run("network", "rm", net, check=False)
 
 
-def engine_answers() -> bool:
+def engine_answers(client: str) -> bool:
     try:
-        return subprocess.run([DOCKER, "info"], capture_output=True, timeout=30).returncode == 0
+        return subprocess.run([client, "info"], capture_output=True, timeout=30).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
 
-def wedged_engine(args) -> str:
+def wedged_engine(args, pidfile: str) -> str:
     """Ask dockerd for its goroutine stacks and say what happened."""
     try:
-        with open("/var/run/docker.pid") as f:
+        with open(pidfile) as f:
             os.kill(int(f.read()), signal.SIGUSR1)
-        stacks = "goroutine stacks: /var/run/docker/goroutine-stacks-*.log"
+        stacks = "goroutine stacks: goroutine-stacks-*.log in its exec root (/var/run/docker)"
     except (OSError, ValueError) as exc:
         stacks = f"no goroutine stacks ({exc})"
     return (

@@ -7,6 +7,7 @@ import json
 import os
 import time
 
+from . import engines
 from .driver_process import veths
 from .test_compose import Compose
 from .test_metrics import by_label, scrape
@@ -143,8 +144,9 @@ def check_round(compose, docker, driver, round_index) -> None:
         assert "" not in unique and len(unique) == len(found), found
     wait_ready(driver, {six for six, _ in found.values()})
 
-    client = next(name for name in found if "_client_" in name)
-    webs = sorted(name for name in found if "_web_" in name)
+    sep = engines.current().compose_separator
+    client = next(name for name in found if f"{sep}client{sep}" in name)
+    webs = sorted(name for name in found if f"{sep}web{sep}" in name)
     web_addresses = [a for name in webs for a in found[name]]
     reached = fetch_all(docker, client, web_addresses, seconds=5)
     assert all(reached.values()), [a for a, ok in reached.items() if not ok]

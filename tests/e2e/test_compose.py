@@ -1,5 +1,7 @@
-"""docker-compose 1.29 (Debian's) against the real engine, with the driver's networks."""
+"""Compose against the real engine, with the driver's networks: Debian's docker-compose 1.29
+with the host's engine, compose v2 with Docker 26 (tests/e2e/engines.py)."""
 
+import ipaddress
 import os
 import subprocess
 import uuid
@@ -7,22 +9,25 @@ from pathlib import Path
 
 import pytest
 
+from . import engines
 from .driver_process import veths
 
 REPO = Path(__file__).resolve().parents[2]
-COMPOSE = "/usr/bin/docker-compose"
 
 
 class Compose:
+    """The engine's compose command for one project."""
+
     def __init__(self, driver, directory: Path, compose_file: Path):
         self.project = "pc" + uuid.uuid4().hex[:8]
         self.env = {**os.environ, "CILIUM_DRIVER": driver.name}
         self.directory = directory
         self.file = compose_file
+        self.command = engines.current().compose
 
     def __call__(self, *args, check=True, timeout=180):
         result = subprocess.run(
-            [COMPOSE, "-p", self.project, "-f", str(self.file), *args],
+            [*self.command, "-p", self.project, "-f", str(self.file), *args],
             cwd=self.directory,
             env=self.env,
             capture_output=True,
@@ -30,7 +35,7 @@ class Compose:
             timeout=timeout,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"docker-compose {' '.join(args)}:\n{result.stderr}")
+            raise AssertionError(f"compose {' '.join(args)}:\n{result.stderr}")
         return result
 
     def exec(self, service, *command, index=1):
@@ -55,7 +60,8 @@ def test_demo_stack_scales_resolves_names_follows_policy_and_leaves_nothing(
     demo("up", "-d", "--scale", "api=5")
     assert len(demo("ps", "-q", "api").stdout.split()) == 5
     again = demo("up", "-d", "--scale", "api=5")
-    assert "Recreating" not in again.stderr and "recreated" not in again.stderr
+    # 1.29 says "Recreating", compose v2 "Recreate" and "Recreated".
+    assert "recreat" not in again.stderr.lower()
     # Docker's embedded DNS answers for the driver's endpoints.
     assert fetch(demo, "frontend", "http://api/").returncode == 0
     assert (
@@ -83,7 +89,7 @@ def test_demo_stack_scales_resolves_names_follows_policy_and_leaves_nothing(
 
     demo("down")
     assert docker.out("network", "ls", "-q", "--filter", f"name={demo.project}") == ""
-    assert veths("lxt") == []
+    assert veths(driver.settings["veth_prefix"]) == []
     status = driver.api("/v1/status")
     assert status["endpoints"] == 0 and status["identities"] == 0
     assert status["addresses"] == baseline["addresses"]
@@ -93,17 +99,17 @@ def test_demo_stack_scales_resolves_names_follows_policy_and_leaves_nothing(
 FORMAT_24 = """
 version: "2.4"
 services:
-  one: {image: pycilium/busybox, command: sleep 1d, networks: [net]}
-  two: {image: pycilium/busybox, command: sleep 1d, networks: [net]}
+  one: {{image: pycilium/busybox, command: sleep 1d, networks: [net]}}
+  two: {{image: pycilium/busybox, command: sleep 1d, networks: [net]}}
 networks:
   net:
-    driver: ${CILIUM_DRIVER}
+    driver: ${{CILIUM_DRIVER}}
     enable_ipv6: true
     ipam:
-      driver: ${CILIUM_DRIVER}
+      driver: ${{CILIUM_DRIVER}}
       config:
-        - subnet: fdce:79::/64
-        - subnet: 10.79.0.0/24
+        - subnet: {subnet6}
+        - subnet: {subnet4}
 """
 
 FORMAT_3 = """
@@ -127,8 +133,13 @@ networks:
 """
 
 
-@pytest.mark.parametrize(("text", "subnet6"), [(FORMAT_24, "fdce:79::"), (FORMAT_3, "fdce:1c01:")])
-def test_compose_formats(driver, docker, tmp_path, text, subnet6):
+@pytest.mark.parametrize("form", ["2.4", "3.8"])
+def test_compose_formats(driver, docker, engine, tmp_path, form):
+    subnet6, subnet4 = engine.addresses.compose
+    if form == "2.4":
+        text = FORMAT_24.format(subnet6=subnet6, subnet4=subnet4)
+    else:
+        text, subnet6 = FORMAT_3, driver.settings["cluster_prefix6"]
     (tmp_path / "docker-compose.yml").write_text(text)
     compose = Compose(driver, tmp_path, tmp_path / "docker-compose.yml")
     try:
@@ -139,12 +150,12 @@ def test_compose_formats(driver, docker, tmp_path, text, subnet6):
             .stdout.split()[3]
             .split("/")[0]
         )
-        assert two6.startswith(subnet6)
+        assert ipaddress.ip_address(two6) in ipaddress.ip_network(subnet6)
         assert compose.exec("one", "ping6", "-c1", "-W2", two6).returncode == 0
         assert compose.exec("one", "ping", "-c1", "-W2", "two").returncode == 0
     finally:
         compose("down", check=False)
-    assert veths("lxt") == []
+    assert veths(driver.settings["veth_prefix"]) == []
 
 
 def test_unsupported_driver_option_is_named(driver, tmp_path):

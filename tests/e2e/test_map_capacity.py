@@ -11,13 +11,14 @@ import shutil
 
 import pytest
 
+from . import engines
 from .driver_process import DriverProcess, _body, running, unix_http
 from .test_policy import SERVE_HTTP, WEB_POLICY, wget
 
 POLICY_MAP_SIZE = 24
 SERVICE_MAP_SIZE = 16
 
-SETTINGS = {
+SETTINGS = engines.current().instance({
     "plugin_name": "pycilium-maps",
     "api_socket": "/run/pycilium-maps/api.sock",
     "state_dir": "/run/pycilium-maps/state",
@@ -31,7 +32,13 @@ SETTINGS = {
     "policy_map_size": str(POLICY_MAP_SIZE),
     "ct_map_size": "64",
     "service_map_size": str(SERVICE_MAP_SIZE),
-}
+})  # fmt: skip
+VIPS = SETTINGS["service_range4"]
+
+
+def vip(n: int) -> str:
+    return engines.address(VIPS, n)
+
 
 # web opens 40 more ports to client: more policy entries than the whole map holds.
 WIDE_PORTS = ", ".join(f'{{port: "{p}", protocol: TCP}}' for p in range(8000, 8040))
@@ -117,18 +124,18 @@ def test_policy_import_refused_over_the_api_with_an_error_body(driver, cilium):
 
 def test_a_service_that_does_not_fit_is_refused_and_the_others_stay(docker, driver, cilium, trio):
     for n in range(SERVICE_MAP_SIZE):
-        cilium("service", "update", "--frontend", f"10.224.0.{n + 1}:80", "--selector", "app=web")
+        cilium("service", "update", "--frontend", f"{vip(n + 1)}:80", "--selector", "app=web")
     refused = cilium(
-        "service", "update", "--frontend", "10.224.1.1:80", "--selector", "app=web", check=False
+        "service", "update", "--frontend", f"{vip(257)}:80", "--selector", "app=web", check=False
     )
     assert refused.returncode != 0
     assert f"service map full ({SERVICE_MAP_SIZE} frontends)" in refused.stderr, refused.stderr
     listing = cilium("service", "list").stdout
-    assert "10.224.1.1" not in listing
+    assert vip(257) not in listing
     for n in range(SERVICE_MAP_SIZE):
-        assert f"10.224.0.{n + 1}:80" in listing
-    assert wget(docker, trio["client"], "10.224.0.1")
-    assert wget(docker, trio["client"], f"10.224.0.{SERVICE_MAP_SIZE}")
+        assert f"{vip(n + 1)}:80" in listing
+    assert wget(docker, trio["client"], vip(1))
+    assert wget(docker, trio["client"], vip(SERVICE_MAP_SIZE))
     cilium("service", "delete", "--all")
 
 

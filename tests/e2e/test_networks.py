@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from . import engines
 from .docker_cli import IMAGE, LABEL
 from .driver_process import veths
 
@@ -69,7 +70,7 @@ def test_plain_network_gets_ipv6_from_the_driver(docker, driver):
         b6 = docker.exec(b, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global")
         b6 = b6.stdout.split()[3].split("/")[0]
         _, b4 = docker.addresses(b, net)
-        assert ipaddress.ip_address(b6) in ipaddress.ip_network("fdce:1c01::/64")
+        assert ipaddress.ip_address(b6) in ipaddress.ip_network(driver.settings["cluster_prefix6"])
         assert ping_ok(docker, a, b6)
         assert ping_ok(docker, a, b4)
         assert "default via" in docker.exec(a, "ip", "-6", "route").stdout
@@ -77,19 +78,19 @@ def test_plain_network_gets_ipv6_from_the_driver(docker, driver):
         docker.remove_network(net)
 
 
-def test_user_subnets_static_addresses_and_mac(docker, driver):
-    net = docker.cilium_network(
-        driver.name, "--subnet", "fdce:77::/64", "--subnet", "10.77.0.0/24", prefix="s-"
-    )
+def test_user_subnets_static_addresses_and_mac(docker, driver, engine):
+    subnet6, subnet4 = engine.addresses.user
+    static6, static4 = engines.address(subnet6, 0x50), engines.address(subnet4, 50)
+    net = docker.cilium_network(driver.name, "--subnet", subnet6, "--subnet", subnet4, prefix="s-")
     try:
         a = docker.container(
-            net, "--ip", "10.77.0.50", "--ip6", "fdce:77::50", "--mac-address", "02:42:0a:4d:00:32"
+            net, "--ip", static4, "--ip6", static6, "--mac-address", "02:42:0a:4d:00:32"
         )
         b = docker.container(net)
-        assert docker.addresses(a, net) == ("fdce:77::50", "10.77.0.50")
+        assert docker.addresses(a, net) == (static6, static4)
         assert "02:42:0a:4d:00:32" in docker.exec(a, "ip", "link", "show", "eth0").stdout
         b6, b4 = docker.addresses(b, net)
-        assert ipaddress.ip_address(b6) in ipaddress.ip_network("fdce:77::/64")
+        assert ipaddress.ip_address(b6) in ipaddress.ip_network(subnet6)
         assert ping_ok(docker, a, b6) and ping_ok(docker, a, b4)
         # Both networks exist at once; a second with an overlapping subnet is refused.
         clash = docker.run(
@@ -100,33 +101,41 @@ def test_user_subnets_static_addresses_and_mac(docker, driver):
             "--ipam-driver",
             driver.name,
             "--subnet",
-            "10.77.0.0/16",
+            str(ipaddress.ip_network(subnet4).supernet(new_prefix=16)),
             "clash-" + uuid.uuid4().hex[:6],
             check=False,
         )
-        assert clash.returncode != 0 and "overlaps 10.77.0.0/24" in clash.stderr
+        assert clash.returncode != 0 and f"overlaps {subnet4}" in clash.stderr
     finally:
         docker.remove_network(net)
 
 
 @pytest.fixture
-def subnet_net(docker, driver):
-    name = docker.cilium_network(
-        driver.name, "--subnet", "fdce:78::/64", "--subnet", "10.78.0.0/24", prefix="s-"
-    )
+def subnet_net(docker, driver, engine):
+    subnet6, subnet4 = engine.addresses.pool
+    name = docker.cilium_network(driver.name, "--subnet", subnet6, "--subnet", subnet4, prefix="s-")
     yield name
     docker.remove_network(name)
 
 
-def test_bad_static_addresses_are_clear_errors_and_leave_nothing(docker, driver, subnet_net):
+def test_bad_static_addresses_are_clear_errors_and_leave_nothing(
+    docker, driver, engine, subnet_net
+):
     a = docker.container(subnet_net)
     a6, _ = docker.addresses(a, subnet_net)
-    before = veths("lxt")
+    gateway6 = engines.address(engine.addresses.pool[0], 1)
+    before = veths(driver.settings["veth_prefix"])
     v6_before = [a for a in driver.api("/v1/addresses") if ":" in a["address"]]
+    # Docker 26 itself refuses an address outside the network's subnets, before the IPAM.
+    outside = (
+        "no configured subnet or ip-range contain the IP address fdce:9999::5"
+        if engine.compose_v2
+        else "does not belong to any of this network's subnets"
+    )
     refusals = (
-        ("fdce:9999::5", "does not belong to any of this network's subnets"),
+        ("fdce:9999::5", outside),
         (a6, f"address {a6} is already in use"),
-        ("fdce:78::1", "address fdce:78::1 is already in use"),  # the gateway
+        (gateway6, f"address {gateway6} is already in use"),  # the gateway
     )
     for wanted, message in refusals:
         name = "bad-" + uuid.uuid4().hex[:8]
@@ -150,7 +159,7 @@ def test_bad_static_addresses_are_clear_errors_and_leave_nothing(docker, driver,
         assert message in result.stderr
         # docker run leaves the failed container created; its removal releases what Docker held.
         docker.run("rm", "-f", name)
-    assert veths("lxt") == before
+    assert veths(driver.settings["veth_prefix"]) == before
     assert len(driver.api("/v1/endpoints")) == 1
     # Docker 20.10 itself keeps the IPv4 address it took before the IPv6 request failed
     # (released with the network); nothing of the refused IPv6 requests stays.
@@ -200,16 +209,17 @@ def test_rm_leaves_no_veth_address_or_map_entry(docker, driver, net):
     assert driver.api("/v1/status")["addresses"] == addresses_before + 6
     assert len(driver.api("/v1/bpf/endpoints")) == 3
     docker.run("rm", "-f", *names)
-    assert veths("lxt") == []
+    assert veths(driver.settings["veth_prefix"]) == []
     assert driver.api("/v1/endpoints") == []
     assert driver.api("/v1/bpf/endpoints") == []
     assert driver.api("/v1/status")["addresses"] == addresses_before
     routes = subprocess.run(["ip", "-6", "route"], capture_output=True, text=True).stdout
-    assert "dev lxt" not in routes
+    assert f"dev {driver.settings['veth_prefix']}" not in routes
 
 
-def test_network_overlapping_host_routes_is_refused(docker, driver):
-    subprocess.run(["ip", "route", "add", "unreachable", "10.99.0.0/24"], check=True)
+def test_network_overlapping_host_routes_is_refused(docker, driver, engine):
+    routed = engine.addresses.routed4
+    subprocess.run(["ip", "route", "add", "unreachable", routed], check=True)
     try:
         result = docker.run(
             "network",
@@ -219,14 +229,14 @@ def test_network_overlapping_host_routes_is_refused(docker, driver):
             "--ipam-driver",
             driver.name,
             "--subnet",
-            "10.99.0.0/25",
+            str(next(ipaddress.ip_network(routed).subnets())),
             "o-" + uuid.uuid4().hex[:6],
             check=False,
         )
         assert result.returncode != 0
-        assert "overlaps host routes: 10.99.0.0/24" in result.stderr
+        assert f"overlaps host routes: {routed}" in result.stderr
     finally:
-        subprocess.run(["ip", "route", "del", "unreachable", "10.99.0.0/24"], check=True)
+        subprocess.run(["ip", "route", "del", "unreachable", routed], check=True)
 
 
 def test_network_inspect_shows_the_pools(docker, driver, net):

@@ -2,7 +2,7 @@
 internal network, not with `-o masquerade=false`, and not against an egress policy.
 
 "The outside" is a namespace joined to the host by a veth, with documentation addresses
-only (198.51.100.0/24, 2001:db8:100::/64; the datapath tests use others) and no route to
+only (per engine, tests/e2e/engines.py; the datapath tests use others) and no route to
 the node ranges: a container gets an answer from it only if its flow was masqueraded.
 Test traffic never goes to a real outside address.
 """
@@ -15,8 +15,11 @@ import uuid
 
 import pytest
 
-WORLD4, HOST4 = "198.51.100.2", "198.51.100.1"
-WORLD6, HOST6 = "2001:db8:100::2", "2001:db8:100::1"
+from . import engines
+
+LINK4, LINK6 = engines.current().addresses.world
+WORLD4, HOST4 = engines.address(LINK4, 2), engines.address(LINK4, 1)
+WORLD6, HOST6 = engines.address(LINK6, 2), engines.address(LINK6, 1)
 PORT = 8000
 PAGE = "hello from world"
 
@@ -49,12 +52,12 @@ def world(tmp_path_factory):
     server = None
     try:
         _ip("link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", name)
-        _ip("addr", "add", f"{HOST4}/24", "dev", name)
-        _ip("addr", "add", f"{HOST6}/64", "dev", name, "nodad")
+        _ip("addr", "add", f"{HOST4}/{LINK4.split('/')[1]}", "dev", name)
+        _ip("addr", "add", f"{HOST6}/{LINK6.split('/')[1]}", "dev", name, "nodad")
         _ip("link", "set", name, "up")
         for args in (
-            ("addr", "add", f"{WORLD4}/24", "dev", "eth0"),
-            ("addr", "add", f"{WORLD6}/64", "dev", "eth0", "nodad"),
+            ("addr", "add", f"{WORLD4}/{LINK4.split('/')[1]}", "dev", "eth0"),
+            ("addr", "add", f"{WORLD6}/{LINK6.split('/')[1]}", "dev", "eth0", "nodad"),
             ("link", "set", "eth0", "up"),
             ("link", "set", "lo", "up"),
         ):

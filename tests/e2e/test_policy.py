@@ -1,5 +1,6 @@
 """Identities and L3/L4 policy with real containers (early Cilium's scenarios 3-10 and more)."""
 
+import ipaddress
 import json
 import subprocess
 import threading
@@ -288,7 +289,9 @@ def test_endpoint_list_shows_identities(docker, driver, cilium, trio):
     assert http_get(driver.settings["api_socket"], "/v1/identities")
 
 
-def test_cidr_rules_for_an_external_peer(docker, driver, cilium, trio, external):
+def test_cidr_rules_for_an_external_peer(docker, driver, engine, cilium, trio, external):
+    range4 = engine.addresses.external[1]
+    link4 = next(ipaddress.ip_network(range4).subnets(new_prefix=24))
     # No policy: the outside may reach containers, like a published service.
     assert connects_from(external["netns"], trio["web6"])
     cilium(
@@ -299,7 +302,7 @@ def test_cidr_rules_for_an_external_peer(docker, driver, cilium, trio, external)
 - endpointSelector: {{matchLabels: {{app: web}}}}
   ingress:
   - fromCIDR: ["{external["v6"]}/128"]
-  - fromCIDRSet: [{{cidr: "10.216.0.0/16", except: ["10.216.0.0/24"]}}]
+  - fromCIDRSet: [{{cidr: "{range4}", except: ["{link4}"]}}]
 """,
     )
     assert connects_from(external["netns"], trio["web6"])
@@ -318,7 +321,7 @@ def test_cidr_rules_for_an_external_peer(docker, driver, cilium, trio, external)
     )
     assert connects_from(external["netns"], trio["web4"])
     identities = {i["key"] for i in driver.api("/v1/identities")}
-    assert {"cidr:fdce:1c02::2/128", "cidr:10.216.0.2/32"} <= identities
+    assert {f"cidr:{external['v6']}/128", f"cidr:{external['v4']}/32"} <= identities
 
 
 def test_identities_are_released_when_containers_go(docker, driver, trio):

@@ -5,9 +5,10 @@ import subprocess
 
 from .conftest import connects_from
 from .docker_cli import IMAGE, LABEL
+from .engines import current
 from .test_policy import SERVE_HTTP, WEB_POLICY
 
-HOST_PORT = 18080
+HOST_PORT = current().addresses.host_port
 
 
 def host_get(address: str, port: int = HOST_PORT) -> bool:
@@ -18,18 +19,19 @@ def host_get(address: str, port: int = HOST_PORT) -> bool:
 
 def test_published_port_reachable_from_host_and_outside(docker, driver, cilium, net, external):
     pub = docker.container(net, "-p", f"{HOST_PORT}:80", "--label", "app=web", command=SERVE_HTTP)
-    for address in ("127.0.0.1", "::1", "10.216.0.1", "fdce:1c02::1"):
+    host4, host6 = external["host4"], external["host6"]
+    for address in ("127.0.0.1", "::1", host4, host6):
         assert host_get(address), address
-    assert connects_from(external["netns"], "10.216.0.1", HOST_PORT)
-    assert connects_from(external["netns"], "fdce:1c02::1", HOST_PORT)
+    assert connects_from(external["netns"], host4, HOST_PORT)
+    assert connects_from(external["netns"], host6, HOST_PORT)
     ports = cilium("endpoint", "get", pub).stdout
     assert f"*:{HOST_PORT}->80/tcp" in ports
     # Ingress policy applies to published ports: the outside is world.
     cilium("policy", "import", "-", stdin=WEB_POLICY)
-    assert not connects_from(external["netns"], "10.216.0.1", HOST_PORT)
+    assert not connects_from(external["netns"], host4, HOST_PORT)
     cilium("policy", "delete", "--all")
     docker.run("stop", "-t", "1", pub)
-    assert not host_get("127.0.0.1") and not host_get("10.216.0.1")
+    assert not host_get("127.0.0.1") and not host_get(host4)
     rules = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
     assert f"--dport {HOST_PORT}" not in rules
 

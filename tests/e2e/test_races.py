@@ -115,7 +115,8 @@ def test_kill_and_remove_during_regeneration_leave_consistent_state(docker, driv
         e["endpoint_id"]: e["container_name"] for e in endpoints if e["network_id"] == network_id
     }
     assert mine == live
-    assert sorted(veths("lxt")) == sorted(e["host_ifname"] for e in endpoints)
+    own_veths = veths(driver.settings["veth_prefix"])
+    assert sorted(own_veths) == sorted(e["host_ifname"] for e in endpoints)
     assert sorted(e["endpoint_id"] for e in driver.api("/v1/bpf/endpoints")) == sorted(
         e["numeric_id"] for e in endpoints
     )

@@ -22,8 +22,10 @@ def test_kill9_and_restart_keeps_traffic_and_state(docker, driver, net):
     time.sleep(1)
     driver.kill9()
     # What a crash can leave: a veth nobody owns.
+    prefix = driver.settings["veth_prefix"]
+    orphan = prefix + "0badc0ffee0"
     subprocess.run(
-        ["ip", "link", "add", "lxt0badc0ffee0", "type", "veth", "peer", "name", "tmp0badc0ffee0"],
+        ["ip", "link", "add", orphan, "type", "veth", "peer", "name", "t" + orphan],
         check=True,
     )
     time.sleep(2)
@@ -32,7 +34,7 @@ def test_kill9_and_restart_keeps_traffic_and_state(docker, driver, net):
 
     output = result["ping"].stdout
     assert "40 packets transmitted, 40 packets received" in output, output
-    assert "lxt0badc0ffee0" not in veths("lxt")
+    assert orphan not in veths(prefix)
 
     c = docker.container(net)
     c6, _ = docker.addresses(c, net)
@@ -41,7 +43,7 @@ def test_kill9_and_restart_keeps_traffic_and_state(docker, driver, net):
     assert c6 not in (docker.addresses(a, net)[0], b6)
 
     docker.run("rm", "-f", b)
-    assert len(veths("lxt")) == 2
+    assert len(veths(prefix)) == 2
     assert {e["ipv6"] for e in driver.api("/v1/endpoints")} == {
         docker.addresses(a, net)[0],
         c6,

@@ -3,10 +3,11 @@ removal, policy through a VIP, hairpin, restart."""
 
 import pytest
 
+from .engines import address, current
 from .test_policy import WEB_POLICY
 
-VIP6 = "fdce:1c05::10"
-VIP4 = "10.217.0.10"
+VIP6 = address(current().settings["service_range6"], 0x10)
+VIP4 = address(current().settings["service_range4"], 10)
 
 
 def serve(name: str) -> tuple:
@@ -31,7 +32,7 @@ def webs(docker, net):
 def test_selector_service_spreads_and_follows_containers(docker, driver, cilium, net, webs):
     client = docker.container(net, "--label", "app=client")
     result = cilium("service", "update", "--frontend", f"[{VIP6}]:80", "--selector", "app=web")
-    assert "fdce:1c05::10" in result.stdout
+    assert VIP6 in result.stdout
     bodies = fetch(docker, client, VIP6, 50)
     assert sorted(set(bodies)) == ["web1", "web2"], bodies
     web3 = docker.container(net, "--label", "app=web", command=serve("web3"))
