@@ -6,15 +6,20 @@ small C client/server built at run time) between two network namespaces joined t
 veths with plain routing (raw), Docker's bridge, raw plus an ip(6)tables chain of N rules
 (matching rule last) and two containers on a cilium network with N policy rules (the allowed
 flow matching one of them); throughput, request/response and connection rate through a service
-VIP with 2 and 16 backends against the same client talking to one backend directly; and the
+VIP with 2 and 16 backends against the same client talking to one backend directly; the
 wall time of `docker run --rm` on a cilium network against the bridge, with the BPF compiles it
-caused. Runs are interleaved (A B A B ...), every figure is a median with min and max, and
-every comparison is the median of per-round ratios to the reference run of the same round.
+caused; throughput and connection rate from a container to a "world" namespace beyond the host
+(masqueraded: pycilium, the bridge and a plain namespace behind one MASQUERADE rule), and from
+that world to a container's published port (pycilium against the bridge). Runs are
+interleaved (A B A B ...), every figure is a median with min and max, and every comparison is
+the median of per-round ratios to the reference run of the same round.
 
 Uses the driver that `make run` started; creates only its own namespaces, containers, networks,
-ip(6)tables chains, routes, policy rules and services (all named pcb*/pcb-bench*) and removes
-them on exit, even on failure. Raw traffic stays inside test ranges that are unreachable on the
-host during the run; VIPs are inside the driver's service ranges.
+ip(6)tables chains and rules, routes, policy rules and services (all named pcb*/pcb-bench*, the
+world link pcw-bench) and removes them on exit, even on failure. Raw traffic stays inside test
+ranges that are unreachable on the host during the run; VIPs are inside the driver's service
+ranges; the world is a namespace on a veth of the host with addresses the host routes nowhere
+else and no route back to any container.
 """
 
 from __future__ import annotations
@@ -49,7 +54,18 @@ COMPILE_METRIC = "pycilium_bpf_compile_duration_seconds_count"
 CALL_METRIC = "pycilium_plugin_call_duration_seconds"
 LIFECYCLE_CALLS = ("CreateEndpoint", "Join", "Leave", "DeleteEndpoint")
 TCPBENCH_SRC = REPO / "bench" / "tcpbench.c"
-SCENARIOS = ("throughput", "rr", "service", "lifecycle")
+SCENARIOS = ("throughput", "rr", "service", "lifecycle", "outbound", "published")
+# The scenarios measured among the rule-count servers with the policy loaded.
+PAIR_SCENARIOS = ("throughput", "rr", "service", "lifecycle")
+WORLD_NS = "pcb-bench-world"
+# The world link's host side: outside pcb+, so the raw variants' FORWARD chain (which accepts
+# all of pcb+) does not short-cut Docker's and the driver's rules for the world's packets.
+WORLD_LINK = "pcw-bench"
+OUT_NS, OUT_LINK = "pcb-bench-out", "pcbout"  # outbound's raw variant
+OUT_COMMENT = "pcb-bench outbound"
+# Published host ports (iperf3, tcpbench), on the world link's host addresses only.
+PUBLISH = {"pub-cil": (15201, 15202), "pub-br": (16201, 16202)}
+EDGE_TESTS = ("stream", "crr")  # outbound and published: iperf3, tcpbench crr
 RR_TESTS = ("rr", "crr")  # tcpbench modes of the rr scenario
 SERVICE_TESTS = ("stream", "crr", "rr")
 UNITS = {"stream": "Gbit/s", "rr": "transactions/s", "crr": "connections/s"}
@@ -274,11 +290,13 @@ class Bench:
 
     # -- containers --
 
-    def _container(self, name: str, net: str, labels: dict, cmd: list[str]) -> None:
+    def _container(
+        self, name: str, net: str, labels: dict, cmd: list[str], opts: tuple[str, ...] = ()
+    ) -> None:
         quiet(DOCKER, "rm", "-f", name)
         self.stack.callback(quiet, DOCKER, "rm", "-f", name)
         lab = [x for k, v in labels.items() for x in ("--label", f"{k}={v}")]
-        run(DOCKER, "run", "-d", "--name", name, "--net", net, *lab, self.a.image, *cmd)
+        run(DOCKER, "run", "-d", "--name", name, "--net", net, *lab, *opts, self.a.image, *cmd)
 
     def _addrs(self, name: str, net: str) -> tuple[str, str]:
         fmt = (
@@ -293,13 +311,14 @@ class Bench:
         pid = run(DOCKER, "inspect", "-f", "{{.State.Pid}}", name).strip()
         return ["nsenter", "-t", pid, "-n"]
 
-    def setup_docker(self) -> None:
+    def setup_docker(self, servers: bool) -> None:
+        """Both networks and a client on each; the servers of the pair scenarios if asked."""
         # Bridge: a user-defined network of Docker's bridge driver (the same driver and
         # iptables chains as docker0, which has no IPv6 without daemon settings, and the same
         # embedded DNS setup as a cilium network), subnets inside the test ranges.
         quiet(DOCKER, "network", "rm", NETWORK_BR)
         self.stack.callback(quiet, DOCKER, "network", "rm", NETWORK_BR)
-        br6 = list(self.range6.subnets(new_prefix=64))[-1]
+        self.br6 = list(self.range6.subnets(new_prefix=64))[-1]
         br4 = list(self.range4.subnets(new_prefix=24))[-1]
         run(
             DOCKER,
@@ -307,17 +326,20 @@ class Bench:
             "create",
             "--ipv6",
             "--subnet",
-            str(br6),
+            str(self.br6),
             "--subnet",
             str(br4),
             NETWORK_BR,
         )
-        self._container("pcb-bench-br-srv", NETWORK_BR, {}, ["iperf3", "-s", "-p", str(PORT)])
+        if servers:
+            self._container("pcb-bench-br-srv", NETWORK_BR, {}, ["iperf3", "-s", "-p", str(PORT)])
         self._container("pcb-bench-br-cli", NETWORK_BR, {}, ["sleep", "infinity"])
-        v6, v4 = self._addrs("pcb-bench-br-srv", NETWORK_BR)
-        self.cpair["bridge"] = {"cli": "pcb-bench-br-cli", "v6": v6, "v4": v4}
-        self.clients["bridge"] = {**self.cpair["bridge"], "ns": self._netns("pcb-bench-br-cli")}
-        self._serve(self._netns("pcb-bench-br-srv"))
+        if servers:
+            v6, v4 = self._addrs("pcb-bench-br-srv", NETWORK_BR)
+            self.cpair["bridge"] = {"cli": "pcb-bench-br-cli", "v6": v6, "v4": v4}
+            cli_ns = self._netns("pcb-bench-br-cli")
+            self.clients["bridge"] = {**self.cpair["bridge"], "ns": cli_ns}
+            self._serve(self._netns("pcb-bench-br-srv"))
         # Cilium: one client, one server per rule count.
         quiet(DOCKER, "network", "rm", NETWORK_CIL)
         self.stack.callback(quiet, DOCKER, "network", "rm", NETWORK_CIL)
@@ -335,7 +357,7 @@ class Bench:
         self._container(
             "pcb-bench-cil-cli", NETWORK_CIL, {"app": "pcb-bench-cli"}, ["sleep", "infinity"]
         )
-        for n in self.a.rules:
+        for n in self.a.rules if servers else []:
             name = f"pcb-bench-cil-srv-{n}"
             self._container(
                 name, NETWORK_CIL, {"app": f"pcb-bench-srv-{n}"}, ["iperf3", "-s", "-p", str(PORT)]
@@ -445,12 +467,134 @@ class Bench:
         with contextlib.suppress(Exception):
             API.request("DELETE", f"/v1/services/{service_id}")
 
+    # -- the world beyond the host: outbound and published --
+
+    def _rule(self, tool: str, table: str, add: str, chain: str, *spec: str) -> None:
+        """An ip(6)tables rule (add: -A or -I), deleted on exit; copies a killed run left are
+        deleted first."""
+        delete = [tool, "-w", "5", "-t", table, "-D", chain, *spec]
+        while subprocess.run(delete, capture_output=True, check=False).returncode == 0:
+            pass
+        run(tool, "-w", "5", "-t", table, add, chain, *spec)
+        self.stack.callback(quiet, *delete)
+
+    def setup_world(self) -> None:
+        """The world namespace on a veth of the host: address .2 of --world4/--world6 (.1 on
+        the host side), no other route in it (no default, none back to the containers' or raw
+        ranges), an iperf3 and a tcpbench server. The host reaches it through the link's own
+        routes, checked before any traffic."""
+        self.world: dict[str, str] = {}
+        self.world_host: dict[str, str] = {}
+        quiet("ip", "netns", "del", WORLD_NS)
+        quiet("ip", "link", "del", WORLD_LINK)
+        self.stack.callback(quiet, "ip", "netns", "del", WORLD_NS)
+        self.stack.callback(quiet, "ip", "link", "del", WORLD_LINK)
+        run("ip", "netns", "add", WORLD_NS)
+        peer = ("peer", "name", "eth0", "netns", WORLD_NS)
+        run("ip", "link", "add", WORLD_LINK, "type", "veth", *peer)
+        nsx = ("ip", "netns", "exec", WORLD_NS)
+        for fam, net in (("v6", self.a.world6), ("v4", self.a.world4)):
+            net = ipaddress.ip_network(net)
+            nodad = ["nodad"] if fam == "v6" else []
+            self.world_host[fam], self.world[fam] = str(net[1]), str(net[2])
+            run("ip", "addr", "add", f"{net[1]}/{net.prefixlen}", "dev", WORLD_LINK, *nodad)
+            run(*nsx, "ip", "addr", "add", f"{net[2]}/{net.prefixlen}", "dev", "eth0", *nodad)
+        run("ip", "link", "set", WORLD_LINK, "up")
+        run(*nsx, "ip", "link", "set", "lo", "up")
+        run(*nsx, "ip", "link", "set", "eth0", "up")
+        for addr in self.world.values():
+            dev = json.loads(run("ip", "-j", "route", "get", addr))[0].get("dev")
+            if dev != WORLD_LINK:
+                raise RuntimeError(f"the host routes the world's {addr} to {dev}, not {WORLD_LINK}")
+        self._serve(list(nsx))
+        srv = subprocess.Popen(
+            [*nsx, "iperf3", "-s", "-p", str(PORT)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.servers.append(srv)
+        self.stack.callback(_stop, srv)
+
+    def setup_outbound(self) -> dict:
+        """Clients towards the world: the bridge and the cilium client containers, and raw: a
+        namespace routed through the host to exactly the world's addresses, masqueraded by one
+        rule per family as Docker's bridge is (`-s subnet ! -o link -j MASQUERADE`). Returns
+        the notes for the report."""
+        quiet("ip", "netns", "del", OUT_NS)
+        quiet("ip", "link", "del", OUT_LINK)
+        self.stack.callback(quiet, "ip", "netns", "del", OUT_NS)
+        self.stack.callback(quiet, "ip", "link", "del", OUT_LINK)
+        run("ip", "netns", "add", OUT_NS)
+        run("ip", "link", "add", OUT_LINK, "type", "veth", "peer", "name", "eth0", "netns", OUT_NS)
+        nsx = ("ip", "netns", "exec", OUT_NS)
+        run(*nsx, "ip", "link", "set", "lo", "up")
+        run(*nsx, "ip", "link", "set", "eth0", "up")
+        run("ip", "link", "set", OUT_LINK, "up")
+        # The last-but-one subnets of the test ranges (the bridge network has the last ones).
+        subnets = {
+            "v6": list(self.range6.subnets(new_prefix=64))[-2],
+            "v4": list(self.range4.subnets(new_prefix=24))[-2],
+        }
+        for fam, net in subnets.items():
+            tool = "ip6tables" if fam == "v6" else "iptables"
+            nodad = ["nodad"] if fam == "v6" else []
+            run("ip", "addr", "add", f"{net[1]}/{net.prefixlen}", "dev", OUT_LINK, *nodad)
+            run(*nsx, "ip", "addr", "add", f"{net[2]}/{net.prefixlen}", "dev", "eth0", *nodad)
+            world = self.a.world6 if fam == "v6" else self.a.world4
+            run(*nsx, "ip", "route", "add", world, "via", str(net[1]))
+            comment = ("-m", "comment", "--comment", OUT_COMMENT)
+            masq = ["-s", str(net), "!", "-o", OUT_LINK, *comment, "-j", "MASQUERADE"]
+            self._rule(tool, "nat", "-A", "POSTROUTING", *masq)
+            # Docker's FORWARD policy is DROP for IPv4.
+            out = ["-i", OUT_LINK, "-o", WORLD_LINK, *comment, "-j", "ACCEPT"]
+            self._rule(tool, "filter", "-I", "FORWARD", *out)
+            back = ["-i", WORLD_LINK, "-o", OUT_LINK, "-m", "conntrack", "--ctstate"]
+            back += ["RELATED,ESTABLISHED", *comment, "-j", "ACCEPT"]
+            self._rule(tool, "filter", "-I", "FORWARD", *back)
+        to_world = {**self.world, "port": PORT, "tport": TPORT}
+        self.clients["out-raw"] = {"ns": list(nsx), **to_world}
+        self.clients["out-br"] = {"ns": self._netns("pcb-bench-br-cli"), **to_world}
+        self.clients["out-cil"] = {"ns": self._netns("pcb-bench-cil-cli"), **to_world}
+        # Docker masquerades a bridge network's IPv6 only with ip6tables on (daemon.json;
+        # the default from Docker 27): without, the world cannot answer its containers.
+        nat6 = run("ip6tables", "-w", "5", "-t", "nat", "-S", "POSTROUTING", check=False)
+        masq6 = any(f"-s {self.br6} " in ln and "MASQUERADE" in ln for ln in nat6.splitlines())
+        return {"bridge_v6_masqueraded": masq6}
+
+    def setup_published(self) -> dict:
+        """An iperf3 and a tcpbench server in a container on each network, published
+        (`docker run -p`) on the world link's host addresses; the world is the client."""
+        notes = {}
+        for variant, net in (("pub-cil", NETWORK_CIL), ("pub-br", NETWORK_BR)):
+            name = f"pcb-bench-{variant}"
+            ports = PUBLISH[variant]
+            opts = []
+            for fam in self.a.families:
+                host = self.world_host[fam]
+                host = f"[{host}]" if fam == "v6" else host
+                for hp, cp in zip(ports, (PORT, TPORT), strict=True):
+                    opts += ["-p", f"{host}:{hp}:{cp}"]
+            self._container(name, net, {}, ["iperf3", "-s", "-p", str(PORT)], tuple(opts))
+            self._serve(self._netns(name))
+            self.clients[variant] = {
+                "ns": ["ip", "netns", "exec", WORLD_NS],
+                **self.world_host,
+                "port": ports[0],
+                "tport": ports[1],
+            }
+        # Without ip6tables Docker serves a bridge port's IPv6 with docker-proxy (user space).
+        nat6 = run("ip6tables", "-w", "5", "-t", "nat", "-S", check=False)
+        dport = f"--dport {PUBLISH['pub-br'][0]} "
+        notes["bridge_v6_dnat"] = any(dport in ln and "DNAT" in ln for ln in nat6.splitlines())
+        return notes
+
     # -- measurements --
 
     def tcpbench(self, variant: str, fam: str, mode: str) -> float:
         c = self.clients[variant]
         secs = self.a.rr_duration
-        cmd = [*c["ns"], str(self.tcpbench_exe), mode, c[fam], str(TPORT), str(secs)]
+        port = str(c.get("tport", TPORT))
+        cmd = [*c["ns"], str(self.tcpbench_exe), mode, c[fam], port, str(secs)]
         last = ""
         for _ in range(5):  # the server may still be starting
             proc = subprocess.run(
@@ -462,15 +606,22 @@ class Bench:
             time.sleep(1)
         raise RuntimeError(f"tcpbench {mode} {variant} {fam} failed: {last}")
 
-    def interleaved(self, tests: tuple[str, ...], variants: list[str], measure) -> dict:
+    def interleaved(
+        self, tests: tuple[str, ...], variants: list[str], measure, skip: frozenset = frozenset()
+    ) -> dict:
         """samples[test][fam][variant]: one run of every variant per round, the order
-        reversed every other round."""
-        samples = {t: {f: {v: [] for v in variants} for f in self.a.families} for t in tests}
+        reversed every other round; none of the (variant, fam) pairs in skip."""
+        samples = {
+            t: {f: {v: [] for v in variants if (v, f) not in skip} for f in self.a.families}
+            for t in tests
+        }
         for r in range(self.a.rounds):
             order = variants if r % 2 == 0 else variants[::-1]
             for t in tests:
                 for fam in self.a.families:
                     for v in order:
+                        if (v, fam) in skip:
+                            continue
                         x = measure(v, fam, t)
                         samples[t][fam][v].append(x)
                         log(
@@ -495,14 +646,22 @@ class Bench:
         return {t: samples[t] for t in SERVICE_TESTS}
 
     def iperf(self, variant: str, fam: str) -> float:
-        t = str(self.a.duration)
         if variant in self.pairs:
             p = self.pairs[variant]
             cmd = ["ip", "netns", "exec", p["a"], "iperf3", "-c", p[f"{fam}b"]]
         else:
             c = self.cpair[variant]
             cmd = [DOCKER, "exec", c["cli"], "iperf3", "-c", c[fam]]
-        cmd += ["-p", str(PORT), "-t", t, "-J", "--connect-timeout", "3000"]
+        return self._iperf3([*cmd, "-p", str(PORT)], variant, fam)
+
+    def stream(self, variant: str, fam: str) -> float:
+        """iperf3 from the host's binary in the client's namespace (outbound, published)."""
+        c = self.clients[variant]
+        cmd = [*c["ns"], "iperf3", "-c", c[fam], "-p", str(c["port"])]
+        return self._iperf3(cmd, variant, fam)
+
+    def _iperf3(self, cmd: list[str], variant: str, fam: str) -> float:
+        cmd = [*cmd, "-t", str(self.a.duration), "-J", "--connect-timeout", "3000"]
         last = ""
         for _ in range(5):  # the server may still be starting
             proc = subprocess.run(
@@ -519,6 +678,14 @@ class Bench:
         variants = ["raw", "bridge"] + [f"ipt-{n}" for n in self.a.rules]
         variants += [f"cil-{n}" for n in self.a.rules]
         return self.interleaved(("stream",), variants, lambda v, f, _t: self.iperf(v, f))["stream"]
+
+    def edge(self, variants: list[str], skip: frozenset = frozenset()) -> dict:
+        """outbound and published: iperf3 stream and tcpbench crr."""
+
+        def measure(v, f, t):
+            return self.stream(v, f) if t == "stream" else self.tcpbench(v, f, t)
+
+        return self.interleaved(EDGE_TESTS, variants, measure, skip)
 
     def lifecycle(self) -> dict:
         def docker_run(net: str) -> float:
@@ -565,7 +732,18 @@ def _stop(p: subprocess.Popen) -> None:
 # --- reporting ------------------------------------------------------------------------------
 
 
+EDGE_LABELS = {
+    "out-raw": "raw",
+    "out-br": "bridge",
+    "out-cil": "pycilium",
+    "pub-br": "bridge",
+    "pub-cil": "pycilium",
+}
+
+
 def label(variant: str, fam: str) -> str:
+    if variant in EDGE_LABELS:
+        return EDGE_LABELS[variant]
     if variant.startswith("ipt-"):
         return ("ip6tables-" if fam == "v6" else "iptables-") + variant[4:]
     if variant.startswith("cil-"):
@@ -658,6 +836,17 @@ def _table(summary: dict, unit: str, ref: str) -> list[str]:
     return lines
 
 
+def _ratio_lines(samples: dict, x: str, y: str) -> list[str]:
+    """x / y per family, for the families that have both."""
+    return [
+        f"IPv{fam[1]} {label(x, fam)} / {label(y, fam)}: {q['median']:.2f} "
+        f"({q['min']:.2f}-{q['max']:.2f})"
+        for fam, per in samples.items()
+        if x in per and y in per
+        for q in [paired(per[x], per[y])]
+    ]
+
+
 def markdown(result: dict) -> str:
     a = result["args"]
     lines = [
@@ -719,6 +908,38 @@ def markdown(result: dict) -> str:
             + f"; datapath map entries at the start: {lc['maps_before']} (deleting an endpoint "
             "walks them).",
         ]
+    out = result.get("outbound")
+    if out:
+        lines += [
+            "",
+            f"## Outbound: a client to a server in the world namespace beyond the host, "
+            f"masqueraded; iperf3 {a['duration']} s, tcpbench crr {a['rr_duration']} s per run",
+        ]
+        for t in EDGE_TESTS:
+            lines += ["", f"### {t}", "", *_table(out["summary"][t], UNITS[t], "raw")]
+            lines += ["", *_ratio_lines(out["samples"][t], "out-cil", "out-br")]
+        if "v6" in a["families"] and not out["notes"]["bridge_v6_masqueraded"]:
+            lines += [
+                "",
+                "No IPv6 row for the bridge: this Docker does not masquerade a bridge "
+                "network's IPv6 (ip6tables is off in its daemon.json, the default before "
+                "Docker 27), so the world could not answer its containers.",
+            ]
+    pub = result.get("published")
+    if pub:
+        lines += [
+            "",
+            f"## Published port: the world to `docker run -p` on the host's address on the "
+            f"world link; iperf3 {a['duration']} s, tcpbench crr {a['rr_duration']} s per run",
+        ]
+        for t in EDGE_TESTS:
+            lines += ["", f"### {t}", "", *_table(pub["summary"][t], UNITS[t], "bridge")]
+        if "v6" in a["families"] and not pub["notes"]["bridge_v6_dnat"]:
+            lines += [
+                "",
+                "The bridge's IPv6 port is docker-proxy's (user space, to the container's "
+                "IPv4): this Docker has no ip6tables NAT (daemon.json).",
+            ]
     pi = result["meta"].get("policy_import")
     if pi:
         lines += [
@@ -835,6 +1056,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--range6", default="fdbe:7c00:ba5e::/48", help="raw namespaces' IPv6 range")
     p.add_argument("--range4", default="198.18.0.0/15", help="raw namespaces' IPv4 range")
     p.add_argument(
+        "--world6", default="2001:db8:b0::/64", help="the world link (outbound, published)"
+    )
+    p.add_argument(
+        "--world4",
+        default="198.18.0.0/25",
+        help="the world link; the tests take the IPv4 documentation ranges, this host's LAN "
+        "may be 192.0.2.0/24",
+    )
+    p.add_argument(
         "--vip6", default="fd00:5::be00", help="VIP base, inside the driver's service range6"
     )
     p.add_argument(
@@ -856,6 +1086,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--backends: counts between 1 and 64")
     if not set(a.families) <= {"v6", "v4"} or not a.families:
         p.error("--families: v6 and/or v4")
+    for fam, net in (("v6", a.world6), ("v4", a.world4)):
+        try:
+            n = ipaddress.ip_network(net)
+        except ValueError as exc:
+            p.error(f"--world{fam[1]}: {exc}")
+        if n.version != int(fam[1]) or n.num_addresses < 4:
+            p.error(f"--world{fam[1]}: an IPv{fam[1]} network with room for two hosts")
     if a.rounds < 1 or a.duration < 1 or a.rr_duration <= 0 or a.lifecycle_rounds < 1:
         p.error("--rounds, --duration, --rr-duration and --lifecycle-rounds must be positive")
     return a
@@ -866,7 +1103,12 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         sys.exit("bench: ERROR: must run as root")
     require_driver()
-    check_ranges([ipaddress.ip_network(a.range6), ipaddress.ip_network(a.range4)])
+    edge = {"outbound", "published"} & set(a.scenarios)
+    nets = [ipaddress.ip_network(a.range6), ipaddress.ip_network(a.range4)]
+    if edge:
+        quiet("ip", "link", "del", WORLD_LINK)  # a killed run's: its routes would be refused
+        nets += [ipaddress.ip_network(a.world6), ipaddress.ip_network(a.world4)]
+    check_ranges(nets)
     for tool in ("iperf3", "ip6tables-restore", "iptables-restore", "gcc", "nsenter"):
         run("sh", "-c", f"command -v {tool}")
     run(DOCKER, "image", "inspect", a.image)
@@ -891,9 +1133,12 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         b = Bench(a, stack)
         log("setting up namespaces, ip(6)tables chains, networks, containers")
-        b.setup_raw()
-        b.setup_docker()
-        b.load_policy()
+        pairs = bool(set(PAIR_SCENARIOS) & set(a.scenarios))
+        if pairs:
+            b.setup_raw()
+        b.setup_docker(servers=pairs)
+        if pairs:
+            b.load_policy()
         if "throughput" in a.scenarios:
             samples = b.throughput()
             result["throughput"] = {"samples": samples, "summary": summarize(samples, "raw")}
@@ -912,6 +1157,25 @@ def main(argv: list[str] | None = None) -> int:
             }
         if "lifecycle" in a.scenarios:
             result["lifecycle"] = b.lifecycle()
+        if edge:
+            b.setup_world()
+        if "outbound" in a.scenarios:
+            notes = b.setup_outbound()
+            skip = frozenset() if notes["bridge_v6_masqueraded"] else frozenset({("out-br", "v6")})
+            samples = b.edge(["out-raw", "out-br", "out-cil"], skip)
+            result["outbound"] = {
+                "samples": samples,
+                "summary": {t: summarize(samples[t], "out-raw") for t in samples},
+                "notes": notes,
+            }
+        if "published" in a.scenarios:
+            notes = b.setup_published()
+            samples = b.edge(["pub-br", "pub-cil"])
+            result["published"] = {
+                "samples": samples,
+                "summary": {t: summarize(samples[t], "pub-br") for t in samples},
+                "notes": notes,
+            }
         result["meta"] = b.meta
         log("cleaning up")
     result["seconds"] = round(time.monotonic() - t0, 1)
