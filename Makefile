@@ -87,17 +87,19 @@ test: setup lint
 	exit $$status
 
 # Not on Docker 26: the managed plugin build and install (scripts/build-plugin.sh builds and
-# enables it on the host's engine only), and the uninstall test (it calls no engine at all).
+# enables it on the host's engine only), and the uninstall test (its instance asks only the
+# host's engine for networks).
 ENGINE26_IGNORE = --ignore=tests/e2e/test_managed_plugin.py --ignore=tests/e2e/test_uninstall.py
 
 # tests/e2e on Docker 26 + compose v2 (scripts/engine.sh; the first `up` debootstraps its
 # rootfs into /var/cache/pycilium), with a driver instance of its own; the engine is brought
 # down afterwards whatever the result.
 test-26:
-	@scripts/engine.sh up 26 || { scripts/engine.sh down 26; exit 1; }; \
+	@trap 'scripts/engine.sh down 26' INT TERM; \
+	scripts/engine.sh up 26 || { scripts/engine.sh down 26; exit 1; }; \
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests/e2e --engine 26 \
 		$(ENGINE26_IGNORE) $(PYTEST_ARGS); \
-	status=$$?; scripts/engine.sh down 26; exit $$status
+	status=$$?; scripts/engine.sh down 26 || status=1; exit $$status
 
 # The driver as a Docker managed (v2) plugin, built without a registry (README: Managed plugin).
 # PLUGIN=NAME:TAG (default pycilium:latest), PLUGIN_ENABLE=0, PLUGIN_SETTINGS="KEY=VALUE ...".

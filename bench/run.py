@@ -1106,7 +1106,10 @@ def main(argv: list[str] | None = None) -> int:
     edge = {"outbound", "published"} & set(a.scenarios)
     nets = [ipaddress.ip_network(a.range6), ipaddress.ip_network(a.range4)]
     if edge:
-        quiet("ip", "link", "del", WORLD_LINK)  # a killed run's: its routes would be refused
+        # A killed run's links: their routes would be refused as overlapping.
+        quiet("ip", "link", "del", WORLD_LINK)
+        quiet("ip", "netns", "del", OUT_NS)
+        quiet("ip", "link", "del", OUT_LINK)
         nets += [ipaddress.ip_network(a.world6), ipaddress.ip_network(a.world4)]
     check_ranges(nets)
     for tool in ("iperf3", "ip6tables-restore", "iptables-restore", "gcc", "nsenter"):

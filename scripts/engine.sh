@@ -360,15 +360,18 @@ clean_up() {
         kill -KILL $pids 2>/dev/null || true
         say "killed what the engine left running: pids ${pids//$'\n'/ }"
     fi
+    while forward_rule -D 2>/dev/null; do :; done
+    local cgroups_left=""
     # The cgroups of its containers (kept apart from the main engine's under docker/).
     cgroups=$(find /sys/fs/cgroup -maxdepth 2 -type d -name "$NAME")
     if [ -n "$cgroups" ]; then
         # shellcheck disable=SC2086
-        find $cgroups -depth -type d -exec rmdir {} + ||
-            die "could not remove the cgroups $NAME (processes left in them?)"
-        say "removed the cgroups /sys/fs/cgroup/*/$NAME"
+        if find $cgroups -depth -type d -exec rmdir {} +; then
+            say "removed the cgroups /sys/fs/cgroup/*/$NAME"
+        else
+            cgroups_left=$cgroups
+        fi
     fi
-    while forward_rule -D 2>/dev/null; do :; done
     if [ -d "$ENGINE_STATE" ]; then
         rm -rf "$ENGINE_STATE"
         say "removed $ENGINE_STATE (data root, rootfs overlay)"
@@ -386,6 +389,8 @@ clean_up() {
         say "removed $ENV_FILE"
     fi
     rmdir "$ENV_DIR" "$(dirname "$ENGINE_STATE")" 2>/dev/null || true   # when no other engine is up
+    # Last, so that everything else is gone even then.
+    [ -z "$cgroups_left" ] || die "could not remove the cgroups $NAME (processes left in them?)"
 }
 
 down() {

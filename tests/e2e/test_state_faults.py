@@ -15,15 +15,16 @@ import uuid
 
 import pytest
 
+from . import engines
 from .docker_cli import IMAGE, LABEL
 from .driver_process import TEST_SETTINGS, DriverProcess, plugin_call, veths
 
-MOUNT = "/run/pycilium-disk/statefs"
-SETTINGS = {
+ENGINE = engines.current()
+SETTINGS = ENGINE.instance({
     **TEST_SETTINGS,
     "plugin_name": "pycilium-disk",
     "api_socket": "/run/pycilium-disk/api.sock",
-    "state_dir": f"{MOUNT}/state",
+    "state_dir": "/run/pycilium-disk/statefs/state",
     "bpf_pin_dir": "/sys/fs/bpf/pycilium-disk",
     "veth_prefix": "lxe",
     "cluster_prefix6": "fdce:1c09::/64",
@@ -31,9 +32,15 @@ SETTINGS = {
     "service_range6": "fdce:1c0a::/64",
     "service_range4": "10.222.0.0/16",
     "node_id": "44",
-}
+})  # fmt: skip
+MOUNT = os.path.dirname(SETTINGS["state_dir"])
+# The /32 of the cluster prefix (the user's subnet below is in it too) and the IPv4 range.
+OWN_RANGES = [
+    ipaddress.ip_network(SETTINGS["cluster_prefix6"]).supernet(new_prefix=32),
+    ipaddress.ip_network(SETTINGS["node_range4"]),
+]
 # A user's subnet: its pool gets an unreachable route of its own.
-SUBNET6 = "fdce:1c09:0:1::/64"
+SUBNET6 = ENGINE.range("fdce:1c09:0:1::/64")
 LOCKED = "is locked by another process"
 FULL = "no space left on device for state database"
 
@@ -87,16 +94,24 @@ def own_routes() -> list[str]:
         lines += [
             line
             for line in out.splitlines()
-            if any(word.startswith(("fdce:1c09", "10.221.")) for word in line.split()[:2])
+            if any(in_own_ranges(word) for word in line.split()[:2])
         ]
     return sorted(lines)
+
+
+def in_own_ranges(word: str) -> bool:
+    try:
+        network = ipaddress.ip_network(word, strict=False)
+    except ValueError:
+        return False
+    return any(network.subnet_of(r) for r in OWN_RANGES if r.version == network.version)
 
 
 def create_endpoint_body(docker, network) -> dict:
     """A CreateEndpoint as Docker sends it, for an address Docker will not hand out here."""
     ipam = json.loads(docker.out("network", "inspect", network))[0]
     subnet6 = next(c["Subnet"] for c in ipam["IPAM"]["Config"] if ":" in c["Subnet"])
-    address = ipaddress.ip_network(subnet6)[-16]  # Docker hands out from the start
+    address = ipaddress.ip_network(subnet6)[-16]
     return {
         "NetworkID": ipam["Id"],
         "EndpointID": uuid.uuid4().hex * 2,
