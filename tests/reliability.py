@@ -22,8 +22,10 @@ AREAS = {
     "tests/e2e/test_map_capacity.py": "policy and service maps at capacity",
     "tests/datapath/test_map_pressure.py": "a conntrack table far too small for the flows",
     "tests/datapath/test_hostile.py": "hostile and malformed packets from containers",
-    "tests/unit/test_fuzz_plugin.py": "fuzzed plugin and management API requests",
-    "tests/unit/test_fuzz_documents.py": "fuzzed and adversarial policy and service documents",
+    "tests/unit/server/test_fuzz_plugin.py": "fuzzed plugin and management API requests",
+    "tests/unit/server/test_fuzz_documents.py": (
+        "fuzzed and adversarial policy and service documents"
+    ),
     "tests/e2e/test_networks.py::test_sockets_are_not_world_accessible": "socket permissions",
 }
 
