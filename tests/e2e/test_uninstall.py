@@ -60,8 +60,6 @@ SNAPSHOTS = {
 if shutil.which("nft"):
     SNAPSHOTS["nftables"] = [["nft", "list", "ruleset"]]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
 
 def snapshot() -> dict[str, list[str]]:
     """Per kind, the sorted lines that name this instance or a decoy (counters stripped)."""
