@@ -87,10 +87,7 @@ build_base() {
     local base=$1 mirror tmp uri suite
     mirror=$(debian_mirror)
     [ -n "$mirror" ] || die "no Debian mirror for '$SUITE' in /etc/apt/sources.list{,.d/*} (set DEBIAN_MIRROR)"
-    command -v debootstrap >/dev/null 2>&1 || {
-        say "installing debootstrap"
-        DEBIAN_FRONTEND=noninteractive run_logged apt-get install -y --no-install-recommends debootstrap
-    }
+    require_debootstrap
     tmp=$base.tmp
     rm -rf "$tmp"
     say "debootstrap --variant=minbase $SUITE from $mirror (first build only: a few minutes)"

@@ -35,6 +35,14 @@ run_logged() {
     fi
 }
 
+# require_debootstrap: install Debian's debootstrap when missing (root filesystems of the
+# managed plugin and of the Docker 26 engine).
+require_debootstrap() {
+    command -v debootstrap >/dev/null 2>&1 && return 0
+    say "installing debootstrap"
+    DEBIAN_FRONTEND=noninteractive run_logged apt-get install -y --no-install-recommends debootstrap
+}
+
 require_root() {
     [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages, mounts bpffs, starts dockerd)"
 }

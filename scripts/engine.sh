@@ -97,10 +97,7 @@ build_rootfs() {
     local root=$1 mirror tmp include
     mirror=$(debian_mirror)
     [ -n "$mirror" ] || die "no Debian mirror in /etc/apt/sources.list{,.d/*} (set DEBIAN_MIRROR)"
-    command -v debootstrap >/dev/null 2>&1 || {
-        say "installing debootstrap"
-        DEBIAN_FRONTEND=noninteractive run_logged apt-get install -y --no-install-recommends debootstrap
-    }
+    require_debootstrap
     tmp=$root.tmp
     rm -rf "$tmp"
     include=$(IFS=,; echo "${PACKAGES[*]}")
