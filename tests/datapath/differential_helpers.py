@@ -148,8 +148,6 @@ def _rule(rng: random.Random, index: int) -> dict:
     rule = {"endpointSelector": _selector(rng), "labels": [{"key": "name", "value": f"r{index}"}]}
     roll = rng.random()
     directions = ["ingress"] if roll < 0.4 else ["egress"] if roll < 0.7 else ["ingress", "egress"]
-    if rng.random() < 0.05:
-        directions = []  # selects, has no section
     for direction in directions:
         side = "from" if direction == "ingress" else "to"
         if rng.random() < 0.08:

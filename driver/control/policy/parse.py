@@ -88,6 +88,10 @@ _K8S_SOURCES = {
     "cidr": "use fromCIDR or toCIDR",
     "fqdn": "DNS names need Cilium's DNS proxy",
 }
+_NO_SECTION = (
+    "a rule needs ingress or egress (Cilium refuses a rule without either, as it enforces"
+    " nothing); write 'ingress: [{}]' for default deny at ingress"
+)
 _EMPTY_SECTIONS = (
     "an empty list enforces nothing in Cilium (the rule does not apply at {0}); write"
     " '{0}: [{{}}]' for default deny at {0}, or leave {0} out"
@@ -184,13 +188,16 @@ def _rule_at(item, where: str, document_name: str | None = None) -> Rule:
 
 
 def _rule(node: dict, labels) -> Rule:
-    return Rule(
+    rule = Rule(
         endpoint_selector=_selector(node["endpointSelector"], "endpointSelector", subject=True),
         labels=labels,
         description=_string(node.get("description", ""), "description"),
         ingress=_sections(node, "ingress", "from"),
         egress=_sections(node, "egress", "to"),
     )
+    if rule.ingress is None and rule.egress is None:
+        raise _Invalid("", _NO_SECTION)
+    return rule
 
 
 def _sections(node: dict, key: str, side: str):
@@ -212,6 +219,14 @@ def _section(node, path: str, side: str) -> PeerRule:
         key = side + name
         return _list(node[key], _at(path, key), parse) if key in node else None
 
+    given = [side + n for n in names if n != "Requires" and node.get(side + n)]
+    if len(given) > 1:
+        # Cilium refuses this too; reading it as OR or as AND would surprise someone.
+        raise _Invalid(
+            path,
+            f"combining {given[0]} and {given[1]} in one section is not supported (Cilium"
+            " refuses it too); write one section for each",
+        )
     return PeerRule(
         endpoints=get("Endpoints", _selector),
         requires=get("Requires", _selector) or (),

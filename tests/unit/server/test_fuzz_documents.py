@@ -143,7 +143,7 @@ def section(side):
             ),
             "toPorts": st.lists(port_rule, max_size=2),
         },
-    )
+    ).filter(lambda s: sum(bool(s.get(side + f)) for f in ("Endpoints", "CIDR", "Entities")) < 2)
 
 
 rule = st.fixed_dictionaries(
@@ -154,7 +154,7 @@ rule = st.fixed_dictionaries(
         "ingress": st.lists(section("from"), min_size=1, max_size=2),
         "egress": st.lists(section("to"), min_size=1, max_size=2),
     },
-)
+).filter(lambda r: "ingress" in r or "egress" in r)
 documents = st.lists(rule, min_size=1, max_size=3)
 
 

@@ -164,7 +164,7 @@ def test_a_refused_file_among_several_imports_none(cilium, api, web, tmp_path):
 
 def test_without_replace_rules_with_other_labels_stay(cilium, api, web):
     assert cilium("policy", "import", "-", stdin=POLICIES).exit_code == 0
-    text = yaml.safe_dump([{"endpointSelector": {}, "labels": ["name=web", "v=2"]}])
+    text = yaml.safe_dump([{"endpointSelector": {}, "labels": ["name=web", "v=2"], "egress": [{}]}])
     assert cilium("policy", "import", "-", stdin=text).exit_code == 0
     rules = api("GET", "policy")[1]["rules"]
     names = [r["labels"][0]["value"] for r in rules if r.get("labels")]

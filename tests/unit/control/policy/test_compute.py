@@ -196,10 +196,10 @@ def test_unknown_mode_is_refused():
 def test_selecting_rules_are_named_in_repository_order():
     repo = repository(
         """
-- {endpointSelector: {}, labels: [name=b]}
-- {endpointSelector: {matchLabels: {app: web}}, labels: [team=x, tier=y]}
-- {endpointSelector: {matchLabels: {app: db}}}
-- {endpointSelector: {matchExpressions: [{key: app, operator: Exists}]}}
+- {endpointSelector: {}, labels: [name=b], egress: [{}]}
+- {endpointSelector: {matchLabels: {app: web}}, labels: [team=x, tier=y], egress: [{}]}
+- {endpointSelector: {matchLabels: {app: db}}, egress: [{}]}
+- {endpointSelector: {matchExpressions: [{key: app, operator: Exists}]}, egress: [{}]}
 """
     )
     assert repo.compute(WEB, IDENTITIES, CIDRS).rules == ("b", "team=x,tier=y", "rule 3")

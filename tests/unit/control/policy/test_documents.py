@@ -136,7 +136,7 @@ def test_specs_keep_their_own_name_label_and_the_others_get_the_documents():
 
 
 def test_spec_and_specs_together_give_all_their_rules():
-    text = CCNP.replace("specs:", "spec: {endpointSelector: {}}\nspecs:")
+    text = CCNP.replace("specs:", "spec: {endpointSelector: {}, egress: [{}]}\nspecs:")
     assert [r.name for r in parse_rules(text, "p.yaml")] == ["both", "own-name", "both"]
 
 

@@ -45,9 +45,15 @@ def test_empty_list_is_no_rules():
 
 
 def test_absent_and_default_deny_sections_differ():
-    text = "[{endpointSelector: {}}, {endpointSelector: {}, ingress: [{}]}]"
+    text = "[{endpointSelector: {}, egress: [{}]}, {endpointSelector: {}, ingress: [{}]}]"
     absent, deny = parse_rules(text, "s")
     assert absent.ingress is None and deny.ingress == (PeerRule(),)
+
+
+def test_an_empty_peer_list_beside_a_given_one_is_not_a_combination():
+    """Cilium counts only non-empty peer fields; the empty one still selects no peer."""
+    (rule,) = parse_rules(rule_with("{fromEndpoints: [{}], fromCIDR: []}"), "s")
+    assert rule.ingress[0].selects_no_peer()
 
 
 def test_an_empty_endpoints_list_is_not_the_empty_selector():
@@ -80,12 +86,12 @@ def test_port_forms(text, expected):
 
 def test_cidrs_are_canonical_and_bare_addresses_are_hosts():
     rule = parse_rules(
-        "endpointSelector: {}\negress: [{toCIDR: ['fd00:0::/64', 192.0.2.1],"
-        " toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]}]",
+        "endpointSelector: {}\negress: [{toCIDR: ['fd00:0::/64', 192.0.2.1]},"
+        " {toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]}]",
         "c",
     )[0]
     assert rule.egress[0].cidr == ("fd00::/64", "192.0.2.1/32")
-    assert rule.egress[0].cidr_set == (CIDRSet("10.0.0.0/8", ("10.1.0.0/16",)),)
+    assert rule.egress[1].cidr_set == (CIDRSet("10.0.0.0/8", ("10.1.0.0/16",)),)
 
 
 def rule_with(section: str, direction: str = "ingress") -> str:
@@ -108,11 +114,27 @@ def rule_with(section: str, direction: str = "ingress") -> str:
         ("[1]", "rule 0: expected an object, got an integer"),
         ("- ingress: []", "rule 0: missing field 'endpointSelector'"),
         (
+            "- endpointSelector: {matchLabels: {app: web}}\n  labels: [name=web]",
+            "rule 0 (web): a rule needs ingress or egress (Cilium refuses a rule without either,"
+            " as it enforces nothing); write 'ingress: [{}]' for default deny at ingress",
+        ),
+        (
+            rule_with("{fromEndpoints: [{}], fromCIDR: [10.0.0.0/8]}"),
+            "rule 0 (web): ingress[0]: combining fromEndpoints and fromCIDR in one section is not"
+            " supported (Cilium refuses it too); write one section for each",
+        ),
+        (
+            rule_with("{toCIDRSet: [{cidr: 10.0.0.0/8}], toEntities: [world]}", "egress"),
+            "rule 0 (web): egress[0]: combining toCIDRSet and toEntities in one section is not"
+            " supported (Cilium refuses it too); write one section for each",
+        ),
+        (
             "- endpointSelector: {}\n  labels: [name=web]\n  ingres: []",
             "rule 0: unknown field 'ingres' (did you mean 'ingress'?)",
         ),
         (
-            "- {endpointSelector: {}}\n- endpointSelector: {}\n  labels: [name=web]\n  ingres: []",
+            "- {endpointSelector: {}, egress: [{}]}\n- endpointSelector: {}\n  labels: [name=web]\n"
+            "  ingres: []",
             "rule 1: unknown field 'ingres' (did you mean 'ingress'?)",
         ),
         (

@@ -1,4 +1,4 @@
-"""PolicyRepository: add/replace by labels, delete, revision, to_json round trip, cidrs."""
+"""PolicyRepository: add/replace by labels, delete, to_json round trip, cidrs."""
 
 import json
 
@@ -24,16 +24,17 @@ RULES = """
     toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "8000-8010", protocol: UDP},
                        {protocol: ICMP}, {protocol: ANY}]}]
   - fromCIDR: [10.0.0.0/8, "fd00::/64"]
-    fromCIDRSet: [{cidr: 172.16.0.0/12, except: [172.16.1.0/24]}]
-    fromEntities: [host, world]
+  - fromCIDRSet: [{cidr: 172.16.0.0/12, except: [172.16.1.0/24]}]
+  - fromEntities: [host, world]
   egress: [{}]
 - endpointSelector: {matchExpressions: [{key: app, operator: Exists}]}
   labels: [team=a, tier=b]
   egress:
   - toEndpoints: []
     toEntities: [all, cluster]
-    toCIDRSet: [{cidr: 192.168.0.0/16}]
+  - toCIDRSet: [{cidr: 192.168.0.0/16}]
 - endpointSelector: {}
+  ingress: [{}]
 """
 
 
@@ -42,7 +43,8 @@ def rules(text: str = RULES):
 
 
 def named(name: str, app: str):
-    return rules(f"- {{endpointSelector: {{matchLabels: {{app: {app}}}}}, labels: [name={name}]}}")
+    selector = f"{{matchLabels: {{app: {app}}}}}"
+    return rules(f"- {{endpointSelector: {selector}, labels: [name={name}], egress: [{{}}]}}")
 
 
 def test_to_json_round_trips():
@@ -67,18 +69,17 @@ def test_cidrs_lists_every_prefix_including_excepts():
 
 def test_add_replaces_rules_with_the_same_label_set():
     repo = PolicyRepository()
-    assert repo.revision == 1
-    assert repo.add(named("a", "one") + named("b", "two")) == 2
-    assert repo.add(named("a", "three")) == 3
+    repo.add(named("a", "one") + named("b", "two"))
+    repo.add(named("a", "three"))
     apps = [dict(r.endpoint_selector.match_labels)["app"] for r in repo.rules()]
     assert apps == ["two", "three"]
 
 
 def test_replace_removes_every_rule_with_an_incoming_name_label():
     versioned = rules(
-        "- {endpointSelector: {matchLabels: {app: one}}, labels: [name=a, v=1]}\n"
-        "- {endpointSelector: {matchLabels: {app: two}}, labels: [name=a, v=2]}\n"
-        "- {endpointSelector: {matchLabels: {app: other}}, labels: [name=b]}"
+        "- {endpointSelector: {matchLabels: {app: one}}, labels: [name=a, v=1], egress: [{}]}\n"
+        "- {endpointSelector: {matchLabels: {app: two}}, labels: [name=a, v=2], egress: [{}]}\n"
+        "- {endpointSelector: {matchLabels: {app: other}}, labels: [name=b], egress: [{}]}"
     )
     kept, replaced = PolicyRepository(versioned), PolicyRepository(versioned)
     kept.add(named("a", "three"))
@@ -90,23 +91,22 @@ def test_replace_removes_every_rule_with_an_incoming_name_label():
 
 def test_unlabelled_rules_are_not_added_twice():
     repo = PolicyRepository()
-    repo.add(rules("endpointSelector: {}"))
-    repo.add(rules("endpointSelector: {}"))
+    repo.add(rules("endpointSelector: {}\negress: [{}]"))
+    repo.add(rules("endpointSelector: {}\negress: [{}]"))
     assert len(repo.rules()) == 1
 
 
 @pytest.mark.parametrize(("name", "left"), [("a", ["b", "c"]), ("team=x", ["a", "b"])])
 def test_delete_by_name_or_raw_label(name, left):
     repo = PolicyRepository(named("a", "one") + named("b", "two"))
-    repo.add(rules("- {endpointSelector: {}, labels: [name=c, team=x]}"))
-    revision = repo.revision
-    assert repo.delete(name) == revision + 1
+    repo.add(rules("- {endpointSelector: {}, labels: [name=c, team=x], egress: [{}]}"))
+    repo.delete(name)
     assert [r.name for r in repo.rules()] == left
 
 
 def test_delete_all():
     repo = PolicyRepository(rules())
-    assert repo.delete(all=True) == 2
+    repo.delete(all=True)
     assert repo.rules() == [] and repo.cidrs() == set()
 
 
@@ -122,12 +122,12 @@ def test_bad_delete_changes_nothing(kwargs, error, message):
     with pytest.raises(error) as caught:
         repo.delete(**kwargs)
     assert str(caught.value) == message
-    assert repo.revision == 1 and repo.rules() == rules()
+    assert repo.rules() == rules()
 
 
 def test_selects_nothing_warns_per_rule():
     repo = PolicyRepository()
-    extra = rules("- {endpointSelector: {matchLabels: {app: nope}}}")
+    extra = rules("- {endpointSelector: {matchLabels: {app: nope}}, egress: [{}]}")
     known = [endpoint(256, app="db"), endpoint(1, app="web")]
     assert repo.selects_nothing(rules() + extra, known) == [
         "rule 0 (web-policy): endpointSelector (app=web) selects no known endpoint",
@@ -150,7 +150,7 @@ def test_selection_looks_only_at_rules_indexed_by_a_pair_the_endpoint_has(monkey
     matched against the few rules indexed by its rarest pair, not all of them."""
     text = "".join(
         f"- endpointSelector: {{matchLabels: {{app: web, shard: '{i % 100}'}}}}\n"
-        f"  labels: [name=r{i}]\n"
+        f"  labels: [name=r{i}]\n  egress: [{{}}]\n"
         for i in range(2000)
     )
     repo = PolicyRepository(rules(text))

@@ -15,7 +15,7 @@ LABELS = [
 
 
 def selector(text: str):
-    return parse_rules(f"endpointSelector: {text}", "s.yaml")[0].endpoint_selector
+    return parse_rules(f"endpointSelector: {text}\negress: [{{}}]", "s.yaml")[0].endpoint_selector
 
 
 @pytest.mark.parametrize(

@@ -202,7 +202,7 @@ def section(side: str):
                 max_size=1,
             ),
         },
-    )
+    ).filter(lambda s: not (s.get(f"{side}Endpoints") and s.get(f"{side}Entities")))
 
 
 RULE = st.fixed_dictionaries(
@@ -211,7 +211,7 @@ RULE = st.fixed_dictionaries(
         "ingress": st.lists(section("from"), min_size=1, max_size=2),
         "egress": st.lists(section("to"), min_size=1, max_size=2),
     },
-)
+).filter(lambda rule: "ingress" in rule or "egress" in rule)
 ENDPOINTS = st.lists(
     st.tuples(LABEL, st.sampled_from(["net1", "net2"])), min_size=1, max_size=5, unique_by=str
 )
