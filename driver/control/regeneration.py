@@ -7,7 +7,6 @@ previous policy is put back in force.
 
 import dataclasses
 import ipaddress
-import json
 import logging
 from pathlib import Path
 
@@ -266,16 +265,29 @@ class Regeneration:
     def _switch(self, candidate: PolicyRepository) -> None:
         previous, self.policy = self.policy, candidate
         try:
-            self.regenerate()
+            self._rules_changed(previous)
         except DatapathError:
             self.policy = previous
             self.regenerate()
             raise
         self.revision += 1
         with self.store.transaction():
-            self.store.set_meta("policy_rules", json.dumps(candidate.to_json()))
+            self.store.set_meta("policy_rules", candidate.json_text())
             self.store.set_meta("policy_revision", str(self.revision))
         log.info("policy revision %d in force (%d rules)", self.revision, len(candidate.rules()))
+
+    def _rules_changed(self, previous: PolicyRepository) -> None:
+        """Recompute the endpoints a changed rule selects, and no other: a rule's sections
+        (and its requirements) apply only to the endpoints its endpointSelector matches.
+        New or dropped prefixes renumber CIDR identities, which every result may name."""
+        if self._known is None or previous.cidrs() != self.policy.cidrs():
+            self.regenerate()
+            return
+        selectors = [rule.endpoint_selector for rule in self.policy.changed_since(previous)]
+        for key, (identity, _) in list(self._results.items()):
+            if any(selector.matches(identity.labels) for selector in selectors):
+                del self._results[key]
+        self.sync()
 
 
 def _entries(policy: EndpointPolicy) -> tuple:

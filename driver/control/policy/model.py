@@ -4,6 +4,7 @@ Every rule value serializes back to the JSON it was parsed from (canonical form)
 `parse_rules(json.dumps([r.to_json() for r in rules]))` gives equal objects.
 """
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -240,9 +241,17 @@ class Rule:
             return ",".join(f"{k}={v}" for k, v in self.labels)
         return f"rule {index}"
 
-    def prefixes(self) -> set[str]:
+    @cached_property
+    def prefixes(self) -> frozenset[str]:
+        """Made once: every policy change compares the prefixes of all rules in force."""
         sections = (self.ingress or ()) + (self.egress or ())
-        return set().union(*(s.prefixes() for s in sections))
+        return frozenset().union(*(s.prefixes() for s in sections))
+
+    @cached_property
+    def json_text(self) -> str:
+        """to_json() as compact JSON text, made once: the rules in force are saved after
+        every change, and a small change to 10,000 rules must not serialize them all."""
+        return json.dumps(self.to_json(), separators=(",", ":"))
 
     def to_json(self) -> dict:
         out = {"endpointSelector": self.endpoint_selector.to_json()}

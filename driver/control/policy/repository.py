@@ -1,4 +1,4 @@
-"""The set of imported rules, its revision, and the per-endpoint computation over it.
+"""The set of imported rules and the per-endpoint computation over it.
 
 Not thread-safe by itself: the control plane holds its lock around changes and computes.
 """
@@ -18,10 +18,9 @@ _RESERVED_BY_NAME = {name: ident for ident, name in RESERVED_IDENTITIES.items()}
 class PolicyRepository:
     def __init__(self, rules: Iterable[Rule] = ()):
         self._rules = list(rules)
-        self.revision = 1
         self._index = None
 
-    def add(self, rules: Iterable[Rule], replace: bool = False) -> int:
+    def add(self, rules: Iterable[Rule], replace: bool = False) -> None:
         """Rules whose label set equals an existing rule's replace it; unlabelled rules that
         equal an existing rule are not added twice. With replace, every rule that has the
         name label of an incoming rule goes."""
@@ -36,17 +35,18 @@ class PolicyRepository:
         for rule in incoming:
             if rule.labels or rule not in kept:
                 kept.append(rule)
-        return self._replace(kept)
+        self._replace(kept)
 
-    def delete(self, name: str | None = None, all: bool = False) -> int:
+    def delete(self, name: str | None = None, all: bool = False) -> None:
         if all:
-            return self._replace([])
+            self._replace([])
+            return
         if not name:
             raise PolicyError("policy delete needs a rule name or all")
         kept = [r for r in self._rules if not _named(r, name)]
         if len(kept) == len(self._rules):
             raise PolicyNotFound(f"no rule has the name or label {name!r}")
-        return self._replace(kept)
+        self._replace(kept)
 
     def rules(self) -> list[Rule]:
         return list(self._rules)
@@ -54,8 +54,21 @@ class PolicyRepository:
     def to_json(self) -> list[dict]:
         return [rule.to_json() for rule in self._rules]
 
+    def json_text(self) -> str:
+        """to_json() as JSON text, joined from each rule's own (kept) text."""
+        return "[" + ",".join(rule.json_text for rule in self._rules) + "]"
+
     def cidrs(self) -> set[str]:
-        return set().union(*(rule.prefixes() for rule in self._rules))
+        return set().union(*(rule.prefixes for rule in self._rules))
+
+    def changed_since(self, earlier: "PolicyRepository") -> list[Rule]:
+        """The rules one of the two has and the other has not. A repository is made from
+        another's rules, so the rules both hold are the same objects."""
+        now = {id(rule) for rule in self._rules}
+        then = {id(rule) for rule in earlier._rules}
+        return [r for r in self._rules if id(r) not in then] + [
+            r for r in earlier._rules if id(r) not in now
+        ]
 
     def selects_nothing(self, rules: Iterable[Rule], identities: Iterable[Identity]) -> list[str]:
         """Warnings for rules whose endpointSelector matches no known endpoint identity."""
@@ -104,11 +117,9 @@ class PolicyRepository:
         flow = Flow(src, dst, dport, protocol)
         return trace_flow(flow, Peers(known, {}), self._selecting, mode)
 
-    def _replace(self, rules: list[Rule]) -> int:
+    def _replace(self, rules: list[Rule]) -> None:
         self._rules = rules
         self._index = None
-        self.revision += 1
-        return self.revision
 
     def _selecting(self, labels: Mapping[str, str]) -> list[tuple[str, Rule]]:
         by_pair, unindexed = self._rule_index()

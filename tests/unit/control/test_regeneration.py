@@ -195,6 +195,31 @@ def test_a_policy_change_writes_only_endpoints_whose_policy_changes(host):
     assert host.datapath.policies == host.expected()
 
 
+def test_a_policy_change_recomputes_only_endpoints_a_changed_rule_selects(host, monkeypatch):
+    """With thousands of rules in force, a small import must not recompute every endpoint."""
+    others = "\n".join(
+        f"- {{endpointSelector: {{matchLabels: {{replica: '{i}'}}}}, labels: [name=r{i}],"
+        " ingress: [{fromEndpoints: [{}]}]}"
+        for i in range(90)
+    )
+    host.regeneration.import_rules([(others, "others.yaml")])
+    for i in range(10):
+        host.add("a", {"app": "web", "replica": f"web{i}"})
+    for i in range(90):
+        host.add("b", {"app": "other", "replica": str(i)})
+    computed = []
+    compute_for = type(host.regeneration.policy).compute_for
+
+    def counting(policy, identity, peers, mode="default"):
+        computed.append(identity.labels["replica"])
+        return compute_for(policy, identity, peers, mode)
+
+    monkeypatch.setattr(type(host.regeneration.policy), "compute_for", counting)
+    host.regeneration.import_rules([(WEB_POLICY, "web.yaml")])
+    assert sorted(computed) == [f"web{i}" for i in range(10)]
+    assert host.datapath.policies == host.expected()
+
+
 def test_unchanged_host_addresses_are_not_rewritten(host):
     host.add("a", {"app": "web"})
     host.datapath.take()

@@ -51,6 +51,7 @@ def test_to_json_round_trips():
     repo = PolicyRepository(rules())
     assert parse_rules(json.dumps(repo.to_json()), "get.json") == repo.rules() == rules()
     assert repo.to_json() == json.loads(json.dumps(repo.to_json()))
+    assert json.loads(repo.json_text()) == repo.to_json()
 
 
 def test_rules_are_hashable_values():
