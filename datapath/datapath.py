@@ -53,10 +53,12 @@ class Datapath:
         pin_dir: str = DEFAULT_PIN_DIR,
         veth_prefix: str = "lxc",
         map_sizes: MapSizes = DEFAULT_MAP_SIZES,
+        nat64_prefix: str = loader.DEFAULT_NAT64_PREFIX,
     ):
         self.pin_dir = Path(pin_dir)
         self.veth_prefix = veth_prefix
         self.map_sizes = map_sizes
+        self.nat64_prefix = nat64_prefix
         self.compile_count = 0
         self.compile_seconds = 0.0  # compiling and loading, over every compile
         self._maps: DatapathMaps | None = None
@@ -74,7 +76,7 @@ class Datapath:
         maps = DatapathMaps.open(self.pin_dir, self.map_sizes)
         started = time.monotonic()
         try:
-            programs = loader.load_programs(maps.fds())
+            programs = loader.load_programs(maps.fds(), self.nat64_prefix)
         except BaseException:
             maps.close()
             raise
