@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from datapath import Outbound, loader, netlink
+from datapath import EGRESS, INGRESS, WORLD_ID, Outbound, PolicyKey, loader, netlink
 
 from . import packets as pk
 from . import test_outbound as outside
@@ -224,17 +224,40 @@ def test_packet_too_big_reaches_the_container(v6only, world):
     assert v6only.ping(far, "-s", "1200")
 
 
-def test_policy_sees_the_ipv6_side(datapath, v6only, world):
-    """Egress enforced with nothing allowed: the translated flow is denied as IPv6."""
-    from datapath import PolicyKey
-
+def test_egress_policy_decides_translated_flows(datapath, v6only, world):
+    """Egress enforced with nothing allowed: the translated flow is denied; allowing the
+    world (whose address 203.0.113.2 is, as 64:ff9b::203.0.113.2) lets it through."""
     before = datapath.drop_counts()["DROP_POLICY"]
     datapath.set_endpoint_policy(v6only.spec, False, True, set())
     assert not v6only.ping(nat64(outside.HOST_WORLD[4][1]), timeout=1)
     assert datapath.drop_counts()["DROP_POLICY"] > before
-    world_id = 2
-    datapath.set_endpoint_policy(v6only.spec, False, True, {PolicyKey(world_id, 0, 0, 1)})
+    datapath.set_endpoint_policy(v6only.spec, False, True, {PolicyKey(WORLD_ID, 0, 0, EGRESS)})
     assert v6only.ping(nat64(outside.HOST_WORLD[4][1]))
+
+
+def test_an_ipv4_cidr_identity_covers_its_nat64_form(datapath, v6only, world):
+    """A NAT64 address has the identity of the IPv4 address it stands for."""
+    cidr_id = 0x01000042
+    datapath.set_cidr_identities({"203.0.113.0/25": cidr_id})
+    try:
+        datapath.set_endpoint_policy(v6only.spec, False, True, {PolicyKey(cidr_id, 0, 0, EGRESS)})
+        assert v6only.ping(nat64(outside.HOST_WORLD[4][1]))
+        datapath.set_endpoint_policy(v6only.spec, False, True, {PolicyKey(WORLD_ID, 0, 0, EGRESS)})
+        assert not v6only.ping(nat64(outside.HOST_WORLD[4][1]), timeout=1)
+    finally:
+        datapath.set_cidr_identities({})
+
+
+def test_a_local_endpoint_reaching_the_nat64_side_keeps_its_identity(datapath, make_container):
+    """Another container sending IPv4 to an IPv6-only endpoint's NAT64 side arrives as
+    64:ff9b::<its address> with its own identity, not the world's: network isolation and
+    ingress policy hold."""
+    a = make_container(outbound=Outbound.NAT64)
+    b = make_container()
+    datapath.set_endpoint_policy(a.spec, True, False, {PolicyKey(WORLD_ID, 0, 0, INGRESS)})
+    assert not b.ping(a.spec.ipv4, timeout=1)
+    datapath.set_endpoint_policy(a.spec, True, False, {PolicyKey(b.identity, 0, 0, INGRESS)})
+    assert b.ping(a.spec.ipv4)
 
 
 # Both ends check every byte (sha256) and the checksums of what arrives (a raw capture,

@@ -172,15 +172,19 @@ static __always_inline int lxc_is_loopback(const struct __sk_buff *skb)
 	return skb->ingress_ifindex == skb->ifindex;
 }
 
-/* Identity comes from the source address, so a local endpoint's address counts only on
- * packets that came out of that endpoint's veth (directly or through the stack); from
- * anywhere else (beyond the host, a Docker bridge) it is forged. Returns 0 or a drop reason.
+/* Identity comes from the source address, so a local endpoint's address (also as the
+ * NAT64 address of its IPv4 one) counts only on packets that came out of that endpoint's
+ * veth (directly or through the stack); from anywhere else (beyond the host, a Docker
+ * bridge) it is forged. Returns 0 or a drop reason.
  */
 static __always_inline int lxc_check_local_source(const struct __sk_buff *skb,
 						  const struct flow *f)
 {
-	struct endpoint_key key = { .ip = f->saddr, .family = f->family };
-	struct endpoint_addr *owner = endpoint_addr_lookup(&key);
+	struct endpoint_key key;
+	struct endpoint_addr *owner;
+
+	nat64_addr_key(&key, &f->saddr, f->family);
+	owner = endpoint_addr_lookup(&key);
 
 	if (owner && owner->ifindex != skb->ingress_ifindex)
 		return DROP_FORGED_SOURCE;

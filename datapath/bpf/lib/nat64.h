@@ -7,7 +7,8 @@
  * stack routes back to the endpoint's veth, and that netfilter masquerades like any
  * outbound flow (EP_F_MASQUERADE). At the to-container hook every IPv4 packet for the
  * endpoint becomes IPv6 from NAT64_PREFIX::source before conntrack and policy see it.
- * Conntrack and policy only ever see the IPv6 side.
+ * Conntrack only ever sees the IPv6 side; for identity and policy NAT64_PREFIX::a.b.c.d is
+ * a.b.c.d (lib/nat64_addr.h).
  *
  * Translated: TCP and UDP (checksums adjusted for the pseudo header), ICMP echo <-> ICMPv6
  * echo, and the ICMP errors about such flows both ways, the quoted packet translated too
@@ -24,12 +25,7 @@
 #include "drop.h"
 #include "flow.h"
 #include "ipv6.h"
-
-#ifndef NAT64_PREFIX_W0		/* 64:ff9b::/96 unless the loader says otherwise */
-#define NAT64_PREFIX_W0 0x0064ff9b
-#define NAT64_PREFIX_W1 0
-#define NAT64_PREFIX_W2 0
-#endif
+#include "nat64_addr.h"
 
 #define NAT64_HDR_GROWTH 20	/* sizeof(struct ipv6hdr) - sizeof(struct iphdr) */
 #define NAT64_DF_ABOVE 1260	/* RFC 7915 5.1: DF set on IPv4 packets larger than this */
@@ -58,20 +54,6 @@ struct nat64_error4 {
 	struct icmphdr icmp;
 	struct nat64_quote4 quote;
 };
-
-static __always_inline int nat64_in_prefix(const union v6addr *a)
-{
-	return a->p[0] == bpf_htonl(NAT64_PREFIX_W0) && a->p[1] == bpf_htonl(NAT64_PREFIX_W1) &&
-	       a->p[2] == bpf_htonl(NAT64_PREFIX_W2);
-}
-
-static __always_inline void nat64_embed(union v6addr *out, __be32 addr4)
-{
-	out->p[0] = bpf_htonl(NAT64_PREFIX_W0);
-	out->p[1] = bpf_htonl(NAT64_PREFIX_W1);
-	out->p[2] = bpf_htonl(NAT64_PREFIX_W2);
-	out->p[3] = addr4;
-}
 
 /* Does this endpoint translate the flow? Its IPv6 packets to the prefix. */
 static __always_inline int nat64_egress_applies(const struct endpoint_info *ep, const struct flow *f)
