@@ -205,6 +205,15 @@ def test_ping_through_the_prefix(v6only, world):
     assert v6only.ping(nat64(outside.HOST_WORLD[4][1]))
 
 
+def test_the_nat64_side_needs_no_address_in_the_container(v6only, world_server):
+    """Docker 28's --ipv4=false puts no IPv4 on the interface: the host still delivers the
+    answers for the NAT64 side (a permanent neighbour entry, no ARP)."""
+    v6only.ip("addr", "del", f"{v6only.spec.ipv4}/32", "dev", "eth0")
+    host4, world4, _ = outside.HOST_WORLD[4]
+    answers = traffic.ask(v6only.netns, nat64(world4), outside.PORT, "tcp", count=1)
+    assert answers == [("world", host4, str(nat64(world4)))]
+
+
 def test_the_container_has_no_ipv4_of_its_own(v6only, world):
     assert not v6only.ping(outside.HOST_WORLD[4][1], timeout=1)
 
