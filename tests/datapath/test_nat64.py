@@ -223,6 +223,15 @@ def test_port_unreachable_reaches_the_socket(v6only, world):
     assert v6only.exec(*probe, str(outside.PORT + 1)).stdout.strip() == "refused"
 
 
+def test_time_exceeded_reaches_the_container(v6only, world):
+    """Hop limit 1 becomes TTL 1, which the host will not forward: its "time exceeded"
+    comes back translated, from the host's address in the prefix."""
+    target = nat64(outside.HOST_WORLD[4][1])
+    done = v6only.exec("ping", "-6", "-c", "1", "-W", "2", "-t", "1", str(target), check=False)
+    assert "Time exceeded" in done.stdout, done.stdout
+    assert f"From {PREFIX.network_address}" in done.stdout, done.stdout
+
+
 def test_packet_too_big_reaches_the_container(v6only, world):
     """far is behind a 1280-byte IPv4 link: world's "fragmentation needed" comes back as
     "packet too big" for 1300 bytes (the IPv6 packet is 20 bytes larger)."""
