@@ -10,7 +10,9 @@ VIP with 2 and 16 backends against the same client talking to one backend direct
 wall time of `docker run --rm` on a cilium network against the bridge, with the BPF compiles it
 caused; throughput and connection rate from a container to a "world" namespace beyond the host
 (masqueraded: pycilium, the bridge and a plain namespace behind one MASQUERADE rule), and from
-that world to a container's published port (pycilium against the bridge). Runs are
+that world to a container's published port (pycilium against the bridge); the stream from an
+IPv6-only endpoint to the world's IPv4 through NAT64 against the same stream over plain IPv4
+(bench/nat64.py: a datapath of its own, no driver). Runs are
 interleaved (A B A B ...), every figure is a median with min and max, and every comparison is
 the median of per-round ratios to the reference run of the same round.
 
@@ -38,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+import nat64
 from common import API, quiet
 
 from driver.cli.client import ApiClient, ApiError
@@ -54,7 +57,7 @@ COMPILE_METRIC = "pycilium_bpf_compile_duration_seconds_count"
 CALL_METRIC = "pycilium_plugin_call_duration_seconds"
 LIFECYCLE_CALLS = ("CreateEndpoint", "Join", "Leave", "DeleteEndpoint")
 TCPBENCH_SRC = REPO / "bench" / "tcpbench.c"
-SCENARIOS = ("throughput", "rr", "service", "lifecycle", "outbound", "published")
+SCENARIOS = ("throughput", "rr", "service", "lifecycle", "outbound", "published", "nat64")
 # The scenarios measured among the rule-count servers with the policy loaded.
 PAIR_SCENARIOS = ("throughput", "rr", "service", "lifecycle")
 WORLD_NS = "pcb-bench-world"
@@ -738,6 +741,8 @@ EDGE_LABELS = {
     "out-cil": "pycilium",
     "pub-br": "bridge",
     "pub-cil": "pycilium",
+    "plain4": "pycilium, plain IPv4",
+    "nat64": "pycilium, NAT64 from IPv6",
 }
 
 
@@ -816,6 +821,9 @@ def targets(result: dict) -> list[dict]:
         add("docker run --rm on cilium <= 1.2 x bridge", r, r["median"] <= 1.2)
         c = lc["bpf_compiles"]["per_endpoint"]
         add("BPF compiles per endpoint after warm-up = 0", stats([c]), c == 0)
+    for per in result.get("nat64", {}).get("samples", {}).values():
+        r = paired(per["nat64"], per["plain4"])
+        add("NAT64 stream >= 0.8 x plain IPv4 (issue 15)", r, r["median"] >= 0.8)
     return out
 
 
@@ -940,6 +948,16 @@ def markdown(result: dict) -> str:
                 "The bridge's IPv6 port is docker-proxy's (user space, to the container's "
                 "IPv4): this Docker has no ip6tables NAT (daemon.json).",
             ]
+    n64 = result.get("nat64")
+    if n64:
+        lines += [
+            "",
+            f"## NAT64: iperf3 {a['duration']} s per run from an IPv6-only endpoint to the world's "
+            "IPv4 address as 64:ff9b::a.b.c.d (translated in BPF, masqueraded) against an "
+            "ordinary endpoint to the same address over IPv4 (masqueraded)",
+            "",
+            *_table(n64["summary"], "Gbit/s", "plain IPv4"),
+        ]
     pi = result["meta"].get("policy_import")
     if pi:
         lines += [
@@ -950,7 +968,7 @@ def markdown(result: dict) -> str:
         ]
     tg = result.get("targets")
     if tg:
-        lines += ["", "## Targets (issue 6)", "", "| target | ratio median (min-max) | met |"]
+        lines += ["", "## Targets (issues 6, 15)", "", "| target | ratio median (min-max) | met |"]
         lines.append("|---|---|---|")
         for t in tg:
             r = t["ratio"]
@@ -1102,8 +1120,11 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench: ERROR: must run as root")
-    require_driver()
-    edge = {"outbound", "published"} & set(a.scenarios)
+    # nat64 brings a datapath of its own; every other scenario uses the driver and Docker.
+    docker = bool(set(a.scenarios) - {"nat64"})
+    if docker:
+        require_driver()
+    edge = {"outbound", "published", "nat64"} & set(a.scenarios)
     nets = [ipaddress.ip_network(a.range6), ipaddress.ip_network(a.range4)]
     if edge:
         # A killed run's links: their routes would be refused as overlapping.
@@ -1114,7 +1135,8 @@ def main(argv: list[str] | None = None) -> int:
     check_ranges(nets)
     for tool in ("iperf3", "ip6tables-restore", "iptables-restore", "gcc", "nsenter"):
         run("sh", "-c", f"command -v {tool}")
-    run(DOCKER, "image", "inspect", a.image)
+    if docker:
+        run(DOCKER, "image", "inspect", a.image)
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1139,7 +1161,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = bool(set(PAIR_SCENARIOS) & set(a.scenarios))
         if pairs:
             b.setup_raw()
-        b.setup_docker(servers=pairs)
+        if docker:
+            b.setup_docker(servers=pairs)
         if pairs:
             b.load_policy()
         if "throughput" in a.scenarios:
@@ -1179,6 +1202,13 @@ def main(argv: list[str] | None = None) -> int:
                 "summary": {t: summarize(samples[t], "pub-br") for t in samples},
                 "notes": notes,
             }
+        if "nat64" in a.scenarios:
+            b.clients.update(nat64.setup(stack, b.range6, b.range4, b.world["v4"], PORT, run))
+            variants = list(nat64.VARIANTS)
+            skip = frozenset((v, "v6") for v in variants)
+            samples = b.interleaved(("stream",), variants, lambda v, f, _t: b.stream(v, f), skip)
+            samples = {fam: per for fam, per in samples["stream"].items() if per}
+            result["nat64"] = {"samples": samples, "summary": summarize(samples, "plain4")}
         result["meta"] = b.meta
         log("cleaning up")
     result["seconds"] = round(time.monotonic() - t0, 1)

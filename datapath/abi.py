@@ -60,7 +60,9 @@ EP_F_INGRESS_ENFORCED = 1
 EP_F_EGRESS_ENFORCED = 2
 EP_F_MASQUERADE = 4
 EP_F_INTERNAL = 8
-EP_F_OUTBOUND = EP_F_MASQUERADE | EP_F_INTERNAL  # the bits set from EndpointSpec.outbound
+EP_F_NAT64 = 16  # IPv6-only network: IPv4 only through NAT64
+# the bits set from EndpointSpec.outbound
+EP_F_OUTBOUND = EP_F_MASQUERADE | EP_F_INTERNAL | EP_F_NAT64
 # skb->mark bit of packets to masquerade
 MARK_MASQUERADE = 0x02000000
 # datapath_config.flags

@@ -34,7 +34,7 @@ from .errors import DatapathError, VethExistsError
 from .maps import DEFAULT_MAP_SIZES, AddressEntry, CtEntry, DatapathMaps, EndpointEntry, MapSizes
 from .netfilter import firewall, portmap
 from .service import Backend, Frontend, backends_of, slots_of, validate_service, validate_service_id
-from .spec import EndpointSpec
+from .spec import EndpointSpec, Outbound
 from .sweeper import FlowSweeper
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pycilium"
@@ -53,10 +53,12 @@ class Datapath:
         pin_dir: str = DEFAULT_PIN_DIR,
         veth_prefix: str = "lxc",
         map_sizes: MapSizes = DEFAULT_MAP_SIZES,
+        nat64_prefix: str = loader.DEFAULT_NAT64_PREFIX,
     ):
         self.pin_dir = Path(pin_dir)
         self.veth_prefix = veth_prefix
         self.map_sizes = map_sizes
+        self.nat64_prefix = nat64_prefix
         self.compile_count = 0
         self.compile_seconds = 0.0  # compiling and loading, over every compile
         self._maps: DatapathMaps | None = None
@@ -74,7 +76,7 @@ class Datapath:
         maps = DatapathMaps.open(self.pin_dir, self.map_sizes)
         started = time.monotonic()
         try:
-            programs = loader.load_programs(maps.fds())
+            programs = loader.load_programs(maps.fds(), self.nat64_prefix)
         except BaseException:
             maps.close()
             raise
@@ -220,6 +222,10 @@ class Datapath:
         for ip in spec.addresses():
             netlink.replace_device_route(_host_cidr(ip), ifindex)
             undo.callback(netlink.delete_route, _host_cidr(ip))
+        if spec.outbound is Outbound.NAT64 and spec.ipv4 is not None:
+            # The NAT64 side may be on no interface of the container (Docker 28's
+            # --ipv4=false), so nothing would answer the host's ARP for it.
+            netlink.replace_permanent_neighbour(str(spec.ipv4), spec.mac, ifindex)
         entry = self._entry(spec, netlink.link_mac(ifindex), flags)
         self.maps.put_endpoint(ifindex, entry)
         undo.callback(self.maps.delete_endpoint, ifindex)

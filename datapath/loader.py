@@ -9,6 +9,7 @@ and idempotent, and a program stays attached after the process that loaded it ex
 
 import ctypes as ct
 import errno
+import ipaddress
 import os
 import socket
 import subprocess
@@ -36,10 +37,28 @@ FILTER_PRIO = 1
 FILTER_HANDLE = 1
 
 
-def compile_cflags(map_fds: dict[str, int]) -> list[str]:
-    """Compiler settings: the include path and one -D<NAME>_MAP_FD per map."""
+DEFAULT_NAT64_PREFIX = "64:ff9b::/96"  # RFC 6052's well-known prefix
+
+
+def nat64_prefix_words(prefix: str) -> list[int]:
+    """The three leading 32-bit words of a NAT64 /96 (lib/nat64.h's NAT64_PREFIX_W0..W2);
+    DatapathError for anything else."""
+    try:
+        net = ipaddress.IPv6Network(prefix)
+    except ValueError as exc:
+        raise DatapathError(f"NAT64 prefix {prefix!r} is not an IPv6 prefix: {exc}") from None
+    if net.prefixlen != 96:
+        raise DatapathError(f"NAT64 prefix {prefix} must be a /96")
+    value = int(net.network_address) >> 32
+    return [value >> 64 & 0xFFFFFFFF, value >> 32 & 0xFFFFFFFF, value & 0xFFFFFFFF]
+
+
+def compile_cflags(map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PREFIX) -> list[str]:
+    """Compiler settings: the include path, one -D<NAME>_MAP_FD per map, the NAT64 prefix."""
     flags = [f"-I{BPF_DIR}"]
     flags += [f"-D{name.upper()}_MAP_FD={fd}" for name, fd in sorted(map_fds.items())]
+    words = nat64_prefix_words(nat64_prefix)
+    flags += [f"-DNAT64_PREFIX_W{i}={word:#x}" for i, word in enumerate(words)]
     return flags
 
 
@@ -63,8 +82,9 @@ class Programs:
             os.close(program.fd)
 
 
-def load_programs(map_fds: dict[str, int]) -> Programs:
-    """Compile bpf_lxc.c once with the given map fds and load both entry functions.
+def load_programs(map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PREFIX) -> Programs:
+    """Compile bpf_lxc.c once with the given map fds (and NAT64 prefix) and load both entry
+    functions.
 
     bcc compiles in a child process (compile_child.py) that inherits the map fds under the
     same numbers and hands the loaded programs' fds back over a socket pair.
@@ -73,7 +93,7 @@ def load_programs(map_fds: dict[str, int]) -> Programs:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours, theirs:
         command = [sys.executable, str(COMPILE_CHILD), str(theirs.fileno()), str(LXC_SOURCE)]
-        command += [*functions, "--", *compile_cflags(map_fds)]
+        command += [*functions, "--", *compile_cflags(map_fds, nat64_prefix)]
         try:
             child = subprocess.run(
                 command,

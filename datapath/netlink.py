@@ -124,6 +124,18 @@ def configure_host_veth(ifname: str, ifindex: int) -> None:
         ipr.link("set", index=ifindex, state="up")
 
 
+def replace_permanent_neighbour(ip: str, mac: str, ifindex: int) -> None:
+    """The neighbour entry of ip on ifindex, fixed to mac (it goes with the link)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with IPRoute() as ipr:
+        try:
+            ipr.neigh(
+                "replace", dst=ip, lladdr=mac, ifindex=ifindex, family=family, state="permanent"
+            )
+        except NetlinkError as exc:
+            raise DatapathError(f"cannot set neighbour {ip} on ifindex {ifindex}: {exc}") from exc
+
+
 def delete_link(ifname: str) -> bool:
     """Delete a link by name; False if it did not exist."""
     with IPRoute() as ipr:

@@ -4,7 +4,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-from .abi import EP_F_INTERNAL, EP_F_MASQUERADE, INIT_ID
+from .abi import EP_F_INTERNAL, EP_F_MASQUERADE, EP_F_NAT64, INIT_ID
 
 
 class Outbound(enum.Enum):
@@ -13,10 +13,17 @@ class Outbound(enum.Enum):
     MASQUERADE = "masquerade"  # leaves with the host's address, as on Docker's bridge
     ROUTED = "routed"  # leaves with its own address (the network routes the node ranges)
     INTERNAL = "internal"  # dropped: nothing leaves the host
+    # IPv6-only: IPv4 is reached through NAT64, from the endpoint's IPv4 address (which the
+    # container has no route for), masqueraded
+    NAT64 = "nat64"
 
     @property
     def flags(self) -> int:
-        return {Outbound.MASQUERADE: EP_F_MASQUERADE, Outbound.INTERNAL: EP_F_INTERNAL}.get(self, 0)
+        return {
+            Outbound.MASQUERADE: EP_F_MASQUERADE,
+            Outbound.INTERNAL: EP_F_INTERNAL,
+            Outbound.NAT64: EP_F_MASQUERADE | EP_F_NAT64,
+        }.get(self, 0)
 
 
 @dataclass(frozen=True)

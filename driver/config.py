@@ -62,6 +62,8 @@ class Config:
     policy_map_size: int = 262144
     ct_map_size: int = 262144
     service_map_size: int = 8192
+    # IPv6-only networks reach IPv4 address a.b.c.d as <prefix>::a.b.c.d (RFC 6052 form).
+    nat64_prefix: str = "64:ff9b::/96"
 
     @property
     def plugin_socket(self) -> str:
@@ -94,6 +96,9 @@ class Config:
             raise ValueError(f"saved policy {self.saved_policy!r} must be load or discard")
         if self.metrics_address:
             loopback_address(self.metrics_address)
+        nat64 = ipaddress.ip_network(self.nat64_prefix)
+        if nat64.version != 6 or nat64.prefixlen != 96:
+            raise ValueError(f"NAT64 prefix {self.nat64_prefix} must be an IPv6 /96")
         for name in ("policy_map_size", "ct_map_size", "service_map_size"):
             if not 16 <= getattr(self, name) <= MAX_MAP_SIZE:
                 raise ValueError(f"{name.replace('_', ' ')} must be between 16 and {MAX_MAP_SIZE}")

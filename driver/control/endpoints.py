@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 CONNECTED = 1
 NEXT_HOP = 0
+DEFAULT6_HALVES = ("::/1", "8000::/1")
 MAX_NUMERIC_ID = 0xFFFE
 NUMERIC_ID_CURSOR = "cursor:endpoint-id"
 
@@ -29,12 +30,14 @@ class Endpoints:
         datapath: DatapathApi,
         node: NodeAddressing,
         veth_prefix: str,
+        nat64_prefix: str = "64:ff9b::/96",
     ):
         self.store = store
         self.ipam = ipam
         self.datapath = datapath
         self.node = node
         self.veth_prefix = veth_prefix
+        self.nat64_prefix = nat64_prefix
 
     def create(self, network_id: str, endpoint_id: str, interface: dict) -> dict:
         """Make the endpoint; return the Interface fields Docker left empty and we filled."""
@@ -53,6 +56,11 @@ class Endpoints:
         made = False
         try:
             with self.store.transaction():
+                if ipv4 is None and net.outbound == Outbound.NAT64.value:
+                    # Docker 28's --ipv4=false: the NAT64 side comes from the driver's block,
+                    # and Docker never hears of it.
+                    block = ipaddress.ip_network(net.pool4)
+                    ipv4 = self.ipam.allocate(block, owner="endpoint:" + endpoint_id)
                 ipv6 = _interface_ip(interface.get("AddressIPv6"), 6)
                 if ipv6 is None:
                     if not net.ipv6_by_driver:
@@ -108,6 +116,19 @@ class Endpoints:
             "GatewayIPv6": ep.router6,
             "DisableGatewayService": True,
         }
+        if net.outbound == Outbound.NAT64.value:
+            # IPv6-only: no IPv4 gateway and no IPv4 route, so the IPv4 address Docker puts
+            # on the interface (the endpoint's NAT64 side) is never used by the container.
+            # Docker 20.10 installs ::/0 only for a network that gave an IPv4 gateway; the
+            # two halves of ::/0 stand in for it and never collide with a ::/0 that Docker
+            # adds for another network of the container (or for this one, on Docker 28).
+            routes += [
+                {"Destination": dest, "RouteType": NEXT_HOP, "NextHop": ep.router6}
+                for dest in (self.nat64_prefix, *DEFAULT6_HALVES)
+            ]
+            with self.store.transaction():
+                self.store.set_sandbox(endpoint_id, sandbox_key)
+            return {**reply, "StaticRoutes": routes}
         if ep.router4:
             routes += _router_routes(ep.router4, self._routed_subnet(net, net.pool4))
             reply["Gateway"] = ep.router4
@@ -158,8 +179,9 @@ class Endpoints:
     def _forget(self, ep: Endpoint) -> None:
         with self.store.transaction():
             self.store.delete_endpoint(ep.endpoint_id)
-            if self.store.address_owner(ep.ipv6) == "endpoint:" + ep.endpoint_id:
-                self.store.delete_address(ep.ipv6)
+            for address in (ep.ipv6, ep.ipv4):
+                if address and self.store.address_owner(address) == "endpoint:" + ep.endpoint_id:
+                    self.store.delete_address(address)
 
     def _network(self, network_id: str) -> Network:
         net = self.store.get_network(network_id)

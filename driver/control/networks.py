@@ -15,7 +15,9 @@ GENERIC_OPTIONS = "com.docker.network.generic"
 INTERNAL_OPTION = "com.docker.network.internal"  # `docker network create --internal`
 MTU_OPTIONS = ("com.docker.network.driver.mtu", "mtu")
 MASQUERADE_OPTION = "masquerade"  # `-o masquerade=false`: the network routes the node ranges
-DRIVER_OPTIONS = (*MTU_OPTIONS, MASQUERADE_OPTION)
+IPV4_OPTION = "ipv4"  # `-o ipv4=false`: IPv6-only, IPv4 destinations through NAT64
+ENABLE_IPV4_OPTION = "com.docker.network.enable_ipv4"  # Docker 28's `--ipv4=false`
+DRIVER_OPTIONS = (*MTU_OPTIONS, MASQUERADE_OPTION, IPV4_OPTION)
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 ANY_ROUTES = {"0.0.0.0/0", "::/0"}
 
@@ -49,6 +51,10 @@ class Networks:
                 # Docker's own IPAM gave no IPv6: the driver's, from a block of the node range.
                 block = self.ipam.carve(6)
                 pool6, gateway6 = str(block), str(block_router(block))
+            if outbound is Outbound.NAT64 and not ipv4_data:
+                # Docker 28's --ipv4=false asks for no IPv4 pool: the endpoints' NAT64 side
+                # comes from a block of the node range, with no gateway.
+                pool4, gateway4 = str(self.ipam.carve(4)), None
             net = Network(
                 network_id=network_id,
                 pool4=pool4,
@@ -93,14 +99,32 @@ class Networks:
 
 def _outbound(options: dict, generic: dict) -> Outbound:
     """Internal networks keep everything on the host, whatever the masquerade option says (the
-    stricter wins); the others masquerade unless told not to. A bad option is refused either way."""
-    raw = generic.get(MASQUERADE_OPTION, "true")
-    masquerade = BOOLEANS.get(str(raw).lower())
-    if masquerade is None:
-        raise InvalidArgument(f"driver option {MASQUERADE_OPTION}={raw!r} is not true or false")
-    if options.get(INTERNAL_OPTION) is True:
+    stricter wins); the others masquerade unless told not to. An IPv6-only network (`-o
+    ipv4=false`, or Docker 28's `--ipv4=false`) reaches IPv4 through NAT64, whose IPv4 side
+    is masqueraded: it can be neither internal nor routed. A bad option is refused either way."""
+    masquerade = _boolean(generic, MASQUERADE_OPTION)
+    ipv4 = _boolean(generic, IPV4_OPTION)
+    if str(options.get(ENABLE_IPV4_OPTION, "true")).lower() == "false":
+        ipv4 = False
+    internal = options.get(INTERNAL_OPTION) is True
+    if not ipv4:
+        if internal or not masquerade:
+            raise InvalidArgument(
+                "an IPv6-only network (ipv4=false) reaches IPv4 through NAT64 with the host's "
+                "address: it cannot be --internal or masquerade=false"
+            )
+        return Outbound.NAT64
+    if internal:
         return Outbound.INTERNAL
     return Outbound.MASQUERADE if masquerade else Outbound.ROUTED
+
+
+def _boolean(generic: dict, option: str) -> bool:
+    raw = generic.get(option, "true")
+    value = BOOLEANS.get(str(raw).lower())
+    if value is None:
+        raise InvalidArgument(f"driver option {option}={raw!r} is not true or false")
+    return value
 
 
 def _first_pool(data: list) -> tuple[str | None, str | None]:

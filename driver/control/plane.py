@@ -128,7 +128,9 @@ class ControlPlane:
         """The started control plane over `datapath`, by default the kernel's."""
         if datapath is None:
             sizes = MapSizes(config.policy_map_size, config.ct_map_size, config.service_map_size)
-            datapath = Datapath(config.bpf_pin_dir, config.veth_prefix, sizes)
+            datapath = Datapath(
+                config.bpf_pin_dir, config.veth_prefix, sizes, nat64_prefix=config.nat64_prefix
+            )
         return cls(config, datapath)
 
     def __init__(self, config: Config, datapath: DatapathApi):
@@ -152,7 +154,7 @@ class ControlPlane:
             self.ipam = Ipam(self.store, self.node, datapath, ranges)
             self.networks = Networks(self.store, self.ipam, datapath, config.mtu)
             self.endpoints = Endpoints(
-                self.store, self.ipam, datapath, self.node, config.veth_prefix
+                self.store, self.ipam, datapath, self.node, config.veth_prefix, config.nat64_prefix
             )
             self.monitor = Monitor(datapath)
             self.regeneration = Regeneration(

@@ -118,6 +118,10 @@ _OPTIONS = [
         "ct_map_size", f"conntrack map entries (oldest go first when full); {_PINNED}", type=int
     ),
     _option("service_map_size", f"service frontends; {_PINNED}", type=int),
+    _option(
+        "nat64_prefix",
+        "IPv6 /96 through which containers of IPv6-only networks (-o ipv4=false) reach IPv4",
+    ),
 ]
 
 

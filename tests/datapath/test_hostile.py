@@ -8,6 +8,7 @@ The cast: `client` may open TCP port 80 on `server` and nothing else (egress enf
 enforced nowhere and admitted by nobody.
 """
 
+import dataclasses
 import ipaddress
 import os
 import struct
@@ -19,7 +20,18 @@ from dataclasses import dataclass
 
 import pytest
 
-from datapath import EGRESS, HOST_ID, INGRESS, EndpointSpec, PolicyKey, loader, netlink, reasons
+from datapath import (
+    EGRESS,
+    HOST_ID,
+    INGRESS,
+    WORLD_ID,
+    EndpointSpec,
+    Outbound,
+    PolicyKey,
+    loader,
+    netlink,
+    reasons,
+)
 
 from . import packets as pk
 from .conftest import ROUTER4, ROUTER6, run
@@ -841,3 +853,182 @@ def test_the_hosts_address_from_beyond_the_host_is_no_host_identity(
     finally:
         datapath.set_cidr_identities({})
     assert received == ["done", ""], received
+
+
+# NAT64: what an endpoint of an IPv6-only network sends to 64:ff9b::/96 is translated to
+# IPv4, and every IPv4 packet for it back to IPv6. What the translation cannot carry is
+# dropped, and counted, on either side.
+
+NAT64_PEER4 = ipaddress.IPv4Address("198.51.100.7")
+NAT64_PEER6 = ipaddress.IPv6Address("64:ff9b::c633:6407")  # 198.51.100.7 under the prefix
+
+
+@pytest.fixture
+def v6only(datapath, new_spec):
+    spec = dataclasses.replace(new_spec(), outbound=Outbound.NAT64)
+    ep = Endpoint(spec, datapath.create_endpoint(spec))
+    yield ep
+    datapath.delete_endpoint(spec)
+
+
+def _nat64_out(ep: Endpoint, payload: bytes, proto: int, exts=()) -> bytes:
+    return pk.ipv6(ep.ip6, NAT64_PEER6, payload, proto, exts)
+
+
+@pytest.mark.parametrize(
+    ("l3", "reason"),
+    [
+        # extension headers: dropped rather than translated without them
+        (
+            lambda ep: _nat64_out(ep, pk.tcp(40000, 80), pk.TCP, (pk.HOPOPTS,)),
+            "DROP_NAT64_UNSUPPORTED",
+        ),
+        (
+            lambda ep: _nat64_out(ep, pk.udp(40000, 53), pk.UDP, (pk.DSTOPTS,)),
+            "DROP_NAT64_UNSUPPORTED",
+        ),
+        (
+            lambda ep: _nat64_out(ep, pk.tcp(40000, 80), pk.TCP, (pk.ROUTING,)),
+            "DROP_NAT64_UNSUPPORTED",
+        ),
+        (
+            lambda ep: _nat64_out(
+                ep, pk.fragment_header(pk.UDP, 0, True) + pk.udp(40000, 53), pk.FRAGMENT
+            ),
+            "DROP_FRAG_IPV6",
+        ),
+        (
+            lambda ep: _nat64_out(ep, pk.fragment_header(pk.UDP, 8, False) + b"x" * 8, pk.FRAGMENT),
+            "DROP_FRAG_IPV6",
+        ),
+        # truncated upper-layer headers
+        (lambda ep: _nat64_out(ep, pk.tcp(40000, 80, length=12), pk.TCP), "DROP_INVALID_PACKET"),
+        (lambda ep: _nat64_out(ep, b"\x00\x35", pk.UDP), "DROP_INVALID_PACKET"),
+        # an ICMPv6 error quoting less than a header, or a packet that is not the endpoint's
+        (lambda ep: _nat64_out(ep, _icmp6(1, b"\x60\0\0\0"), pk.ICMPV6), "DROP_INVALID_PACKET"),
+        (
+            lambda ep: _nat64_out(
+                ep, _icmp6(1, pk.ipv6(ep.ip6, NAT64_PEER6, pk.udp(40000, 53), pk.UDP)), pk.ICMPV6
+            ),
+            "DROP_NAT64_UNSUPPORTED",
+        ),
+        # protocols and ICMPv6 types with no IPv4 counterpart here
+        (lambda ep: _nat64_out(ep, b"\0" * 16, 132), "DROP_NAT64_UNSUPPORTED"),
+        (
+            lambda ep: _nat64_out(
+                ep, _icmp6(4, pk.ipv6(NAT64_PEER6, ep.ip6, pk.udp(53, 40000), pk.UDP)), pk.ICMPV6
+            ),
+            "DROP_NAT64_UNSUPPORTED",
+        ),
+        (lambda ep: _nat64_out(ep, _icmp6(130), pk.ICMPV6), "DROP_NAT64_UNSUPPORTED"),
+        # IPv4 of its own: an IPv6-only endpoint has none to send from
+        (lambda ep: _ipv4(ep.ip4, NAT64_PEER4, pk.udp(40000, 53), pk.UDP), "DROP_IPV6_ONLY"),
+    ],
+    ids=[
+        "hop-by-hop",
+        "dstopts",
+        "routing",
+        "first-fragment",
+        "later-fragment",
+        "short-tcp",
+        "short-udp",
+        "short-quote",
+        "foreign-quote",
+        "sctp",
+        "param-problem",
+        "mld-query",
+        "own-ipv4",
+    ],
+)
+def test_nat64_refuses_what_it_cannot_translate_out(datapath, v6only, l3, reason):
+    frame = l3(v6only)
+    assert sent(datapath, v6only, frame, ethertype_of(frame)) == (pk.TC_ACT_SHOT, reason)
+
+
+def _nat64_in(ep: Endpoint, payload: bytes, proto: int, **fields) -> bytes:
+    return _ipv4(NAT64_PEER4, ep.ip4, payload, proto, **fields)
+
+
+@pytest.mark.parametrize(
+    ("l3", "reason"),
+    [
+        (
+            lambda ep: _nat64_in(ep, pk.udp(53, 40000), pk.UDP, options=b"\x01" * 4),
+            "DROP_NAT64_UNSUPPORTED",
+        ),
+        (
+            lambda ep: pk.ipv4(NAT64_PEER4, ep.ip4, pk.udp(53, 40000), pk.UDP, 0, True),
+            "DROP_FRAG_IPV4",
+        ),
+        (lambda ep: pk.ipv4(NAT64_PEER4, ep.ip4, b"x" * 8, pk.UDP, 1), "DROP_FRAG_IPV4"),
+        # UDP without checksum: IPv6 has no such thing, one would have to be computed
+        (lambda ep: _nat64_in(ep, pk.udp(53, 40000), pk.UDP), "DROP_NAT64_UNSUPPORTED"),
+        (lambda ep: _nat64_in(ep, b"\x00\x35\x9c", pk.UDP), "DROP_INVALID_PACKET"),
+        (lambda ep: _nat64_in(ep, pk.tcp(80, 40000)[:6], pk.TCP), "DROP_INVALID_PACKET"),
+        # an ICMP error quoting too little, or a packet the endpoint's IPv4 side never sent
+        (
+            lambda ep: _nat64_in(ep, struct.pack("!BBHI", 3, 3, 0, 0) + b"\x45\0", pk.ICMP),
+            "DROP_INVALID_PACKET",
+        ),
+        (
+            lambda ep: _nat64_in(
+                ep,
+                struct.pack("!BBHI", 3, 3, 0, 0)
+                + _ipv4(NAT64_PEER4, "198.51.100.8", pk.udp(1, 2), pk.UDP),
+                pk.ICMP,
+            ),
+            "DROP_NAT64_UNSUPPORTED",
+        ),
+        (
+            lambda ep: _nat64_in(ep, struct.pack("!BBHI", 13, 0, 0, 0) + b"\0" * 12, pk.ICMP),
+            "DROP_NAT64_UNSUPPORTED",
+        ),
+        (lambda ep: _nat64_in(ep, b"\0" * 20, 47), "DROP_NAT64_UNSUPPORTED"),
+        (lambda ep: _nat64_in(ep, b"", pk.TCP, ihl=4), "DROP_INVALID_PACKET"),
+    ],
+    ids=[
+        "options",
+        "first-fragment",
+        "later-fragment",
+        "udp-no-checksum",
+        "short-udp",
+        "short-tcp",
+        "short-quote",
+        "foreign-quote",
+        "timestamp",
+        "gre",
+        "ihl-4",
+    ],
+)
+def test_nat64_refuses_what_it_cannot_translate_in(datapath, v6only, l3, reason):
+    frame = pk.eth(v6only.spec.mac, HOST_MAC, pk.ETH_P_IP) + l3(v6only)
+    program = datapath.programs.to_container
+    assert outcome(datapath, program, frame, v6only.ifindex) == (pk.TC_ACT_SHOT, reason)
+
+
+def test_nat64_policy_and_conntrack_see_the_ipv6_side(datapath, v6only):
+    """Egress enforced, only world on UDP 53 allowed: the flow to 64:ff9b:: is admitted as
+    IPv6 to world, its IPv4 answer gets back in as the reply of that flow, and TCP is denied."""
+    datapath.set_endpoint_policy(v6only.spec, True, True, {PolicyKey(WORLD_ID, 53, pk.UDP, EGRESS)})
+    query = pk.with_checksums(
+        pk.eth(HOST_MAC, v6only.spec.mac, pk.ETH_P_IPV6)
+        + _nat64_out(v6only, pk.udp(40000, 53, b"q"), pk.UDP)
+    )
+    program = datapath.programs.from_container
+    assert outcome(datapath, program, query, v6only.ifindex) == (pk.TC_ACT_OK, "TRACE_TO_STACK")
+    answer = pk.with_checksums(
+        pk.eth(v6only.spec.mac, HOST_MAC, pk.ETH_P_IP)
+        + _nat64_in(v6only, pk.udp(53, 40000, b"a"), pk.UDP)
+    )
+    program = datapath.programs.to_container
+    assert outcome(datapath, program, answer, v6only.ifindex) == (
+        pk.TC_ACT_OK,
+        "TRACE_TO_CONTAINER",
+    )
+    denied = _nat64_out(v6only, pk.tcp(40000, 53), pk.TCP)
+    assert sent(datapath, v6only, denied) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+    unasked = pk.with_checksums(
+        pk.eth(v6only.spec.mac, HOST_MAC, pk.ETH_P_IP)
+        + _nat64_in(v6only, pk.udp(53, 40001, b"a"), pk.UDP)
+    )
+    assert outcome(datapath, program, unasked, v6only.ifindex) == (pk.TC_ACT_SHOT, "DROP_POLICY")

@@ -48,6 +48,7 @@ union v6addr {
 #define EP_F_EGRESS_ENFORCED 2
 #define EP_F_MASQUERADE 4	/* beyond the host, leaves with the host's address (MARK_MASQUERADE) */
 #define EP_F_INTERNAL 8		/* nothing beyond the host: an internal network's endpoint */
+#define EP_F_NAT64 16		/* IPv6-only: IPv4 only through NAT64 (lib/nat64.h) */
 
 /* skb->mark bit on a packet that netfilter's MASQUERADE rule of this driver translates
  * (datapath/netfilter/firewall.py); no other bit of the mark is touched. */

@@ -11,6 +11,7 @@
 #include "identity.h"
 #include "lb.h"
 #include "local.h"
+#include "nat64.h"
 #include "ndisc.h"
 #include "outbound.h"
 #include "policy.h"
@@ -60,7 +61,7 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 				       struct pkt_ctx *ctx)
 {
 	struct ipv6hdr ip6;
-	int ret;
+	int nat64, ret;
 
 	if (bpf_skb_load_bytes(skb, IPV6_HDR_OFF, &ip6, sizeof(ip6)) < 0)
 		return DROP_INVALID_PACKET;
@@ -89,9 +90,22 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 		if (ret != CTX_CONTINUE)
 			return ret;
 	}
+	nat64 = nat64_egress_applies(ep, &ctx->flow);
+	if (nat64) {
+		ret = nat64_egress_check(ep, &ctx->flow);
+		if (ret < 0)
+			return ret;
+	}
 	ret = lxc_egress_flow(skb, ep, ctx);
 	if (ret < 0)
 		return ret;
+	if (nat64) {
+		ret = nat64_to4(skb, ep, &ip6, &ctx->flow);
+		if (ret < 0)
+			return ret;
+		outbound_mark(skb, ep, ctx);
+		return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
+	}
 	ret = redirect_local6(skb, &ip6, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
@@ -105,6 +119,8 @@ static __always_inline int lxc_egress4(struct __sk_buff *skb, const struct endpo
 	struct iphdr ip4;
 	int ret;
 
+	if (ep->flags & EP_F_NAT64)
+		return DROP_IPV6_ONLY;
 	if (bpf_skb_load_bytes(skb, IPV4_HDR_OFF, &ip4, sizeof(ip4)) < 0 || ip4.ihl < 5)
 		return DROP_INVALID_PACKET;
 	ret = flow_parse4(skb, &ip4, &ctx->flow);
@@ -156,15 +172,19 @@ static __always_inline int lxc_is_loopback(const struct __sk_buff *skb)
 	return skb->ingress_ifindex == skb->ifindex;
 }
 
-/* Identity comes from the source address, so a local endpoint's address counts only on
- * packets that came out of that endpoint's veth (directly or through the stack); from
- * anywhere else (beyond the host, a Docker bridge) it is forged. Returns 0 or a drop reason.
+/* Identity comes from the source address, so a local endpoint's address (also as the
+ * NAT64 address of its IPv4 one) counts only on packets that came out of that endpoint's
+ * veth (directly or through the stack); from anywhere else (beyond the host, a Docker
+ * bridge) it is forged. Returns 0 or a drop reason.
  */
 static __always_inline int lxc_check_local_source(const struct __sk_buff *skb,
 						  const struct flow *f)
 {
-	struct endpoint_key key = { .ip = f->saddr, .family = f->family };
-	struct endpoint_addr *owner = endpoint_addr_lookup(&key);
+	struct endpoint_key key;
+	struct endpoint_addr *owner;
+
+	nat64_addr_key(&key, &f->saddr, f->family);
+	owner = endpoint_addr_lookup(&key);
 
 	if (owner && owner->ifindex != skb->ingress_ifindex)
 		return DROP_FORGED_SOURCE;
@@ -212,6 +232,13 @@ static __always_inline int lxc_ingress(struct __sk_buff *skb, const struct endpo
 
 	if (skb->protocol == bpf_htons(ETH_P_ARP))
 		return trace_exit(ctx, TRACE_TO_CONTAINER, TC_ACT_OK);
+	/* An IPv6-only endpoint's IPv4 address is its NAT64 side: whatever comes to it is
+	 * translated first, then handled as the IPv6 packet it became. */
+	if (skb->protocol == bpf_htons(ETH_P_IP) && (ep->flags & EP_F_NAT64)) {
+		ret = nat64_to6(skb, ep);
+		if (ret < 0)
+			return ret;
+	}
 	if (skb->protocol == bpf_htons(ETH_P_IPV6))
 		ret = lxc_ingress6(skb, ctx);
 	else if (skb->protocol == bpf_htons(ETH_P_IP))

@@ -56,8 +56,8 @@ def test_sizes_out_of_range_are_refused(option, size):
 def test_the_datapath_is_built_with_the_configured_sizes(monkeypatch, tmp_path):
     built = []
 
-    def datapath(pin_dir, veth_prefix, sizes):
-        built.append((pin_dir, veth_prefix, sizes))
+    def datapath(pin_dir, veth_prefix, sizes, nat64_prefix):
+        built.append((pin_dir, veth_prefix, sizes, nat64_prefix))
         return FakeDatapath()
 
     monkeypatch.setattr(plane_module, "Datapath", datapath)
@@ -70,4 +70,5 @@ def test_the_datapath_is_built_with_the_configured_sizes(monkeypatch, tmp_path):
     ).validate()
     app = app_module.create_app(config, watch_docker=False)
     app.extensions["pycilium"].close()
-    assert built == [(config.bpf_pin_dir, "lxc", MapSizes(policy=100, conntrack=64, services=32))]
+    sizes = MapSizes(policy=100, conntrack=64, services=32)
+    assert built == [(config.bpf_pin_dir, "lxc", sizes, "64:ff9b::/96")]

@@ -373,3 +373,84 @@ def test_a_deleted_endpoints_id_is_not_reused_at_once(post, datapath):
     assert create_endpoint(post, pools, endpoint_id=third)[0] == 200
     ids = sorted(spec.endpoint_id for spec in datapath.endpoints.values())
     assert ids == [taken + 1, taken + 2]
+
+
+# IPv6-only networks (`-o ipv4=false`): NAT64 for IPv4 destinations.
+
+
+def _ipv6_only_network(post, generic: dict, ipv4_data: list, enable_ipv4=None) -> tuple:
+    options = {"com.docker.network.enable_ipv6": True, "com.docker.network.generic": generic}
+    if enable_ipv4 is not None:
+        options["com.docker.network.enable_ipv4"] = enable_ipv4
+    body = {"NetworkID": NET, "Options": options, "IPv4Data": ipv4_data, "IPv6Data": []}
+    return post("NetworkDriver.CreateNetwork", body)
+
+
+IPV4_DATA = [{"AddressSpace": "LocalDefault", "Pool": "172.18.0.0/16", "Gateway": "172.18.0.1/16"}]
+
+
+def test_ipv6_only_network_on_docker_20_10_uses_dockers_ipv4_as_the_nat64_side(post, datapath):
+    """Docker 20.10 insists on an IPv4 address: it becomes the endpoint's NAT64 side, and
+    Join gives the container no IPv4 gateway or route, only IPv6 ones (NAT64 prefix too)."""
+    assert _ipv6_only_network(post, {"ipv4": "false"}, IPV4_DATA) == (200, {})
+    interface = {"Address": "172.18.0.2/16", "AddressIPv6": "", "MacAddress": ""}
+    body = {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}}
+    assert post("NetworkDriver.CreateEndpoint", body)[0] == 200
+    spec = datapath.endpoints["lxc" + EP[:12]]
+    assert spec.outbound == Outbound.NAT64
+    assert spec.ipv4 == ipaddress.IPv4Address("172.18.0.2")
+    status, reply = post(
+        "NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP, "SandboxKey": SANDBOX}
+    )
+    assert status == 200
+    assert "Gateway" not in reply
+    routes = reply["StaticRoutes"]
+    assert all(ipaddress.ip_network(r["Destination"]).version == 6 for r in routes)
+    router6 = str(spec.router6)
+    assert {"Destination": "64:ff9b::/96", "RouteType": 0, "NextHop": router6} in routes
+    for half in ("::/1", "8000::/1"):  # ::/0, without colliding with Docker's own
+        assert {"Destination": half, "RouteType": 0, "NextHop": router6} in routes
+
+
+def test_ipv6_only_network_without_an_ipv4_pool_gets_the_nat64_side_from_the_driver(
+    post, datapath, app
+):
+    """Docker 28's `--ipv4=false`: no IPv4 pool and no IPv4 address; the driver gives the
+    endpoint one from an IPv4 block of its own, and takes it back with the endpoint."""
+    assert _ipv6_only_network(post, {}, [], enable_ipv4=False) == (200, {})
+    interface = {"Address": "", "AddressIPv6": "", "MacAddress": ""}
+    body = {"NetworkID": NET, "EndpointID": EP, "Interface": interface, "Options": {}}
+    status, reply = post("NetworkDriver.CreateEndpoint", body)
+    assert status == 200
+    assert "Address" not in reply["Interface"]
+    spec = datapath.endpoints["lxc" + EP[:12]]
+    assert spec.outbound == Outbound.NAT64 and spec.ipv4 is not None
+    store = app.extensions["pycilium"].store
+    assert store.address_owner(str(spec.ipv4)) == "endpoint:" + EP
+    assert post("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})[0] == 200
+    assert store.address_owner(str(spec.ipv4)) is None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"com.docker.network.internal": True},
+        {"com.docker.network.generic": {"ipv4": "false", "masquerade": "false"}},
+    ],
+)
+def test_ipv6_only_network_that_cannot_translate_is_refused(post, app, options):
+    generic = {"ipv4": "false", **options.pop("com.docker.network.generic", {})}
+    body = {
+        "NetworkID": NET,
+        "Options": {**options, "com.docker.network.generic": generic},
+        "IPv4Data": IPV4_DATA,
+        "IPv6Data": [],
+    }
+    status, reply = post("NetworkDriver.CreateNetwork", body)
+    assert status == 500 and "IPv6-only" in reply["Err"]
+    assert app.extensions["pycilium"].store.networks() == []
+
+
+def test_an_ipv4_option_not_true_or_false_is_refused(post, app):
+    status, reply = _ipv6_only_network(post, {"ipv4": "none"}, IPV4_DATA)
+    assert status == 500 and "ipv4='none' is not true or false" in reply["Err"]
