@@ -118,6 +118,15 @@ _OPTIONS = [
         "ct_map_size", f"conntrack map entries (oldest go first when full); {_PINNED}", type=int
     ),
     _option("service_map_size", f"service frontends; {_PINNED}", type=int),
+    click.option(
+        "--prefilter-device",
+        "prefilter_devices",
+        envvar=env_name("prefilter_devices"),
+        multiple=True,
+        default=(),
+        help="host device to attach the XDP prefilter to (repeat for more; the variable takes "
+        "names separated by spaces)",
+    ),
 ]
 
 

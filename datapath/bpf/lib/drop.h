@@ -29,6 +29,7 @@ enum drop_reason {
 	DROP_NDISC_TARGET = -18,	/* Neighbour advertisement for an address not the container's */
 	DROP_FORGED_SOURCE = -19,	/* A local endpoint's address as source, not from its veth */
 	DROP_INTERNAL_NETWORK = -20,	/* Beyond the host, from an endpoint of an internal network */
+	DROP_PREFILTER = -32,		/* Source in the XDP prefilter's deny list */
 };
 
 /* Size of the drop_counts array; every reason's -value must stay below it. */
