@@ -491,7 +491,7 @@ class Datapath:
         ifindex = netlink.link_index(device)
         if ifindex is None:
             raise DatapathError(f"no device {device} on this host")
-        program = self._xdp_program()
+        program = self.prefilter_program()
         present = xdp.attached_programs().get(device)
         if present is not None:
             if self.maps.prefilter_map_id() not in xdp.program_map_ids(present.prog_id):
@@ -516,7 +516,8 @@ class Datapath:
         """Device -> XDP mode (native, generic), of every device the prefilter is on."""
         return {name: a.mode for name, a in xdp.ours(self.maps.prefilter_map_id()).items()}
 
-    def _xdp_program(self) -> loader.Program:
+    def prefilter_program(self) -> loader.Program:
+        """The loaded XDP program of bpf_xdp.c, compiled on first use (tests run it)."""
         if self._xdp is None:
             started = time.monotonic()
             self._xdp = loader.load_xdp(self.maps.fds())
