@@ -10,16 +10,19 @@ VIP with 2 and 16 backends against the same client talking to one backend direct
 wall time of `docker run --rm` on a cilium network against the bridge, with the BPF compiles it
 caused; throughput and connection rate from a container to a "world" namespace beyond the host
 (masqueraded: pycilium, the bridge and a plain namespace behind one MASQUERADE rule), and from
-that world to a container's published port (pycilium against the bridge). Runs are
+that world to a container's published port (pycilium against the bridge); packets a second
+and CPU time of a denied prefix dropped by the XDP prefilter against an iptables raw rule on
+the same veth (bench/xdpbench.py, no container). Runs are
 interleaved (A B A B ...), every figure is a median with min and max, and every comparison is
 the median of per-round ratios to the reference run of the same round.
 
-Uses the driver that `make run` started; creates only its own namespaces, containers, networks,
-ip(6)tables chains and rules, routes, policy rules and services (all named pcb*/pcb-bench*, the
-world link pcw-bench) and removes them on exit, even on failure. Raw traffic stays inside test
-ranges that are unreachable on the host during the run; VIPs are inside the driver's service
-ranges; the world is a namespace on a veth of the host with addresses the host routes nowhere
-else and no route back to any container.
+Uses the driver that `make run` started (or the one CILIUM_API_SOCKET names); creates only its
+own namespaces, containers, networks, ip(6)tables chains and rules, routes, policy rules,
+services and prefilter entries (all named pcb*/pcb-bench*/PCB-BENCH*, the world link pcw-bench)
+and removes them on exit, even on failure. Raw traffic stays inside test ranges that are
+unreachable on the host during the run; VIPs are inside the driver's service ranges; the
+world is a namespace on a veth of the host with addresses the host routes nowhere else and no
+route back to any container.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+import xdpbench
 from common import API, quiet
 
 from driver.cli.client import ApiClient, ApiError
@@ -54,7 +58,9 @@ COMPILE_METRIC = "pycilium_bpf_compile_duration_seconds_count"
 CALL_METRIC = "pycilium_plugin_call_duration_seconds"
 LIFECYCLE_CALLS = ("CreateEndpoint", "Join", "Leave", "DeleteEndpoint")
 TCPBENCH_SRC = REPO / "bench" / "tcpbench.c"
-SCENARIOS = ("throughput", "rr", "service", "lifecycle", "outbound", "published")
+SCENARIOS = ("throughput", "rr", "service", "lifecycle", "outbound", "published", "prefilter")
+# The scenarios that need no container (the rest set up Docker networks and containers).
+HOST_SCENARIOS = ("prefilter",)
 # The scenarios measured among the rule-count servers with the policy loaded.
 PAIR_SCENARIOS = ("throughput", "rr", "service", "lifecycle")
 WORLD_NS = "pcb-bench-world"
@@ -810,6 +816,9 @@ def targets(result: dict) -> list[dict]:
                     r = paired(per[v], per["direct"])
                     what = f"IPv{fam[1]} {t} through a VIP, {v[4:]} backends >= 0.9 x direct"
                     add(what, r, r["median"] >= 0.9)
+    if "prefilter" in result:
+        for what, values, ok in xdpbench.targets(result["prefilter"]):
+            add(what, stats(values), ok)
     lc = result.get("lifecycle")
     if lc:
         r = paired(lc["cilium"], lc["bridge"])
@@ -940,6 +949,8 @@ def markdown(result: dict) -> str:
                 "The bridge's IPv6 port is docker-proxy's (user space, to the container's "
                 "IPv4): this Docker has no ip6tables NAT (daemon.json).",
             ]
+    if "prefilter" in result:
+        lines += xdpbench.markdown(result["prefilter"], a["rounds"], a["duration"])
     pi = result["meta"].get("policy_import")
     if pi:
         lines += [
@@ -950,7 +961,7 @@ def markdown(result: dict) -> str:
         ]
     tg = result.get("targets")
     if tg:
-        lines += ["", "## Targets (issue 6)", "", "| target | ratio median (min-max) | met |"]
+        lines += ["", "## Targets (issues 6, 15)", "", "| target | ratio median (min-max) | met |"]
         lines.append("|---|---|---|")
         for t in tg:
             r = t["ratio"]
@@ -1114,7 +1125,9 @@ def main(argv: list[str] | None = None) -> int:
     check_ranges(nets)
     for tool in ("iperf3", "ip6tables-restore", "iptables-restore", "gcc", "nsenter"):
         run("sh", "-c", f"command -v {tool}")
-    run(DOCKER, "image", "inspect", a.image)
+    containers = bool(set(a.scenarios) - set(HOST_SCENARIOS))
+    if containers:
+        run(DOCKER, "image", "inspect", a.image)
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1139,7 +1152,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = bool(set(PAIR_SCENARIOS) & set(a.scenarios))
         if pairs:
             b.setup_raw()
-        b.setup_docker(servers=pairs)
+        if containers:
+            b.setup_docker(servers=pairs)
         if pairs:
             b.load_policy()
         if "throughput" in a.scenarios:
@@ -1179,6 +1193,12 @@ def main(argv: list[str] | None = None) -> int:
                 "summary": {t: summarize(samples[t], "pub-br") for t in samples},
                 "notes": notes,
             }
+        if "prefilter" in a.scenarios:
+            net4 = list(ipaddress.ip_network(a.range4).subnets(new_prefix=24))[-1]
+            exe = xdpbench.build(Path(a.build))
+            pf = xdpbench.PrefilterBench(net4, exe, stack)
+            pf.setup()
+            result["prefilter"] = pf.run(a.rounds, a.duration, log)
         result["meta"] = b.meta
         log("cleaning up")
     result["seconds"] = round(time.monotonic() - t0, 1)
