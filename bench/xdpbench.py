@@ -128,7 +128,6 @@ class PrefilterBench:
         if variant == "xdp":
             answer = API.request("PUT", "/v1/prefilter", {"devices": [DEVICE]})
             return next(d["mode"] for d in answer["devices"] if d["device"] == DEVICE)
-        API.request("DELETE", f"/v1/prefilter?device={DEVICE}")
         _run("iptables", "-t", "raw", "-I", "PREROUTING", "-i", DEVICE, "-j", CHAIN)
         _run("iptables", "-t", "raw", "-Z", CHAIN)
         return "raw PREROUTING"
