@@ -69,8 +69,12 @@ class Receiver:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                self.seen.add(int.from_bytes(self.sock.recv(64)[:4], "big"))
+            try:
+                data = self.sock.recv(64)
+            except TimeoutError:
+                continue
+            # Looked up after recv returns: take() may have put a new set in place meanwhile.
+            self.seen.add(int.from_bytes(data[:4], "big"))
 
     def take(self) -> set[int]:
         time.sleep(0.3)  # what is in flight lands
