@@ -63,7 +63,7 @@ def generate(device: str, frame: bytes, seconds: float, rate: float) -> None:
     data = ct.create_string_buffer(frame, len(frame))
     print("ready", flush=True)
     sys.stdin.readline()
-    repeat = max(BATCH, int(rate / 100)) if rate else REPEAT
+    repeat = max(BATCH, int(rate / 1000)) if rate else REPEAT
     sent, start = 0, time.monotonic()
     while time.monotonic() - start < seconds:
         opts = TestRunOpts(
