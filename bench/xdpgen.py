@@ -55,7 +55,7 @@ def libbpf() -> ct.CDLL:
     return lib
 
 
-def generate(device: str, frame: bytes, seconds: float, rate: float) -> None:
+def generate(device: str, frame: bytes, seconds: float) -> None:
     ifindex = socket.if_nametoindex(device)
     source = b"int gen(struct xdp_md *ctx) { return bpf_redirect(IFINDEX, 0); }"
     program = BPF(text=source, cflags=[f"-DIFINDEX={ifindex}"]).load_func(b"gen", BPF.XDP)
@@ -63,22 +63,19 @@ def generate(device: str, frame: bytes, seconds: float, rate: float) -> None:
     data = ct.create_string_buffer(frame, len(frame))
     print("ready", flush=True)
     sys.stdin.readline()
-    repeat = max(BATCH, int(rate / 1000)) if rate else REPEAT
     sent, start = 0, time.monotonic()
     while time.monotonic() - start < seconds:
         opts = TestRunOpts(
             sz=ct.sizeof(TestRunOpts),
             data_in=ct.addressof(data),
             data_size_in=len(frame),
-            repeat=repeat,
+            repeat=REPEAT,
             flags=BPF_F_TEST_XDP_LIVE_FRAMES,
             batch_size=BATCH,
         )
         if lib.bpf_prog_test_run_opts(program.fd, ct.byref(opts)) < 0:
             sys.exit(f"xdpgen: live-frames test run failed: errno {ct.get_errno()}")
-        sent += repeat
-        if rate:
-            time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+        sent += REPEAT
     print(sent, f"{time.monotonic() - start:.3f}", flush=True)
 
 
@@ -98,6 +95,6 @@ def pass_through(device: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "gen":
-        generate(sys.argv[2], bytes.fromhex(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
+        generate(sys.argv[2], bytes.fromhex(sys.argv[3]), float(sys.argv[4]))
     else:
         pass_through(sys.argv[2])
