@@ -263,11 +263,7 @@ def targets(result: dict) -> list[tuple[str, list[float], bool]]:
     softirq time, where the receive path runs; busy time also holds the generator's. The
     saturating frames flood has its one CPU full by design: loss beside it says nothing."""
     per_cpu = ratios(result["runs"]["frames"], "per_softirq_s")
-    lost = [
-        r["allowed_lost"]
-        for kind in ("frames-paced", "socket")
-        for r in result["runs"][kind]["xdp"]
-    ]
+    lost = [r["allowed_lost"] for r in result["runs"]["socket"]["xdp"]]
     return [
         (
             "XDP drops >= 3 x iptables raw drops per softirq CPU-second (frames flood)",
