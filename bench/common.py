@@ -2,12 +2,14 @@
 command's client, and best-effort commands for clean-up."""
 
 import contextlib
+import os
 import subprocess
 
-from driver.cli.client import DEFAULT_API_SOCKET, ApiClient
+from driver.cli.client import API_SOCKET_ENV, DEFAULT_API_SOCKET, ApiClient
 
-# Imports of thousands of rules may take minutes.
-API = ApiClient(DEFAULT_API_SOCKET, timeout=600)
+# Imports of thousands of rules may take minutes. The `cilium` command's variable names
+# another instance's socket.
+API = ApiClient(os.environ.get(API_SOCKET_ENV, DEFAULT_API_SOCKET), timeout=600)
 
 
 def quiet(*args: str) -> None:

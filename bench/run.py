@@ -12,16 +12,19 @@ caused; throughput and connection rate from a container to a "world" namespace b
 (masqueraded: pycilium, the bridge and a plain namespace behind one MASQUERADE rule), and from
 that world to a container's published port (pycilium against the bridge); the stream from an
 IPv6-only endpoint to the world's IPv4 through NAT64 against the same stream over plain IPv4
-(bench/nat64.py: a datapath of its own, no driver). Runs are
+(bench/nat64.py: a datapath of its own, no driver); packets a second and CPU time of a denied
+prefix dropped by the XDP prefilter against an iptables raw rule on the same veth
+(bench/xdpbench.py, no container). Runs are
 interleaved (A B A B ...), every figure is a median with min and max, and every comparison is
 the median of per-round ratios to the reference run of the same round.
 
-Uses the driver that `make run` started; creates only its own namespaces, containers, networks,
-ip(6)tables chains and rules, routes, policy rules and services (all named pcb*/pcb-bench*, the
-world link pcw-bench) and removes them on exit, even on failure. Raw traffic stays inside test
-ranges that are unreachable on the host during the run; VIPs are inside the driver's service
-ranges; the world is a namespace on a veth of the host with addresses the host routes nowhere
-else and no route back to any container.
+Uses the driver that `make run` started (or the one CILIUM_API_SOCKET names); creates only its
+own namespaces, containers, networks, ip(6)tables chains and rules, routes, policy rules,
+services and prefilter entries (all named pcb*/pcb-bench*/PCB-BENCH*, the world link pcw-bench)
+and removes them on exit, even on failure. Raw traffic stays inside test ranges that are
+unreachable on the host during the run; VIPs are inside the driver's service ranges; the
+world is a namespace on a veth of the host with addresses the host routes nowhere else and no
+route back to any container.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import time
 from pathlib import Path
 
 import nat64
+import xdpbench
 from common import API, quiet
 
 from driver.cli.client import ApiClient, ApiError
@@ -57,7 +61,18 @@ COMPILE_METRIC = "pycilium_bpf_compile_duration_seconds_count"
 CALL_METRIC = "pycilium_plugin_call_duration_seconds"
 LIFECYCLE_CALLS = ("CreateEndpoint", "Join", "Leave", "DeleteEndpoint")
 TCPBENCH_SRC = REPO / "bench" / "tcpbench.c"
-SCENARIOS = ("throughput", "rr", "service", "lifecycle", "outbound", "published", "nat64")
+SCENARIOS = (
+    "throughput",
+    "rr",
+    "service",
+    "lifecycle",
+    "outbound",
+    "published",
+    "nat64",
+    "prefilter",
+)
+# The scenarios that need no container (the rest set up Docker networks and containers).
+HOST_SCENARIOS = ("nat64", "prefilter")
 # The scenarios measured among the rule-count servers with the policy loaded.
 PAIR_SCENARIOS = ("throughput", "rr", "service", "lifecycle")
 WORLD_NS = "pcb-bench-world"
@@ -815,6 +830,9 @@ def targets(result: dict) -> list[dict]:
                     r = paired(per[v], per["direct"])
                     what = f"IPv{fam[1]} {t} through a VIP, {v[4:]} backends >= 0.9 x direct"
                     add(what, r, r["median"] >= 0.9)
+    if "prefilter" in result:
+        for what, values, ok in xdpbench.targets(result["prefilter"]):
+            add(what, stats(values), ok)
     lc = result.get("lifecycle")
     if lc:
         r = paired(lc["cilium"], lc["bridge"])
@@ -958,6 +976,8 @@ def markdown(result: dict) -> str:
             "",
             *_table(n64["summary"], "Gbit/s", "plain IPv4"),
         ]
+    if "prefilter" in result:
+        lines += xdpbench.markdown(result["prefilter"], a["rounds"], a["duration"])
     pi = result["meta"].get("policy_import")
     if pi:
         lines += [
@@ -1120,9 +1140,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("bench: ERROR: must run as root")
-    # nat64 brings a datapath of its own; every other scenario uses the driver and Docker.
-    docker = bool(set(a.scenarios) - {"nat64"})
-    if docker:
+    # nat64 brings a datapath of its own; every other scenario uses the driver.
+    if set(a.scenarios) - {"nat64"}:
         require_driver()
     edge = {"outbound", "published", "nat64"} & set(a.scenarios)
     nets = [ipaddress.ip_network(a.range6), ipaddress.ip_network(a.range4)]
@@ -1135,7 +1154,8 @@ def main(argv: list[str] | None = None) -> int:
     check_ranges(nets)
     for tool in ("iperf3", "ip6tables-restore", "iptables-restore", "gcc", "nsenter"):
         run("sh", "-c", f"command -v {tool}")
-    if docker:
+    containers = bool(set(a.scenarios) - set(HOST_SCENARIOS))
+    if containers:
         run(DOCKER, "image", "inspect", a.image)
 
     def on_signal(signum, _frame):
@@ -1161,7 +1181,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = bool(set(PAIR_SCENARIOS) & set(a.scenarios))
         if pairs:
             b.setup_raw()
-        if docker:
+        if containers:
             b.setup_docker(servers=pairs)
         if pairs:
             b.load_policy()
@@ -1209,6 +1229,12 @@ def main(argv: list[str] | None = None) -> int:
             samples = b.interleaved(("stream",), variants, lambda v, f, _t: b.stream(v, f), skip)
             samples = {fam: per for fam, per in samples["stream"].items() if per}
             result["nat64"] = {"samples": samples, "summary": summarize(samples, "plain4")}
+        if "prefilter" in a.scenarios:
+            net4 = list(ipaddress.ip_network(a.range4).subnets(new_prefix=24))[-1]
+            exe = xdpbench.build(Path(a.build))
+            pf = xdpbench.PrefilterBench(net4, exe, stack)
+            pf.setup()
+            result["prefilter"] = pf.run(a.rounds, a.duration, log)
         result["meta"] = b.meta
         log("cleaning up")
     result["seconds"] = round(time.monotonic() - t0, 1)

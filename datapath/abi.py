@@ -272,6 +272,21 @@ STRUCTS = {
 }
 
 
+# The XDP prefilter (PREFILTER_*, struct prefilter_count): prefix ids of both deny tries
+# together, and the least time between two drop events of one prefix on one CPU.
+PREFILTER_MAX = 8192
+PREFILTER_EVENT_NS = 1000000
+
+
+class PrefilterCountC(ct.Structure):
+    """Per-CPU leaf of prefilter_drops, indexed by prefix id (struct prefilter_count)."""
+
+    _fields_ = (("packets", ct.c_uint64), ("last_event", ct.c_uint64))
+
+
+STRUCTS["prefilter_count"] = PrefilterCountC
+
+
 class PolicyKey(NamedTuple):
     """One allow entry of an endpoint's policy (struct policy_key without the endpoint);
     0 in a field is a wildcard. A tuple, so that the set arithmetic of a policy change over

@@ -1,7 +1,8 @@
 """The child process that compiles and loads the BPF programs for datapath.loader.
 
 Run as ``python compile_child.py SOCKET_FD SOURCE FUNCTION... -- CFLAGS...``: compiles SOURCE
-with bcc, loads each FUNCTION as a tc classifier, and sends the program fds, in that order,
+with bcc, loads each FUNCTION as a tc classifier (``NAME:xdp``: as an XDP program), and sends
+the program fds, in that order,
 over the unix socket SOCKET_FD. The map fds the cflags name are inherited from the parent
 under the same numbers. On failure it prints why on stderr and exits non-zero.
 
@@ -27,8 +28,10 @@ def main(argv: list[str]) -> int:
         return 1
     fds = []
     for function in functions:
+        name, _, kind = function.partition(":")
+        prog_type = BPF.XDP if kind == "xdp" else BPF.SCHED_CLS
         try:
-            fds.append(bpf.load_func(function.encode(), BPF.SCHED_CLS).fd)
+            fds.append(bpf.load_func(name.encode(), prog_type).fd)
         except Exception as exc:
             print(f"the kernel rejected BPF program {function}: {exc}", file=sys.stderr)
             return 1

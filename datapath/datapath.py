@@ -14,18 +14,20 @@ steps themselves live in those modules.
 
 import dataclasses
 import ipaddress
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import bpffs, events, hostnet, loader, netlink
+from . import bpffs, events, hostnet, loader, netlink, xdp
 from .abi import (
     CONFIG_TRACE_EVENTS,
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
     EP_F_OUTBOUND,
+    PREFILTER_MAX,
     IPAddress,
     PolicyKey,
     validate_identity,
@@ -64,6 +66,7 @@ class Datapath:
         self._maps: DatapathMaps | None = None
         self._programs: loader.Programs | None = None
         self._sweeper: FlowSweeper | None = None
+        self._xdp: loader.Program | None = None  # compiled when a device first needs it
 
     # lifecycle
 
@@ -98,6 +101,9 @@ class Datapath:
         if self._programs is not None:
             self._programs.close()
             self._programs = None
+        if self._xdp is not None:
+            os.close(self._xdp.fd)
+            self._xdp = None
         if self._maps is not None:
             self._maps.close()
             self._maps = None
@@ -449,6 +455,81 @@ class Datapath:
         calling thread; safe to run next to the other methods (it opens its own fd of
         the pinned ring buffer). One reader at a time: a ring buffer has one read position."""
         events.read_events(self.pin_dir / "events", callback, stop, timeout_ms)
+
+    # XDP prefilter
+
+    def set_prefilter(self, cidrs: Iterable[str]) -> None:
+        """Make the deny tries exactly cidrs (source prefixes, "198.51.100.0/24" or
+        "2001:db8::/32"). Validated whole before any change. A new prefix gets an unused
+        prefix id, its counter zeroed; kept prefixes keep theirs. New prefixes go in before
+        the gone ones go out, so no address covered before and after passes in between."""
+        wanted = set()
+        for cidr in cidrs:
+            try:
+                wanted.add(ipaddress.ip_network(cidr))
+            except ValueError as exc:
+                raise DatapathError(f"invalid prefilter CIDR {cidr!r}: {exc}") from exc
+        if len(wanted) > PREFILTER_MAX:
+            raise DatapathError(f"the prefilter holds {PREFILTER_MAX} prefixes, not {len(wanted)}")
+        maps = self.maps
+        current = maps.prefilter_ids()
+        new = sorted(wanted - current.keys(), key=str)
+        free = sorted(set(range(PREFILTER_MAX)) - set(current.values()))
+        if len(new) > len(free):  # no room for both at once: the gone ones go first
+            for net in current.keys() - wanted:
+                maps.delete_prefilter(net)
+            current = {net: i for net, i in current.items() if net in wanted}
+            free = sorted(set(range(PREFILTER_MAX)) - set(current.values()))
+        for net, prefix_id in zip(new, free, strict=False):
+            maps.put_prefilter(net, prefix_id)
+        for net in current.keys() - wanted:
+            maps.delete_prefilter(net)
+
+    def prefilter_drops(self) -> dict[str, int]:
+        """Denied prefix -> packets dropped since it was added, summed over CPUs."""
+        maps = self.maps
+        return {str(net): maps.prefilter_drops(i) for net, i in maps.prefilter_ids().items()}
+
+    def attach_prefilter(self, device: str) -> str:
+        """Attach the prefilter to device: native XDP if its driver can, generic if not; a
+        device that has it already gets the program of this process in the mode it has
+        (one atomic replace). Returns the mode. Refuses a device with another XDP program."""
+        ifindex = netlink.link_index(device)
+        if ifindex is None:
+            raise DatapathError(f"no device {device} on this host")
+        program = self.prefilter_program()
+        present = xdp.attached_programs().get(device)
+        if present is not None:
+            if self.maps.prefilter_map_id() not in xdp.program_map_ids(present.prog_id):
+                raise DatapathError(
+                    f"{device} has another XDP program (id {present.prog_id}); remove it first"
+                )
+            xdp.attach(ifindex, program.fd, present.mode)
+            return present.mode
+        try:
+            xdp.attach(ifindex, program.fd, xdp.NATIVE)
+        except DatapathError:
+            xdp.attach(ifindex, program.fd, xdp.GENERIC)
+            return xdp.GENERIC
+        return xdp.NATIVE
+
+    def detach_prefilter(self, device: str) -> bool:
+        """Take the prefilter off device; False if it was not there."""
+        found = xdp.ours(self.maps.prefilter_map_id()).get(device)
+        return found is not None and xdp.detach(found.ifindex, found.mode)
+
+    def prefilter_devices(self) -> dict[str, str]:
+        """Device -> XDP mode (native, generic), of every device the prefilter is on."""
+        return {name: a.mode for name, a in xdp.ours(self.maps.prefilter_map_id()).items()}
+
+    def prefilter_program(self) -> loader.Program:
+        """The loaded XDP program of bpf_xdp.c, compiled on first use (tests run it)."""
+        if self._xdp is None:
+            started = time.monotonic()
+            self._xdp = loader.load_xdp(self.maps.fds())
+            self.compile_seconds += time.monotonic() - started
+            self.compile_count += 1
+        return self._xdp
 
     # routes
 

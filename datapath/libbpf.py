@@ -1,5 +1,5 @@
-"""libbpf, for what the running driver does with BPF objects: maps, the event ring and test
-runs of loaded programs.
+"""libbpf, for what the running driver does with BPF objects: maps, the event ring, test
+runs of loaded programs and XDP attachment.
 
 bcc compiles and loads the programs (datapath.loader, in a short-lived child process); the
 driver process itself only needs the thin bpf(2) wrappers of libbpf, which bcc's own library
@@ -49,6 +49,9 @@ _PROTOTYPES = {
     "ring_buffer__poll": [ct.c_void_p, ct.c_int],
     "ring_buffer__free": [ct.c_void_p],
     "libbpf_num_possible_cpus": [],
+    "bpf_xdp_attach": [ct.c_int, ct.c_int, ct.c_uint32, ct.c_void_p],
+    "bpf_xdp_detach": [ct.c_int, ct.c_uint32, ct.c_void_p],
+    "bpf_prog_get_fd_by_id": [ct.c_uint32],
 }
 
 

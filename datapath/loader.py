@@ -5,6 +5,8 @@ goes with it) into :class:`Programs`, whose two entry
 functions are attached to every endpoint: ``from_container`` on tc ingress and
 ``to_container`` on tc egress of the host veth. Attaching uses ``replace`` so it is atomic
 and idempotent, and a program stays attached after the process that loaded it exits.
+bpf_xdp.c (the prefilter; datapath/xdp.py attaches it) is compiled the same way when a
+device first needs it.
 """
 
 import ctypes as ct
@@ -25,11 +27,13 @@ from .errors import DatapathError
 
 BPF_DIR = Path(__file__).parent / "bpf"
 LXC_SOURCE = BPF_DIR / "bpf_lxc.c"
+XDP_SOURCE = BPF_DIR / "bpf_xdp.c"
 COMPILE_CHILD = Path(__file__).with_name("compile_child.py")
 COMPILE_TIMEOUT = 300  # seconds; a compile takes about 5 on the 2-core test machines
 COMPILE_ERROR_LINES = 20  # of the compiler's or verifier's output kept in an error
 FROM_CONTAINER = "from_container"
 TO_CONTAINER = "to_container"
+XDP_PREFILTER = "xdp_prefilter"
 
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
@@ -84,15 +88,32 @@ class Programs:
 
 def load_programs(map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PREFIX) -> Programs:
     """Compile bpf_lxc.c once with the given map fds (and NAT64 prefix) and load both entry
-    functions.
+    functions."""
+    fds = _compile(LXC_SOURCE, (FROM_CONTAINER, TO_CONTAINER), map_fds, nat64_prefix)
+    return Programs(Program(FROM_CONTAINER, fds[0]), Program(TO_CONTAINER, fds[1]))
+
+
+def load_xdp(map_fds: dict[str, int]) -> Program:
+    """Compile bpf_xdp.c with the given map fds and load its entry function as an XDP
+    program; the caller closes its fd."""
+    (fd,) = _compile(XDP_SOURCE, (f"{XDP_PREFILTER}:xdp",), map_fds)
+    return Program(XDP_PREFILTER, fd)
+
+
+def _compile(
+    source: Path,
+    functions: tuple[str, ...],
+    map_fds: dict[str, int],
+    nat64_prefix: str = DEFAULT_NAT64_PREFIX,
+) -> list[int]:
+    """The fds of functions of source, compiled with the given map fds and loaded.
 
     bcc compiles in a child process (compile_child.py) that inherits the map fds under the
     same numbers and hands the loaded programs' fds back over a socket pair.
     """
-    functions = (FROM_CONTAINER, TO_CONTAINER)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours, theirs:
-        command = [sys.executable, str(COMPILE_CHILD), str(theirs.fileno()), str(LXC_SOURCE)]
+        command = [sys.executable, str(COMPILE_CHILD), str(theirs.fileno()), str(source)]
         command += [*functions, "--", *compile_cflags(map_fds, nat64_prefix)]
         try:
             child = subprocess.run(
@@ -105,7 +126,7 @@ def load_programs(map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PRE
             )
         except subprocess.TimeoutExpired:
             raise DatapathError(
-                f"compiling {LXC_SOURCE.name} took more than {COMPILE_TIMEOUT} s"
+                f"compiling {source.name} took more than {COMPILE_TIMEOUT} s"
             ) from None
         if child.returncode != 0:
             raise DatapathError(_compile_failure(child.stderr))
@@ -117,9 +138,8 @@ def load_programs(map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PRE
     if len(fds) != len(functions):
         for fd in fds:
             os.close(fd)
-        raise DatapathError(f"the compiler process of {LXC_SOURCE.name} sent no programs")
-    loaded = {name: Program(name=name, fd=fd) for name, fd in zip(functions, fds, strict=True)}
-    return Programs(loaded[FROM_CONTAINER], loaded[TO_CONTAINER])
+        raise DatapathError(f"the compiler process of {source.name} sent no programs")
+    return fds
 
 
 def _compile_failure(stderr: str) -> str:
@@ -227,19 +247,29 @@ def run_program(
 
     Returns the TC verdict and the frame as the program left it. Nothing is sent.
     """
-    data_in = ct.create_string_buffer(frame, len(frame))
-    data_out = ct.create_string_buffer(len(frame) + 256)
     ctx = ct.create_string_buffer(SKB_CTX_SIZE)
     ct.c_uint32.from_buffer(ctx, SKB_CTX_IFINDEX_OFF).value = ifindex
     ct.c_uint32.from_buffer(ctx, SKB_CTX_INGRESS_IFINDEX_OFF).value = ingress_ifindex
+    return _test_run(program, frame, ctx)
+
+
+def run_xdp(program: Program, frame: bytes) -> tuple[int, bytes]:
+    """Run an XDP program once on an Ethernet frame of at least 14 bytes (the kernel's
+    minimum for a test run). Returns the XDP verdict and the frame. Nothing is sent."""
+    return _test_run(program, frame, None)
+
+
+def _test_run(program: Program, frame: bytes, ctx) -> tuple[int, bytes]:
+    data_in = ct.create_string_buffer(frame, len(frame))
+    data_out = ct.create_string_buffer(len(frame) + 256)
     opts = _TestRunOpts(
         sz=ct.sizeof(_TestRunOpts),
         data_in=ct.addressof(data_in),
         data_out=ct.addressof(data_out),
         data_size_in=len(frame),
         data_size_out=len(data_out),
-        ctx_in=ct.addressof(ctx),
-        ctx_size_in=SKB_CTX_SIZE,
+        ctx_in=None if ctx is None else ct.addressof(ctx),
+        ctx_size_in=0 if ctx is None else len(ctx),
         repeat=1,
     )
     ret = libbpf.lib().bpf_prog_test_run_opts(program.fd, ct.byref(opts))

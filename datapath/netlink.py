@@ -85,10 +85,15 @@ def link_mac(ifindex: int) -> str:
     return link.get_attr("IFLA_ADDRESS")
 
 
+def dump_links() -> list:
+    """The link messages of every link of the host's namespace."""
+    with IPRoute() as ipr:
+        return _dump(ipr.get_links)
+
+
 def links_with_prefix(prefix: str) -> dict[str, int]:
     """Names and ifindexes of the host's links whose name starts with prefix."""
-    with IPRoute() as ipr:
-        links = _dump(ipr.get_links)
+    links = dump_links()
     names = ((link.get_attr("IFLA_IFNAME"), link["index"]) for link in links)
     return {name: index for name, index in names if name.startswith(prefix)}
 

@@ -2,16 +2,19 @@
 
 A stopped driver leaves its work in place on purpose (containers keep their connectivity
 and policy): veths with their tc programs, the pinned maps, unreachable routes over its
-ranges, its FORWARD and masquerade rules and port-publishing chain. `remove_from_host`
-takes all of that away for one instance, told apart from other instances and from the
-host's own by what only that instance uses: its veth prefix, its pin directory, and
-routes of our protocol inside its ranges. It must only run once the driver is stopped for good.
+ranges, its FORWARD and masquerade rules and port-publishing chain, its XDP prefilter on
+host devices. `remove_from_host` takes all of that away for one instance, told apart from
+other instances and from the host's own by what only that instance uses: its veth prefix,
+its pin directory (whose prefilter map its XDP programs use), and routes of our protocol
+inside its ranges. It must only run once the driver is stopped for good.
 """
 
 import shutil
 from pathlib import Path
 
-from . import bpffs, netlink
+from . import bpffs, netlink, xdp
+from .maps.pinned import PinnedMap
+from .maps.specs import map_specs
 from .netfilter import firewall, portmap
 
 
@@ -27,6 +30,7 @@ def remove_from_host(pin_dir: str, veth_prefix: str, ranges: list[str]) -> list[
     removed += firewall.remove_forwarding(veth_prefix)
     removed += firewall.remove_masquerade(veth_prefix)
     removed += portmap.teardown(veth_prefix)
+    removed += [f"XDP prefilter on {device}" for device in detach_prefilter(Path(pin_dir))]
     if remove_pin_dir(Path(pin_dir)):
         removed.append(f"pinned maps {pin_dir}")
     return removed
@@ -39,3 +43,16 @@ def remove_pin_dir(pin_dir: Path) -> bool:
         return False
     shutil.rmtree(pin_dir)
     return True
+
+
+def detach_prefilter(pin_dir: Path) -> list[str]:
+    """Detach the XDP programs that use the instance's pinned prefilter map (before the
+    pins go: the map's id is how they are told from others'); the devices they left."""
+    spec = next(spec for spec in map_specs() if spec.name == "prefilter4")
+    if not (pin_dir / spec.name).exists() or not bpffs.on_bpffs(pin_dir):
+        return []
+    pinned = PinnedMap.open(pin_dir, spec)
+    try:
+        return xdp.detach_ours(pinned.map_id())
+    finally:
+        pinned.close()

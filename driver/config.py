@@ -64,6 +64,8 @@ class Config:
     service_map_size: int = 8192
     # IPv6-only networks reach IPv4 address a.b.c.d as <prefix>::a.b.c.d (RFC 6052 form).
     nat64_prefix: str = "64:ff9b::/96"
+    # Host devices the XDP prefilter is attached to at start (--prefilter-device, repeated).
+    prefilter_devices: tuple[str, ...] = ()
 
     @property
     def plugin_socket(self) -> str:
@@ -102,6 +104,9 @@ class Config:
         for name in ("policy_map_size", "ct_map_size", "service_map_size"):
             if not 16 <= getattr(self, name) <= MAX_MAP_SIZE:
                 raise ValueError(f"{name.replace('_', ' ')} must be between 16 and {MAX_MAP_SIZE}")
+        for device in self.prefilter_devices:
+            if not 0 < len(device) < 16 or "/" in device or any(c.isspace() for c in device):
+                raise ValueError(f"prefilter device {device!r} is not a device name")
         return self
 
 

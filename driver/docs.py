@@ -26,13 +26,15 @@ def cli_reference() -> str:
 
 def config_reference() -> str:
     rows = ["| option | environment | default | meaning |", "|---|---|---|---|"]
-    helps = {p.name: p.help for p in service_main.params if isinstance(p, click.Option)}
+    options = {p.name: p for p in service_main.params if isinstance(p, click.Option)}
     for f in dataclasses.fields(Config):
-        if f.name not in helps:
+        if f.name not in options:
             continue
-        option = "--" + f.name.replace("_", "-")
-        default = str(f.default).replace("|", "\\|") or '""'
-        rows.append(f"| `{option}` | `{env_name(f.name)}` | `{default}` | {helps[f.name]} |")
+        option = options[f.name]
+        # A repeatable option's default is a tuple: shown as its values, space-separated.
+        value = " ".join(f.default) if isinstance(f.default, tuple) else str(f.default)
+        default = value.replace("|", "\\|") or '""'
+        rows.append(f"| `{option.opts[0]}` | `{env_name(f.name)}` | `{default}` | {option.help} |")
     return "\n".join(rows)
 
 

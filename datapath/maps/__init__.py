@@ -6,7 +6,7 @@ driver process opens the same pinned maps, so entries survive restarts.
 
 One module per subject, as bpf/lib/ has one header per subject: :mod:`.endpoints`,
 :mod:`.policy`, :mod:`.identity` (CIDR tries), :mod:`.conntrack`, :mod:`.lb`,
-:mod:`.counters`, :mod:`.config` and :mod:`.retired`; :mod:`.pinned` is one map,
+:mod:`.counters`, :mod:`.config`, :mod:`.retired` and :mod:`.prefilter`; :mod:`.pinned` is one map,
 :mod:`.specs` the list of them. Callers get typed values (:class:`EndpointEntry`,
 :class:`AddressEntry`, :class:`~datapath.abi.PolicyKey`, :class:`CtEntry`); the ctypes
 layouts are in :mod:`datapath.abi`.
@@ -23,6 +23,7 @@ from .identity import IdentityMaps
 from .lb import LbMaps
 from .pinned import COUNTABLE_MAP_TYPES, PinnedMap
 from .policy import PolicyMaps
+from .prefilter import PrefilterMaps
 from .retired import RetiredMaps
 from .specs import DEFAULT_MAP_SIZES, MapSizes, map_specs
 
@@ -45,6 +46,7 @@ class DatapathMaps(
     CounterMaps,
     ConfigMaps,
     RetiredMaps,
+    PrefilterMaps,
 ):
     """All maps of the datapath, with the typed accessors of every subject."""
 

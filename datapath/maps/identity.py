@@ -10,13 +10,14 @@ from .pinned import MapSet
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _cidr_key(net: IPNetwork) -> Cidr4Key | Cidr6Key:
+def cidr_key(net: IPNetwork) -> Cidr4Key | Cidr6Key:
+    """The LPM trie key of net (cidr4, cidr6 and the prefilter tries share the layout)."""
     if net.version == 6:
         return Cidr6Key(prefixlen=net.prefixlen, addr=IP6(*net.network_address.packed))
     return Cidr4Key(prefixlen=net.prefixlen, addr=IP4(*net.network_address.packed))
 
 
-def _cidr_of(key) -> IPNetwork:
+def cidr_of(key) -> IPNetwork:
     return ipaddress.ip_network((bytes(key.addr), key.prefixlen))
 
 
@@ -24,11 +25,11 @@ class IdentityMaps(MapSet):
     def cidr_identities(self) -> dict[IPNetwork, int]:
         found = {}
         for name in ("cidr4", "cidr6"):
-            found.update((_cidr_of(key), leaf.value) for key, leaf in self._walk(name))
+            found.update((cidr_of(key), leaf.value) for key, leaf in self._walk(name))
         return found
 
     def put_cidr(self, net: IPNetwork, identity: int) -> None:
-        self._maps[f"cidr{net.version}"].update(_cidr_key(net), ct.c_uint32(identity))
+        self._maps[f"cidr{net.version}"].update(cidr_key(net), ct.c_uint32(identity))
 
     def delete_cidr(self, net: IPNetwork) -> bool:
-        return self._maps[f"cidr{net.version}"].delete(_cidr_key(net))
+        return self._maps[f"cidr{net.version}"].delete(cidr_key(net))

@@ -131,6 +131,14 @@ class PinnedMap:
                 "the containers of this driver and remove the pinned map to have it recreated"
             )
 
+    def map_id(self) -> int:
+        """The kernel's id of the map: what a loaded program lists among the maps it uses."""
+        info = _MapInfo()
+        size = ct.c_uint32(ct.sizeof(info))
+        if self._lib.bpf_obj_get_info_by_fd(self.fd, ct.byref(info), ct.byref(size)) < 0:
+            raise DatapathError(f"cannot inspect pinned map {self.path}")
+        return info.id
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -151,6 +159,10 @@ class PinnedMap:
         if self._lib.bpf_map_update_elem(self.fd, ct.byref(key), ct.byref(leaf), BPF_ANY) < 0:
             err = _errno(-1)
             raise DatapathError(f"cannot update BPF map {self.spec.name}: {os.strerror(err)}")
+
+    def zero(self, key) -> None:
+        """Set key's value to zeros, on every CPU of a per-CPU array."""
+        self.update(key, self._leaf_buffer())
 
     def insert(self, key, leaf) -> bool:
         """Add key unless it is there (its value then stays); False if it was there."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .. import reasons
 from ..abi import (
+    PREFILTER_MAX,
     Cidr4Key,
     Cidr6Key,
     ConfigC,
@@ -21,6 +22,7 @@ from ..abi import (
     LbSlotKeyC,
     PolicyEntryC,
     PolicyKeyC,
+    PrefilterCountC,
     RetiredC,
 )
 from .pinned import (
@@ -95,4 +97,28 @@ def map_specs(sizes: MapSizes = DEFAULT_MAP_SIZES) -> tuple[MapSpec, ...]:
         MapSpec("lb_flows", BPF_MAP_TYPE_LRU_HASH, CtKeyC, LbFlowC, LB_FLOW_MAP_SIZE),
         MapSpec("events", BPF_MAP_TYPE_RINGBUF, None, None, EVENTS_RING_BYTES),
         MapSpec("retired", BPF_MAP_TYPE_HASH, ct.c_uint32, RetiredC, RETIRED_MAP_SIZE),
+        # The XDP prefilter's deny tries (source prefix -> prefix id) and per-CPU counters.
+        MapSpec(
+            "prefilter4",
+            BPF_MAP_TYPE_LPM_TRIE,
+            Cidr4Key,
+            ct.c_uint32,
+            PREFILTER_MAX,
+            BPF_F_NO_PREALLOC,
+        ),
+        MapSpec(
+            "prefilter6",
+            BPF_MAP_TYPE_LPM_TRIE,
+            Cidr6Key,
+            ct.c_uint32,
+            PREFILTER_MAX,
+            BPF_F_NO_PREALLOC,
+        ),
+        MapSpec(
+            "prefilter_drops",
+            BPF_MAP_TYPE_PERCPU_ARRAY,
+            ct.c_uint32,
+            PrefilterCountC,
+            PREFILTER_MAX,
+        ),
     )

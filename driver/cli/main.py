@@ -7,6 +7,7 @@ it: each command is a few lines, the rest is the human tables of the API's recor
 import importlib.metadata
 import pathlib
 import sys
+import urllib.parse
 
 import click
 
@@ -113,6 +114,7 @@ def _status_screen(data: dict) -> None:
             ("Drops", ", ".join(f"{k} {v}" for k, v in drops.items() if v) or "none"),
             ("BPF maps", _maps(data["datapath"].get("maps", {}))),
             ("Metrics", _metrics(data.get("metrics") or {})),
+            ("Prefilter", _prefilter_status(data.get("prefilter") or {})),
         ],
         15,
     )
@@ -713,3 +715,75 @@ def network():
 def network_list():
     """Every network: id, name, pools, gateways."""
     return "/v1/networks"
+
+
+@main.group()
+def prefilter():
+    """The XDP prefilter: source prefixes dropped on host devices before the stack sees them."""
+
+
+def _prefilter_status(found: dict) -> str:
+    devices = found.get("devices") or []
+    if not devices:
+        return "no device"
+    named = ", ".join(f"{d['device']} ({d['mode'] or 'NOT attached'})" for d in devices)
+    return f"{found.get('prefixes', 0)} prefixes on {named}"
+
+
+def _prefilter_tables(found: dict) -> None:
+    table(["PREFIX", "DROPPED"], [[p["cidr"], p["drops"]] for p in found["prefixes"]])
+    if found["devices"]:
+        click.echo()
+        table(
+            ["DEVICE", "XDP MODE"],
+            [[d["device"], d["mode"] or f"not attached: {d['error']}"] for d in found["devices"]],
+        )
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    """Repeated options, each also comma-separated."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+_cidr_option = click.option(
+    "--cidr", "cidrs", multiple=True, help="source prefix, e.g. 198.51.100.0/24 (repeat, or a,b)"
+)
+_device_option = click.option(
+    "--device", "devices", multiple=True, help="host device, e.g. eth0 (repeat, or a,b)"
+)
+
+
+@prefilter.command("update")
+@_cidr_option
+@_device_option
+@output_option()
+@click.pass_obj
+def prefilter_update(client, cidrs, devices, output):
+    """Deny prefixes and/or attach the prefilter to devices (native XDP where the device's
+    driver supports it, generic otherwise). All or nothing."""
+    body = {"cidrs": _split(cidrs), "devices": _split(devices)}
+    if not body["cidrs"] and not body["devices"]:
+        raise click.UsageError("give --cidr or --device")
+    show(call(client, "PUT", "/v1/prefilter", body), output, _prefilter_tables)
+
+
+@prefilter.command("list")
+@getter(_prefilter_tables)
+def prefilter_list():
+    """The denied prefixes with the packets dropped for each, and the devices with their
+    XDP mode."""
+    return "/v1/prefilter"
+
+
+@prefilter.command("delete")
+@_cidr_option
+@_device_option
+@output_option()
+@click.pass_obj
+def prefilter_delete(client, cidrs, devices, output):
+    """Stop denying prefixes and/or take the prefilter off devices. All or nothing."""
+    query = [("cidr", c) for c in _split(cidrs)] + [("device", d) for d in _split(devices)]
+    if not query:
+        raise click.UsageError("give --cidr or --device")
+    path = "/v1/prefilter?" + urllib.parse.urlencode(query)
+    show(call(client, "DELETE", path), output, _prefilter_tables)

@@ -5,7 +5,7 @@ Plugin and API handlers run on several gunicorn threads. Each public method of C
 is one use case (of Docker's plugin protocol, the management API or the Docker events
 watcher) and takes the lock itself, so concurrent calls never interleave and no caller
 touches the lock or a component. This file is longer than ~300 lines because it is the one
-door into the control plane: thirty-six use cases of a few lines each, and the start that
+door into the control plane: thirty-nine use cases of a few lines each, and the start that
 builds and reconciles the components.
 """
 
@@ -40,6 +40,7 @@ from .monitor import Monitor, Subscription
 from .networks import Networks
 from .policy.trace import Verdict
 from .ports import Ports, requested_ports
+from .prefilter import Prefilter
 from .regeneration import Regeneration
 from .state import Endpoint, Network, Pool, Store
 from .watcher import DockerWatcher, Listener
@@ -100,6 +101,7 @@ class Snapshot:
     compile_seconds: float
     drops: dict[str, int]  # drop reason -> packets
     docker_events: bool  # the Docker events watcher is connected
+    prefilter: dict  # Prefilter.record(): denied prefixes with drops, devices with XDP mode
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ class ControlPlane:
             self.ports.restore()
             self.regeneration.refresh()
             self.services.sync()
+            self.prefilter = Prefilter(self.store, datapath, config.prefilter_devices)
+            self.prefilter.restore()
             # What the state held at start, until Docker's first full listing confirms it.
             self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
         log.info(
@@ -348,6 +352,7 @@ class ControlPlane:
                 "map_fill": self.datapath.map_fill(),
                 "compile_count": self.datapath.compile_count,
                 "compile_seconds": self.datapath.compile_seconds,
+                "prefilter": self.prefilter.record(),
             }
         connected = self.watcher is not None and self.watcher.connected.is_set()
         return Snapshot(**held, drops=self.datapath.drop_counts(), docker_events=connected)
@@ -451,6 +456,20 @@ class ControlPlane:
     @_locked
     def delete_service(self, service_id: int) -> None:
         self.services.delete(service_id)
+
+    # XDP prefilter
+
+    @_locked
+    def prefilter_list(self) -> dict:
+        return self.prefilter.record()
+
+    @_locked
+    def prefilter_update(self, cidrs: list[str], devices: list[str]) -> dict:
+        return self.prefilter.update(cidrs, devices)
+
+    @_locked
+    def prefilter_delete(self, cidrs: list[str], devices: list[str]) -> dict:
+        return self.prefilter.delete(cidrs, devices)
 
     # State and datapath tables, as they are
 

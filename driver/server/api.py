@@ -82,6 +82,10 @@ def status():
                 },
             },
             "metrics": {"address": plane().config.metrics_address or None},
+            "prefilter": {
+                "devices": snapshot.prefilter["devices"],
+                "prefixes": len(snapshot.prefilter["prefixes"]),
+            },
         }
     )
 
@@ -255,3 +259,34 @@ def bpf_lb():
             for frontend, (service_id, backends) in sorted(entries.items(), key=lambda kv: kv[1][0])
         ]
     )
+
+
+@bp.get("/prefilter")
+def prefilter_list():
+    """{"prefixes": [{"cidr", "drops"}], "devices": [{"device", "mode", "error"}]}"""
+    return jsonify(plane().prefilter_list())
+
+
+@bp.put("/prefilter")
+def prefilter_update():
+    """{"cidrs": ["198.51.100.0/24", ...], "devices": ["eth0", ...]}: added, all or nothing."""
+    cidrs, devices = _prefilter_lists(_body())
+    return jsonify(plane().prefilter_update(cidrs, devices))
+
+
+@bp.delete("/prefilter")
+def prefilter_delete():
+    """?cidr=...&device=... (each repeatable): removed, all or nothing."""
+    lists = {"cidrs": request.args.getlist("cidr"), "devices": request.args.getlist("device")}
+    cidrs, devices = _prefilter_lists(lists)
+    return jsonify(plane().prefilter_delete(cidrs, devices))
+
+
+def _prefilter_lists(body: dict) -> tuple[list[str], list[str]]:
+    cidrs, devices = body.get("cidrs", []), body.get("devices", [])
+    for name, value in (("cidrs", cidrs), ("devices", devices)):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadRequest(f"prefilter '{name}' must be a list of strings")
+    if not cidrs and not devices:
+        raise BadRequest("name at least one CIDR or device")
+    return cidrs, devices

@@ -122,6 +122,15 @@ _OPTIONS = [
         "nat64_prefix",
         "IPv6 /96 through which containers of IPv6-only networks (-o ipv4=false) reach IPv4",
     ),
+    click.option(
+        "--prefilter-device",
+        "prefilter_devices",
+        envvar=env_name("prefilter_devices"),
+        multiple=True,
+        default=(),
+        help="host device to attach the XDP prefilter to (repeat for more; the variable takes "
+        "names separated by spaces)",
+    ),
 ]
 
 

@@ -110,6 +110,19 @@ class PlaneCollector:
                     for d, totals in traffic.conntrack.items()
                 },
             )
+        yield _counter(
+            "prefilter_drop_packets",
+            "Packets the XDP prefilter dropped, by denied source prefix (one series a listed "
+            "prefix; a prefix's count starts at 0 when it is added)",
+            "prefix",
+            {p["cidr"]: p["drops"] for p in snapshot.prefilter["prefixes"]},
+        )
+        yield _gauge(
+            "prefilter_devices",
+            "Host devices with the XDP prefilter, by XDP mode (native, generic)",
+            ["mode"],
+            _modes(snapshot.prefilter["devices"]),
+        )
         compile_time = SummaryMetricFamily(
             f"{PREFIX}_bpf_compile_duration_seconds",
             "Compiling and loading the BPF programs",
@@ -117,6 +130,14 @@ class PlaneCollector:
             sum_value=snapshot.compile_seconds,
         )
         yield compile_time
+
+
+def _modes(devices: list[dict]) -> dict[tuple[str], int]:
+    counts = {("native",): 0, ("generic",): 0}
+    for device in devices:
+        if device["mode"]:
+            counts[(device["mode"],)] = counts.get((device["mode"],), 0) + 1
+    return counts
 
 
 def _gauge(name, documentation, labels=None, values=None, value=None):

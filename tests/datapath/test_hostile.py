@@ -1032,3 +1032,95 @@ def test_nat64_policy_and_conntrack_see_the_ipv6_side(datapath, v6only):
         + _nat64_in(v6only, pk.udp(53, 40001, b"a"), pk.UDP)
     )
     assert outcome(datapath, program, unasked, v6only.ifindex) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+
+
+# The XDP prefilter: what it cannot parse passes, counted; what it parses is judged. -----
+
+XDP_DROP, XDP_PASS = 1, 2
+DENIED_PREFIXES = ("198.51.100.0/24", "2001:db8::/32")
+FROM_DENIED = {4: ("198.51.100.7", "203.0.113.1"), 6: ("2001:db8::7", "2001:db8:1::1")}
+
+
+@pytest.fixture
+def prefilter(datapath):
+    datapath.set_prefilter(DENIED_PREFIXES)
+    yield datapath.prefilter_program()
+    datapath.set_prefilter([])
+
+
+def xdp_outcome(datapath, program, frame: bytes) -> tuple[int, str | None]:
+    """(verdict, the one counter the run moved, or None) of frame through the prefilter."""
+    before = _counters(datapath)
+    verdict, _ = loader.run_xdp(program, frame)
+    after = _counters(datapath)
+    moved = [name for name in after if after[name] != before[name]]
+    assert len(moved) <= 1, f"verdict {verdict} counted {moved}"
+    return verdict, moved[0] if moved else None
+
+
+def _denied_l3(version: int) -> bytes:
+    src, dst = FROM_DENIED[version]
+    if version == 4:
+        return pk.ipv4(src, dst, pk.udp(1000, 9), pk.UDP)
+    return pk.ipv6(src, dst, pk.udp(1000, 9), pk.UDP)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_prefilter_passes_truncated_frames_and_drops_whole_ones(datapath, prefilter, version):
+    """Cut at every length from the end of the Ethernet header (a test run's minimum): the
+    frame passes unparsed until the IP header is whole, and is dropped from then on."""
+    l3 = _denied_l3(version)
+    header = 20 if version == 4 else 40
+    for n in range(len(l3) + 1):
+        frame = pk.eth(HOST_MAC, "02:00:00:00:00:02", ethertype_of(l3)) + l3[:n]
+        expected = (XDP_DROP, "DROP_PREFILTER")
+        if n < header:
+            expected = (XDP_PASS, "TRACE_PREFILTER_UNPARSED")
+        assert xdp_outcome(datapath, prefilter, frame) == expected, f"{n} bytes of IP"
+
+
+@pytest.mark.parametrize(
+    ("ethertype", "l3"),
+    [
+        (pk.ETH_P_IP, _ipv4("198.51.100.7", "203.0.113.1", pk.udp(1, 9), pk.UDP, ihl=4)),
+        (pk.ETH_P_IP, _ipv4("198.51.100.7", "203.0.113.1", pk.udp(1, 9), pk.UDP, ihl=0)),
+        (pk.ETH_P_IP, pk.ipv6("2001:db8::7", "2001:db8:1::1", pk.udp(1, 9), pk.UDP)),
+        (pk.ETH_P_IPV6, pk.ipv4("198.51.100.7", "203.0.113.1", pk.udp(1, 9), pk.UDP) + bytes(20)),
+    ],
+    ids=["ihl-4", "ihl-0", "v6-as-ipv4", "v4-as-ipv6"],
+)
+def test_prefilter_passes_malformed_headers_counted(datapath, prefilter, ethertype, l3):
+    frame = pk.eth(HOST_MAC, "02:00:00:00:00:02", ethertype) + l3
+    assert xdp_outcome(datapath, prefilter, frame) == (XDP_PASS, "TRACE_PREFILTER_UNPARSED")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pk.eth(HOST_MAC, "02:00:00:00:00:02", ETH_P_8021Q)
+        + struct.pack("!HH", 7, pk.ETH_P_IP)
+        + pk.ipv4("198.51.100.7", "203.0.113.1", pk.udp(1, 9), pk.UDP),
+        pk.eth(HOST_MAC, "02:00:00:00:00:02", ETH_P_ARP) + bytes(28),
+        pk.eth(HOST_MAC, "02:00:00:00:00:02", 0),
+        pk.eth(HOST_MAC, "02:00:00:00:00:02", pk.ETH_P_IP)
+        + pk.ipv4("203.0.113.7", "198.51.100.1", pk.udp(1, 9), pk.UDP),
+        pk.eth(HOST_MAC, "02:00:00:00:00:02", pk.ETH_P_IPV6)
+        + pk.ipv6("2001:db9::7", "2001:db8::1", pk.udp(1, 9), pk.UDP),
+    ],
+    ids=["vlan-tagged", "arp", "no-ethertype", "allowed-v4-to-denied", "allowed-v6-to-denied"],
+)
+def test_prefilter_passes_what_is_not_a_denied_source_uncounted(datapath, prefilter, frame):
+    """Tagged frames are not looked into (VLAN is not supported); only the source counts."""
+    assert xdp_outcome(datapath, prefilter, frame) == (XDP_PASS, None)
+
+
+def test_prefilter_drop_events_are_well_formed(datapath, prefilter, event_log):
+    for version in (4, 6):
+        l3 = _denied_l3(version)
+        loader.run_xdp(prefilter, pk.eth(HOST_MAC, "02:00:00:00:00:02", ethertype_of(l3)) + l3)
+        src, dst = (ipaddress.ip_address(a) for a in FROM_DENIED[version])
+        event = event_log.wait_for(reason_name="DROP_PREFILTER", src=src)
+        assert event is not None, f"no event for IPv{version}"
+        assert (event.kind, event.dst, event.protocol) == ("drop", dst, pk.UDP)
+        assert (event.endpoint_id, event.direction) == (0, INGRESS)
+        assert event.description == "Source in the XDP prefilter's deny list"

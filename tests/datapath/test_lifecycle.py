@@ -88,10 +88,12 @@ def test_failure_midway_rolls_back(datapath, new_spec, monkeypatch):
 
 def test_ten_endpoints_compile_once(datapath, new_spec):
     specs = [new_spec() for _ in range(10)]
+    # The session's start compiled bpf_lxc.c; other tests may have compiled the prefilter.
+    before = datapath.compile_count
     try:
         for spec in specs:
             datapath.create_endpoint(spec)
-        assert datapath.compile_count == 1
+        assert before >= 1 and datapath.compile_count == before
     finally:
         for spec in specs:
             datapath.delete_endpoint(spec)

@@ -223,6 +223,7 @@ def test_bad_policy_key_is_refused(datapath, make_container):
 
 
 def test_delete_endpoint_leaves_no_policy_or_conntrack(datapath, make_container):
+    compiles = datapath.compile_count  # the prefilter's tests may have compiled bpf_xdp.c
     a, b = make_container(), make_container()
     b.serve(80)
     datapath.set_endpoint_policy(b.spec, True, False, {PolicyKey(a.identity, 0, 0, INGRESS)})
@@ -241,7 +242,7 @@ def test_delete_endpoint_leaves_no_policy_or_conntrack(datapath, make_container)
     datapath.wait_for_sweeps()  # conntrack is cleaned in the background
     assert not any(ours(e) for e in datapath.ct_entries())
     assert datapath.maps.retired() == {}
-    assert datapath.compile_count == 1
+    assert datapath.compile_count == compiles
 
 
 def test_flows_retired_before_a_restart_are_swept_by_the_next_start(datapath, pin_dir):

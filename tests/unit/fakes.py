@@ -29,6 +29,9 @@ class FakeDatapath:
         self.lb = {}
         self.published = {}
         self.unpublish_calls = 0
+        self.prefilter = {}  # denied prefix -> drops
+        self.xdp = {}  # device -> mode
+        self.xdp_capable = {"eth0": "native", "eth1": "generic"}  # devices that exist
 
     def start(self):
         self.compile_count = 1
@@ -142,3 +145,22 @@ class FakeDatapath:
 
     def endpoint_map_entries(self):
         return {}
+
+    def set_prefilter(self, cidrs):
+        nets = [ipaddress.ip_network(c) for c in cidrs]  # ValueError as the real one's check
+        self.prefilter = {str(n): self.prefilter.get(str(n), 0) for n in nets}
+
+    def prefilter_drops(self):
+        return dict(self.prefilter)
+
+    def attach_prefilter(self, device):
+        if device not in self.xdp_capable:
+            raise DatapathError(f"no device {device} on this host")
+        self.xdp[device] = self.xdp_capable[device]
+        return self.xdp[device]
+
+    def detach_prefilter(self, device):
+        return self.xdp.pop(device, None) is not None
+
+    def prefilter_devices(self):
+        return dict(self.xdp)

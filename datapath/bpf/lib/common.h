@@ -285,4 +285,16 @@ static __always_inline __u16 csum_fold32(__u64 sum)
 	return (__u16)~sum;
 }
 
+/* XDP prefilter (bpf_xdp.c): the deny tries prefilter4 and prefilter6 map a source prefix
+ * (struct cidr4_key, struct cidr6_key) to its prefix id, the slot of its per-CPU counter
+ * in prefilter_drops; ids are shared by both families. */
+#define PREFILTER_MAX 8192		/* prefix ids 0..PREFILTER_MAX-1 */
+#define PREFILTER_EVENT_NS 1000000	/* a drop event per prefix and CPU per ms at most */
+
+struct prefilter_count {
+	__u64 packets;
+	__u64 last_event;	/* bpf_ktime_get_ns() of this CPU's last drop event of the prefix */
+};
+_Static_assert(sizeof(struct prefilter_count) == 16, "prefilter_count layout");
+
 #endif

@@ -29,9 +29,9 @@ enum drop_reason {
 	DROP_NDISC_TARGET = -18,	/* Neighbour advertisement for an address not the container's */
 	DROP_FORGED_SOURCE = -19,	/* A local endpoint's address as source, not from its veth */
 	DROP_INTERNAL_NETWORK = -20,	/* Beyond the host, from an endpoint of an internal network */
-	/* NAT64 (lib/nat64.h); numbered apart from the reasons above, which grow one by one. */
-	DROP_NAT64_UNSUPPORTED = -40,	/* Not translatable between IPv6 and IPv4 (extension headers, IPv4 options, ICMP type, UDP without checksum) */
-	DROP_IPV6_ONLY = -41,		/* IPv4 from an endpoint of an IPv6-only network */
+	DROP_PREFILTER = -21,		/* Source in the XDP prefilter's deny list */
+	DROP_NAT64_UNSUPPORTED = -22,	/* Not translatable between IPv6 and IPv4 (extension headers, IPv4 options, ICMP type, UDP without checksum) */
+	DROP_IPV6_ONLY = -23,		/* IPv4 from an endpoint of an IPv6-only network */
 };
 
 /* Size of the drop_counts array; every reason's -value must stay below it. */

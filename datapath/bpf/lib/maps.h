@@ -100,4 +100,19 @@ static __always_inline void *event_reserve(void)
 				   sizeof(struct datapath_event), 0);
 }
 
+static __always_inline __u32 *prefilter4_lookup(const struct cidr4_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, PREFILTER4_MAP_FD), (void *)key);
+}
+
+static __always_inline __u32 *prefilter6_lookup(const struct cidr6_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, PREFILTER6_MAP_FD), (void *)key);
+}
+
+static __always_inline struct prefilter_count *prefilter_count_lookup(__u32 id)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, PREFILTER_DROPS_MAP_FD), &id);
+}
+
 #endif

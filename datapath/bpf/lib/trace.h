@@ -12,6 +12,7 @@ enum trace_point {
 	TRACE_TO_LXC = 1,	/* Redirected to a local endpoint */
 	TRACE_REPLY = 2,	/* Answered by the datapath (NDisc, ARP, echo) */
 	TRACE_TO_CONTAINER = 3,	/* Delivered into the container */
+	TRACE_PREFILTER_UNPARSED = 4,	/* Passed by the XDP prefilter unparsed: short or malformed */
 };
 
 #define TRACE_POINT_MAX 16

@@ -49,6 +49,21 @@ STATUS = {
         },
     },
     "metrics": {"address": "127.0.0.1:9962"},
+    "prefilter": {
+        "devices": [
+            {"device": "eth0", "mode": "native", "error": None},
+            {"device": "eth9", "mode": None, "error": "no device eth9 on this host"},
+        ],
+        "prefixes": 2,
+    },
+}
+
+PREFILTER = {
+    "prefixes": [
+        {"cidr": "198.51.100.0/24", "drops": 1234},
+        {"cidr": "2001:db8::/32", "drops": 0},
+    ],
+    "devices": STATUS["prefilter"]["devices"],
 }
 
 SERVICES = [
@@ -72,6 +87,12 @@ SERVICES = [
 
 ANSWERS = {
     ("GET", "/v1/status"): STATUS,
+    ("GET", "/v1/prefilter"): PREFILTER,
+    ("PUT", "/v1/prefilter"): PREFILTER,
+    ("DELETE", "/v1/prefilter?cidr=203.0.113.0%2F24&cidr=2001%3Adb8%3A%3A%2F32&device=eth1"): {
+        **PREFILTER,
+        "prefixes": PREFILTER["prefixes"][:1],
+    },
     ("GET", "/v1/endpoints"): [
         ENDPOINT,
         {

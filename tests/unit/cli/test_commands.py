@@ -65,6 +65,7 @@ READS = {
     ("service", "list"): ("GET", "/v1/services"),
     ("service", "get", "1"): ("GET", "/v1/services/1"),
     ("network", "list"): ("GET", "/v1/networks"),
+    ("prefilter", "list"): ("GET", "/v1/prefilter"),
 }
 
 TABLES = {
@@ -83,6 +84,16 @@ BPF compiles:  5
 Drops:         POLICY_DENIED 4, CT_FULL 1
 BPF maps:      2 ok, fullest conntrack 26214/262144 (10%)
 Metrics:       /metrics on the API socket and http://127.0.0.1:9962/metrics
+Prefilter:     2 prefixes on eth0 (native), eth9 (NOT attached)
+""",
+    ("prefilter", "list"): """\
+PREFIX           DROPPED
+198.51.100.0/24  1234
+2001:db8::/32    0
+
+DEVICE  XDP MODE
+eth0    native
+eth9    not attached: no device eth9 on this host
 """,
     ("endpoint", "list"): """\
 ENDPOINT  CONTAINER  IDENTITY  LABELS               IPv6                  IPv4        POLICY IN/OUT  STATE
@@ -231,12 +242,59 @@ def test_every_command_that_shows_an_answer_has_the_same_output_option():
         "network list",
         "policy trace",
         "policy validate",
+        "prefilter delete",
+        "prefilter list",
+        "prefilter update",
         "service get",
         "service list",
         "service update",
         "status",
         "version",
     ]
+
+
+def test_prefilter_update_sends_the_lists_split_at_commas(api):
+    result = cilium(
+        "prefilter", "update", "--cidr", "198.51.100.0/24,2001:db8::/32", "--device", "eth0"
+    )
+    assert result.exit_code == 0, result.output
+    assert api.calls == [
+        (
+            "PUT",
+            "/v1/prefilter",
+            {"cidrs": ["198.51.100.0/24", "2001:db8::/32"], "devices": ["eth0"]},
+        )
+    ]
+    assert result.stdout.startswith("PREFIX           DROPPED\n198.51.100.0/24  1234\n")
+
+
+def test_prefilter_delete_sends_every_cidr_and_device_in_the_query(api):
+    result = cilium(
+        "prefilter",
+        "delete",
+        "--cidr",
+        "203.0.113.0/24",
+        "--cidr",
+        "2001:db8::/32",
+        "--device",
+        "eth1",
+        "-o",
+        "json",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["prefixes"] == [{"cidr": "198.51.100.0/24", "drops": 1234}]
+
+
+@pytest.mark.parametrize("command", ["update", "delete"])
+def test_prefilter_changes_want_a_cidr_or_a_device(api, command):
+    result = cilium("prefilter", command)
+    assert result.exit_code == 2 and "--cidr or --device" in result.output
+    assert api.calls == []
+
+
+def test_status_without_prefilter_devices(api):
+    api.answers[("GET", "/v1/status")] = {**STATUS, "prefilter": {"devices": [], "prefixes": 0}}
+    assert "Prefilter:     no device\n" in cilium("status").stdout
 
 
 def _maps(**maps) -> dict:
