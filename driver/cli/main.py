@@ -6,6 +6,7 @@ it: each command is a few lines, the rest is the human tables of the API's recor
 
 import importlib.metadata
 import pathlib
+import socket
 import sys
 import urllib.parse
 
@@ -582,12 +583,23 @@ def format_event(e: dict) -> str:
     src, dst = e.get("src"), e.get("dst")
     if protocol in ("TCP", "UDP"):
         src, dst = f"[{src}]:{e.get('sport')}", f"[{dst}]:{e.get('dport')}"
-    what = "xx drop" if e.get("kind") == "drop" else "-> trace"
+    what = f"{'xx drop' if e.get('kind') == 'drop' else '-> trace'} "
+    what += f"({e.get('description') or e.get('reason_name')})"
+    if not e.get("endpoint_id"):
+        # A hook on a host device (the XDP prefilter): no endpoint, no identities yet.
+        return f"{what} device {_device(e.get('ifindex'))}: {protocol} {src} -> {dst}"
     return (
-        f"{what} ({e.get('description') or e.get('reason_name')}) endpoint {e.get('endpoint_id')} "
+        f"{what} endpoint {e.get('endpoint_id')} "
         f"{DIRECTIONS.get(e.get('direction'), '')}: identity {e.get('src_identity')} -> "
         f"{e.get('dst_identity')}: {protocol} {src} -> {dst}"
     )
+
+
+def _device(ifindex) -> str:
+    try:
+        return socket.if_indextoname(ifindex)
+    except (OSError, TypeError):
+        return f"ifindex {ifindex}"
 
 
 @main.group()

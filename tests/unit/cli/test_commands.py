@@ -560,6 +560,18 @@ def test_monitor_lines(api):
     assert api.calls == [("STREAM", "/v1/monitor?type=drop&from=7", None)]
 
 
+def test_monitor_line_of_a_host_device_hook_names_the_device():
+    """The XDP prefilter's drops happen before any endpoint or identity is known."""
+    event = {"kind": "drop", "description": "Source in the XDP prefilter's deny list"}
+    event |= {"endpoint_id": 0, "ifindex": 1, "protocol": 1}
+    line = cli.format_event({**event, "src": "203.0.113.2", "dst": "203.0.113.1"})
+    assert line == (
+        "xx drop (Source in the XDP prefilter's deny list) device lo: ICMP 203.0.113.2 ->"
+        " 203.0.113.1"
+    )
+    assert "device ifindex 999999" in cli.format_event({**event, "ifindex": 999999})
+
+
 def test_monitor_json_is_one_event_a_line(api):
     result = cilium("monitor", "-o", "json", "--to", "8")
     assert result.stdout == "".join(json.dumps(e) + "\n" for e in EVENTS)
