@@ -113,6 +113,7 @@ def _status_screen(data: dict) -> None:
             ("Drops", ", ".join(f"{k} {v}" for k, v in drops.items() if v) or "none"),
             ("BPF maps", _maps(data["datapath"].get("maps", {}))),
             ("Metrics", _metrics(data.get("metrics") or {})),
+            ("Cluster", _cluster(data.get("cluster"))),
         ],
         15,
     )
@@ -159,6 +160,14 @@ def _metrics(metrics: dict) -> str:
     address = metrics.get("address")
     tcp = f" and http://{address}/metrics" if address else ""
     return f"/metrics on the API socket{tcp}"
+
+
+def _cluster(cluster: dict | None) -> str:
+    if not cluster:
+        return "off (one host)"
+    state = "connected" if cluster["connected"] else "NOT connected"
+    names = ", ".join(n["name"] for n in cluster["nodes"])
+    return f"node {cluster['name']}, etcd {cluster['kvstore']} {state}; nodes: {names}"
 
 
 def _kernel(kernel: dict) -> str:
@@ -713,3 +722,20 @@ def network():
 def network_list():
     """Every network: id, name, pools, gateways."""
     return "/v1/networks"
+
+
+@main.group()
+def node():
+    """Nodes of the cluster (with --kvstore; on one host, this node alone)."""
+
+
+@node.command("list")
+@getter(
+    listing(
+        ["NAME", "ID", "ADDRESS", "IPv6 RANGE", "IPv4 RANGE"],
+        lambda n: [n["name"], n["node_id"], n["address"], n["ipv6_range"], n["ipv4_range"]],
+    )
+)
+def node_list():
+    """Every node the driver sees: name, id, underlay address, node ranges."""
+    return "/v1/nodes"

@@ -82,6 +82,7 @@ def status():
                 },
             },
             "metrics": {"address": plane().config.metrics_address or None},
+            "cluster": snapshot.cluster,
         }
     )
 
@@ -255,3 +256,8 @@ def bpf_lb():
             for frontend, (service_id, backends) in sorted(entries.items(), key=lambda kv: kv[1][0])
         ]
     )
+
+
+@bp.get("/nodes")
+def nodes():
+    return jsonify(plane().list_nodes())

@@ -49,7 +49,25 @@ STATUS = {
         },
     },
     "metrics": {"address": "127.0.0.1:9962"},
+    "cluster": None,
 }
+
+NODES = [
+    {
+        "name": "node1",
+        "node_id": 1,
+        "address": "192.0.2.11",
+        "ipv6_range": "fdce:1c00:0:1::/112",
+        "ipv4_range": "10.213.1.0/24",
+    },
+    {
+        "name": "node2",
+        "node_id": 2,
+        "address": "192.0.2.12",
+        "ipv6_range": "fdce:1c00:0:2::/112",
+        "ipv4_range": "10.213.2.0/24",
+    },
+]
 
 SERVICES = [
     {
@@ -72,6 +90,7 @@ SERVICES = [
 
 ANSWERS = {
     ("GET", "/v1/status"): STATUS,
+    ("GET", "/v1/nodes"): NODES,
     ("GET", "/v1/endpoints"): [
         ENDPOINT,
         {
