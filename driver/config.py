@@ -76,8 +76,9 @@ class Config:
     # uses towards the first etcd endpoint.
     node_address: str = ""
     # With the kvstore on, node_range4 is the cluster's IPv4 range and node N takes its
-    # N-th block of this prefix length.
-    node_mask4: int = 24
+    # N-th block of this prefix length (the default /16 and /20: 15 nodes, a /26 per
+    # network on each).
+    node_mask4: int = 20
 
     @property
     def plugin_socket(self) -> str:
@@ -131,10 +132,10 @@ class Config:
         if not 2 <= self.kvstore_lease_ttl <= 3600:
             raise ValueError("kvstore lease TTL must be between 2 and 3600 seconds")
         range4 = ipaddress.ip_network(self.node_range4)
-        if not range4.prefixlen < self.node_mask4 <= 28:
+        if not range4.prefixlen < self.node_mask4 <= 26:
             raise ValueError(
                 f"node mask {self.node_mask4} must be longer than the cluster's IPv4 range "
-                f"{self.node_range4} and at most 28"
+                f"{self.node_range4} and at most 26"
             )
         if self.node_address:
             ipaddress.ip_address(self.node_address)

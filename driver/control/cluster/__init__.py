@@ -74,6 +74,7 @@ class Cluster:
             if part is not None:
                 part.close()
         self.session.close()
+        self.kv.close()
 
 
 def _address_towards(url: str) -> str:

@@ -7,8 +7,10 @@ the kvstore is configured, so the single-host driver never loads it.
 """
 
 import base64
+import contextlib
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,6 +123,10 @@ class KvStore:
         self._current = 0
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        for client in self._clients:
+            client.session.close()
+
     def _post(self, path: str, body: dict, purpose: str) -> dict:
         """One request, to the endpoint that answered last, else to the next ones."""
         failures = []
@@ -194,6 +200,16 @@ class KvStore:
         )
 
 
+def _interrupt(response) -> None:
+    """Wake the thread blocked reading a stream: closing the response alone does not."""
+    connection = getattr(response.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    response.close()
+
+
 def _short(exc: Exception) -> str:
     text = (getattr(exc, "detail_text", None) or str(exc)).strip().splitlines()
     return text[-1][:200] if text else type(exc).__name__
@@ -222,7 +238,7 @@ class Watch:
         self._stop.set()
         response = self._response
         if response is not None:
-            response.close()
+            _interrupt(response)
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
@@ -235,10 +251,16 @@ class Watch:
                 self.synced.set()
                 attempt = 0
                 self._follow(self._response)
-            except (KvstoreUnavailable, requests.RequestException, ValueError) as exc:
+            except Exception as exc:
+                # Whatever broke the stream (etcd away, the stream cut by stop()), the
+                # watch lives on until stopped: nobody else would notice it died.
                 if self._stop.is_set():
                     break
-                log.warning("watch of %s: %s; retrying", self.prefix, _short(exc))
+                expected = (KvstoreUnavailable, requests.RequestException, ValueError)
+                if not isinstance(exc, expected):
+                    log.exception("watch of %s failed; retrying", self.prefix)
+                else:
+                    log.warning("watch of %s: %s; retrying", self.prefix, _short(exc))
             finally:
                 self.synced.clear()
                 if self._response is not None:
