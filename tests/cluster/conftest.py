@@ -143,14 +143,14 @@ def nodes(etcd, tmp_path):
 
     class Nodes:
         def start(self, name: str, **settings) -> Node:
-            config = Config(
-                state_dir=str(tmp_path / name),
-                kvstore="etcd",
-                kvstore_endpoints=etcd.url,
-                kvstore_lease_ttl=LEASE_TTL,
-                node_name=name,
-                **settings,
-            ).validate()
+            defaults = {
+                "state_dir": str(tmp_path / name),
+                "kvstore": "etcd",
+                "kvstore_endpoints": etcd.url,
+                "kvstore_lease_ttl": LEASE_TTL,
+                "node_name": name,
+            }
+            config = Config(**{**defaults, **settings}).validate()
             running[name] = Node(config)
             return running[name]
 
