@@ -53,11 +53,15 @@ class Session:
                     log.warning("%s", exc)
                 self.available.clear()
                 continue
+            except Exception:
+                # Never the end of the keepalive: the node would leave the cluster.
+                log.exception("keeping lease %x", self.lease)
+                continue
             if not self.available.is_set():
                 log.info("etcd answers again (lease %x)", self.lease)
                 self.available.set()
                 for callback in self._on_available:
-                    callback()
+                    _run_safely(callback)
 
     def _keep(self) -> None:
         if self.kv.keepalive(self.lease) <= 0:
@@ -68,3 +72,11 @@ class Session:
             for put_back in self._holders:
                 put_back(self.lease)
             self._restore = False
+
+
+def _run_safely(callback: Callable[[], None]) -> None:
+    """A callback that fails must not stop the keepalive: the node would leave the cluster."""
+    try:
+        callback()
+    except Exception:
+        log.exception("after etcd came back")
