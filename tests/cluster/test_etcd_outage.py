@@ -15,6 +15,10 @@ from .conftest import LEASE_TTL, wait_for
 WEB, DB, NEW = {"app": "web"}, {"app": "db"}, {"app": "new"}
 
 
+def _names(node) -> list[str]:
+    return [n["name"] for n in node.api("nodes")]
+
+
 def _connected(node) -> bool:
     return node.api("status")["cluster"]["connected"]
 
@@ -52,3 +56,4 @@ def test_etcd_away_and_back(nodes, etcd, caplog):
     assert list(etcd.keys(NODES)) == [NODES + "a"]
     b = nodes.start("b")
     assert b.identity(b.endpoint(1, NEW)) == new
+    wait_for(lambda: _names(a) == ["a", "b"], 5, "a's watch of the nodes resumed")
