@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from driver.config import Config
+from driver.control.cluster.kvstore import KvStore
 from driver.server.app import create_app
 
 from ..unit.docker_calls import NET, create_endpoint, join, make_ipam_network
@@ -73,14 +74,18 @@ class Etcd:
 
     def keys(self, prefix: str) -> dict[str, str]:
         """Every key under prefix and its value, read straight from etcd's gateway."""
-        from driver.control.cluster.kvstore import KvStore
+        entries, _ = self._client(lambda kv: kv.list(prefix, "read what the test checks"))
+        return {e.key: e.value for e in entries}
 
+    def put(self, key: str, value: str) -> None:
+        self._client(lambda kv: kv.put(key, value, "set up the test"))
+
+    def _client(self, use):
         kv = KvStore([self.url])
         try:
-            entries, _ = kv.list(prefix, "read what the test checks")
+            return use(kv)
         finally:
             kv.close()
-        return {e.key: e.value for e in entries}
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ from datapath.abi import FIRST_ENDPOINT_IDENTITY
 from driver.control.cluster.identities import IDS, REFS, labels_hash
 from driver.control.identities import ENDPOINT_IDENTITY_LIMIT, NETWORK_LABEL
 
+from .conftest import wait_for
+
 WEB = {"app": "web"}
 DB = {"app": "db"}
 
@@ -41,3 +43,10 @@ def test_an_identity_goes_with_the_last_node_that_uses_it(nodes, etcd):
     b.remove(on_b)
     assert etcd.keys(IDS) == {}
     assert etcd.keys(REFS) == {}
+
+
+def test_a_starting_node_collects_identities_nobody_refers_to(nodes, etcd):
+    """Their last user's lease expired while no node was watching."""
+    etcd.put(IDS + "4242", _key({"app": "gone"}))
+    nodes.start("a")
+    wait_for(lambda: etcd.keys(IDS) == {}, 5, "the orphan identity collected")

@@ -49,7 +49,7 @@ class ClusterAllocator:
         self._unreleased: dict[int, str] = {}  # released while etcd did not answer
         session.hold(self._put_back)
         session.when_available(self._release_late)
-        self.watch = kv.watch(REFS, lambda _entries: None, self._ref_event)
+        self.watch = kv.watch(REFS, self._sweep, self._ref_event)
 
     def close(self) -> None:
         self.watch.stop()
@@ -155,6 +155,15 @@ class ClusterAllocator:
             late, self._unreleased = self._unreleased, {}
         for number, key in late.items():
             self.release(number, key)
+
+    def _sweep(self, refs: list[Entry]) -> None:
+        """With every reference listed (at start, and when the watch resumes): collect the
+        id keys nobody refers to, whose last user's lease expired while no node watched."""
+        used = {e.key[len(REFS) :].split("/")[0] for e in refs}
+        ids, _ = self.kv.list(IDS, "collect identities no node uses")
+        for entry in ids:
+            if labels_hash(entry.value) not in used:
+                self._collect(_number(entry))
 
     def _ref_event(self, kind: str, _entry: Entry, previous: Entry | None) -> None:
         if kind != "DELETE" or previous is None:

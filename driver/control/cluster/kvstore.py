@@ -226,7 +226,6 @@ class Watch:
         self.prefix = prefix
         self.on_reset = on_reset
         self.on_event = on_event
-        self.synced = threading.Event()
         self._stop = threading.Event()
         self._response = None
         self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
@@ -248,7 +247,10 @@ class Watch:
                 entries, revision = self.kv.list(self.prefix, f"follow {self.prefix}")
                 self.on_reset(entries)
                 self._response = self.kv.stream(self.prefix, revision + 1)
-                self.synced.set()
+                # stop() sets the flag before it looks for a stream to cut: one of the two
+                # sees the other.
+                if self._stop.is_set():
+                    break
                 attempt = 0
                 self._follow(self._response)
             except Exception as exc:
@@ -262,7 +264,6 @@ class Watch:
                 else:
                     log.warning("watch of %s: %s; retrying", self.prefix, _short(exc))
             finally:
-                self.synced.clear()
                 if self._response is not None:
                     self._response.close()
                     self._response = None
