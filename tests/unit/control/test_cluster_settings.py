@@ -55,3 +55,11 @@ def test_one_host_never_loads_the_etcd_client(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[]\n"
+
+
+def test_on_one_host_the_node_list_is_this_node(api):
+    _, nodes = api("GET", "nodes")
+    assert [(n["node_id"], n["address"]) for n in nodes] == [(0x0A0B0C0D, None)]
+    assert nodes[0]["ipv6_range"] == "fdce:1c00::a0b:c0d:0:0/112"
+    _, status = api("GET", "status")
+    assert status["cluster"] is None
