@@ -149,17 +149,16 @@ class KvStore:
         kvs = self._post("/kv/range", {"key": encode(key)}, purpose).get("kvs", [])
         return _entry(kvs[0]) if kvs else None
 
-    def list(self, prefix: str, purpose: str, keys_only: bool = False) -> tuple[list[Entry], int]:
+    def list(self, prefix: str, purpose: str) -> tuple[list[Entry], int]:
         """Every entry under prefix, in key order, and the store's revision they are of."""
         body = {"key": encode(prefix), "range_end": encode(prefix_end(prefix))}
-        if keys_only:
-            body["keys_only"] = True
         answer = self._post("/kv/range", body, purpose)
         revision = int(answer["header"]["revision"])
         return [_entry(kv) for kv in answer.get("kvs", [])], revision
 
-    def txn(self, compare: list, success: list, purpose: str, failure: list = ()) -> bool:
-        body = {"compare": compare, "success": success, "failure": list(failure)}
+    def txn(self, compare: list, success: list, purpose: str) -> bool:
+        """Whether every comparison held, so the success requests were carried out."""
+        body = {"compare": compare, "success": success, "failure": []}
         return bool(self._post("/kv/txn", body, purpose).get("succeeded"))
 
     def put(self, key: str, value: str, purpose: str, lease: int = 0) -> None:
@@ -175,9 +174,6 @@ class KvStore:
         """The lease's new TTL; 0 or less when it has expired."""
         answer = self._post("/lease/keepalive", {"ID": lease}, "keep this node's lease alive")
         return int(answer.get("result", {}).get("TTL", -1))
-
-    def revoke(self, lease: int) -> None:
-        self._post("/kv/lease/revoke", {"ID": lease}, "take this node out of the cluster")
 
     def watch(self, prefix: str, on_reset: Callable, on_event: Callable) -> "Watch":
         watch = Watch(self, prefix, on_reset, on_event)
