@@ -5,7 +5,7 @@ Plugin and API handlers run on several gunicorn threads. Each public method of C
 is one use case (of Docker's plugin protocol, the management API or the Docker events
 watcher) and takes the lock itself, so concurrent calls never interleave and no caller
 touches the lock or a component. This file is longer than ~300 lines because it is the one
-door into the control plane: thirty-six use cases of a few lines each, and the start that
+door into the control plane: thirty-seven use cases of a few lines each, and the start that
 builds and reconciles the components.
 """
 

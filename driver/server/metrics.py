@@ -75,6 +75,8 @@ class PlaneCollector:
             "1 while the Docker events watcher is connected (endpoints get identities)",
             value=int(snapshot.docker_events),
         )
+        if snapshot.cluster is not None:
+            yield from _cluster_gauges(snapshot.cluster)
         yield _gauge(
             "bpf_map_entries",
             "Entries in each BPF map",
@@ -117,6 +119,16 @@ class PlaneCollector:
             sum_value=snapshot.compile_seconds,
         )
         yield compile_time
+
+
+def _cluster_gauges(cluster: dict):
+    """Cluster mode only (--kvstore)."""
+    yield _gauge(
+        "kvstore_connected",
+        "1 while etcd answers (new identities need it)",
+        value=int(cluster["connected"]),
+    )
+    yield _gauge("cluster_nodes", "Nodes of the cluster this one sees", value=len(cluster["nodes"]))
 
 
 def _gauge(name, documentation, labels=None, values=None, value=None):

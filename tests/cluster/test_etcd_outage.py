@@ -40,6 +40,7 @@ def test_etcd_away_and_back(nodes, etcd, caplog):
     with pytest.raises(KvstoreUnavailable, match=f"{etcd.url}.*cannot allocate a new identity"):
         a.plane.regeneration.identities.allocator.allocate('{"app": "x"}')
     wait_for(lambda: not _connected(a), LEASE_TTL + 5, "status says etcd is away")
+    assert "pycilium_kvstore_connected 0.0" in a.client.get("/metrics").get_data(as_text=True)
     a.remove(db_endpoint)  # its release waits for etcd
 
     etcd.start()

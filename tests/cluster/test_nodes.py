@@ -28,6 +28,9 @@ def test_every_node_sees_the_others_and_their_ranges_do_not_overlap(nodes, etcd)
     assert status["cluster"]["name"] == "b" and status["cluster"]["connected"]
     assert [n["name"] for n in status["cluster"]["nodes"]] == ["a", "b", "c"]
     assert all(r["address"] == "127.0.0.1" for r in records)
+    scraped = started[0].client.get("/metrics").get_data(as_text=True)
+    assert "pycilium_cluster_nodes 3.0" in scraped
+    assert "pycilium_kvstore_connected 1.0" in scraped
     assert etcd.keys(NODE_IDS) == {
         f"{NODE_IDS}{n}": name for n, name in ((1, "a"), (2, "b"), (3, "c"))
     }
