@@ -58,3 +58,9 @@ def test_etcd_away_and_back(nodes, etcd, caplog):
     b = nodes.start("b")
     assert b.identity(b.endpoint(1, NEW)) == new
     wait_for(lambda: _names(a) == ["a", "b"], 5, "a's watch of the nodes resumed")
+
+
+def test_a_driver_does_not_start_without_etcd(nodes, etcd):
+    etcd.stop()
+    with pytest.raises(KvstoreUnavailable, match=f"{etcd.url}.*cannot join the cluster"):
+        nodes.start("a")
