@@ -1,7 +1,8 @@
 # pycilium: host setup, run, test. Everything needs root (packages, bpffs, dockerd, tc).
 #   make run    install what is missing, start dockerd and the driver
 #   make uninstall  remove what the driver added to the host (after make stop)
-#   make test   run the whole suite, and tests/e2e on Docker 26 too (what .ci/run does)
+#   make test   run the whole suite, and tests/e2e on Docker 26 too (what .ci/run does);
+#               tests/cluster starts etcd (Debian's etcd-server, from make setup) per test
 
 VENV        ?= .venv
 # The engine's own client, where docker.io, docker-ce-cli and moby-cli all put it. Not the

@@ -66,6 +66,21 @@ class Config:
     nat64_prefix: str = "64:ff9b::/96"
     # Host devices the XDP prefilter is attached to at start (--prefilter-device, repeated).
     prefilter_devices: tuple[str, ...] = ()
+    # Cluster mode (docs/architecture.md, "Several hosts"): off unless kvstore is "etcd".
+    kvstore: str = ""
+    # Comma-separated etcd client URLs, e.g. http://192.0.2.10:2379.
+    kvstore_endpoints: str = ""
+    # Seconds a node's lease lives without keepalive: how long a dead node stays visible.
+    kvstore_lease_ttl: int = 15
+    # Empty: the host name.
+    node_name: str = ""
+    # The underlay address other nodes reach this one at; empty: the address this host
+    # uses towards the first etcd endpoint.
+    node_address: str = ""
+    # With the kvstore on, node_range4 is the cluster's IPv4 range and node N takes its
+    # N-th block of this prefix length (the default /16 and /20: 15 nodes, a /26 per
+    # network on each).
+    node_mask4: int = 20
 
     @property
     def plugin_socket(self) -> str:
@@ -107,7 +122,32 @@ class Config:
         for device in self.prefilter_devices:
             if not 0 < len(device) < 16 or "/" in device or any(c.isspace() for c in device):
                 raise ValueError(f"prefilter device {device!r} is not a device name")
+        if self.kvstore:
+            self._validate_cluster()
         return self
+
+    def _validate_cluster(self) -> None:
+        if self.kvstore != "etcd":
+            raise ValueError(f"kvstore {self.kvstore!r} must be etcd (or empty: one host)")
+        if not self.kvstore_endpoints.strip():
+            raise ValueError("--kvstore etcd needs --kvstore-endpoints, e.g. http://HOST:2379")
+        for url in self.endpoint_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"kvstore endpoint {url!r} must be an http:// or https:// URL")
+        if not 2 <= self.kvstore_lease_ttl <= 3600:
+            raise ValueError("kvstore lease TTL must be between 2 and 3600 seconds")
+        range4 = ipaddress.ip_network(self.node_range4)
+        if not range4.prefixlen < self.node_mask4 <= 26:
+            raise ValueError(
+                f"node mask {self.node_mask4} must be longer than the cluster's IPv4 range "
+                f"{self.node_range4} and at most 26"
+            )
+        if self.node_address:
+            ipaddress.ip_address(self.node_address)
+
+    @property
+    def endpoint_urls(self) -> list[str]:
+        return [u.strip() for u in self.kvstore_endpoints.split(",") if u.strip()]
 
 
 def loopback_address(address: str) -> tuple[str, int]:

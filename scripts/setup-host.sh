@@ -45,6 +45,7 @@ PACKAGES=(
     iproute2 iptables iputils-ping curl bpftool tcpdump
     make
     systemd              # systemd-analyze: the suite verifies contrib/systemd/pycilium.service
+    etcd-server python3-etcd3gw  # cluster mode: etcd 3.4 and its v3 gateway client (tests/cluster)
 )
 
 # --- Debian packages ---------------------------------------------------------------------

@@ -27,6 +27,10 @@ AREAS = {
         "fuzzed and adversarial policy and service documents"
     ),
     "tests/e2e/test_networks.py::test_sockets_are_not_world_accessible": "socket permissions",
+    "tests/cluster/test_etcd_outage.py": "etcd stopped under a node, then restarted with its data",
+    "tests/cluster/test_nodes.py::test_a_node_whose_lease_expires_leaves_every_view": (
+        "a node gone without a word (its etcd lease runs out)"
+    ),
 }
 
 

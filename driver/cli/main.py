@@ -116,6 +116,7 @@ def _status_screen(data: dict) -> None:
             ("BPF maps", _maps(data["datapath"].get("maps", {}))),
             ("Metrics", _metrics(data.get("metrics") or {})),
             ("Prefilter", _prefilter_status(data.get("prefilter") or {})),
+            ("Cluster", _cluster(data.get("cluster"))),
         ],
         15,
     )
@@ -162,6 +163,14 @@ def _metrics(metrics: dict) -> str:
     address = metrics.get("address")
     tcp = f" and http://{address}/metrics" if address else ""
     return f"/metrics on the API socket{tcp}"
+
+
+def _cluster(cluster: dict | None) -> str:
+    if not cluster:
+        return "off (one host)"
+    state = "connected" if cluster["connected"] else "NOT connected"
+    names = ", ".join(n["name"] for n in cluster["nodes"])
+    return f"node {cluster['name']}, etcd {cluster['kvstore']} {state}; nodes: {names}"
 
 
 def _kernel(kernel: dict) -> str:
@@ -799,3 +808,20 @@ def prefilter_delete(client, cidrs, devices, output):
         raise click.UsageError("give --cidr or --device")
     path = "/v1/prefilter?" + urllib.parse.urlencode(query)
     show(call(client, "DELETE", path), output, _prefilter_tables)
+
+
+@main.group()
+def node():
+    """Nodes of the cluster (with --kvstore; on one host, this node alone)."""
+
+
+@node.command("list")
+@getter(
+    listing(
+        ["NAME", "ID", "ADDRESS", "IPv6 RANGE", "IPv4 RANGE"],
+        lambda n: [n["name"], n["node_id"], n["address"], n["ipv6_range"], n["ipv4_range"]],
+    )
+)
+def node_list():
+    """Every node the driver sees: name, id, underlay address, node ranges."""
+    return "/v1/nodes"

@@ -5,7 +5,7 @@ Plugin and API handlers run on several gunicorn threads. Each public method of C
 is one use case (of Docker's plugin protocol, the management API or the Docker events
 watcher) and takes the lock itself, so concurrent calls never interleave and no caller
 touches the lock or a component. This file is longer than ~300 lines because it is the one
-door into the control plane: thirty-nine use cases of a few lines each, and the start that
+door into the control plane: forty use cases of a few lines each, and the start that
 builds and reconciles the components.
 """
 
@@ -14,6 +14,7 @@ import functools
 import ipaddress
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from datapath.abi import (
     ENFORCEMENT_MODES,
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
+    FIRST_ENDPOINT_IDENTITY,
     PROTOCOL_NUMBERS,
     RESERVED_IDENTITIES,
 )
@@ -32,8 +34,9 @@ from driver.config import Config
 from driver.errors import DriverError, NotFound
 
 from .addressing import NodeAddressing, node_id_from_machine_id
+from .cluster.kvstore import KvstoreUnavailable
 from .endpoints import Endpoints, spec_of
-from .identities import LabelFilter
+from .identities import ENDPOINT_IDENTITY_LIMIT, Allocator, LabelFilter
 from .ipam import Ipam
 from .loadbalancer import Services
 from .monitor import Monitor, Subscription
@@ -102,6 +105,7 @@ class Snapshot:
     drops: dict[str, int]  # drop reason -> packets
     docker_events: bool  # the Docker events watcher is connected
     prefilter: dict  # Prefilter.record(): denied prefixes with drops, devices with XDP mode
+    cluster: dict | None = None  # cluster mode: this node's name, etcd, the nodes seen
 
 
 @dataclass(frozen=True)
@@ -143,15 +147,21 @@ class ControlPlane:
         self.store = Store(config.state_db)
         self.watcher: DockerWatcher | None = None
         self._closers: list[Callable[[], None]] = []
+        self.cluster = None
+        # endpoint id -> assign_container's arguments, while etcd cannot give an identity
+        self._waiting: dict[str, tuple] = {}
         ranges = [
             ipaddress.ip_network(config.service_range6),
             ipaddress.ip_network(config.service_range4),
         ]
         with self.lock:
             self.store.open()
-            self.node = NodeAddressing.build(
-                config.cluster_prefix6, self._node_id(), config.node_range4
-            )
+            if config.kvstore:
+                self._join_cluster()
+            else:
+                self.node = NodeAddressing.build(
+                    config.cluster_prefix6, self._node_id(), config.node_range4
+                )
             datapath.start()
             self.ipam = Ipam(self.store, self.node, datapath, ranges)
             self.networks = Networks(self.store, self.ipam, datapath, config.mtu)
@@ -165,6 +175,7 @@ class ControlPlane:
                 LabelFilter(config.label_prefixes),
                 config.policy_enforcement,
                 config.saved_policy,
+                self._cluster_allocator(),
             )
             self.services = Services(self.store, datapath, ranges)
             self._claim_ranges(ranges)
@@ -203,6 +214,8 @@ class ControlPlane:
             self.watcher = None
         self.monitor.close()
         self.ports.close()
+        if self.cluster is not None:
+            self.cluster.close()
         with self.lock:
             self.datapath.close()
             self.store.close()
@@ -287,11 +300,20 @@ class ControlPlane:
         """The watcher learnt an endpoint's container: give it the container's identity."""
         with self.lock:
             ep = self.store.get_endpoint(endpoint_id)
+            self._waiting.pop(endpoint_id, None)
             if ep is None or ep.network_id != network_id:
                 return
-            identity = self.regeneration.assign_container(
-                ep, network_name, container_id, name, labels
-            )
+            try:
+                identity = self.regeneration.assign_container(
+                    ep, network_name, container_id, name, labels
+                )
+            except KvstoreUnavailable as exc:
+                # The endpoint stays in init (it sends and receives nothing) until etcd
+                # answers: then the cluster calls _assign_waiting.
+                log.error("endpoint %d (%s) waits for its identity: %s", ep.numeric_id, name, exc)
+                self._waiting[endpoint_id] = (network_id, network_name, container_id, name, labels)
+                self.cluster.lost()
+                return
             self.services.sync()
         log.info("endpoint %d is container %s, identity %d", ep.numeric_id, name, identity)
 
@@ -355,13 +377,32 @@ class ControlPlane:
                 "prefilter": self.prefilter.record(),
             }
         connected = self.watcher is not None and self.watcher.connected.is_set()
-        return Snapshot(**held, drops=self.datapath.drop_counts(), docker_events=connected)
+        cluster = self.cluster.status() if self.cluster is not None else None
+        return Snapshot(
+            **held, drops=self.datapath.drop_counts(), docker_events=connected, cluster=cluster
+        )
 
     def traffic(self) -> Traffic:
         """Read without the lock: BPF maps are safe to read while the control plane writes
         them, and walking conntrack (up to its capacity in entries) must not hold up
         plugin calls."""
         return Traffic(self.datapath.trace_counts(), self.datapath.ct_totals())
+
+    # The cluster
+
+    def list_nodes(self) -> list[dict]:
+        """Every node of the cluster as this one sees it; on one host, this node alone."""
+        if self.cluster is not None:
+            return self.cluster.registry.nodes()
+        return [
+            {
+                "name": socket.gethostname(),
+                "node_id": self.node.node_id,
+                "address": None,
+                "ipv6_range": str(self.node.range6),
+                "ipv4_range": str(self.node.range4),
+            }
+        ]
 
     # Endpoints and identities
 
@@ -552,6 +593,52 @@ class ControlPlane:
             node_id = self.config.node_id or (int(stored) if stored else node_id_from_machine_id())
             self.store.set_meta("node_id", str(node_id))
         return node_id
+
+    def _join_cluster(self) -> None:
+        """Cluster mode: the node id (and so the ranges) the cluster gives this node name,
+        and this node's record in etcd."""
+        from .cluster import Cluster
+
+        self.cluster = Cluster(self.config)
+        try:
+            node_id = self.cluster.claim_node_id()
+            with self.store.transaction():
+                stored = self.store.get_meta("node_id")
+                if stored and int(stored) != node_id and self.store.networks():
+                    raise DriverError(
+                        f"the state in {self.config.state_dir} holds networks of node id "
+                        f"{stored}, but the cluster gives node {self.cluster.name} id "
+                        f"{node_id}: remove them first (make uninstall)"
+                    )
+                self.store.set_meta("node_id", str(node_id))
+            self.node = NodeAddressing.build(
+                self.config.cluster_prefix6, node_id, self.cluster.node_range4(node_id)
+            )
+            self.cluster.register(node_id, str(self.node.range6), str(self.node.range4))
+        except BaseException:
+            self.cluster.close()
+            raise
+        self.cluster.when_available(self._assign_waiting)
+
+    def _cluster_allocator(self) -> Allocator | None:
+        """Cluster mode: identities from etcd, this node's own ones held there again."""
+        if self.cluster is None:
+            return None
+        allocator = self.cluster.identity_allocator(
+            FIRST_ENDPOINT_IDENTITY, ENDPOINT_IDENTITY_LIMIT
+        )
+        for record in self.store.identities("endpoint"):
+            allocator.hold(record.identity, record.key)
+        return allocator
+
+    def _assign_waiting(self) -> None:
+        """etcd answers again: the endpoints that waited for an identity get one."""
+        with self.lock:
+            waiting = dict(self._waiting)
+        for endpoint_id, (network_id, network_name, container_id, name, labels) in sorted(
+            waiting.items()
+        ):
+            self.assign_container(endpoint_id, network_id, network_name, container_id, name, labels)
 
     def _claim_ranges(self, service_ranges: list) -> None:
         """Refuse node ranges that the host routes elsewhere; make every owned range unreachable

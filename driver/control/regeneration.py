@@ -16,7 +16,13 @@ from datapath.interface import DatapathApi
 from driver.errors import DriverError, InvalidArgument
 
 from .endpoints import spec_of
-from .identities import FIRST_CIDR_IDENTITY, Identities, LabelFilter, identity_labels
+from .identities import (
+    FIRST_CIDR_IDENTITY,
+    Allocator,
+    Identities,
+    LabelFilter,
+    identity_labels,
+)
 from .policy import (
     EndpointPolicy,
     Identity,
@@ -42,11 +48,12 @@ class Regeneration:
         label_filter: LabelFilter,
         default_mode: str,
         saved_policy: str = "load",
+        allocator: Allocator | None = None,
     ):
         self.store = store
         self.datapath = datapath
         self.label_filter = label_filter
-        self.identities = Identities(store)
+        self.identities = Identities(store, allocator)
         self.mode = store.get_meta("policy_mode") or default_mode
         self.revision = int(store.get_meta("policy_revision") or 0)
         self.policy = PolicyRepository(self._saved_rules(saved_policy))

@@ -86,6 +86,7 @@ def status():
                 "devices": snapshot.prefilter["devices"],
                 "prefixes": len(snapshot.prefilter["prefixes"]),
             },
+            "cluster": snapshot.cluster,
         }
     )
 
@@ -290,3 +291,8 @@ def _prefilter_lists(body: dict) -> tuple[list[str], list[str]]:
     if not cidrs and not devices:
         raise BadRequest("name at least one CIDR or device")
     return cidrs, devices
+
+
+@bp.get("/nodes")
+def nodes():
+    return jsonify(plane().list_nodes())

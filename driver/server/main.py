@@ -89,7 +89,11 @@ _OPTIONS = [
     _option("bpf_pin_dir", "bpffs directory for pinned maps"),
     _option("veth_prefix", "host-side veth name prefix"),
     _option("cluster_prefix6", "IPv6 /64 cluster prefix"),
-    _option("node_id", "32-bit node id (0: derived from /etc/machine-id)", type=int),
+    _option(
+        "node_id",
+        "32-bit node id (0: derived from /etc/machine-id, or allocated in etcd with --kvstore)",
+        type=int,
+    ),
     _option("node_range4", "IPv4 range of this node"),
     _option("service_range6", "IPv6 range service VIPs come from"),
     _option("service_range4", "IPv4 range service VIPs come from"),
@@ -130,6 +134,21 @@ _OPTIONS = [
         default=(),
         help="host device to attach the XDP prefilter to (repeat for more; the variable takes "
         "names separated by spaces)",
+    ),
+    # Cluster mode: several hosts sharing state in etcd (docs/architecture.md).
+    _option("kvstore", "etcd: cluster mode, state shared in etcd; empty: one host"),
+    _option("kvstore_endpoints", "etcd client URLs, comma-separated, e.g. http://HOST:2379"),
+    _option("kvstore_lease_ttl", "seconds a node stays in the cluster without keepalive", type=int),
+    _option("node_name", "this node's name in the cluster (empty: the host name)"),
+    _option(
+        "node_address",
+        "underlay address of this node (empty: the one that reaches the first etcd endpoint)",
+    ),
+    _option(
+        "node_mask4",
+        "cluster mode: --node-range4 is the cluster's range, node N takes its N-th block of "
+        "this length",
+        type=int,
     ),
 ]
 

@@ -75,6 +75,8 @@ class PlaneCollector:
             "1 while the Docker events watcher is connected (endpoints get identities)",
             value=int(snapshot.docker_events),
         )
+        if snapshot.cluster is not None:
+            yield from _cluster_gauges(snapshot.cluster)
         yield _gauge(
             "bpf_map_entries",
             "Entries in each BPF map",
@@ -138,6 +140,16 @@ def _modes(devices: list[dict]) -> dict[tuple[str], int]:
         if device["mode"]:
             counts[(device["mode"],)] = counts.get((device["mode"],), 0) + 1
     return counts
+
+
+def _cluster_gauges(cluster: dict):
+    """Cluster mode only (--kvstore)."""
+    yield _gauge(
+        "kvstore_connected",
+        "1 while etcd answers (new identities need it)",
+        value=int(cluster["connected"]),
+    )
+    yield _gauge("cluster_nodes", "Nodes of the cluster this one sees", value=len(cluster["nodes"]))
 
 
 def _gauge(name, documentation, labels=None, values=None, value=None):

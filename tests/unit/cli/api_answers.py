@@ -56,6 +56,7 @@ STATUS = {
         ],
         "prefixes": 2,
     },
+    "cluster": None,
 }
 
 PREFILTER = {
@@ -65,6 +66,23 @@ PREFILTER = {
     ],
     "devices": STATUS["prefilter"]["devices"],
 }
+
+NODES = [
+    {
+        "name": "node1",
+        "node_id": 1,
+        "address": "192.0.2.11",
+        "ipv6_range": "fdce:1c00:0:1::/112",
+        "ipv4_range": "10.213.1.0/24",
+    },
+    {
+        "name": "node2",
+        "node_id": 2,
+        "address": "192.0.2.12",
+        "ipv6_range": "fdce:1c00:0:2::/112",
+        "ipv4_range": "10.213.2.0/24",
+    },
+]
 
 SERVICES = [
     {
@@ -93,6 +111,7 @@ ANSWERS = {
         **PREFILTER,
         "prefixes": PREFILTER["prefixes"][:1],
     },
+    ("GET", "/v1/nodes"): NODES,
     ("GET", "/v1/endpoints"): [
         ENDPOINT,
         {

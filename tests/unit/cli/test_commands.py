@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from driver.cli import main as cli
 from driver.cli.client import ApiError
 
-from .api_answers import ANSWERS, EVENTS, STATUS
+from .api_answers import ANSWERS, EVENTS, NODES, STATUS
 
 
 class FakeApi:
@@ -52,6 +52,7 @@ def cilium(*args, stdin=None):
 
 READS = {
     ("status",): ("GET", "/v1/status"),
+    ("node", "list"): ("GET", "/v1/nodes"),
     ("endpoint", "list"): ("GET", "/v1/endpoints"),
     ("endpoint", "get", "web-1"): ("GET", "/v1/endpoints/web-1"),
     ("identity", "list"): ("GET", "/v1/identities"),
@@ -85,6 +86,7 @@ Drops:         POLICY_DENIED 4, CT_FULL 1
 BPF maps:      2 ok, fullest conntrack 26214/262144 (10%)
 Metrics:       /metrics on the API socket and http://127.0.0.1:9962/metrics
 Prefilter:     2 prefixes on eth0 (native), eth9 (NOT attached)
+Cluster:       off (one host)
 """,
     ("prefilter", "list"): """\
 PREFIX           DROPPED
@@ -94,6 +96,11 @@ PREFIX           DROPPED
 DEVICE  XDP MODE
 eth0    native
 eth9    not attached: no device eth9 on this host
+""",
+    ("node", "list"): """\
+NAME   ID  ADDRESS     IPv6 RANGE           IPv4 RANGE
+node1  1   192.0.2.11  fdce:1c00:0:1::/112  10.213.1.0/24
+node2  2   192.0.2.12  fdce:1c00:0:2::/112  10.213.2.0/24
 """,
     ("endpoint", "list"): """\
 ENDPOINT  CONTAINER  IDENTITY  LABELS               IPv6                  IPv4        POLICY IN/OUT  STATE
@@ -240,6 +247,7 @@ def test_every_command_that_shows_an_answer_has_the_same_output_option():
         "identity list",
         "monitor",
         "network list",
+        "node list",
         "policy trace",
         "policy validate",
         "prefilter delete",
@@ -339,6 +347,20 @@ def test_status_names_every_nearly_full_map(api):
         "policy 240000/262144 (92%)\n"
     ) in result.stdout
     assert "Drops:         POLICY_DENIED 4, CT_FULL 1\n" in result.stdout
+
+
+def test_status_shows_the_cluster_and_its_nodes(api):
+    cluster = {
+        "name": "node1",
+        "kvstore": "http://192.0.2.1:2379",
+        "connected": False,
+        "nodes": NODES,
+    }
+    api.answers[("GET", "/v1/status")] = {**STATUS, "cluster": cluster}
+    result = cilium("status")
+    assert (
+        "Cluster:       node node1, etcd http://192.0.2.1:2379 NOT connected; nodes: node1, node2\n"
+    ) in result.stdout
 
 
 def test_an_unreachable_driver_is_one_line_and_exit_1(api):

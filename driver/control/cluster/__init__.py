@@ -1,0 +1,86 @@
+"""Cluster mode: this node's place in a cluster whose shared state lives in etcd
+(docs/architecture.md, "Several hosts"). Imported only when --kvstore is set."""
+
+import ipaddress
+import logging
+import socket
+from urllib.parse import urlsplit
+
+from driver.config import Config
+
+from .identities import ClusterAllocator
+from .kvstore import KvStore, KvstoreUnavailable
+from .nodes import NodeRecord, NodeRegistry, claim_node_id
+from .session import Session
+
+__all__ = ["Cluster", "KvstoreUnavailable"]
+
+log = logging.getLogger(__name__)
+
+
+class Cluster:
+    """Joined in steps, as the control plane starts: connect (the lease), claim_node_id,
+    register (with the node's ranges), then the identity allocator."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.name = config.node_name or socket.gethostname()
+        self.kv = KvStore(config.endpoint_urls)
+        self.session = Session(self.kv, config.kvstore_lease_ttl)
+        self.registry: NodeRegistry | None = None
+        self.allocator: ClusterAllocator | None = None
+
+    def claim_node_id(self) -> int:
+        """The node id: the one this node name always had in the cluster."""
+        range4 = ipaddress.ip_network(self.config.node_range4)
+        blocks = 1 << (self.config.node_mask4 - range4.prefixlen)
+        return claim_node_id(self.kv, self.name, self.config.node_id, min(blocks, 1 << 32))
+
+    def node_range4(self, node_id: int) -> str:
+        """Block node_id of the cluster's IPv4 range."""
+        cluster = ipaddress.ip_network(self.config.node_range4)
+        size = 1 << (32 - self.config.node_mask4)
+        first = cluster.network_address + node_id * size
+        return str(ipaddress.ip_network((first, self.config.node_mask4)))
+
+    def register(self, node_id: int, ipv6_range: str, ipv4_range: str) -> None:
+        address = self.config.node_address or _address_towards(self.config.endpoint_urls[0])
+        record = NodeRecord(self.name, node_id, address, ipv6_range, ipv4_range)
+        self.registry = NodeRegistry(self.kv, self.session, record)
+        self.session.start()
+
+    def identity_allocator(self, first: int, limit: int) -> ClusterAllocator:
+        self.allocator = ClusterAllocator(self.kv, self.session, self.name, first, limit)
+        return self.allocator
+
+    def when_available(self, callback) -> None:
+        self.session.when_available(callback)
+
+    def lost(self) -> None:
+        """A request found etcd away: the keepalive calls when_available's callbacks when
+        it answers again."""
+        self.session.available.clear()
+
+    def status(self) -> dict:
+        return {
+            "name": self.name,
+            "kvstore": ",".join(self.config.endpoint_urls),
+            "connected": self.session.available.is_set(),
+            "nodes": self.registry.nodes() if self.registry else [],
+        }
+
+    def close(self) -> None:
+        for part in (self.allocator, self.registry):
+            if part is not None:
+                part.close()
+        self.session.close()
+        self.kv.close()
+
+
+def _address_towards(url: str) -> str:
+    """The local address the host's routes pick for reaching url (no packet is sent)."""
+    parts = urlsplit(url)
+    family = socket.AF_INET6 if ":" in (parts.hostname or "") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((parts.hostname, parts.port or 2379))
+        return probe.getsockname()[0]

@@ -1,0 +1,278 @@
+"""A thin wrapper over etcd3gw (etcd's v3 JSON gateway): ranges with their revision,
+transactions, leases and prefix watches that resume after etcd comes back.
+
+Every request has a timeout; a failure to reach etcd is a KvstoreUnavailable that names the
+endpoints and what cannot happen without them. etcd3gw is imported only here and only when
+the kvstore is configured, so the single-host driver never loads it.
+"""
+
+import base64
+import contextlib
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+
+from driver.errors import DriverError
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 5.0
+# Between attempts to reopen a watch, and the longest wait.
+WATCH_RETRY = (0.2, 0.5, 1.0, 2.0)
+
+
+class KvstoreUnavailable(DriverError):
+    """etcd does not answer: the message says which endpoints and what had to wait."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    value: str
+    create_revision: int
+    mod_revision: int
+    lease: int
+
+
+def encode(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def decode(text: str | None) -> str:
+    return base64.b64decode(text or "").decode()
+
+
+def prefix_end(prefix: str) -> str:
+    """The first key after every key that starts with prefix (etcd's range_end)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _entry(kv: dict) -> Entry:
+    return Entry(
+        key=decode(kv["key"]),
+        value=decode(kv.get("value")),
+        create_revision=int(kv.get("create_revision", 0)),
+        mod_revision=int(kv.get("mod_revision", 0)),
+        lease=int(kv.get("lease", 0)),
+    )
+
+
+# Transaction parts, in the gateway's JSON form.
+
+
+def absent(key: str) -> dict:
+    return {"key": encode(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+
+
+def none_under(prefix: str) -> dict:
+    """No key starts with prefix."""
+    return {**absent(prefix), "range_end": encode(prefix_end(prefix))}
+
+
+def unchanged(entry: Entry) -> dict:
+    return {
+        "key": encode(entry.key),
+        "target": "MOD",
+        "result": "EQUAL",
+        "mod_revision": entry.mod_revision,
+    }
+
+
+def put(key: str, value: str, lease: int = 0) -> dict:
+    request = {"key": encode(key), "value": encode(value)}
+    if lease:
+        request["lease"] = lease
+    return {"request_put": request}
+
+
+def delete(key: str) -> dict:
+    return {"request_delete_range": {"key": encode(key)}}
+
+
+class KvStore:
+    """etcd at one of `urls`; each method says in `purpose` what it is for, which the error
+    names when etcd cannot be reached."""
+
+    def __init__(self, urls: list[str], timeout: float = REQUEST_TIMEOUT):
+        from etcd3gw.client import Etcd3Client
+        from etcd3gw.exceptions import Etcd3Exception
+
+        self.urls = urls
+        self.timeout = timeout
+        self._errors = Etcd3Exception
+        self._clients = []
+        for url in urls:
+            parts = urlsplit(url)
+            self._clients.append(
+                Etcd3Client(
+                    host=parts.hostname,
+                    port=parts.port or 2379,
+                    protocol=parts.scheme,
+                    timeout=timeout,
+                    api_path="/v3/",  # etcd 3.4's gateway; the client's default is older
+                )
+            )
+        self._current = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.session.close()
+
+    def _post(self, path: str, body: dict, purpose: str) -> dict:
+        """One request, to the endpoint that answered last, else to the next ones."""
+        failures = []
+        for step in range(len(self._clients)):
+            index = (self._current + step) % len(self._clients)
+            client = self._clients[index]
+            try:
+                with self._lock:
+                    answer = client.post(client.get_url(path), json=body, timeout=self.timeout)
+            except self._errors as exc:
+                failures.append(f"{self.urls[index]}: {_short(exc)}")
+                continue
+            self._current = index
+            return answer
+        raise KvstoreUnavailable(
+            f"etcd is unreachable ({'; '.join(failures)}): cannot {purpose} until it answers"
+        )
+
+    def get(self, key: str, purpose: str) -> Entry | None:
+        kvs = self._post("/kv/range", {"key": encode(key)}, purpose).get("kvs", [])
+        return _entry(kvs[0]) if kvs else None
+
+    def list(self, prefix: str, purpose: str) -> tuple[list[Entry], int]:
+        """Every entry under prefix, in key order, and the store's revision they are of."""
+        body = {"key": encode(prefix), "range_end": encode(prefix_end(prefix))}
+        answer = self._post("/kv/range", body, purpose)
+        revision = int(answer["header"]["revision"])
+        return [_entry(kv) for kv in answer.get("kvs", [])], revision
+
+    def txn(self, compare: list, success: list, purpose: str) -> bool:
+        """Whether every comparison held, so the success requests were carried out."""
+        body = {"compare": compare, "success": success, "failure": []}
+        return bool(self._post("/kv/txn", body, purpose).get("succeeded"))
+
+    def put(self, key: str, value: str, purpose: str, lease: int = 0) -> None:
+        self._post("/kv/put", put(key, value, lease)["request_put"], purpose)
+
+    def delete(self, key: str, purpose: str) -> None:
+        self._post("/kv/deleterange", {"key": encode(key)}, purpose)
+
+    def grant(self, ttl: int, purpose: str) -> int:
+        return int(self._post("/lease/grant", {"TTL": ttl, "ID": 0}, purpose)["ID"])
+
+    def keepalive(self, lease: int) -> int:
+        """The lease's new TTL; 0 or less when it has expired."""
+        answer = self._post("/lease/keepalive", {"ID": lease}, "keep this node's lease alive")
+        return int(answer.get("result", {}).get("TTL", -1))
+
+    def watch(self, prefix: str, on_reset: Callable, on_event: Callable) -> "Watch":
+        watch = Watch(self, prefix, on_reset, on_event)
+        watch.start()
+        return watch
+
+    def stream(self, prefix: str, revision: int):
+        """The open HTTP stream of a watch of prefix from revision (etcd3gw's session)."""
+        client = self._clients[self._current]
+        body = {
+            "create_request": {
+                "key": encode(prefix),
+                "range_end": encode(prefix_end(prefix)),
+                "start_revision": revision,
+                "prev_kv": True,
+            }
+        }
+        return client.session.post(
+            client.get_url("/watch"), json=body, stream=True, timeout=(self.timeout, None)
+        )
+
+
+def _interrupt(response) -> None:
+    """Wake the thread blocked reading a stream: closing the response alone does not."""
+    connection = getattr(response.raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    response.close()
+
+
+def _short(exc: Exception) -> str:
+    text = (getattr(exc, "detail_text", None) or str(exc)).strip().splitlines()
+    return text[-1][:200] if text else type(exc).__name__
+
+
+class Watch:
+    """Follows every key under a prefix: on_reset(entries) with the whole listing, then
+    on_event(kind, entry, previous) for each change ("PUT" or "DELETE"). When the stream
+    breaks (etcd went away) it lists again and calls on_reset once etcd answers, so the
+    follower never misses a change, even one compacted away."""
+
+    def __init__(self, kv: KvStore, prefix: str, on_reset: Callable, on_event: Callable):
+        self.kv = kv
+        self.prefix = prefix
+        self.on_reset = on_reset
+        self.on_event = on_event
+        self._stop = threading.Event()
+        self._response = None
+        self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            _interrupt(response)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                entries, revision = self.kv.list(self.prefix, f"follow {self.prefix}")
+                self.on_reset(entries)
+                self._response = self.kv.stream(self.prefix, revision + 1)
+                # stop() sets the flag before it looks for a stream to cut: one of the two
+                # sees the other.
+                if self._stop.is_set():
+                    break
+                attempt = 0
+                self._follow(self._response)
+            except Exception as exc:
+                # Whatever broke the stream (etcd away, the stream cut by stop()), the
+                # watch lives on until stopped: nobody else would notice it died.
+                if self._stop.is_set():
+                    break
+                expected = (KvstoreUnavailable, requests.RequestException, ValueError)
+                if not isinstance(exc, expected):
+                    log.exception("watch of %s failed; retrying", self.prefix)
+                else:
+                    log.warning("watch of %s: %s; retrying", self.prefix, _short(exc))
+            finally:
+                if self._response is not None:
+                    self._response.close()
+                    self._response = None
+            self._stop.wait(WATCH_RETRY[min(attempt, len(WATCH_RETRY) - 1)])
+            attempt += 1
+
+    def _follow(self, response) -> None:
+        for line in response.iter_lines():
+            if not line.strip():
+                continue
+            result = json.loads(line).get("result", {})
+            if result.get("canceled"):
+                raise ValueError(f"etcd cancelled the watch: {result.get('cancel_reason')}")
+            for event in result.get("events", []):
+                previous = _entry(event["prev_kv"]) if "prev_kv" in event else None
+                self.on_event(event.get("type", "PUT"), _entry(event["kv"]), previous)

@@ -1,0 +1,60 @@
+"""Nodes in etcd: ids claimed for good, records under leases, every node's view from a
+watch."""
+
+import ipaddress
+
+from driver.control.cluster.nodes import NODE_IDS, NODES
+
+from .conftest import LEASE_TTL, wait_for
+
+
+def _names(node) -> list[str]:
+    return [n["name"] for n in node.api("nodes")]
+
+
+def test_every_node_sees_the_others_and_their_ranges_do_not_overlap(nodes, etcd):
+    started = [nodes.start(name) for name in ("a", "b", "c")]
+    for node in started:
+        wait_for(lambda node=node: _names(node) == ["a", "b", "c"], 5, "every node seen")
+    records = started[0].api("nodes")
+    assert sorted(r["node_id"] for r in records) == [1, 2, 3]
+    for version in ("ipv6_range", "ipv4_range"):
+        ranges = [ipaddress.ip_network(r[version]) for r in records]
+        assert not any(x.overlaps(y) for i, x in enumerate(ranges) for y in ranges[i + 1 :])
+    mine = {r["name"]: r for r in records}["b"]
+    status = started[1].api("status")
+    assert status["node"]["id"] == mine["node_id"]
+    assert status["node"]["ipv4_range"] == mine["ipv4_range"] == "10.213.32.0/20"
+    assert status["cluster"]["name"] == "b" and status["cluster"]["connected"]
+    assert [n["name"] for n in status["cluster"]["nodes"]] == ["a", "b", "c"]
+    assert all(r["address"] == "127.0.0.1" for r in records)
+    scraped = started[0].client.get("/metrics").get_data(as_text=True)
+    assert "pycilium_cluster_nodes 3.0" in scraped
+    assert "pycilium_kvstore_connected 1.0" in scraped
+    assert etcd.keys(NODE_IDS) == {
+        f"{NODE_IDS}{n}": name for n, name in ((1, "a"), (2, "b"), (3, "c"))
+    }
+
+
+def test_a_node_whose_lease_expires_leaves_every_view(nodes, etcd):
+    a, b = nodes.start("a"), nodes.start("b")
+    nodes.start("c").endpoint(1, {"app": "only-on-c"})
+    wait_for(lambda: _names(a) == _names(b) == ["a", "b", "c"], 5, "c seen")
+    # Stopped without a word to etcd, as a killed driver: its lease runs out.
+    nodes.stop("c")
+    assert _names(a) == ["a", "b", "c"], "c stays while its lease lives"
+    wait_for(lambda: _names(a) == _names(b) == ["a", "b"], LEASE_TTL + 5, "c gone")
+    assert list(etcd.keys(NODES)) == [NODES + "a", NODES + "b"]
+    # What only c used went with its lease: the others collected its identity.
+    wait_for(lambda: etcd.keys("pycilium/v1/identities/") == {}, 5, "c's identity freed")
+
+
+def test_node_ids_never_collide_and_a_restarted_node_keeps_its_id(nodes, etcd, tmp_path):
+    first = {name: nodes.start(name).plane.node.node_id for name in ("a", "b", "c")}
+    assert len(set(first.values())) == 3
+    nodes.stop("b")
+    assert nodes.start("b").plane.node.node_id == first["b"], "restarted with its state"
+    nodes.stop("b")
+    fresh = nodes.start("b", state_dir=str(tmp_path / "b-new"))
+    assert fresh.plane.node.node_id == first["b"], "its name, not its state, holds the id"
+    assert nodes.start("d").plane.node.node_id not in first.values()
