@@ -129,9 +129,15 @@ class DockerWatcher:
         if not endpoint_id:
             return
         name, labels = self._labels.get(container_id) or self._inspect_labels(client, container_id)
-        self.listener.assign_container(
-            endpoint_id, network["Id"], network["Name"], container_id, name, labels
-        )
+        try:
+            self.listener.assign_container(
+                endpoint_id, network["Id"], network["Name"], container_id, name, labels
+            )
+        except Exception:
+            # One endpoint's failure (a full map, a refused write) must not end the watcher:
+            # every later container's identity depends on it. This endpoint stays waiting
+            # for its identity; the next resync (after a reconnect) tries it again.
+            log.exception("container %s (endpoint %s): no identity assigned", name, endpoint_id)
 
     def _inspect_labels(self, client, container_id: str) -> tuple[str, dict]:
         try:

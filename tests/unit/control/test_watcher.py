@@ -1,5 +1,6 @@
 """The Docker events watcher reports what it learns through its Listener alone."""
 
+from datapath import DatapathError
 from driver.control.watcher import DockerWatcher, Listener
 
 from ..docker_calls import EP, NET
@@ -40,3 +41,37 @@ def test_resync_reports_containers_then_what_docker_has():
         ("assign", (EP, NET, "app", CONTAINER, "web", {"app": "web"})),
         ("forget", ({NET, "b" * 64}, {"10.1.0.1", "10.1.0.2"}, {"10.1.0.0/24"})),
     ]
+
+
+class TwoContainers(FakeDocker):
+    def inspect_network(self, network_id):
+        network = super().inspect_network(network_id)
+        network["Containers"] = {
+            "d" * 64: {"EndpointID": "e" * 64, "IPv4Address": "10.1.0.3/24"},
+            **network["Containers"],
+        }
+        return network
+
+    def inspect_container(self, container_id):
+        if container_id == "d" * 64:
+            return {"Name": "/broken", "Config": {"Labels": {}}}
+        return super().inspect_container(container_id)
+
+
+def test_one_endpoint_that_cannot_be_assigned_does_not_stop_the_others():
+    """An error assigning one container's identity (say a full policy map) used to end
+    the resync, and with it the watcher thread: no later container got an identity."""
+    heard = []
+
+    def assign(endpoint_id, *args):
+        if endpoint_id == "e" * 64:
+            raise DatapathError("policy map is full")
+        heard.append(("assign", endpoint_id))
+
+    listener = Listener(
+        network_ids=lambda: {NET},
+        assign_container=assign,
+        forget_what_docker_lost=lambda *args: heard.append(("forget", args[0])),
+    )
+    DockerWatcher(listener, "unix:///nowhere.sock", "cilium").resync(TwoContainers())
+    assert heard == [("assign", EP), ("forget", {NET, "b" * 64})]
