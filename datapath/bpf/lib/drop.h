@@ -32,6 +32,7 @@ enum drop_reason {
 	/* NAT64 (lib/nat64.h); numbered apart from the reasons above, which grow one by one. */
 	DROP_NAT64_UNSUPPORTED = -40,	/* Not translatable between IPv6 and IPv4 (extension headers, IPv4 options, ICMP type, UDP without checksum) */
 	DROP_IPV6_ONLY = -41,		/* IPv4 from an endpoint of an IPv6-only network */
+	DROP_NAT46_NO_SERVICE = -42,	/* IPv4 to an IPv6-only endpoint's veth, for neither its NAT64 side nor a service */
 };
 
 /* Size of the drop_counts array; every reason's -value must stay below it. */

@@ -1,0 +1,110 @@
+/* NAT46: an IPv4 client beyond the endpoints (the host, or the world through it) reaches
+ * IPv6-only endpoints through an IPv4 service frontend whose backend slots hold the
+ * backends' NAT64 sides (their IPv4 addresses, lib/nat64.h).
+ *
+ * The host routes the VIP to the NAT64 side of one backend (datapath.py), so the packet
+ * meets that backend's to-container hook. There the flow's backend is picked as lb_select
+ * picks for a container client, under endpoint id 0 (no endpoint has it), so whichever
+ * backend's hook sees a packet of the flow makes the same pick. A packet for another
+ * backend goes on, unchanged, to that backend's veth; one for this backend has its
+ * destination rewritten to the NAT64 side, and nat64_to6 makes it IPv6 from
+ * NAT64_PREFIX::client: ingress policy sees the client's IPv4 identity. The conntrack entry
+ * keeps the service, so the reply leaves from the frontend (nat46_rev_nat).
+ *
+ * A container client needs none of this: its from-container hook translates the VIP to
+ * the NAT64 side like any IPv4 backend, and its own to-container hook reverses it.
+ */
+#ifndef PYCILIUM_NAT46_H
+#define PYCILIUM_NAT46_H
+
+#include "eth.h"
+#include "lb.h"
+#include "nat64.h"
+
+#define NAT46_PICKER 0	/* endpoint id of the lb_flows entries of NAT46 picks */
+
+/* The local IPv6-only endpoint whose NAT64 side is addr, and its veth; NULL if none. */
+static __always_inline struct endpoint_info *nat46_backend(__be32 addr, __u32 *ifindex)
+{
+	struct endpoint_key key = { .family = ENDPOINT_KEY_IPV4 };
+	struct endpoint_addr *owner;
+	struct endpoint_info *ep;
+
+	key.ip.p[0] = addr;
+	owner = endpoint_addr_lookup(&key);
+	if (!owner)
+		return NULL;
+	ep = endpoint_lookup(owner->ifindex);
+	if (!ep || !(ep->flags & EP_F_NAT64) || ep->ipv4 != addr)
+		return NULL;
+	*ifindex = owner->ifindex;
+	return ep;
+}
+
+/* An IPv4 packet on the veth of IPv6-only endpoint ep: for its NAT64 side, CTX_CONTINUE; to
+ * a frontend, sent on to the flow's backend (a TC verdict) or, when that is ep, rewritten to
+ * ep's NAT64 side with ctx->rev_nat_index the service (CTX_CONTINUE). Else a drop reason.
+ */
+static __always_inline int nat46_service(struct __sk_buff *skb, const struct endpoint_info *ep,
+					 struct pkt_ctx *ctx)
+{
+	struct lb_flow chosen = {};
+	struct lb_service *svc;
+	struct endpoint_info *backend;
+	struct iphdr ip4;
+	__u32 ifindex = 0;
+	int ret;
+
+	if (bpf_skb_load_bytes(skb, IPV4_HDR_OFF, &ip4, sizeof(ip4)) < 0 || ip4.ihl < 5)
+		return DROP_INVALID_PACKET;
+	if (ip4.daddr == ep->ipv4)
+		return CTX_CONTINUE;
+	ret = flow_parse4(skb, &ip4, &ctx->flow);
+	if (ret < 0)
+		return ret;
+	svc = lb_balances(&ctx->flow) ? lb_service_find(&ctx->flow) : NULL;
+	if (!svc)
+		return DROP_NAT46_NO_SERVICE;
+	ret = lb_select(&ctx->flow, NAT46_PICKER, svc, &chosen);
+	if (ret < 0)
+		return ret;
+	backend = nat46_backend(chosen.backend.p[0], &ifindex);
+	if (!backend)
+		return DROP_NO_SERVICE_BACKEND;
+	if (ifindex != skb->ifindex) {
+		ret = eth_store_macs(skb, backend->mac, backend->node_mac);
+		if (ret < 0)
+			return ret;
+		return trace_exit(ctx, TRACE_TO_LXC, bpf_redirect(ifindex, 0));
+	}
+	ret = nat_rewrite(skb, &ctx->flow, NAT_DST, &chosen.backend, chosen.backend_port);
+	if (ret < 0)
+		return ret;
+	ctx->rev_nat_index = svc->id;
+	ctx->nat46 = 1;
+	return CTX_CONTINUE;
+}
+
+/* The reply of a NAT46 flow, translated to IPv4 from ep's NAT64 side: from the frontend
+ * instead. ctx->flow is the reply as IPv6. Returns 0 or a drop reason.
+ */
+static __always_inline int nat46_rev_nat(struct __sk_buff *skb, const struct endpoint_info *ep,
+					 const struct pkt_ctx *ctx)
+{
+	struct flow reply4 = {
+		.family = ENDPOINT_KEY_IPV4,
+		.sport = ctx->flow.sport,
+		.protocol = ctx->flow.protocol == IPPROTO_ICMPV6 ? IPPROTO_ICMP : ctx->flow.protocol,
+		.l4_off = ICMP4_L4_OFF,
+	};
+	struct lb_addr *frontend = lb_revnat_lookup(ctx->rev_nat_index);
+	struct lb_addr front;
+
+	if (!frontend)
+		return DROP_NO_REV_NAT;
+	front = *frontend;
+	reply4.saddr.p[0] = ep->ipv4;
+	return nat_rewrite(skb, &reply4, NAT_SRC, &front.addr, front.port);
+}
+
+#endif
