@@ -158,6 +158,20 @@ def test_the_host_reaches_the_vip(services, backends, proto, port):
         assert ipaddress.ip_address(source) == vip
 
 
+def test_a_container_client_reaches_the_vip_without_the_host_route(
+    services, make_container, backends
+):
+    """Its from-container hook translates the VIP to a NAT64 side like any IPv4 backend;
+    the backend sees it as the IPv6 form of its own address."""
+    vip = services.vip()
+    _serve_both(services, vip, backends)
+    caller = make_container()
+    answers = traffic.ask(caller.netns, vip, 80, "tcp", count=8)
+    assert None not in answers, answers
+    assert {ipaddress.ip_address(seen) for _, seen, _ in answers} == {nat64(caller.spec.ipv4)}
+    assert {ipaddress.ip_address(source) for _, _, source in answers} == {vip}
+
+
 def test_the_vip_is_routed_to_a_backend_while_every_backend_is_a_nat64_side(
     services, make_container, backends
 ):
