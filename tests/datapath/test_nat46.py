@@ -158,6 +158,13 @@ def test_the_host_reaches_the_vip(services, backends, proto, port):
         assert ipaddress.ip_address(source) == vip
 
 
+def test_ping_to_an_l3_only_frontend(services, client, backends):
+    vip = services.vip()
+    services.set(Frontend(vip, 0, 0), _sides(backends, 0))
+    done = run("ip", "netns", "exec", client, "ping", "-c", "3", "-W", "2", str(vip), check=False)
+    assert done.returncode == 0 and f"from {vip}" in done.stdout, done.stdout
+
+
 def test_a_container_client_reaches_the_vip_without_the_host_route(
     services, make_container, backends
 ):
