@@ -22,7 +22,7 @@ from . import packets as pk
 from . import traffic
 from .conftest import run
 from .test_hostile import outcome
-from .test_nat64 import nat64
+from .test_nat64 import BULK, BULK_BYTES, BULK_PORT, TX_CSUM_OFF, _capture, _checked, nat64
 
 TAG = f"{os.getpid() & 0xFFFF:04x}"
 CLIENT_NS = f"dpn-{TAG}-client"
@@ -156,6 +156,57 @@ def test_the_host_reaches_the_vip(services, backends, proto, port):
     for _, seen, source in answers:
         assert ipaddress.ip_address(seen) in ipaddress.ip_network("64:ff9b::/96")
         assert ipaddress.ip_address(source) == vip
+
+
+# test_nat64's bulk server, listening on IPv6 as an IPv6-only container does.
+BULK6 = BULK.replace("socket.AF_INET, socket.SOCK_STREAM", "socket.AF_INET6, socket.SOCK_STREAM")
+BULK6 = BULK6.replace('s.bind(("0.0.0.0",', 's.bind(("::",')
+
+
+def test_a_large_transfer_through_another_backends_veth_is_intact(
+    datapath, services, client, make_container
+):
+    """The host routes the VIP to one backend's veth, the flow's backend is the other one:
+    16 MiB both ways, hashed end to end, every TCP checksum checked where it arrives."""
+    assert BULK6.count("AF_INET6") == 1 and '"::"' in BULK6
+    first, second = (_named_v6only(make_container) for _ in range(2))
+    vip = services.vip()
+    services.set(Frontend(vip, 80, TCP), [Backend(second.spec.ipv4, BULK_PORT)])
+    netlink.replace_gateway_route(f"{vip}/32", str(first.spec.ipv4), first.ifindex)
+    for netns in (client, second.netns):
+        run("ip", "netns", "exec", netns, sys.executable, "-c", TX_CSUM_OFF, "eth0")
+    server = subprocess.Popen(
+        traffic.netns_cmd(
+            second.netns, sys.executable, "-c", BULK6, "server", str(BULK_BYTES), str(BULK_PORT)
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        redirected = datapath.trace_counts()["TRACE_TO_LXC"]
+        into_backend = _capture(second.netns, "eth0", 6)
+        into_client = _capture(client, "eth0", 4)
+        done = run(
+            "ip",
+            "netns",
+            "exec",
+            client,
+            sys.executable,
+            "-c",
+            BULK,
+            "client",
+            str(BULK_BYTES),
+            str(vip),
+            "80",
+        )
+        assert done.stdout.split() == ["upload", "ok", "download", "ok"], done.stdout
+        assert datapath.trace_counts()["TRACE_TO_LXC"] - redirected >= 100
+        for proc in (into_backend, into_client):
+            checked, bad = _checked(proc)
+            assert checked >= 100 and bad == 0, (checked, bad)
+    finally:
+        traffic.stop(server)
 
 
 def test_ping_to_an_l3_only_frontend(services, client, backends):
