@@ -8,7 +8,7 @@ import pytest
 from datapath import Backend, Frontend
 from driver.server.app import create_app
 
-from ..docker_calls import EP, NET, create_endpoint, make_ipam_network
+from ..docker_calls import EP, NET, create_endpoint, join, make_ipam_network
 
 
 def frontends(datapath):
@@ -188,3 +188,16 @@ def test_ipv6_backends_that_are_no_ipv6_only_endpoint_are_refused(api, datapath,
         status, result = api("PUT", "services", body)
         assert status == 500 and "NAT46 takes only IPv6 backends" in result["Err"], result
     assert datapath.lb == {}
+
+
+def test_a_selector_of_an_ipv4_frontend_picks_ipv6_only_endpoints_as_nat64_sides(
+    api, app, datapath, post
+):
+    (a,) = _ipv6_only_endpoints(post, datapath, 1)
+    endpoint_id = "1" * 64
+    join(post, endpoint_id=endpoint_id)
+    plane = app.extensions["pycilium"]
+    plane.assign_container(endpoint_id, NET, "v6only", "c" * 64, "v6web", {"app": "v6web"})
+    body = {"frontend": "10.96.0.21:80", "selector": {"app": "v6web"}}
+    assert api("PUT", "services", body)[0] == 200
+    assert frontends(datapath)["10.96.0.21:80/tcp"] == (1, [f"{a.ipv4}:80"])
