@@ -209,6 +209,14 @@ def test_a_large_transfer_through_another_backends_veth_is_intact(
         traffic.stop(server)
 
 
+def test_port_unreachable_of_a_backend_reaches_the_clients_socket(services, client, backends):
+    """The backend's ICMPv6 error comes back from the VIP, quoting the flow to the VIP."""
+    vip = services.vip()
+    services.set(Frontend(vip, 53, UDP), _sides(backends, UDP_PORT + 1))
+    probe = ["ip", "netns", "exec", client, sys.executable, "-c", traffic.UDP_PROBE]
+    assert run(*probe, str(vip), "53").stdout.strip() == "refused"
+
+
 def test_ping_to_an_l3_only_frontend(services, client, backends):
     vip = services.vip()
     services.set(Frontend(vip, 0, 0), _sides(backends, 0))

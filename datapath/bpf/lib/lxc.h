@@ -105,14 +105,17 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 		if (ret < 0)
 			return ret;
 		/* Only the reply of a NAT46 flow has a service here: it leaves from the
-		 * frontend, to a client that needs no masquerade. */
-		if (ctx->rev_nat_index) {
+		 * frontend, to a client that needs no masquerade; so do the errors about it. */
+		if (ctx->rev_nat_index)
 			ret = nat46_rev_nat(skb, ep, ctx);
-			if (ret < 0)
-				return ret;
-		} else {
+		else if (ctx->flow.icmp == FLOW_ICMP_ERROR)
+			ret = nat46_error_rev_nat(skb, ep);
+		else
+			ret = CTX_CONTINUE;
+		if (ret < 0)
+			return ret;
+		if (ret == CTX_CONTINUE)
 			outbound_mark(skb, ep, ctx);
-		}
 		return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
 	}
 	ret = redirect_local6(skb, &ip6, ctx);

@@ -107,4 +107,60 @@ static __always_inline int nat46_rev_nat(struct __sk_buff *skb, const struct end
 	return nat_rewrite(skb, &reply4, NAT_SRC, &front.addr, front.port);
 }
 
+#define NAT46_QUOTE_OFF (ICMP4_L4_OFF + sizeof(struct icmphdr))
+
+/* An ICMP error of ep as nat64_to4 left it (from the NAT64 side, quoting client -> NAT64
+ * side): when the quoted flow came through a NAT46 service, from the frontend and quoting
+ * client -> frontend, so that it reaches the client's socket. Returns 0 when rewritten,
+ * CTX_CONTINUE for an error about another flow, or a drop reason.
+ */
+static __always_inline int nat46_error_rev_nat(struct __sk_buff *skb,
+					       const struct endpoint_info *ep)
+{
+	struct flow outer = { .family = ENDPOINT_KEY_IPV4, .protocol = IPPROTO_ICMP };
+	struct flow quoted = { .family = ENDPOINT_KEY_IPV6 };
+	struct nat64_quote4 quote, was;
+	struct ct_entry *entry;
+	struct lb_addr *frontend;
+	__be16 port;
+	__s64 diff;
+
+	if (bpf_skb_load_bytes(skb, NAT46_QUOTE_OFF, &quote, sizeof(quote)) < 0)
+		return DROP_INVALID_PACKET;
+	if (quote.ip4.protocol != IPPROTO_TCP && quote.ip4.protocol != IPPROTO_UDP)
+		return CTX_CONTINUE;
+	nat64_embed(&quoted.saddr, quote.ip4.saddr);
+	quoted.daddr = ep->ipv6;
+	quoted.protocol = quote.ip4.protocol;
+	quoted.sport = quote.l4[0] << 8 | quote.l4[1];
+	quoted.dport = quote.l4[2] << 8 | quote.l4[3];
+	entry = ct_find(&quoted, ep->endpoint_id, DIR_INGRESS, 0, ct_now());
+	if (!entry || !entry->rev_nat_index)
+		return CTX_CONTINUE;
+	frontend = lb_revnat_lookup(entry->rev_nat_index);
+	if (!frontend)
+		return DROP_NO_REV_NAT;
+	was = quote;
+	quote.ip4.daddr = frontend->addr.p[0];
+	if (frontend->port) {
+		port = bpf_htons(frontend->port);
+		__builtin_memcpy(&quote.l4[2], &port, sizeof(port));
+	}
+	quote.ip4.check = 0;
+	quote.ip4.check = csum_fold32((__u32)bpf_csum_diff(NULL, 0, (__be32 *)&quote.ip4,
+							   sizeof(quote.ip4), 0));
+	if (quote.ip4.protocol == IPPROTO_UDP && (quote.l4[6] | quote.l4[7])) {
+		diff = bpf_csum_diff(&was.ip4.daddr, 4, &quote.ip4.daddr, 4, 0);
+		diff = bpf_csum_diff((__be32 *)was.l4, 4, (__be32 *)quote.l4, 4, diff);
+		nat64_csum_apply(quote.l4, offsetof(struct udphdr, check), diff);
+	}
+	diff = bpf_csum_diff((__be32 *)&was, sizeof(was), (__be32 *)&quote, sizeof(quote), 0);
+	if (bpf_skb_store_bytes(skb, NAT46_QUOTE_OFF, &quote, sizeof(quote), 0) < 0 ||
+	    bpf_l4_csum_replace(skb, ICMP4_L4_OFF + offsetof(struct icmphdr, checksum), 0, diff,
+				0) < 0)
+		return DROP_WRITE_FAILED;
+	outer.saddr.p[0] = ep->ipv4;
+	return nat_store_addr(skb, &outer, NAT_SRC, &frontend->addr);
+}
+
 #endif
