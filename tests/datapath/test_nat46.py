@@ -359,6 +359,39 @@ def test_a_frame_for_another_backend_goes_on_to_its_veth_unchanged(datapath, ser
     assert out[12:] == frame[12:]
 
 
+def test_fragmentation_needed_for_the_vip_reaches_the_backend_as_packet_too_big(
+    datapath, services, sides
+):
+    """A router on the way to the client cannot forward a reply from the VIP: its error, for
+    the VIP, reaches the flow's backend as "packet too big" quoting what it sent, through
+    whichever backend's veth the host routes the VIP to."""
+    vip = services.vip()
+    services.set(Frontend(vip, 80, TCP), [Backend(sides[0].spec.ipv4, TCP_PORT)])
+    _into(datapath, sides[0], _to_vip(sides[0], vip, pk.tcp(CLIENT_PORT, 80), TCP))
+    reply = pk.with_checksums(
+        pk.eth("00:00:00:00:00:00", "00:00:00:00:00:00", pk.ETH_P_IP)
+        + pk.ipv4(vip, CLIENT4, pk.tcp(80, CLIENT_PORT, 0x10), TCP)
+    )[14:]
+    error = struct.pack("!BBHHH", 3, 4, 0, 0, 1400) + reply
+    router = ipaddress.IPv4Address("198.51.100.254")
+    frame = pk.with_checksums(
+        pk.eth(sides[1].spec.mac, sides[1].node_mac, pk.ETH_P_IP)
+        + pk.ipv4(router, vip, error, pk.ICMP)
+    )
+    name, verdict, out = _into(datapath, sides[1], frame)
+    assert (name, verdict) == ("TRACE_TO_LXC", pk.TC_ACT_REDIRECT)
+    assert out[12:] == frame[12:]
+    name, _, out = _into(datapath, sides[0], frame)
+    assert name == "TRACE_TO_CONTAINER"
+    assert struct.unpack("!H", out[12:14])[0] == pk.ETH_P_IPV6 and pk.checksums_valid(out)
+    assert out[22:38] == nat64(router).packed and out[38:54] == sides[0].spec.ipv6.packed
+    icmp6 = out[54:]
+    assert (icmp6[0], icmp6[1], struct.unpack("!I", icmp6[4:8])[0]) == (2, 0, 1420)
+    quoted = icmp6[8:]
+    assert quoted[8:24] == sides[0].spec.ipv6.packed and quoted[24:40] == nat64(CLIENT4).packed
+    assert struct.unpack("!HH", quoted[40:44]) == (TCP_PORT, CLIENT_PORT)
+
+
 def _with_option(frame: bytes) -> bytes:
     """The IPv4 header grown by one 4-byte option (end of options list)."""
     head = bytearray(frame[14:34])
@@ -377,6 +410,8 @@ def _with_option(frame: bytes) -> bytes:
         ("truncated tcp", "DROP_INVALID_PACKET"),
         ("ip options", "DROP_NAT64_UNSUPPORTED"),
         ("other protocol", "DROP_NAT46_NO_SERVICE"),
+        ("error about no flow", "DROP_NAT46_NO_SERVICE"),
+        ("error quoting options", "DROP_NAT64_UNSUPPORTED"),
     ],
 )
 def test_hostile_frames_to_a_vip(datapath, services, sides, case, want):
@@ -403,5 +438,13 @@ def test_hostile_frames_to_a_vip(datapath, services, sides, case, want):
     elif case == "other protocol":
         gre = pk.ipv4(CLIENT4, vip, b"\0" * 20, 47)
         frame = pk.with_checksums(frame[:14] + gre, l4=False)
+    elif case.startswith("error"):
+        zero = "00:00:00:00:00:00"
+        quoted = pk.ipv4(vip, CLIENT4, pk.tcp(80, CLIENT_PORT + 1, 0x10), TCP)
+        quoted = pk.with_checksums(pk.eth(zero, zero, pk.ETH_P_IP) + quoted)
+        if case == "error quoting options":
+            quoted = _with_option(quoted)
+        error = struct.pack("!BBHHH", 3, 4, 0, 0, 1400) + quoted[14:]
+        frame = pk.with_checksums(frame[:14] + pk.ipv4(CLIENT4, vip, error, pk.ICMP))
     name, verdict, _ = _into(datapath, sides[0], frame)
     assert name == want and verdict == pk.TC_ACT_SHOT
