@@ -438,20 +438,19 @@ class Datapath:
             if frontend.address == vip
             for address, _ in maps.slots(service_id, count, 4)
         ]
-        owners = maps.addresses()
-        endpoints = maps.endpoints()
-        sides = []
-        for address in slots:
-            owner = owners.get(address)
-            entry = endpoints.get(owner.ifindex) if owner else None
-            if entry is None or not entry.flags & EP_F_NAT64 or entry.ipv4 != address:
-                sides = []
-                break
-            sides.append((address, owner.ifindex))
-        if sides:
-            netlink.replace_gateway_route(_host_cidr(vip), str(sides[0][0]), sides[0][1])
+        sides = [self._nat64_side_ifindex(address) for address in slots]
+        if sides and None not in sides:
+            netlink.replace_gateway_route(_host_cidr(vip), str(slots[0]), sides[0])
         else:
             netlink.delete_route(_host_cidr(vip), type="unicast")
+
+    def _nat64_side_ifindex(self, address: IPAddress) -> int | None:
+        """The veth of the local IPv6-only endpoint whose NAT64 side address is, or None."""
+        owner = self.maps.get_address(address)
+        entry = self.maps.get_endpoint(owner.ifindex) if owner else None
+        if entry is None or not entry.flags & EP_F_NAT64 or entry.ipv4 != address:
+            return None
+        return owner.ifindex
 
     def services(self) -> dict[Frontend, tuple[int, list[Backend]]]:
         """Frontend -> (service id, backends with their weights), decoded from the maps."""
