@@ -26,6 +26,7 @@ from .abi import (
     CONFIG_TRACE_EVENTS,
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
+    EP_F_NAT64,
     EP_F_OUTBOUND,
     PREFILTER_MAX,
     IPAddress,
@@ -396,6 +397,7 @@ class Datapath:
             maps.put_slot(service_id, slot, address, port)
         maps.put_service(frontend, service_id, len(slots))
         maps.delete_slots(service_id, range(len(slots), old_count))
+        self._route_vip(frontend.address)
 
     @staticmethod
     def _check_service_ids(
@@ -419,11 +421,42 @@ class Datapath:
         if entry is not None and entry[0] != service_id:
             raise DatapathError(f"frontend {frontend} is service {entry[0]}, not {service_id}")
         maps.delete_service(frontend)
+        self._route_vip(frontend.address)
         if any(other_id == service_id for other_id, _ in maps.services().values()):
             return  # the id belongs to another frontend now
         maps.delete_slots(service_id)
         maps.delete_revnat(service_id)
         maps.delete_lb_flows(service_id=service_id)
+
+    def _route_vip(self, vip: IPAddress) -> None:
+        """NAT46 (bpf/lib/nat46.h): an IPv4 VIP whose frontends' backends are all NAT64 sides
+        of local IPv6-only endpoints is routed from the host to the first one, whose
+        to-container hook picks each flow's backend; any other VIP has no route of ours
+        (the unreachable route of the service range covers it)."""
+        if vip.version != 4:
+            return
+        maps = self.maps
+        slots = [
+            address
+            for frontend, (service_id, count) in sorted(
+                maps.services().items(), key=lambda item: item[1][0]
+            )
+            if frontend.address == vip
+            for address, _ in maps.slots(service_id, count, 4)
+        ]
+        sides = [self._nat64_side_ifindex(address) for address in slots]
+        if sides and None not in sides:
+            netlink.replace_gateway_route(_host_cidr(vip), str(slots[0]), sides[0])
+        else:
+            netlink.delete_route(_host_cidr(vip), type="unicast")
+
+    def _nat64_side_ifindex(self, address: IPAddress) -> int | None:
+        """The veth of the local IPv6-only endpoint whose NAT64 side address is, or None."""
+        owner = self.maps.get_address(address)
+        entry = self.maps.get_endpoint(owner.ifindex) if owner else None
+        if entry is None or not entry.flags & EP_F_NAT64 or entry.ipv4 != address:
+            return None
+        return owner.ifindex
 
     def services(self) -> dict[Frontend, tuple[int, list[Backend]]]:
         """Frontend -> (service id, backends with their weights), decoded from the maps."""

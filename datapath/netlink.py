@@ -181,6 +181,15 @@ def replace_device_route(cidr: str, ifindex: int) -> None:
             raise DatapathError(f"cannot add route {cidr} via ifindex {ifindex}: {exc}") from exc
 
 
+def replace_gateway_route(cidr: str, gateway: str, ifindex: int) -> None:
+    """Route cidr through gateway, a neighbour on ifindex (e.g. a VIP to an endpoint)."""
+    with IPRoute() as ipr:
+        try:
+            ipr.route("replace", oif=ifindex, gateway=gateway, **_route_args(cidr))
+        except NetlinkError as exc:
+            raise DatapathError(f"cannot add route {cidr} via {gateway}: {exc}") from exc
+
+
 def delete_route(cidr: str, **match) -> bool:
     """Delete one of our routes to cidr; False if there was none."""
     with IPRoute() as ipr:

@@ -99,6 +99,10 @@ class EndpointMaps(MapSet):
     def delete_address(self, ip: IPAddress) -> bool:
         return self._maps["endpoint_addrs"].delete(address_key(ip))
 
+    def get_address(self, ip: IPAddress) -> AddressEntry | None:
+        leaf = self._maps["endpoint_addrs"].lookup(address_key(ip))
+        return None if leaf is None else AddressEntry(leaf.ifindex, leaf.endpoint_id)
+
     def addresses(self) -> dict[IPAddress, AddressEntry]:
         return {
             decode_address(key.family, key.ip): AddressEntry(leaf.ifindex, leaf.endpoint_id)

@@ -3,6 +3,11 @@ match a selector (those backends follow containers as they come and go).
 
 VIPs come from the configured service ranges, which the driver keeps unreachable on the
 host, so a VIP never collides with an endpoint address and nothing sent to one leaks out.
+
+NAT46: an IPv4 frontend takes IPv6 backends when each is an endpoint of an IPv6-only network
+on this host. The datapath gets their NAT64 sides (the endpoints' IPv4 addresses) as
+backends, routes the VIP from the host to them and translates (datapath/bpf/lib/nat46.h);
+a backend that is gone is left out, so new flows go to the others.
 """
 
 import ipaddress
@@ -10,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from datapath import INIT_ID, Backend, DatapathError, Frontend
+from datapath import INIT_ID, Backend, DatapathError, Frontend, Outbound
 from datapath.abi import PORT_PROTOCOLS, PROTOCOL_NUMBERS
 from datapath.interface import DatapathApi
 from driver.errors import Conflict, InvalidArgument, NotFound
@@ -33,12 +38,14 @@ class Service:
     backend_port: int  # port of selector backends; 0 keeps the frontend's port
 
     def record(self, resolved: list[Backend]) -> dict:
+        """Explicit backends as given (a NAT46 service's are IPv6), a selector's as found."""
+        shown = resolved if self.selector is not None else self.backends
         return {
             "id": self.service_id,
             "name": self.name,
             "frontend": str(self.frontend),
             "selector": self.selector,
-            "backends": [_backend_text(b) for b in resolved],
+            "backends": [_backend_text(b) for b in shown],
         }
 
 
@@ -160,8 +167,11 @@ class Services:
                 raise DatapathError(f"service {service.service_id}: {exc}") from exc
 
     def resolve(self, service: Service) -> list[Backend]:
+        """The backends the datapath gets: IPv6 ones of an IPv4 frontend as their NAT64
+        sides, those whose endpoint is gone left out."""
         if service.selector is None:
-            return list(service.backends)
+            given = (self._datapath_backend(service.frontend, b) for b in service.backends)
+            return [b for b in given if b is not None]
         port = service.backend_port or service.frontend.port
         backends = []
         for ep in self.store.endpoints():
@@ -209,7 +219,31 @@ class Services:
             backend_port=backend_port,
         )
 
+    def _datapath_backend(self, frontend: Frontend, backend: Backend) -> Backend | None:
+        if frontend.address.version == 4 and backend.address.version == 6:
+            return self._nat64_side(backend)
+        return backend
+
+    def _nat64_side(self, backend: Backend) -> Backend | None:
+        """The IPv6 backend as its endpoint's NAT64 side, or None if it is no local endpoint
+        of an IPv6-only network."""
+        for ep in self.store.endpoints():
+            if ep.ipv6 and ipaddress.ip_address(ep.ipv6) == backend.address and ep.ipv4:
+                net = self.store.get_network(ep.network_id)
+                if net is not None and net.outbound == Outbound.NAT64.value:
+                    return Backend(ipaddress.ip_address(ep.ipv4), backend.port, backend.weight)
+        return None
+
     def _check_backend(self, frontend: Frontend, backend: Backend) -> None:
+        if frontend.address.version == 4 and backend.address.version == 6:
+            side = self._nat64_side(backend)
+            if side is None:
+                raise InvalidArgument(
+                    f"backend {backend.address} is IPv6, frontend {frontend} is IPv4: NAT46 "
+                    "takes only IPv6 backends that are endpoints of an IPv6-only network "
+                    "(-o ipv4=false) on this host"
+                )
+            backend = side
         try:
             backend.validate(frontend)
         except DatapathError as exc:

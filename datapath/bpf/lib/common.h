@@ -252,8 +252,9 @@ struct pkt_ctx {
 	__u8 direction;
 	__u8 loopback;		/* a hairpinned flow: no policy applies (it stays in the endpoint) */
 	__u16 rev_nat_index;	/* egress: service the packet was translated for; ingress: of the
-				 * conntrack entry a reply belongs to */
-	__u16 pad;
+				 * conntrack entry a reply belongs to, or the NAT46 service */
+	__u8 nat46;		/* ingress: translated for a NAT46 service (lib/nat46.h) */
+	__u8 dst_nat64_side;	/* egress: the destination is a local endpoint's NAT64 side */
 	/* Egress: the local endpoint owning the destination (as translated), found with its
 	 * identity so that the redirect needs no second lookup; dst_ifindex 0: none. */
 	__u32 dst_ifindex;

@@ -32,6 +32,7 @@ enum drop_reason {
 	DROP_PREFILTER = -21,		/* Source in the XDP prefilter's deny list */
 	DROP_NAT64_UNSUPPORTED = -22,	/* Not translatable between IPv6 and IPv4 (extension headers, IPv4 options, ICMP type, UDP without checksum) */
 	DROP_IPV6_ONLY = -23,		/* IPv4 from an endpoint of an IPv6-only network */
+	DROP_NAT46_NO_SERVICE = -24,	/* IPv4 to an IPv6-only endpoint's veth, for neither its NAT64 side nor a service */
 };
 
 /* Size of the drop_counts array; every reason's -value must stay below it. */

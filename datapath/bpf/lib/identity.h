@@ -52,6 +52,7 @@ static __always_inline void identity_of_destination(struct pkt_ctx *ctx)
 	nat64_addr_key(&key, &ctx->flow.daddr, ctx->flow.family);
 	owner = endpoint_addr_lookup(&key);
 	ep = owner ? endpoint_lookup(owner->ifindex) : NULL;
+	ctx->dst_nat64_side = 0;
 	if (!owner || !ep) {
 		ctx->dst_ifindex = 0;
 		ctx->dst_identity = identity_of_cidr(&key.ip, key.family);
@@ -60,6 +61,7 @@ static __always_inline void identity_of_destination(struct pkt_ctx *ctx)
 	ctx->dst_identity = ep->identity;
 	if (key.family != ctx->flow.family) {
 		ctx->dst_ifindex = 0;
+		ctx->dst_nat64_side = 1;
 		return;
 	}
 	ctx->dst_ifindex = owner->ifindex;

@@ -80,11 +80,12 @@ static __always_inline __u32 lb_flow_expiry(const struct flow *f, __u32 now)
 	return now + ct_lifetime(f->protocol, flags);
 }
 
-/* The flow's backend: the one it was given, else a slot picked by its hash (a TCP SYN
- * always picks: a reused tuple is a new connection). Returns 0 or a drop reason.
+/* The flow's backend: the one it was given (kept under picker, the client endpoint's id),
+ * else a slot picked by its hash (a TCP SYN always picks: a reused tuple is a new
+ * connection). Returns 0 or a drop reason.
  */
-static __always_inline int lb_select(const struct pkt_ctx *ctx, const struct lb_service *svc,
-				     struct lb_flow *out)
+static __always_inline int lb_select(const struct flow *f, __u16 picker,
+				     const struct lb_service *svc, struct lb_flow *out)
 {
 	struct lb_slot_key slot = { .service_id = svc->id };
 	struct ct_key key = {};
@@ -92,24 +93,23 @@ static __always_inline int lb_select(const struct pkt_ctx *ctx, const struct lb_
 	struct lb_addr *backend;
 	__u32 now = ct_now();
 
-	ct_key_fill(&key, &ctx->flow, ctx->endpoint_id, DIR_EGRESS, 0);
+	ct_key_fill(&key, f, picker, DIR_EGRESS, 0);
 	known = lb_flow_lookup(&key);
-	if (known && known->lifetime >= now && known->service_id == svc->id &&
-	    !tcp_is_syn(&ctx->flow)) {
-		known->lifetime = lb_flow_expiry(&ctx->flow, now);
+	if (known && known->lifetime >= now && known->service_id == svc->id && !tcp_is_syn(f)) {
+		known->lifetime = lb_flow_expiry(f, now);
 		*out = *known;
 		return 0;
 	}
 	if (!svc->count)
 		return DROP_NO_SERVICE_BACKEND;
-	slot.slot = lb_flow_hash(&ctx->flow) % svc->count;
+	slot.slot = lb_flow_hash(f) % svc->count;
 	backend = lb_slot_lookup(&slot);
 	if (!backend)
 		return DROP_NO_SERVICE_BACKEND;
 	out->backend = backend->addr;
 	out->backend_port = backend->port;
 	out->service_id = svc->id;
-	out->lifetime = lb_flow_expiry(&ctx->flow, now);
+	out->lifetime = lb_flow_expiry(f, now);
 	lb_flow_update(&key, out);
 	return 0;
 }
@@ -139,7 +139,7 @@ static __always_inline int lb_translate(struct __sk_buff *skb, const struct endp
 	svc = lb_service_find(&ctx->flow);
 	if (!svc)
 		return 0;
-	ret = lb_select(ctx, svc, &chosen);
+	ret = lb_select(&ctx->flow, ctx->endpoint_id, svc, &chosen);
 	if (ret < 0)
 		return ret;
 	vip = ctx->flow.daddr;
@@ -195,15 +195,15 @@ static __always_inline int lb_loopback_reply(struct __sk_buff *skb, const struct
 	return 0;
 }
 
-/* Into a client: a reply of a load-balanced flow comes from the frontend it called.
- * Returns 0 or a drop reason.
+/* Into a client: a reply of a load-balanced flow comes from the frontend it called (a
+ * NAT46 flow into its backend is no reply). Returns 0 or a drop reason.
  */
 static __always_inline int lb_rev_nat(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
 	struct lb_addr *frontend;
 	struct lb_addr front;
 
-	if (!ctx->rev_nat_index)
+	if (!ctx->rev_nat_index || ctx->nat46)
 		return 0;
 	frontend = lb_revnat_lookup(ctx->rev_nat_index);
 	if (!frontend)

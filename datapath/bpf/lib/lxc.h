@@ -11,6 +11,7 @@
 #include "identity.h"
 #include "lb.h"
 #include "local.h"
+#include "nat46.h"
 #include "nat64.h"
 #include "ndisc.h"
 #include "outbound.h"
@@ -103,7 +104,18 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 		ret = nat64_to4(skb, ep, &ip6, &ctx->flow);
 		if (ret < 0)
 			return ret;
-		outbound_mark(skb, ep, ctx);
+		/* Only the reply of a NAT46 flow has a service here: it leaves from the
+		 * frontend, to a client that needs no masquerade; so do the errors about it. */
+		if (ctx->rev_nat_index)
+			ret = nat46_rev_nat(skb, ep, ctx);
+		else if (ctx->flow.icmp == FLOW_ICMP_ERROR)
+			ret = nat46_error_rev_nat(skb, ep);
+		else
+			ret = CTX_CONTINUE;
+		if (ret < 0)
+			return ret;
+		if (ret == CTX_CONTINUE)
+			outbound_mark(skb, ep, ctx);
 		return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
 	}
 	ret = redirect_local6(skb, &ip6, ctx);
@@ -232,9 +244,13 @@ static __always_inline int lxc_ingress(struct __sk_buff *skb, const struct endpo
 
 	if (skb->protocol == bpf_htons(ETH_P_ARP))
 		return trace_exit(ctx, TRACE_TO_CONTAINER, TC_ACT_OK);
-	/* An IPv6-only endpoint's IPv4 address is its NAT64 side: whatever comes to it is
-	 * translated first, then handled as the IPv6 packet it became. */
+	/* An IPv6-only endpoint's IPv4 address is its NAT64 side: whatever comes to it (also
+	 * through a NAT46 service) is translated first, then handled as the IPv6 packet it
+	 * became. */
 	if (skb->protocol == bpf_htons(ETH_P_IP) && (ep->flags & EP_F_NAT64)) {
+		ret = nat46_service(skb, ep, ctx);
+		if (ret != CTX_CONTINUE)
+			return ret;
 		ret = nat64_to6(skb, ep);
 		if (ret < 0)
 			return ret;

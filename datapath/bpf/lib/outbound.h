@@ -18,7 +18,7 @@ static __always_inline int outbound_multicast(const struct flow *f)
 
 static __always_inline int outbound_beyond_host(const struct pkt_ctx *ctx)
 {
-	return !ctx->dst_ifindex && ctx->dst_identity != IDENTITY_HOST &&
+	return !ctx->dst_ifindex && !ctx->dst_nat64_side && ctx->dst_identity != IDENTITY_HOST &&
 	       !outbound_multicast(&ctx->flow);
 }
 

@@ -8,7 +8,7 @@ import pytest
 from datapath import Backend, Frontend
 from driver.server.app import create_app
 
-from ..docker_calls import EP, NET
+from ..docker_calls import EP, NET, create_endpoint, join, make_ipam_network
 
 
 def frontends(datapath):
@@ -133,3 +133,71 @@ def test_sync_removes_datapath_services_the_state_does_not_have(api, app, datapa
     with app.extensions["pycilium"].lock:
         app.extensions["pycilium"].services.sync()
     assert stale not in datapath.lb
+
+
+# NAT46: an IPv4 frontend in front of endpoints of an IPv6-only network.
+
+V6ONLY_POOL = [
+    {"AddressSpace": "LocalDefault", "Pool": "172.18.0.0/16", "Gateway": "172.18.0.1/16"}
+]
+
+
+def _ipv6_only_endpoints(post, datapath, count: int) -> list:
+    """count endpoints of an IPv6-only network (Docker 20.10's form: Docker's IPv4 address
+    is the NAT64 side); their specs."""
+    options = {
+        "com.docker.network.enable_ipv6": True,
+        "com.docker.network.generic": {"ipv4": "false"},
+    }
+    body = {"NetworkID": NET, "Options": options, "IPv4Data": V6ONLY_POOL, "IPv6Data": []}
+    assert post("NetworkDriver.CreateNetwork", body) == (200, {})
+    specs = []
+    for n in range(count):
+        endpoint_id = f"{n + 1}" * 64
+        interface = {"Address": f"172.18.0.{n + 2}/16", "AddressIPv6": "", "MacAddress": ""}
+        body = {"NetworkID": NET, "EndpointID": endpoint_id, "Interface": interface, "Options": {}}
+        assert post("NetworkDriver.CreateEndpoint", body)[0] == 200
+        specs.append(datapath.endpoints["lxc" + endpoint_id[:12]])
+    return specs
+
+
+def test_an_ipv4_frontend_takes_ipv6_only_endpoints_as_their_nat64_sides(api, datapath, post):
+    a, b = _ipv6_only_endpoints(post, datapath, 2)
+    body = {"frontend": "10.96.0.20:80", "backends": [f"[{a.ipv6}]:8080", f"[{b.ipv6}]:8080@2"]}
+    status, result = api("PUT", "services", body)
+    assert status == 200, result
+    assert result["backends"] == [f"[{a.ipv6}]:8080", f"[{b.ipv6}]:8080@2"]
+    _, backends = datapath.lb[Frontend(ipaddress.ip_address("10.96.0.20"), 80, 6)]
+    assert backends == [Backend(a.ipv4, 8080), Backend(b.ipv4, 8080, 2)]
+
+
+def test_a_gone_nat46_backend_is_left_out(api, datapath, post):
+    a, b = _ipv6_only_endpoints(post, datapath, 2)
+    body = {"frontend": "10.96.0.20:80", "backends": [f"[{a.ipv6}]:80", f"[{b.ipv6}]:80"]}
+    assert api("PUT", "services", body)[0] == 200
+    post("NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": "1" * 64})
+    assert frontends(datapath)["10.96.0.20:80/tcp"] == (1, [f"{b.ipv4}:80"])
+    assert api("GET", "services/1")[1]["backends"] == [f"[{a.ipv6}]:80", f"[{b.ipv6}]:80"]
+
+
+def test_ipv6_backends_that_are_no_ipv6_only_endpoint_are_refused(api, datapath, post):
+    create_endpoint(post, make_ipam_network(post))
+    dual_stack = next(iter(datapath.endpoints.values()))
+    for address in (dual_stack.ipv6, "fdce::99"):
+        body = {"frontend": "10.96.0.20:80", "backends": [f"[{address}]:80"]}
+        status, result = api("PUT", "services", body)
+        assert status == 500 and "NAT46 takes only IPv6 backends" in result["Err"], result
+    assert datapath.lb == {}
+
+
+def test_a_selector_of_an_ipv4_frontend_picks_ipv6_only_endpoints_as_nat64_sides(
+    api, app, datapath, post
+):
+    (a,) = _ipv6_only_endpoints(post, datapath, 1)
+    endpoint_id = "1" * 64
+    join(post, endpoint_id=endpoint_id)
+    plane = app.extensions["pycilium"]
+    plane.assign_container(endpoint_id, NET, "v6only", "c" * 64, "v6web", {"app": "v6web"})
+    body = {"frontend": "10.96.0.21:80", "selector": {"app": "v6web"}}
+    assert api("PUT", "services", body)[0] == 200
+    assert frontends(datapath)["10.96.0.21:80/tcp"] == (1, [f"{a.ipv4}:80"])
