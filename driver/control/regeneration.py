@@ -102,8 +102,18 @@ class Regeneration:
             identity = self.identities.for_labels(wanted)
             self.store.set_container(ep.endpoint_id, container_id, name, wanted, identity)
         if identity != ep.identity:
-            self.sync()
-            self.datapath.set_endpoint_identity(spec_of(ep), identity)
+            try:
+                self.sync()
+                self.datapath.set_endpoint_identity(spec_of(ep), identity)
+            except Exception:
+                # The datapath keeps the old identity, so the store must too: else a retry
+                # finds nothing to change and the endpoint waits for good. The new number,
+                # if nobody has it, goes at the next refresh.
+                with self.store.transaction():
+                    self.store.set_container(
+                        ep.endpoint_id, ep.container_id, ep.container_name, ep.labels, ep.identity
+                    )
+                raise
             self.refresh()
         return identity
 

@@ -5,10 +5,11 @@ import random
 
 import pytest
 
-from datapath import PolicyKey
+from datapath import DatapathError, PolicyKey
 from driver.control.endpoints import spec_of
 from driver.control.identities import LabelFilter
 from driver.control.policy import Identity
+from driver.control.policy.model import NETWORK_LABEL
 from driver.control.regeneration import Regeneration
 from driver.control.state import Endpoint, Store
 
@@ -217,6 +218,29 @@ def test_a_policy_change_recomputes_only_endpoints_a_changed_rule_selects(host, 
     monkeypatch.setattr(type(host.regeneration.policy), "compute_for", counting)
     host.regeneration.import_rules([(WEB_POLICY, "web.yaml")])
     assert sorted(computed) == [f"web{i}" for i in range(10)]
+    assert host.datapath.policies == host.expected()
+
+
+def test_an_identity_the_datapath_refused_is_assigned_again_on_the_retry(host, monkeypatch):
+    """The store took the new identity before the datapath refused it (a full map): the
+    watcher's retry found nothing to change, and the endpoint stayed waiting for good."""
+    endpoint_id = host.add("a", {"app": "web"})
+    refused = DatapathError("policy map is full")
+    real = host.datapath.set_endpoint_identity
+
+    def refuse(spec, identity):
+        raise refused
+
+    monkeypatch.setattr(host.datapath, "set_endpoint_identity", refuse)
+    with pytest.raises(DatapathError):
+        host.assign(endpoint_id, {"app": "db"})
+    before = host.store.get_endpoint(endpoint_id)
+    assert before.labels == {"app": "web", NETWORK_LABEL: "a"}
+    monkeypatch.setattr(host.datapath, "set_endpoint_identity", real)
+    host.assign(endpoint_id, {"app": "db"})
+    after = host.store.get_endpoint(endpoint_id)
+    assert after.identity != before.identity
+    assert host.datapath.identities[host.ifname(endpoint_id)] == after.identity
     assert host.datapath.policies == host.expected()
 
 
