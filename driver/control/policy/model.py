@@ -180,16 +180,16 @@ class PeerRule:
     entities: tuple[str, ...] | None = None
     to_ports: tuple[PortRule, ...] = ()
 
-    def _peer_fields(self) -> tuple:
+    def peer_fields(self) -> tuple:
         return (self.endpoints, self.cidr, self.cidr_set, self.entities)
 
     def has_peers(self) -> bool:
-        return any(f is not None for f in self._peer_fields())
+        return any(f is not None for f in self.peer_fields())
 
     def selects_no_peer(self) -> bool:
         """An explicitly empty peer list: the whole section selects no peer, whatever the
         other peer fields hold (as Cilium's mergeEndpointSelectors has it)."""
-        return any(f == () for f in self._peer_fields())
+        return any(f == () for f in self.peer_fields())
 
     def prefixes(self) -> set[str]:
         out = set(self.cidr or ())

@@ -219,15 +219,7 @@ def _section(node, path: str, side: str) -> PeerRule:
         key = side + name
         return _list(node[key], _at(path, key), parse) if key in node else None
 
-    given = [side + n for n in names if n != "Requires" and node.get(side + n)]
-    if len(given) > 1:
-        # Cilium refuses this too; reading it as OR or as AND would surprise someone.
-        raise _Invalid(
-            path,
-            f"combining {given[0]} and {given[1]} in one section is not supported (Cilium"
-            " refuses it too); write one section for each",
-        )
-    return PeerRule(
+    section = PeerRule(
         endpoints=get("Endpoints", _selector),
         requires=get("Requires", _selector) or (),
         cidr=get("CIDR", _cidr),
@@ -235,6 +227,16 @@ def _section(node, path: str, side: str) -> PeerRule:
         entities=get("Entities", _entity),
         to_ports=_list(node.get("toPorts", []), _at(path, "toPorts"), _port_rule),
     )
+    peers = zip(("Endpoints", "CIDR", "CIDRSet", "Entities"), section.peer_fields(), strict=True)
+    given = [side + name for name, field in peers if field]
+    if len(given) > 1:
+        # Cilium refuses this too; reading it as OR or as AND would surprise someone.
+        raise _Invalid(
+            path,
+            f"combining {given[0]} and {given[1]} in one section is not supported (Cilium"
+            " refuses it too); write one section for each",
+        )
+    return section
 
 
 def _selector(node, path: str, subject: bool = False) -> Selector:

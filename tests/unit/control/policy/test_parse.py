@@ -124,6 +124,10 @@ def rule_with(section: str, direction: str = "ingress") -> str:
             " supported (Cilium refuses it too); write one section for each",
         ),
         (
+            rule_with("{fromEndpoints: [{}], fromCIDR: 10.0.0.0/8}"),
+            "rule 0 (web): ingress[0].fromCIDR: expected a list, got a string",
+        ),
+        (
             rule_with("{toCIDRSet: [{cidr: 10.0.0.0/8}], toEntities: [world]}", "egress"),
             "rule 0 (web): egress[0]: combining toCIDRSet and toEntities in one section is not"
             " supported (Cilium refuses it too); write one section for each",
