@@ -1230,7 +1230,8 @@ def main(argv: list[str] | None = None) -> int:
             samples = {fam: per for fam, per in samples["stream"].items() if per}
             result["nat64"] = {"samples": samples, "summary": summarize(samples, "plain4")}
         if "prefilter" in a.scenarios:
-            net4 = list(ipaddress.ip_network(a.range4).subnets(new_prefix=24))[-1]
+            # The /24s at the end of range4: -1 the bridge, -2 the world, -3 nat64.
+            net4 = list(ipaddress.ip_network(a.range4).subnets(new_prefix=24))[-4]
             exe = xdpbench.build(Path(a.build))
             pf = xdpbench.PrefilterBench(net4, exe, stack)
             pf.setup()
