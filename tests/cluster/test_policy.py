@@ -112,6 +112,7 @@ def test_concurrent_imports_on_two_nodes_all_land_in_order(nodes, etcd):
 def test_a_refused_change_writes_nothing(nodes, etcd):
     a, b = nodes.start("a"), nodes.start("b")
     assert _import(a, _rule("web"))[0] == 200
+    wait_for(lambda: b.api("policy")["revision"] == 1, 5, "b has revision 1")
     before = {**etcd.keys(RULES), **etcd.keys(REVISION)}
 
     status, result = _import(b, '[{"endpointSelector": {"matchLabels": {"app": "web"}}, "x": 1}]')
