@@ -649,13 +649,14 @@ class ControlPlane:
         """Cluster mode: policy and services are the cluster's, changed through etcd and put
         in force here from watches; the state keeps this node's copy."""
         from .cluster.policy import ClusterPolicy
-        from .cluster.services import ClusterServices
+        from .cluster.services import ClusterServices, RemoteBackends
 
         self.cluster_policy = ClusterPolicy(self.cluster.kv, self.regeneration, self.lock)
         self.cluster_services = ClusterServices(
             self.cluster.kv, self.services, self.store, self.lock
         )
-        for shared in (self.cluster_policy, self.cluster_services):
+        remote = RemoteBackends(self.cluster.kv, self.cluster.name, self.services, self.lock)
+        for shared in (self.cluster_policy, self.cluster_services, remote):
             shared.start()
             self.on_close(shared.close)
 

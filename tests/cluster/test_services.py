@@ -1,10 +1,14 @@
 """Services as cluster-wide state: made on any node, the same list on every node, a VIP
 taken on one node refused on the others, ids that mean one service everywhere."""
 
+import ipaddress
 import json
 import threading
 
-from driver.control.cluster.services import REVISION, SERVICES
+from driver.control.cluster.identities import IDS, REFS, labels_hash
+from driver.control.cluster.kvstore import KvStore
+from driver.control.cluster.services import ENDPOINTS, REVISION, SERVICES
+from driver.control.identities import NETWORK_LABEL
 
 from .conftest import wait_for
 from .test_policy import call
@@ -101,14 +105,44 @@ def test_services_made_at_once_on_two_nodes_get_distinct_ids(nodes, etcd):
     assert etcd.keys(REVISION) == {REVISION: "10"}
 
 
-def test_a_selector_service_resolves_each_nodes_endpoints(nodes, etcd):
+def test_a_selector_service_takes_the_endpoints_of_every_node(nodes, etcd):
+    """Other nodes' endpoints as they publish them (ENDPOINTS, with the identity's labels
+    under IDS); a node's own record is its state's endpoint, not a second backend."""
     a, b = nodes.start("a"), nodes.start("b")
     web = b.endpoint(1, WEB)
-    status, made = call(a, "PUT", "services", {"frontend": "[fd00:5::20]:80", "selector": WEB})
+    local = b.plane.endpoint_info(web)
+    status, made = call(a, "PUT", "services", {"frontend": "10.96.0.20:80", "selector": WEB})
     assert status == 200 and made["backends"] == [], made
-    address = b.plane.endpoint_info(web).ipv6
-    wait_for(lambda: len(b.api("services")) == 1, 5, "b has the service")
-    assert b.api("services")[0]["backends"] == [f"[{address}]:80"]
+
+    labels = json.dumps({**WEB, NETWORK_LABEL: "app"}, sort_keys=True)
+    etcd.put(f"{REFS}{labels_hash(labels)}/c", "4242")  # else the allocator collects it
+    etcd.put(f"{IDS}4242", labels)
+    for node, number, ipv4, identity in (
+        ("b", 1, local.ipv4, local.identity),
+        ("c", 7, "10.213.48.7", 4242),
+    ):
+        record = {"ipv6": f"fdce:1c00::9:0:{number}", "ipv4": ipv4, "identity": identity}
+        etcd.put(f"{ENDPOINTS}{node}/{number}", json.dumps(record))
+    expected = sorted(
+        [f"{local.ipv4}:80", "10.213.48.7:80"], key=lambda b: ipaddress.ip_address(b[:-3])
+    )
+    for node in (a, b):
+        wait_for(
+            lambda n=node: [s["backends"] for s in n.api("services")] == [expected],
+            5,
+            "both nodes' endpoints are backends everywhere",
+        )
+        assert _programmed(node)["10.96.0.20:80/tcp"][1] == expected
+
+    kv = KvStore([etcd.url])
+    kv.delete(f"{ENDPOINTS}c/7", "take c's endpoint away")
+    kv.close()
+    for node in (a, b):
+        wait_for(
+            lambda n=node: n.api("services")[0]["backends"] == [f"{local.ipv4}:80"],
+            5,
+            "c's endpoint left the backends",
+        )
 
 
 def test_etcd_away_refuses_changes_and_keeps_the_services(nodes, etcd):

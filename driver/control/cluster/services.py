@@ -11,9 +11,11 @@ the cluster's; what it changed in its copy is then written in a transaction that
 if the revision is still the one read. If it does not (another node wrote meanwhile), the
 copy goes back to the cluster's and the change is made again on top: so a VIP taken on any
 node is refused on every other one, and ids mean one service on every node. A selector
-service's backends are what each node resolves against the endpoints it has.
+service's backends are the endpoints of every node that its selector matches: this node's
+from its state, the others' from what they publish (RemoteBackends).
 """
 
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from driver.errors import DriverError
 
 from ..loadbalancer import Services
 from ..state import Store
+from .identities import IDS
 from .kvstore import Entry, KvStore, KvstoreUnavailable, absent, delete, put, unchanged
 from .nodes import PREFIX
 
@@ -32,6 +35,9 @@ SERVICES = PREFIX + "services/"
 REVISION = SERVICES + "revision"  # no frontend is called that: they start with [ or a digit
 ATTEMPTS = 8
 META = "service:"  # the state's key of a service: service:<id>
+# Where each node publishes its endpoints: <node>/<endpoint id> -> JSON with "ipv6", "ipv4"
+# and "identity" (cluster/endpoints.py writes them).
+ENDPOINTS = PREFIX + "endpoints/"
 
 
 class ClusterServices:
@@ -153,3 +159,106 @@ class ClusterServices:
             self._mirror(values)
         except (DatapathError, ValueError, KeyError) as exc:
             log.error("services revision %d are not all in force on this node: %s", revision, exc)
+
+
+class RemoteBackends:
+    """Other nodes' endpoints as selector services see them: the addresses and identity each
+    node publishes under ENDPOINTS, with the labels of that identity from the allocator's
+    keys, both followed by watches. A change syncs the services (under the control plane's
+    lock) if one has a selector."""
+
+    def __init__(self, kv: KvStore, node: str, services: Services, lock):
+        self.kv = kv
+        self.node = node
+        self.services = services
+        self.lock = lock
+        self._endpoints: dict[str, tuple[int, str | None, str | None]] = {}
+        self._labels: dict[int, dict] = {}
+        self.watches = []
+
+    def start(self) -> None:
+        self.services.remote_endpoints = self.endpoints
+        self.watches = [
+            self.kv.watch(IDS, self._reset_labels, self._labels_event),
+            self.kv.watch(ENDPOINTS, self._reset_endpoints, self._endpoint_event),
+        ]
+
+    def close(self) -> None:
+        for watch in self.watches:
+            watch.stop()
+
+    def endpoints(self) -> list[tuple[dict, str | None, str | None]]:
+        """(labels, IPv6, IPv4) of each other node's endpoint whose identity is known."""
+        return [
+            (self._labels[identity], ipv6, ipv4)
+            for identity, ipv6, ipv4 in self._endpoints.values()
+            if identity in self._labels
+        ]
+
+    def _reset_labels(self, entries: list[Entry]) -> None:
+        with self.lock:
+            self._labels = dict(filter(None, map(_identity, entries)))
+            self._changed()
+
+    def _labels_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
+        with self.lock:
+            found = _identity(entry) if kind != "DELETE" else None
+            if found is None:
+                self._labels.pop(_number(entry), None)
+            else:
+                self._labels[found[0]] = found[1]
+            self._changed()
+
+    def _reset_endpoints(self, entries: list[Entry]) -> None:
+        with self.lock:
+            self._endpoints = dict(filter(None, map(self._endpoint, entries)))
+            self._changed()
+
+    def _endpoint_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
+        with self.lock:
+            found = self._endpoint(entry) if kind != "DELETE" else None
+            if found is None:
+                self._endpoints.pop(entry.key, None)
+            else:
+                self._endpoints[entry.key] = found[1]
+            self._changed()
+
+    def _endpoint(self, entry: Entry) -> tuple[str, tuple] | None:
+        if entry.key[len(ENDPOINTS) :].split("/")[0] == self.node:
+            return None  # this node's own: the state has them
+        try:
+            record = json.loads(entry.value)
+            addresses = [record.get("ipv6"), record.get("ipv4")]
+            for address in filter(None, addresses):
+                ipaddress.ip_address(address)
+            return entry.key, (int(record["identity"]), *addresses)
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring %s: not an endpoint record", entry.key)
+            return None
+
+    def _changed(self) -> None:
+        if not any(s.selector is not None for s in self.services.all()):
+            return
+        try:
+            self.services.sync()
+        except DatapathError as exc:
+            log.error("selector services after other nodes' endpoints changed: %s", exc)
+
+
+def _number(entry: Entry) -> int | None:
+    try:
+        return int(entry.key[len(IDS) :])
+    except ValueError:
+        return None
+
+
+def _identity(entry: Entry) -> tuple[int, dict] | None:
+    number = _number(entry)
+    try:
+        labels = json.loads(entry.value)
+    except ValueError:
+        labels = None
+    if number is None or not isinstance(labels, dict):
+        log.warning("ignoring %s: not an identity", entry.key)
+        return None
+    return number, labels
