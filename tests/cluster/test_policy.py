@@ -4,6 +4,7 @@ the same revision; concurrent changes all land; a refused change writes nothing.
 import json
 import threading
 
+from driver.control.cluster.kvstore import KvStore
 from driver.control.cluster.policy import REVISION, RULES
 
 from .conftest import wait_for
@@ -171,3 +172,18 @@ def test_the_first_node_gives_an_empty_cluster_its_policy(nodes, etcd, tmp_path)
     b = nodes.start("b")
     wait_for(lambda: b.api("policy")["revision"] == 2, 5, "b has a's policy")
     assert _names(b) == _names(a) == ["more", "web"]
+
+
+def test_a_cluster_that_lost_its_policy_gets_the_whole_copy_back(nodes, etcd):
+    a = nodes.start("a")
+    assert _import(a, _rule("web"))[0] == 200
+    kv = KvStore([etcd.url])
+    for key in (RULES, REVISION):
+        kv.delete(key, "lose the cluster's policy")
+    kv.close()
+
+    assert _import(a, _rule("more", port=443))[0] == 200
+    assert etcd.keys(REVISION) == {REVISION: "2"}
+    b = nodes.start("b")
+    wait_for(lambda: b.api("policy")["revision"] == 2, 5, "b has revision 2")
+    assert _names(b) == ["more", "web"]

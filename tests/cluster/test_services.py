@@ -182,3 +182,23 @@ def test_a_restarted_node_converges_and_a_lone_host_seeds_the_cluster(nodes, etc
     wait_for(lambda: b.api("services") == a.api("services"), 5, "b caught up")
     assert [s["frontend"] for s in b.api("services")] == ["[fd00:5::11]:80/tcp"]
     assert list(_programmed(b)) == ["[fd00:5::11]:80/tcp"]
+
+
+def test_a_cluster_that_lost_its_services_gets_the_whole_copy_back(nodes, etcd):
+    """Keys deleted behind the nodes' back (a restore of etcd from an old backup would do
+    it too): the next change writes the node's whole copy, not just what it changed."""
+    a = nodes.start("a")
+    assert _update(a, "[fd00:5::10]:80", ["[fdce::2]:8080"])[0] == 200
+    kv = KvStore([etcd.url])
+    for key in etcd.keys(SERVICES):
+        kv.delete(key, "lose the cluster's services")
+    kv.close()
+
+    assert _update(a, "[fd00:5::11]:80", ["[fdce::3]:8080"])[0] == 200
+    assert set(etcd.keys(SERVICES)) == {
+        REVISION,
+        SERVICES + "[fd00:5::10]:80/tcp",
+        SERVICES + "[fd00:5::11]:80/tcp",
+    }
+    b = nodes.start("b")
+    wait_for(lambda: b.api("services") == a.api("services"), 5, "b has both")

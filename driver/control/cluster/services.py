@@ -71,16 +71,17 @@ class ClusterServices:
     def _change(self, edit: Callable[[], dict | None], purpose: str):
         for _ in range(ATTEMPTS):
             entries, _ = self.kv.list(SERVICES, purpose)
-            found = {e.key: e for e in entries}
-            held = found.pop(REVISION, None)
+            cluster = {e.key: e.value for e in entries}
+            held = next((e for e in entries if e.key == REVISION), None)
+            cluster.pop(REVISION, None)
             if held is not None:  # else this node's copy becomes the cluster's
-                self._mirror({key: e.value for key, e in found.items()})
+                self._mirror(cluster)
             before = self._copy()
             result = edit()
             after = self._copy()
             revision = int(held.value) + 1 if held is not None else 1
-            writes = [delete(key) for key in before.keys() - after.keys()]
-            writes += [put(k, v) for k, v in sorted(after.items()) if before.get(k) != v]
+            writes = [delete(key) for key in cluster.keys() - after.keys()]
+            writes += [put(k, v) for k, v in sorted(after.items()) if cluster.get(k) != v]
             writes.append(put(REVISION, str(revision)))
             compare = [unchanged(held)] if held is not None else [absent(REVISION)]
             try:
