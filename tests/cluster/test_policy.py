@@ -128,9 +128,10 @@ def test_a_refused_change_writes_nothing(nodes, etcd):
 
 
 def test_etcd_away_refuses_changes_and_keeps_the_policy_in_force(nodes, etcd):
-    a = nodes.start("a")
+    a, b = nodes.start("a"), nodes.start("b")
     web = a.endpoint(1, WEB)
     assert _import(a, _rule("web"))[0] == 200
+    wait_for(lambda: b.api("policy")["revision"] == 1, 5, "b has revision 1")
     in_force = _ingress(a, web)
     assert in_force[0]
 
@@ -146,6 +147,8 @@ def test_etcd_away_refuses_changes_and_keeps_the_policy_in_force(nodes, etcd):
     etcd.start()
     wait_for(lambda: _import(a, _rule("more", port=443))[0] == 200, 15, "imports work again")
     assert a.api("policy")["revision"] == 2 and _names(a) == ["more", "web"]
+    wait_for(lambda: b.api("policy")["revision"] == 2, 10, "b's watch resumed and has it")
+    assert _names(b) == ["more", "web"]
 
 
 def test_a_restarted_node_starts_with_its_copy_and_converges(nodes, etcd):
