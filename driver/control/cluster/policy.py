@@ -9,8 +9,9 @@ holds, and written only if the revision key is still the one read: two nodes cha
 policy at once both land, one after the other, and no revision repeats. The node that wrote
 puts the revision in force at once, the others when their watch sees it; a revision below
 the newest one a node wrote or saw is skipped (that one contains it). The rule set is one
-value, so no node ever sees half of a change. Each node keeps its copy in its state (SQLite), in force
-from the start and while etcd is away. Enforcement modes stay each node's own setting.
+value, so no node ever sees half of a change. Each node keeps its copy in its state
+(SQLite), in force from the start and while etcd is away. Enforcement modes stay each
+node's own setting.
 """
 
 import logging
