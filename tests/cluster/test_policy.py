@@ -151,7 +151,7 @@ def test_etcd_away_refuses_changes_and_keeps_the_policy_in_force(nodes, etcd):
     assert _names(b) == ["more", "web"]
 
 
-def test_a_restarted_node_starts_with_its_copy_and_converges(nodes, etcd):
+def test_a_restarted_node_catches_up_with_what_changed_while_it_was_down(nodes, etcd):
     a, b = nodes.start("a"), nodes.start("b")
     assert _import(a, _rule("web"))[0] == 200
     wait_for(lambda: b.api("policy")["revision"] == 1, 5, "b has revision 1")
