@@ -148,6 +148,9 @@ class ControlPlane:
         self.watcher: DockerWatcher | None = None
         self._closers: list[Callable[[], None]] = []
         self.cluster = None
+        # cluster mode: policy and services are etcd's (cluster/policy.py, services.py)
+        self.cluster_policy = None
+        self.cluster_services = None
         # endpoint id -> assign_container's arguments, while etcd cannot give an identity
         self._waiting: dict[str, tuple] = {}
         ranges = [
@@ -184,6 +187,8 @@ class ControlPlane:
             self.ports.restore()
             self.regeneration.refresh()
             self.services.sync()
+            if self.cluster is not None:
+                self._share_policy_and_services()
             self.prefilter = Prefilter(self.store, datapath, config.prefilter_devices)
             self.prefilter.restore()
             # What the state held at start, until Docker's first full listing confirms it.
@@ -462,10 +467,14 @@ class ControlPlane:
         the rules with their name labels: {"revision", "warnings"} (rules that select
         nothing yet). A dry run changes nothing and adds what would change: rules_added,
         rules_removed, endpoints."""
+        if self.cluster_policy is not None:
+            return self.cluster_policy.import_rules(files, replace, dry_run)
         return self.regeneration.import_rules(files, replace, dry_run)
 
     @_locked
     def delete_policy(self, name: str | None, everything: bool) -> dict:
+        if self.cluster_policy is not None:
+            return self.cluster_policy.delete_rules(name, everything)
         return self.regeneration.delete_rules(name, everything)
 
     @_locked
@@ -492,10 +501,15 @@ class ControlPlane:
 
     @_locked
     def update_service(self, request: dict) -> dict:
+        if self.cluster_services is not None:
+            return self.cluster_services.update(request)
         return self.services.update(request)
 
     @_locked
     def delete_service(self, service_id: int) -> None:
+        if self.cluster_services is not None:
+            self.cluster_services.delete(service_id)
+            return
         self.services.delete(service_id)
 
     # XDP prefilter
@@ -630,6 +644,21 @@ class ControlPlane:
         for record in self.store.identities("endpoint"):
             allocator.hold(record.identity, record.key)
         return allocator
+
+    def _share_policy_and_services(self) -> None:
+        """Cluster mode: policy and services are the cluster's, changed through etcd and put
+        in force here from watches; the state keeps this node's copy."""
+        from .cluster.policy import ClusterPolicy
+        from .cluster.services import ClusterServices, RemoteBackends
+
+        self.cluster_policy = ClusterPolicy(self.cluster.kv, self.regeneration, self.lock)
+        self.cluster_services = ClusterServices(
+            self.cluster.kv, self.services, self.store, self.lock
+        )
+        remote = RemoteBackends(self.cluster.kv, self.cluster.name, self.services, self.lock)
+        for shared in (self.cluster_policy, self.cluster_services, remote):
+            shared.start()
+            self.on_close(shared.close)
 
     def _assign_waiting(self) -> None:
         """etcd answers again: the endpoints that waited for an identity get one."""

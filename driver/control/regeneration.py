@@ -279,7 +279,11 @@ class Regeneration:
             "endpoints": changes,
         }
 
-    def _switch(self, candidate: PolicyRepository) -> None:
+    def adopt(self, candidate: PolicyRepository, revision: int) -> None:
+        """Put candidate in force as revision (cluster mode: the rule set etcd holds)."""
+        self._switch(candidate, revision)
+
+    def _switch(self, candidate: PolicyRepository, revision: int | None = None) -> None:
         previous, self.policy = self.policy, candidate
         try:
             self._rules_changed(previous)
@@ -287,7 +291,7 @@ class Regeneration:
             self.policy = previous
             self.regenerate()
             raise
-        self.revision += 1
+        self.revision = self.revision + 1 if revision is None else revision
         with self.store.transaction():
             self.store.set_meta("policy_rules", candidate.json_text())
             self.store.set_meta("policy_revision", str(self.revision))
