@@ -36,6 +36,9 @@ from driver.errors import DriverError, NotFound
 from .addressing import NodeAddressing, node_id_from_machine_id
 from .cluster.kvstore import KvstoreUnavailable
 from .endpoints import Endpoints, spec_of
+from .flows import Directory, FlowEnds, FlowFilter, FlowLog, describe, follow, select
+from .flows import labels_of as flow_labels
+from .flows import reserved_labels as flow_reserved_labels
 from .identities import ENDPOINT_IDENTITY_LIMIT, Allocator, LabelFilter
 from .ipam import Ipam
 from .loadbalancer import Services
@@ -168,7 +171,9 @@ class ControlPlane:
             self.endpoints = Endpoints(
                 self.store, self.ipam, datapath, self.node, config.veth_prefix, config.nat64_prefix
             )
-            self.monitor = Monitor(datapath)
+            self.flow_log = FlowLog(config.flow_buffer) if config.flow_buffer else None
+            self.monitor = Monitor(datapath, self.flow_log.add_event if self.flow_log else None)
+            self._flow_ends = FlowEnds(datapath, self.flow_log) if self.flow_log else None
             self.regeneration = Regeneration(
                 self.store,
                 datapath,
@@ -212,6 +217,8 @@ class ControlPlane:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+        if self._flow_ends is not None:
+            self._flow_ends.close()
         self.monitor.close()
         self.ports.close()
         if self.cluster is not None:
@@ -554,6 +561,62 @@ class ControlPlane:
             destinations = self._addresses_of(destination)
         subscription = self.monitor.subscribe(kinds)
         return _feed(subscription, sources, destinations, idle)
+
+    # Flows (the flow log: driver/control/flows.py)
+
+    def flows(self, flow_filter: FlowFilter, last: int | None) -> list[dict]:
+        """The flows in the log matching flow_filter, oldest first; the last `last` only."""
+        flow_log = self._flow_log()
+        directory = self.flow_directory()
+        records = [describe(raw, directory) for raw in flow_log.records()]
+        return select(records, flow_filter, last)
+
+    def follow_flows(self, flow_filter: FlowFilter, idle: float) -> Iterator[dict | None]:
+        """Flows as they come, until the iterator is closed; None after `idle` seconds
+        without one."""
+        return follow(self._flow_log(), self.flow_directory, flow_filter, idle)
+
+    def flow_counts(self) -> dict:
+        """(verdict, source identity, destination identity) -> flows; {} without a log."""
+        return self.flow_log.counts() if self.flow_log is not None else {}
+
+    def flow_directory(self) -> Directory:
+        """Names, labels, services and rules for describing flows, as they are now."""
+        with self.lock:
+            endpoints = self.store.endpoints()
+            labels = flow_reserved_labels()
+            for identity in self.store.identities():
+                labels[identity.identity] = flow_labels(identity.labels) or [identity.key]
+            services = {s.service_id: str(s.frontend) for s in self.services.all()}
+            origins = self.regeneration.rule_origins()
+        by_id = {ep.numeric_id: ep for ep in endpoints}
+        ends = {
+            address: {"container": ep.container_name, "identity": ep.identity}
+            for ep in endpoints
+            for address in (ep.ipv6, ep.ipv4)
+            if address
+        }
+
+        def rules(endpoint_id: int, key) -> tuple[str, ...]:
+            ep = by_id.get(endpoint_id)
+            if ep is None:
+                return ()
+            with self.lock:
+                return origins(ep, key)
+
+        directory = Directory(
+            endpoints={ep.numeric_id: {"identity": ep.identity} for ep in endpoints},
+            addresses=ends,
+            labels=labels,
+            services=services,
+            rules=rules,
+        )
+        return self._flow_log().remember(directory)
+
+    def _flow_log(self) -> FlowLog:
+        if self.flow_log is None:
+            raise NotFound("the flow log is off (--flow-buffer 0)")
+        return self.flow_log
 
     # Helpers, under the lock
 

@@ -1,0 +1,331 @@
+"""The flow log: who talked to whom, allowed, dropped or translated, and by which rule.
+
+The datapath's events ring carries one flow event per new connection that policy admitted
+(lib/flowlog.h) and one drop event per dropped packet; the monitor's reader hands both to
+:meth:`FlowLog.add_event`, and a thread of :class:`FlowEnds` adds connections whose
+conntrack entry ended, with their counts. The ring keeps the raw records, cheap to add:
+names, labels, services and rules are looked up when flows are read, from a
+:class:`Directory` the control plane builds under its lock (so a rule is the one in force
+when the flow is read; a container that went keeps its name while the log remembers it).
+"""
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from datapath.abi import DIRECTIONS, INGRESS, PROTOCOL_NAMES, RESERVED_IDENTITIES, PolicyKey
+from datapath.interface import DatapathApi
+
+log = logging.getLogger(__name__)
+
+VERDICTS = ("FORWARDED", "DROPPED", "TRANSLATED")
+ENDED_INTERVAL = 5.0  # seconds between conntrack walks looking for ended connections
+SERIES_LIMIT = 1000  # (verdict, source, destination) counters; more are counted as "other"
+REMEMBERED_NAMES = 4096  # addresses of containers that went, for the flows that name them
+FOLLOW_QUEUE = 10_000
+REBUILD_SECONDS = 1.0
+DIRECTORY_SECONDS = 5.0  # a follower's names and rules are this old at most
+
+# enum policy_match (lib/flowlog.h) -> which fields of the policy key were wildcards
+_MATCH_SHAPES = {
+    "POLICY_MATCH_PEER_PORT": (True, True, True),
+    "POLICY_MATCH_PEER_PROTO": (True, False, True),
+    "POLICY_MATCH_PEER": (True, False, False),
+    "POLICY_MATCH_ANY_PORT": (False, True, True),
+    "POLICY_MATCH_ANY_PROTO": (False, False, True),
+    "POLICY_MATCH_ANY": (False, False, False),
+}
+
+
+@dataclass(frozen=True)
+class Raw:
+    """One record of the ring as the datapath gave it: a flow or drop Event, or the
+    CtEntry of a connection that ended."""
+
+    time: float
+    type: str  # "new", "drop" or "end"
+    item: object
+
+    @property
+    def verdict(self) -> str:
+        if self.type == "drop":
+            return "DROPPED"
+        return "TRANSLATED" if self.item.rev_nat_index else "FORWARDED"
+
+
+@dataclass
+class Directory:
+    """What the control plane knows, for naming the ends of flows."""
+
+    endpoints: dict[int, dict] = field(default_factory=dict)  # numeric id -> container
+    addresses: dict[str, dict] = field(default_factory=dict)  # address -> container
+    labels: dict[int, list[str]] = field(default_factory=dict)  # identity -> labels
+    services: dict[int, str] = field(default_factory=dict)  # rev NAT index -> frontend
+    # (endpoint numeric id, PolicyKey) -> names of the rules that made the key
+    rules: Callable[[int, PolicyKey], tuple[str, ...]] = lambda endpoint, key: ()
+
+
+class FlowLog:
+    """A bounded ring of raw flow records, with counters for the metrics and followers."""
+
+    def __init__(self, size: int, series_limit: int = SERIES_LIMIT):
+        self._ring: deque[Raw] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._followers: list[queue.Queue] = []
+        self._counts: dict[tuple[str, int | str, int | str], int] = {}
+        self._series_limit = series_limit
+        self._names: OrderedDict[str, dict] = OrderedDict()
+        self.added = 0  # records ever added; those beyond the ring's size were overwritten
+
+    @property
+    def size(self) -> int:
+        return self._ring.maxlen or 0
+
+    def add_event(self, event) -> None:
+        """A datapath event from the monitor's reader: flows and drops are kept."""
+        if event.kind == "flow":
+            self._add(Raw(time.time(), "new", event), event.src_identity, event.dst_identity)
+        elif event.kind == "drop":
+            self._add(Raw(time.time(), "drop", event), event.src_identity, event.dst_identity)
+
+    def add_ended(self, entries) -> None:
+        now = time.time()
+        for entry in entries:
+            self._add(Raw(now, "end", entry), None, None)
+
+    def _add(self, raw: Raw, src: int | None, dst: int | None) -> None:
+        with self._lock:
+            self._ring.append(raw)
+            self.added += 1
+            if src is not None:
+                self._count(raw.verdict, src, dst)
+            followers = list(self._followers)
+        for follower in followers:
+            # a follower too slow loses its own records, nobody else's
+            with contextlib.suppress(queue.Full):
+                follower.put_nowait(raw)
+
+    def _count(self, verdict: str, src: int, dst: int) -> None:
+        key = (verdict, src, dst)
+        if key not in self._counts and len(self._counts) >= self._series_limit:
+            key = (verdict, "other", "other")
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def counts(self) -> dict[tuple[str, int | str, int | str], int]:
+        """(verdict, source identity, destination identity) -> new connections and drops."""
+        with self._lock:
+            return dict(self._counts)
+
+    def records(self) -> list[Raw]:
+        with self._lock:
+            return list(self._ring)
+
+    def follow(self) -> queue.Queue:
+        follower: queue.Queue = queue.Queue(maxsize=FOLLOW_QUEUE)
+        with self._lock:
+            self._followers.append(follower)
+        return follower
+
+    def unfollow(self, follower: queue.Queue) -> None:
+        with self._lock:
+            if follower in self._followers:
+                self._followers.remove(follower)
+
+    def remember(self, directory: Directory) -> Directory:
+        """directory with the addresses of containers that went since earlier ones."""
+        with self._lock:
+            for address, end in directory.addresses.items():
+                self._names[address] = end
+                self._names.move_to_end(address)
+            while len(self._names) > REMEMBERED_NAMES:
+                self._names.popitem(last=False)
+            directory.addresses = {**self._names, **directory.addresses}
+        return directory
+
+
+class FlowEnds:
+    """A thread adding the connections that ended to the log, every `interval` seconds."""
+
+    def __init__(self, datapath: DatapathApi, flow_log: FlowLog, interval: float = ENDED_INTERVAL):
+        self.datapath = datapath
+        self.flow_log = flow_log
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flow-ends", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.flow_log.add_ended(self.datapath.ended_flows())
+            except Exception:  # a failed walk is tried again at the next interval
+                log.exception("looking for ended connections failed")
+            if self._stop.wait(self.interval):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# Records as the API shows them
+
+
+def describe(raw: Raw, directory: Directory) -> dict:
+    """A raw record with names, labels, service and rules: JSON-ready."""
+    item = raw.item
+    src, dst = _str(item.src), _str(item.dst)
+    if raw.type == "end":
+        src_id, dst_id = _identities_of_entry(item, directory)
+    else:
+        src_id, dst_id = item.src_identity, item.dst_identity
+    record = {
+        "time": raw.time,
+        "type": raw.type,
+        "verdict": raw.verdict,
+        "direction": DIRECTIONS.get(item.direction, str(item.direction)),
+        "endpoint": item.endpoint_id,
+        "protocol": PROTOCOL_NAMES.get(item.protocol, str(item.protocol)),
+        "source": _end(src, item.sport, src_id, directory),
+        "destination": _end(dst, item.dport, dst_id, directory),
+        "service": directory.services.get(item.rev_nat_index),
+    }
+    if raw.type == "drop":
+        record["drop_reason"] = item.reason_name
+        record["reason"] = item.description
+    if raw.type == "new":
+        record["policy"] = _policy(item, directory)
+    if raw.type == "end":
+        record["packets"], record["bytes"] = item.packets, item.bytes
+    return record
+
+
+def _str(address) -> str | None:
+    return None if address is None else str(address)
+
+
+def _end(address: str | None, port: int, identity: int, directory: Directory) -> dict:
+    known = directory.addresses.get(address, {}) if address else {}
+    return {
+        "address": address,
+        "port": port,
+        "identity": identity,
+        "labels": directory.labels.get(identity, []),
+        "container": known.get("container"),
+    }
+
+
+def _identities_of_entry(entry, directory: Directory) -> tuple[int, int]:
+    """A conntrack entry has no identities: the local end's is its endpoint's, the peer's
+    its address's if it is a container's, else 0 (unknown)."""
+    own = directory.endpoints.get(entry.endpoint_id, {}).get("identity", 0)
+    src = directory.addresses.get(str(entry.src), {}).get("identity", 0)
+    dst = directory.addresses.get(str(entry.dst), {}).get("identity", 0)
+    return (src, own) if entry.direction == INGRESS else (own, dst)
+
+
+def _policy(event, directory: Directory) -> dict | None:
+    """The policy key that admitted a new connection, and the rules that made it."""
+    shape = _MATCH_SHAPES.get(event.reason_name)
+    if shape is None:
+        return None
+    peer = event.src_identity if event.direction == INGRESS else event.dst_identity
+    use_peer, use_port, use_proto = shape
+    key = PolicyKey(
+        peer if use_peer else 0,
+        event.dport if use_port else 0,
+        event.protocol if use_proto else 0,
+        event.direction,
+    )
+    return {
+        "match": event.reason_name,
+        "key": {"identity": key.identity, "port": key.dport, "protocol": key.protocol},
+        "rules": list(directory.rules(event.endpoint_id, key)),
+    }
+
+
+# Filters
+
+
+@dataclass(frozen=True)
+class FlowFilter:
+    """What `cilium observe` asks for; every given criterion must hold."""
+
+    from_labels: tuple[str, ...] = ()
+    to_labels: tuple[str, ...] = ()
+    from_container: str | None = None
+    to_container: str | None = None
+    verdict: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+    since: float | None = None  # seconds since the epoch
+
+    def matches(self, record: dict) -> bool:
+        src, dst = record["source"], record["destination"]
+        return (
+            _has_labels(src["labels"], self.from_labels)
+            and _has_labels(dst["labels"], self.to_labels)
+            and self.from_container in (None, src["container"])
+            and self.to_container in (None, dst["container"])
+            and self.verdict in (None, record["verdict"])
+            and self.port in (None, src["port"], dst["port"])
+            and (self.protocol is None or self.protocol.upper() == record["protocol"].upper())
+            and (self.since is None or record["time"] >= self.since)
+        )
+
+
+def _has_labels(labels: list[str], wanted: tuple[str, ...]) -> bool:
+    """ "key=value" names a label; "key" alone any label with that key."""
+    keys = {label.split("=", 1)[0] for label in labels}
+    return all(w in labels or ("=" not in w and w in keys) for w in wanted)
+
+
+def select(records: list[dict], flow_filter: FlowFilter, last: int | None) -> list[dict]:
+    chosen = [r for r in records if flow_filter.matches(r)]
+    return chosen[-last:] if last else chosen
+
+
+def labels_of(labels: Mapping[str, str]) -> list[str]:
+    return sorted(f"{k}={v}" if v else k for k, v in labels.items())
+
+
+def reserved_labels() -> dict[int, list[str]]:
+    return {number: [f"reserved:{name}"] for number, name in RESERVED_IDENTITIES.items()}
+
+
+def follow(
+    flow_log: FlowLog, directory: Callable[[], Directory], flow_filter: FlowFilter, idle: float
+) -> Iterator[dict | None]:
+    """Records as they come, matching flow_filter; None after idle seconds without one.
+    The directory is built again every DIRECTORY_SECONDS, and sooner (once a second at
+    most) when a record names a private address it does not know: a container that just
+    started."""
+    follower = flow_log.follow()
+    known, built = directory(), time.monotonic()
+    try:
+        while True:
+            try:
+                raw = follower.get(timeout=idle)
+            except queue.Empty:
+                yield None
+                continue
+            age = time.monotonic() - built
+            if age > DIRECTORY_SECONDS or (_unknown_end(raw, known) and age > REBUILD_SECONDS):
+                known, built = directory(), time.monotonic()
+            record = describe(raw, known)
+            if flow_filter.matches(record):
+                yield record
+    finally:
+        flow_log.unfollow(follower)
+
+
+def _unknown_end(raw: Raw, directory: Directory) -> bool:
+    for address in (raw.item.src, raw.item.dst):
+        if address is not None and address.is_private and str(address) not in directory.addresses:
+            return True
+    return False
