@@ -1,0 +1,255 @@
+"""The flow log: its ring, counters, filters and the records the API shows."""
+
+import ipaddress
+import time
+
+import pytest
+
+from datapath import Event
+from datapath.abi import EGRESS, INGRESS
+from datapath.maps import CtEntry
+from driver.control.flows import Directory, FlowFilter, FlowLog, describe, select
+
+from ..docker_calls import EP, NET
+
+CLIENT = ipaddress.ip_address("198.51.100.7")
+WORLD_POLICY = """
+- endpointSelector: {matchLabels: {app: web}}
+  labels: ["name=web-policy"]
+  ingress:
+  - fromEntities: [world]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"""
+
+
+def event(kind="flow", src=CLIENT, dst="10.0.0.2", dport=80, protocol=6, **fields) -> Event:
+    values = {
+        "kind": kind,
+        "reason": 1 if kind == "flow" else -9,
+        "reason_name": "POLICY_MATCH_PEER_PORT" if kind == "flow" else "DROP_POLICY",
+        "description": "Peer identity, port and protocol" if kind == "flow" else "Policy denied",
+        "endpoint_id": 5,
+        "ifindex": 9,
+        "direction": INGRESS,
+        "src_identity": 2,
+        "dst_identity": 300,
+        "src": ipaddress.ip_address(src),
+        "dst": ipaddress.ip_address(dst),
+        "protocol": protocol,
+        "sport": 40000,
+        "dport": dport,
+        "rev_nat_index": 0,
+        **fields,
+    }
+    return Event(**values)
+
+
+def test_the_ring_keeps_the_newest_records():
+    flow_log = FlowLog(3)
+    for port in range(5):
+        flow_log.add_event(event(dport=port))
+    assert [raw.item.dport for raw in flow_log.records()] == [2, 3, 4]
+    assert flow_log.added == 5 and flow_log.size == 3
+
+
+def test_trace_events_are_no_flows():
+    flow_log = FlowLog(8)
+    flow_log.add_event(event(kind="trace"))
+    assert flow_log.records() == [] and flow_log.counts() == {}
+
+
+def test_counters_by_verdict_and_identities_stop_growing_at_their_limit():
+    flow_log = FlowLog(8, series_limit=2)
+    flow_log.add_event(event())
+    flow_log.add_event(event())
+    flow_log.add_event(event(kind="drop"))
+    flow_log.add_event(event(rev_nat_index=3, src_identity=400))
+    flow_log.add_event(event(kind="drop", src_identity=401))
+    assert flow_log.counts() == {
+        ("FORWARDED", 2, 300): 2,
+        ("DROPPED", 2, 300): 1,
+        ("TRANSLATED", "other", "other"): 1,
+        ("DROPPED", "other", "other"): 1,
+    }
+
+
+def test_a_follower_gets_what_comes_after_it_follows():
+    flow_log = FlowLog(8)
+    flow_log.add_event(event(dport=1))
+    follower = flow_log.follow()
+    flow_log.add_event(event(dport=2))
+    assert follower.get_nowait().item.dport == 2 and follower.empty()
+    flow_log.unfollow(follower)
+    flow_log.add_event(event(dport=3))
+    assert follower.empty()
+
+
+DIRECTORY = Directory(
+    endpoints={5: {"identity": 300}},
+    addresses={"10.0.0.2": {"container": "web", "identity": 300}},
+    labels={2: ["reserved:world"], 300: ["app=web", "io.pycilium.network=app"]},
+    services={3: "[fd00:5::1]:80/tcp"},
+    rules=lambda endpoint, key: ("rule-of", endpoint, key.identity, key.dport, key.protocol),
+)
+
+
+def _record(**fields) -> dict:
+    flow_log = FlowLog(8)
+    flow_log.add_event(event(**fields))
+    return describe(flow_log.records()[0], DIRECTORY)
+
+
+def test_a_new_flow_names_its_ends_and_the_key_and_rules_that_admitted_it():
+    record = _record()
+    assert record["verdict"] == "FORWARDED" and record["type"] == "new"
+    assert record["source"] == {
+        "address": str(CLIENT),
+        "port": 40000,
+        "identity": 2,
+        "labels": ["reserved:world"],
+        "container": None,
+    }
+    assert record["destination"]["container"] == "web"
+    assert record["policy"] == {
+        "match": "POLICY_MATCH_PEER_PORT",
+        "key": {"identity": 2, "port": 80, "protocol": 6},
+        "rules": ["rule-of", 5, 2, 80, 6],
+    }
+
+
+def test_a_wildcard_match_names_the_wildcard_key():
+    record = _record(reason_name="POLICY_MATCH_ANY_PROTO")
+    assert record["policy"]["key"] == {"identity": 0, "port": 0, "protocol": 6}
+
+
+def test_a_flow_without_policy_has_none():
+    assert _record(reason_name="POLICY_MATCH_NONE")["policy"] is None
+
+
+def test_a_translated_flow_names_its_service():
+    record = _record(rev_nat_index=3, direction=EGRESS)
+    assert (record["verdict"], record["service"]) == ("TRANSLATED", "[fd00:5::1]:80/tcp")
+
+
+def test_a_drop_says_why():
+    record = _record(kind="drop")
+    assert (record["verdict"], record["reason"]) == ("DROPPED", "Policy denied")
+    assert "policy" not in record
+
+
+def test_an_ended_connection_has_counts_and_the_identities_of_its_ends():
+    flow_log = FlowLog(8)
+    entry = CtEntry(
+        family=4,
+        src=CLIENT,
+        dst=ipaddress.ip_address("10.0.0.2"),
+        sport=40000,
+        dport=80,
+        protocol=6,
+        direction=INGRESS,
+        endpoint_id=5,
+        lifetime_remaining=-1,
+        flags=0,
+        packets=7,
+        bytes=900,
+        rev_nat_index=0,
+    )
+    flow_log.add_ended([entry])
+    record = describe(flow_log.records()[0], DIRECTORY)
+    assert (record["type"], record["packets"], record["bytes"]) == ("end", 7, 900)
+    assert (record["source"]["identity"], record["destination"]["identity"]) == (0, 300)
+    assert flow_log.counts() == {}  # the connection was counted when it began
+
+
+def _records() -> list[dict]:
+    flow_log = FlowLog(16)
+    flow_log.add_event(event())
+    flow_log.add_event(event(kind="drop", dport=22))
+    flow_log.add_event(event(protocol=17, dport=53))
+    flow_log.add_event(
+        event(
+            rev_nat_index=3,
+            src="10.0.0.2",
+            dst=CLIENT,
+            direction=EGRESS,
+            src_identity=300,
+            dst_identity=2,
+        )
+    )
+    return [describe(raw, DIRECTORY) for raw in flow_log.records()]
+
+
+@pytest.mark.parametrize(
+    ("flow_filter", "ports"),
+    [
+        (FlowFilter(), [80, 22, 53, 80]),
+        (FlowFilter(verdict="DROPPED"), [22]),
+        (FlowFilter(verdict="TRANSLATED"), [80]),
+        (FlowFilter(port=53), [53]),
+        (FlowFilter(port=40000), [80, 22, 53, 80]),  # either end's port
+        (FlowFilter(protocol="UDP"), [53]),
+        (FlowFilter(to_container="web"), [80, 22, 53]),
+        (FlowFilter(from_container="web"), [80]),
+        (FlowFilter(from_container="nobody"), []),
+        (FlowFilter(to_labels=("app=web",)), [80, 22, 53]),
+        (FlowFilter(to_labels=("app",)), [80, 22, 53]),
+        (FlowFilter(to_labels=("app=db",)), []),
+        (FlowFilter(from_labels=("reserved:world",), verdict="DROPPED"), [22]),
+        (FlowFilter(since=time.time() + 60), []),
+        (FlowFilter(since=time.time() - 60), [80, 22, 53, 80]),
+    ],
+)
+def test_filters(flow_filter, ports):
+    assert [r["destination"]["port"] for r in select(_records(), flow_filter, None)] == ports
+
+
+def test_last_takes_the_newest_matching():
+    chosen = select(_records(), FlowFilter(to_container="web"), 2)
+    assert [r["destination"]["port"] for r in chosen] == [22, 53]
+
+
+# Through the API, with the in-memory datapath
+
+
+def test_api_lists_flows_with_the_rule_that_admitted_them(api, web_endpoint):
+    web_endpoint.assign_container(EP, NET, "app", "c" * 64, "web", {"app": "web"})
+    assert api("PUT", "policy", {"text": WORLD_POLICY, "source": "web.yaml"})[0] == 200
+    web = web_endpoint.store.endpoints()[0]
+    web_endpoint.flow_log.add_event(
+        event(endpoint_id=web.numeric_id, dst=web.ipv6, dst_identity=web.identity)
+    )
+    web_endpoint.flow_log.add_event(event(kind="drop", dst=web.ipv6, dport=22))
+    status, flows = api("GET", "flows?verdict=forwarded&to-container=web")
+    assert status == 200 and len(flows) == 1
+    assert flows[0]["destination"]["labels"] == ["app=web", "io.pycilium.network=app"]
+    assert flows[0]["policy"]["rules"] == ["web-policy"]
+    status, flows = api("GET", "flows?last=1")
+    assert [f["verdict"] for f in flows] == ["DROPPED"]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("verdict=LOST", "unknown verdict"),
+        ("protocol=sctp", "unknown protocol"),
+        ("port=http", "port must be a number"),
+        ("last=-1", "must not be negative"),
+    ],
+)
+def test_api_refuses_bad_filters(api, query, message):
+    status, answer = api("GET", f"flows?{query}")
+    assert status == 400 and message in answer["Err"]
+
+
+def test_api_without_a_flow_log(tmp_path, datapath):
+    from driver.config import Config
+    from driver.server.app import create_app
+
+    config = Config(state_dir=str(tmp_path / "s"), node_id=1, flow_buffer=0).validate()
+    app = create_app(config, datapath=datapath, watch_docker=False)
+    try:
+        response = app.test_client().get("/v1/flows")
+        assert response.status_code == 404 and "--flow-buffer 0" in response.get_json()["Err"]
+        assert datapath.flow_events is False
+    finally:
+        app.extensions["pycilium"].close()
