@@ -125,6 +125,7 @@ class PlaneCollector:
             ["mode"],
             _modes(snapshot.prefilter["devices"]),
         )
+        yield from _flow_counters(self.plane.flow_counts())
         compile_time = SummaryMetricFamily(
             f"{PREFIX}_bpf_compile_duration_seconds",
             "Compiling and loading the BPF programs",
@@ -150,6 +151,21 @@ def _cluster_gauges(cluster: dict):
         value=int(cluster["connected"]),
     )
     yield _gauge("cluster_nodes", "Nodes of the cluster this one sees", value=len(cluster["nodes"]))
+
+
+def _flow_counters(counts: dict):
+    """The flow log's: new connections and drops by verdict and identities (at most
+    driver.control.flows.SERIES_LIMIT series; pairs beyond it count as "other")."""
+    family = CounterMetricFamily(
+        f"{PREFIX}_flows",
+        "Flows by verdict, source and destination identity: new connections (FORWARDED, "
+        "TRANSLATED) and dropped packets (DROPPED); identities beyond the series limit are "
+        '"other"',
+        labels=["verdict", "source_identity", "destination_identity"],
+    )
+    for (verdict, src, dst), number in sorted(counts.items(), key=str):
+        family.add_metric([verdict, str(src), str(dst)], number)
+    yield family
 
 
 def _gauge(name, documentation, labels=None, values=None, value=None):
