@@ -639,6 +639,8 @@ def _since(text: str | None, now: float) -> float | None:
 @click.option("--to-label", "to_labels", multiple=True, help="destination label key[=value]")
 @click.option("--from-container", help="source container name")
 @click.option("--to-container", help="destination container name")
+@click.option("--from-identity", type=click.IntRange(0), help="source identity")
+@click.option("--to-identity", type=click.IntRange(0), help="destination identity")
 @click.option(
     "--verdict",
     type=click.Choice(["FORWARDED", "DROPPED", "TRANSLATED"], case_sensitive=False),

@@ -260,6 +260,8 @@ class FlowFilter:
     to_labels: tuple[str, ...] = ()
     from_container: str | None = None
     to_container: str | None = None
+    from_identity: int | None = None
+    to_identity: int | None = None
     verdict: str | None = None
     port: int | None = None
     protocol: str | None = None
@@ -272,6 +274,8 @@ class FlowFilter:
             and _has_labels(dst["labels"], self.to_labels)
             and self.from_container in (None, src["container"])
             and self.to_container in (None, dst["container"])
+            and self.from_identity in (None, src["identity"])
+            and self.to_identity in (None, dst["identity"])
             and self.verdict in (None, record["verdict"])
             and self.port in (None, src["port"], dst["port"])
             and (self.protocol is None or self.protocol.upper() == record["protocol"].upper())
@@ -329,3 +333,81 @@ def _unknown_end(raw: Raw, directory: Directory) -> bool:
         if address is not None and address.is_private and str(address) not in directory.addresses:
             return True
     return False
+
+
+# The service map: identities as nodes, flows between them as edges
+
+
+def service_map(records: list[dict], directory: Directory, containers: dict[int, int]) -> dict:
+    """Nodes and edges of the flows in records. containers: identity -> endpoints now.
+
+    A connection between two local containers is seen at both ends (the source's egress
+    hook, the destination's ingress hook): it counts once, where it left its source; one
+    from beyond the node counts where it came in. Drops count once each, where they were.
+    """
+    edges: dict[tuple[int, int], dict] = {}
+    for record in records:
+        if not _counts_on_map(record):
+            continue
+        src, dst = record["source"]["identity"], record["destination"]["identity"]
+        edge = edges.setdefault((src, dst), _edge(src, dst))
+        if record["type"] == "end":
+            edge["packets"] += record["packets"]
+            edge["bytes"] += record["bytes"]
+            continue
+        edge[record["verdict"].lower()] += 1
+        edge["last"] = max(edge["last"], record["time"])
+        if record["type"] == "drop":
+            edge["reasons"][record["reason"]] = edge["reasons"].get(record["reason"], 0) + 1
+    nodes = {number for edge in edges for number in edge} | set(containers)
+    return {
+        "nodes": [_node(n, directory, containers.get(n, 0)) for n in sorted(nodes)],
+        "edges": [edges[key] for key in sorted(edges)],
+    }
+
+
+def _counts_on_map(record: dict) -> bool:
+    if record["type"] == "drop":
+        return True
+    if record["direction"] == "egress":
+        return True
+    return record["source"]["container"] is None  # from beyond the node
+
+
+def _edge(src: int, dst: int) -> dict:
+    return {
+        "id": f"{src}-{dst}",
+        "source": src,
+        "target": dst,
+        "forwarded": 0,
+        "translated": 0,
+        "dropped": 0,
+        "reasons": {},
+        "packets": 0,
+        "bytes": 0,
+        "last": 0.0,
+    }
+
+
+def _node(number: int, directory: Directory, containers: int) -> dict:
+    labels = directory.labels.get(number, [])
+    return {
+        "id": number,
+        "name": _name(number, labels),
+        "labels": labels,
+        "containers": containers,
+    }
+
+
+NAME_LABELS = ("com.docker.compose.service", "app", "name")
+
+
+def _name(number: int, labels: list[str]) -> str:
+    """The label that tells most: a compose service, an app, else the first label."""
+    pairs = dict(label.split("=", 1) if "=" in label else (label, "") for label in labels)
+    for key in NAME_LABELS:
+        if pairs.get(key):
+            return pairs[key]
+    if number in RESERVED_IDENTITIES:
+        return RESERVED_IDENTITIES[number]
+    return labels[0] if labels else str(number) if number else "unknown"

@@ -39,6 +39,7 @@ from .endpoints import Endpoints, spec_of
 from .flows import Directory, FlowEnds, FlowFilter, FlowLog, describe, follow, select
 from .flows import labels_of as flow_labels
 from .flows import reserved_labels as flow_reserved_labels
+from .flows import service_map as flow_service_map
 from .identities import ENDPOINT_IDENTITY_LIMIT, Allocator, LabelFilter
 from .ipam import Ipam
 from .loadbalancer import Services
@@ -575,6 +576,18 @@ class ControlPlane:
         """Flows as they come, until the iterator is closed; None after `idle` seconds
         without one."""
         return follow(self._flow_log(), self.flow_directory, flow_filter, idle)
+
+    def service_map(self) -> dict:
+        """Identities as nodes (with their containers now), the flows in the log between
+        them as edges (counts by verdict, drop reasons, bytes of ended connections)."""
+        flow_log = self._flow_log()
+        directory = self.flow_directory()
+        with self.lock:
+            containers: dict[int, int] = {}
+            for ep in self.store.endpoints():
+                containers[ep.identity] = containers.get(ep.identity, 0) + 1
+        records = [describe(raw, directory) for raw in flow_log.records()]
+        return flow_service_map(records, directory, containers)
 
     def flow_counts(self) -> dict:
         """(verdict, source identity, destination identity) -> flows; {} without a log."""

@@ -253,6 +253,12 @@ def flows():
     return jsonify(plane().flows(flow_filter, last))
 
 
+@bp.get("/servicemap")
+def servicemap():
+    """The service map page's data: identities as nodes, flows as edges."""
+    return jsonify(plane().service_map())
+
+
 def _flow_filter(args) -> FlowFilter:
     verdict = args.get("verdict")
     if verdict is not None and verdict.upper() not in FLOW_VERDICTS:
@@ -265,6 +271,8 @@ def _flow_filter(args) -> FlowFilter:
         to_labels=tuple(args.getlist("to-label")),
         from_container=args.get("from-container"),
         to_container=args.get("to-container"),
+        from_identity=_number(args, "from-identity", int),
+        to_identity=_number(args, "to-identity", int),
         verdict=verdict.upper() if verdict else None,
         port=_number(args, "port", int),
         protocol=protocol,

@@ -8,7 +8,7 @@ import pytest
 from datapath import Event
 from datapath.abi import EGRESS, INGRESS
 from datapath.maps import CtEntry
-from driver.control.flows import Directory, FlowFilter, FlowLog, describe, select
+from driver.control.flows import Directory, FlowFilter, FlowLog, describe, select, service_map
 
 from ..docker_calls import EP, NET
 
@@ -191,6 +191,8 @@ def _records() -> list[dict]:
         (FlowFilter(to_container="web"), [80, 22, 53]),
         (FlowFilter(from_container="web"), [80]),
         (FlowFilter(from_container="nobody"), []),
+        (FlowFilter(from_identity=300), [80]),
+        (FlowFilter(to_identity=300, verdict="DROPPED"), [22]),
         (FlowFilter(to_labels=("app=web",)), [80, 22, 53]),
         (FlowFilter(to_labels=("app",)), [80, 22, 53]),
         (FlowFilter(to_labels=("app=db",)), []),
@@ -253,3 +255,36 @@ def test_api_without_a_flow_log(tmp_path, datapath):
         assert datapath.flow_events is False
     finally:
         app.extensions["pycilium"].close()
+
+
+def test_the_service_map_counts_each_connection_once_and_every_drop():
+    directory = Directory(
+        addresses={
+            "10.0.0.2": {"container": "web", "identity": 300},
+            "10.0.0.3": {"container": "client", "identity": 301},
+        },
+        labels={
+            2: ["reserved:world"],
+            300: ["app=web"],
+            301: ["com.docker.compose.service=client", "x=y"],
+        },
+    )
+    local = {"src": "10.0.0.3", "dst": "10.0.0.2", "src_identity": 301, "dst_identity": 300}
+    flow_log = FlowLog(16)
+    flow_log.add_event(event(direction=EGRESS, **local))  # seen leaving the client
+    flow_log.add_event(event(direction=INGRESS, **local))  # and arriving at web: once
+    flow_log.add_event(event(kind="drop", **local))
+    flow_log.add_event(event(kind="drop", **local))
+    flow_log.add_event(event())  # from the world, seen where it came in
+    records = [describe(raw, directory) for raw in flow_log.records()]
+    graph = service_map(records, directory, {300: 2, 301: 1})
+    assert [(n["id"], n["name"], n["containers"]) for n in graph["nodes"]] == [
+        (2, "world", 0),
+        (300, "web", 2),
+        (301, "client", 1),
+    ]
+    edges = {(e["source"], e["target"]): e for e in graph["edges"]}
+    assert set(edges) == {(301, 300), (2, 300)}
+    assert (edges[301, 300]["forwarded"], edges[301, 300]["dropped"]) == (1, 2)
+    assert edges[301, 300]["reasons"] == {"Policy denied": 2}
+    assert (edges[2, 300]["forwarded"], edges[2, 300]["dropped"]) == (1, 0)
