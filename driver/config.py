@@ -72,6 +72,8 @@ class Config:
     flow_buffer: int = 4096
     # Empty: the service map only on the API socket. Else also on this loopback HOST:PORT.
     ui_address: str = ""
+    # Where setup put cytoscape.js for the service map (driver/server/uiassets.py).
+    ui_assets: str = "/var/cache/pycilium/ui"
     # Cluster mode (docs/architecture.md, "Several hosts"): off unless kvstore is "etcd".
     kvstore: str = ""
     # Comma-separated etcd client URLs, e.g. http://192.0.2.10:2379.

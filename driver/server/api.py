@@ -83,6 +83,7 @@ def status():
                 },
             },
             "metrics": {"address": plane().config.metrics_address or None},
+            "flows": _flow_status(),
             "prefilter": {
                 "devices": snapshot.prefilter["devices"],
                 "prefixes": len(snapshot.prefilter["prefixes"]),
@@ -228,6 +229,16 @@ def monitor():
 
 
 # Flows (`cilium observe` and the service map)
+
+
+def _flow_status() -> dict:
+    flow_log = plane().flow_log
+    return {
+        "buffer": flow_log.size if flow_log is not None else 0,
+        "seen": flow_log.added if flow_log is not None else 0,
+        "ui_address": plane().config.ui_address or None,
+    }
+
 
 FLOW_VERDICTS = ("FORWARDED", "DROPPED", "TRANSLATED")
 
