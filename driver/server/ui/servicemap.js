@@ -31,6 +31,8 @@ const STYLE = [
       "target-arrow-shape": "triangle",
       "line-color": "#7f8c8d",
       "target-arrow-color": "#7f8c8d",
+      "text-background-color": "#fff",
+      "text-background-opacity": 0.85,
       width: 2,
     },
   },
@@ -95,7 +97,10 @@ function apply(graph) {
     }
     cy.elements().filter((el) => !wanted.has(el.id())).remove();
   });
-  if (added) cy.layout({ name: "cose", animate: false, padding: 40 }).run();
+  if (added) {
+    // clients above the services they reach; the same graph always comes out the same
+    cy.layout({ name: "breadthfirst", directed: true, padding: 60, spacingFactor: 1.4 }).run();
+  }
 }
 
 function names(graph) {
@@ -190,7 +195,12 @@ function start() {
     setStatus("cytoscape.js is missing (/ui/vendor/cytoscape.min.js): run scripts/setup-host.sh", true);
     return;
   }
-  state.cy = cytoscape({ container: document.getElementById("graph"), style: STYLE, wheelSensitivity: 0.3 });
+  state.cy = cytoscape({
+    container: document.getElementById("graph"),
+    style: STYLE,
+    maxZoom: 1.5, // a map of a few identities would otherwise fill the screen
+    wheelSensitivity: 0.3,
+  });
   state.cy.on("tap", "edge", (event) => {
     const e = event.target.data();
     select(e.source.slice(1), e.target.slice(1));
