@@ -117,6 +117,7 @@ def _status_screen(data: dict) -> None:
             ("Drops", ", ".join(f"{k} {v}" for k, v in drops.items() if v) or "none"),
             ("BPF maps", _maps(data["datapath"].get("maps", {}))),
             ("Metrics", _metrics(data.get("metrics") or {})),
+            ("Flows", _flows_status(data.get("flows") or {})),
             ("Prefilter", _prefilter_status(data.get("prefilter") or {})),
             ("Cluster", _cluster(data.get("cluster"))),
         ],
@@ -136,6 +137,15 @@ def status():
     not answer, 2 when it cannot follow Docker's events (endpoints would wait for identity),
     3 when a BPF map is 90% full or more."""
     return "/v1/status"
+
+
+def _flows_status(flows: dict) -> str:
+    if not flows.get("buffer"):
+        return "off"
+    where = (
+        f"http://{flows['ui_address']}/ui/" if flows.get("ui_address") else "/ui/ on this socket"
+    )
+    return f"{flows['seen']} seen, the last {flows['buffer']} kept; service map {where}"
 
 
 def _fill(entry: dict) -> float:

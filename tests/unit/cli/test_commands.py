@@ -85,6 +85,7 @@ BPF compiles:  5
 Drops:         POLICY_DENIED 4, CT_FULL 1
 BPF maps:      2 ok, fullest conntrack 26214/262144 (10%)
 Metrics:       /metrics on the API socket and http://127.0.0.1:9962/metrics
+Flows:         12 seen, the last 4096 kept; service map http://127.0.0.1:12000/ui/
 Prefilter:     2 prefixes on eth0 (native), eth9 (NOT attached)
 Cluster:       off (one host)
 """,
