@@ -493,14 +493,16 @@ class Datapath:
 
     def read_events(
         self,
-        callback: Callable[[events.Event], None],
+        callback: Callable[[events.Event], None] | Callable[[bytes], None],
         stop: threading.Event,
         timeout_ms: int = 100,
+        raw: bool = False,
     ) -> None:
-        """Call callback(Event) for each drop/trace/flow event until stop is set. Blocks the
-        calling thread; safe to run next to the other methods (it opens its own fd of
+        """Call callback(Event) for each drop/trace/flow event until stop is set; with raw,
+        callback(bytes) with the record undecoded (events.decode_event decodes it). Blocks
+        the calling thread; safe to run next to the other methods (it opens its own fd of
         the pinned ring buffer). One reader at a time: a ring buffer has one read position."""
-        events.read_events(self.pin_dir / "events", callback, stop, timeout_ms)
+        events.read_events(self.pin_dir / "events", callback, stop, timeout_ms, raw)
 
     # XDP prefilter
 

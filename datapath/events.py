@@ -96,14 +96,17 @@ def decode_event(raw: bytes) -> Event:
 
 def read_events(
     ring_path: Path,
-    callback: Callable[[Event], None],
+    callback: Callable[[Event], None] | Callable[[bytes], None],
     stop: threading.Event,
     timeout_ms: int = 100,
+    raw: bool = False,
 ) -> None:
-    """Call callback with every event until stop is set; polls every timeout_ms.
+    """Call callback with every event until stop is set; polls every timeout_ms. With raw,
+    the record's bytes, undecoded: for a reader that keeps most records without looking.
 
     An exception from callback ends the loop and is raised here.
     """
+    decode = bytes if raw else decode_event
     lib = libbpf.lib()
     fd = lib.bpf_obj_get(os.fsencode(ring_path))
     if fd < 0:
@@ -113,7 +116,7 @@ def read_events(
 
     def on_record(_ctx, data, size) -> int:
         try:
-            callback(decode_event(ct.string_at(data, size)))
+            callback(decode(ct.string_at(data, size)))
         except BaseException as exc:  # ends the poll; raised below in the caller's thread
             failure.append(exc)
             return -1

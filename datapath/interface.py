@@ -74,9 +74,10 @@ class DatapathApi(Protocol):
     def set_trace_events(self, enabled: bool) -> None: ...
     def read_events(
         self,
-        callback: Callable[[Event], None],
+        callback: Callable[[Event], None] | Callable[[bytes], None],
         stop: threading.Event,
         timeout_ms: int = 100,
+        raw: bool = False,
     ) -> None: ...
     # the flow log: an event per new connection, and connections that ended
     def set_flow_events(self, enabled: bool) -> None: ...

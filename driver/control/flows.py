@@ -1,24 +1,40 @@
 """The flow log: who talked to whom, allowed, dropped or translated, and by which rule.
 
 The datapath's events ring carries one flow event per new connection that policy admitted
-(lib/flowlog.h) and one drop event per dropped packet; the monitor's reader hands both to
-:meth:`FlowLog.add_event`, and a thread of :class:`FlowEnds` adds connections whose
-conntrack entry ended, with their counts. The ring keeps the raw records, cheap to add:
-names, labels, services and rules are looked up when flows are read, from a
+(lib/flowlog.h) and one drop event per dropped packet; the monitor's reader hands their
+records, undecoded, to :meth:`FlowLog.add_record`, and a thread of :class:`FlowEnds` adds
+connections whose conntrack entry ended, with their counts. The ring keeps the records as
+they came, cheap to add (a few microseconds: at a connection rate of tens of thousands a
+second, decoding each one would cost a good part of a CPU); they are decoded, and names,
+labels, services and rules looked up, when flows are read, from a
 :class:`Directory` the control plane builds under its lock (so a rule is the one in force
 when the flow is read; a container that went keeps its name while the log remembers it).
 """
 
 import contextlib
+import ipaddress
 import logging
 import queue
+import struct
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from datapath.abi import DIRECTIONS, INGRESS, PROTOCOL_NAMES, RESERVED_IDENTITIES, PolicyKey
+from datapath import CtEntry
+from datapath.abi import (
+    DIRECTIONS,
+    EVENT_DROP,
+    EVENT_FLOW,
+    INGRESS,
+    PROTOCOL_NAMES,
+    RESERVED_IDENTITIES,
+    EventRecord,
+    PolicyKey,
+)
+from datapath.events import decode_event
 from datapath.interface import DatapathApi
 
 log = logging.getLogger(__name__)
@@ -42,20 +58,22 @@ _MATCH_SHAPES = {
 }
 
 
-@dataclass(frozen=True)
-class Raw:
-    """One record of the ring as the datapath gave it: a flow or drop Event, or the
-    CtEntry of a connection that ended."""
+class Raw(NamedTuple):
+    """One record of the ring as the datapath gave it: a flow or drop event's record
+    (bytes, which decode_event decodes), or the CtEntry of a connection that
+    ended."""
 
     time: float
     type: str  # "new", "drop" or "end"
-    item: object
+    verdict: str  # FORWARDED, DROPPED or TRANSLATED
+    item: bytes | CtEntry
 
-    @property
-    def verdict(self) -> str:
-        if self.type == "drop":
-            return "DROPPED"
-        return "TRANSLATED" if self.item.rev_nat_index else "FORWARDED"
+
+# The fields of struct datapath_event a record is counted by when it comes.
+_KIND_AT = EventRecord.kind.offset
+_REV_NAT = struct.Struct(f"<{EventRecord.rev_nat_index.offset}xH")
+_IDENTITIES = struct.Struct(f"<{EventRecord.src_identity.offset}xII")
+_TYPES = {EVENT_FLOW: "new", EVENT_DROP: "drop"}
 
 
 @dataclass
@@ -86,17 +104,23 @@ class FlowLog:
     def size(self) -> int:
         return self._ring.maxlen or 0
 
-    def add_event(self, event) -> None:
-        """A datapath event from the monitor's reader: flows and drops are kept."""
-        if event.kind == "flow":
-            self._add(Raw(time.time(), "new", event), event.src_identity, event.dst_identity)
-        elif event.kind == "drop":
-            self._add(Raw(time.time(), "drop", event), event.src_identity, event.dst_identity)
+    def add_record(self, data: bytes) -> None:
+        """A datapath event's record from the monitor's reader: flows and drops are kept."""
+        kind = _TYPES.get(data[_KIND_AT])
+        if kind is None:
+            return
+        if kind == "drop":
+            verdict = "DROPPED"
+        else:
+            verdict = "TRANSLATED" if _REV_NAT.unpack_from(data)[0] else "FORWARDED"
+        src, dst = _IDENTITIES.unpack_from(data)
+        self._add(Raw(time.time(), kind, verdict, data), src, dst)
 
-    def add_ended(self, entries) -> None:
+    def add_ended(self, entries: list[CtEntry]) -> None:
         now = time.time()
         for entry in entries:
-            self._add(Raw(now, "end", entry), None, None)
+            verdict = "TRANSLATED" if entry.rev_nat_index else "FORWARDED"
+            self._add(Raw(now, "end", verdict, entry), None, None)
 
     def _add(self, raw: Raw, src: int | None, dst: int | None) -> None:
         with self._lock:
@@ -178,7 +202,7 @@ class FlowEnds:
 
 def describe(raw: Raw, directory: Directory) -> dict:
     """A raw record with names, labels, service and rules: JSON-ready."""
-    item = raw.item
+    item = decode_event(raw.item) if isinstance(raw.item, bytes) else raw.item
     src, dst = _str(item.src), _str(item.dst)
     if raw.type == "end":
         src_id, dst_id = _identities_of_entry(item, directory)
@@ -318,21 +342,22 @@ def follow(
             except queue.Empty:
                 yield None
                 continue
-            age = time.monotonic() - built
-            if age > DIRECTORY_SECONDS or (_unknown_end(raw, known) and age > REBUILD_SECONDS):
-                known, built = directory(), time.monotonic()
             record = describe(raw, known)
+            age = time.monotonic() - built
+            if age > DIRECTORY_SECONDS or (_unknown_end(record, known) and age > REBUILD_SECONDS):
+                known, built = directory(), time.monotonic()
+                record = describe(raw, known)
             if flow_filter.matches(record):
                 yield record
     finally:
         flow_log.unfollow(follower)
 
 
-def _unknown_end(raw: Raw, directory: Directory) -> bool:
-    for address in (raw.item.src, raw.item.dst):
-        if address is not None and address.is_private and str(address) not in directory.addresses:
-            return True
-    return False
+def _unknown_end(record: dict, directory: Directory) -> bool:
+    return any(
+        address and address not in directory.addresses and ipaddress.ip_address(address).is_private
+        for address in (record["source"]["address"], record["destination"]["address"])
+    )
 
 
 # The service map: identities as nodes, flows between them as edges

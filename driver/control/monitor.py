@@ -13,6 +13,7 @@ import queue
 import threading
 from collections.abc import Callable
 
+from datapath.events import decode_event
 from datapath.interface import DatapathApi
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ class Subscription:
 
 
 class Monitor:
-    def __init__(self, datapath: DatapathApi, sink: Callable | None = None):
-        """sink(Event): called in the reader thread with every event, if given."""
+    def __init__(self, datapath: DatapathApi, sink: Callable[[bytes], None] | None = None):
+        """sink(record): called in the reader thread with every event's undecoded record
+        (bytes), if given; only subscribers' events are decoded."""
         self.datapath = datapath
         self._sink = sink
         self._subscribers: list[Subscription] = []
@@ -90,19 +92,19 @@ class Monitor:
 
     def _read(self) -> None:
         try:
-            self.datapath.read_events(self._publish, self._stop)
+            self.datapath.read_events(self._publish, self._stop, raw=True)
         except Exception:
             log.exception("monitor: reading datapath events failed")
 
-    def _publish(self, event) -> None:
+    def _publish(self, data: bytes) -> None:
         sink = self._sink
         if sink is not None:
-            sink(event)
+            sink(data)
         with self._lock:
             subscribers = list(self._subscribers)
         if not subscribers:
             return
-        record = event_record(event)
+        record = event_record(decode_event(data))
         for subscription in subscribers:
             subscription.offer(record)
 

@@ -173,7 +173,7 @@ class ControlPlane:
                 self.store, self.ipam, datapath, self.node, config.veth_prefix, config.nat64_prefix
             )
             self.flow_log = FlowLog(config.flow_buffer) if config.flow_buffer else None
-            self.monitor = Monitor(datapath, self.flow_log.add_event if self.flow_log else None)
+            self.monitor = Monitor(datapath, self.flow_log.add_record if self.flow_log else None)
             self._flow_ends = FlowEnds(datapath, self.flow_log) if self.flow_log else None
             self.regeneration = Regeneration(
                 self.store,

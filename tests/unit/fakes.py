@@ -117,7 +117,7 @@ class FakeDatapath:
     def set_trace_events(self, enabled):
         self.trace_events = enabled
 
-    def read_events(self, callback, stop, timeout_ms=100):
+    def read_events(self, callback, stop, timeout_ms=100, raw=False):
         stop.wait()
 
     def set_flow_events(self, enabled):

@@ -5,14 +5,24 @@ import time
 
 import pytest
 
-from datapath import Event
-from datapath.abi import EGRESS, INGRESS
+from datapath import reasons
+from datapath.abi import (
+    EGRESS,
+    ENDPOINT_KEY_IPV4,
+    ENDPOINT_KEY_IPV6,
+    EVENT_DROP,
+    EVENT_FLOW,
+    EVENT_TRACE,
+    INGRESS,
+    EventRecord,
+)
 from datapath.maps import CtEntry
 from driver.control.flows import Directory, FlowFilter, FlowLog, describe, select, service_map
 
 from ..docker_calls import EP, NET
 
 CLIENT = ipaddress.ip_address("198.51.100.7")
+WORLD6 = "2001:db8::7"
 WORLD_POLICY = """
 - endpointSelector: {matchLabels: {app: web}}
   labels: ["name=web-policy"]
@@ -22,49 +32,64 @@ WORLD_POLICY = """
 """
 
 
-def event(kind="flow", src=CLIENT, dst="10.0.0.2", dport=80, protocol=6, **fields) -> Event:
+CODES = {
+    code.name: code.value
+    for code in (*reasons.policy_matches(), *reasons.drop_reasons(), *reasons.trace_points())
+}
+KINDS = {"flow": EVENT_FLOW, "drop": EVENT_DROP, "trace": EVENT_TRACE}
+DEFAULT_CODES = {"flow": "POLICY_MATCH_PEER_PORT", "drop": "DROP_POLICY", "trace": "TRACE_TO_LXC"}
+
+
+def event(kind="flow", src=CLIENT, dst="10.0.0.2", dport=80, reason_name=None, **fields) -> bytes:
+    """The record of a datapath event, as the ring buffer gives it."""
+    src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     values = {
-        "kind": kind,
-        "reason": 1 if kind == "flow" else -9,
-        "reason_name": "POLICY_MATCH_PEER_PORT" if kind == "flow" else "DROP_POLICY",
-        "description": "Peer identity, port and protocol" if kind == "flow" else "Policy denied",
         "endpoint_id": 5,
         "ifindex": 9,
         "direction": INGRESS,
         "src_identity": 2,
         "dst_identity": 300,
-        "src": ipaddress.ip_address(src),
-        "dst": ipaddress.ip_address(dst),
-        "protocol": protocol,
+        "protocol": 6,
         "sport": 40000,
-        "dport": dport,
-        "rev_nat_index": 0,
         **fields,
     }
-    return Event(**values)
+    record = EventRecord(
+        kind=KINDS[kind],
+        code=CODES[reason_name or DEFAULT_CODES[kind]],
+        family=ENDPOINT_KEY_IPV6 if src.version == 6 else ENDPOINT_KEY_IPV4,
+        dport=dport,
+        **values,
+    )
+    record.saddr[: len(src.packed)] = list(src.packed)
+    record.daddr[: len(dst.packed)] = list(dst.packed)
+    return bytes(record)
 
 
 def test_the_ring_keeps_the_newest_records():
     flow_log = FlowLog(3)
     for port in range(5):
-        flow_log.add_event(event(dport=port))
-    assert [raw.item.dport for raw in flow_log.records()] == [2, 3, 4]
+        flow_log.add_record(event(dport=port))
+    assert [describe(raw, Directory())["destination"]["port"] for raw in flow_log.records()] == [
+        2,
+        3,
+        4,
+    ]
     assert flow_log.added == 5 and flow_log.size == 3
 
 
 def test_trace_events_are_no_flows():
     flow_log = FlowLog(8)
-    flow_log.add_event(event(kind="trace"))
+    flow_log.add_record(event(kind="trace"))
     assert flow_log.records() == [] and flow_log.counts() == {}
 
 
 def test_counters_by_verdict_and_identities_stop_growing_at_their_limit():
     flow_log = FlowLog(8, series_limit=2)
-    flow_log.add_event(event())
-    flow_log.add_event(event())
-    flow_log.add_event(event(kind="drop"))
-    flow_log.add_event(event(rev_nat_index=3, src_identity=400))
-    flow_log.add_event(event(kind="drop", src_identity=401))
+    flow_log.add_record(event())
+    flow_log.add_record(event())
+    flow_log.add_record(event(kind="drop"))
+    flow_log.add_record(event(rev_nat_index=3, src_identity=400))
+    flow_log.add_record(event(kind="drop", src_identity=401))
     assert flow_log.counts() == {
         ("FORWARDED", 2, 300): 2,
         ("DROPPED", 2, 300): 1,
@@ -75,12 +100,13 @@ def test_counters_by_verdict_and_identities_stop_growing_at_their_limit():
 
 def test_a_follower_gets_what_comes_after_it_follows():
     flow_log = FlowLog(8)
-    flow_log.add_event(event(dport=1))
+    flow_log.add_record(event(dport=1))
     follower = flow_log.follow()
-    flow_log.add_event(event(dport=2))
-    assert follower.get_nowait().item.dport == 2 and follower.empty()
+    flow_log.add_record(event(dport=2))
+    assert describe(follower.get_nowait(), Directory())["destination"]["port"] == 2
+    assert follower.empty()
     flow_log.unfollow(follower)
-    flow_log.add_event(event(dport=3))
+    flow_log.add_record(event(dport=3))
     assert follower.empty()
 
 
@@ -95,7 +121,7 @@ DIRECTORY = Directory(
 
 def _record(**fields) -> dict:
     flow_log = FlowLog(8)
-    flow_log.add_event(event(**fields))
+    flow_log.add_record(event(**fields))
     return describe(flow_log.records()[0], DIRECTORY)
 
 
@@ -163,10 +189,10 @@ def test_an_ended_connection_has_counts_and_the_identities_of_its_ends():
 
 def _records() -> list[dict]:
     flow_log = FlowLog(16)
-    flow_log.add_event(event())
-    flow_log.add_event(event(kind="drop", dport=22))
-    flow_log.add_event(event(protocol=17, dport=53))
-    flow_log.add_event(
+    flow_log.add_record(event())
+    flow_log.add_record(event(kind="drop", dport=22))
+    flow_log.add_record(event(protocol=17, dport=53))
+    flow_log.add_record(
         event(
             rev_nat_index=3,
             src="10.0.0.2",
@@ -217,10 +243,10 @@ def test_api_lists_flows_with_the_rule_that_admitted_them(api, web_endpoint):
     web_endpoint.assign_container(EP, NET, "app", "c" * 64, "web", {"app": "web"})
     assert api("PUT", "policy", {"text": WORLD_POLICY, "source": "web.yaml"})[0] == 200
     web = web_endpoint.store.endpoints()[0]
-    web_endpoint.flow_log.add_event(
-        event(endpoint_id=web.numeric_id, dst=web.ipv6, dst_identity=web.identity)
+    web_endpoint.flow_log.add_record(
+        event(endpoint_id=web.numeric_id, src=WORLD6, dst=web.ipv6, dst_identity=web.identity)
     )
-    web_endpoint.flow_log.add_event(event(kind="drop", dst=web.ipv6, dport=22))
+    web_endpoint.flow_log.add_record(event(kind="drop", src=WORLD6, dst=web.ipv6, dport=22))
     status, flows = api("GET", "flows?verdict=forwarded&to-container=web")
     assert status == 200 and len(flows) == 1
     assert flows[0]["destination"]["labels"] == ["app=web", "io.pycilium.network=app"]
@@ -271,11 +297,11 @@ def test_the_service_map_counts_each_connection_once_and_every_drop():
     )
     local = {"src": "10.0.0.3", "dst": "10.0.0.2", "src_identity": 301, "dst_identity": 300}
     flow_log = FlowLog(16)
-    flow_log.add_event(event(direction=EGRESS, **local))  # seen leaving the client
-    flow_log.add_event(event(direction=INGRESS, **local))  # and arriving at web: once
-    flow_log.add_event(event(kind="drop", **local))
-    flow_log.add_event(event(kind="drop", **local))
-    flow_log.add_event(event())  # from the world, seen where it came in
+    flow_log.add_record(event(direction=EGRESS, **local))  # seen leaving the client
+    flow_log.add_record(event(direction=INGRESS, **local))  # and arriving at web: once
+    flow_log.add_record(event(kind="drop", **local))
+    flow_log.add_record(event(kind="drop", **local))
+    flow_log.add_record(event())  # from the world, seen where it came in
     records = [describe(raw, directory) for raw in flow_log.records()]
     graph = service_map(records, directory, {300: 2, 301: 1})
     assert [(n["id"], n["name"], n["containers"]) for n in graph["nodes"]] == [

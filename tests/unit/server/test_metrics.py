@@ -286,9 +286,9 @@ class _ConnectedWatcher:
 
 def test_flows_by_verdict_and_identities(client, app):
     flow_log = app.extensions["pycilium"].flow_log
-    flow_log.add_event(event())
-    flow_log.add_event(event())
-    flow_log.add_event(event(kind="drop", src_identity=400))
+    flow_log.add_record(event())
+    flow_log.add_record(event())
+    flow_log.add_record(event(kind="drop", src_identity=400))
     found = scrape(client)
     ends = {"source_identity": "2", "destination_identity": "300"}
     assert value(found, "pycilium_flows_total", verdict="FORWARDED", **ends) == 2
@@ -302,7 +302,7 @@ def test_the_grafana_dashboard_reads_metrics_the_driver_exports(client, app, pos
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     used = {name for expr in exprs for name in re.findall(r"\bpycilium_\w+", expr)}
-    app.extensions["pycilium"].flow_log.add_event(event())
+    app.extensions["pycilium"].flow_log.add_record(event())
     post("Plugin.Activate")
     exported = {name for name, _ in scrape(client)}
     assert used and used <= exported, used - exported
