@@ -80,7 +80,7 @@ _TYPES = {EVENT_FLOW: "new", EVENT_DROP: "drop"}
 class Directory:
     """What the control plane knows, for naming the ends of flows."""
 
-    endpoints: dict[int, dict] = field(default_factory=dict)  # numeric id -> container
+    endpoints: dict[int, dict] = field(default_factory=dict)  # numeric id -> its identity
     addresses: dict[str, dict] = field(default_factory=dict)  # address -> container
     labels: dict[int, list[str]] = field(default_factory=dict)  # identity -> labels
     services: dict[int, str] = field(default_factory=dict)  # rev NAT index -> frontend

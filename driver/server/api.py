@@ -8,7 +8,7 @@ import os
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
-from driver.control.flows import FlowFilter
+from driver.control.flows import VERDICTS, FlowFilter
 from driver.control.plane import PROTOCOL_NUMBERS, ControlPlane
 from driver.errors import BadRequest
 
@@ -240,9 +240,6 @@ def _flow_status() -> dict:
     }
 
 
-FLOW_VERDICTS = ("FORWARDED", "DROPPED", "TRANSLATED")
-
-
 @bp.get("/flows")
 def flows():
     """Flows from the log, oldest first, as a JSON list; with follow=1, those to come as JSON
@@ -272,8 +269,8 @@ def servicemap():
 
 def _flow_filter(args) -> FlowFilter:
     verdict = args.get("verdict")
-    if verdict is not None and verdict.upper() not in FLOW_VERDICTS:
-        raise BadRequest(f"unknown verdict {verdict} ({', '.join(FLOW_VERDICTS)})")
+    if verdict is not None and verdict.upper() not in VERDICTS:
+        raise BadRequest(f"unknown verdict {verdict} ({', '.join(VERDICTS)})")
     protocol = args.get("protocol")
     if protocol is not None and protocol.lower() not in PROTOCOL_NUMBERS:
         raise BadRequest(f"unknown protocol {protocol} ({', '.join(PROTOCOL_NUMBERS)})")

@@ -17,7 +17,15 @@ from datapath.abi import (
     EventRecord,
 )
 from datapath.maps import CtEntry
-from driver.control.flows import Directory, FlowFilter, FlowLog, describe, select, service_map
+from driver.control.flows import (
+    Directory,
+    FlowEnds,
+    FlowFilter,
+    FlowLog,
+    describe,
+    select,
+    service_map,
+)
 
 from ..docker_calls import EP, NET
 
@@ -314,3 +322,34 @@ def test_the_service_map_counts_each_connection_once_and_every_drop():
     assert (edges[301, 300]["forwarded"], edges[301, 300]["dropped"]) == (1, 2)
     assert edges[301, 300]["reasons"] == {"Policy denied": 2}
     assert (edges[2, 300]["forwarded"], edges[2, 300]["dropped"]) == (1, 0)
+
+
+def test_the_datapath_emits_flow_events_while_the_driver_keeps_a_log(app, datapath):
+    assert datapath.flow_events is True
+    app.extensions["pycilium"].close()
+    assert datapath.flow_events is False
+
+
+class EndingDatapath:
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def ended_flows(self):
+        if not self.batches:
+            raise RuntimeError("walk failed")  # the thread keeps going
+        return self.batches.pop(0)
+
+
+def test_ended_connections_are_added_by_the_walking_thread():
+    entry = CtEntry(4, CLIENT, CLIENT, 1, 2, 17, INGRESS, 5, -1, 0, 3, 300, 7)
+    flow_log = FlowLog(8)
+    ends = FlowEnds(EndingDatapath([[entry], []]), flow_log, interval=0.01)
+    try:
+        deadline = time.monotonic() + 2
+        while not flow_log.records() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        ends.close()
+    assert [(r.type, r.verdict, r.item) for r in flow_log.records()] == [
+        ("end", "TRANSLATED", entry)
+    ]
