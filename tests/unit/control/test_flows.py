@@ -23,6 +23,7 @@ from driver.control.flows import (
     FlowFilter,
     FlowLog,
     describe,
+    follow,
     select,
     service_map,
 )
@@ -353,3 +354,22 @@ def test_ended_connections_are_added_by_the_walking_thread():
     assert [(r.type, r.verdict, r.item) for r in flow_log.records()] == [
         ("end", "TRANSLATED", entry)
     ]
+
+
+def test_follow_gives_what_matches_as_it_comes_and_none_when_idle():
+    flow_log = FlowLog(8)
+    built = []
+
+    def directory():
+        built.append(1)
+        return DIRECTORY
+
+    flows = follow(flow_log, directory, FlowFilter(verdict="DROPPED"), idle=0.05)
+    assert next(flows) is None  # nothing yet: a heartbeat
+    flow_log.add_record(event())
+    flow_log.add_record(event(kind="drop", dport=22))
+    assert next(flows)["destination"]["port"] == 22  # the forwarded one did not match
+    flows.close()
+    flow_log.add_record(event(kind="drop"))
+    assert flow_log._followers == []
+    assert len(built) == 1  # an unknown address rebuilds it at most once a second
