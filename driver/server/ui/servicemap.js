@@ -162,7 +162,8 @@ function select(source, target) {
   for (const row of document.querySelectorAll("#edges tbody tr")) {
     row.classList.toggle("selected", row.dataset.edge === state.selected);
   }
-  document.getElementById("flows-title").textContent = `Recent flows ${source} → ${target}`;
+  const name = (id) => state.cy.getElementById(`n${id}`).data("label").split("\n")[0];
+  document.getElementById("flows-title").textContent = `Recent flows ${name(source)} → ${name(target)}`;
   showFlows();
 }
 
