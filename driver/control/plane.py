@@ -172,9 +172,6 @@ class ControlPlane:
             self.endpoints = Endpoints(
                 self.store, self.ipam, datapath, self.node, config.veth_prefix, config.nat64_prefix
             )
-            self.flow_log = FlowLog(config.flow_buffer) if config.flow_buffer else None
-            self.monitor = Monitor(datapath, self.flow_log.add_record if self.flow_log else None)
-            self._flow_ends = FlowEnds(datapath, self.flow_log) if self.flow_log else None
             self.regeneration = Regeneration(
                 self.store,
                 datapath,
@@ -194,6 +191,10 @@ class ControlPlane:
             self.prefilter.restore()
             # What the state held at start, until Docker's first full listing confirms it.
             self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
+            # The flow log's threads start last: a start that fails before leaves none behind.
+            self.flow_log = FlowLog(config.flow_buffer) if config.flow_buffer else None
+            self.monitor = Monitor(datapath, self.flow_log.add_record if self.flow_log else None)
+            self._flow_ends = FlowEnds(datapath, self.flow_log) if self.flow_log else None
         log.info(
             "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
             self.node.node_id,
