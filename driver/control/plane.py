@@ -36,6 +36,10 @@ from driver.errors import DriverError, NotFound
 from .addressing import NodeAddressing, node_id_from_machine_id
 from .cluster.kvstore import KvstoreUnavailable
 from .endpoints import Endpoints, spec_of
+from .flows import Directory, FlowEnds, FlowFilter, FlowLog, describe, follow, select
+from .flows import labels_of as flow_labels
+from .flows import reserved_labels as flow_reserved_labels
+from .flows import service_map as flow_service_map
 from .identities import ENDPOINT_IDENTITY_LIMIT, Allocator, LabelFilter
 from .ipam import Ipam
 from .loadbalancer import Services
@@ -171,7 +175,6 @@ class ControlPlane:
             self.endpoints = Endpoints(
                 self.store, self.ipam, datapath, self.node, config.veth_prefix, config.nat64_prefix
             )
-            self.monitor = Monitor(datapath)
             self.regeneration = Regeneration(
                 self.store,
                 datapath,
@@ -193,6 +196,10 @@ class ControlPlane:
             self.prefilter.restore()
             # What the state held at start, until Docker's first full listing confirms it.
             self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
+            # The flow log's threads start last: a start that fails before leaves none behind.
+            self.flow_log = FlowLog(config.flow_buffer) if config.flow_buffer else None
+            self.monitor = Monitor(datapath, self.flow_log.add_record if self.flow_log else None)
+            self._flow_ends = FlowEnds(datapath, self.flow_log) if self.flow_log else None
         log.info(
             "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
             self.node.node_id,
@@ -217,6 +224,8 @@ class ControlPlane:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+        if self._flow_ends is not None:
+            self._flow_ends.close()
         self.monitor.close()
         self.ports.close()
         if self.cluster is not None:
@@ -568,6 +577,74 @@ class ControlPlane:
             destinations = self._addresses_of(destination)
         subscription = self.monitor.subscribe(kinds)
         return _feed(subscription, sources, destinations, idle)
+
+    # Flows (the flow log: driver/control/flows.py)
+
+    def flows(self, flow_filter: FlowFilter, last: int | None) -> list[dict]:
+        """The flows in the log matching flow_filter, oldest first; the last `last` only."""
+        flow_log = self._flow_log()
+        directory = self.flow_directory()
+        records = [describe(raw, directory) for raw in flow_log.records()]
+        return select(records, flow_filter, last)
+
+    def follow_flows(self, flow_filter: FlowFilter, idle: float) -> Iterator[dict | None]:
+        """Flows as they come, until the iterator is closed; None after `idle` seconds
+        without one."""
+        return follow(self._flow_log(), self.flow_directory, flow_filter, idle)
+
+    def service_map(self) -> dict:
+        """Identities as nodes (with their containers now), the flows in the log between
+        them as edges (counts by verdict, drop reasons, bytes of ended connections)."""
+        flow_log = self._flow_log()
+        directory = self.flow_directory()
+        with self.lock:
+            containers: dict[int, int] = {}
+            for ep in self.store.endpoints():
+                containers[ep.identity] = containers.get(ep.identity, 0) + 1
+        records = [describe(raw, directory) for raw in flow_log.records()]
+        return flow_service_map(records, directory, containers)
+
+    def flow_counts(self) -> dict:
+        """(verdict, source identity, destination identity) -> flows; {} without a log."""
+        return self.flow_log.counts() if self.flow_log is not None else {}
+
+    def flow_directory(self) -> Directory:
+        """Names, labels, services and rules for describing flows, as they are now."""
+        with self.lock:
+            endpoints = self.store.endpoints()
+            labels = flow_reserved_labels()
+            for identity in self.store.identities():
+                labels[identity.identity] = flow_labels(identity.labels) or [identity.key]
+            services = {s.service_id: str(s.frontend) for s in self.services.all()}
+            origins = self.regeneration.rule_origins()
+        by_id = {ep.numeric_id: ep for ep in endpoints}
+        ends = {
+            address: {"container": ep.container_name, "identity": ep.identity}
+            for ep in endpoints
+            for address in (ep.ipv6, ep.ipv4)
+            if address
+        }
+
+        def rules(endpoint_id: int, key) -> tuple[str, ...]:
+            ep = by_id.get(endpoint_id)
+            if ep is None:
+                return ()
+            with self.lock:
+                return origins(ep, key)
+
+        directory = Directory(
+            endpoints={ep.numeric_id: {"identity": ep.identity} for ep in endpoints},
+            addresses=ends,
+            labels=labels,
+            services=services,
+            rules=rules,
+        )
+        return self._flow_log().remember(directory)
+
+    def _flow_log(self) -> FlowLog:
+        if self.flow_log is None:
+            raise NotFound("the flow log is off (--flow-buffer 0)")
+        return self.flow_log
 
     # Helpers, under the lock
 

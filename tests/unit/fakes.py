@@ -25,6 +25,7 @@ class FakeDatapath:
         self.cidr_identities = {}
         self.host_ips = ["192.0.2.2", "fd00::2"]
         self.trace_events = False
+        self.flow_events = False
         self.policy_capacity = None
         self.lb = {}
         self.published = {}
@@ -116,8 +117,14 @@ class FakeDatapath:
     def set_trace_events(self, enabled):
         self.trace_events = enabled
 
-    def read_events(self, callback, stop, timeout_ms=100):
+    def read_events(self, callback, stop, timeout_ms=100, raw=False):
         stop.wait()
+
+    def set_flow_events(self, enabled):
+        self.flow_events = enabled
+
+    def ended_flows(self):
+        return []
 
     def set_service(self, service_id, frontend, backends):
         for backend in backends:
