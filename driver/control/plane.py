@@ -34,6 +34,7 @@ from driver.config import Config
 from driver.errors import DriverError, NotFound
 
 from .addressing import NodeAddressing, node_id_from_machine_id
+from .cluster.endpoints import EndpointRecord
 from .cluster.kvstore import KvstoreUnavailable
 from .endpoints import Endpoints, spec_of
 from .identities import ENDPOINT_IDENTITY_LIMIT, Allocator, LabelFilter
@@ -186,6 +187,8 @@ class ControlPlane:
             self.services.sync()
             self.prefilter = Prefilter(self.store, datapath, config.prefilter_devices)
             self.prefilter.restore()
+            if self.cluster is not None:
+                self._connect_cluster()
             # What the state held at start, until Docker's first full listing confirms it.
             self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
         log.info(
@@ -235,7 +238,9 @@ class ControlPlane:
     @_locked
     def create_endpoint(self, network_id: str, endpoint_id: str, interface: dict) -> dict:
         """The interface fields Docker left empty, filled in."""
-        return self.endpoints.create(network_id, endpoint_id, interface)
+        returned = self.endpoints.create(network_id, endpoint_id, interface)
+        self._publish(endpoint_id)
+        return returned
 
     @_locked
     def endpoint_info(self, endpoint_id: str) -> Endpoint | None:
@@ -247,6 +252,8 @@ class ControlPlane:
         if ep is not None:
             self.ports.withdraw(ep)
         self.endpoints.delete(endpoint_id)
+        if ep is not None and self.cluster is not None:
+            self.cluster.publisher.withdraw(ep.numeric_id)
         self.regeneration.refresh()
         self.services.sync()
 
@@ -314,6 +321,7 @@ class ControlPlane:
                 self._waiting[endpoint_id] = (network_id, network_name, container_id, name, labels)
                 self.cluster.lost()
                 return
+            self._publish(endpoint_id)
             self.services.sync()
         log.info("endpoint %d is container %s, identity %d", ep.numeric_id, name, identity)
 
@@ -619,6 +627,32 @@ class ControlPlane:
             self.cluster.close()
             raise
         self.cluster.when_available(self._assign_waiting)
+
+    def _connect_cluster(self) -> None:
+        """Cluster mode, once the endpoints are restored: the tunnel, the other nodes and
+        their endpoints in the datapath, this node's endpoints in etcd."""
+        records = [self._endpoint_record(ep) for ep in self.store.endpoints()]
+        self.cluster.connect_datapath(self.datapath, self.lock, records)
+
+    def _publish(self, endpoint_id: str) -> None:
+        """Cluster mode: the endpoint as it is now, for the other nodes' ipcache."""
+        ep = self.store.get_endpoint(endpoint_id)
+        if self.cluster is not None and ep is not None:
+            self.cluster.publisher.publish(self._endpoint_record(ep))
+
+    def _endpoint_record(self, ep: Endpoint) -> EndpointRecord:
+        net = self.store.get_network(ep.network_id)
+        return EndpointRecord(
+            node=self.cluster.name,
+            node_address=self.cluster.address,
+            endpoint_id=ep.numeric_id,
+            ipv6=ep.ipv6,
+            ipv4=ep.ipv4,
+            identity=ep.identity,
+            container_name=ep.container_name,
+            network_id=ep.network_id,
+            network_name=net.name if net else None,
+        )
 
     def _cluster_allocator(self) -> Allocator | None:
         """Cluster mode: identities from etcd, this node's own ones held there again."""

@@ -8,12 +8,14 @@ from urllib.parse import urlsplit
 
 from driver.config import Config
 
+from .endpoints import EndpointRecord, Publisher, RemoteEndpoints
 from .identities import ClusterAllocator
 from .kvstore import KvStore, KvstoreUnavailable
 from .nodes import NodeRecord, NodeRegistry, claim_node_id
 from .session import Session
+from .tunnel import RemoteNodes
 
-__all__ = ["Cluster", "KvstoreUnavailable"]
+__all__ = ["Cluster", "EndpointRecord", "KvstoreUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,10 @@ class Cluster:
         self.session = Session(self.kv, config.kvstore_lease_ttl)
         self.registry: NodeRegistry | None = None
         self.allocator: ClusterAllocator | None = None
+        self.address = ""  # this node's underlay address
+        self.publisher: Publisher | None = None
+        self.remote_nodes: RemoteNodes | None = None
+        self.remote_endpoints: RemoteEndpoints | None = None
 
     def claim_node_id(self) -> int:
         """The node id: the one this node name always had in the cluster."""
@@ -44,14 +50,26 @@ class Cluster:
         return str(ipaddress.ip_network((first, self.config.node_mask4)))
 
     def register(self, node_id: int, ipv6_range: str, ipv4_range: str) -> None:
-        address = self.config.node_address or _address_towards(self.config.endpoint_urls[0])
-        record = NodeRecord(self.name, node_id, address, ipv6_range, ipv4_range)
+        self.address = self.config.node_address or _address_towards(self.config.endpoint_urls[0])
+        record = NodeRecord(self.name, node_id, self.address, ipv6_range, ipv4_range)
         self.registry = NodeRegistry(self.kv, self.session, record)
         self.session.start()
 
     def identity_allocator(self, first: int, limit: int) -> ClusterAllocator:
         self.allocator = ClusterAllocator(self.kv, self.session, self.name, first, limit)
         return self.allocator
+
+    def connect_datapath(self, datapath, lock, endpoints: list[EndpointRecord]) -> None:
+        """The cluster in this node's datapath: the tunnel, other nodes' ranges routed
+        through it and their endpoints in the ipcache; and this node's endpoints in etcd,
+        all of them known before the first write, so none is withdrawn for a moment."""
+        datapath.enable_tunnel(self.address)
+        self.publisher = Publisher(self.kv, self.session, self.name)
+        for record in endpoints:
+            self.publisher.publish(record)
+        self.publisher.start()
+        self.remote_nodes = RemoteNodes(self.kv, self.name, datapath, lock)
+        self.remote_endpoints = RemoteEndpoints(self.kv, self.name, datapath, lock)
 
     def when_available(self, callback) -> None:
         self.session.when_available(callback)
@@ -70,7 +88,8 @@ class Cluster:
         }
 
     def close(self) -> None:
-        for part in (self.allocator, self.registry):
+        parts = (self.remote_endpoints, self.remote_nodes, self.publisher)
+        for part in (*parts, self.allocator, self.registry):
             if part is not None:
                 part.close()
         self.session.close()
