@@ -9,12 +9,12 @@ keys, and the watch's delete events take the addresses out of every other node's
 
 import json
 import logging
-import threading
 from dataclasses import asdict, dataclass
 
 from datapath.interface import DatapathApi
 
-from .kvstore import Entry, KvStore, KvstoreUnavailable
+from .kvstore import Entry, KvStore
+from .leased import LeasedKeys
 from .nodes import PREFIX
 from .session import Session
 
@@ -42,90 +42,23 @@ class EndpointRecord:
 
 
 class Publisher:
-    """This node's endpoints in etcd. Plugin calls only change what should be there
-    (publish, withdraw); a thread of its own writes it, so no plugin call waits for etcd,
-    and whatever etcd missed while away is written when it answers again. A full round
-    (at start, after a new lease, when etcd answers again) also deletes keys of endpoints
-    this node no longer has (gone while the driver was down)."""
+    """This node's endpoints in etcd, under its lease."""
 
     def __init__(self, kv: KvStore, session: Session, node: str):
-        self.kv = kv
-        self.session = session
-        self.prefix = f"{ENDPOINTS}{node}/"
-        self._wanted: dict[str, str] = {}  # key -> value
-        self._dirty: set[str] = set()
-        self._full = True
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        session.hold(self._put_back)
-        session.when_available(self._put_back)
-        self._thread = threading.Thread(target=self._run, name="etcd endpoints", daemon=True)
+        self.keys = LeasedKeys(kv, session, f"{ENDPOINTS}{node}/", "this node's endpoints")
 
     def start(self) -> None:
-        self._thread.start()
+        self.keys.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
+        self.keys.close()
 
     def publish(self, record: EndpointRecord) -> None:
         value = json.dumps(asdict(record), sort_keys=True)
-        self._change(self.prefix + str(record.endpoint_id), value)
+        self.keys.set(f"{self.keys.prefix}{record.endpoint_id}", value)
 
     def withdraw(self, endpoint_id: int) -> None:
-        self._change(self.prefix + str(endpoint_id), None)
-
-    def _change(self, key: str, value: str | None) -> None:
-        with self._lock:
-            if value is None:
-                self._wanted.pop(key, None)
-            else:
-                self._wanted[key] = value
-            self._dirty.add(key)
-        self._wake.set()
-
-    def _put_back(self, _lease: int | None = None) -> None:
-        with self._lock:
-            self._full = True
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self._write()
-            except KvstoreUnavailable as exc:
-                # The keepalive notices too and calls _put_back when etcd answers again.
-                log.warning("%s (written when etcd answers)", exc)
-                self.session.available.clear()
-            except Exception:
-                log.exception("publishing this node's endpoints; retrying")
-                self._stop.wait(1)
-                self._wake.set()
-
-    def _write(self) -> None:
-        with self._lock:
-            full, dirty, self._full, self._dirty = self._full, self._dirty, False, set()
-            wanted = dict(self._wanted)
-        try:
-            if full:
-                present, _ = self.kv.list(self.prefix, "publish this node's endpoints")
-                dirty = set(wanted) | {e.key for e in present}
-            for key in sorted(dirty):
-                if key in wanted:
-                    self.kv.put(key, wanted[key], "publish an endpoint", self.session.lease)
-                else:
-                    self.kv.delete(key, "withdraw an endpoint")
-        except BaseException:
-            with self._lock:
-                self._full |= full
-                self._dirty |= dirty
-            raise
+        self.keys.set(f"{self.keys.prefix}{endpoint_id}", None)
 
 
 class RemoteEndpoints:
