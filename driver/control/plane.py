@@ -36,6 +36,7 @@ from driver.errors import DriverError, NotFound
 from .addressing import NodeAddressing, node_id_from_machine_id
 from .cluster.endpoints import EndpointRecord
 from .cluster.kvstore import KvstoreUnavailable
+from .cluster.networks import Replicas, record_of
 from .endpoints import Endpoints, spec_of
 from .identities import ENDPOINT_IDENTITY_LIMIT, Allocator, LabelFilter
 from .ipam import Ipam
@@ -47,7 +48,7 @@ from .ports import Ports, requested_ports
 from .prefilter import Prefilter
 from .regeneration import Regeneration
 from .state import Endpoint, Network, Pool, Store
-from .watcher import DockerWatcher, Listener
+from .watcher import DockerWatcher, Listener, docker_client
 
 # DatapathError is the kernel refusing something (a full map, a taken name), and the names of
 # directions, enforcement modes and protocols are the datapath's vocabulary: the server
@@ -164,7 +165,8 @@ class ControlPlane:
                     config.cluster_prefix6, self._node_id(), config.node_range4
                 )
             datapath.start()
-            self.ipam = Ipam(self.store, self.node, datapath, ranges)
+            slots = self.cluster.node_slots() if self.cluster is not None else 0
+            self.ipam = Ipam(self.store, self.node, datapath, ranges, slots)
             self.networks = Networks(self.store, self.ipam, datapath, config.mtu)
             self.endpoints = Endpoints(
                 self.store, self.ipam, datapath, self.node, config.veth_prefix, config.nat64_prefix
@@ -201,9 +203,13 @@ class ControlPlane:
         )
 
     def watch_docker(self) -> None:
-        listener = Listener(self.network_ids, self.assign_container, self.forget_what_docker_lost)
+        listener = Listener(
+            self.network_ids, self.assign_container, self.forget_what_docker_lost, self.network_seen
+        )
         self.watcher = DockerWatcher(listener, self.config.docker_host, self.config.plugin_name)
         self.watcher.start()
+        if self.cluster is not None:
+            self.replicate_networks(docker_client(self.config.docker_host))
 
     def on_close(self, closer: Callable[[], None]) -> None:
         """Run closer first in close(): for what serves the control plane (the metrics server)."""
@@ -233,6 +239,9 @@ class ControlPlane:
 
     @_locked
     def delete_network(self, network_id: str) -> None:
+        net = self.store.get_network(network_id)
+        if self.cluster is not None and net is not None and net.name:
+            self.cluster.networks.remove(net.name)
         self.networks.delete(network_id, self.delete_endpoint)
 
     @_locked
@@ -240,6 +249,7 @@ class ControlPlane:
         """The interface fields Docker left empty, filled in."""
         returned = self.endpoints.create(network_id, endpoint_id, interface)
         self._publish(endpoint_id)
+        self._network_use(network_id)
         return returned
 
     @_locked
@@ -254,6 +264,7 @@ class ControlPlane:
         self.endpoints.delete(endpoint_id)
         if ep is not None and self.cluster is not None:
             self.cluster.publisher.withdraw(ep.numeric_id)
+            self._network_use(ep.network_id)
         self.regeneration.refresh()
         self.services.sync()
 
@@ -345,7 +356,8 @@ class ControlPlane:
         for network_id in sorted(held_at_start.networks - docker_networks - in_use):
             if self.store.get_network(network_id) is not None:
                 log.info("forgetting network %s, which Docker does not have", network_id)
-                self.delete_network(network_id)
+                # Not from the cluster: it lost it here only.
+                self.networks.delete(network_id, self.delete_endpoint)
         for address, owner in sorted(held_at_start.addresses.items()):
             if address in used_addresses or address in held:
                 continue
@@ -630,9 +642,46 @@ class ControlPlane:
 
     def _connect_cluster(self) -> None:
         """Cluster mode, once the endpoints are restored: the tunnel, the other nodes and
-        their endpoints in the datapath, this node's endpoints in etcd."""
-        records = [self._endpoint_record(ep) for ep in self.store.endpoints()]
-        self.cluster.connect_datapath(self.datapath, self.lock, records)
+        their endpoints in the datapath, this node's endpoints and networks in etcd."""
+        endpoints = self.store.endpoints()
+        records = [self._endpoint_record(ep) for ep in endpoints]
+        names = {net.network_id: net.name for net in self.store.networks() if net.name}
+        in_use = {names[ep.network_id] for ep in endpoints if ep.network_id in names}
+        self.cluster.connect_datapath(self.datapath, self.lock, records, in_use)
+
+    def replicate_networks(self, client) -> None:
+        """Cluster mode: the cluster's networks made in this node's Docker (client, a
+        docker.APIClient), and removed from it when the cluster deletes them."""
+        replicas = Replicas(
+            client,
+            self.config.plugin_name,
+            self.node.node_id,
+            self.cluster.node_slots(),
+        )
+        self.cluster.networks.follow(replicas)
+
+    def network_seen(self, network: dict) -> None:
+        """The watcher saw a network of this driver (created, or listed after it
+        connected), as `docker network inspect` shows it: its name, and in cluster mode
+        the network in the cluster (a network the cluster has already stays as it is)."""
+        with self.lock:
+            if self.store.get_network(network["Id"]) is None:
+                return
+            with self.store.transaction():
+                self.store.set_network_name(network["Id"], network["Name"])
+            if self.cluster is None:
+                return
+            self._network_use(network["Id"])
+            record = record_of(
+                network, self.config.plugin_name, self.cluster.name, self.node.is_block
+            )
+        self.cluster.networks.publish(record)
+
+    def _network_use(self, network_id: str) -> None:
+        """Cluster mode: whether this node has endpoints on the network, for etcd."""
+        net = self.store.get_network(network_id)
+        if self.cluster is not None and net is not None and net.name:
+            self.cluster.networks.use(net.name, bool(self.store.endpoints(network_id)))
 
     def _publish(self, endpoint_id: str) -> None:
         """Cluster mode: the endpoint as it is now, for the other nodes' ipcache."""

@@ -33,6 +33,12 @@ class Listener:
     assign_container: Callable[[str, str, str, str, str, dict], None]
     # Docker's networks, the addresses it uses, its subnets of our IPAM
     forget_what_docker_lost: Callable[[set[str], set[str], set[str]], None]
+    # a network of this driver as `docker network inspect` shows it (created, or listed)
+    network_seen: Callable[[dict], None]
+
+
+def docker_client(docker_host: str) -> docker.APIClient:
+    return docker.APIClient(base_url=docker_host, timeout=30)
 
 
 class DockerWatcher:
@@ -60,7 +66,7 @@ class DockerWatcher:
         attempt = 0
         while not self._stop.is_set():
             try:
-                client = docker.APIClient(base_url=self.docker_host, timeout=30)
+                client = docker_client(self.docker_host)
                 self._stream = client.events(
                     decode=True, filters={"type": ["container", "network"]}
                 )
@@ -101,6 +107,8 @@ class DockerWatcher:
             used_addresses |= _addresses_in_use(network)
             if listed["Id"] not in self.listener.network_ids():
                 continue
+            if listed.get("Driver") == ours:
+                self._seen(network)
             for container_id, info in (network.get("Containers") or {}).items():
                 self._assign(client, network, container_id, info.get("EndpointID"))
         self.listener.forget_what_docker_lost(docker_networks, used_addresses, docker_subnets)
@@ -114,6 +122,14 @@ class DockerWatcher:
             self._labels[actor.get("ID")] = (attributes.get("name", ""), labels)
         elif kind == "container" and action == "destroy":
             self._labels.pop(actor.get("ID"), None)
+        elif kind == "network" and action == "create":
+            if attributes.get("type") != self.plugin_name:
+                return
+            try:
+                network = client.inspect_network(actor["ID"])
+            except docker.errors.NotFound:
+                return
+            self._seen(network)
         elif kind == "network" and action == "connect":
             if actor.get("ID") not in self.listener.network_ids():
                 return
@@ -124,6 +140,13 @@ class DockerWatcher:
             container_id = attributes.get("container", "")
             info = (network.get("Containers") or {}).get(container_id) or {}
             self._assign(client, network, container_id, info.get("EndpointID"))
+
+    def _seen(self, network: dict) -> None:
+        try:
+            self.listener.network_seen(network)
+        except Exception:
+            # As for _assign: the watcher lives on; the next resync tries again.
+            log.exception("network %s (%s) not taken in", network.get("Name"), network["Id"])
 
     def _assign(self, client, network: dict, container_id: str, endpoint_id: str | None) -> None:
         if not endpoint_id:

@@ -11,11 +11,12 @@ from driver.config import Config
 from .endpoints import EndpointRecord, Publisher, RemoteEndpoints
 from .identities import ClusterAllocator
 from .kvstore import KvStore, KvstoreUnavailable
+from .networks import ClusterNetworks, Replicas, record_of
 from .nodes import NodeRecord, NodeRegistry, claim_node_id
 from .session import Session
 from .tunnel import RemoteNodes
 
-__all__ = ["Cluster", "EndpointRecord", "KvstoreUnavailable"]
+__all__ = ["Cluster", "EndpointRecord", "KvstoreUnavailable", "Replicas", "record_of"]
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,16 @@ class Cluster:
         self.publisher: Publisher | None = None
         self.remote_nodes: RemoteNodes | None = None
         self.remote_endpoints: RemoteEndpoints | None = None
+        self.networks: ClusterNetworks | None = None
+
+    def node_slots(self) -> int:
+        """How many node ids the cluster has: one per block of its IPv4 range."""
+        range4 = ipaddress.ip_network(self.config.node_range4)
+        return min(1 << (self.config.node_mask4 - range4.prefixlen), 1 << 32)
 
     def claim_node_id(self) -> int:
         """The node id: the one this node name always had in the cluster."""
-        range4 = ipaddress.ip_network(self.config.node_range4)
-        blocks = 1 << (self.config.node_mask4 - range4.prefixlen)
-        return claim_node_id(self.kv, self.name, self.config.node_id, min(blocks, 1 << 32))
+        return claim_node_id(self.kv, self.name, self.config.node_id, self.node_slots())
 
     def node_range4(self, node_id: int) -> str:
         """Block node_id of the cluster's IPv4 range."""
@@ -59,15 +64,22 @@ class Cluster:
         self.allocator = ClusterAllocator(self.kv, self.session, self.name, first, limit)
         return self.allocator
 
-    def connect_datapath(self, datapath, lock, endpoints: list[EndpointRecord]) -> None:
+    def connect_datapath(
+        self, datapath, lock, endpoints: list[EndpointRecord], networks_in_use: set[str]
+    ) -> None:
         """The cluster in this node's datapath: the tunnel, other nodes' ranges routed
-        through it and their endpoints in the ipcache; and this node's endpoints in etcd,
-        all of them known before the first write, so none is withdrawn for a moment."""
+        through it and their endpoints in the ipcache; and this node's endpoints and the
+        networks it uses in etcd, all of them known before the first write, so none is
+        withdrawn for a moment."""
         datapath.enable_tunnel(self.address)
         self.publisher = Publisher(self.kv, self.session, self.name)
         for record in endpoints:
             self.publisher.publish(record)
         self.publisher.start()
+        self.networks = ClusterNetworks(self.kv, self.session, self.name)
+        for name in networks_in_use:
+            self.networks.use(name, True)
+        self.networks.users.start()
         self.remote_nodes = RemoteNodes(self.kv, self.name, datapath, lock)
         self.remote_endpoints = RemoteEndpoints(self.kv, self.name, datapath, lock)
 
@@ -88,7 +100,7 @@ class Cluster:
         }
 
     def close(self) -> None:
-        parts = (self.remote_endpoints, self.remote_nodes, self.publisher)
+        parts = (self.networks, self.remote_endpoints, self.remote_nodes, self.publisher)
         for part in (*parts, self.allocator, self.registry):
             if part is not None:
                 part.close()

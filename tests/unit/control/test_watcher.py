@@ -35,9 +35,11 @@ def test_resync_reports_containers_then_what_docker_has():
         network_ids=lambda: {NET},
         assign_container=lambda *args: heard.append(("assign", args)),
         forget_what_docker_lost=lambda *args: heard.append(("forget", args)),
+        network_seen=lambda network: heard.append(("seen", network["Name"])),
     )
     DockerWatcher(listener, "unix:///nowhere.sock", "cilium").resync(FakeDocker())
     assert heard == [
+        ("seen", "app"),
         ("assign", (EP, NET, "app", CONTAINER, "web", {"app": "web"})),
         ("forget", ({NET, "b" * 64}, {"10.1.0.1", "10.1.0.2"}, {"10.1.0.0/24"})),
     ]
@@ -72,6 +74,7 @@ def test_one_endpoint_that_cannot_be_assigned_does_not_stop_the_others():
         network_ids=lambda: {NET},
         assign_container=assign,
         forget_what_docker_lost=lambda *args: heard.append(("forget", args[0])),
+        network_seen=lambda network: None,
     )
     DockerWatcher(listener, "unix:///nowhere.sock", "cilium").resync(TwoContainers())
     assert heard == [("assign", EP), ("forget", {NET, "b" * 64})]
