@@ -78,3 +78,23 @@ def test_one_endpoint_that_cannot_be_assigned_does_not_stop_the_others():
     )
     DockerWatcher(listener, "unix:///nowhere.sock", "cilium").resync(TwoContainers())
     assert heard == [("assign", EP), ("forget", {NET, "b" * 64})]
+
+
+def test_a_network_of_this_driver_created_is_seen_with_its_name():
+    """A network's name (and, in cluster mode, its record in etcd) comes from the event."""
+    seen = []
+    listener = Listener(
+        network_ids=lambda: {NET},
+        assign_container=lambda *args: None,
+        forget_what_docker_lost=lambda *args: None,
+        network_seen=lambda network: seen.append(network["Name"]),
+    )
+    watcher = DockerWatcher(listener, "unix:///nowhere.sock", "cilium")
+    for driver in ("bridge", "cilium"):
+        event = {
+            "Type": "network",
+            "Action": "create",
+            "Actor": {"ID": NET, "Attributes": {"name": "app", "type": driver}},
+        }
+        watcher._dispatch(FakeDocker(), event)
+    assert seen == ["app"], "only this driver's network"
