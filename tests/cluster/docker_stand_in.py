@@ -20,6 +20,7 @@ class DockerStandIn:
         self.networks_by_id: dict[str, dict] = {}
         self.pools: dict[str, dict] = {}  # network id -> {4: pool id, 6: pool id}
         self.created: list[dict] = []  # create_network's arguments, in order
+        self.removed: list[str] = []  # remove_network's network ids, in order
         self.lock = threading.Lock()
         self.next_default = 0
 
@@ -92,6 +93,7 @@ class DockerStandIn:
         return {"Id": network_id}
 
     def remove_network(self, network_id):
+        self.removed.append(network_id)
         status, reply = self.node.post("NetworkDriver.DeleteNetwork", {"NetworkID": network_id})
         if status != 200:
             raise docker.errors.APIError(reply["Err"])

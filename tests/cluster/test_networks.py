@@ -120,11 +120,14 @@ def test_a_network_goes_from_every_node_once_no_node_uses_it(nodes, etcd):
 
     b.docker.stop("web", on_b)
     wait_for(lambda: etcd.keys(NETWORK_USERS) == {}, 5, "nobody uses web")
-    a.docker.remove_network(a.docker.network("web")["Id"])
+    removed = a.docker.network("web")["Id"]
+    a.docker.remove_network(removed)
     assert NETWORKS + "web" not in etcd.keys(NETWORKS)
     for node in (b, c):
         wait_for(lambda n=node: not _has(n, "web"), 5, "web gone everywhere")
         assert node.plane.list_networks() == []
+        assert len(node.docker.removed) == 1
+    assert a.docker.removed == [removed], "a's own delete is not repeated by its watch"
 
 
 def test_the_users_of_a_node_whose_lease_expires_go_with_it(nodes, etcd):

@@ -123,6 +123,8 @@ class ClusterNetworks:
         session.when_available(self._publish_late)
         self.watch = None
         self._known: set[str] = set()  # names the watch saw in the cluster
+        # Names whose record this node deleted: Docker is removing them here already.
+        self._removed_here: set[str] = set()
 
     def close(self) -> None:
         if self.watch is not None:
@@ -159,7 +161,15 @@ class ClusterNetworks:
         entry = self.kv.get(key, purpose)
         if entry is None:
             return  # a node removing it because the cluster did, or never published
-        if not self.kv.txn([unchanged(entry), none_under(users)], [delete(key)], purpose):
+        # Before the delete: its event may come before the transaction's answer.
+        self._removed_here.add(name)
+        deleted = False
+        try:
+            deleted = self.kv.txn([unchanged(entry), none_under(users)], [delete(key)], purpose)
+        finally:
+            if not deleted:
+                self._removed_here.discard(name)
+        if not deleted:
             using, _ = self.kv.list(users, purpose)
             nodes = sorted(e.key[len(users) :] for e in using)
             raise Conflict(
@@ -192,7 +202,9 @@ class ClusterNetworks:
             name = entry.key[len(NETWORKS) :]
             if kind == "DELETE":
                 self._known.discard(name)
-                replicas.remove(name)
+                if name not in self._removed_here:
+                    replicas.remove(name)
+                self._removed_here.discard(name)
                 return
             found = _record(entry)
             if found is not None:
