@@ -152,6 +152,8 @@ class ControlPlane:
         self.cluster = None
         # endpoint id -> assign_container's arguments, while etcd cannot give an identity
         self._waiting: dict[str, tuple] = {}
+        # cluster mode: endpoint id -> its container's names on its network, for etcd
+        self._aliases: dict[str, list[str]] = {}
         ranges = [
             ipaddress.ip_network(config.service_range6),
             ipaddress.ip_network(config.service_range4),
@@ -204,7 +206,11 @@ class ControlPlane:
 
     def watch_docker(self) -> None:
         listener = Listener(
-            self.network_ids, self.assign_container, self.forget_what_docker_lost, self.network_seen
+            self.network_ids,
+            self.assign_container,
+            self.forget_what_docker_lost,
+            self.network_seen,
+            self.endpoint_aliases,
         )
         self.watcher = DockerWatcher(listener, self.config.docker_host, self.config.plugin_name)
         self.watcher.start()
@@ -264,6 +270,7 @@ class ControlPlane:
         self.endpoints.delete(endpoint_id)
         if ep is not None and self.cluster is not None:
             self.cluster.publisher.withdraw(ep.numeric_id)
+            self._aliases.pop(endpoint_id, None)
             self._network_use(ep.network_id)
         self.regeneration.refresh()
         self.services.sync()
@@ -677,6 +684,13 @@ class ControlPlane:
             )
         self.cluster.networks.publish(record)
 
+    def endpoint_aliases(self, endpoint_id: str, aliases: list[str]) -> None:
+        """The watcher learnt the names an endpoint's container has on its network."""
+        with self.lock:
+            if self.cluster is not None and self._aliases.get(endpoint_id) != aliases:
+                self._aliases[endpoint_id] = aliases
+                self._publish(endpoint_id)
+
     def _network_use(self, network_id: str) -> None:
         """Cluster mode: whether this node has endpoints on the network, for etcd."""
         net = self.store.get_network(network_id)
@@ -699,6 +713,7 @@ class ControlPlane:
             ipv4=ep.ipv4,
             identity=ep.identity,
             container_name=ep.container_name,
+            aliases=self._aliases.get(ep.endpoint_id, []),
             network_id=ep.network_id,
             network_name=net.name if net else None,
         )

@@ -47,9 +47,17 @@ def test_an_endpoint_is_published_and_cached_on_every_other_node(nodes, etcd):
         "ipv4": ep.ipv4,
         "identity": identity,
         "container_name": "c1",
+        "aliases": [],
         "network_id": ep.network_id,
         "network_name": "app",
     }
+    aliases = ["0123456789ab", "www"]
+    a.plane.endpoint_aliases(web, aliases)
+    wait_for(
+        lambda: json.loads(etcd.keys(ENDPOINTS)[_key(a, web)])["aliases"] == aliases,
+        5,
+        "the aliases the watcher learnt once the container started",
+    )
     assert etcd.entry(_key(a, web)).lease == a.plane.cluster.session.lease
     for other in (b, c):
         wanted = _in_cache(other, a, web, identity)

@@ -34,6 +34,7 @@ class EndpointRecord:
     ipv4: str | None
     identity: int
     container_name: str | None
+    aliases: list  # its names on its network besides container_name (--network-alias)
     network_id: str  # Docker's id on the endpoint's node; the name is the cluster's
     network_name: str | None
 

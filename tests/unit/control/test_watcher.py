@@ -26,7 +26,15 @@ class FakeDocker:
 
     def inspect_container(self, container_id):
         assert container_id == CONTAINER
-        return {"Name": "/web", "Config": {"Labels": {"app": "web"}}}
+        networks = {
+            "app": {"NetworkID": NET, "EndpointID": EP, "Aliases": ["www", "0123456789ab"]},
+            "bridge": {"NetworkID": "b" * 64, "EndpointID": "f" * 64, "Aliases": None},
+        }
+        return {
+            "Name": "/web",
+            "Config": {"Labels": {"app": "web"}},
+            "NetworkSettings": {"Networks": networks},
+        }
 
 
 def test_resync_reports_containers_then_what_docker_has():
@@ -36,11 +44,13 @@ def test_resync_reports_containers_then_what_docker_has():
         assign_container=lambda *args: heard.append(("assign", args)),
         forget_what_docker_lost=lambda *args: heard.append(("forget", args)),
         network_seen=lambda network: heard.append(("seen", network["Name"])),
+        endpoint_aliases=lambda *args: heard.append(("aliases", args)),
     )
     DockerWatcher(listener, "unix:///nowhere.sock", "cilium").resync(FakeDocker())
     assert heard == [
         ("seen", "app"),
         ("assign", (EP, NET, "app", CONTAINER, "web", {"app": "web"})),
+        ("aliases", (EP, ["0123456789ab", "www"])),
         ("forget", ({NET, "b" * 64}, {"10.1.0.1", "10.1.0.2"}, {"10.1.0.0/24"})),
     ]
 
@@ -75,6 +85,7 @@ def test_one_endpoint_that_cannot_be_assigned_does_not_stop_the_others():
         assign_container=assign,
         forget_what_docker_lost=lambda *args: heard.append(("forget", args[0])),
         network_seen=lambda network: None,
+        endpoint_aliases=lambda *args: None,
     )
     DockerWatcher(listener, "unix:///nowhere.sock", "cilium").resync(TwoContainers())
     assert heard == [("assign", EP), ("forget", {NET, "b" * 64})]
@@ -88,6 +99,7 @@ def test_a_network_of_this_driver_created_is_seen_with_its_name():
         assign_container=lambda *args: None,
         forget_what_docker_lost=lambda *args: None,
         network_seen=lambda network: seen.append(network["Name"]),
+        endpoint_aliases=lambda *args: None,
     )
     watcher = DockerWatcher(listener, "unix:///nowhere.sock", "cilium")
     for driver in ("bridge", "cilium"):
@@ -98,3 +110,17 @@ def test_a_network_of_this_driver_created_is_seen_with_its_name():
         }
         watcher._dispatch(FakeDocker(), event)
     assert seen == ["app"], "only this driver's network"
+
+
+def test_a_started_containers_aliases_on_our_networks_are_reported():
+    heard = []
+    listener = Listener(
+        network_ids=lambda: {NET},
+        assign_container=lambda *args: None,
+        forget_what_docker_lost=lambda *args: None,
+        network_seen=lambda network: None,
+        endpoint_aliases=lambda *args: heard.append(args),
+    )
+    event = {"Type": "container", "Action": "start", "Actor": {"ID": CONTAINER}}
+    DockerWatcher(listener, "unix:///nowhere.sock", "cilium")._dispatch(FakeDocker(), event)
+    assert heard == [(EP, ["0123456789ab", "www"])], "not the bridge network's"
