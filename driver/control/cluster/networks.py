@@ -57,11 +57,14 @@ def record_of(network: dict, plugin_name: str, node: str, is_block) -> NetworkRe
     for config in ipam.get("Config") or []:
         subnet = ipaddress.ip_network(config["Subnet"], strict=False)
         if not is_block(subnet):
+            # Docker 20.10 shows an IPv6 gateway its IPAM chose with a prefix length; its
+            # API takes an address.
+            gateway = (config.get("Gateway") or "").split("/")[0]
             subnets.append(
                 {
                     "subnet": str(subnet),
                     "ip_range": config.get("IPRange") or None,
-                    "gateway": config.get("Gateway") or None,
+                    "gateway": gateway or None,
                 }
             )
     return NetworkRecord(

@@ -54,7 +54,7 @@ def test_the_record_keeps_a_users_subnets_but_not_the_nodes_own_blocks():
     blocks = net("10.213.16.0/20"), net("fd00:100:0:1::/112")
     configs = [
         {"Subnet": "10.213.16.64/26", "Gateway": "10.213.16.65"},
-        {"Subnet": "2001:db8:7::/64", "IPRange": "2001:db8:7::/80", "Gateway": "2001:db8:7::1"},
+        {"Subnet": "2001:db8:7::/64", "IPRange": "2001:db8:7::/80", "Gateway": "2001:db8:7::1/64"},
     ]
     record = record_of(
         _inspect("cilium", configs, Internal=True),
