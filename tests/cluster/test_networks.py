@@ -160,3 +160,12 @@ def test_a_restarted_node_keeps_its_networks_and_their_users(nodes, etcd):
         "b's use under its new lease",
     )
     assert [c["name"] for c in stand_in.created] == ["web"], "not made again"
+
+
+def test_a_network_created_while_etcd_is_away_is_published_when_it_answers(nodes, etcd):
+    a, b = _start(nodes, "a"), _start(nodes, "b")
+    etcd.stop()
+    a.docker.create_network("late", "cilium", {}, OWN, enable_ipv6=True)
+    assert _has(a, "late"), "a network needs no etcd on its own node"
+    etcd.start()
+    wait_for(lambda: _has(b, "late"), LEASE_TTL + 10, "published and made once etcd answers")

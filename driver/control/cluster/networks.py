@@ -113,6 +113,7 @@ def create_request(record: NetworkRecord, plugin_name: str, node_id: int, slots:
 class ClusterNetworks:
     def __init__(self, kv: KvStore, session: Session, node: str):
         self.kv = kv
+        self.session = session
         self.node = node
         self.users = LeasedKeys(
             kv,
@@ -151,6 +152,7 @@ class ClusterNetworks:
         except KvstoreUnavailable as exc:
             log.warning("%s (published when etcd answers)", exc)
             self._unpublished[record.name] = record
+            self.session.available.clear()  # the keepalive calls _publish_late
 
     def remove(self, name: str) -> None:
         """Network name leaves the cluster, if no other node has endpoints on it (a
