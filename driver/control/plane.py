@@ -655,6 +655,17 @@ class ControlPlane:
         names = {net.network_id: net.name for net in self.store.networks() if net.name}
         in_use = {names[ep.network_id] for ep in endpoints if ep.network_id in names}
         self.cluster.connect_datapath(self.datapath, self.lock, records, in_use)
+        self.cluster.serve_dns(self._network_of_address)
+
+    def _network_of_address(self, address: str) -> str | None:
+        """The network name of the local endpoint with that address (a DNS query's
+        source), if any."""
+        with self.lock:
+            for ep in self.store.endpoints():
+                if address in (ep.ipv6, ep.ipv4):
+                    net = self.store.get_network(ep.network_id)
+                    return net.name if net else None
+        return None
 
     def replicate_networks(self, client) -> None:
         """Cluster mode: the cluster's networks made in this node's Docker (client, a

@@ -161,6 +161,9 @@ def nodes(etcd, tmp_path):
                 "kvstore_endpoints": etcd.url,
                 "kvstore_lease_ttl": LEASE_TTL,
                 "node_name": name,
+                # Every node here has 127.0.0.1 as its address: a test that wants the
+                # DNS server gives it a port of its own.
+                "cluster_dns_port": 0,
             }
             config = Config(**{**defaults, **settings}).validate()
             running[name] = Node(config, datapath or FakeDatapath())

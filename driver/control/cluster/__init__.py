@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from driver.config import Config
 
+from .dns import ClusterDns
 from .endpoints import EndpointRecord, Publisher, RemoteEndpoints
 from .identities import ClusterAllocator
 from .kvstore import KvStore, KvstoreUnavailable
@@ -37,6 +38,7 @@ class Cluster:
         self.remote_nodes: RemoteNodes | None = None
         self.remote_endpoints: RemoteEndpoints | None = None
         self.networks: ClusterNetworks | None = None
+        self.dns: ClusterDns | None = None
 
     def node_slots(self) -> int:
         """How many node ids the cluster has: one per block of its IPv4 range."""
@@ -83,6 +85,20 @@ class Cluster:
         self.remote_nodes = RemoteNodes(self.kv, self.name, datapath, lock)
         self.remote_endpoints = RemoteEndpoints(self.kv, self.name, datapath, lock)
 
+    def serve_dns(self, network_of) -> None:
+        """Other nodes' container names for Docker's embedded DNS (dns.py), on this node's
+        address; network_of(address) names the network of a local endpoint's address. A
+        port that cannot be had leaves the rest of the cluster working without it."""
+        port = self.config.cluster_dns_port
+        if not port:
+            return
+        try:
+            self.dns = ClusterDns(self.address, port, network_of, self.remote_endpoints.records)
+        except OSError as exc:
+            log.error(
+                "no names of other nodes' containers: UDP %s port %d: %s", self.address, port, exc
+            )
+
     def when_available(self, callback) -> None:
         self.session.when_available(callback)
 
@@ -100,7 +116,7 @@ class Cluster:
         }
 
     def close(self) -> None:
-        parts = (self.networks, self.remote_endpoints, self.remote_nodes, self.publisher)
+        parts = (self.dns, self.networks, self.remote_endpoints, self.remote_nodes, self.publisher)
         for part in (*parts, self.allocator, self.registry):
             if part is not None:
                 part.close()
