@@ -679,9 +679,10 @@ class ControlPlane:
         self.cluster.networks.follow(replicas)
 
     def network_seen(self, network: dict) -> None:
-        """The watcher saw a network of this driver (created, or listed after it
-        connected), as `docker network inspect` shows it: its name, and in cluster mode
-        the network in the cluster (a network the cluster has already stays as it is)."""
+        """The watcher saw a network of this driver created, as `docker network inspect`
+        shows it: its name, and in cluster mode the network in the cluster (a network the
+        cluster has already stays as it is). Not from a listing: a node that was down
+        while the cluster deleted a network would publish it again."""
         with self.lock:
             if self.store.get_network(network["Id"]) is None:
                 return

@@ -33,7 +33,7 @@ class Listener:
     assign_container: Callable[[str, str, str, str, str, dict], None]
     # Docker's networks, the addresses it uses, its subnets of our IPAM
     forget_what_docker_lost: Callable[[set[str], set[str], set[str]], None]
-    # a network of this driver as `docker network inspect` shows it (created, or listed)
+    # a network of this driver created, as `docker network inspect` shows it
     network_seen: Callable[[dict], None]
     # endpoint id, the names its container has on the endpoint's network
     endpoint_aliases: Callable[[str, list[str]], None]
@@ -110,8 +110,6 @@ class DockerWatcher:
             used_addresses |= _addresses_in_use(network)
             if listed["Id"] not in self.listener.network_ids():
                 continue
-            if listed.get("Driver") == ours:
-                self._seen(network)
             for container_id, info in (network.get("Containers") or {}).items():
                 self._assign(client, network, container_id, info.get("EndpointID"))
                 containers.add(container_id)

@@ -161,6 +161,7 @@ class ClusterNetworks:
         users = f"{NETWORK_USERS}{name}/"
         purpose = f"delete network {name} from the cluster"
         mine = users + self.node
+        self._unpublished.pop(name, None)
         self.users.set(mine, None)
         self.kv.delete(mine, purpose)
         entry = self.kv.get(key, purpose)

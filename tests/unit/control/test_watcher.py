@@ -48,7 +48,6 @@ def test_resync_reports_containers_then_what_docker_has():
     )
     DockerWatcher(listener, "unix:///nowhere.sock", "cilium").resync(FakeDocker())
     assert heard == [
-        ("seen", "app"),
         ("assign", (EP, NET, "app", CONTAINER, "web", {"app": "web"})),
         ("aliases", (EP, ["0123456789ab", "www"])),
         ("forget", ({NET, "b" * 64}, {"10.1.0.1", "10.1.0.2"}, {"10.1.0.0/24"})),
