@@ -167,6 +167,9 @@ class ControlPlane:
                     config.cluster_prefix6, self._node_id(), config.node_range4
                 )
             datapath.start()
+            if self.cluster is not None:
+                # Before any endpoint is made: their MTU fits the tunnel's from the start.
+                datapath.enable_tunnel(self.cluster.address)
             slots = self.cluster.node_slots() if self.cluster is not None else 0
             self.ipam = Ipam(self.store, self.node, datapath, ranges, slots)
             self.networks = Networks(self.store, self.ipam, datapath, config.mtu)
@@ -648,8 +651,8 @@ class ControlPlane:
         self.cluster.when_available(self._assign_waiting)
 
     def _connect_cluster(self) -> None:
-        """Cluster mode, once the endpoints are restored: the tunnel, the other nodes and
-        their endpoints in the datapath, this node's endpoints and networks in etcd."""
+        """Cluster mode, once the endpoints are restored: the other nodes and their
+        endpoints in the datapath, this node's endpoints and networks in etcd."""
         endpoints = self.store.endpoints()
         records = [self._endpoint_record(ep) for ep in endpoints]
         names = {net.network_id: net.name for net in self.store.networks() if net.name}

@@ -69,11 +69,10 @@ class Cluster:
     def connect_datapath(
         self, datapath, lock, endpoints: list[EndpointRecord], networks_in_use: set[str]
     ) -> None:
-        """The cluster in this node's datapath: the tunnel, other nodes' ranges routed
-        through it and their endpoints in the ipcache; and this node's endpoints and the
-        networks it uses in etcd, all of them known before the first write, so none is
-        withdrawn for a moment."""
-        datapath.enable_tunnel(self.address)
+        """The cluster in this node's datapath (its tunnel enabled): other nodes' ranges
+        routed through the tunnel and their endpoints in the ipcache; and this node's
+        endpoints and the networks it uses in etcd, all of them known before the first
+        write, so none is withdrawn for a moment."""
         self.publisher = Publisher(self.kv, self.session, self.name)
         for record in endpoints:
             self.publisher.publish(record)
