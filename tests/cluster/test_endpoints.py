@@ -138,3 +138,18 @@ def test_etcd_away_an_endpoint_is_published_when_it_answers(nodes, etcd):
     wait_for(lambda: a.identity(waiting) != INIT_ID, 15, "identity once etcd answers")
     wanted = _in_cache(b, a, waiting, a.identity(waiting))
     wait_for(lambda: b.datapath.ipcache == wanted, 10, "published and cached")
+
+
+def test_etcd_restarted_the_ipcache_keeps_its_entries_and_converges(nodes, etcd):
+    a, b = _start(nodes, "a"), _start(nodes, "b")
+    first = b.endpoint(1, WEB)
+    wanted = _in_cache(a, b, first, b.identity(first))
+    wait_for(lambda: a.datapath.ipcache == wanted, 5, "b's endpoint cached on a")
+    etcd.stop()
+    time.sleep(LEASE_TTL)
+    assert a.datapath.ipcache == wanted, "while etcd is away, the ipcache keeps what it has"
+    second = b.endpoint(2, WEB)  # an identity b holds: made without etcd, published later
+    etcd.start()
+    wanted.update(_in_cache(a, b, second, b.identity(second)))
+    wait_for(lambda: a.datapath.ipcache == wanted, 15, "both cached once etcd is back")
+    assert sorted(etcd.keys(ENDPOINTS)) == sorted([_key(b, first), _key(b, second)])
