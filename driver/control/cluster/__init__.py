@@ -12,12 +12,12 @@ from .dns import ClusterDns
 from .endpoints import EndpointRecord, Publisher, RemoteEndpoints
 from .identities import ClusterAllocator
 from .kvstore import KvStore, KvstoreUnavailable
-from .networks import ClusterNetworks, Replicas, record_of
+from .networks import ClusterNetworks
 from .nodes import NodeRecord, NodeRegistry, claim_node_id
 from .session import Session
 from .tunnel import RemoteNodes
 
-__all__ = ["Cluster", "EndpointRecord", "KvstoreUnavailable", "Replicas", "record_of"]
+__all__ = ["Cluster", "KvstoreUnavailable"]
 
 log = logging.getLogger(__name__)
 
