@@ -89,6 +89,9 @@ class Config:
     # N-th block of this prefix length (the default /16 and /20: 15 nodes, a /26 per
     # network on each).
     node_mask4: int = 20
+    # Cluster mode: the UDP port on the node address where other nodes' containers' names
+    # are answered for Docker's embedded DNS (docs/architecture.md); 0: not answered.
+    cluster_dns_port: int = 53
 
     @property
     def plugin_socket(self) -> str:
@@ -156,6 +159,8 @@ class Config:
             )
         if self.node_address:
             ipaddress.ip_address(self.node_address)
+        if not 0 <= self.cluster_dns_port <= 65535:
+            raise ValueError(f"cluster DNS port {self.cluster_dns_port} is not a port (0: off)")
 
     @property
     def endpoint_urls(self) -> list[str]:

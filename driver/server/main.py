@@ -162,6 +162,12 @@ _OPTIONS = [
         "this length",
         type=int,
     ),
+    _option(
+        "cluster_dns_port",
+        "cluster mode: UDP port on the node address answering other nodes' container names "
+        "for Docker's DNS (containers need it as --dns); 0: off",
+        type=int,
+    ),
 ]
 
 
