@@ -12,6 +12,7 @@ builds and reconciles the components.
 import dataclasses
 import functools
 import ipaddress
+import json
 import logging
 import queue
 import socket
@@ -157,6 +158,8 @@ class ControlPlane:
         # cluster mode: policy and services are etcd's (cluster/policy.py, services.py)
         self.cluster_policy = None
         self.cluster_services = None
+        # cluster mode: other nodes' identities, for policy (cluster/remote_identities.py)
+        self.remote_identities = None
         # endpoint id -> assign_container's arguments, while etcd cannot give an identity
         self._waiting: dict[str, tuple] = {}
         # cluster mode: endpoint id -> its container's names on its network, for etcd
@@ -475,8 +478,12 @@ class ControlPlane:
 
     @_locked
     def list_identities(self) -> list[dict]:
+        """Reserved, this node's, then those only other nodes' endpoints have ("remote")."""
         reserved = [{**_reserved(number), "labels": {}} for number in RESERVED_IDENTITIES]
-        return reserved + [dataclasses.asdict(i) for i in self.store.identities()]
+        own = [dataclasses.asdict(i) for i in self.store.identities()]
+        taken = {i["identity"] for i in own}
+        remote = [i for i in self._remote_identities() if i["identity"] not in taken]
+        return reserved + own + remote
 
     def get_identity(self, number: int) -> dict:
         if number in RESERVED_IDENTITIES:
@@ -484,9 +491,28 @@ class ControlPlane:
         with self.lock:
             found = self.store.get_identity(number)
             users = [ep.numeric_id for ep in self.store.endpoints() if ep.identity == number]
-        if found is None:
-            raise NotFound(f"identity {number} not found")
-        return {**dataclasses.asdict(found), "endpoints": users}
+            remote = [i for i in self._remote_identities() if i["identity"] == number]
+        if found is not None:
+            return {**dataclasses.asdict(found), "endpoints": users}
+        if remote:
+            return {**remote[0], "endpoints": []}
+        raise NotFound(f"identity {number} not found")
+
+    def _remote_identities(self) -> list[dict]:
+        """Cluster mode: the identities of other nodes' endpoints, with those nodes."""
+        if self.remote_identities is None:
+            return []
+        nodes = self.remote_identities.nodes()
+        return [
+            {
+                "identity": number,
+                "kind": "remote",
+                "key": json.dumps(labels, sort_keys=True),
+                "labels": labels,
+                "nodes": nodes.get(number, []),
+            }
+            for number, labels in sorted(self.remote_identities.identities().items())
+        ]
 
     # Policy
 
@@ -645,6 +671,8 @@ class ControlPlane:
             labels = flow_reserved_labels()
             for identity in self.store.identities():
                 labels[identity.identity] = flow_labels(identity.labels) or [identity.key]
+            for number, remote in self.regeneration.remote.items():
+                labels.setdefault(number, flow_labels(remote))
             services = {s.service_id: str(s.frontend) for s in self.services.all()}
             origins = self.regeneration.rule_origins()
         by_id = {ep.numeric_id: ep for ep in endpoints}
@@ -839,6 +867,7 @@ class ControlPlane:
         """Cluster mode: policy and services are the cluster's, changed through etcd and put
         in force here from watches; the state keeps this node's copy."""
         from .cluster.policy import ClusterPolicy
+        from .cluster.remote_identities import RemoteIdentities
         from .cluster.services import ClusterServices, RemoteBackends
 
         self.cluster_policy = ClusterPolicy(self.cluster.kv, self.regeneration, self.lock)
@@ -846,7 +875,10 @@ class ControlPlane:
             self.cluster.kv, self.services, self.store, self.lock
         )
         remote = RemoteBackends(self.cluster.kv, self.cluster.name, self.services, self.lock)
-        for shared in (self.cluster_policy, self.cluster_services, remote):
+        self.remote_identities = RemoteIdentities(
+            self.cluster.kv, self.cluster.name, self.lock, self.regeneration.set_remote
+        )
+        for shared in (self.cluster_policy, self.cluster_services, remote, self.remote_identities):
             shared.start()
             self.on_close(shared.close)
 
