@@ -12,7 +12,6 @@ builds and reconciles the components.
 import dataclasses
 import functools
 import ipaddress
-import json
 import logging
 import queue
 import socket
@@ -500,19 +499,7 @@ class ControlPlane:
 
     def _remote_identities(self) -> list[dict]:
         """Cluster mode: the identities of other nodes' endpoints, with those nodes."""
-        if self.remote_identities is None:
-            return []
-        nodes = self.remote_identities.nodes()
-        return [
-            {
-                "identity": number,
-                "kind": "remote",
-                "key": json.dumps(labels, sort_keys=True),
-                "labels": labels,
-                "nodes": nodes.get(number, []),
-            }
-            for number, labels in sorted(self.remote_identities.identities().items())
-        ]
+        return self.remote_identities.records() if self.remote_identities is not None else []
 
     # Policy
 

@@ -92,13 +92,20 @@ class RemoteIdentities:
         for watch in self.watches:
             watch.stop()
 
-    def identities(self) -> dict[int, dict]:
+    def records(self) -> list[dict]:
+        """The remote identities as `cilium identity list` shows them, with their nodes."""
         with self.lock:
-            return dict(self._told)
-
-    def nodes(self) -> dict[int, list[str]]:
-        with self.lock:
-            return self.use.nodes()
+            nodes = self.use.nodes()
+            return [
+                {
+                    "identity": number,
+                    "kind": "remote",
+                    "key": json.dumps(labels, sort_keys=True),
+                    "labels": labels,
+                    "nodes": nodes.get(number, []),
+                }
+                for number, labels in sorted(self._told.items())
+            ]
 
     def _reset_labels(self, entries: list[Entry]) -> None:
         with self.lock:

@@ -148,7 +148,7 @@ def test_remote_identities_tell_changes_only_and_skip_this_nodes_own():
     assert len(told) == 1
     remote._endpoint_event("DELETE", _record("a", 2, REMOTE), None)
     assert told[-1] == {}, "the last one takes it away"
-    assert remote.nodes() == {}
+    assert remote.records() == []
 
 
 def test_remote_identities_learn_labels_that_come_after_the_endpoint():
@@ -159,7 +159,15 @@ def test_remote_identities_learn_labels_that_come_after_the_endpoint():
     assert told == []
     remote._label_event("PUT", _id_key(REMOTE, {"app": "web"}), None)
     assert told == [{REMOTE: {"app": "web"}}]
-    assert remote.identities() == {REMOTE: {"app": "web"}} and remote.nodes() == {REMOTE: ["a"]}
+    assert remote.records() == [
+        {
+            "identity": REMOTE,
+            "kind": "remote",
+            "key": '{"app": "web"}',
+            "labels": {"app": "web"},
+            "nodes": ["a"],
+        }
+    ]
     remote._label_event("DELETE", Entry(f"{IDS}{REMOTE}", "", 1, 1, 0), None)
     assert told[-1] == {}
 
