@@ -193,6 +193,8 @@ class ControlPlane:
                 config.saved_policy,
                 self._cluster_allocator(),
             )
+            if self.cluster is not None:
+                self._load_remote_identities()
             self.services = Services(self.store, datapath, ranges)
             self._claim_ranges(ranges)
             self.ports = Ports(self.store, datapath)
@@ -850,11 +852,21 @@ class ControlPlane:
             allocator.hold(record.identity, record.key)
         return allocator
 
+    def _load_remote_identities(self) -> None:
+        """Cluster mode: other nodes' identities read before the first regeneration (as
+        Cilium waits for its identity cache), so a restart does not take their entries
+        away for a moment; their watches start with the rest of the shared state."""
+        from .cluster.remote_identities import RemoteIdentities
+
+        self.remote_identities = RemoteIdentities(
+            self.cluster.kv, self.cluster.name, self.lock, self.regeneration.set_remote
+        )
+        self.regeneration.remote = self.remote_identities.load()
+
     def _share_policy_and_services(self) -> None:
         """Cluster mode: policy and services are the cluster's, changed through etcd and put
         in force here from watches; the state keeps this node's copy."""
         from .cluster.policy import ClusterPolicy
-        from .cluster.remote_identities import RemoteIdentities
         from .cluster.services import ClusterServices, RemoteBackends
 
         self.cluster_policy = ClusterPolicy(self.cluster.kv, self.regeneration, self.lock)
@@ -862,9 +874,6 @@ class ControlPlane:
             self.cluster.kv, self.services, self.store, self.lock
         )
         remote = RemoteBackends(self.cluster.kv, self.cluster.name, self.services, self.lock)
-        self.remote_identities = RemoteIdentities(
-            self.cluster.kv, self.cluster.name, self.lock, self.regeneration.set_remote
-        )
         for shared in (self.cluster_policy, self.cluster_services, remote, self.remote_identities):
             shared.start()
             self.on_close(shared.close)

@@ -4,8 +4,10 @@ come and go with those endpoints."""
 
 import json
 
+from datapath import PolicyKey
 from datapath.abi import EGRESS, INGRESS
 
+from ..unit.fakes import FakeDatapath
 from .conftest import wait_for
 from .test_policy import call
 
@@ -82,3 +84,33 @@ def test_an_import_on_one_node_is_in_force_on_another_for_the_first_nodes_identi
 
     a.remove(web_ep)
     wait_for(lambda: _entries(b, client, EGRESS) == set(), 5, "a's web gone from b's policy")
+
+
+class RecordingDatapath(FakeDatapath):
+    """Keeps every policy written, in order, by endpoint interface."""
+
+    def __init__(self):
+        super().__init__()
+        self.written: dict[str, list[set]] = {}
+
+    def set_endpoint_policy(self, spec, ingress_enforced, egress_enforced, keys):
+        super().set_endpoint_policy(spec, ingress_enforced, egress_enforced, keys)
+        self.written.setdefault(spec.host_ifname, []).append(set(keys))
+
+
+def test_a_restarted_node_keeps_the_other_nodes_entries_throughout(nodes):
+    """As Cilium waits for its identity cache: the first regeneration after a restart knows
+    the other nodes' identities already, so their entries never leave the datapath."""
+    a, b = nodes.start("a"), nodes.start("b", RecordingDatapath())
+    server = b.endpoint(1, SERVER)
+    web = a.identity(a.endpoint(1, WEB))
+    _import(a, _rule("server", "ingress", "web"))
+    wait_for(lambda: (web, 0) in _entries(b, server, INGRESS), 5, "b admits a's app=web")
+
+    ifname = b.plane.endpoint_info(server).host_ifname
+    datapath = nodes.stop("b").datapath
+    datapath.written.clear()
+    b = nodes.start("b", datapath)
+    assert datapath.written[ifname], "the restart wrote the endpoint's policy"
+    for keys in datapath.written[ifname]:
+        assert PolicyKey(web, 0, 0, INGRESS) in keys

@@ -82,6 +82,16 @@ class RemoteIdentities:
         self._told: dict[int, dict] = {}
         self.watches = []
 
+    def load(self) -> dict[int, dict]:
+        """The remote identities now (number -> labels), read once, before start()."""
+        ids, _ = self.kv.list(IDS, "read the cluster's identities")
+        endpoints, _ = self.kv.list(ENDPOINTS, "read other nodes' endpoints")
+        with self.lock:
+            self.use.set_labels(dict(filter(None, map(labels_of, ids))))
+            self.use.set_endpoints(dict(filter(None, map(self._user, endpoints))))
+            self._told = self.use.identities()
+            return dict(self._told)
+
     def start(self) -> None:
         self.watches = [
             self.kv.watch(IDS, self._reset_labels, self._label_event),
