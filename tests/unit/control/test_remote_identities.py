@@ -66,6 +66,28 @@ def test_a_remote_identity_is_written_only_to_the_endpoints_whose_rules_select_i
     assert host.datapath.policies == expected(host, {}) == host.expected()
 
 
+def test_a_remote_identity_is_evaluated_alone_against_each_local_identitys_rules(host, monkeypatch):
+    """Its arrival costs one computation per local identity with it as the only peer, not a
+    recomputation against every identity of the cluster."""
+    host.regeneration.import_rules([(WEB_POLICY, "web.yaml")])
+    for i in range(20):
+        host.add("a", {"app": "web", "replica": str(i)})
+    host.regeneration.set_remote({REMOTE + i: {"app": "other", "n": str(i)} for i in range(50)})
+    peers_seen = []
+    compute_for = type(host.regeneration.policy).compute_for
+
+    def counting(policy, identity, peers, mode="default"):
+        peers_seen.append(sorted(peers.endpoints))
+        return compute_for(policy, identity, peers, mode)
+
+    monkeypatch.setattr(type(host.regeneration.policy), "compute_for", counting)
+    remote = dict(host.regeneration.remote)
+    remote[REMOTE + 99] = {"app": "client", NETWORK_LABEL: "c"}
+    host.regeneration.set_remote(remote)
+    assert peers_seen == [[REMOTE + 99]] * 20
+    assert host.datapath.policies == expected(host, remote)
+
+
 def test_a_remote_identity_on_a_network_is_admitted_by_its_unruled_endpoints(host):
     """Without ingress rules a network admits its own containers, those of other nodes too."""
     on_a = [host.add("a", {"app": "web", "replica": str(i)}) for i in range(3)]
