@@ -32,6 +32,9 @@ class FakeDatapath:
         self.prefilter = {}  # denied prefix -> drops
         self.xdp = {}  # device -> mode
         self.xdp_capable = {"eth0": "native", "eth1": "generic"}  # devices that exist
+        self.tunnel = None
+        self.remote_nodes = {}  # node_address -> list of prefixes
+        self.ipcache = {}  # address -> (identity, node_address)
 
     def start(self):
         self.compile_count = 1
@@ -164,3 +167,23 @@ class FakeDatapath:
 
     def prefilter_devices(self):
         return dict(self.xdp)
+
+    # several hosts
+    def enable_tunnel(self, underlay_address):
+        self.tunnel = underlay_address
+        return "cilium_vxlan"
+
+    def set_remote_node(self, node_address, prefixes):
+        self.remote_nodes[node_address] = list(prefixes)
+
+    def remove_remote_node(self, node_address, prefixes):
+        self.remote_nodes.pop(node_address, None)
+
+    def ipcache_upsert(self, address, identity, node_address):
+        self.ipcache[address] = (identity, node_address)
+
+    def ipcache_delete(self, address):
+        self.ipcache.pop(address, None)
+
+    def ipcache_entries(self):
+        return dict(self.ipcache)
