@@ -669,8 +669,10 @@ class Datapath:
     def remove_remote_node(self, node_address: str, prefixes: list[str]) -> None:
         """Undo set_remote_node; whatever is missing is fine."""
         node = _node_address(node_address)
-        for net in [netlink.network(cidr) for cidr in prefixes]:
-            netlink.delete_route(str(net), type="unicast")
+        nets = [netlink.network(cidr) for cidr in prefixes]
+        ifindex = netlink.link_index(TUNNEL_DEVICE)
+        for net in nets if ifindex is not None else []:  # no device: its routes went with it
+            netlink.delete_device_route(str(net), ifindex)
         if self.maps.ipcache().get(node) == (WORLD_ID, node):
             self.maps.delete_ipcache(node)
 

@@ -237,6 +237,13 @@ def replace_device_route(cidr: str, ifindex: int) -> None:
             raise DatapathError(f"cannot add route {cidr} via ifindex {ifindex}: {exc}") from exc
 
 
+def delete_device_route(cidr: str, ifindex: int) -> bool:
+    """Delete the route replace_device_route made (its scope too: an IPv4 delete matches
+    the scope); False if there was none."""
+    scope = {"scope": RT_SCOPE_LINK} if network(cidr).version == 4 else {}
+    return delete_route(cidr, oif=ifindex, **scope)
+
+
 def replace_gateway_route(cidr: str, gateway: str, ifindex: int) -> None:
     """Route cidr through gateway, a neighbour on ifindex (e.g. a VIP to an endpoint)."""
     with IPRoute() as ipr:

@@ -1,0 +1,245 @@
+"""Real packets between two simulated hosts through the VXLAN tunnel (lib/tunnel.h).
+
+Each host is a network namespace with its own Datapath (tunnel_hosts.py); the hosts share
+a veth underlay in 198.51.100.0/24. Every endpoint is published in the other host's
+ipcache, as the control plane does from etcd.
+"""
+
+import ipaddress
+import json
+
+import pytest
+
+from datapath.abi import CT_F_SEEN_REPLY, EGRESS, INGRESS, PROTO_TCP, PolicyKey
+from datapath.service import Backend, Frontend
+from datapath.uninstall import remove_from_host
+
+from . import traffic
+from .tunnel_hosts import CLUSTER4, CLUSTER6, call_in_netns, make_hosts, remove_hosts
+
+TUNNEL = "cilium_vxlan"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    hosts = make_hosts(2, "t")
+    try:
+        for host in hosts:
+            host.start()
+        a, b = hosts
+        a.dp.set_remote_node(str(b.underlay), b.prefixes)
+        b.dp.set_remote_node(str(a.underlay), a.prefixes)
+        yield a, b
+    finally:
+        remove_hosts(hosts)
+
+
+@pytest.fixture
+def make(cluster):
+    """Factory: an endpoint on a host, published in the other host's ipcache (as
+    `advertised` if given: the identity the other host believes the address has)."""
+    made = []
+
+    def make_endpoint(host, identity: int, advertised: int | None = None):
+        container = host.endpoint(identity)
+        for other in cluster:
+            if other is not host:
+                for address in container.spec.addresses():
+                    other.dp.ipcache_upsert(
+                        str(address), advertised or identity, str(host.underlay)
+                    )
+                made.append((other, container))
+        return container
+
+    yield make_endpoint
+    for other, container in made:
+        for address in container.spec.addresses():
+            other.dp.ipcache_delete(str(address))
+    for host in cluster:
+        host.remove_endpoints()
+
+
+def _drops(host, reason: str) -> int:
+    return host.dp.drop_counts()[reason]
+
+
+def _overlay_traces(host) -> int:
+    return host.dp.trace_counts()["TRACE_TO_OVERLAY"]
+
+
+def test_the_ipcache_lists_what_was_put_in(cluster, make):
+    a, b = cluster
+    remote = make(b, 2001)
+    entries = a.dp.ipcache_entries()
+    assert entries == {str(ip): (2001, str(b.underlay)) for ip in remote.spec.addresses()}
+
+
+def test_endpoints_reach_each_other_across_hosts(cluster, make):
+    a, b = cluster
+    near, far = make(a, 1002), make(b, 2002)
+    before = _overlay_traces(a), _overlay_traces(b)
+    for version in (6, 4):
+        assert near.ping(far.addr(version))
+        assert far.ping(near.addr(version))
+    far.serve(7000)
+    for version in (6, 4):
+        assert near.exchange(far.addr(version), 7000)
+    assert _overlay_traces(a) - before[0] >= 6  # every packet from a's endpoint went in
+    assert _overlay_traces(b) - before[1] >= 6
+
+
+def test_receiving_host_enforces_ingress_policy_on_the_identity_in_the_vni(cluster, make):
+    a, b = cluster
+    allowed = make(a, 1003)
+    # b believes the denied client's addresses have the allowed identity: only the VNI,
+    # which carries the sender's real identity, tells the two apart.
+    denied = make(a, 1004, advertised=1003)
+    target = make(b, 2003)
+    b.dp.set_endpoint_policy(target.spec, True, False, [PolicyKey(1003, 0, 0, INGRESS)])
+    target.serve(7000)
+    before = _drops(b, "DROP_POLICY")
+    for version in (6, 4):
+        assert allowed.ping(target.addr(version))
+        assert allowed.exchange(target.addr(version), 7000)
+        assert not denied.ping(target.addr(version), timeout=1)
+        assert not denied.exchange(target.addr(version), 7000, timeout=1)
+    assert _drops(b, "DROP_POLICY") - before >= 4
+    dropped = [
+        event
+        for event in b.dp.events()
+        if event.reason_name == "DROP_POLICY"
+        and event.endpoint_id == target.spec.endpoint_id
+        and (event.src in a.range6 or event.src in a.range4)  # b's own (MLD...) aside
+    ]
+    assert {event.src for event in dropped} == set(denied.spec.addresses())
+    assert {(event.src_identity, event.dst_identity) for event in dropped} == {(1004, 2003)}
+    assert {event.direction for event in dropped} == {INGRESS}
+
+
+def test_replies_across_hosts_pass_conntrack(cluster, make):
+    a, b = cluster
+    client, server = make(a, 1005), make(b, 2005)
+    # Both directions enforced on both ends, only client -> server:7000 allowed: the
+    # replies pass by conntrack alone, on the client's host after from_overlay.
+    a.dp.set_endpoint_policy(client.spec, True, True, [PolicyKey(2005, 7000, PROTO_TCP, EGRESS)])
+    b.dp.set_endpoint_policy(server.spec, True, True, [PolicyKey(1005, 7000, PROTO_TCP, INGRESS)])
+    server.serve(7000)
+    client.serve(7001)
+    for version in (6, 4):
+        assert client.exchange(server.addr(version), 7000)
+        assert not server.exchange(client.addr(version), 7001, timeout=1)
+    on_a = {
+        (e.src, e.dst, e.dport)
+        for e in a.dp.ct_entries()
+        if e.endpoint_id == client.spec.endpoint_id
+        and e.direction == EGRESS
+        and e.flags & CT_F_SEEN_REPLY
+    }
+    on_b = {
+        (e.src, e.dst, e.dport)
+        for e in b.dp.ct_entries()
+        if e.endpoint_id == server.spec.endpoint_id
+        and e.direction == INGRESS
+        and e.flags & CT_F_SEEN_REPLY
+    }
+    expected = {(client.addr(v), server.addr(v), 7000) for v in (6, 4)}
+    assert on_a == expected
+    assert on_b == expected
+
+
+def test_a_service_on_one_host_balances_to_a_backend_on_another(cluster, make):
+    a, b = cluster
+    client, backend = make(a, 1006), make(b, 2006)
+    backend.serve(8080)
+    frontends = {
+        6: Frontend(ipaddress.IPv6Address("fdce:1c9a:ffff::10"), 80, PROTO_TCP),
+        4: Frontend(ipaddress.IPv4Address("10.198.255.10"), 80, PROTO_TCP),
+    }
+    try:
+        for service_id, (version, frontend) in enumerate(frontends.items(), start=60):
+            a.dp.set_service(service_id, frontend, [Backend(backend.addr(version), 8080)])
+        for frontend in frontends.values():
+            assert frontend.address in CLUSTER6 or frontend.address in CLUSTER4
+            assert client.exchange(frontend.address, 80)
+    finally:
+        for service_id, frontend in enumerate(frontends.values(), start=60):
+            a.dp.delete_service(service_id, frontend)
+
+
+def test_the_host_reaches_an_endpoint_of_another_host(cluster, make):
+    """to_overlay keys what the host stack routes into the tunnel; the reply comes back
+    through the tunnel too (the host's address is in the other host's ipcache)."""
+    a, b = cluster
+    remote = make(b, 2007)
+    remote.serve(7000)
+    before = _overlay_traces(a), _overlay_traces(b)
+    done = a.exec("ping", "-c", "1", "-W", "2", str(remote.spec.ipv4), check=False)
+    assert done.returncode == 0, done.stdout
+    assert traffic.exchange(a.netns, remote.spec.ipv4, 7000)
+    assert _overlay_traces(a) - before[0] >= 3
+    assert _overlay_traces(b) - before[1] >= 3
+
+
+def _mtu(container) -> int:
+    return json.loads(container.ip("-j", "link", "show", "eth0").stdout)[0]["mtu"]
+
+
+def test_endpoints_get_the_tunnel_mtu_and_full_packets_cross(cluster, make):
+    a, b = cluster
+    near, far = make(a, 1008), make(b, 2008)
+    assert _mtu(near) == _mtu(far) == 1500 - 50  # the underlay veth's, less VXLAN's
+    # The largest packets the endpoint may send, unfragmented, cross whole.
+    assert near.ping(far.spec.ipv4, "-M", "do", "-s", str(1450 - 28))
+    assert near.ping(far.spec.ipv6, "-M", "do", "-s", str(1450 - 48))
+    assert not near.ping(far.spec.ipv4, "-M", "do", "-s", str(1450 - 27), timeout=1)
+
+
+def _routes(host, family: str, prefix) -> str:
+    return host.ip(family, "route", "show", str(prefix)).stdout
+
+
+def test_remote_node_routes_come_and_go(cluster, make):
+    a, b = cluster
+    remote = make(b, 2009)
+    assert f"dev {TUNNEL}" in _routes(a, "-6", b.range6)
+    assert f"dev {TUNNEL}" in _routes(a, "-4", b.range4)
+    a.dp.remove_remote_node(str(b.underlay), b.prefixes)
+    try:
+        assert _routes(a, "-6", b.range6) == _routes(a, "-4", b.range4) == ""
+        assert "unreachable" in _routes(a, "-4", CLUSTER4)
+        # The host's packets meet the cluster range's unreachable route now.
+        done = a.exec("ping", "-c", "1", "-W", "1", str(remote.spec.ipv4), check=False)
+        assert done.returncode != 0
+    finally:
+        a.dp.set_remote_node(str(b.underlay), b.prefixes)
+    done = a.exec("ping", "-c", "1", "-W", "2", str(remote.spec.ipv4), check=False)
+    assert done.returncode == 0
+
+
+def test_enable_tunnel_is_idempotent(cluster):
+    a, _ = cluster
+    index = a.ip("-j", "link", "show", TUNNEL).stdout
+    assert a.dp.enable_tunnel(str(a.underlay)) == TUNNEL
+    assert a.ip("-j", "link", "show", TUNNEL).stdout == index
+    details = json.loads(a.ip("-d", "-j", "link", "show", TUNNEL).stdout)[0]
+    data = details["linkinfo"]["info_data"]
+    assert (data["external"], data["port"], data["local"]) == (True, 8472, str(a.underlay))
+    assert "NOARP" in details["flags"]
+    assert details["mtu"] == 1450
+
+
+def test_uninstall_removes_the_tunnel_and_its_routes():
+    (host, other) = make_hosts(2, "u")
+    try:
+        host.start()
+        host.dp.set_remote_node(str(other.underlay), other.prefixes)
+        host.dp.stop()
+        host.dp = None
+        ranges = [str(CLUSTER6), str(CLUSTER4)]
+        removed = call_in_netns(host.netns, remove_from_host, host.pin_dir, host.prefix, ranges)
+        assert f"link {TUNNEL}" in removed
+        assert host.ip("link", "show", TUNNEL, check=False).returncode != 0
+        assert _routes(host, "-6", other.range6) == _routes(host, "-4", other.range4) == ""
+        assert call_in_netns(host.netns, remove_from_host, host.pin_dir, host.prefix, ranges) == []
+    finally:
+        remove_hosts([host, other])
