@@ -7,10 +7,19 @@ ipcache, as the control plane does from etcd.
 
 import ipaddress
 import json
+import sys
 
 import pytest
 
-from datapath.abi import CT_F_SEEN_REPLY, EGRESS, INGRESS, PROTO_TCP, PolicyKey
+from datapath.abi import (
+    CT_F_SEEN_REPLY,
+    EGRESS,
+    HOST_ID,
+    INGRESS,
+    PROTO_TCP,
+    WORLD_ID,
+    PolicyKey,
+)
 from datapath.service import Backend, Frontend
 from datapath.uninstall import remove_from_host
 
@@ -178,6 +187,11 @@ def test_the_host_reaches_an_endpoint_of_another_host(cluster, make):
     assert traffic.exchange(a.netns, remote.spec.ipv4, 7000)
     assert _overlay_traces(a) - before[0] >= 3
     assert _overlay_traces(b) - before[1] >= 3
+    # Another host's packets are the world's on b ("host" is b itself).
+    b.dp.set_endpoint_policy(remote.spec, True, False, [PolicyKey(HOST_ID, 0, 0, INGRESS)])
+    assert not traffic.exchange(a.netns, remote.spec.ipv4, 7000, timeout=1)
+    b.dp.set_endpoint_policy(remote.spec, True, False, [PolicyKey(WORLD_ID, 0, 0, INGRESS)])
+    assert traffic.exchange(a.netns, remote.spec.ipv4, 7000)
 
 
 def _mtu(container) -> int:
@@ -243,3 +257,39 @@ def test_uninstall_removes_the_tunnel_and_its_routes():
         assert call_in_netns(host.netns, remove_from_host, host.pin_dir, host.prefix, ranges) == []
     finally:
         remove_hosts([host, other])
+
+
+BULK_CLIENT = r"""
+import socket, sys
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.create_connection((host, port), timeout=5)
+payload = bytes(range(256)) * (size // 256)
+s.sendall(payload)
+s.shutdown(socket.SHUT_WR)
+got = bytearray()
+while data := s.recv(65536):
+    got += data
+sys.exit(0 if got == payload else 1)
+"""
+
+
+def test_bulk_tcp_crosses_in_segments_larger_than_the_mtu(cluster, make):
+    """Segmentation offload (a container sends 64 KiB segments) survives the redirect
+    into the tunnel: megabytes arrive whole both ways."""
+    a, b = cluster
+    near, far = make(a, 1010), make(b, 2010)
+    far.serve(7000)
+    for version in (6, 4):
+        address = str(far.addr(version))
+        done = near.exec(sys.executable, "-c", BULK_CLIENT, address, "7000", "4194304", check=False)
+        assert done.returncode == 0, done.stderr
+
+
+def test_a_node_address_is_ipv4(cluster):
+    a, _ = cluster
+    with pytest.raises(RuntimeError, match="underlay address is IPv4"):
+        a.dp.ipcache_upsert("fdce:1c9a:2::99", 2000, "2001:db8::2")
+    with pytest.raises(RuntimeError, match="underlay address is IPv4"):
+        a.dp.enable_tunnel("2001:db8::1")
+    assert "fdce:1c9a:2::99" not in a.dp.ipcache_entries()
