@@ -293,3 +293,25 @@ def test_a_node_address_is_ipv4(cluster):
     with pytest.raises(RuntimeError, match="underlay address is IPv4"):
         a.dp.enable_tunnel("2001:db8::1")
     assert "fdce:1c9a:2::99" not in a.dp.ipcache_entries()
+
+
+def test_neighbours_on_another_host_resolve_to_the_host_veth(cluster, make):
+    """Docker gives a container its network's prefix on-link: it asks ARP and NDisc for
+    endpoints on other hosts too, and the datapath answers for them as for local ones."""
+    a, b = cluster
+    near, far = make(a, 1011), make(b, 2011)
+    near.ip("-6", "route", "add", str(b.range6), "dev", "eth0")
+    near.ip("route", "add", str(b.range4), "dev", "eth0")
+    (link,) = json.loads(a.ip("-j", "link", "show", near.spec.host_ifname).stdout)
+    for version in (6, 4):
+        assert near.ping(far.addr(version))
+        assert near.neighbour_mac(far.addr(version)) == link["address"]
+
+
+def test_an_endpoint_reaches_another_host_itself_through_the_tunnel(cluster, make):
+    a, b = cluster
+    near = make(a, 1012)
+    before = _overlay_traces(a), _overlay_traces(b)
+    assert near.ping(b.underlay)
+    assert _overlay_traces(a) - before[0] >= 1  # the request, not masqueraded out of a
+    assert _overlay_traces(b) - before[1] >= 1  # the reply, keyed by to_overlay
