@@ -5,9 +5,12 @@ a veth underlay in 198.51.100.0/24. Every endpoint is published in the other hos
 ipcache, as the control plane does from etcd.
 """
 
+import functools
 import ipaddress
 import json
+import socket
 import sys
+import time
 
 import pytest
 
@@ -23,7 +26,7 @@ from datapath.abi import (
 from datapath.service import Backend, Frontend
 from datapath.uninstall import remove_from_host
 
-from . import traffic
+from . import packets, traffic
 from .tunnel_hosts import CLUSTER4, CLUSTER6, call_in_netns, make_hosts, remove_hosts
 
 TUNNEL = "cilium_vxlan"
@@ -315,3 +318,59 @@ def test_an_endpoint_reaches_another_host_itself_through_the_tunnel(cluster, mak
     assert near.ping(b.underlay)
     assert _overlay_traces(a) - before[0] >= 1  # the request, not masqueraded out of a
     assert _overlay_traces(b) - before[1] >= 1  # the reply, keyed by to_overlay
+
+
+def _send_vxlan(node: str, vni: int, frame: bytes) -> None:
+    """One VXLAN datagram (flags: VNI present) carrying frame, to node's port 8472."""
+    header = bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(header + frame, (node, 8472))
+
+
+def _inner(src, dst) -> bytes:
+    """An echo request frame from src to dst (the MACs are the receiver's to rewrite)."""
+    if ipaddress.ip_address(src).version == 6:
+        l3 = packets.ipv6(src, dst, packets.icmp(128), packets.ICMPV6)
+        ethertype = packets.ETH_P_IPV6
+    else:
+        l3 = packets.ipv4(src, dst, packets.icmp(8), packets.ICMP)
+        ethertype = packets.ETH_P_IP
+    frame = packets.eth("02:00:00:00:00:01", "02:00:00:00:00:02", ethertype) + l3
+    return packets.with_checksums(frame)
+
+
+def _grows(read, before: int) -> bool:
+    """Whether read() exceeds before within 3 s."""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if read() > before:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_receiving_host_drops_what_no_endpoint_of_another_host_could_send(cluster, make):
+    """A tunnel packet with a local endpoint's address as its source is forged (it is not
+    the other host's to send); one for neither a local endpoint nor the host goes nowhere."""
+    a, b = cluster
+    target, local = make(b, 2015), make(b, 2016)
+    cases = [
+        ("DROP_FORGED_SOURCE", local.spec.ipv6, target.spec.ipv6),
+        ("DROP_FORGED_SOURCE", local.spec.ipv4, target.spec.ipv4),
+        ("DROP_TUNNEL_DESTINATION", a.range6[99], b.range6[250]),
+        ("DROP_TUNNEL_DESTINATION", a.range4[99], b.range4[250]),
+    ]
+    for reason, src, dst in cases:
+        before = _drops(b, reason)
+        call_in_netns(a.netns, _send_vxlan, str(b.underlay), 2016, _inner(src, dst))
+        assert _grows(functools.partial(_drops, b, reason), before), (reason, src, dst)
+
+    # The same datagram with a real remote source is delivered: the drops above are not
+    # the kernel's VXLAN receive refusing hand-made datagrams.
+    def delivered() -> int:
+        return b.dp.trace_counts()["TRACE_TO_CONTAINER"]
+
+    before = delivered()
+    frame = _inner(a.range6[99], target.spec.ipv6)
+    call_in_netns(a.netns, _send_vxlan, str(b.underlay), 1099, frame)
+    assert _grows(delivered, before)
