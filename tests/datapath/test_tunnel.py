@@ -27,6 +27,7 @@ from datapath.service import Backend, Frontend
 from datapath.uninstall import remove_from_host
 
 from . import packets, traffic
+from .conftest import NET4
 from .tunnel_hosts import CLUSTER4, CLUSTER6, call_in_netns, make_hosts, remove_hosts
 
 TUNNEL = "cilium_vxlan"
@@ -374,3 +375,26 @@ def test_the_receiving_host_drops_what_no_endpoint_of_another_host_could_send(cl
     frame = _inner(a.range6[99], target.spec.ipv6)
     call_in_netns(a.netns, _send_vxlan, str(b.underlay), 1099, frame)
     assert _grows(delivered, before)
+
+
+def test_the_hosts_packets_for_no_known_endpoint_stop_at_the_tunnel(cluster):
+    a, b = cluster
+    before = _drops(a, "DROP_TUNNEL_NO_NODE")
+    done = a.exec("ping", "-c", "1", "-W", "1", str(b.range4[250]), check=False)
+    assert done.returncode != 0
+    assert _drops(a, "DROP_TUNNEL_NO_NODE") > before
+
+
+def test_without_the_tunnel_a_remote_endpoint_is_a_counted_drop(datapath, make_container):
+    """The ipcache names a node, but this datapath has no tunnel device (the session's
+    datapath of conftest.py, on the host)."""
+    container = make_container()
+    remote = NET4[0xFA01]
+    datapath.ipcache_upsert(str(remote), 5000, "198.51.100.9")
+    try:
+        before = datapath.drop_counts()["DROP_NO_TUNNEL"]
+        assert not container.ping(remote, timeout=1)
+        assert datapath.drop_counts()["DROP_NO_TUNNEL"] > before
+    finally:
+        datapath.ipcache_delete(str(remote))
+    assert datapath.ipcache_entries() == {}
