@@ -398,3 +398,22 @@ def test_without_the_tunnel_a_remote_endpoint_is_a_counted_drop(datapath, make_c
     finally:
         datapath.ipcache_delete(str(remote))
     assert datapath.ipcache_entries() == {}
+
+
+def test_flows_across_hosts_outlive_a_killed_datapath_and_its_restart(cluster, make):
+    a, b = cluster
+    near, far = make(a, 1017), make(b, 2017)
+    far.serve(7000)
+    sessions = [near.session(far.addr(version), 7000) for version in (6, 4)]
+    try:
+        a.dp.kill()
+        assert all(session.echo("while a's driver is dead") for session in sessions)
+        assert near.exchange(far.spec.ipv6, 7000)
+        a.start()
+        a.dp.restore_endpoint(near.spec)
+        assert all(session.echo("after the restart") for session in sessions)
+        assert near.exchange(far.spec.ipv4, 7000)
+        assert far.ping(near.spec.ipv6)
+    finally:
+        for session in sessions:
+            session.close()

@@ -100,6 +100,12 @@ class HostDatapath:
         self._conn.close()
         self._child.join(30)
 
+    def kill(self) -> None:
+        """As a driver killed with -9: nothing is closed or undone."""
+        self._child.kill()
+        self._child.join(30)
+        self._conn.close()
+
 
 @dataclasses.dataclass
 class Host:
@@ -128,8 +134,8 @@ class Host:
         return run("ip", "netns", "exec", self.netns, *args, check=check)
 
     def start(self) -> None:
-        """The datapath, as a driver starts it: unreachable cluster ranges, the host's
-        addresses as the host identity, the tunnel."""
+        """The datapath, as a driver starts it (or restarts: all of it is idempotent):
+        unreachable cluster ranges, the host's addresses as the host identity, the tunnel."""
         self.dp = HostDatapath(self.netns, self.pin_dir, self.prefix)
         self.dp.start()
         self.dp.add_unreachable_route(str(CLUSTER6))
