@@ -263,17 +263,23 @@ def test_uninstall_removes_the_tunnel_and_its_routes():
         remove_hosts([host, other])
 
 
+# Sends size bytes to an echo server while a thread reads the echo (a client that read only
+# after sending would deadlock with the server once both socket buffers are full).
 BULK_CLIENT = r"""
-import socket, sys
+import socket, sys, threading
 host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-family = socket.AF_INET6 if ":" in host else socket.AF_INET
-s = socket.create_connection((host, port), timeout=5)
+s = socket.create_connection((host, port), timeout=10)
 payload = bytes(range(256)) * (size // 256)
-s.sendall(payload)
-s.shutdown(socket.SHUT_WR)
 got = bytearray()
-while data := s.recv(65536):
-    got += data
+
+def read():
+    while len(got) < len(payload) and (data := s.recv(65536)):
+        got.extend(data)
+
+reader = threading.Thread(target=read)
+reader.start()
+s.sendall(payload)
+reader.join()
 sys.exit(0 if got == payload else 1)
 """
 
