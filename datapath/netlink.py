@@ -171,21 +171,28 @@ VXLAN_PORT = 8472  # Linux's (and Cilium's) VXLAN port; IANA's 4789 is often tak
 VXLAN_OVERHEAD = 50  # outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8
 
 
-def _vxlan_local(link) -> str | None:
+def _vxlan_settings(link) -> tuple | None:
+    """(local address, port, external mode) of a VXLAN device; None for any other link."""
     info = link.get_attr("IFLA_LINKINFO")
-    if info is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    if data is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
         return None
-    data = info.get_attr("IFLA_INFO_DATA")
-    return data.get_attr("IFLA_VXLAN_LOCAL") if data is not None else None
+    return (
+        data.get_attr("IFLA_VXLAN_LOCAL"),
+        data.get_attr("IFLA_VXLAN_PORT"),
+        bool(data.get_attr("IFLA_VXLAN_COLLECT_METADATA")),
+    )
 
 
 def ensure_vxlan(ifname: str, local: str, mtu: int) -> int:
     """Make ifname a VXLAN device in external mode (collect_md: the BPF programs set each
     packet's VNI and remote) on VXLAN_PORT from local, without ARP or address learning, with
-    mtu, up; its ifindex. One with another local address (or no VXLAN device) is remade."""
+    mtu, up; its ifindex. A link of that name made otherwise (another local address, or no
+    VXLAN device) is remade."""
+    wanted = (local, VXLAN_PORT, True)
     with IPRoute() as ipr:
         found = ipr.link_lookup(ifname=ifname)
-        if found and _vxlan_local(_dump(ipr.get_links, found[0])[0]) != local:
+        if found and _vxlan_settings(_dump(ipr.get_links, found[0])[0]) != wanted:
             ipr.link("del", index=found[0])
             found = []
         if not found:
