@@ -423,3 +423,16 @@ def test_flows_across_hosts_outlive_a_killed_datapath_and_its_restart(cluster, m
     finally:
         for session in sessions:
             session.close()
+
+
+def test_egress_policy_sees_the_ipcache_identity_of_a_remote_destination(cluster, make):
+    a, b = cluster
+    client, server = make(a, 1018), make(b, 2018)
+    server.serve(7000)
+    a.dp.set_endpoint_policy(client.spec, False, True, [PolicyKey(2999, 0, 0, EGRESS)])
+    before = _drops(a, "DROP_POLICY")
+    assert not client.exchange(server.spec.ipv6, 7000, timeout=1)
+    assert _drops(a, "DROP_POLICY") > before  # on the sending host, before the tunnel
+    # The ipcache now says the server has the allowed identity: new flows go.
+    a.dp.ipcache_upsert(str(server.spec.ipv6), 2999, str(b.underlay))
+    assert client.exchange(server.spec.ipv6, 7000)
