@@ -1,5 +1,5 @@
 """The datapath facade the control plane calls: endpoints, identities, policy, routes,
-counters, conntrack and events.
+counters, conntrack, events, and the tunnel to other hosts with its ipcache.
 
 Methods are idempotent "make it so" operations. They are not thread-safe among
 themselves: the caller serialises them (the control plane holds one lock). The one
@@ -688,7 +688,7 @@ class Datapath:
         ifindex = netlink.link_index(TUNNEL_DEVICE)
         for net in nets if ifindex is not None else []:  # no device: its routes went with it
             netlink.delete_device_route(str(net), ifindex)
-        if self.maps.ipcache().get(node) == (WORLD_ID, node):
+        if self.maps.get_ipcache(node) == (WORLD_ID, node):
             self.maps.delete_ipcache(node)
 
     def ipcache_upsert(self, address: str, identity: int, node_address: str) -> None:

@@ -14,6 +14,10 @@ class TunnelMaps(MapSet):
         leaf = IpcacheEntryC(identity=identity, node=IP4(*node.packed))
         self._maps["ipcache"].update(address_key(ip), leaf)
 
+    def get_ipcache(self, ip: IPAddress) -> tuple[int, ipaddress.IPv4Address] | None:
+        leaf = self._maps["ipcache"].lookup(address_key(ip))
+        return None if leaf is None else (leaf.identity, ipaddress.IPv4Address(bytes(leaf.node)))
+
     def delete_ipcache(self, ip: IPAddress) -> bool:
         return self._maps["ipcache"].delete(address_key(ip))
 
