@@ -12,6 +12,7 @@ node whose lease expired). So no two numbers ever mean the same labels at once.
 """
 
 import hashlib
+import json
 import logging
 import random
 import threading
@@ -176,3 +177,24 @@ class ClusterAllocator:
 
 def _number(entry: Entry) -> int:
     return int(entry.key[len(IDS) :])
+
+
+def identity_number(entry: Entry) -> int | None:
+    """The number of an `identities/id/<n>` key, or None."""
+    try:
+        return int(entry.key[len(IDS) :])
+    except ValueError:
+        return None
+
+
+def labels_of(entry: Entry) -> tuple[int, dict] | None:
+    """(number, labels) of an identity key, or None (logged) if it is not one."""
+    number = identity_number(entry)
+    try:
+        labels = json.loads(entry.value)
+    except ValueError:
+        labels = None
+    if number is None or not isinstance(labels, dict):
+        log.warning("ignoring %s: not an identity", entry.key)
+        return None
+    return number, labels

@@ -17,7 +17,7 @@ from datapath import DatapathError
 from datapath.abi import FIRST_ENDPOINT_IDENTITY
 
 from .endpoints import ENDPOINTS
-from .identities import IDS
+from .identities import IDS, identity_number, labels_of
 from .kvstore import Entry, KvStore
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class RemoteIdentities:
     def _label_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
         with self.lock:
             found = labels_of(entry) if kind == "PUT" else None
-            number = found[0] if found else _number(entry)
+            number = found[0] if found else identity_number(entry)
             if number is not None:
                 self.use.label(number, found[1] if found else None)
                 self._tell()
@@ -166,23 +166,3 @@ class RemoteIdentities:
         except DatapathError as exc:
             # The results are cached already: the next change writes what is missing.
             log.error("policy for other nodes' identities not all in force: %s", exc)
-
-
-def _number(entry: Entry) -> int | None:
-    try:
-        return int(entry.key[len(IDS) :])
-    except ValueError:
-        return None
-
-
-def labels_of(entry: Entry) -> tuple[int, dict] | None:
-    """(number, labels) of an identity key, or None (logged) if it is not one."""
-    number = _number(entry)
-    try:
-        labels = json.loads(entry.value)
-    except ValueError:
-        labels = None
-    if number is None or not isinstance(labels, dict):
-        log.warning("ignoring %s: not an identity", entry.key)
-        return None
-    return number, labels

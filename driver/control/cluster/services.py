@@ -25,7 +25,8 @@ from driver.errors import DriverError
 
 from ..loadbalancer import Services
 from ..state import Store
-from .identities import IDS
+from .endpoints import ENDPOINTS
+from .identities import IDS, identity_number, labels_of
 from .kvstore import Entry, KvStore, KvstoreUnavailable, absent, delete, put, unchanged
 from .nodes import PREFIX
 
@@ -37,7 +38,6 @@ ATTEMPTS = 8
 META = "service:"  # the state's key of a service: service:<id>
 # Where each node publishes its endpoints: <node>/<endpoint id> -> JSON with "ipv6", "ipv4"
 # and "identity" (cluster/endpoints.py writes them).
-ENDPOINTS = PREFIX + "endpoints/"
 
 
 class ClusterServices:
@@ -198,14 +198,14 @@ class RemoteBackends:
 
     def _reset_labels(self, entries: list[Entry]) -> None:
         with self.lock:
-            self._labels = dict(filter(None, map(_identity, entries)))
+            self._labels = dict(filter(None, map(labels_of, entries)))
             self._changed()
 
     def _labels_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
         with self.lock:
-            found = _identity(entry) if kind != "DELETE" else None
+            found = labels_of(entry) if kind != "DELETE" else None
             if found is None:
-                self._labels.pop(_number(entry), None)
+                self._labels.pop(identity_number(entry), None)
             else:
                 self._labels[found[0]] = found[1]
             self._changed()
@@ -244,22 +244,3 @@ class RemoteBackends:
             self.services.sync()
         except DatapathError as exc:
             log.error("selector services after other nodes' endpoints changed: %s", exc)
-
-
-def _number(entry: Entry) -> int | None:
-    try:
-        return int(entry.key[len(IDS) :])
-    except ValueError:
-        return None
-
-
-def _identity(entry: Entry) -> tuple[int, dict] | None:
-    number = _number(entry)
-    try:
-        labels = json.loads(entry.value)
-    except ValueError:
-        labels = None
-    if number is None or not isinstance(labels, dict):
-        log.warning("ignoring %s: not an identity", entry.key)
-        return None
-    return number, labels
