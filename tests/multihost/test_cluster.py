@@ -41,8 +41,9 @@ def test_every_node_sees_every_other(cluster):
 @pytest.mark.parametrize("form", ["ipam", "plain"])
 def test_a_network_made_on_one_host_exists_on_every_host_until_removed(cluster, names, clean, form):
     name = names("net")
-    ipam = ("--ipam-driver", "cilium") if form == "ipam" else ()
-    cluster[1].docker("network", "create", "--ipv6", "-d", "cilium", *ipam, name)
+    # The plain form (`-d cilium` alone) takes IPv4 from Docker's IPAM and IPv6 from the driver.
+    ipam = ("--ipv6", "--ipam-driver", "cilium") if form == "ipam" else ()
+    cluster[1].docker("network", "create", "-d", "cilium", *ipam, name)
     for host in cluster.hosts[1:]:
         driver = wait_for(
             lambda host=host: host.docker(
