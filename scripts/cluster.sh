@@ -12,6 +12,8 @@
 #   scripts/cluster.sh driver-start K | driver-stop K | driver-kill K
 #                                the driver of host K alone (driver-kill: SIGKILL, no clean-up;
 #                                the fault tests' "a driver killed with -9")
+#   scripts/cluster.sh host-crash K    host K disappears: every process of it killed at once,
+#                                its namespaces and files removed (`up` makes it again)
 #
 # $RUN_DIR/nodeK.env (/run/pycilium/cluster/node1.env) holds KEY=VALUE lines without spaces and
 # a last line exporting them, so `. node1.env; docker ps` works in a shell and parsers that
@@ -82,7 +84,8 @@ dockerd_pidfile() { echo "$(host_dir "$1")/dockerd.pid"; }
 cgroup_name() { echo "pycilium-$CLUSTER-node$1"; }
 
 usage() {
-    echo "usage: $0 up|down|status | exec K CMD... | driver-start K | driver-stop K | driver-kill K" >&2
+    echo "usage: $0 up|down|status | exec K CMD... | driver-start K | driver-stop K" \
+        "| driver-kill K | host-crash K" >&2
     exit 2
 }
 
@@ -412,9 +415,18 @@ known_hosts() {
     } | sort -un
 }
 
+# remove_host K [crash]: stop host K's containers, driver and dockerd, or with "crash" kill
+# every process of the host at once (a host that disappears: nothing of it says goodbye);
+# then remove its namespaces and everything of it on disk.
 remove_host() {
-    local k=$1 pids ids cgroups
-    if live_pid "$(dockerd_pidfile "$k")" >/dev/null; then
+    local k=$1 how=${2:-} pids ids cgroups
+    if [ "$how" = crash ]; then
+        pids=$(host_pids "$k")
+        # shellcheck disable=SC2086
+        [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+        rm -f "$(driver_pidfile "$k")"* "$(dockerd_pidfile "$k")"*
+        say "host $k: killed every process of it: pids ${pids//$'\n'/ }"
+    elif live_pid "$(dockerd_pidfile "$k")" >/dev/null; then
         ids=$(host_docker "$k" ps -aq 2>/dev/null || true)
         if [ -n "$ids" ]; then
             # shellcheck disable=SC2086
@@ -527,6 +539,10 @@ main() {
         driver-stop)
             host_number "${2:-}"
             stop_process "$(driver_pidfile "$2")" "the driver of host $2"
+            ;;
+        host-crash)
+            host_number "${2:-}"
+            remove_host "$2" crash
             ;;
         driver-kill)
             host_number "${2:-}"

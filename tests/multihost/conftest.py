@@ -28,6 +28,7 @@ DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
 CILIUM = str(Path(sys.executable).parent / "cilium")
 IMAGE = "pycilium/busybox"
 NODES = 3
+LEASE_TTL = 5
 # Beside `make cluster`'s (cluster, pcnode, pcbr0, 198.18.0.0/24): a cluster of its own.
 NAME = "mhtest"
 SETTINGS = {
@@ -38,8 +39,9 @@ SETTINGS = {
     "NODES": str(NODES),
     "VENV": sys.prefix,
     "DOCKER": DOCKER,
-    # Not the caller's (make exports DRIVER_ARGS for `make run`): the tests' own settings.
-    "DRIVER_ARGS": "",
+    # Not the caller's (make exports DRIVER_ARGS for `make run`): the tests' own settings. A
+    # dead node leaves the others' views within 5 s, not the default 15 (test_faults.py).
+    "DRIVER_ARGS": f"--kvstore-lease-ttl {LEASE_TTL}",
 }
 ENV_DIR = Path("/run/pycilium") / NAME
 LABEL = "pycilium.multihost"
@@ -212,8 +214,15 @@ class Cluster:
     def __getitem__(self, number: int) -> Host:
         return self.hosts[number - 1]
 
-    def script(self, *args) -> subprocess.CompletedProcess:
-        return _script(*args)
+    def script(self, *args) -> str:
+        """scripts/cluster.sh with this cluster's settings; its output."""
+        done = _script(*args)
+        assert done.returncode == 0, f"cluster.sh {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    def node(self, seen_by: Host, name: str) -> dict | None:
+        """Node `name` as host `seen_by` lists it, or None."""
+        return next((n for n in seen_by.cilium_json("node", "list") if n["name"] == name), None)
 
 
 def _script(*args, timeout=300) -> subprocess.CompletedProcess:
