@@ -12,6 +12,7 @@
 #   scripts/cluster.sh driver-start K | driver-stop K | driver-kill K
 #                                the driver of host K alone (driver-kill: SIGKILL, no clean-up;
 #                                the fault tests' "a driver killed with -9")
+#   scripts/cluster.sh etcd-stop | etcd-start   etcd alone (its data stays): the etcd outage
 #   scripts/cluster.sh host-crash K    host K disappears: every process of it killed at once,
 #                                its namespaces and files removed (`up` makes it again)
 #
@@ -85,7 +86,7 @@ cgroup_name() { echo "pycilium-$CLUSTER-node$1"; }
 
 usage() {
     echo "usage: $0 up|down|status | exec K CMD... | driver-start K | driver-stop K" \
-        "| driver-kill K | host-crash K" >&2
+        "| driver-kill K | host-crash K | etcd-stop | etcd-start" >&2
     exit 2
 }
 
@@ -540,6 +541,8 @@ main() {
             host_number "${2:-}"
             stop_process "$(driver_pidfile "$2")" "the driver of host $2"
             ;;
+        etcd-stop) stop_process "$ETCD_PIDFILE" etcd ;;
+        etcd-start) start_etcd ;;
         host-crash)
             host_number "${2:-}"
             remove_host "$2" crash

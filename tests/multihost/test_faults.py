@@ -64,3 +64,38 @@ def test_a_host_that_disappears_leaves_every_view_and_comes_back_as_itself(clust
         cluster.script("up")  # host 3 again, for whatever runs next
     # A fresh host of the same name gets its node id back from etcd, and so its ranges.
     assert wait_for(lambda: cluster.node(one, "node3"), 15, "node3 back on host 1") == before
+
+
+def test_an_etcd_outage_keeps_traffic_and_identities_and_the_cluster_converges_after(
+    cluster, names, network
+):
+    one, two = cluster[1], cluster[2]
+    a = one.run(names("a"), network)
+    b = two.run(names("b"), network)
+    b_addresses = two.addresses(b, network)
+    for address in b_addresses:
+        wait_for(lambda address=address: one.ping(a, address), 15, f"{a} pings {address}")
+    identities = {a: one.endpoint(a)["identity"], b: two.endpoint(b)["identity"]}
+    cluster.script("etcd-stop")
+    try:
+        # Longer than the nodes' lease TTL: etcd's leases outlive an etcd that is down.
+        deadline = time.monotonic() + 2 * LEASE_TTL
+        while time.monotonic() < deadline:
+            for address in b_addresses:
+                assert one.ping(a, address), f"{a} lost {address} while etcd was down"
+            time.sleep(0.5)
+        assert one.endpoint(a)["identity"] == identities[a]
+        assert two.endpoint(b)["identity"] == identities[b]
+    finally:
+        cluster.script("etcd-start")
+    expected = {host.name for host in cluster.hosts}
+    for host in cluster.hosts:
+        wait_for(
+            lambda host=host: {n["name"] for n in host.cilium_json("node", "list")} == expected,
+            LEASE_TTL + 15,
+            f"host {host.number} lists every node again after etcd came back",
+        )
+    # A label set nobody had before needs etcd: it works again, across hosts.
+    c = two.run(names("c"), network, labels=(f"app={names('new')}",))
+    c_address = two.addresses(c, network)[0]
+    wait_for(lambda: one.ping(a, c_address), 20, f"{a} on host 1 pings the new {c} on host 2")
