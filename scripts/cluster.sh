@@ -55,6 +55,9 @@ VENV=${VENV:-.venv}
 case "$VENV" in /*) ;; *) VENV="$REPO_ROOT/$VENV" ;; esac
 IMAGE=${IMAGE:-pycilium/busybox:latest}
 DRIVER_ARGS=${DRIVER_ARGS:-}
+# Where Debian's docker.io puts it, or docker-ce's (as scripts/setup-host.sh looks).
+DOCKERD=${DOCKERD:-$(for d in /usr/sbin/dockerd /usr/bin/dockerd; do [ -x "$d" ] && echo "$d" && break; done)}
+DOCKERD=${DOCKERD:-/usr/sbin/dockerd}
 START_TIMEOUT=${START_TIMEOUT:-120}
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 
@@ -218,8 +221,6 @@ start_etcd() {
     if live_pid "$ETCD_PIDFILE" >/dev/null; then
         return 0
     fi
-    [ -x /usr/bin/etcd ] || command -v etcd >/dev/null ||
-        die "no etcd: install Debian's etcd-server (make setup does)"
     mkdir -p "$DATA_DIR/etcd" "$CLUSTER_LOG_DIR"
     chmod 0700 "$DATA_DIR/etcd"
     setsid etcd --name "$CLUSTER" --data-dir "$DATA_DIR/etcd" \
@@ -295,7 +296,7 @@ start_dockerd() {
     # iptables on: each host's dockerd manages its own namespace's rules, as on a real host.
     # --bridge none: containers are on cilium networks here, Docker's default bridge is not used.
     setsid nsenter --mount="$(mnt_file "$k")" --net="/run/netns/$(netns "$k")" \
-        /usr/sbin/dockerd --config-file "$dir/daemon.json" -H "unix://$(docker_sock "$k")" \
+        "$DOCKERD" --config-file "$dir/daemon.json" -H "unix://$(docker_sock "$k")" \
         --data-root "$DATA_DIR/node$k/docker" --exec-root "$dir/exec" \
         --pidfile "$dir/dockerd.own.pid" --bridge none \
         --containerd-namespace "$(netns "$k")" --containerd-plugins-namespace "$(netns "$k")p" \
@@ -383,10 +384,20 @@ Logs: $CLUSTER_LOG_DIR/. Remove it all with: make cluster-down
 EOF
 }
 
+# What `up` runs; make setup installs them (etcd-server, docker.io, curl, iptables).
+require_tools() {
+    local tool missing=()
+    for tool in etcd "$DOCKERD" curl iptables nsenter unshare ip; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
+    [ ${#missing[@]} -eq 0 ] || die "missing: ${missing[*]} (make setup installs them)"
+}
+
 up() {
     local k
     check_settings
     require_root
+    require_tools
     mkdir -p "$RUN_DIR" "$DATA_DIR" "$CLUSTER_LOG_DIR"
     make_bridge
     start_etcd
@@ -472,9 +483,15 @@ remove_host() {
 }
 
 down() {
-    local k
+    local k pids=() failed=0
     require_root
-    for k in $(known_hosts); do remove_host "$k"; done
+    # Hosts go at once: each dockerd takes seconds to stop.
+    for k in $(known_hosts); do
+        remove_host "$k" &
+        pids+=($!)
+    done
+    for k in "${pids[@]}"; do wait "$k" || failed=1; done
+    [ "$failed" -eq 0 ] || die "a host could not be removed (see above); run down again"
     stop_process "$ETCD_PIDFILE" etcd
     while forward_rule -D 2>/dev/null; do :; done
     if ip link show "$BRIDGE" >/dev/null 2>&1; then
