@@ -116,7 +116,7 @@ def _sent_to(event: dict, source: str, destination: str) -> bool:
         event.get("kind") == "drop"
         and ipaddress.ip_address(event.get("src", "::")) == ipaddress.ip_address(source)
         and ipaddress.ip_address(event.get("dst", "::")) == ipaddress.ip_address(destination)
-        and event.get("dport") == 80
+        and int(event.get("dport") or 0) == 80
     )
 
 
@@ -139,6 +139,8 @@ def test_policy_imported_on_host_2_is_enforced_across_hosts(cluster, names, netw
             15,
             f"the policy imported on host 2 is in force on host {host.number}",
         )
+    rules = [host.cilium_json("policy", "get") for host in cluster.hosts]
+    assert rules[0] == rules[1] == rules[2], f"`cilium policy get` differs between hosts: {rules}"
     assert three.fetch(good, web_address) == "hello"
     with one.monitor("--type", "drop") as monitor:
         assert three.fetch(bad, web_address) is None, f"{bad} still reaches {web}"
