@@ -240,7 +240,13 @@ forward_rule() {
 }
 
 make_bridge() {
+    local taken
     if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+        # The machine's own routes first: an underlay that overlaps one would take its traffic.
+        taken=$( (ip -4 route show root "$UNDERLAY"; ip -4 route show match "$UNDERLAY") |
+            grep -v '^default' | sort -u || true)
+        [ -z "$taken" ] || die "UNDERLAY=$UNDERLAY overlaps this machine's route(s): $taken" \
+            "(choose another UNDERLAY)"
         ip link add "$BRIDGE" type bridge
         ip addr add "$BRIDGE_ADDR/$(underlay_len)" dev "$BRIDGE"
         ip link set "$BRIDGE" up
