@@ -17,8 +17,8 @@
 #                                its namespaces and files removed (`up` makes it again)
 #
 # $RUN_DIR/nodeK.env (/run/pycilium/cluster/node1.env) holds KEY=VALUE lines without spaces and
-# a last line exporting them, so `. node1.env; docker ps` works in a shell and parsers that
-# read KEY=VALUE lines (docker --env-file, tests) see the same values:
+# a last line exporting them, so `. node1.env; docker ps` works in a shell and a parser that
+# takes the KEY=VALUE lines (tests/multihost) sees the same values:
 #   DOCKER_HOST        unix:// socket of the host's dockerd
 #   CILIUM_API_SOCKET  the host's driver's management API (the `cilium` command reads it)
 #   NODE_ADDR          the host's underlay IPv4 address
@@ -39,7 +39,7 @@
 # elsewhere, and no test or document of the project uses it (the three documentation ranges
 # are all taken by tests' "world" links in the root namespace). Nothing leaves the machine:
 # the hosts have no default route, only the bridge's subnet, and the root namespace reaches
-# the range through the bridge alone.
+# the range through the bridge alone (`up` refuses an UNDERLAY that overlaps a route here).
 set -euo pipefail
 
 # shellcheck source=scripts/common.sh
