@@ -99,7 +99,8 @@ check_settings() {
     fi
     [[ "$UNDERLAY" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.0/24$ ]] || die "UNDERLAY=$UNDERLAY: an IPv4 /24"
     [ "${#BRIDGE}" -le 15 ] || die "BRIDGE=$BRIDGE: at most 15 characters"
-    [ $((${#NETNS_PREFIX} + 2)) -le 13 ] || die "NETNS_PREFIX=$NETNS_PREFIX: at most 11 characters"
+    # The root namespace's end of host K's veth is named like its namespace: 15 characters.
+    [ "${#NETNS_PREFIX}" -le 13 ] || die "NETNS_PREFIX=$NETNS_PREFIX: at most 13 characters"
 }
 
 # --- processes -------------------------------------------------------------------------------
