@@ -153,6 +153,13 @@ class Host:
         done = self.exec(container, *command)
         return done.stdout.strip() if done.returncode == 0 else None
 
+    def fetched_bytes(self, container: str, address: str, path: str) -> int | None:
+        """How many bytes of http://address/path arrived, or None when the fetch failed."""
+        host = f"[{address}]" if ":" in address else address
+        script = f"timeout 10 wget -q -O - http://{host}/{path} | wc -c"
+        done = self.exec(container, "sh", "-o", "pipefail", "-c", script)
+        return int(done.stdout) if done.returncode == 0 else None
+
     def endpoint(self, container: str) -> dict:
         """The driver's endpoint record of a container of this host."""
         for endpoint in self.cilium_json("endpoint", "list"):
