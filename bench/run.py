@@ -70,11 +70,12 @@ SCENARIOS = (
     "published",
     "nat64",
     "prefilter",
+    "flows",
 )
 # The scenarios that need no container (the rest set up Docker networks and containers).
 HOST_SCENARIOS = ("nat64", "prefilter")
 # The scenarios measured among the rule-count servers with the policy loaded.
-PAIR_SCENARIOS = ("throughput", "rr", "service", "lifecycle")
+PAIR_SCENARIOS = ("throughput", "rr", "service", "lifecycle", "flows")
 WORLD_NS = "pcb-bench-world"
 # The world link's host side: outside pcb+, so the raw variants' FORWARD chain (which accepts
 # all of pcb+) does not short-cut Docker's and the driver's rules for the world's packets.
@@ -86,6 +87,8 @@ PUBLISH = {"pub-cil": (15201, 15202), "pub-br": (16201, 16202)}
 EDGE_TESTS = ("stream", "crr")  # outbound and published: iperf3, tcpbench crr
 RR_TESTS = ("rr", "crr")  # tcpbench modes of the rr scenario
 SERVICE_TESTS = ("stream", "crr", "rr")
+FLOW_TESTS = ("stream", "crr")  # the flows scenario: iperf3 and tcpbench crr, flow log on/off
+CONFIG_FLOW_EVENTS = 2  # datapath_config.flags (datapath/abi.py)
 UNITS = {"stream": "Gbit/s", "rr": "transactions/s", "crr": "connections/s"}
 
 
@@ -705,6 +708,23 @@ class Bench:
 
         return self.interleaved(EDGE_TESTS, variants, measure, skip)
 
+    def flows(self) -> dict:
+        """The cost of flow records: the same pycilium pair (its policy loaded) with the
+        datapath's flow events on and off, toggled in the driver's pinned config map between
+        runs; the driver's flow log reads whatever comes. Restored to on afterwards."""
+        n = 10000 if 10000 in self.a.rules else max(self.a.rules)
+
+        def measure(v, f, t):
+            set_flow_events(self.a.pin_dir, v == "flows-on")
+            if t == "stream":
+                return self.iperf(f"cil-{n}", f)
+            return self.tcpbench(f"cil-{n}", f, t)
+
+        try:
+            return self.interleaved(FLOW_TESTS, ["flows-on", "flows-off"], measure)
+        finally:
+            set_flow_events(self.a.pin_dir, True)
+
     def lifecycle(self) -> dict:
         def docker_run(net: str) -> float:
             t0 = time.monotonic()
@@ -758,6 +778,8 @@ EDGE_LABELS = {
     "pub-cil": "pycilium",
     "plain4": "pycilium, plain IPv4",
     "nat64": "pycilium, NAT64 from IPv6",
+    "flows-on": "pycilium, flow records on",
+    "flows-off": "pycilium, flow records off",
 }
 
 
@@ -784,6 +806,25 @@ def stats(xs: list[float]) -> dict:
 def paired(xs: list[float], ys: list[float]) -> dict:
     """Per-round ratios x/y: the runs of one round share whatever else loads the machine."""
     return stats([x / y for x, y in zip(xs, ys, strict=True)])
+
+
+def set_flow_events(pin_dir: str, enabled: bool) -> None:
+    """Flip CONFIG_FLOW_EVENTS in the driver's one-slot config map, keeping the other bits."""
+    path = f"{pin_dir}/config"
+    found = json.loads(run("bpftool", "-j", "map", "lookup", "pinned", path, "key", *"0000"))
+    flags = int.from_bytes(bytes(int(b, 16) for b in found["value"][:4]), "little")
+    flags = flags | CONFIG_FLOW_EVENTS if enabled else flags & ~CONFIG_FLOW_EVENTS
+    run(
+        "bpftool",
+        "map",
+        "update",
+        "pinned",
+        path,
+        "key",
+        *"0000",
+        "value",
+        *(str(b) for b in flags.to_bytes(4, "little")),
+    )
 
 
 def summarize(samples: dict, ref: str) -> dict:
@@ -839,6 +880,10 @@ def targets(result: dict) -> list[dict]:
         add("docker run --rm on cilium <= 1.2 x bridge", r, r["median"] <= 1.2)
         c = lc["bpf_compiles"]["per_endpoint"]
         add("BPF compiles per endpoint after warm-up = 0", stats([c]), c == 0)
+    for t, per_fam in result.get("flows", {}).get("samples", {}).items():
+        for fam, per in per_fam.items():
+            r = paired(per["flows-on"], per["flows-off"])
+            add(f"IPv{fam[1]} {t} with flow records >= 0.97 x without", r, r["median"] >= 0.97)
     for per in result.get("nat64", {}).get("samples", {}).values():
         r = paired(per["nat64"], per["plain4"])
         add("NAT64 stream >= 0.8 x plain IPv4 (issue 15)", r, r["median"] >= 0.8)
@@ -901,6 +946,14 @@ def markdown(result: dict) -> str:
         ]
         for t in RR_TESTS:
             lines += ["", f"### {t}", "", *_table(rr["summary"][t], UNITS[t], "raw")]
+    fl = result.get("flows")
+    if fl:
+        lines += [
+            "",
+            "## Flow records (issue 16): the same pycilium pair, flow events on and off",
+        ]
+        for t in fl["summary"]:
+            lines += ["", f"### {t}", "", *_table(fl["summary"][t], UNITS[t], "flows-off")]
     svc = result.get("service")
     if svc:
         lines += [
@@ -1108,6 +1161,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--vip4", default="10.96.190.0", help="VIP base, inside the driver's service range4"
     )
+    p.add_argument(
+        "--pin-dir", default="/sys/fs/bpf/pycilium", help="the driver's --bpf-pin-dir (flows)"
+    )
     p.add_argument("--results", default=str(REPO / "bench" / "results"))
     p.add_argument("--plots", default=str(REPO / "docs" / "benchmarks"))
     p.add_argument("--build", default=str(REPO / "build" / "bench"), help="where tcpbench is built")
@@ -1200,6 +1256,12 @@ def main(argv: list[str] | None = None) -> int:
             result["service"] = {
                 "samples": samples,
                 "summary": {t: summarize(samples[t], "direct") for t in samples},
+            }
+        if "flows" in a.scenarios:
+            samples = b.flows()
+            result["flows"] = {
+                "samples": samples,
+                "summary": {t: summarize(samples[t], "flows-off") for t in samples},
             }
         if "lifecycle" in a.scenarios:
             result["lifecycle"] = b.lifecycle()

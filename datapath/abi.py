@@ -67,6 +67,7 @@ EP_F_OUTBOUND = EP_F_MASQUERADE | EP_F_INTERNAL | EP_F_NAT64
 MARK_MASQUERADE = 0x02000000
 # datapath_config.flags
 CONFIG_TRACE_EVENTS = 1
+CONFIG_FLOW_EVENTS = 2
 # ct_entry.flags
 CT_F_TX_CLOSING = 1
 CT_F_RX_CLOSING = 2
@@ -78,6 +79,7 @@ ENDPOINT_KEY_IPV6 = 2
 # datapath_event.kind
 EVENT_DROP = 1
 EVENT_TRACE = 2
+EVENT_FLOW = 3
 
 IP6 = ct.c_uint8 * 16
 IP4 = ct.c_uint8 * 4
@@ -241,7 +243,7 @@ class EventRecord(ct.Structure):
         ("endpoint_id", ct.c_uint16),
         ("sport", ct.c_uint16),
         ("dport", ct.c_uint16),
-        ("pad", ct.c_uint16),
+        ("rev_nat_index", ct.c_uint16),
         ("ifindex", ct.c_uint32),
         ("src_identity", ct.c_uint32),
         ("dst_identity", ct.c_uint32),

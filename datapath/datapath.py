@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import bpffs, events, hostnet, loader, netlink, xdp
 from .abi import (
+    CONFIG_FLOW_EVENTS,
     CONFIG_TRACE_EVENTS,
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
@@ -34,7 +35,9 @@ from .abi import (
     validate_identity,
 )
 from .errors import DatapathError, VethExistsError
+from .flowends import EndedFlows
 from .maps import DEFAULT_MAP_SIZES, AddressEntry, CtEntry, DatapathMaps, EndpointEntry, MapSizes
+from .maps.conntrack import monotonic_seconds
 from .netfilter import firewall, portmap
 from .service import Backend, Frontend, backends_of, slots_of, validate_service, validate_service_id
 from .spec import EndpointSpec, Outbound
@@ -67,6 +70,7 @@ class Datapath:
         self._maps: DatapathMaps | None = None
         self._programs: loader.Programs | None = None
         self._sweeper: FlowSweeper | None = None
+        self._ended = EndedFlows()
         self._xdp: loader.Program | None = None  # compiled when a device first needs it
 
     # lifecycle
@@ -478,16 +482,27 @@ class Datapath:
         """Emit trace events (forwarded, delivered, answered) besides drop events."""
         self.maps.set_config_flag(CONFIG_TRACE_EVENTS, enabled)
 
+    def set_flow_events(self, enabled: bool) -> None:
+        """Emit a flow event for every new connection policy admits (lib/flowlog.h)."""
+        self.maps.set_config_flag(CONFIG_FLOW_EVENTS, enabled)
+
+    def ended_flows(self) -> list[CtEntry]:
+        """The conntrack entries of connections that ended since the last call (expired,
+        evicted or their tuple reused), with their last counts; the first call only looks."""
+        return self._ended.scan(self.maps.ct_packed(), monotonic_seconds())
+
     def read_events(
         self,
-        callback: Callable[[events.Event], None],
+        callback: Callable[[events.Event], None] | Callable[[bytes], None],
         stop: threading.Event,
         timeout_ms: int = 100,
+        raw: bool = False,
     ) -> None:
-        """Call callback(Event) for each drop/trace event until stop is set. Blocks the
-        calling thread; safe to run next to the other methods (it opens its own fd of
+        """Call callback(Event) for each drop/trace/flow event until stop is set; with raw,
+        callback(bytes) with the record undecoded (events.decode_event decodes it). Blocks
+        the calling thread; safe to run next to the other methods (it opens its own fd of
         the pinned ring buffer). One reader at a time: a ring buffer has one read position."""
-        events.read_events(self.pin_dir / "events", callback, stop, timeout_ms)
+        events.read_events(self.pin_dir / "events", callback, stop, timeout_ms, raw)
 
     # XDP prefilter
 

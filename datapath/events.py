@@ -1,4 +1,4 @@
-"""Drop and trace events from the pinned ring buffer, decoded into :class:`Event`.
+"""Drop, trace and flow events from the pinned ring buffer, decoded into :class:`Event`.
 
 The reader opens its own file descriptor of the pinned ring buffer and shares no state
 with :class:`~datapath.Datapath`, so it can run in its own thread next to the methods the
@@ -18,6 +18,7 @@ from .abi import (
     ENDPOINT_KEY_IPV4,
     ENDPOINT_KEY_IPV6,
     EVENT_DROP,
+    EVENT_FLOW,
     EVENT_TRACE,
     EventRecord,
     IPAddress,
@@ -25,14 +26,21 @@ from .abi import (
 from .errors import DatapathError
 from .maps.addressing import decode_address
 
-KINDS = {EVENT_DROP: "drop", EVENT_TRACE: "trace"}
+KINDS = {EVENT_DROP: "drop", EVENT_TRACE: "trace", EVENT_FLOW: "flow"}
+CODES = {
+    EVENT_DROP: reasons.drop_reasons,
+    EVENT_TRACE: reasons.trace_points,
+    EVENT_FLOW: reasons.policy_matches,
+}
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # "drop" or "trace"
-    reason: int  # drop reason (negative, lib/drop.h) or trace point (lib/trace.h)
-    reason_name: str  # e.g. "DROP_POLICY", "TRACE_TO_LXC"
+    kind: str  # "drop", "trace" or "flow" (a new connection policy admitted)
+    # drop reason (negative, lib/drop.h), trace point (lib/trace.h) or, of a flow, the
+    # policy key that admitted it (enum policy_match, lib/flowlog.h)
+    reason: int
+    reason_name: str  # e.g. "DROP_POLICY", "TRACE_TO_LXC", "POLICY_MATCH_PEER_PORT"
     description: str  # e.g. "Policy denied"
     endpoint_id: int  # endpoint of the hook; 0 if the device had none
     ifindex: int  # device of the hook
@@ -44,6 +52,7 @@ class Event:
     protocol: int
     sport: int  # ICMP echo: the id (requests as sport, replies as dport)
     dport: int
+    rev_nat_index: int  # the service the flow was translated for (lb_revnat key); 0: none
 
 
 def _address(family: int, raw) -> IPAddress | None:
@@ -54,7 +63,7 @@ def _address(family: int, raw) -> IPAddress | None:
 
 
 def _code(kind: int, value: int) -> reasons.Code:
-    table = reasons.drop_reasons() if kind == EVENT_DROP else reasons.trace_points()
+    table = CODES.get(kind, reasons.trace_points)()
     for code in table:
         if code.value == value:
             return code
@@ -81,19 +90,23 @@ def decode_event(raw: bytes) -> Event:
         protocol=rec.protocol,
         sport=rec.sport,
         dport=rec.dport,
+        rev_nat_index=rec.rev_nat_index,
     )
 
 
 def read_events(
     ring_path: Path,
-    callback: Callable[[Event], None],
+    callback: Callable[[Event], None] | Callable[[bytes], None],
     stop: threading.Event,
     timeout_ms: int = 100,
+    raw: bool = False,
 ) -> None:
-    """Call callback with every event until stop is set; polls every timeout_ms.
+    """Call callback with every event until stop is set; polls every timeout_ms. With raw,
+    the record's bytes, undecoded: for a reader that keeps most records without looking.
 
     An exception from callback ends the loop and is raised here.
     """
+    decode = bytes if raw else decode_event
     lib = libbpf.lib()
     fd = lib.bpf_obj_get(os.fsencode(ring_path))
     if fd < 0:
@@ -103,7 +116,7 @@ def read_events(
 
     def on_record(_ctx, data, size) -> int:
         try:
-            callback(decode_event(ct.string_at(data, size)))
+            callback(decode(ct.string_at(data, size)))
         except BaseException as exc:  # ends the poll; raised below in the caller's thread
             failure.append(exc)
             return -1

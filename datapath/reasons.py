@@ -1,7 +1,8 @@
 """Drop reasons and trace points, read from the C headers that define them.
 
-The headers are the one source of truth: ``lib/drop.h`` for drop reasons and
-``lib/trace.h`` for the places an accepted packet goes.
+The headers are the one source of truth: ``lib/drop.h`` for drop reasons,
+``lib/trace.h`` for the places an accepted packet goes and ``lib/flowlog.h`` for the
+policy key that admitted a new flow.
 """
 
 import functools
@@ -12,6 +13,7 @@ from pathlib import Path
 BPF_LIB = Path(__file__).parent / "bpf" / "lib"
 DROP_HEADER = BPF_LIB / "drop.h"
 TRACE_HEADER = BPF_LIB / "trace.h"
+FLOWLOG_HEADER = BPF_LIB / "flowlog.h"
 
 _ENUM_RE = re.compile(r"enum\s+(\w+)\s*\{(.*?)\};", re.S)
 _ENUMERATOR_RE = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=\s*(-?\d+)\s*,\s*(?:/\*\s*(.*?)\s*\*/)?")
@@ -63,3 +65,9 @@ def trace_points() -> tuple[Code, ...]:
 @functools.cache
 def trace_point_max() -> int:
     return parse_define(TRACE_HEADER.read_text(), "TRACE_POINT_MAX")
+
+
+@functools.cache
+def policy_matches() -> tuple[Code, ...]:
+    """Which policy key admitted a new flow: the code of a flow event (lib/flowlog.h)."""
+    return tuple(parse_enum(FLOWLOG_HEADER.read_text(), "policy_match"))

@@ -9,6 +9,7 @@ from datapath.abi import ENFORCEMENT_MODES
 from driver.cli.client import DEFAULT_API_SOCKET
 
 MAX_MAP_SIZE = 1 << 24
+MAX_FLOW_BUFFER = 1 << 20
 
 # Labels that differ between replicas of one service or change with every deploy: they
 # would give every container an identity of its own.
@@ -66,6 +67,13 @@ class Config:
     nat64_prefix: str = "64:ff9b::/96"
     # Host devices the XDP prefilter is attached to at start (--prefilter-device, repeated).
     prefilter_devices: tuple[str, ...] = ()
+    # Flow records kept in the driver's ring for `cilium observe` and the service map;
+    # 0: no flow log (the datapath emits no flow events).
+    flow_buffer: int = 4096
+    # Empty: the service map only on the API socket. Else also on this loopback HOST:PORT.
+    ui_address: str = ""
+    # Where setup put cytoscape.js for the service map (driver/server/uiassets.py).
+    ui_assets: str = "/var/cache/pycilium/ui"
     # Cluster mode (docs/architecture.md, "Several hosts"): off unless kvstore is "etcd".
     kvstore: str = ""
     # Comma-separated etcd client URLs, e.g. http://192.0.2.10:2379.
@@ -81,6 +89,9 @@ class Config:
     # N-th block of this prefix length (the default /16 and /20: 15 nodes, a /26 per
     # network on each).
     node_mask4: int = 20
+    # Cluster mode: the UDP port on the node address where other nodes' containers' names
+    # are answered for Docker's embedded DNS (docs/architecture.md); 0: not answered.
+    cluster_dns_port: int = 53
 
     @property
     def plugin_socket(self) -> str:
@@ -113,6 +124,10 @@ class Config:
             raise ValueError(f"saved policy {self.saved_policy!r} must be load or discard")
         if self.metrics_address:
             loopback_address(self.metrics_address)
+        if not 0 <= self.flow_buffer <= MAX_FLOW_BUFFER:
+            raise ValueError(f"flow buffer {self.flow_buffer} must be 0 to {MAX_FLOW_BUFFER}")
+        if self.ui_address:
+            loopback_address(self.ui_address)
         nat64 = ipaddress.ip_network(self.nat64_prefix)
         if nat64.version != 6 or nat64.prefixlen != 96:
             raise ValueError(f"NAT64 prefix {self.nat64_prefix} must be an IPv6 /96")
@@ -144,6 +159,8 @@ class Config:
             )
         if self.node_address:
             ipaddress.ip_address(self.node_address)
+        if not 0 <= self.cluster_dns_port <= 65535:
+            raise ValueError(f"cluster DNS port {self.cluster_dns_port} is not a port (0: off)")
 
     @property
     def endpoint_urls(self) -> list[str]:

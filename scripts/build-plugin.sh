@@ -29,6 +29,7 @@ PLUGIN_ENABLE=${PLUGIN_ENABLE:-1}
 PLUGIN_SETTINGS=${PLUGIN_SETTINGS:-}
 PLUGIN_TIMEOUT=${PLUGIN_TIMEOUT:-120}
 CACHE=${CACHE:-/var/cache/pycilium/plugin}
+UI_ASSETS=${UI_ASSETS:-/var/cache/pycilium/ui}   # cytoscape.js, as setup-host.sh fetched it
 VENV=${VENV:-.venv}
 case "$VENV" in /*) ;; *) VENV="$REPO_ROOT/$VENV" ;; esac
 SUITE=bookworm
@@ -176,6 +177,10 @@ build_plugin_dir() {
     run_logged in_root "$root" /opt/pycilium/bin/python -m pip install --disable-pip-version-check \
         --no-cache-dir --no-index --find-links /tmp/wheels pycilium
     rm -rf "$root/tmp/wheels"
+    # The service map's graph library, where the driver's --ui-assets default looks.
+    [ -d "$UI_ASSETS" ] || die "no $UI_ASSETS (cytoscape.js): run scripts/setup-host.sh first"
+    mkdir -p "$root/var/cache/pycilium"
+    cp -a "$UI_ASSETS" "$root/var/cache/pycilium/ui"
     install -m 0755 "$PLUGIN_SRC/entrypoint.sh" "$root/opt/pycilium/entrypoint.sh"
     # Mount points of plugin/config.json that the rootfs lacks.
     mkdir -p "$root/sys/fs/bpf" "$root/var/lib/pycilium" "$root/run/docker/plugins" "$root/usr/src"

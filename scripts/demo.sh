@@ -22,7 +22,22 @@ up() {
     echo
     matrix
     echo
+    service_map
+    echo "Flows: $CILIUM observe --last 20 (--follow, --verdict DROPPED, --to-label app=db...)"
     echo "Watch drops with: $CILIUM monitor --type drop     Tear down with: make demo-down"
+}
+
+service_map() {  # where the driver serves the service map page
+    local ui
+    ui=$("$CILIUM" status -o json 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["flows"]["ui_address"] or "")' ||
+        true)
+    if [ -n "$ui" ]; then
+        echo "Service map: http://$ui/ui/"
+    else
+        echo "Service map: /ui/ on the API socket; for a browser, run the driver with a loopback"
+        echo "  address: make stop && make demo DRIVER_ARGS='--ui-address 127.0.0.1:12000'"
+    fi
 }
 
 address() {  # the IPv6 address of service $1's first container

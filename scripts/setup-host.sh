@@ -46,6 +46,7 @@ PACKAGES=(
     make
     systemd              # systemd-analyze: the suite verifies contrib/systemd/pycilium.service
     etcd-server python3-etcd3gw  # cluster mode: etcd 3.4 and its v3 gateway client (tests/cluster)
+    chromium python3-websocket   # the service map's browser test (tests/ui): headless, over DevTools
 )
 
 # --- Debian packages ---------------------------------------------------------------------
@@ -171,6 +172,19 @@ setup_venv() {
         die "bcc cannot compile a trivial program: check /lib/modules/$(uname -r)/build and source"
 }
 
+# --- the service map's graph library --------------------------------------------------------
+
+UI_ASSETS=${UI_ASSETS:-/var/cache/pycilium/ui}   # the driver's --ui-assets default
+
+ui_assets_version() {
+    sed -n 's/^VERSION = "\(.*\)"$/\1/p' "$REPO_ROOT/driver/server/uiassets.py"
+}
+
+# cytoscape.js, pinned and checked against its sha512 (driver/server/uiassets.py).
+fetch_ui_assets() {
+    "$VENV/bin/python" -m driver.server.uiassets "$UI_ASSETS" | while read -r line; do say "$line"; done
+}
+
 # --- dockerd ---------------------------------------------------------------------------------
 
 start_dockerd() {
@@ -220,6 +234,8 @@ announce_changes() {
             "and -common (the running kernel has no headers of its own)"
     fi
     bpffs_mounted || say "will mount bpffs at /sys/fs/bpf"
+    [ -f "$UI_ASSETS/cytoscape-$(ui_assets_version).min.js" ] ||
+        say "will fetch cytoscape.js (the service map's graph library) into $UI_ASSETS"
     "$DOCKER" info >/dev/null 2>&1 ||
         say "will start dockerd in the background (log $DOCKERD_LOG) unless one is starting already"
 }
@@ -234,6 +250,7 @@ main() {
     link_kernel_headers "$moddir" /usr/src
     mount_bpffs
     setup_venv
+    fetch_ui_assets
     start_dockerd
 }
 

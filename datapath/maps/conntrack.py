@@ -116,6 +116,10 @@ class ConntrackMaps(MapSet):
             sums[2] += leaf.bytes
         return {direction: tuple(sums) for direction, sums in totals.items()}
 
+    def ct_packed(self) -> Iterator[tuple[bytes, bytes]]:
+        """The entries as packed (keys, leaves) batches, undecoded (datapath/flowends.py)."""
+        return self._maps["conntrack"].packed_items()
+
     def ct_entries(self) -> list[CtEntry]:
         now = monotonic_seconds()
         return [CtEntry.decode(key, leaf, now) for key, leaf in self._ct_items()]

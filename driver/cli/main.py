@@ -4,10 +4,12 @@ and hands the answer to driver/cli/output.py, with the table it reads as for hum
 Over 300 lines because it is the whole command tree in one place, as `cilium --help` shows
 it: each command is a few lines, the rest is the human tables of the API's records."""
 
+import datetime
 import importlib.metadata
 import pathlib
 import socket
 import sys
+import time
 import urllib.parse
 
 import click
@@ -115,6 +117,7 @@ def _status_screen(data: dict) -> None:
             ("Drops", ", ".join(f"{k} {v}" for k, v in drops.items() if v) or "none"),
             ("BPF maps", _maps(data["datapath"].get("maps", {}))),
             ("Metrics", _metrics(data.get("metrics") or {})),
+            ("Flows", _flows_status(data.get("flows") or {})),
             ("Prefilter", _prefilter_status(data.get("prefilter") or {})),
             ("Cluster", _cluster(data.get("cluster"))),
         ],
@@ -134,6 +137,15 @@ def status():
     not answer, 2 when it cannot follow Docker's events (endpoints would wait for identity),
     3 when a BPF map is 90% full or more."""
     return "/v1/status"
+
+
+def _flows_status(flows: dict) -> str:
+    if not flows.get("buffer"):
+        return "off"
+    where = (
+        f"http://{flows['ui_address']}/ui/" if flows.get("ui_address") else "/ui/ on this socket"
+    )
+    return f"{flows['seen']} seen, the last {flows['buffer']} kept; service map {where}"
 
 
 def _fill(entry: dict) -> float:
@@ -609,6 +621,92 @@ def _device(ifindex) -> str:
         return socket.if_indextoname(ifindex)
     except (OSError, TypeError):
         return f"ifindex {ifindex}"
+
+
+# `cilium observe`: the flow log
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since(text: str | None, now: float) -> float | None:
+    """--since: a duration back from now (30s, 5m, 2h, 1d) or an ISO 8601 time."""
+    if not text:
+        return None
+    unit = _DURATION_UNITS.get(text[-1:])
+    if unit and text[:-1].isdigit():
+        return now - int(text[:-1]) * unit
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a duration (5m) nor an ISO time") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return moment.timestamp()
+
+
+@main.command()
+@click.option("--from-label", "from_labels", multiple=True, help="source label key[=value]")
+@click.option("--to-label", "to_labels", multiple=True, help="destination label key[=value]")
+@click.option("--from-container", help="source container name")
+@click.option("--to-container", help="destination container name")
+@click.option("--from-identity", type=click.IntRange(0), help="source identity")
+@click.option("--to-identity", type=click.IntRange(0), help="destination identity")
+@click.option(
+    "--verdict",
+    type=click.Choice(["FORWARDED", "DROPPED", "TRANSLATED"], case_sensitive=False),
+    help="only flows with this verdict",
+)
+@click.option("--port", type=click.IntRange(0, 65535), help="source or destination port")
+@click.option("--protocol", help="tcp, udp, icmp, icmpv6")
+@click.option("--since", help="only flows since a duration ago (30s, 5m, 2h) or an ISO time")
+@click.option("--last", type=click.IntRange(1), help="only the last N flows")
+@click.option("-f", "--follow", is_flag=True, help="keep printing flows as they come")
+@output_option()
+@click.pass_obj
+def observe(client, output, follow, last, since, **criteria):
+    """Flows: new connections, drops and translations, and connections that ended."""
+    query = [("from-label", v) for v in criteria.pop("from_labels")]
+    query += [("to-label", v) for v in criteria.pop("to_labels")]
+    query += [(k.replace("_", "-"), v) for k, v in criteria.items() if v is not None]
+    start = _since(since, time.time())
+    query += [(k, v) for k, v in (("since", start), ("last", last)) if v is not None]
+    if follow:
+        path = "/v1/flows?" + urllib.parse.urlencode([*query, ("follow", "1")])
+        show_stream(client.stream(path), output, format_flow)
+        return
+    records = call(client, "GET", "/v1/flows?" + urllib.parse.urlencode(query))
+    if output == "table":
+        for record in records:
+            click.echo(format_flow(record))
+    else:
+        show_stream(records, output, format_flow)
+
+
+def format_flow(f: dict) -> str:
+    """time, source -> destination, protocol, verdict, and why."""
+    when = datetime.datetime.fromtimestamp(f["time"]).strftime("%b %d %H:%M:%S.%f")[:-3]
+    src, dst = _flow_end(f["source"]), _flow_end(f["destination"])
+    protocol = f["protocol"].upper()
+    what = {"end": "ENDED"}.get(f["type"], f["verdict"])
+    line = f"{when}  {src} -> {dst}  {protocol}  {what}"
+    if f["type"] == "drop":
+        line += f" ({f['reason']})"
+    if f.get("service"):
+        line += f" via {f['service']}"
+    policy = f.get("policy")
+    if policy and policy["rules"]:
+        line += f" by {', '.join(policy['rules'])}"
+    if f["type"] == "end":
+        line += f" {f['packets']} packets {f['bytes']} bytes"
+    return line + f" [{f['direction']} {f['endpoint']}]"
+
+
+def _flow_end(end: dict) -> str:
+    name = end["container"] or ",".join(end["labels"][:1]) or end["address"] or "?"
+    address = end["address"] or "?"
+    host = f"[{address}]" if ":" in address else address
+    where = f"{host}:{end['port']}" if end["port"] else host
+    return f"{name} {where}" if name != address else where
 
 
 @main.group()

@@ -89,3 +89,17 @@ def node_id_from_machine_id(path: str = "/etc/machine-id") -> int:
 def block_router(block: ipaddress.IPv4Network | ipaddress.IPv6Network):
     """A block's router: its first host address, as Docker's own IPAM picks a gateway."""
     return block.network_address + 1
+
+
+def node_slice(subnet, node_id: int, slots: int):
+    """Node node_id's part of a subnet every node of a cluster of `slots` node ids shares (a
+    user's --subnet): the subnet in `slots` equal parts, so that each node allocates from
+    its own and no address is given twice. Part 0 belongs to no node (ids start at 1): it
+    holds the gateway. None if a part would hold fewer than 4 addresses."""
+    bits = (slots - 1).bit_length()
+    prefixlen = subnet.prefixlen + bits
+    if prefixlen > subnet.max_prefixlen - 2:
+        return None
+    size = 1 << (subnet.max_prefixlen - prefixlen)
+    first = subnet.network_address + node_id * size
+    return ipaddress.ip_network((first, prefixlen))

@@ -20,7 +20,7 @@ from datapath.interface import DatapathApi
 from driver import failpoints
 from driver.errors import Conflict, DriverError, InvalidArgument, NotFound
 
-from .addressing import NodeAddressing, block_router
+from .addressing import NodeAddressing, block_router, node_slice
 from .state import Pool, Store
 
 GATEWAY_OPTION = "com.docker.network.gateway"
@@ -48,12 +48,19 @@ def unreachable_routes(datapath: DatapathApi, cidrs):
 
 class Ipam:
     def __init__(
-        self, store: Store, node: NodeAddressing, datapath: DatapathApi, service_ranges=()
+        self,
+        store: Store,
+        node: NodeAddressing,
+        datapath: DatapathApi,
+        service_ranges=(),
+        cluster_slots: int = 0,
     ):
         self.store = store
         self.node = node
         self.datapath = datapath
         self.service_ranges = list(service_ranges)
+        # Cluster mode: the node ids a user's subnet is split for (addressing.node_slice).
+        self.cluster_slots = cluster_slots
 
     def request_pool(self, pool: str, sub_pool: str, v6: bool) -> Pool:
         if not pool:
@@ -68,6 +75,13 @@ class Ipam:
             raise InvalidArgument(f"sub-pool {sub_pool} is not inside pool {pool}")
         if cidr.num_addresses < 4:
             raise InvalidArgument(f"pool {pool} is too small for a gateway and endpoints")
+        if self.cluster_slots:
+            alloc_range = node_slice(alloc_range, self.node.node_id, self.cluster_slots)
+            if alloc_range is None:
+                raise InvalidArgument(
+                    f"{sub_pool or pool} is too small to split between "
+                    f"{self.cluster_slots} node ids (each node allocates from its own part)"
+                )
         self.check_free_range(cidr)
         entry = Pool(
             pool_id=f"{cidr}/{uuid.uuid4().hex[:12]}",
@@ -180,6 +194,9 @@ class Ipam:
         alloc_range = ipaddress.ip_network(entry.alloc_range)
         if is_gateway and not address and self.node.is_block(alloc_range):
             return self._block_gateway(entry, alloc_range)
+        if is_gateway and not address and self._split(entry):
+            # The same gateway on every node: the subnet's first address, in no node's part.
+            address = str(ipaddress.ip_network(entry.cidr).network_address + 1)
         if address:
             ip = _parse_address(address)
             self._check_in_pool(ip, entry)
@@ -266,8 +283,14 @@ class Ipam:
             raise NotFound(f"pool {pool_id} not found")
         return entry
 
+    def _split(self, entry: Pool) -> bool:
+        """Whether the pool is a user's subnet whose allocations come from this node's part."""
+        cidr = ipaddress.ip_network(entry.cidr)
+        return bool(self.cluster_slots) and not entry.shared and not self.node.is_block(cidr)
+
     def _check_in_pool(self, ip, entry: Pool) -> None:
-        alloc_range = ipaddress.ip_network(entry.alloc_range)
+        # A --ip or --gateway of a split subnet may be anywhere in it, as with Docker's IPAM.
+        alloc_range = ipaddress.ip_network(entry.cidr if self._split(entry) else entry.alloc_range)
         if ip.version != alloc_range.version or ip not in alloc_range:
             raise InvalidArgument(f"address {ip} is not in pool {entry.alloc_range}")
 

@@ -13,6 +13,7 @@ a backend that is gone is left out, so new flows go to the others.
 import ipaddress
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from datapath import INIT_ID, Backend, DatapathError, Frontend, Outbound
@@ -95,6 +96,9 @@ class Services:
         self.store = store
         self.datapath = datapath
         self.ranges = ranges
+        # Cluster mode: other nodes' endpoints, (labels, IPv6, IPv4) each, which selector
+        # services take as backends too (cluster/services.py sets it).
+        self.remote_endpoints: Callable[[], list[tuple[dict, str, str | None]]] | None = None
 
     def update(self, request: dict) -> dict:
         service = self._parse(request)
@@ -173,13 +177,18 @@ class Services:
             given = (self._datapath_backend(service.frontend, b) for b in service.backends)
             return [b for b in given if b is not None]
         port = service.backend_port or service.frontend.port
+        found = [(ep.labels, ep.ipv6, ep.ipv4) for ep in self.store.endpoints() if _ready(ep)]
+        if self.remote_endpoints is not None:
+            found += self.remote_endpoints()
         backends = []
-        for ep in self.store.endpoints():
-            if not _is_backend(ep, service.selector):
+        for labels, ipv6, ipv4 in found:
+            if not all(labels.get(k) == v for k, v in service.selector.items()):
                 continue
-            address = ep.ipv6 if service.frontend.address.version == 6 else ep.ipv4
+            address = ipv6 if service.frontend.address.version == 6 else ipv4
             if address:
                 backends.append(Backend(ipaddress.ip_address(address), port))
+        if self.remote_endpoints is not None:
+            backends.sort(key=lambda b: b.address)  # the same on every node
         return backends
 
     def _parse(self, request: dict) -> Service:
@@ -265,9 +274,8 @@ class Services:
         return next(n for n in range(1, MAX_SERVICE_ID + 1) if n not in used)
 
 
-def _is_backend(ep: Endpoint, selector: dict) -> bool:
-    ready = ep.identity != INIT_ID and ep.sandbox_key
-    return bool(ready) and all(ep.labels.get(k) == v for k, v in selector.items())
+def _ready(ep: Endpoint) -> bool:
+    return ep.identity != INIT_ID and bool(ep.sandbox_key)
 
 
 def _labels(labels: dict) -> str:

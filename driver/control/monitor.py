@@ -1,6 +1,8 @@
-"""Fan-out of datapath events (drops, traces) to every `cilium monitor` that listens.
+"""Fan-out of datapath events (drops, traces) to every `cilium monitor` that listens, and
+of every event to the flow log.
 
-One reader thread drains the datapath's event ring while at least one subscriber exists;
+One reader thread drains the datapath's event ring while at least one subscriber exists,
+or always with a flow log (the sink), which also turns the datapath's flow events on;
 each subscriber has a bounded queue, so a slow reader loses its own events, nobody else's.
 """
 
@@ -9,7 +11,9 @@ import ipaddress
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
+from datapath.events import decode_event
 from datapath.interface import DatapathApi
 
 log = logging.getLogger(__name__)
@@ -37,12 +41,19 @@ class Subscription:
 
 
 class Monitor:
-    def __init__(self, datapath: DatapathApi):
+    def __init__(self, datapath: DatapathApi, sink: Callable[[bytes], None] | None = None):
+        """sink(record): called in the reader thread with every event's undecoded record
+        (bytes), if given; only subscribers' events are decoded."""
         self.datapath = datapath
+        self._sink = sink
         self._subscribers: list[Subscription] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.datapath.set_flow_events(sink is not None)
+        if sink is not None:
+            with self._lock:
+                self._update()
 
     def subscribe(self, kinds: frozenset[str]) -> Subscription:
         subscription = Subscription(self, kinds)
@@ -60,31 +71,40 @@ class Monitor:
     def close(self) -> None:
         with self._lock:
             self._subscribers.clear()
+            if self._sink is not None:
+                self._sink = None
+                self.datapath.set_flow_events(False)
             self._update()
 
     def _update(self) -> None:
         """Run the reader while anyone listens; trace events only while someone wants them."""
         wants_trace = any("trace" in s.kinds for s in self._subscribers)
         self.datapath.set_trace_events(wants_trace)
-        if self._subscribers and self._thread is None:
+        wanted = bool(self._subscribers) or self._sink is not None
+        if wanted and self._thread is None:
             self._stop.clear()
             self._thread = threading.Thread(target=self._read, name="monitor", daemon=True)
             self._thread.start()
-        elif not self._subscribers and self._thread is not None:
+        elif not wanted and self._thread is not None:
             self._stop.set()
             self._thread.join(timeout=5)
             self._thread = None
 
     def _read(self) -> None:
         try:
-            self.datapath.read_events(self._publish, self._stop)
+            self.datapath.read_events(self._publish, self._stop, raw=True)
         except Exception:
             log.exception("monitor: reading datapath events failed")
 
-    def _publish(self, event) -> None:
-        record = event_record(event)
+    def _publish(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink(data)
         with self._lock:
             subscribers = list(self._subscribers)
+        if not subscribers:
+            return
+        record = event_record(decode_event(data))
         for subscription in subscribers:
             subscription.offer(record)
 

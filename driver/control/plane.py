@@ -34,8 +34,14 @@ from driver.config import Config
 from driver.errors import DriverError, NotFound
 
 from .addressing import NodeAddressing, node_id_from_machine_id
+from .cluster.endpoints import EndpointRecord
 from .cluster.kvstore import KvstoreUnavailable
+from .cluster.networks import Replicas, record_of
 from .endpoints import Endpoints, spec_of
+from .flows import Directory, FlowEnds, FlowFilter, FlowLog, describe, follow, select
+from .flows import labels_of as flow_labels
+from .flows import reserved_labels as flow_reserved_labels
+from .flows import service_map as flow_service_map
 from .identities import ENDPOINT_IDENTITY_LIMIT, Allocator, LabelFilter
 from .ipam import Ipam
 from .loadbalancer import Services
@@ -46,7 +52,7 @@ from .ports import Ports, requested_ports
 from .prefilter import Prefilter
 from .regeneration import Regeneration
 from .state import Endpoint, Network, Pool, Store
-from .watcher import DockerWatcher, Listener
+from .watcher import DockerWatcher, Listener, docker_client
 
 # DatapathError is the kernel refusing something (a full map, a taken name), and the names of
 # directions, enforcement modes and protocols are the datapath's vocabulary: the server
@@ -148,8 +154,13 @@ class ControlPlane:
         self.watcher: DockerWatcher | None = None
         self._closers: list[Callable[[], None]] = []
         self.cluster = None
+        # cluster mode: policy and services are etcd's (cluster/policy.py, services.py)
+        self.cluster_policy = None
+        self.cluster_services = None
         # endpoint id -> assign_container's arguments, while etcd cannot give an identity
         self._waiting: dict[str, tuple] = {}
+        # cluster mode: endpoint id -> its container's names on its network, for etcd
+        self._aliases: dict[str, list[str]] = {}
         ranges = [
             ipaddress.ip_network(config.service_range6),
             ipaddress.ip_network(config.service_range4),
@@ -163,12 +174,15 @@ class ControlPlane:
                     config.cluster_prefix6, self._node_id(), config.node_range4
                 )
             datapath.start()
-            self.ipam = Ipam(self.store, self.node, datapath, ranges)
+            if self.cluster is not None:
+                # Before any endpoint is made: their MTU fits the tunnel's from the start.
+                datapath.enable_tunnel(self.cluster.address)
+            slots = self.cluster.node_slots() if self.cluster is not None else 0
+            self.ipam = Ipam(self.store, self.node, datapath, ranges, slots)
             self.networks = Networks(self.store, self.ipam, datapath, config.mtu)
             self.endpoints = Endpoints(
                 self.store, self.ipam, datapath, self.node, config.veth_prefix, config.nat64_prefix
             )
-            self.monitor = Monitor(datapath)
             self.regeneration = Regeneration(
                 self.store,
                 datapath,
@@ -184,10 +198,18 @@ class ControlPlane:
             self.ports.restore()
             self.regeneration.refresh()
             self.services.sync()
+            if self.cluster is not None:
+                self._share_policy_and_services()
             self.prefilter = Prefilter(self.store, datapath, config.prefilter_devices)
             self.prefilter.restore()
+            if self.cluster is not None:
+                self._connect_cluster()
             # What the state held at start, until Docker's first full listing confirms it.
             self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
+            # The flow log's threads start last: a start that fails before leaves none behind.
+            self.flow_log = FlowLog(config.flow_buffer) if config.flow_buffer else None
+            self.monitor = Monitor(datapath, self.flow_log.add_record if self.flow_log else None)
+            self._flow_ends = FlowEnds(datapath, self.flow_log) if self.flow_log else None
         log.info(
             "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
             self.node.node_id,
@@ -198,9 +220,17 @@ class ControlPlane:
         )
 
     def watch_docker(self) -> None:
-        listener = Listener(self.network_ids, self.assign_container, self.forget_what_docker_lost)
+        listener = Listener(
+            self.network_ids,
+            self.assign_container,
+            self.forget_what_docker_lost,
+            self.network_seen,
+            self.endpoint_aliases,
+        )
         self.watcher = DockerWatcher(listener, self.config.docker_host, self.config.plugin_name)
         self.watcher.start()
+        if self.cluster is not None:
+            self.replicate_networks(docker_client(self.config.docker_host))
 
     def on_close(self, closer: Callable[[], None]) -> None:
         """Run closer first in close(): for what serves the control plane (the metrics server)."""
@@ -212,6 +242,8 @@ class ControlPlane:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
+        if self._flow_ends is not None:
+            self._flow_ends.close()
         self.monitor.close()
         self.ports.close()
         if self.cluster is not None:
@@ -230,12 +262,18 @@ class ControlPlane:
 
     @_locked
     def delete_network(self, network_id: str) -> None:
+        net = self.store.get_network(network_id)
+        if self.cluster is not None and net is not None and net.name:
+            self.cluster.networks.remove(net.name)
         self.networks.delete(network_id, self.delete_endpoint)
 
     @_locked
     def create_endpoint(self, network_id: str, endpoint_id: str, interface: dict) -> dict:
         """The interface fields Docker left empty, filled in."""
-        return self.endpoints.create(network_id, endpoint_id, interface)
+        returned = self.endpoints.create(network_id, endpoint_id, interface)
+        self._publish(endpoint_id)
+        self._network_use(network_id)
+        return returned
 
     @_locked
     def endpoint_info(self, endpoint_id: str) -> Endpoint | None:
@@ -247,6 +285,10 @@ class ControlPlane:
         if ep is not None:
             self.ports.withdraw(ep)
         self.endpoints.delete(endpoint_id)
+        if ep is not None and self.cluster is not None:
+            self.cluster.publisher.withdraw(ep.numeric_id)
+            self._aliases.pop(endpoint_id, None)
+            self._network_use(ep.network_id)
         self.regeneration.refresh()
         self.services.sync()
 
@@ -314,6 +356,7 @@ class ControlPlane:
                 self._waiting[endpoint_id] = (network_id, network_name, container_id, name, labels)
                 self.cluster.lost()
                 return
+            self._publish(endpoint_id)
             self.services.sync()
         log.info("endpoint %d is container %s, identity %d", ep.numeric_id, name, identity)
 
@@ -337,7 +380,8 @@ class ControlPlane:
         for network_id in sorted(held_at_start.networks - docker_networks - in_use):
             if self.store.get_network(network_id) is not None:
                 log.info("forgetting network %s, which Docker does not have", network_id)
-                self.delete_network(network_id)
+                # Not from the cluster: it lost it here only.
+                self.networks.delete(network_id, self.delete_endpoint)
         for address, owner in sorted(held_at_start.addresses.items()):
             if address in used_addresses or address in held:
                 continue
@@ -462,10 +506,14 @@ class ControlPlane:
         the rules with their name labels: {"revision", "warnings"} (rules that select
         nothing yet). A dry run changes nothing and adds what would change: rules_added,
         rules_removed, endpoints."""
+        if self.cluster_policy is not None:
+            return self.cluster_policy.import_rules(files, replace, dry_run)
         return self.regeneration.import_rules(files, replace, dry_run)
 
     @_locked
     def delete_policy(self, name: str | None, everything: bool) -> dict:
+        if self.cluster_policy is not None:
+            return self.cluster_policy.delete_rules(name, everything)
         return self.regeneration.delete_rules(name, everything)
 
     @_locked
@@ -492,10 +540,15 @@ class ControlPlane:
 
     @_locked
     def update_service(self, request: dict) -> dict:
+        if self.cluster_services is not None:
+            return self.cluster_services.update(request)
         return self.services.update(request)
 
     @_locked
     def delete_service(self, service_id: int) -> None:
+        if self.cluster_services is not None:
+            self.cluster_services.delete(service_id)
+            return
         self.services.delete(service_id)
 
     # XDP prefilter
@@ -554,6 +607,74 @@ class ControlPlane:
             destinations = self._addresses_of(destination)
         subscription = self.monitor.subscribe(kinds)
         return _feed(subscription, sources, destinations, idle)
+
+    # Flows (the flow log: driver/control/flows.py)
+
+    def flows(self, flow_filter: FlowFilter, last: int | None) -> list[dict]:
+        """The flows in the log matching flow_filter, oldest first; the last `last` only."""
+        flow_log = self._flow_log()
+        directory = self.flow_directory()
+        records = [describe(raw, directory) for raw in flow_log.records()]
+        return select(records, flow_filter, last)
+
+    def follow_flows(self, flow_filter: FlowFilter, idle: float) -> Iterator[dict | None]:
+        """Flows as they come, until the iterator is closed; None after `idle` seconds
+        without one."""
+        return follow(self._flow_log(), self.flow_directory, flow_filter, idle)
+
+    def service_map(self) -> dict:
+        """Identities as nodes (with their containers now), the flows in the log between
+        them as edges (counts by verdict, drop reasons, bytes of ended connections)."""
+        flow_log = self._flow_log()
+        directory = self.flow_directory()
+        with self.lock:
+            containers: dict[int, int] = {}
+            for ep in self.store.endpoints():
+                containers[ep.identity] = containers.get(ep.identity, 0) + 1
+        records = [describe(raw, directory) for raw in flow_log.records()]
+        return flow_service_map(records, directory, containers)
+
+    def flow_counts(self) -> dict:
+        """(verdict, source identity, destination identity) -> flows; {} without a log."""
+        return self.flow_log.counts() if self.flow_log is not None else {}
+
+    def flow_directory(self) -> Directory:
+        """Names, labels, services and rules for describing flows, as they are now."""
+        with self.lock:
+            endpoints = self.store.endpoints()
+            labels = flow_reserved_labels()
+            for identity in self.store.identities():
+                labels[identity.identity] = flow_labels(identity.labels) or [identity.key]
+            services = {s.service_id: str(s.frontend) for s in self.services.all()}
+            origins = self.regeneration.rule_origins()
+        by_id = {ep.numeric_id: ep for ep in endpoints}
+        ends = {
+            address: {"container": ep.container_name, "identity": ep.identity}
+            for ep in endpoints
+            for address in (ep.ipv6, ep.ipv4)
+            if address
+        }
+
+        def rules(endpoint_id: int, key) -> tuple[str, ...]:
+            ep = by_id.get(endpoint_id)
+            if ep is None:
+                return ()
+            with self.lock:
+                return origins(ep, key)
+
+        directory = Directory(
+            endpoints={ep.numeric_id: {"identity": ep.identity} for ep in endpoints},
+            addresses=ends,
+            labels=labels,
+            services=services,
+            rules=rules,
+        )
+        return self._flow_log().remember(directory)
+
+    def _flow_log(self) -> FlowLog:
+        if self.flow_log is None:
+            raise NotFound("the flow log is off (--flow-buffer 0)")
+        return self.flow_log
 
     # Helpers, under the lock
 
@@ -620,6 +741,89 @@ class ControlPlane:
             raise
         self.cluster.when_available(self._assign_waiting)
 
+    def _connect_cluster(self) -> None:
+        """Cluster mode, once the endpoints are restored: the other nodes and their
+        endpoints in the datapath, this node's endpoints and networks in etcd."""
+        endpoints = self.store.endpoints()
+        records = [self._endpoint_record(ep) for ep in endpoints]
+        names = {net.network_id: net.name for net in self.store.networks() if net.name}
+        in_use = {names[ep.network_id] for ep in endpoints if ep.network_id in names}
+        self.cluster.connect_datapath(self.datapath, self.lock, records, in_use)
+        self.cluster.serve_dns(self._network_of_address)
+
+    def _network_of_address(self, address: str) -> str | None:
+        """The network name of the local endpoint with that address (a DNS query's
+        source), if any."""
+        with self.lock:
+            for ep in self.store.endpoints():
+                if address in (ep.ipv6, ep.ipv4):
+                    net = self.store.get_network(ep.network_id)
+                    return net.name if net else None
+        return None
+
+    def replicate_networks(self, client) -> None:
+        """Cluster mode: the cluster's networks made in this node's Docker (client, a
+        docker.APIClient), and removed from it when the cluster deletes them."""
+        replicas = Replicas(
+            client,
+            self.config.plugin_name,
+            self.node.node_id,
+            self.cluster.node_slots(),
+        )
+        self.cluster.networks.follow(replicas)
+
+    def network_seen(self, network: dict) -> None:
+        """The watcher saw a network of this driver created, as `docker network inspect`
+        shows it: its name, and in cluster mode the network in the cluster (a network the
+        cluster has already stays as it is). Not from a listing: a node that was down
+        while the cluster deleted a network would publish it again."""
+        with self.lock:
+            if self.store.get_network(network["Id"]) is None:
+                return
+            with self.store.transaction():
+                self.store.set_network_name(network["Id"], network["Name"])
+            if self.cluster is None:
+                return
+            self._network_use(network["Id"])
+            record = record_of(
+                network, self.config.plugin_name, self.cluster.name, self.node.is_block
+            )
+        self.cluster.networks.publish(record)
+
+    def endpoint_aliases(self, endpoint_id: str, aliases: list[str]) -> None:
+        """The watcher learnt the names an endpoint's container has on its network."""
+        with self.lock:
+            if self.cluster is not None and self._aliases.get(endpoint_id) != aliases:
+                self._aliases[endpoint_id] = aliases
+                self._publish(endpoint_id)
+
+    def _network_use(self, network_id: str) -> None:
+        """Cluster mode: whether this node has endpoints on the network, for etcd."""
+        net = self.store.get_network(network_id)
+        if self.cluster is not None and net is not None and net.name:
+            self.cluster.networks.use(net.name, bool(self.store.endpoints(network_id)))
+
+    def _publish(self, endpoint_id: str) -> None:
+        """Cluster mode: the endpoint as it is now, for the other nodes' ipcache."""
+        ep = self.store.get_endpoint(endpoint_id)
+        if self.cluster is not None and ep is not None:
+            self.cluster.publisher.publish(self._endpoint_record(ep))
+
+    def _endpoint_record(self, ep: Endpoint) -> EndpointRecord:
+        net = self.store.get_network(ep.network_id)
+        return EndpointRecord(
+            node=self.cluster.name,
+            node_address=self.cluster.address,
+            endpoint_id=ep.numeric_id,
+            ipv6=ep.ipv6,
+            ipv4=ep.ipv4,
+            identity=ep.identity,
+            container_name=ep.container_name,
+            aliases=self._aliases.get(ep.endpoint_id, []),
+            network_id=ep.network_id,
+            network_name=net.name if net else None,
+        )
+
     def _cluster_allocator(self) -> Allocator | None:
         """Cluster mode: identities from etcd, this node's own ones held there again."""
         if self.cluster is None:
@@ -630,6 +834,21 @@ class ControlPlane:
         for record in self.store.identities("endpoint"):
             allocator.hold(record.identity, record.key)
         return allocator
+
+    def _share_policy_and_services(self) -> None:
+        """Cluster mode: policy and services are the cluster's, changed through etcd and put
+        in force here from watches; the state keeps this node's copy."""
+        from .cluster.policy import ClusterPolicy
+        from .cluster.services import ClusterServices, RemoteBackends
+
+        self.cluster_policy = ClusterPolicy(self.cluster.kv, self.regeneration, self.lock)
+        self.cluster_services = ClusterServices(
+            self.cluster.kv, self.services, self.store, self.lock
+        )
+        remote = RemoteBackends(self.cluster.kv, self.cluster.name, self.services, self.lock)
+        for shared in (self.cluster_policy, self.cluster_services, remote):
+            shared.start()
+            self.on_close(shared.close)
 
     def _assign_waiting(self) -> None:
         """etcd answers again: the endpoints that waited for an identity get one."""

@@ -8,6 +8,7 @@ previous policy is put back in force.
 import dataclasses
 import ipaddress
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from datapath import DatapathError
@@ -28,6 +29,7 @@ from .policy import (
     Identity,
     Peers,
     PolicyError,
+    PolicyKey,
     PolicyRepository,
     merge,
     parse_rules,
@@ -244,6 +246,22 @@ class Regeneration:
         with self.store.transaction():
             self.store.set_meta("policy_mode", mode)
 
+    def rule_origins(self) -> Callable[[Endpoint, PolicyKey], tuple[str, ...]]:
+        """(endpoint, policy key) -> the rules that made the key, computed once per
+        identity and network for the function's life (one read of the flow log)."""
+        known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
+        peers = Peers(known, self._cidr_identities)
+        cache: dict[tuple[int, str], Mapping] = {}
+
+        def origins(ep: Endpoint, key: PolicyKey) -> tuple[str, ...]:
+            at = (ep.identity, ep.network_id)
+            if at not in cache:
+                identity = Identity(ep.identity, ep.labels)
+                cache[at] = self.policy.origins_for(identity, peers, self.mode)
+            return cache[at].get(key, ())
+
+        return origins
+
     def trace(self, src_labels: dict, dst_labels: dict, dport: int, protocol: int):
         known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
         return self.policy.trace(
@@ -279,7 +297,11 @@ class Regeneration:
             "endpoints": changes,
         }
 
-    def _switch(self, candidate: PolicyRepository) -> None:
+    def adopt(self, candidate: PolicyRepository, revision: int) -> None:
+        """Put candidate in force as revision (cluster mode: the rule set etcd holds)."""
+        self._switch(candidate, revision)
+
+    def _switch(self, candidate: PolicyRepository, revision: int | None = None) -> None:
         previous, self.policy = self.policy, candidate
         try:
             self._rules_changed(previous)
@@ -287,7 +309,7 @@ class Regeneration:
             self.policy = previous
             self.regenerate()
             raise
-        self.revision += 1
+        self.revision = self.revision + 1 if revision is None else revision
         with self.store.transaction():
             self.store.set_meta("policy_rules", candidate.json_text())
             self.store.set_meta("policy_revision", str(self.revision))

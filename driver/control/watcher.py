@@ -33,6 +33,14 @@ class Listener:
     assign_container: Callable[[str, str, str, str, str, dict], None]
     # Docker's networks, the addresses it uses, its subnets of our IPAM
     forget_what_docker_lost: Callable[[set[str], set[str], set[str]], None]
+    # a network of this driver created, as `docker network inspect` shows it
+    network_seen: Callable[[dict], None]
+    # endpoint id, the names its container has on the endpoint's network
+    endpoint_aliases: Callable[[str, list[str]], None]
+
+
+def docker_client(docker_host: str) -> docker.APIClient:
+    return docker.APIClient(base_url=docker_host, timeout=30)
 
 
 class DockerWatcher:
@@ -60,7 +68,7 @@ class DockerWatcher:
         attempt = 0
         while not self._stop.is_set():
             try:
-                client = docker.APIClient(base_url=self.docker_host, timeout=30)
+                client = docker_client(self.docker_host)
                 self._stream = client.events(
                     decode=True, filters={"type": ["container", "network"]}
                 )
@@ -87,6 +95,7 @@ class DockerWatcher:
         let the control plane drop what Docker does not have."""
         ours = self.plugin_name
         docker_networks, used_addresses, docker_subnets = set(), set(), set()
+        containers = set()
         for listed in client.networks():
             docker_networks.add(listed["Id"])
             ipam = listed.get("IPAM") or {}
@@ -103,6 +112,9 @@ class DockerWatcher:
                 continue
             for container_id, info in (network.get("Containers") or {}).items():
                 self._assign(client, network, container_id, info.get("EndpointID"))
+                containers.add(container_id)
+        for container_id in sorted(containers):
+            self._aliases(client, container_id)
         self.listener.forget_what_docker_lost(docker_networks, used_addresses, docker_subnets)
 
     def _dispatch(self, client, event: dict) -> None:
@@ -114,6 +126,16 @@ class DockerWatcher:
             self._labels[actor.get("ID")] = (attributes.get("name", ""), labels)
         elif kind == "container" and action == "destroy":
             self._labels.pop(actor.get("ID"), None)
+        elif kind == "container" and action == "start":
+            self._aliases(client, actor.get("ID", ""))
+        elif kind == "network" and action == "create":
+            if attributes.get("type") != self.plugin_name:
+                return
+            try:
+                network = client.inspect_network(actor["ID"])
+            except docker.errors.NotFound:
+                return
+            self._seen(network)
         elif kind == "network" and action == "connect":
             if actor.get("ID") not in self.listener.network_ids():
                 return
@@ -124,6 +146,32 @@ class DockerWatcher:
             container_id = attributes.get("container", "")
             info = (network.get("Containers") or {}).get(container_id) or {}
             self._assign(client, network, container_id, info.get("EndpointID"))
+
+    def _seen(self, network: dict) -> None:
+        try:
+            self.listener.network_seen(network)
+        except Exception:
+            # As for _assign: the watcher lives on; the next resync tries again.
+            log.exception("network %s (%s) not taken in", network.get("Name"), network["Id"])
+
+    def _aliases(self, client, container_id: str) -> None:
+        """A started container's names on our networks: its --network-alias ones and those
+        Docker adds (the short container id). Inspected only once it started, as an
+        inspect before the start waits for it."""
+        try:
+            data = client.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return
+        ours = self.listener.network_ids()
+        for settings in ((data.get("NetworkSettings") or {}).get("Networks") or {}).values():
+            if settings.get("NetworkID") not in ours or not settings.get("EndpointID"):
+                continue
+            try:
+                aliases = sorted(settings.get("Aliases") or [])
+                self.listener.endpoint_aliases(settings["EndpointID"], aliases)
+            except Exception:
+                # As for _assign: one endpoint's failure does not end the watcher.
+                log.exception("container %s: aliases not taken in", container_id)
 
     def _assign(self, client, network: dict, container_id: str, endpoint_id: str | None) -> None:
         if not endpoint_id:

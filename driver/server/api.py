@@ -8,6 +8,7 @@ import os
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
+from driver.control.flows import VERDICTS, FlowFilter
 from driver.control.plane import PROTOCOL_NUMBERS, ControlPlane
 from driver.errors import BadRequest
 
@@ -82,6 +83,7 @@ def status():
                 },
             },
             "metrics": {"address": plane().config.metrics_address or None},
+            "flows": _flow_status(),
             "prefilter": {
                 "devices": snapshot.prefilter["devices"],
                 "prefixes": len(snapshot.prefilter["prefixes"]),
@@ -224,6 +226,79 @@ def monitor():
                 yield "\n" if event is None else json.dumps(event) + "\n"
 
     return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+
+
+# Flows (`cilium observe` and the service map)
+
+
+def _flow_status() -> dict:
+    flow_log = plane().flow_log
+    return {
+        "buffer": flow_log.size if flow_log is not None else 0,
+        "seen": flow_log.added if flow_log is not None else 0,
+        "ui_address": plane().config.ui_address or None,
+    }
+
+
+@bp.get("/flows")
+def flows():
+    """Flows from the log, oldest first, as a JSON list; with follow=1, those to come as JSON
+    lines (after the last `last` of the log, if given) until the client goes away."""
+    flow_filter = _flow_filter(request.args)
+    last = _number(request.args, "last", int)
+    if request.args.get("follow") not in (None, "", "0", "false"):
+        earlier = plane().flows(flow_filter, last) if last else []
+        following = plane().follow_flows(flow_filter, HEARTBEAT_SECONDS)
+
+        def lines():
+            with contextlib.closing(following):
+                for record in earlier:
+                    yield json.dumps(record) + "\n"
+                for record in following:
+                    yield "\n" if record is None else json.dumps(record) + "\n"
+
+        return Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+    return jsonify(plane().flows(flow_filter, last))
+
+
+@bp.get("/servicemap")
+def servicemap():
+    """The service map page's data: identities as nodes, flows as edges."""
+    return jsonify(plane().service_map())
+
+
+def _flow_filter(args) -> FlowFilter:
+    verdict = args.get("verdict")
+    if verdict is not None and verdict.upper() not in VERDICTS:
+        raise BadRequest(f"unknown verdict {verdict} ({', '.join(VERDICTS)})")
+    protocol = args.get("protocol")
+    if protocol is not None and protocol.lower() not in PROTOCOL_NUMBERS:
+        raise BadRequest(f"unknown protocol {protocol} ({', '.join(PROTOCOL_NUMBERS)})")
+    return FlowFilter(
+        from_labels=tuple(args.getlist("from-label")),
+        to_labels=tuple(args.getlist("to-label")),
+        from_container=args.get("from-container"),
+        to_container=args.get("to-container"),
+        from_identity=_number(args, "from-identity", int),
+        to_identity=_number(args, "to-identity", int),
+        verdict=verdict.upper() if verdict else None,
+        port=_number(args, "port", int),
+        protocol=protocol,
+        since=_number(args, "since", float),
+    )
+
+
+def _number(args, name: str, kind):
+    text = args.get(name)
+    if text in (None, ""):
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, not {text!r}") from None
+    if value < 0:
+        raise BadRequest(f"{name} must not be negative")
+    return value
 
 
 @bp.get("/services")

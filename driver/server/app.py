@@ -9,7 +9,7 @@ from driver.config import Config
 from driver.control.plane import ControlPlane, DatapathError
 from driver.errors import BadRequest, DriverError
 
-from . import api, plugin
+from . import api, plugin, ui
 from .metrics import Metrics, MetricsServer
 
 log = logging.getLogger(__name__)
@@ -24,11 +24,13 @@ def create_app(config: Config, datapath=None, watch_docker: bool = True) -> Flas
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # Bound before the control plane starts: a taken port fails the start before any change.
     server = MetricsServer(config.metrics_address) if config.metrics_address else None
+    ui_server = _bind_ui(config, server)
     try:
         plane = ControlPlane.open(config, datapath)
     except BaseException:
-        if server is not None:
-            server.close()
+        for bound in (server, ui_server):
+            if bound is not None:
+                bound.close()
         raise
     metrics = Metrics(plane)
     if server is not None:
@@ -39,6 +41,10 @@ def create_app(config: Config, datapath=None, watch_docker: bool = True) -> Flas
     app.extensions["pycilium"] = plane
     app.register_blueprint(plugin.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(ui.bp)
+    if ui_server is not None:
+        ui_server.start(app)
+        plane.on_close(ui_server.close)
     metrics.install(app)
     app.register_error_handler(DriverError, _driver_error)
     app.register_error_handler(DatapathError, _datapath_error)
@@ -47,13 +53,26 @@ def create_app(config: Config, datapath=None, watch_docker: bool = True) -> Flas
     return app
 
 
+def _bind_ui(config: Config, metrics_server: MetricsServer | None) -> ui.UiServer | None:
+    """The service map's loopback server, bound like the metrics' (closing that one if this
+    one cannot be bound)."""
+    if not config.ui_address:
+        return None
+    try:
+        return ui.UiServer(config.ui_address)
+    except BaseException:
+        if metrics_server is not None:
+            metrics_server.close()
+        raise
+
+
 def _error(message: str, status: int) -> Response:
     return Response(json.dumps({"Err": message}), status=status, mimetype=plugin.CONTENT_TYPE)
 
 
 def _driver_error(exc: DriverError) -> Response:
     # The plugin protocol knows 400 (bad body) and 500; the management API uses every status.
-    use_own_status = isinstance(exc, BadRequest) or request.path.startswith("/v1/")
+    use_own_status = isinstance(exc, BadRequest) or request.path.startswith(("/v1/", "/ui/"))
     status = exc.status if use_own_status else 500
     log.warning("%s failed: %s", request.path, exc)
     return _error(str(exc), status)

@@ -117,6 +117,18 @@ _OPTIONS = [
         "also serve Prometheus /metrics on this loopback HOST:PORT, e.g. 127.0.0.1:9962 "
         "(always on the API socket)",
     ),
+    _option(
+        "flow_buffer",
+        "flow records the driver keeps for `cilium observe` and the service map (0: none, "
+        "and the datapath emits no flow events)",
+        type=int,
+    ),
+    _option(
+        "ui_address",
+        "also serve the service map (/ui) and the flows it reads on this loopback HOST:PORT, "
+        "e.g. 127.0.0.1:12000 (always on the API socket)",
+    ),
+    _option("ui_assets", "directory where setup put cytoscape.js for the service map"),
     _option("policy_map_size", f"policy map entries, all endpoints together; {_PINNED}", type=int),
     _option(
         "ct_map_size", f"conntrack map entries (oldest go first when full); {_PINNED}", type=int
@@ -148,6 +160,12 @@ _OPTIONS = [
         "node_mask4",
         "cluster mode: --node-range4 is the cluster's range, node N takes its N-th block of "
         "this length",
+        type=int,
+    ),
+    _option(
+        "cluster_dns_port",
+        "cluster mode: UDP port on the node address answering other nodes' container names "
+        "for Docker's DNS (containers need it as --dns); 0: off",
         type=int,
     ),
 ]

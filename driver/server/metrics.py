@@ -125,6 +125,7 @@ class PlaneCollector:
             ["mode"],
             _modes(snapshot.prefilter["devices"]),
         )
+        yield from _flow_counters(self.plane.flow_counts())
         compile_time = SummaryMetricFamily(
             f"{PREFIX}_bpf_compile_duration_seconds",
             "Compiling and loading the BPF programs",
@@ -150,6 +151,21 @@ def _cluster_gauges(cluster: dict):
         value=int(cluster["connected"]),
     )
     yield _gauge("cluster_nodes", "Nodes of the cluster this one sees", value=len(cluster["nodes"]))
+
+
+def _flow_counters(counts: dict):
+    """The flow log's: new connections and drops by verdict and identities (at most
+    driver.control.flows.SERIES_LIMIT series; pairs beyond it count as "other")."""
+    family = CounterMetricFamily(
+        f"{PREFIX}_flows",
+        "Flows by verdict, source and destination identity: new connections (FORWARDED, "
+        "TRANSLATED) and dropped packets (DROPPED); identities beyond the series limit are "
+        '"other"',
+        labels=["verdict", "source_identity", "destination_identity"],
+    )
+    for (verdict, src, dst), number in sorted(counts.items(), key=str):
+        family.add_metric([verdict, str(src), str(dst)], number)
+    yield family
 
 
 def _gauge(name, documentation, labels=None, values=None, value=None):
@@ -240,7 +256,11 @@ class MetricsServer:
     """A small HTTP server of its own in the worker, apart from gunicorn's sockets: so the
     TCP port answers /metrics only, never the management API or Docker's plugin calls.
     Bound when made (a taken port fails the driver's start before anything changes);
-    scrapes wait in the socket's backlog until start()."""
+    scrapes wait in the socket's backlog until start(). The service map's server
+    (driver/server/ui.py) is one too, with its own `what` and `path`."""
+
+    what = "metrics"
+    path = PATH
 
     def __init__(self, address: str):
         host, port = loopback_address(address)
@@ -254,21 +274,27 @@ class MetricsServer:
                 host, port, None, server_class=server_class, handler_class=_QuietHandler
             )
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot serve metrics on {address}: {exc.strerror}") from exc
+            raise OSError(
+                exc.errno, f"cannot serve {self.what} on {address}: {exc.strerror}"
+            ) from exc
         self.host, self.port = host, self.httpd.server_port
         self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="metrics-server", daemon=True
+            target=self.httpd.serve_forever, name=f"{self.what} server", daemon=True
         )
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}{PATH}"
+        return f"http://{host}:{self.port}{self.path}"
 
-    def start(self, metrics_app) -> None:
-        self.httpd.set_app(_only_metrics(metrics_app))
+    def start(self, app) -> None:
+        self.httpd.set_app(self.only_served(app))
         self._thread.start()
-        log.info("serving metrics on %s", self.url)
+        log.info("serving %s on %s", self.what, self.url)
+
+    @staticmethod
+    def only_served(app):
+        return _only_metrics(app)
 
     def close(self) -> None:
         if self._thread.is_alive():

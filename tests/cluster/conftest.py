@@ -77,6 +77,10 @@ class Etcd:
         entries, _ = self._client(lambda kv: kv.list(prefix, "read what the test checks"))
         return {e.key: e.value for e in entries}
 
+    def entry(self, key: str):
+        """The key's entry (with its revisions and lease), or None."""
+        return self._client(lambda kv: kv.get(key, "read what the test checks"))
+
     def put(self, key: str, value: str) -> None:
         self._client(lambda kv: kv.put(key, value, "set up the test"))
 
@@ -100,12 +104,14 @@ def etcd(tmp_path):
 
 class Node:
     """One driver's control plane (fake datapath) in cluster mode, driven through the
-    plugin protocol as Docker drives it."""
+    plugin protocol as Docker drives it. A node restarted with the datapath it had finds
+    its endpoints there, as a driver finds its pinned maps and veths."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, datapath: FakeDatapath):
         self.config = config
-        self.app = create_app(config, datapath=FakeDatapath(), watch_docker=False)
+        self.app = create_app(config, datapath=datapath, watch_docker=False)
         self.plane = self.app.extensions["pycilium"]
+        self.datapath = datapath
         self.client = self.app.test_client()
         self.pools = None
 
@@ -143,24 +149,30 @@ class Node:
 
 @pytest.fixture
 def nodes(etcd, tmp_path):
-    """start(name) starts a node (again, with its state, after stop(name))."""
+    """start(name) starts a node (again, with its state, after stop(name)); stop(name)
+    returns it, so that its datapath can be given to the next start."""
     running: dict[str, Node] = {}
 
     class Nodes:
-        def start(self, name: str, **settings) -> Node:
+        def start(self, name: str, datapath: FakeDatapath | None = None, **settings) -> Node:
             defaults = {
                 "state_dir": str(tmp_path / name),
                 "kvstore": "etcd",
                 "kvstore_endpoints": etcd.url,
                 "kvstore_lease_ttl": LEASE_TTL,
                 "node_name": name,
+                # Every node here has 127.0.0.1 as its address: a test that wants the
+                # DNS server gives it a port of its own.
+                "cluster_dns_port": 0,
             }
             config = Config(**{**defaults, **settings}).validate()
-            running[name] = Node(config)
+            running[name] = Node(config, datapath or FakeDatapath())
             return running[name]
 
-        def stop(self, name: str) -> None:
-            running.pop(name).close()
+        def stop(self, name: str) -> Node:
+            node = running.pop(name)
+            node.close()
+            return node
 
     yield Nodes()
     for node in running.values():

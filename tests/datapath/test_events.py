@@ -63,3 +63,26 @@ def test_decode_unknown_code():
     record = EventRecord(kind=1, code=-63, family=0)
     event = decode_event(bytes(record))
     assert (event.kind, event.reason_name) == ("drop", "UNKNOWN_-63")
+
+
+def test_raw_records_decode_to_the_events(datapath, make_container):
+    a = make_container()
+    frame = b"\xff" * 6 + bytes.fromhex(a.spec.mac.replace(":", "")) + b"\x88\xb5" + bytes(46)
+    records: list[bytes] = []
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=datapath.read_events, args=(records.append, stop), kwargs={"raw": True}
+    )
+    reader.start()
+    try:
+        time.sleep(0.2)  # the reader's ring is open
+        loader.run_program(datapath.program, frame, a.ifindex)
+        deadline = time.monotonic() + 3
+        while not records and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        reader.join(5)
+    assert records and all(isinstance(r, bytes) for r in records)
+    drops = [(e.reason_name, e.endpoint_id) for e in map(decode_event, records)]
+    assert ("DROP_UNKNOWN_L3", a.spec.endpoint_id) in drops

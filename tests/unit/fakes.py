@@ -25,6 +25,7 @@ class FakeDatapath:
         self.cidr_identities = {}
         self.host_ips = ["192.0.2.2", "fd00::2"]
         self.trace_events = False
+        self.flow_events = False
         self.policy_capacity = None
         self.lb = {}
         self.published = {}
@@ -32,6 +33,9 @@ class FakeDatapath:
         self.prefilter = {}  # denied prefix -> drops
         self.xdp = {}  # device -> mode
         self.xdp_capable = {"eth0": "native", "eth1": "generic"}  # devices that exist
+        self.tunnel = None
+        self.remote_nodes = {}  # node_address -> list of prefixes
+        self.ipcache = {}  # address -> (identity, node_address)
 
     def start(self):
         self.compile_count = 1
@@ -116,8 +120,14 @@ class FakeDatapath:
     def set_trace_events(self, enabled):
         self.trace_events = enabled
 
-    def read_events(self, callback, stop, timeout_ms=100):
+    def read_events(self, callback, stop, timeout_ms=100, raw=False):
         stop.wait()
+
+    def set_flow_events(self, enabled):
+        self.flow_events = enabled
+
+    def ended_flows(self):
+        return []
 
     def set_service(self, service_id, frontend, backends):
         for backend in backends:
@@ -164,3 +174,23 @@ class FakeDatapath:
 
     def prefilter_devices(self):
         return dict(self.xdp)
+
+    # several hosts
+    def enable_tunnel(self, underlay_address):
+        self.tunnel = underlay_address
+        return "cilium_vxlan"
+
+    def set_remote_node(self, node_address, prefixes):
+        self.remote_nodes[node_address] = list(prefixes)
+
+    def remove_remote_node(self, node_address, prefixes):
+        self.remote_nodes.pop(node_address, None)
+
+    def ipcache_upsert(self, address, identity, node_address):
+        self.ipcache[address] = (identity, node_address)
+
+    def ipcache_delete(self, address):
+        self.ipcache.pop(address, None)
+
+    def ipcache_entries(self):
+        return dict(self.ipcache)

@@ -192,6 +192,7 @@ _Static_assert(sizeof(struct lb_flow) == 24, "lb_flow layout");
 
 /* Value of the one-slot config array. */
 #define CONFIG_TRACE_EVENTS 1	/* emit trace events, not only drop events */
+#define CONFIG_FLOW_EVENTS 2	/* emit a flow event per new connection (lib/flowlog.h) */
 
 struct datapath_config {
 	__u32 flags;
@@ -200,10 +201,11 @@ _Static_assert(sizeof(struct datapath_config) == 4, "datapath_config layout");
 
 #define EVENT_DROP 1
 #define EVENT_TRACE 2
+#define EVENT_FLOW 3		/* a new connection; code: enum policy_match */
 
 /* A record of the events ring buffer. */
 struct datapath_event {
-	__u8 kind;		/* EVENT_DROP or EVENT_TRACE */
+	__u8 kind;		/* EVENT_DROP, EVENT_TRACE or EVENT_FLOW */
 	__u8 direction;
 	__u8 protocol;
 	__u8 family;		/* 0: the packet was not parsed that far */
@@ -211,7 +213,7 @@ struct datapath_event {
 	__u16 endpoint_id;
 	__u16 sport;
 	__u16 dport;
-	__u16 pad;
+	__u16 rev_nat_index;	/* service of the packet's flow (pkt_ctx.rev_nat_index); 0: none */
 	__u32 ifindex;		/* the device whose hook emitted the event */
 	__u32 src_identity;
 	__u32 dst_identity;

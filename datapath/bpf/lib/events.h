@@ -1,4 +1,4 @@
-/* Drop and trace events: one record per event in the pinned "events" ring buffer,
+/* Drop, trace and flow events: one record per event in the pinned "events" ring buffer,
  * read by datapath/events.py. A full ring loses events, never packets.
  */
 #ifndef PYCILIUM_EVENTS_H
@@ -20,7 +20,7 @@ static __always_inline void event_emit(const struct pkt_ctx *ctx, __u8 kind, __s
 	ev->endpoint_id = ctx->endpoint_id;
 	ev->sport = ctx->flow.sport;
 	ev->dport = ctx->flow.dport;
-	ev->pad = 0;
+	ev->rev_nat_index = ctx->rev_nat_index;
 	ev->ifindex = ctx->ifindex;
 	ev->src_identity = ctx->src_identity;
 	ev->dst_identity = ctx->dst_identity;

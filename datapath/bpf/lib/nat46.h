@@ -99,6 +99,28 @@ static __always_inline int nat46_quote_store(struct __sk_buff *skb, struct nat64
 	return 0;
 }
 
+/* The flow's backend, at backend_addr (a NAT64 side), is another endpoint: its veth gets the
+ * packet as it is, and its own hook translates it. Returns that TC verdict, CTX_CONTINUE when
+ * the backend is the endpoint of this veth, or a drop reason.
+ */
+static __always_inline int nat46_pass_to_backend(struct __sk_buff *skb, struct pkt_ctx *ctx,
+						 __be32 backend_addr)
+{
+	struct endpoint_info *backend;
+	__u32 ifindex = 0;
+	int ret;
+
+	backend = nat46_backend(backend_addr, &ifindex);
+	if (!backend)
+		return DROP_NO_SERVICE_BACKEND;
+	if (ifindex == skb->ifindex)
+		return CTX_CONTINUE;
+	ret = eth_store_macs(skb, backend->mac, backend->node_mac);
+	if (ret < 0)
+		return ret;
+	return trace_exit(ctx, TRACE_TO_LXC, bpf_redirect(ifindex, 0));
+}
+
 /* An ICMP error for the frontend (a router's "fragmentation needed" on the way to the
  * client) about a NAT46 flow's reply: for the flow's backend, as an error for its NAT64
  * side quoting what that side sent. Sent on to the backend's veth, or rewritten for ep
@@ -110,11 +132,9 @@ static __always_inline int nat46_error_in(struct __sk_buff *skb, const struct en
 {
 	struct flow forward = { .family = ENDPOINT_KEY_IPV4 };
 	struct nat64_quote4 quote;
-	struct endpoint_info *backend;
 	struct ct_key key = {};
 	struct lb_flow *pick;
 	struct lb_flow chosen;
-	__u32 ifindex = 0;
 	int ret;
 
 	if (ctx->flow.l4_off != ICMP4_L4_OFF ||
@@ -134,15 +154,9 @@ static __always_inline int nat46_error_in(struct __sk_buff *skb, const struct en
 	if (!pick || pick->lifetime < ct_now())
 		return DROP_NAT46_NO_SERVICE;
 	chosen = *pick;
-	backend = nat46_backend(chosen.backend.p[0], &ifindex);
-	if (!backend)
-		return DROP_NO_SERVICE_BACKEND;
-	if (ifindex != skb->ifindex) {
-		ret = eth_store_macs(skb, backend->mac, backend->node_mac);
-		if (ret < 0)
-			return ret;
-		return trace_exit(ctx, TRACE_TO_LXC, bpf_redirect(ifindex, 0));
-	}
+	ret = nat46_pass_to_backend(skb, ctx, chosen.backend.p[0]);
+	if (ret != CTX_CONTINUE)
+		return ret;
 	ret = nat46_quote_store(skb, &quote, NAT_SRC, ep->ipv4, chosen.backend_port);
 	if (ret < 0)
 		return ret;
@@ -159,9 +173,7 @@ static __always_inline int nat46_service(struct __sk_buff *skb, const struct end
 {
 	struct lb_flow chosen = {};
 	struct lb_service *svc;
-	struct endpoint_info *backend;
 	struct iphdr ip4;
-	__u32 ifindex = 0;
 	int ret;
 
 	if (bpf_skb_load_bytes(skb, IPV4_HDR_OFF, &ip4, sizeof(ip4)) < 0 || ip4.ihl < 5)
@@ -179,15 +191,9 @@ static __always_inline int nat46_service(struct __sk_buff *skb, const struct end
 	ret = lb_select(&ctx->flow, NAT46_PICKER, svc, &chosen);
 	if (ret < 0)
 		return ret;
-	backend = nat46_backend(chosen.backend.p[0], &ifindex);
-	if (!backend)
-		return DROP_NO_SERVICE_BACKEND;
-	if (ifindex != skb->ifindex) {
-		ret = eth_store_macs(skb, backend->mac, backend->node_mac);
-		if (ret < 0)
-			return ret;
-		return trace_exit(ctx, TRACE_TO_LXC, bpf_redirect(ifindex, 0));
-	}
+	ret = nat46_pass_to_backend(skb, ctx, chosen.backend.p[0]);
+	if (ret != CTX_CONTINUE)
+		return ret;
 	ret = nat_rewrite(skb, &ctx->flow, NAT_DST, &chosen.backend, chosen.backend_port);
 	if (ret < 0)
 		return ret;

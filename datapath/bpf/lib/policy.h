@@ -5,6 +5,7 @@
 #define PYCILIUM_POLICY_H
 
 #include "conntrack.h"
+#include "flowlog.h"
 
 static __always_inline struct policy_entry *policy_try(struct policy_key *key, __u32 identity,
 						       __u16 dport, __u8 protocol)
@@ -16,34 +17,47 @@ static __always_inline struct policy_entry *policy_try(struct policy_key *key, _
 }
 
 /* The entry admitting the packet: (identity, port, proto), (identity, proto),
- * (identity), then the same with any identity. NULL if none.
+ * (identity), then the same with any identity. NULL if none; *match says which.
  */
-static __always_inline struct policy_entry *policy_match(const struct pkt_ctx *ctx, __u32 peer)
+static __always_inline struct policy_entry *policy_match(const struct pkt_ctx *ctx, __u32 peer,
+							 enum policy_match *match)
 {
 	struct policy_key key = { .endpoint_id = ctx->endpoint_id, .direction = ctx->direction };
 	__u16 dport = flow_policy_port(&ctx->flow);
 	__u8 proto = ctx->flow.protocol;
 	struct policy_entry *entry;
 
+	*match = POLICY_MATCH_PEER_PORT;
 	entry = policy_try(&key, peer, dport, proto);
-	if (!entry)
+	if (!entry) {
+		*match = POLICY_MATCH_PEER_PROTO;
 		entry = policy_try(&key, peer, 0, proto);
-	if (!entry)
+	}
+	if (!entry) {
+		*match = POLICY_MATCH_PEER;
 		entry = policy_try(&key, peer, 0, 0);
-	if (!entry)
+	}
+	if (!entry) {
+		*match = POLICY_MATCH_ANY_PORT;
 		entry = policy_try(&key, IDENTITY_ANY, dport, proto);
-	if (!entry)
+	}
+	if (!entry) {
+		*match = POLICY_MATCH_ANY_PROTO;
 		entry = policy_try(&key, IDENTITY_ANY, 0, proto);
-	if (!entry)
+	}
+	if (!entry) {
+		*match = POLICY_MATCH_ANY;
 		entry = policy_try(&key, IDENTITY_ANY, 0, 0);
+	}
 	return entry;
 }
 
 /* Returns 0 if the endpoint's policy admits the packet, else DROP_POLICY. */
-static __always_inline int policy_can_access(struct __sk_buff *skb, const struct pkt_ctx *ctx)
+static __always_inline int policy_can_access(struct __sk_buff *skb, const struct pkt_ctx *ctx,
+					     enum policy_match *match)
 {
 	__u32 peer = ctx->direction == DIR_INGRESS ? ctx->src_identity : ctx->dst_identity;
-	struct policy_entry *entry = policy_match(ctx, peer);
+	struct policy_entry *entry = policy_match(ctx, peer, match);
 
 	if (!entry)
 		return DROP_POLICY;
@@ -59,22 +73,27 @@ static __always_inline int policy_enforced(const struct endpoint_info *ep, __u8 
 	return ep->flags & flag;
 }
 
-/* Conntrack, then policy for a new flow, then track it. Returns 0 or a drop reason.
- * An endpoint reaching itself through a service (hairpin) is not subject to its policy.
+/* Conntrack, then policy for a new flow, then track and log it. Returns 0 or a drop
+ * reason. An endpoint reaching itself through a service (hairpin) is not subject to its
+ * policy.
  */
 static __always_inline int policy_check(struct __sk_buff *skb, const struct endpoint_info *ep,
 					struct pkt_ctx *ctx)
 {
+	enum policy_match match = POLICY_MATCH_NONE;
 	int ret = ct_lookup(skb, ctx);
 
 	if (ret != CT_NEW)
 		return ret < 0 ? ret : 0;
 	if (policy_enforced(ep, ctx->direction) && !ctx->loopback) {
-		ret = policy_can_access(skb, ctx);
+		ret = policy_can_access(skb, ctx, &match);
 		if (ret < 0)
 			return ret;
 	}
 	ct_create(skb, ctx);
+	/* Untracked packets (ICMP errors, other ICMP) would be a record each. */
+	if (ct_tracks(&ctx->flow))
+		flow_log_new(ctx, match);
 	return 0;
 }
 

@@ -8,10 +8,14 @@ from urllib.parse import urlsplit
 
 from driver.config import Config
 
+from .dns import ClusterDns
+from .endpoints import EndpointRecord, Publisher, RemoteEndpoints
 from .identities import ClusterAllocator
 from .kvstore import KvStore, KvstoreUnavailable
+from .networks import ClusterNetworks
 from .nodes import NodeRecord, NodeRegistry, claim_node_id
 from .session import Session
+from .tunnel import RemoteNodes
 
 __all__ = ["Cluster", "KvstoreUnavailable"]
 
@@ -29,12 +33,21 @@ class Cluster:
         self.session = Session(self.kv, config.kvstore_lease_ttl)
         self.registry: NodeRegistry | None = None
         self.allocator: ClusterAllocator | None = None
+        self.address = ""  # this node's underlay address
+        self.publisher: Publisher | None = None
+        self.remote_nodes: RemoteNodes | None = None
+        self.remote_endpoints: RemoteEndpoints | None = None
+        self.networks: ClusterNetworks | None = None
+        self.dns: ClusterDns | None = None
+
+    def node_slots(self) -> int:
+        """How many node ids the cluster has: one per block of its IPv4 range."""
+        range4 = ipaddress.ip_network(self.config.node_range4)
+        return min(1 << (self.config.node_mask4 - range4.prefixlen), 1 << 32)
 
     def claim_node_id(self) -> int:
         """The node id: the one this node name always had in the cluster."""
-        range4 = ipaddress.ip_network(self.config.node_range4)
-        blocks = 1 << (self.config.node_mask4 - range4.prefixlen)
-        return claim_node_id(self.kv, self.name, self.config.node_id, min(blocks, 1 << 32))
+        return claim_node_id(self.kv, self.name, self.config.node_id, self.node_slots())
 
     def node_range4(self, node_id: int) -> str:
         """Block node_id of the cluster's IPv4 range."""
@@ -44,14 +57,46 @@ class Cluster:
         return str(ipaddress.ip_network((first, self.config.node_mask4)))
 
     def register(self, node_id: int, ipv6_range: str, ipv4_range: str) -> None:
-        address = self.config.node_address or _address_towards(self.config.endpoint_urls[0])
-        record = NodeRecord(self.name, node_id, address, ipv6_range, ipv4_range)
+        self.address = self.config.node_address or _address_towards(self.config.endpoint_urls[0])
+        record = NodeRecord(self.name, node_id, self.address, ipv6_range, ipv4_range)
         self.registry = NodeRegistry(self.kv, self.session, record)
         self.session.start()
 
     def identity_allocator(self, first: int, limit: int) -> ClusterAllocator:
         self.allocator = ClusterAllocator(self.kv, self.session, self.name, first, limit)
         return self.allocator
+
+    def connect_datapath(
+        self, datapath, lock, endpoints: list[EndpointRecord], networks_in_use: set[str]
+    ) -> None:
+        """The cluster in this node's datapath (its tunnel enabled): other nodes' ranges
+        routed through the tunnel and their endpoints in the ipcache; and this node's
+        endpoints and the networks it uses in etcd, all of them known before the first
+        write, so none is withdrawn for a moment."""
+        self.publisher = Publisher(self.kv, self.session, self.name)
+        for record in endpoints:
+            self.publisher.publish(record)
+        self.publisher.start()
+        self.networks = ClusterNetworks(self.kv, self.session, self.name)
+        for name in networks_in_use:
+            self.networks.use(name, True)
+        self.networks.users.start()
+        self.remote_nodes = RemoteNodes(self.kv, self.name, datapath, lock)
+        self.remote_endpoints = RemoteEndpoints(self.kv, self.name, datapath, lock)
+
+    def serve_dns(self, network_of) -> None:
+        """Other nodes' container names for Docker's embedded DNS (dns.py), on this node's
+        address; network_of(address) names the network of a local endpoint's address. A
+        port that cannot be had leaves the rest of the cluster working without it."""
+        port = self.config.cluster_dns_port
+        if not port:
+            return
+        try:
+            self.dns = ClusterDns(self.address, port, network_of, self.remote_endpoints.records)
+        except OSError as exc:
+            log.error(
+                "no names of other nodes' containers: UDP %s port %d: %s", self.address, port, exc
+            )
 
     def when_available(self, callback) -> None:
         self.session.when_available(callback)
@@ -70,7 +115,8 @@ class Cluster:
         }
 
     def close(self) -> None:
-        for part in (self.allocator, self.registry):
+        parts = (self.dns, self.networks, self.remote_endpoints, self.remote_nodes, self.publisher)
+        for part in (*parts, self.allocator, self.registry):
             if part is not None:
                 part.close()
         self.session.close()

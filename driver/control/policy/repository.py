@@ -6,7 +6,7 @@ Not thread-safe by itself: the control plane holds its lock around changes and c
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from datapath.abi import FIRST_ENDPOINT_IDENTITY, RESERVED_IDENTITIES
+from datapath.abi import FIRST_ENDPOINT_IDENTITY, RESERVED_IDENTITIES, PolicyKey
 
 from .compute import EndpointPolicy, Peers, resolve
 from .model import RESERVED_SOURCE, Identity, PolicyError, PolicyNotFound, Rule, split_key
@@ -98,6 +98,13 @@ class PolicyRepository:
         """compute() with the peers built once for many endpoints (they cache selections)."""
         selected = self._selecting(identity.labels)
         return resolve(identity, selected, peers, mode).policy()
+
+    def origins_for(
+        self, identity: Identity, peers: Peers, mode: str = "default"
+    ) -> Mapping[PolicyKey, tuple[str, ...]]:
+        """Every policy key of identity's endpoints, with the names of the rules that made
+        it (before compaction, so every key the datapath holds is there)."""
+        return resolve(identity, self._selecting(identity.labels), peers, mode).origins
 
     def trace(
         self,

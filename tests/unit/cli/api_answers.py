@@ -49,6 +49,7 @@ STATUS = {
         },
     },
     "metrics": {"address": "127.0.0.1:9962"},
+    "flows": {"buffer": 4096, "seen": 12, "ui_address": "127.0.0.1:12000"},
     "prefilter": {
         "devices": [
             {"device": "eth0", "mode": "native", "error": None},

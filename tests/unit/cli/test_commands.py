@@ -85,6 +85,7 @@ BPF compiles:  5
 Drops:         POLICY_DENIED 4, CT_FULL 1
 BPF maps:      2 ok, fullest conntrack 26214/262144 (10%)
 Metrics:       /metrics on the API socket and http://127.0.0.1:9962/metrics
+Flows:         12 seen, the last 4096 kept; service map http://127.0.0.1:12000/ui/
 Prefilter:     2 prefixes on eth0 (native), eth9 (NOT attached)
 Cluster:       off (one host)
 """,
@@ -248,6 +249,7 @@ def test_every_command_that_shows_an_answer_has_the_same_output_option():
         "monitor",
         "network list",
         "node list",
+        "observe",
         "policy trace",
         "policy validate",
         "prefilter delete",
@@ -747,3 +749,86 @@ def test_bash_completion_script_and_answers():
         },
     )
     assert words.stdout.split() == ["plain,list"]
+
+
+FLOW = {
+    "time": 1764960000.25,
+    "type": "new",
+    "verdict": "FORWARDED",
+    "direction": "ingress",
+    "endpoint": 7,
+    "protocol": "tcp",
+    "source": {
+        "address": "fdce:1c00:a0b:c0d::8",
+        "port": 40000,
+        "identity": 300,
+        "labels": ["app=client"],
+        "container": "client",
+    },
+    "destination": {
+        "address": "10.213.0.7",
+        "port": 80,
+        "identity": 256,
+        "labels": ["app=web"],
+        "container": "web",
+    },
+    "service": None,
+    "policy": {"match": "POLICY_MATCH_PEER_PORT", "key": {}, "rules": ["web-policy"]},
+}
+DROP = {k: v for k, v in FLOW.items() if k != "policy"} | {
+    "type": "drop",
+    "verdict": "DROPPED",
+    "reason": "Policy denied",
+    "source": FLOW["source"] | {"container": None, "labels": ["reserved:world"]},
+}
+FLOWS_PATH = (
+    "/v1/flows?from-label=app%3Dclient&to-container=web&verdict=DROPPED&protocol=tcp&last=5"
+)
+
+
+def test_observe_lines_say_who_what_and_why(api):
+    api.answers[("GET", FLOWS_PATH)] = [FLOW, DROP]
+    result = cilium(
+        "observe",
+        "--from-label",
+        "app=client",
+        "--to-container",
+        "web",
+        "--verdict",
+        "dropped",
+        "--protocol",
+        "tcp",
+        "--last",
+        "5",
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line.split("  ", 1)[1] for line in result.stdout.splitlines()]
+    assert lines == [
+        "client [fdce:1c00:a0b:c0d::8]:40000 -> web 10.213.0.7:80  TCP  FORWARDED by web-policy"
+        " [ingress 7]",
+        "reserved:world [fdce:1c00:a0b:c0d::8]:40000 -> web 10.213.0.7:80  TCP  DROPPED"
+        " (Policy denied) [ingress 7]",
+    ]
+
+
+def test_observe_json_is_one_flow_a_line(api):
+    api.answers[("GET", "/v1/flows?")] = [FLOW, DROP]
+    result = cilium("observe", "-o", "json")
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [FLOW, DROP]
+
+
+def test_observe_follow_streams(api):
+    api.events[:] = [FLOW]
+    result = cilium("observe", "--follow", "--port", "80", "-o", "json")
+    assert json.loads(result.stdout) == FLOW
+    assert api.calls == [("STREAM", "/v1/flows?port=80&follow=1", None)]
+
+
+def test_observe_since_takes_a_duration_or_a_time(api, monkeypatch):
+    monkeypatch.setattr(cli.time, "time", lambda: 1000.0)
+    api.answers[("GET", "/v1/flows?since=700.0")] = []
+    assert cilium("observe", "--since", "5m").exit_code == 0
+    api.answers[("GET", "/v1/flows?since=0.0")] = []
+    assert cilium("observe", "--since", "1970-01-01T00:00:00+00:00").exit_code == 0
+    result = cilium("observe", "--since", "yesterday")
+    assert result.exit_code == 2 and "neither a duration" in result.output

@@ -2,9 +2,11 @@
 the loopback TCP server on a real port, and what `cilium status` makes of map fill."""
 
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -15,7 +17,10 @@ from driver.config import Config, loopback_address
 from driver.server import main as service_module
 from driver.server.app import create_app
 
+from ..control.test_flows import event
 from ..docker_calls import EP, NET
+
+DASHBOARD = Path(__file__).resolve().parents[3] / "contrib" / "grafana" / "pycilium-dashboard.json"
 
 WEB_POLICY = """
 - endpointSelector: {matchLabels: {app: web}}
@@ -277,3 +282,28 @@ class _ConnectedWatcher:
 
     def stop(self):
         pass
+
+
+def test_flows_by_verdict_and_identities(client, app):
+    flow_log = app.extensions["pycilium"].flow_log
+    flow_log.add_record(event())
+    flow_log.add_record(event())
+    flow_log.add_record(event(kind="drop", src_identity=400))
+    found = scrape(client)
+    ends = {"source_identity": "2", "destination_identity": "300"}
+    assert value(found, "pycilium_flows_total", verdict="FORWARDED", **ends) == 2
+    dropped = {"source_identity": "400", "destination_identity": "300"}
+    assert value(found, "pycilium_flows_total", verdict="DROPPED", **dropped) == 1
+
+
+def test_the_grafana_dashboard_reads_metrics_the_driver_exports(client, app, post, datapath):
+    datapath.drops = {"DROP_POLICY": 7}
+    datapath.traces = {"TRACE_TO_LXC": 40}
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bpycilium_\w+", expr)}
+    app.extensions["pycilium"].flow_log.add_record(event())
+    post("Plugin.Activate")
+    exported = {name for name, _ in scrape(client)}
+    assert used and used <= exported, used - exported
+    assert "pycilium_flows_total" in used

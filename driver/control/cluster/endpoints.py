@@ -1,0 +1,124 @@
+"""Endpoints of the cluster: each node publishes its own under its lease, and every node keeps
+the others' in its datapath's ipcache (address -> identity and node), fed by a watch.
+
+    pycilium/v1/endpoints/<node>/<endpoint numeric id> -> JSON record, under the node's lease
+
+A node that vanishes takes its endpoints with it: when its lease expires etcd deletes its
+keys, and the watch's delete events take the addresses out of every other node's ipcache.
+"""
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+from datapath.interface import DatapathApi
+
+from .kvstore import Entry, KvStore
+from .leased import LeasedKeys
+from .nodes import PREFIX
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = PREFIX + "endpoints/"
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    """What other nodes learn of an endpoint (and `cilium endpoint list` could show)."""
+
+    node: str
+    node_address: str  # its node's underlay address: where the tunnel sends its packets
+    endpoint_id: int  # the numeric id, unique on its node
+    ipv6: str
+    ipv4: str | None
+    identity: int
+    container_name: str | None
+    aliases: list  # its names on its network besides container_name (--network-alias)
+    network_id: str  # Docker's id on the endpoint's node; the name is the cluster's
+    network_name: str | None
+
+    def addresses(self) -> list[str]:
+        return [a for a in (self.ipv6, self.ipv4) if a]
+
+
+class Publisher:
+    """This node's endpoints in etcd, under its lease."""
+
+    def __init__(self, kv: KvStore, session: Session, node: str):
+        self.keys = LeasedKeys(kv, session, f"{ENDPOINTS}{node}/", "this node's endpoints")
+
+    def start(self) -> None:
+        self.keys.start()
+
+    def close(self) -> None:
+        self.keys.close()
+
+    def publish(self, record: EndpointRecord) -> None:
+        value = json.dumps(asdict(record), sort_keys=True)
+        self.keys.set(f"{self.keys.prefix}{record.endpoint_id}", value)
+
+    def withdraw(self, endpoint_id: int) -> None:
+        self.keys.set(f"{self.keys.prefix}{endpoint_id}", None)
+
+
+class RemoteEndpoints:
+    """Other nodes' endpoints, followed by a watch, in this node's ipcache. Datapath calls
+    are made under the control plane's lock (`lock`), as every other one is."""
+
+    def __init__(self, kv: KvStore, node: str, datapath: DatapathApi, lock):
+        self.node = node
+        self.datapath = datapath
+        self.lock = lock
+        self._by_key: dict[str, EndpointRecord] = {}
+        self.watch = kv.watch(ENDPOINTS, self._reset, self._event)
+
+    def close(self) -> None:
+        self.watch.stop()
+
+    def records(self) -> list[EndpointRecord]:
+        with self.lock:
+            return sorted(self._by_key.values(), key=lambda r: (r.node, r.endpoint_id))
+
+    def _reset(self, entries: list[Entry]) -> None:
+        """The whole listing (at start, after etcd came back): the ipcache becomes exactly
+        it, so entries of endpoints that went while nobody watched go too."""
+        found = {e.key: r for e in entries if (r := self._remote(e)) is not None}
+        wanted = {a: (r.identity, r.node_address) for r in found.values() for a in r.addresses()}
+        with self.lock:
+            self._by_key = found
+            for address in sorted(set(self.datapath.ipcache_entries()) - set(wanted)):
+                self.datapath.ipcache_delete(address)
+            for address, (identity, node_address) in sorted(wanted.items()):
+                self.datapath.ipcache_upsert(address, identity, node_address)
+
+    def _event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
+        with self.lock:
+            old = self._by_key.pop(entry.key, None)
+            new = self._remote(entry) if kind == "PUT" else None
+            if new is not None:
+                self._by_key[entry.key] = new
+            stale = set(old.addresses() if old else ()) - set(new.addresses() if new else ())
+            for address in sorted(stale):
+                if not self._owned_elsewhere(address):
+                    self.datapath.ipcache_delete(address)
+            for address in new.addresses() if new else ():
+                self.datapath.ipcache_upsert(address, new.identity, new.node_address)
+
+    def _owned_elsewhere(self, address: str) -> bool:
+        """An address a later record took over (an endpoint re-made under another id)."""
+        return any(address in r.addresses() for r in self._by_key.values())
+
+    def _remote(self, entry: Entry) -> EndpointRecord | None:
+        node = entry.key[len(ENDPOINTS) :].split("/")[0]
+        if node == self.node:
+            return None
+        try:
+            record = EndpointRecord(**json.loads(entry.value))
+        except (TypeError, ValueError):
+            log.warning("ignoring %s: not an endpoint record", entry.key)
+            return None
+        if record.node != node:
+            log.warning("ignoring %s: it names node %s", entry.key, record.node)
+            return None
+        return record

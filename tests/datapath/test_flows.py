@@ -1,0 +1,114 @@
+"""Flow events (one per new connection) and ended connections, in real traffic."""
+
+import time
+
+import pytest
+
+from datapath import EGRESS, INGRESS, Backend, Frontend, PolicyKey
+
+from .test_lb import VIP_NET6
+
+TCP = 6
+SERVICE_ID = 4000  # above the ids test_lb.py gives out
+
+
+@pytest.fixture
+def flows(datapath):
+    datapath.set_flow_events(True)
+    yield
+    datapath.set_flow_events(False)
+
+
+@pytest.fixture
+def vip(datapath):
+    datapath.add_unreachable_route(str(VIP_NET6))
+    yield VIP_NET6[250]
+    datapath.remove_unreachable_route(str(VIP_NET6))
+
+
+def _flows(event_log, **fields) -> list:
+    return [
+        e
+        for e in list(event_log.events)
+        if e.kind == "flow" and all(getattr(e, k) == v for k, v in fields.items())
+    ]
+
+
+def test_flow_events_are_off_by_default(datapath, make_container, event_log):
+    a, b = make_container(), make_container()
+    b.serve(8080)
+    assert a.exchange(b.spec.ipv6, 8080)
+    time.sleep(0.3)
+    assert event_log.wait_for(timeout=0, kind="flow") is None
+
+
+@pytest.mark.parametrize("version", [6, 4])
+def test_one_flow_event_per_connection_at_each_end(
+    datapath, make_container, event_log, flows, version
+):
+    a, b = make_container(), make_container()
+    b.serve(8080)
+    datapath.set_endpoint_policy(b.spec, True, False, {PolicyKey(a.identity, 8080, TCP, INGRESS)})
+    assert a.exchange(b.addr(version), 8080)
+
+    sent = event_log.wait_for(kind="flow", endpoint_id=a.spec.endpoint_id, direction=EGRESS)
+    assert sent is not None
+    assert (sent.src, sent.dst, sent.dport, sent.protocol) == (
+        a.addr(version),
+        b.addr(version),
+        8080,
+        TCP,
+    )
+    assert (sent.src_identity, sent.dst_identity) == (a.identity, b.identity)
+    assert (sent.reason_name, sent.rev_nat_index) == ("POLICY_MATCH_NONE", 0)
+    got = event_log.wait_for(kind="flow", endpoint_id=b.spec.endpoint_id, direction=INGRESS)
+    assert got is not None and got.reason_name == "POLICY_MATCH_PEER_PORT"
+    time.sleep(0.3)
+    # the connection's other packets (handshake, data, FIN) made no record
+    assert len(_flows(event_log, endpoint_id=a.spec.endpoint_id)) == 1
+    assert len(_flows(event_log, endpoint_id=b.spec.endpoint_id)) == 1
+
+
+def test_a_denied_connection_is_a_drop_not_a_flow(datapath, make_container, event_log, flows):
+    a, b = make_container(), make_container()
+    b.serve(8080)
+    datapath.set_endpoint_policy(b.spec, True, False, {PolicyKey(0, 9999, TCP, INGRESS)})
+    assert not a.exchange(b.spec.ipv6, 8080, timeout=1)
+    drop = event_log.wait_for(kind="drop", reason_name="DROP_POLICY", src=a.spec.ipv6)
+    assert drop is not None and drop.dport == 8080
+    assert _flows(event_log, endpoint_id=b.spec.endpoint_id) == []
+
+
+def test_a_load_balanced_connection_names_its_service(
+    datapath, make_container, event_log, flows, vip
+):
+    client, backend = make_container(), make_container()
+    backend.serve(8080)
+    frontend = Frontend(vip, 80, TCP)
+    datapath.set_service(SERVICE_ID, frontend, [Backend(backend.spec.ipv6, 8080)])
+    try:
+        assert client.exchange(vip, 80)
+    finally:
+        datapath.delete_service(SERVICE_ID, frontend)
+    sent = event_log.wait_for(kind="flow", endpoint_id=client.spec.endpoint_id)
+    assert sent is not None
+    assert (sent.dst, sent.dport, sent.rev_nat_index) == (backend.spec.ipv6, 8080, SERVICE_ID)
+
+
+def test_ended_connections_come_with_their_counts(datapath, make_container):
+    a, b = make_container(), make_container()
+    b.serve(8080)
+    datapath.ended_flows()  # the first call learns what is live
+    assert a.exchange(b.spec.ipv6, 8080)
+    ended = []
+    deadline = time.monotonic() + 15  # a closed TCP connection's entry lives 10 s
+    while time.monotonic() < deadline and len(ended) < 2:
+        time.sleep(0.5)
+        ended += [e for e in datapath.ended_flows() if e.dst == b.spec.ipv6 and e.dport == 8080]
+    assert {(e.endpoint_id, e.direction) for e in ended} == {
+        (a.spec.endpoint_id, EGRESS),
+        (b.spec.endpoint_id, INGRESS),
+    }
+    for entry in ended:
+        assert entry.packets >= 4 and entry.bytes > 0  # handshake, data, both FINs
+        assert entry.src == a.spec.ipv6

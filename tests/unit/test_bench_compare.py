@@ -1,0 +1,53 @@
+"""bench/compare.py: the ratios it rebuilds from samples, the noise bands, what it flags."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+spec = importlib.util.spec_from_file_location(
+    "bench_compare", Path(__file__).resolve().parents[2] / "bench" / "compare.py"
+)
+compare = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare)
+
+
+def run(raw, cil, bridge=None):
+    """A results file with one throughput group: raw first, as bench/run.py writes it."""
+    paths = {"raw": raw, "cil-0": cil}
+    if bridge is not None:
+        paths["bridge"] = bridge
+    return {"date": "x", "throughput": {"samples": {"v6": paths}, "summary": {}}}
+
+
+def test_ratios_are_medians_of_per_round_ratios_to_the_first_path():
+    ratios = compare.ratios(run([10, 20, 40], [5, 20, 60]))
+    # per round 0.5, 1.0, 1.5: the median of those, not 20/20
+    assert ratios == {"throughput/v6: cil-0 / raw": 1.0}
+
+
+def test_nested_measures_name_their_group():
+    result = {"rr": {"samples": {"crr": {"v4": {"raw": [2.0], "bridge": [1.0]}}}}}
+    assert compare.ratios(result) == {"rr/crr/v4: bridge / raw": 0.5}
+
+
+def test_noise_band_is_the_largest_difference_between_repeats():
+    runs = [run([10], [10]), run([10], [9]), run([10], [11.5])]
+    assert compare.measure_noise(runs, 0.01) == {"throughput/v6: cil-0 / raw": 0.25}
+
+
+def test_a_change_beyond_the_band_is_flagged_and_sets_the_exit_code(tmp_path, capsys):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(run([10, 10], [10, 10], bridge=[10, 10])))
+    new.write_text(json.dumps(run([10, 10], [8, 8], bridge=[10.2, 10.2])))
+    noise = tmp_path / "noise.json"
+    noise.write_text(json.dumps({"throughput/v6: cil-0 / raw": 0.1}))
+    assert compare.main([str(old), str(new), "--noise", str(noise)]) == 1
+    out = capsys.readouterr().out
+    assert "2 ratios in both runs, 1 moved" in out
+    assert "cil-0 / raw" in out and "bridge / raw" not in out
+
+
+def test_nothing_moved_exits_zero(tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(run([10], [10])))
+    assert compare.main([str(old), str(old), "--noise", str(tmp_path / "none.json")]) == 0
