@@ -315,3 +315,20 @@ class PolicyKey(NamedTuple):
 def validate_identity(identity: int) -> None:
     if not isinstance(identity, int) or not 0 < identity <= MAX_IDENTITY:
         raise DatapathError(f"invalid security identity {identity!r}")
+
+
+# Several hosts (lib/tunnel.h): the ipcache's value, the mark carrying a tunnel packet's
+# identity to to_container, and what fits a VNI.
+MARK_IDENTITY = 0x0C000000
+MARK_IDENTITY_MASK = 0x0F000000
+TUNNEL_ID_MAX = 0x00FFFFFF
+TUNNEL_TTL = 64
+
+
+class IpcacheEntryC(ct.Structure):
+    """Value of the ipcache map, keyed by EndpointKey (struct ipcache_entry)."""
+
+    _fields_ = (("identity", ct.c_uint32), ("node", IP4))
+
+
+STRUCTS["ipcache_entry"] = IpcacheEntryC

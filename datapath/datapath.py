@@ -1,5 +1,5 @@
 """The datapath facade the control plane calls: endpoints, identities, policy, routes,
-counters, conntrack and events.
+counters, conntrack, events, and the tunnel to other hosts with its ipcache.
 
 Methods are idempotent "make it so" operations. They are not thread-safe among
 themselves: the caller serialises them (the control plane holds one lock). The one
@@ -30,6 +30,7 @@ from .abi import (
     EP_F_NAT64,
     EP_F_OUTBOUND,
     PREFILTER_MAX,
+    WORLD_ID,
     IPAddress,
     PolicyKey,
     validate_identity,
@@ -45,10 +46,26 @@ from .sweeper import FlowSweeper
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pycilium"
 SWEEP_WAIT_SECONDS = 30.0  # a new endpoint waits this long at most for a predecessor's sweep
+TUNNEL_DEVICE = "cilium_vxlan"  # the node's one VXLAN device (other tools know the name)
 
 
 def _host_cidr(ip: IPAddress) -> str:
     return f"{ip}/{ip.max_prefixlen}"
+
+
+def _parse_address(address: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError as exc:
+        raise DatapathError(f"invalid address {address!r}: {exc}") from exc
+
+
+def _node_address(address: str) -> ipaddress.IPv4Address:
+    """A node's underlay address: the tunnel runs over IPv4."""
+    ip = _parse_address(address)
+    if ip.version != 4:
+        raise DatapathError(f"a node's underlay address is IPv4, not {address}")
+    return ip
 
 
 class Datapath:
@@ -72,6 +89,8 @@ class Datapath:
         self._sweeper: FlowSweeper | None = None
         self._ended = EndedFlows()
         self._xdp: loader.Program | None = None  # compiled when a device first needs it
+        self._overlay: loader.OverlayPrograms | None = None  # compiled by enable_tunnel
+        self._tunnel_mtu: int | None = None  # of the tunnel device, once enabled
 
     # lifecycle
 
@@ -109,6 +128,9 @@ class Datapath:
         if self._xdp is not None:
             os.close(self._xdp.fd)
             self._xdp = None
+        if self._overlay is not None:
+            self._overlay.close()
+            self._overlay = None
         if self._maps is not None:
             self._maps.close()
             self._maps = None
@@ -145,7 +167,8 @@ class Datapath:
             raise VethExistsError(f"interface {spec.host_ifname} already exists")
         self._sweeper.wait_until_swept(spec.endpoint_id, spec.addresses(), SWEEP_WAIT_SECONDS)
         with ExitStack() as undo:
-            ifindex = netlink.create_veth(spec.host_ifname, spec.peer_ifname, spec.mac, spec.mtu)
+            mtu = spec.mtu if self._tunnel_mtu is None else min(spec.mtu, self._tunnel_mtu)
+            ifindex = netlink.create_veth(spec.host_ifname, spec.peer_ifname, spec.mac, mtu)
             undo.callback(netlink.delete_link, spec.host_ifname)
             self._install(spec, ifindex, undo, flags=0)
             self._attach(ifindex, programs)
@@ -618,3 +641,70 @@ class Datapath:
     def address_map_entries(self) -> dict[IPAddress, AddressEntry]:
         """Endpoint address -> owning host ifindex and endpoint id."""
         return self.maps.addresses()
+
+    # several hosts
+
+    def enable_tunnel(self, underlay_address: str) -> str:
+        """Make the node's VXLAN device (external mode, UDP 8472, from underlay_address; MTU
+        the underlay device's less the VXLAN overhead) with from_overlay and to_overlay on
+        it, and point the programs at it; its name. Idempotent. Endpoints made from now on
+        get the tunnel's MTU if theirs is larger, so that their packets fit it."""
+        node = _node_address(underlay_address)
+        mtu = hostnet.address_device_mtu(str(node)) - netlink.VXLAN_OVERHEAD
+        if self._overlay is None:
+            started = time.monotonic()
+            self._overlay = loader.load_overlay(self.maps.fds(), self.nat64_prefix)
+            self.compile_seconds += time.monotonic() - started
+            self.compile_count += 1
+        ifindex = netlink.ensure_vxlan(TUNNEL_DEVICE, str(node), mtu)
+        loader.attach_ingress(ifindex, self._overlay.from_overlay)
+        loader.attach_egress(ifindex, self._overlay.to_overlay)
+        self.maps.set_tunnel_ifindex(ifindex)
+        self._tunnel_mtu = mtu
+        return TUNNEL_DEVICE
+
+    def _tunnel_ifindex(self) -> int:
+        ifindex = netlink.link_index(TUNNEL_DEVICE)
+        if ifindex is None or self._tunnel_mtu is None:
+            raise DatapathError("the tunnel is not enabled (enable_tunnel first)")
+        return ifindex
+
+    def set_remote_node(self, node_address: str, prefixes: list[str]) -> None:
+        """Route prefixes (the node's IPv6 and IPv4 ranges) into the tunnel, where to_overlay
+        keys each packet for the node the ipcache names; and put the node's own address in
+        the ipcache (identity world: another host is not this one), so that an endpoint's
+        reply to that host goes back through the tunnel, not masqueraded."""
+        node = _node_address(node_address)
+        nets = [netlink.network(cidr) for cidr in prefixes]
+        ifindex = self._tunnel_ifindex()
+        self.maps.put_ipcache(node, WORLD_ID, node)
+        for net in nets:
+            netlink.replace_device_route(str(net), ifindex)
+
+    def remove_remote_node(self, node_address: str, prefixes: list[str]) -> None:
+        """Undo set_remote_node; whatever is missing is fine."""
+        node = _node_address(node_address)
+        nets = [netlink.network(cidr) for cidr in prefixes]
+        ifindex = netlink.link_index(TUNNEL_DEVICE)
+        for net in nets if ifindex is not None else []:  # no device: its routes went with it
+            netlink.delete_device_route(str(net), ifindex)
+        if self.maps.get_ipcache(node) == (WORLD_ID, node):
+            self.maps.delete_ipcache(node)
+
+    def ipcache_upsert(self, address: str, identity: int, node_address: str) -> None:
+        """address (an endpoint of another node) has identity and lives on node_address."""
+        ip = _parse_address(address)
+        validate_identity(identity)
+        self.maps.put_ipcache(ip, identity, _node_address(node_address))
+
+    def ipcache_delete(self, address: str) -> None:
+        self.maps.delete_ipcache(_parse_address(address))
+
+    def ipcache_entries(self) -> dict[str, tuple[int, str]]:
+        """Address -> (identity, node address) of every remote endpoint; the nodes' own
+        entries (set_remote_node's) are not listed."""
+        return {
+            str(ip): (identity, str(node))
+            for ip, (identity, node) in self.maps.ipcache().items()
+            if ip != node
+        }

@@ -1,11 +1,13 @@
-"""What the host has that the control plane asks about: its own addresses, and its routes
-that would overlap a network the driver is to own."""
+"""What the host has that the control plane asks about: its own addresses, its routes
+that would overlap a network the driver is to own, and the MTU under the tunnel."""
 
 import array
 import fcntl
 import ipaddress
 import socket
 import struct
+
+from pyroute2 import IPRoute
 
 from . import netlink
 from .errors import DatapathError
@@ -42,6 +44,16 @@ def host_addresses() -> list[str]:
         for line in lines:
             found.add(str(ipaddress.IPv6Address(bytes.fromhex(line.split()[0]))))
     return sorted(found)
+
+
+def address_device_mtu(address: str) -> int:
+    """The MTU of the host device that has address (the tunnel's underlay)."""
+    with IPRoute() as ipr:
+        found = ipr.get_addr(address=address)
+        if not found:
+            raise DatapathError(f"no device of this host has the address {address}")
+        (link,) = ipr.get_links(found[0]["index"])
+    return link.get_attr("IFLA_MTU")
 
 
 def route_overlaps(cidr: str, veth_prefix: str) -> list[str]:

@@ -6,7 +6,8 @@ functions are attached to every endpoint: ``from_container`` on tc ingress and
 ``to_container`` on tc egress of the host veth. Attaching uses ``replace`` so it is atomic
 and idempotent, and a program stays attached after the process that loaded it exits.
 bpf_xdp.c (the prefilter; datapath/xdp.py attaches it) is compiled the same way when a
-device first needs it.
+device first needs it; bpf_overlay.c (the VXLAN device's programs, :class:`OverlayPrograms`)
+when the tunnel is first enabled.
 """
 
 import ctypes as ct
@@ -28,12 +29,15 @@ from .errors import DatapathError
 BPF_DIR = Path(__file__).parent / "bpf"
 LXC_SOURCE = BPF_DIR / "bpf_lxc.c"
 XDP_SOURCE = BPF_DIR / "bpf_xdp.c"
+OVERLAY_SOURCE = BPF_DIR / "bpf_overlay.c"
 COMPILE_CHILD = Path(__file__).with_name("compile_child.py")
 COMPILE_TIMEOUT = 300  # seconds; a compile takes about 5 on the 2-core test machines
 COMPILE_ERROR_LINES = 20  # of the compiler's or verifier's output kept in an error
 FROM_CONTAINER = "from_container"
 TO_CONTAINER = "to_container"
 XDP_PREFILTER = "xdp_prefilter"
+FROM_OVERLAY = "from_overlay"
+TO_OVERLAY = "to_overlay"
 
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
@@ -91,6 +95,28 @@ def load_programs(map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PRE
     functions."""
     fds = _compile(LXC_SOURCE, (FROM_CONTAINER, TO_CONTAINER), map_fds, nat64_prefix)
     return Programs(Program(FROM_CONTAINER, fds[0]), Program(TO_CONTAINER, fds[1]))
+
+
+@dataclass
+class OverlayPrograms:
+    """The entry functions of bpf_overlay.c: from_overlay on the VXLAN device's tc ingress,
+    to_overlay on its egress."""
+
+    from_overlay: Program
+    to_overlay: Program
+
+    def close(self) -> None:
+        for program in (self.from_overlay, self.to_overlay):
+            os.close(program.fd)
+
+
+def load_overlay(
+    map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PREFIX
+) -> OverlayPrograms:
+    """Compile bpf_overlay.c with the given map fds (and NAT64 prefix) and load both entry
+    functions."""
+    fds = _compile(OVERLAY_SOURCE, (FROM_OVERLAY, TO_OVERLAY), map_fds, nat64_prefix)
+    return OverlayPrograms(Program(FROM_OVERLAY, fds[0]), Program(TO_OVERLAY, fds[1]))
 
 
 def load_xdp(map_fds: dict[str, int]) -> Program:

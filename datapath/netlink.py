@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_NOARP, IFF_UP
 
 from .errors import DatapathError, VethExistsError
 
@@ -39,7 +40,8 @@ def _dump(request, *args, **kwargs) -> list:
     raise DatapathError("netlink dump kept being interrupted by changes")
 
 
-def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """cidr parsed (host bits allowed); DatapathError if it is none."""
     try:
         return ipaddress.ip_network(cidr, strict=False)
     except ValueError as exc:
@@ -75,6 +77,13 @@ def link_index(ifname: str) -> int | None:
     # looks up every endpoint's veth, and this takes 2 us where pyroute2 takes 300.
     try:
         return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
+
+
+def link_name(ifindex: int) -> str | None:
+    try:
+        return socket.if_indextoname(ifindex)
     except OSError:
         return None
 
@@ -156,11 +165,65 @@ def delete_link(ifname: str) -> bool:
     return True
 
 
+# the VXLAN device between nodes
+
+VXLAN_PORT = 8472  # Linux's (and Cilium's) VXLAN port; IANA's 4789 is often taken by others
+VXLAN_OVERHEAD = 50  # outer Ethernet 14, IPv4 20, UDP 8, VXLAN 8
+
+
+def _vxlan_settings(link) -> tuple | None:
+    """(local address, port, external mode) of a VXLAN device; None for any other link."""
+    info = link.get_attr("IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    if data is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+        return None
+    return (
+        data.get_attr("IFLA_VXLAN_LOCAL"),
+        data.get_attr("IFLA_VXLAN_PORT"),
+        bool(data.get_attr("IFLA_VXLAN_COLLECT_METADATA")),
+    )
+
+
+def ensure_vxlan(ifname: str, local: str, mtu: int) -> int:
+    """Make ifname a VXLAN device in external mode (collect_md: the BPF programs set each
+    packet's VNI and remote) on VXLAN_PORT from local, without ARP or address learning, with
+    mtu, up; its ifindex. A link of that name made otherwise (another local address, or no
+    VXLAN device) is remade."""
+    wanted = (local, VXLAN_PORT, True)
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if found and _vxlan_settings(_dump(ipr.get_links, found[0])[0]) != wanted:
+            ipr.link("del", index=found[0])
+            found = []
+        if not found:
+            try:
+                ipr.link(
+                    "add",
+                    ifname=ifname,
+                    kind="vxlan",
+                    vxlan_collect_metadata=1,
+                    vxlan_port=VXLAN_PORT,
+                    vxlan_local=local,
+                    vxlan_learning=0,
+                    mtu=mtu,
+                )
+            except NetlinkError as exc:
+                raise DatapathError(f"cannot create VXLAN device {ifname}: {exc}") from exc
+        (ifindex,) = ipr.link_lookup(ifname=ifname)
+        # No link-local address, so the host sends nothing of its own (MLD, router
+        # solicitations) into the tunnel; routes over it need no address.
+        set_sysctl(f"net.ipv6.conf.{ifname}.addr_gen_mode", "1")
+        set_sysctl(f"net.ipv4.conf.{ifname}.rp_filter", "0")
+        up_noarp = IFF_UP | IFF_NOARP
+        ipr.link("set", index=ifindex, mtu=mtu, flags=up_noarp, change=up_noarp)
+    return ifindex
+
+
 # routes
 
 
 def _route_args(cidr: str) -> dict:
-    net = _network(cidr)
+    net = network(cidr)
     return {
         "dst": str(net.network_address),
         "dst_len": net.prefixlen,
@@ -179,6 +242,13 @@ def replace_device_route(cidr: str, ifindex: int) -> None:
             ipr.route("replace", oif=ifindex, **args)
         except NetlinkError as exc:
             raise DatapathError(f"cannot add route {cidr} via ifindex {ifindex}: {exc}") from exc
+
+
+def delete_device_route(cidr: str, ifindex: int) -> bool:
+    """Delete the route replace_device_route made (its scope too: an IPv4 delete matches
+    the scope); False if there was none."""
+    scope = {"scope": RT_SCOPE_LINK} if network(cidr).version == 4 else {}
+    return delete_route(cidr, oif=ifindex, **scope)
 
 
 def replace_gateway_route(cidr: str, gateway: str, ifindex: int) -> None:
@@ -218,13 +288,13 @@ def remove_unreachable_route(cidr: str) -> None:
 def remove_own_routes(ranges: list[str]) -> list[str]:
     """Delete the main-table routes of our protocol whose destination lies inside one of
     ranges; their destinations. Routes of other protocols or elsewhere stay."""
-    owned = [_network(cidr) for cidr in ranges]
+    owned = [network(cidr) for cidr in ranges]
     removed = []
     for family in (socket.AF_INET, socket.AF_INET6):
         for route in main_routes(family):
             if route.proto != ROUTE_PROTOCOL:
                 continue
-            dst = _network(route.dst)
+            dst = network(route.dst)
             inside = any(dst.version == o.version and dst.subnet_of(o) for o in owned)
             if inside and delete_route(route.dst, type=route.type):
                 removed.append(route.dst)

@@ -3,12 +3,14 @@
 A stopped driver leaves its work in place on purpose (containers keep their connectivity
 and policy): veths with their tc programs, the pinned maps, unreachable routes over its
 ranges, its FORWARD and masquerade rules and port-publishing chain, its XDP prefilter on
-host devices. `remove_from_host` takes all of that away for one instance, told apart from
-other instances and from the host's own by what only that instance uses: its veth prefix,
-its pin directory (whose prefilter map its XDP programs use), and routes of our protocol
-inside its ranges. It must only run once the driver is stopped for good.
+host devices, its VXLAN device (with the routes to other nodes over it).
+`remove_from_host` takes all of that away for one instance, told apart from other instances
+and from the host's own by what only that instance uses: its veth prefix, its pin directory
+(whose prefilter map its XDP programs use, whose tunnel map names its VXLAN device), and
+routes of our protocol inside its ranges. It must only run once the driver is stopped for good.
 """
 
+import ctypes as ct
 import shutil
 from pathlib import Path
 
@@ -31,6 +33,7 @@ def remove_from_host(pin_dir: str, veth_prefix: str, ranges: list[str]) -> list[
     removed += firewall.remove_masquerade(veth_prefix)
     removed += portmap.teardown(veth_prefix)
     removed += [f"XDP prefilter on {device}" for device in detach_prefilter(Path(pin_dir))]
+    removed += [f"link {name}" for name in remove_tunnel(Path(pin_dir))]
     if remove_pin_dir(Path(pin_dir)):
         removed.append(f"pinned maps {pin_dir}")
     return removed
@@ -56,3 +59,21 @@ def detach_prefilter(pin_dir: Path) -> list[str]:
         return xdp.detach_ours(pinned.map_id())
     finally:
         pinned.close()
+
+
+def remove_tunnel(pin_dir: Path) -> list[str]:
+    """Delete the VXLAN device the instance's pinned tunnel map names (before the pins go:
+    the ifindex there is how its device is told from another instance's), with the routes
+    to other nodes over it; its name, if there was one."""
+    spec = next(spec for spec in map_specs() if spec.name == "tunnel")
+    if not (pin_dir / spec.name).exists() or not bpffs.on_bpffs(pin_dir):
+        return []
+    pinned = PinnedMap.open(pin_dir, spec)
+    try:
+        leaf = pinned.lookup(ct.c_uint32(0))
+    finally:
+        pinned.close()
+    name = netlink.link_name(leaf.value) if leaf is not None and leaf.value else None
+    if name is None or not netlink.delete_link(name):
+        return []
+    return [name]

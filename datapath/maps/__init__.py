@@ -6,10 +6,10 @@ driver process opens the same pinned maps, so entries survive restarts.
 
 One module per subject, as bpf/lib/ has one header per subject: :mod:`.endpoints`,
 :mod:`.policy`, :mod:`.identity` (CIDR tries), :mod:`.conntrack`, :mod:`.lb`,
-:mod:`.counters`, :mod:`.config`, :mod:`.retired` and :mod:`.prefilter`; :mod:`.pinned` is one map,
-:mod:`.specs` the list of them. Callers get typed values (:class:`EndpointEntry`,
-:class:`AddressEntry`, :class:`~datapath.abi.PolicyKey`, :class:`CtEntry`); the ctypes
-layouts are in :mod:`datapath.abi`.
+:mod:`.counters`, :mod:`.config`, :mod:`.retired`, :mod:`.prefilter` and :mod:`.tunnel`
+(ipcache); :mod:`.pinned` is one map, :mod:`.specs` the list of them. Callers get typed
+values (:class:`EndpointEntry`, :class:`AddressEntry`, :class:`~datapath.abi.PolicyKey`,
+:class:`CtEntry`); the ctypes layouts are in :mod:`datapath.abi`.
 """
 
 import itertools
@@ -26,6 +26,7 @@ from .policy import PolicyMaps
 from .prefilter import PrefilterMaps
 from .retired import RetiredMaps
 from .specs import DEFAULT_MAP_SIZES, MapSizes, map_specs
+from .tunnel import TunnelMaps
 
 __all__ = [
     "DEFAULT_MAP_SIZES",
@@ -47,6 +48,7 @@ class DatapathMaps(
     ConfigMaps,
     RetiredMaps,
     PrefilterMaps,
+    TunnelMaps,
 ):
     """All maps of the datapath, with the typed accessors of every subject."""
 

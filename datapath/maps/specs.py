@@ -15,6 +15,7 @@ from ..abi import (
     EndpointAddr,
     EndpointInfo,
     EndpointKey,
+    IpcacheEntryC,
     LbAddrC,
     LbFlowC,
     LbKeyC,
@@ -41,6 +42,7 @@ CIDR_MAP_SIZE = 16384  # prefixes per family
 EVENTS_RING_BYTES = 1 << 20  # ring buffer of drop and trace events; a power of 2 pages
 LB_SLOT_MAP_SIZE = 65536  # backend slots of all services together
 LB_FLOW_MAP_SIZE = 65536  # flows' backend picks (LRU: the oldest go first when full)
+IPCACHE_MAP_SIZE = 65536  # addresses of endpoints on other nodes (and those nodes' own)
 RETIRED_MAP_SIZE = 4096  # deleted endpoints whose flows are yet to be swept (read by no program)
 
 
@@ -121,4 +123,14 @@ def map_specs(sizes: MapSizes = DEFAULT_MAP_SIZES) -> tuple[MapSpec, ...]:
             PrefilterCountC,
             PREFILTER_MAX,
         ),
+        # Several hosts: remote address -> (identity, node), and the VXLAN device's ifindex.
+        MapSpec(
+            "ipcache",
+            BPF_MAP_TYPE_HASH,
+            EndpointKey,
+            IpcacheEntryC,
+            IPCACHE_MAP_SIZE,
+            BPF_F_NO_PREALLOC,
+        ),
+        MapSpec("tunnel", BPF_MAP_TYPE_ARRAY, ct.c_uint32, ct.c_uint32, 1),
     )

@@ -275,7 +275,7 @@ def identity():
 @getter(
     listing(
         ["IDENTITY", "KIND", "LABELS"],
-        lambda i: [i["identity"], i["kind"], _labels(i["labels"]) or i["key"]],
+        lambda i: [i["identity"], _kind(i), _labels(i["labels"]) or i["key"]],
     )
 )
 def identity_list():
@@ -283,10 +283,16 @@ def identity_list():
     return "/v1/identities"
 
 
+def _kind(identity: dict) -> str:
+    """A remote identity (cluster mode) with the nodes whose endpoints have it."""
+    nodes = identity.get("nodes")
+    return f"{identity['kind']} ({', '.join(nodes)})" if nodes else identity["kind"]
+
+
 def _identity_sheet(found: dict) -> None:
     fields(
         [
-            ("Identity", f"{found['identity']} ({found['kind']})"),
+            ("Identity", f"{found['identity']} ({_kind(found)})"),
             ("Labels", _labels(found.get("labels") or {}) or found["key"]),
             ("Endpoints", ", ".join(map(str, found.get("endpoints", []))) or "none"),
         ],

@@ -157,6 +157,8 @@ class ControlPlane:
         # cluster mode: policy and services are etcd's (cluster/policy.py, services.py)
         self.cluster_policy = None
         self.cluster_services = None
+        # cluster mode: other nodes' identities, for policy (cluster/remote_identities.py)
+        self.remote_identities = None
         # endpoint id -> assign_container's arguments, while etcd cannot give an identity
         self._waiting: dict[str, tuple] = {}
         # cluster mode: endpoint id -> its container's names on its network, for etcd
@@ -191,6 +193,8 @@ class ControlPlane:
                 config.saved_policy,
                 self._cluster_allocator(),
             )
+            if self.cluster is not None:
+                self._load_remote_identities()
             self.services = Services(self.store, datapath, ranges)
             self._claim_ranges(ranges)
             self.ports = Ports(self.store, datapath)
@@ -475,8 +479,12 @@ class ControlPlane:
 
     @_locked
     def list_identities(self) -> list[dict]:
+        """Reserved, this node's, then those only other nodes' endpoints have ("remote")."""
         reserved = [{**_reserved(number), "labels": {}} for number in RESERVED_IDENTITIES]
-        return reserved + [dataclasses.asdict(i) for i in self.store.identities()]
+        own = [dataclasses.asdict(i) for i in self.store.identities()]
+        taken = {i["identity"] for i in own}
+        remote = [i for i in self._remote_identities() if i["identity"] not in taken]
+        return reserved + own + remote
 
     def get_identity(self, number: int) -> dict:
         if number in RESERVED_IDENTITIES:
@@ -484,9 +492,16 @@ class ControlPlane:
         with self.lock:
             found = self.store.get_identity(number)
             users = [ep.numeric_id for ep in self.store.endpoints() if ep.identity == number]
-        if found is None:
-            raise NotFound(f"identity {number} not found")
-        return {**dataclasses.asdict(found), "endpoints": users}
+            remote = [i for i in self._remote_identities() if i["identity"] == number]
+        if found is not None:
+            return {**dataclasses.asdict(found), "endpoints": users}
+        if remote:
+            return {**remote[0], "endpoints": []}
+        raise NotFound(f"identity {number} not found")
+
+    def _remote_identities(self) -> list[dict]:
+        """Cluster mode: the identities of other nodes' endpoints, with those nodes."""
+        return self.remote_identities.records() if self.remote_identities is not None else []
 
     # Policy
 
@@ -645,6 +660,8 @@ class ControlPlane:
             labels = flow_reserved_labels()
             for identity in self.store.identities():
                 labels[identity.identity] = flow_labels(identity.labels) or [identity.key]
+            for number, remote in self.regeneration.remote.items():
+                labels.setdefault(number, flow_labels(remote))
             services = {s.service_id: str(s.frontend) for s in self.services.all()}
             origins = self.regeneration.rule_origins()
         by_id = {ep.numeric_id: ep for ep in endpoints}
@@ -835,6 +852,17 @@ class ControlPlane:
             allocator.hold(record.identity, record.key)
         return allocator
 
+    def _load_remote_identities(self) -> None:
+        """Cluster mode: other nodes' identities read before the first regeneration (as
+        Cilium waits for its identity cache), so a restart does not take their entries
+        away for a moment; their watches start with the rest of the shared state."""
+        from .cluster.remote_identities import RemoteIdentities
+
+        self.remote_identities = RemoteIdentities(
+            self.cluster.kv, self.cluster.name, self.lock, self.regeneration.set_remote
+        )
+        self.regeneration.remote = self.remote_identities.load()
+
     def _share_policy_and_services(self) -> None:
         """Cluster mode: policy and services are the cluster's, changed through etcd and put
         in force here from watches; the state keeps this node's copy."""
@@ -846,7 +874,7 @@ class ControlPlane:
             self.cluster.kv, self.services, self.store, self.lock
         )
         remote = RemoteBackends(self.cluster.kv, self.cluster.name, self.services, self.lock)
-        for shared in (self.cluster_policy, self.cluster_services, remote):
+        for shared in (self.cluster_policy, self.cluster_services, remote, self.remote_identities):
             shared.start()
             self.on_close(shared.close)
 

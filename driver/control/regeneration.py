@@ -67,6 +67,9 @@ class Regeneration:
         # endpoint id -> (numeric id, policy) as last written to the datapath.
         self._written: dict[str, tuple[int, EndpointPolicy]] = {}
         self._cidrs_written: dict[str, int] | None = None
+        # Cluster mode: identities of other nodes' endpoints (number -> labels), which this
+        # node's rules may name as peers (set_remote).
+        self.remote: dict[int, dict] = {}
 
     def _saved_rules(self, saved_policy: str) -> list:
         """The rules in force at the last stop. An earlier version may have saved a rule
@@ -130,6 +133,22 @@ class Regeneration:
         self._known = None
         self.sync()
 
+    def set_remote(self, identities: Mapping[int, dict]) -> None:
+        """Cluster mode: the identities other nodes' endpoints have now. sync() adds the
+        keys of those that came to every cached result, takes away those of those that
+        went, and writes only the endpoints whose keys changed."""
+        self.remote = dict(identities)
+        self.sync()
+
+    def known(self) -> list[Identity]:
+        """The endpoint identities policy can name: this node's, then other nodes' (the
+        cluster gives equal labels one number, so a number both have means the same)."""
+        local = {
+            i.identity: Identity(i.identity, i.labels) for i in self.store.identities("endpoint")
+        }
+        remote = {n: Identity(n, labels) for n, labels in self.remote.items() if n not in local}
+        return [*local.values(), *remote.values()]
+
     def sync(self) -> None:
         """Make every endpoint's policy entries what the rules say for today's identities,
         recomputing only what the identities that changed since the last sync can affect.
@@ -143,9 +162,7 @@ class Regeneration:
             self._results.clear()
             self._known = {}
         self._write_cidr_identities()
-        known = {
-            i.identity: Identity(i.identity, i.labels) for i in self.store.identities("endpoint")
-        }
+        known = {i.id: i for i in self.known()}
         endpoints = self.store.endpoints()
         added = [i for number, i in known.items() if self._known.get(number) != i]
         removed = {number for number, i in self._known.items() if known.get(number) != i}
@@ -219,7 +236,7 @@ class Regeneration:
         rules = [rule for text, source in files for rule in parse_rules(text, source)]
         candidate = PolicyRepository(self.policy.rules())
         candidate.add(rules, replace=replace)
-        known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
+        known = self.known()
         warnings = candidate.selects_nothing(rules, known)
         if dry_run:
             return {"revision": self.revision, "warnings": warnings, **self._plan(candidate)}
@@ -249,7 +266,7 @@ class Regeneration:
     def rule_origins(self) -> Callable[[Endpoint, PolicyKey], tuple[str, ...]]:
         """(endpoint, policy key) -> the rules that made the key, computed once per
         identity and network for the function's life (one read of the flow log)."""
-        known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
+        known = self.known()
         peers = Peers(known, self._cidr_identities)
         cache: dict[tuple[int, str], Mapping] = {}
 
@@ -263,7 +280,7 @@ class Regeneration:
         return origins
 
     def trace(self, src_labels: dict, dst_labels: dict, dport: int, protocol: int):
-        known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
+        known = self.known()
         return self.policy.trace(
             src_labels, dst_labels, dport, protocol, identities=known, mode=self.mode
         )
@@ -279,7 +296,7 @@ class Regeneration:
         taken = [FIRST_CIDR_IDENTITY, *self._cidr_identities.values()]
         for number, prefix in enumerate(sorted(wanted - cidrs.keys()), max(taken) + 1):
             cidrs[prefix] = number
-        known = [Identity(i.identity, i.labels) for i in self.store.identities("endpoint")]
+        known = self.known()
         peers_now, peers_then = Peers(known, self._cidr_identities), Peers(known, cidrs)
         endpoints = self.store.endpoints()
         changes = []

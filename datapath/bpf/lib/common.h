@@ -262,6 +262,8 @@ struct pkt_ctx {
 	__u32 dst_ifindex;
 	__u8 dst_mac[ETH_ALEN];
 	__u8 dst_node_mac[ETH_ALEN];
+	/* Egress: the destination lives on another node (the ipcache says), this one. */
+	__be32 tunnel_node;
 };
 
 static __always_inline int ipv6_addr_equals(const union v6addr *a, const union v6addr *b)
@@ -299,5 +301,23 @@ struct prefilter_count {
 	__u64 last_event;	/* bpf_ktime_get_ns() of this CPU's last drop event of the prefix */
 };
 _Static_assert(sizeof(struct prefilter_count) == 16, "prefilter_count layout");
+
+/* Several hosts (lib/tunnel.h). The ipcache maps the address of an endpoint on another
+ * node (struct endpoint_key) to its identity and that node's underlay address; the tunnel
+ * array's one slot holds the ifindex of the VXLAN device (0: none). */
+struct ipcache_entry {
+	__u32 identity;
+	__be32 node;		/* underlay IPv4 address of the node the address lives on */
+};
+_Static_assert(sizeof(struct ipcache_entry) == 8, "ipcache_entry layout");
+
+/* skb->mark of a packet from_overlay redirects to a local endpoint: MARK_IDENTITY and the
+ * sender's identity (the VNI) in the low 24 bits, for to_container's ingress policy. Only
+ * trusted with the whole MARK_IDENTITY_MASK nibble equal: a container cannot set a mark the
+ * host sees (the veth clears it between namespaces). */
+#define MARK_IDENTITY 0x0c000000
+#define MARK_IDENTITY_MASK 0x0f000000
+#define TUNNEL_ID_MAX 0x00ffffff	/* a VNI has 24 bits */
+#define TUNNEL_TTL 64			/* of the outer IPv4 header */
 
 #endif

@@ -33,6 +33,12 @@ enum drop_reason {
 	DROP_NAT64_UNSUPPORTED = -22,	/* Not translatable between IPv6 and IPv4 (extension headers, IPv4 options, ICMP type, UDP without checksum) */
 	DROP_IPV6_ONLY = -23,		/* IPv4 from an endpoint of an IPv6-only network */
 	DROP_NAT46_NO_SERVICE = -24,	/* IPv4 to an IPv6-only endpoint's veth, for neither its NAT64 side nor a service */
+	/* Between hosts (lib/tunnel.h); numbered apart so that other new reasons need not move. */
+	DROP_NO_TUNNEL = -40,		/* To another node's endpoint, and this node has no tunnel device */
+	DROP_TUNNEL_IDENTITY = -41,	/* Source identity does not fit a VXLAN VNI (24 bits) */
+	DROP_TUNNEL_NO_KEY = -42,	/* From the tunnel device without tunnel metadata */
+	DROP_TUNNEL_DESTINATION = -43,	/* From the tunnel, for neither a local endpoint nor the host */
+	DROP_TUNNEL_NO_NODE = -44,	/* Routed into the tunnel, to an address of no known node */
 };
 
 /* Size of the drop_counts array; every reason's -value must stay below it. */

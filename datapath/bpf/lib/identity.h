@@ -42,19 +42,30 @@ static __always_inline __u32 identity_lookup(const union v6addr *addr, __u8 fami
 }
 
 /* ctx's destination identity and, for a local endpoint, where a redirect delivers to (not
- * for a NAT64 address: that packet is translated and routed). */
+ * for a NAT64 address: that packet is translated and routed); for an endpoint of another
+ * node, that node. */
 static __always_inline void identity_of_destination(struct pkt_ctx *ctx)
 {
 	struct endpoint_key key;
 	struct endpoint_addr *owner;
 	struct endpoint_info *ep;
+	struct ipcache_entry *remote;
 
 	nat64_addr_key(&key, &ctx->flow.daddr, ctx->flow.family);
 	owner = endpoint_addr_lookup(&key);
 	ep = owner ? endpoint_lookup(owner->ifindex) : NULL;
 	ctx->dst_nat64_side = 0;
+	ctx->tunnel_node = 0;
 	if (!owner || !ep) {
 		ctx->dst_ifindex = 0;
+		/* An endpoint of another node (not as a NAT64 address: that is translated here
+		 * and routed) is reached through the tunnel. */
+		remote = key.family == ctx->flow.family ? ipcache_lookup(&key) : NULL;
+		if (remote) {
+			ctx->dst_identity = remote->identity;
+			ctx->tunnel_node = remote->node;
+			return;
+		}
 		ctx->dst_identity = identity_of_cidr(&key.ip, key.family);
 		return;
 	}

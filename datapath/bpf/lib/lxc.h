@@ -17,24 +17,28 @@
 #include "outbound.h"
 #include "policy.h"
 #include "spoof.h"
+#include "tunnel.h"
 
-/* Identities of both ends, as seen from ep in ctx->direction. */
-static __always_inline void lxc_identify(const struct endpoint_info *ep, struct pkt_ctx *ctx)
+/* Identities of both ends, as seen from ep in ctx->direction (into it: the identity the
+ * tunnel carried, for a packet from another node). */
+static __always_inline void lxc_identify(const struct __sk_buff *skb,
+					 const struct endpoint_info *ep, struct pkt_ctx *ctx)
 {
 	if (ctx->direction == DIR_EGRESS) {
 		ctx->src_identity = ep->identity;
 		identity_of_destination(ctx);
 	} else {
-		ctx->src_identity = identity_lookup(&ctx->flow.saddr, ctx->flow.family);
+		ctx->src_identity = tunnel_source_identity(skb, ctx);
 		ctx->dst_identity = ep->identity;
 	}
 }
 
 /* An endpoint waiting for its identity sends and receives nothing but NDisc and ARP. */
-static __always_inline int lxc_identify_or_wait(const struct endpoint_info *ep,
+static __always_inline int lxc_identify_or_wait(const struct __sk_buff *skb,
+						const struct endpoint_info *ep,
 						struct pkt_ctx *ctx)
 {
-	lxc_identify(ep, ctx);
+	lxc_identify(skb, ep, ctx);
 	return ep->identity == IDENTITY_INIT ? DROP_WAITING_FOR_IDENTITY : 0;
 }
 
@@ -83,7 +87,7 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 		}
 		return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
 	}
-	ret = lxc_identify_or_wait(ep, ctx);
+	ret = lxc_identify_or_wait(skb, ep, ctx);
 	if (ret < 0)
 		return ret;
 	if (ip6.nexthdr == IPPROTO_ICMPV6) {
@@ -121,6 +125,9 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 	ret = redirect_local6(skb, &ip6, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
+	ret = redirect_tunnel6(skb, ep, &ip6, ctx);
+	if (ret != CTX_CONTINUE)
+		return ret;
 	outbound_mark(skb, ep, ctx);
 	return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
 }
@@ -141,7 +148,7 @@ static __always_inline int lxc_egress4(struct __sk_buff *skb, const struct endpo
 	ret = spoof_check4(ep, ip4.saddr);
 	if (ret < 0)
 		return ret;
-	ret = lxc_identify_or_wait(ep, ctx);
+	ret = lxc_identify_or_wait(skb, ep, ctx);
 	if (ret < 0)
 		return ret;
 	ret = icmp4_echo_reply(skb, ep, &ip4, ctx);
@@ -151,6 +158,9 @@ static __always_inline int lxc_egress4(struct __sk_buff *skb, const struct endpo
 	if (ret < 0)
 		return ret;
 	ret = redirect_local4(skb, &ip4, ctx);
+	if (ret != CTX_CONTINUE)
+		return ret;
+	ret = redirect_tunnel4(skb, ep, &ip4, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
 	outbound_mark(skb, ep, ctx);
@@ -267,7 +277,7 @@ static __always_inline int lxc_ingress(struct __sk_buff *skb, const struct endpo
 		ret = lxc_check_local_source(skb, &ctx->flow);
 		if (ret < 0)
 			return ret;
-		ret = lxc_identify_or_wait(ep, ctx);
+		ret = lxc_identify_or_wait(skb, ep, ctx);
 		if (ret < 0)
 			return ret;
 		lxc_host_only_from_host(skb, ctx);

@@ -115,4 +115,17 @@ static __always_inline struct prefilter_count *prefilter_count_lookup(__u32 id)
 	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, PREFILTER_DROPS_MAP_FD), &id);
 }
 
+static __always_inline struct ipcache_entry *ipcache_lookup(const struct endpoint_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, IPCACHE_MAP_FD), (void *)key);
+}
+
+static __always_inline __u32 tunnel_ifindex(void)
+{
+	__u32 slot = 0;
+	__u32 *ifindex = bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, TUNNEL_MAP_FD), &slot);
+
+	return ifindex ? *ifindex : 0;
+}
+
 #endif

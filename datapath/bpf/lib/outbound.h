@@ -1,6 +1,7 @@
 /* Traffic from an endpoint to an address beyond the host (neither the host's own nor a
- * local endpoint's): masqueraded by netfilter when the endpoint's network asks for it
- * (this only marks the packet), refused for the endpoint of an internal network.
+ * local endpoint's nor another node's endpoint's, which the tunnel reaches): masqueraded
+ * by netfilter when the endpoint's network asks for it (this only marks the packet),
+ * refused for the endpoint of an internal network.
  */
 #ifndef PYCILIUM_OUTBOUND_H
 #define PYCILIUM_OUTBOUND_H
@@ -18,8 +19,8 @@ static __always_inline int outbound_multicast(const struct flow *f)
 
 static __always_inline int outbound_beyond_host(const struct pkt_ctx *ctx)
 {
-	return !ctx->dst_ifindex && !ctx->dst_nat64_side && ctx->dst_identity != IDENTITY_HOST &&
-	       !outbound_multicast(&ctx->flow);
+	return !ctx->dst_ifindex && !ctx->dst_nat64_side && !ctx->tunnel_node &&
+	       ctx->dst_identity != IDENTITY_HOST && !outbound_multicast(&ctx->flow);
 }
 
 /* Before policy, so that a refused flow leaves no conntrack entry. Returns 0 or a drop reason. */

@@ -13,6 +13,7 @@ enum trace_point {
 	TRACE_REPLY = 2,	/* Answered by the datapath (NDisc, ARP, echo) */
 	TRACE_TO_CONTAINER = 3,	/* Delivered into the container */
 	TRACE_PREFILTER_UNPARSED = 4,	/* Passed by the XDP prefilter unparsed: short or malformed */
+	TRACE_TO_OVERLAY = 8,	/* Into the VXLAN tunnel, to another node */
 };
 
 #define TRACE_POINT_MAX 16

@@ -23,6 +23,7 @@ from driver.errors import DriverError
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 5.0
+POOL_SIZE = 32  # connections to one etcd endpoint kept open: the watches' and requests'
 # Between attempts to reopen a watch, and the longest wait.
 WATCH_RETRY = (0.2, 0.5, 1.0, 2.0)
 
@@ -119,6 +120,11 @@ class KvStore:
                     timeout=timeout,
                     api_path="/v3/",  # etcd 3.4's gateway; the client's default is older
                 )
+            )
+            # Each watch holds one of the session's connections for its life (a dozen of
+            # them): a pool of requests' default 10 would close every request's connection.
+            self._clients[-1].session.mount(
+                f"{parts.scheme}://", requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE)
             )
         self._current = 0
         self._lock = threading.Lock()

@@ -133,6 +133,13 @@ ANSWERS = {
     ("GET", "/v1/identities"): [
         {"identity": 2, "kind": "reserved", "labels": {}, "key": "reserved:world"},
         {"identity": 256, "kind": "endpoint", "labels": {"app": "web"}, "key": "app=web"},
+        {
+            "identity": 70123,
+            "kind": "remote",
+            "labels": {"app": "db"},
+            "key": "app=db",
+            "nodes": ["node1", "node3"],
+        },
     ],
     ("GET", "/v1/identities/256"): {
         "identity": 256,

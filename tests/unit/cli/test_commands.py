@@ -126,9 +126,10 @@ ingress    257       80    TCP       3        180
 egress     any       any   ANY       0        0
 """,
     ("identity", "list"): """\
-IDENTITY  KIND      LABELS
-2         reserved  reserved:world
-256       endpoint  app=web
+IDENTITY  KIND                   LABELS
+2         reserved               reserved:world
+256       endpoint               app=web
+70123     remote (node1, node3)  app=db
 """,
     ("identity", "get", "256"): """\
 Identity:   256 (endpoint)

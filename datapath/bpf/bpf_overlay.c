@@ -1,0 +1,36 @@
+/* Programs attached to the node's VXLAN device (cilium_vxlan, external mode), see
+ * lib/tunnel.h.
+ *
+ * Compiled by datapath/loader.py when the tunnel is first enabled, with the same map file
+ * descriptors as bpf_lxc.c. Only entry functions live here.
+ */
+#include "lib/common.h"
+#include "lib/drop.h"
+#include "lib/tunnel.h"
+
+/* Device: cilium_vxlan. Direction: from another node. Hook: tc clsact ingress.
+ * The VNI is the sender's identity; to the local endpoint (whose to_container enforces
+ * ingress policy on it) or to the host.
+ */
+int from_overlay(struct __sk_buff *skb)
+{
+	struct pkt_ctx ctx = { .ifindex = skb->ifindex, .direction = DIR_INGRESS };
+	int ret = overlay_ingress(skb, &ctx);
+
+	if (ret < 0)
+		return drop_exit(skb, &ctx, ret);
+	return ret;
+}
+
+/* Device: cilium_vxlan. Direction: to another node. Hook: tc clsact egress.
+ * The tunnel key of what the host stack routed into the device.
+ */
+int to_overlay(struct __sk_buff *skb)
+{
+	struct pkt_ctx ctx = { .ifindex = skb->ifindex, .direction = DIR_EGRESS };
+	int ret = overlay_egress(skb, &ctx);
+
+	if (ret < 0)
+		return drop_exit(skb, &ctx, ret);
+	return ret;
+}
