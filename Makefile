@@ -94,7 +94,7 @@ docs:
 # Then the end-to-end tests again against Docker 26 with compose v2 (test-26); both runs go
 # to the end, and the target fails if either did. tests/multihost is part of the first run:
 # its fault tests belong in the same reliability report, and its three-host cluster (its own,
-# from scripts/cluster.sh, about three minutes) is made only when one of its tests is
+# from scripts/cluster.sh, about two minutes) is made only when one of its tests is
 # selected; its hosts run the host's Docker, so test-26 does not repeat it.
 test: setup lint
 	@status=0; \
