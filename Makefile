@@ -1,6 +1,7 @@
 # pycilium: host setup, run, test. Everything needs root (packages, bpffs, dockerd, tc).
 #   make run    install what is missing, start dockerd and the driver
 #   make uninstall  remove what the driver added to the host (after make stop)
+#   make cluster    etcd and NODES simulated hosts on this machine (scripts/cluster.sh)
 #   make test   run the whole suite, and tests/e2e on Docker 26 too (what .ci/run does);
 #               tests/cluster starts etcd (Debian's etcd-server, from make setup) per test
 
@@ -15,16 +16,18 @@ PLUGIN_SOCK ?= /run/docker/plugins/cilium.sock
 IMAGE       ?= pycilium/busybox:latest
 DRIVER_ARGS ?=
 PYTEST_ARGS ?=
+NODES       ?= 3
 
 # The scripts read these; DOCKER is the client matching the engine (not the CLI 28 that is
 # first on PATH on these machines), exported so the test suite can use the same binary.
-export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS
+export VENV DOCKER PIDFILE LOG PLUGIN_SOCK IMAGE DRIVER_ARGS NODES
 
 # Prerequisites run in the order written (setup before lint before pytest).
 .NOTPARALLEL:
 .DEFAULT_GOAL := help
 
-.PHONY: help setup run stop uninstall status lint format docs test test-26 clean plugin demo demo-down bench
+.PHONY: help setup run stop uninstall status lint format docs test test-26 clean plugin demo demo-down bench \
+	cluster cluster-down
 
 help:
 	@echo "make run      install what is missing, start dockerd and the driver"
@@ -34,6 +37,7 @@ help:
 	@echo "make test-26  only tests/e2e against Docker 26 + compose v2 (scripts/engine.sh)"
 	@echo "make setup    only the host setup (packages, headers, bpffs, venv, dockerd, image)"
 	@echo "make demo     the docker-compose demo (make demo-down removes it)"
+	@echo "make cluster  etcd and NODES=3 simulated hosts, each with dockerd and driver (make cluster-down)"
 	@echo "make lint / make format / make docs / make status / make clean"
 
 setup:
@@ -72,6 +76,15 @@ demo: run
 demo-down:
 	@scripts/demo.sh down
 
+# Several hosts on this machine (README: Several hosts): etcd, and NODES network + mount
+# namespaces each with its own dockerd and driver in cluster mode; /run/pycilium/cluster/nodeK.env
+# per host. DRIVER_ARGS go to every host's driver. cluster-down removes all of it.
+cluster: setup
+	@scripts/cluster.sh up
+
+cluster-down:
+	@scripts/cluster.sh down
+
 # README's CLI and option references are generated from the code (a test checks them).
 docs:
 	$(VENV)/bin/python -m driver.docs README.md
@@ -79,7 +92,10 @@ docs:
 # The suite starts its own driver instance; this target does not start one. It also writes
 # docs/reliability.md from the run (the fault, fuzzing and hostile-packet tests and results).
 # Then the end-to-end tests again against Docker 26 with compose v2 (test-26); both runs go
-# to the end, and the target fails if either did.
+# to the end, and the target fails if either did. tests/multihost is part of the first run:
+# its fault tests belong in the same reliability report, and its three-host cluster (its own,
+# from scripts/cluster.sh, about two minutes) is made only when one of its tests is
+# selected; its hosts run the host's Docker, so test-26 does not repeat it.
 test: setup lint
 	@status=0; \
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests \

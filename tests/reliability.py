@@ -31,6 +31,9 @@ AREAS = {
     "tests/cluster/test_nodes.py::test_a_node_whose_lease_expires_leaves_every_view": (
         "a node gone without a word (its etcd lease runs out)"
     ),
+    "tests/multihost/test_faults.py": (
+        "a host's driver killed with -9, and a whole host gone, in a cluster of three hosts"
+    ),
 }
 
 
