@@ -298,8 +298,10 @@ start_dockerd() {
     dir=$(host_dir "$k")
     log=$CLUSTER_LOG_DIR/node$k-dockerd.log
     live_pid "$(dockerd_pidfile "$k")" >/dev/null && return 0
-    # Not the machine's /etc/docker/daemon.json: the hosts are configured here alone.
-    echo '{}' >"$dir/daemon.json"
+    # Not the machine's /etc/docker/daemon.json: the hosts are configured here alone. The
+    # driver answers other hosts' container names on the node address (--cluster-dns-port):
+    # Docker's embedded DNS asks it for every name it does not know itself.
+    printf '{"dns": ["%s"]}\n' "$(node_addr "$k")" >"$dir/daemon.json"
     # iptables on: each host's dockerd manages its own namespace's rules, as on a real host.
     # --bridge none: containers are on cilium networks here, Docker's default bridge is not used.
     setsid nsenter --mount="$(mnt_file "$k")" --net="/run/netns/$(netns "$k")" \

@@ -102,11 +102,6 @@ def test_containers_on_hosts_1_and_3_reach_each_other(cluster, names, network, f
     assert one.fetched_bytes(a, b_address, "big") == 1024 * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 asks for Docker's DNS across hosts; Docker's embedded resolver knows only "
-    "its own engine's containers and no branch serves other hosts' names yet",
-)
 def test_containers_on_hosts_1_and_3_find_each_other_through_docker_dns(cluster, names, network):
     one, three = cluster[1], cluster[3]
     a = one.run(names("a"), network)
