@@ -47,6 +47,10 @@ from .sweeper import FlowSweeper
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pycilium"
 SWEEP_WAIT_SECONDS = 30.0  # a new endpoint waits this long at most for a predecessor's sweep
 TUNNEL_DEVICE = "cilium_vxlan"  # the node's one VXLAN device (other tools know the name)
+# How a published port reaches a container on another node (docs/architecture.md): its
+# reply straight from that node (direct server return) or back through this one (SNAT).
+SERVICE_MODE_DSR, SERVICE_MODE_SNAT = "dsr", "snat"
+SERVICE_MODES = (SERVICE_MODE_DSR, SERVICE_MODE_SNAT)
 
 
 def _host_cidr(ip: IPAddress) -> str:
@@ -77,8 +81,12 @@ class Datapath:
         veth_prefix: str = "lxc",
         map_sizes: MapSizes = DEFAULT_MAP_SIZES,
         nat64_prefix: str = loader.DEFAULT_NAT64_PREFIX,
+        service_mode: str = SERVICE_MODE_DSR,
     ):
+        if service_mode not in SERVICE_MODES:
+            raise DatapathError(f"service mode {service_mode!r} must be one of {SERVICE_MODES}")
         self.pin_dir = Path(pin_dir)
+        self.service_mode = service_mode
         self.veth_prefix = veth_prefix
         self.map_sizes = map_sizes
         self.nat64_prefix = nat64_prefix
@@ -661,6 +669,10 @@ class Datapath:
         loader.attach_egress(ifindex, self._overlay.to_overlay)
         self.maps.set_tunnel_ifindex(ifindex)
         self._tunnel_mtu = mtu
+        if self.service_mode == SERVICE_MODE_SNAT:
+            portmap.snat_into_tunnel(self.veth_prefix, TUNNEL_DEVICE, str(node))
+        else:
+            portmap.remove_snat_into_tunnel(self.veth_prefix)
         return TUNNEL_DEVICE
 
     def _tunnel_ifindex(self) -> int:
