@@ -224,11 +224,30 @@ class Datapath:
     # published ports
 
     def publish_ports(self, tag: str, mappings: list[portmap.PortMapping]) -> None:
-        """DNAT host ports to an endpoint (tag names it); all or nothing."""
+        """DNAT host ports to an endpoint (tag names it); all or nothing. In DSR mode the
+        IPv4 ones also go to nodeport4, where from_netdev serves those whose container is
+        on another node (lib/dsr.h)."""
         portmap.publish(self.veth_prefix, tag, mappings)
+        if self.service_mode != SERVICE_MODE_DSR:
+            return
+        try:
+            for m in mappings:
+                if m.address.version == 4:
+                    self.maps.put_nodeport(m.host_ip, m.host_port, m.protocol, m.address, m.port)
+        except BaseException:
+            self.unpublish_ports(tag)
+            raise
 
     def unpublish_ports(self, tag: str) -> None:
+        for m in portmap.mappings_of(self.veth_prefix, tag):
+            if m.address.version == 4:
+                self.maps.delete_nodeport(m.host_ip, m.host_port, m.protocol)
         portmap.unpublish(self.veth_prefix, tag)
+
+    def dsr_flows(self) -> list[tuple[tuple, tuple]]:
+        """The flows this node's containers answer from another node's frontend:
+        ((client, port, container, port, protocol), (frontend, port))."""
+        return self.maps.dsr_flows()
 
     def published_tags(self) -> set[str]:
         return portmap.published_tags(self.veth_prefix)
@@ -670,9 +689,13 @@ class Datapath:
         self.maps.set_tunnel_ifindex(ifindex)
         self._tunnel_mtu = mtu
         if self.service_mode == SERVICE_MODE_SNAT:
+            # An earlier DSR run's entries would still take the packets from_netdev sees.
+            self.maps.clear_nodeports()
             portmap.snat_into_tunnel(self.veth_prefix, TUNNEL_DEVICE, str(node))
         else:
             portmap.remove_snat_into_tunnel(self.veth_prefix)
+            for device in hostnet.address_devices(str(node)):
+                loader.attach_ingress(device, self._overlay.from_netdev)
         return TUNNEL_DEVICE
 
     def _tunnel_ifindex(self) -> int:

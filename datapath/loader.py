@@ -38,6 +38,7 @@ TO_CONTAINER = "to_container"
 XDP_PREFILTER = "xdp_prefilter"
 FROM_OVERLAY = "from_overlay"
 TO_OVERLAY = "to_overlay"
+FROM_NETDEV = "from_netdev"
 
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
@@ -100,23 +101,25 @@ def load_programs(map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PRE
 @dataclass
 class OverlayPrograms:
     """The entry functions of bpf_overlay.c: from_overlay on the VXLAN device's tc ingress,
-    to_overlay on its egress."""
+    to_overlay on its egress, from_netdev on the underlay devices' ingress."""
 
     from_overlay: Program
     to_overlay: Program
+    from_netdev: Program  # on the underlay devices' ingress, for direct server return
 
     def close(self) -> None:
-        for program in (self.from_overlay, self.to_overlay):
+        for program in (self.from_overlay, self.to_overlay, self.from_netdev):
             os.close(program.fd)
 
 
 def load_overlay(
     map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PREFIX
 ) -> OverlayPrograms:
-    """Compile bpf_overlay.c with the given map fds (and NAT64 prefix) and load both entry
+    """Compile bpf_overlay.c with the given map fds (and NAT64 prefix) and load its entry
     functions."""
-    fds = _compile(OVERLAY_SOURCE, (FROM_OVERLAY, TO_OVERLAY), map_fds, nat64_prefix)
-    return OverlayPrograms(Program(FROM_OVERLAY, fds[0]), Program(TO_OVERLAY, fds[1]))
+    functions = (FROM_OVERLAY, TO_OVERLAY, FROM_NETDEV)
+    fds = _compile(OVERLAY_SOURCE, functions, map_fds, nat64_prefix)
+    return OverlayPrograms(*(Program(name, fd) for name, fd in zip(functions, fds, strict=True)))
 
 
 def load_xdp(map_fds: dict[str, int]) -> Program:

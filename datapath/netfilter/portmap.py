@@ -26,6 +26,7 @@ from . import firewall
 
 TOOLS = {4: "iptables", 6: "ip6tables"}
 LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
+PROTOCOLS = {name: number for number, name in PROTOCOL_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,34 @@ def unpublish(veth_prefix: str, tag: str) -> None:
         for line in listing.stdout.splitlines():
             if f'--comment "{tag}"' in line or f"--comment {tag} " in line:
                 _run(tool, *line.replace("-A", "-D", 1).split())
+
+
+def _mapping_of_rule(words: list[str]) -> PortMapping:
+    """The mapping of one rule as `iptables -S` lists it (as _rule made it)."""
+
+    def value(option: str) -> str:
+        return words[words.index(option) + 1]
+
+    host_ip = ipaddress.ip_interface(value("-d")).ip if "-d" in words else None
+    address, _, port = value("--to-destination").rpartition(":")
+    return PortMapping(
+        protocol=PROTOCOLS[value("-p")],
+        host_ip=host_ip,
+        host_port=int(value("--dport")),
+        address=ipaddress.ip_address(address.strip("[]")),
+        port=int(port),
+    )
+
+
+def mappings_of(veth_prefix: str, tag: str) -> list[PortMapping]:
+    """The mappings published for the endpoint tagged so (to undo what goes with them)."""
+    found = []
+    for tool in TOOLS.values():
+        for line in _run(tool, "-S", _chain(veth_prefix)).stdout.splitlines():
+            words = shlex.split(line)
+            if "--comment" in words and words[words.index("--comment") + 1] == tag:
+                found.append(_mapping_of_rule(words))
+    return found
 
 
 def published_tags(veth_prefix: str) -> set[str]:

@@ -8,11 +8,12 @@ host 2 could answer it directly: in SNAT mode the reply must still go back throu
 import pytest
 
 from datapath.abi import PROTO_TCP, PROTO_UDP
-from datapath.datapath import SERVICE_MODE_SNAT
+from datapath.datapath import SERVICE_MODE_DSR, SERVICE_MODE_SNAT
 from datapath.netfilter.portmap import PortMapping
 
 from . import traffic
 from .tunnel_hosts import (
+    OUTSIDE,
     add_outside_client,
     make_hosts,
     remove_hosts,
@@ -28,12 +29,12 @@ def _cluster(mode: str, tag: str):
     hosts = make_hosts(2, tag, service_mode=mode)
     outside = None
     try:
+        outside = add_outside_client(hosts, tag)
         for host in hosts:
             host.start()
         a, b = hosts
         a.dp.set_remote_node(str(b.underlay), b.prefixes)
         b.dp.set_remote_node(str(a.underlay), a.prefixes)
-        outside = add_outside_client(hosts, tag)
         yield a, b, outside
     finally:
         if outside is not None:
@@ -44,6 +45,11 @@ def _cluster(mode: str, tag: str):
 @pytest.fixture(scope="module")
 def snat_cluster():
     yield from _cluster(SERVICE_MODE_SNAT, "n")
+
+
+@pytest.fixture(scope="module")
+def dsr_cluster():
+    yield from _cluster(SERVICE_MODE_DSR, "d")
 
 
 def _publish_remote(a, b, identity: int):
@@ -69,6 +75,31 @@ def _unpublish(a, b, backend):
     b.remove_endpoints()
 
 
+# Rules that only count, in host 1's netfilter: what it forwards to the outside client, and
+# what the tunnel brings it.
+COUNTERS = [
+    ("mangle", "POSTROUTING", ["-d", str(OUTSIDE)]),
+    ("raw", "PREROUTING", ["-i", "cilium_vxlan"]),
+]
+COUNTER_TAG = ["-m", "comment", "--comment", "reply-counter"]
+
+
+def _add_counters(host) -> None:
+    for table, chain, match in COUNTERS:
+        host.exec("iptables", "-t", table, "-I", chain, *match, *COUNTER_TAG)
+
+
+def _remove_counters(host) -> None:
+    for table, chain, match in COUNTERS:
+        host.exec("iptables", "-t", table, "-D", chain, *match, *COUNTER_TAG, check=False)
+
+
+def _counted(host, table: str, chain: str, _: list[str]) -> int:
+    listing = host.exec("iptables", "-t", table, "-L", chain, "-v", "-n", "-x").stdout
+    (line,) = [line for line in listing.splitlines() if "reply-counter" in line]
+    return int(line.split()[0])
+
+
 def _snat_packets(host) -> int:
     """Packets that took the SNAT-into-the-tunnel rule (one per connection: NAT rules see
     a connection's first packet)."""
@@ -80,6 +111,7 @@ def _snat_packets(host) -> int:
 def test_snat_the_reply_returns_through_the_first_host(snat_cluster):
     a, b, outside = snat_cluster
     backend = _publish_remote(a, b, 2101)
+    _add_counters(a)
     try:
         before = _snat_packets(a)
         for proto in PROTOCOLS:
@@ -88,7 +120,11 @@ def test_snat_the_reply_returns_through_the_first_host(snat_cluster):
             # the address it asked.
             assert answers == [("far", str(a.underlay), str(a.underlay))] * 3, proto
         assert _snat_packets(a) - before == 6
+        # The replies came back through the tunnel and host 1 forwarded them (the counters
+        # the DSR test expects to stay at 0 do count them).
+        assert all(_counted(a, *counter) >= 6 for counter in COUNTERS)
     finally:
+        _remove_counters(a)
         _unpublish(a, b, backend)
 
 
@@ -101,3 +137,59 @@ def test_snat_rule_is_one_per_node(snat_cluster):
     a.dp.enable_tunnel(str(a.underlay))
     rules = a.exec("iptables", "-t", "nat", "-S", "POSTROUTING").stdout
     assert rules.count("services into the tunnel") == 1
+
+
+def _dnat_packets(host) -> int:
+    """Packets that took host's DNAT rules of published ports (netfilter's path)."""
+    listing = host.exec("iptables", "-t", "nat", "-S", "PREROUTING").stdout
+    (chain,) = {line.split()[-1] for line in listing.splitlines() if "-PORTS" in line}
+    rules = host.exec("iptables", "-t", "nat", "-L", chain, "-v", "-n", "-x").stdout
+    return sum(int(line.split()[0]) for line in rules.splitlines() if "DNAT" in line)
+
+
+def test_dsr_the_reply_comes_straight_from_the_containers_host(dsr_cluster):
+    a, b, outside = dsr_cluster
+    backend = _publish_remote(a, b, 2201)
+    _add_counters(a)
+    try:
+        for proto in PROTOCOLS:
+            answers = traffic.ask(outside, a.underlay, PUBLISHED, proto, 3)
+            # The container sees the client itself; the answer comes from the frontend.
+            assert answers == [("far", str(OUTSIDE), str(a.underlay))] * 3, proto
+        # Host 1 forwarded nothing to the client and the tunnel brought it nothing: no
+        # reply went through it. Its netfilter DNAT never saw the flows either.
+        assert [_counted(a, *counter) for counter in COUNTERS] == [0, 0]
+        assert _dnat_packets(a) == 0
+        flows = b.dp.dsr_flows()
+        assert {(flow[2], flow[3], flow[4]) for flow, _ in flows} == {
+            (backend.spec.ipv4, PORT, number) for number in PROTOCOLS.values()
+        }
+        assert {frontend for _, frontend in flows} == {(a.underlay, PUBLISHED)}
+        assert {flow[0] for flow, _ in flows} == {OUTSIDE}
+    finally:
+        _remove_counters(a)
+        _unpublish(a, b, backend)
+
+
+def test_dsr_a_published_port_of_a_local_container_stays_netfilters(dsr_cluster):
+    a, _, outside = dsr_cluster
+    local = a.endpoint(2202)
+    local.servers.append(traffic.serve_named(local.netns, PORT, "tcp", "near"))
+    a.dp.publish_ports(
+        "local-backend", [PortMapping(PROTO_TCP, None, PUBLISHED, local.spec.ipv4, PORT)]
+    )
+    try:
+        before = _dnat_packets(a)
+        assert (
+            traffic.ask(outside, a.underlay, PUBLISHED, "tcp", 2)
+            == [("near", str(OUTSIDE), str(a.underlay))] * 2
+        )
+        assert _dnat_packets(a) - before == 2
+    finally:
+        a.dp.unpublish_ports("local-backend")
+        a.remove_endpoints()
+
+
+def test_dsr_mode_has_no_snat_rule(dsr_cluster):
+    a, _, _ = dsr_cluster
+    assert "services into the tunnel" not in a.exec("iptables", "-t", "nat", "-S").stdout

@@ -235,15 +235,17 @@ OUTSIDE = UNDERLAY[200]
 
 def add_outside_client(hosts: list[Host], tag: str) -> str:
     """A namespace outside the cluster at OUTSIDE, on the underlay of every host (a veth to
-    each, as a router would join them): it reaches host 1's address through host 1, and
-    each host routes OUTSIDE to it directly, so a reply may come from any host. Its name;
-    remove_hosts(hosts) does not remove it, remove_outside_client does."""
+    each, as a router would join them, carrying the host's underlay address: made before
+    the hosts start, so it is one of their underlay devices): it reaches host 1's address
+    through host 1, and each host routes OUTSIDE to it directly, so a reply may come from
+    any host. Its name; remove_hosts(hosts) does not remove it, remove_outside_client does."""
     netns = f"tn{os.getpid()}{tag}out"
     run("ip", "netns", "add", netns)
     run("ip", "-n", netns, "link", "set", "lo", "up")
     for host in hosts:
         near, far = f"o{host.name}", f"h{host.name}"
         host.ip("link", "add", near, "type", "veth", "peer", "name", far, "netns", netns)
+        host.ip("addr", "add", f"{host.underlay}/32", "dev", near)
         host.ip("link", "set", near, "up")
         host.ip("route", "add", f"{OUTSIDE}/32", "dev", near)
         run("ip", "-n", netns, "addr", "add", f"{OUTSIDE}/32", "dev", far)
