@@ -14,6 +14,7 @@ import ctypes as ct
 import errno
 import ipaddress
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -222,6 +223,31 @@ def ingress_program_names(ifindex: int) -> list[str]:
 def egress_program_names(ifindex: int) -> list[str]:
     """Names of the BPF programs on the egress hook of ifindex (empty if none)."""
     return _program_names(ifindex, TC_EGRESS)
+
+
+def ingress_program_ids(ifname: str) -> list[int]:
+    """Kernel ids of the BPF programs on the ingress hook of device ifname (empty if none).
+    Read from `tc`: pyroute2 does not decode a bpf filter's program id (TCA_BPF_ID)."""
+    try:
+        listing = subprocess.run(
+            ["tc", "filter", "show", "dev", ifname, "ingress"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except OSError as exc:
+        raise DatapathError(f"cannot run tc: {exc}") from exc
+    return [int(found) for found in re.findall(r" bpf .* id (\d+)", listing)]
+
+
+def detach_ingress(ifindex: int) -> None:
+    """Remove the program attach_ingress put on ifindex (tests, uninstall)."""
+    with IPRoute() as ipr:
+        try:
+            ipr.tc("del-filter", "bpf", ifindex, FILTER_HANDLE, parent=TC_INGRESS, prio=FILTER_PRIO)
+        except NetlinkError as exc:
+            raise DatapathError(f"cannot detach BPF program from ifindex {ifindex}: {exc}") from exc
 
 
 def _program_names(ifindex: int, parent: str) -> list[str]:
