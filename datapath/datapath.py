@@ -688,12 +688,14 @@ class Datapath:
         loader.attach_egress(ifindex, self._overlay.to_overlay)
         self.maps.set_tunnel_ifindex(ifindex)
         self._tunnel_mtu = mtu
+        # What netfilter DNATs into the tunnel: every published port in SNAT mode; in DSR
+        # mode the host's own and its containers' connections (from_netdev sees only what
+        # comes from the network).
+        portmap.snat_into_tunnel(self.veth_prefix, TUNNEL_DEVICE, str(node))
         if self.service_mode == SERVICE_MODE_SNAT:
             # An earlier DSR run's entries would still take the packets from_netdev sees.
             self.maps.clear_nodeports()
-            portmap.snat_into_tunnel(self.veth_prefix, TUNNEL_DEVICE, str(node))
         else:
-            portmap.remove_snat_into_tunnel(self.veth_prefix)
             for device in hostnet.address_devices(str(node)):
                 loader.attach_ingress(device, self._overlay.from_netdev)
         return TUNNEL_DEVICE

@@ -6,12 +6,13 @@ out of a veth, so the control plane proxies it in user space instead. Rules carr
 naming their endpoint, so each endpoint's rules can be found and removed again. Commands get
 fixed arguments and values the control plane validated (addresses, ints, the veth prefix).
 
-SNAT service mode (`snat_into_tunnel`): a published port whose container lives on another
-node is DNATed here and leaves through the tunnel; its source becomes this node's underlay
-address, so the container's reply comes back through the tunnel (that address is in every
-node's ipcache) to this node's conntrack, which undoes both translations. Netfilter rather
-than BPF because the DNAT is netfilter's already: the SNAT joins the same conntrack entry
-and needs no state of its own.
+Into the tunnel (`snat_into_tunnel`): a published port whose container lives on another
+node is DNATed here and leaves through the tunnel (in DSR mode only the host's and its
+containers' own connections: from_netdev takes the others first); its source becomes this
+node's underlay address, so the container's reply comes back through the tunnel (that
+address is in every node's ipcache) to this node's conntrack, which undoes both
+translations. Netfilter rather than BPF because the DNAT is netfilter's already: the SNAT
+joins the same conntrack entry and needs no state of its own.
 """
 
 import ipaddress
@@ -111,7 +112,7 @@ def snat_into_tunnel(veth_prefix: str, device: str, address: str) -> None:
 
 
 def remove_snat_into_tunnel(veth_prefix: str) -> list[str]:
-    """Remove the rule of snat_into_tunnel (DSR mode, uninstall); what was removed."""
+    """Remove the rule of snat_into_tunnel (uninstall, a new address); what was removed."""
     comment = _tunnel_snat_comment(veth_prefix)
     removed = []
     for line in _run("iptables", "-S", "POSTROUTING").stdout.splitlines():

@@ -190,6 +190,19 @@ def test_dsr_a_published_port_of_a_local_container_stays_netfilters(dsr_cluster)
         a.remove_endpoints()
 
 
-def test_dsr_mode_has_no_snat_rule(dsr_cluster):
-    a, _, _ = dsr_cluster
-    assert "services into the tunnel" not in a.exec("iptables", "-t", "nat", "-S").stdout
+def test_dsr_the_hosts_own_and_its_containers_connections_are_snated(dsr_cluster):
+    """Those reach the published port through netfilter, not from_netdev: the SNAT rule
+    brings their replies back to host 1's conntrack in DSR mode too."""
+    a, b, _ = dsr_cluster
+    backend = _publish_remote(a, b, 2203)
+    near = a.endpoint(2204)
+    try:
+        before = _snat_packets(a)
+        for netns in (a.netns, near.netns):
+            answers = traffic.ask(netns, a.underlay, PUBLISHED, "tcp", 2)
+            assert answers == [("far", str(a.underlay), str(a.underlay))] * 2, netns
+        assert _snat_packets(a) - before == 4
+        assert not [flow for flow, _ in b.dp.dsr_flows() if flow[2] == backend.spec.ipv4]
+    finally:
+        a.remove_endpoints()
+        _unpublish(a, b, backend)
