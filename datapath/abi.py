@@ -332,3 +332,40 @@ class IpcacheEntryC(ct.Structure):
 
 
 STRUCTS["ipcache_entry"] = IpcacheEntryC
+
+
+# Services across hosts with direct server return (lib/dsr.h): nodeport4's key and the
+# address-and-port value of nodeport4 and dsr4, dsr4's key. Ports in host byte order.
+class NodeportKeyC(ct.Structure):
+    """Key of nodeport4 (struct nodeport_key); addr 0: any address of the host."""
+
+    _fields_ = (
+        ("addr", IP4),
+        ("port", ct.c_uint16),
+        ("protocol", ct.c_uint8),
+        ("pad", ct.c_uint8),
+    )
+
+
+class Addr4PortC(ct.Structure):
+    """Value of nodeport4 and dsr4 (struct addr4_port)."""
+
+    _fields_ = (("addr", IP4), ("port", ct.c_uint16), ("pad", ct.c_uint16))
+
+
+class DsrKeyC(ct.Structure):
+    """Key of dsr4 (struct dsr_key): a flow as it came, client -> container."""
+
+    _fields_ = (
+        ("saddr", IP4),
+        ("daddr", IP4),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("protocol", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3),
+    )
+
+
+STRUCTS["nodeport_key"] = NodeportKeyC
+STRUCTS["addr4_port"] = Addr4PortC
+STRUCTS["dsr_key"] = DsrKeyC

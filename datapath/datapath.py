@@ -47,6 +47,10 @@ from .sweeper import FlowSweeper
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pycilium"
 SWEEP_WAIT_SECONDS = 30.0  # a new endpoint waits this long at most for a predecessor's sweep
 TUNNEL_DEVICE = "cilium_vxlan"  # the node's one VXLAN device (other tools know the name)
+# How a published port reaches a container on another node (docs/architecture.md): its
+# reply straight from that node (direct server return) or back through this one (SNAT).
+SERVICE_MODE_DSR, SERVICE_MODE_SNAT = "dsr", "snat"
+SERVICE_MODES = (SERVICE_MODE_DSR, SERVICE_MODE_SNAT)
 
 
 def _host_cidr(ip: IPAddress) -> str:
@@ -77,8 +81,12 @@ class Datapath:
         veth_prefix: str = "lxc",
         map_sizes: MapSizes = DEFAULT_MAP_SIZES,
         nat64_prefix: str = loader.DEFAULT_NAT64_PREFIX,
+        service_mode: str = SERVICE_MODE_DSR,
     ):
+        if service_mode not in SERVICE_MODES:
+            raise DatapathError(f"service mode {service_mode!r} must be one of {SERVICE_MODES}")
         self.pin_dir = Path(pin_dir)
+        self.service_mode = service_mode
         self.veth_prefix = veth_prefix
         self.map_sizes = map_sizes
         self.nat64_prefix = nat64_prefix
@@ -216,11 +224,30 @@ class Datapath:
     # published ports
 
     def publish_ports(self, tag: str, mappings: list[portmap.PortMapping]) -> None:
-        """DNAT host ports to an endpoint (tag names it); all or nothing."""
+        """DNAT host ports to an endpoint (tag names it); all or nothing. In DSR mode the
+        IPv4 ones also go to nodeport4, where from_netdev serves those whose container is
+        on another node (lib/dsr.h)."""
         portmap.publish(self.veth_prefix, tag, mappings)
+        if self.service_mode != SERVICE_MODE_DSR:
+            return
+        try:
+            for m in mappings:
+                if m.address.version == 4:
+                    self.maps.put_nodeport(m.host_ip, m.host_port, m.protocol, m.address, m.port)
+        except BaseException:
+            self.unpublish_ports(tag)
+            raise
 
     def unpublish_ports(self, tag: str) -> None:
+        for m in portmap.mappings_of(self.veth_prefix, tag):
+            if m.address.version == 4:
+                self.maps.delete_nodeport(m.host_ip, m.host_port, m.protocol)
         portmap.unpublish(self.veth_prefix, tag)
+
+    def dsr_flows(self) -> list[tuple[tuple, tuple]]:
+        """The flows this node's containers answer from another node's frontend:
+        ((client, port, container, port, protocol), (frontend, port))."""
+        return self.maps.dsr_flows()
 
     def published_tags(self) -> set[str]:
         return portmap.published_tags(self.veth_prefix)
@@ -661,6 +688,16 @@ class Datapath:
         loader.attach_egress(ifindex, self._overlay.to_overlay)
         self.maps.set_tunnel_ifindex(ifindex)
         self._tunnel_mtu = mtu
+        # What netfilter DNATs into the tunnel: every published port in SNAT mode; in DSR
+        # mode the host's own and its containers' connections (from_netdev sees only what
+        # comes from the network).
+        portmap.snat_into_tunnel(self.veth_prefix, TUNNEL_DEVICE, str(node))
+        if self.service_mode == SERVICE_MODE_SNAT:
+            # An earlier DSR run's entries would still take the packets from_netdev sees.
+            self.maps.clear_nodeports()
+        else:
+            for device in hostnet.address_devices(str(node)):
+                loader.attach_ingress(device, self._overlay.from_netdev)
         return TUNNEL_DEVICE
 
     def _tunnel_ifindex(self) -> int:

@@ -56,6 +56,12 @@ def address_device_mtu(address: str) -> int:
     return link.get_attr("IFLA_MTU")
 
 
+def address_devices(address: str) -> list[int]:
+    """The ifindexes of the host devices that have address (the underlay's)."""
+    with IPRoute() as ipr:
+        return sorted({found["index"] for found in ipr.get_addr(address=address)})
+
+
 def route_overlaps(cidr: str, veth_prefix: str) -> list[str]:
     """Destinations of host main-table routes overlapping cidr, except default routes,
     link-local and multicast ones, and the driver's own (unreachable routes, and the host

@@ -14,6 +14,7 @@ import ctypes as ct
 import errno
 import ipaddress
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ TO_CONTAINER = "to_container"
 XDP_PREFILTER = "xdp_prefilter"
 FROM_OVERLAY = "from_overlay"
 TO_OVERLAY = "to_overlay"
+FROM_NETDEV = "from_netdev"
 
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
@@ -100,23 +102,25 @@ def load_programs(map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PRE
 @dataclass
 class OverlayPrograms:
     """The entry functions of bpf_overlay.c: from_overlay on the VXLAN device's tc ingress,
-    to_overlay on its egress."""
+    to_overlay on its egress, from_netdev on the underlay devices' ingress."""
 
     from_overlay: Program
     to_overlay: Program
+    from_netdev: Program  # on the underlay devices' ingress, for direct server return
 
     def close(self) -> None:
-        for program in (self.from_overlay, self.to_overlay):
+        for program in (self.from_overlay, self.to_overlay, self.from_netdev):
             os.close(program.fd)
 
 
 def load_overlay(
     map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PREFIX
 ) -> OverlayPrograms:
-    """Compile bpf_overlay.c with the given map fds (and NAT64 prefix) and load both entry
+    """Compile bpf_overlay.c with the given map fds (and NAT64 prefix) and load its entry
     functions."""
-    fds = _compile(OVERLAY_SOURCE, (FROM_OVERLAY, TO_OVERLAY), map_fds, nat64_prefix)
-    return OverlayPrograms(Program(FROM_OVERLAY, fds[0]), Program(TO_OVERLAY, fds[1]))
+    functions = (FROM_OVERLAY, TO_OVERLAY, FROM_NETDEV)
+    fds = _compile(OVERLAY_SOURCE, functions, map_fds, nat64_prefix)
+    return OverlayPrograms(*(Program(name, fd) for name, fd in zip(functions, fds, strict=True)))
 
 
 def load_xdp(map_fds: dict[str, int]) -> Program:
@@ -219,6 +223,31 @@ def ingress_program_names(ifindex: int) -> list[str]:
 def egress_program_names(ifindex: int) -> list[str]:
     """Names of the BPF programs on the egress hook of ifindex (empty if none)."""
     return _program_names(ifindex, TC_EGRESS)
+
+
+def ingress_program_ids(ifname: str) -> list[int]:
+    """Kernel ids of the BPF programs on the ingress hook of device ifname (empty if none).
+    Read from `tc`: pyroute2 does not decode a bpf filter's program id (TCA_BPF_ID)."""
+    try:
+        listing = subprocess.run(
+            ["tc", "filter", "show", "dev", ifname, "ingress"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except OSError as exc:
+        raise DatapathError(f"cannot run tc: {exc}") from exc
+    return [int(found) for found in re.findall(r" bpf .* id (\d+)", listing)]
+
+
+def detach_ingress(ifindex: int) -> None:
+    """Remove the program attach_ingress put on ifindex (tests, uninstall)."""
+    with IPRoute() as ipr:
+        try:
+            ipr.tc("del-filter", "bpf", ifindex, FILTER_HANDLE, parent=TC_INGRESS, prio=FILTER_PRIO)
+        except NetlinkError as exc:
+            raise DatapathError(f"cannot detach BPF program from ifindex {ifindex}: {exc}") from exc
 
 
 def _program_names(ifindex: int, parent: str) -> list[str]:

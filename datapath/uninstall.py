@@ -3,7 +3,8 @@
 A stopped driver leaves its work in place on purpose (containers keep their connectivity
 and policy): veths with their tc programs, the pinned maps, unreachable routes over its
 ranges, its FORWARD and masquerade rules and port-publishing chain, its XDP prefilter on
-host devices, its VXLAN device (with the routes to other nodes over it).
+host devices, its VXLAN device (with the routes to other nodes over it), its direct server
+return program on the underlay devices.
 `remove_from_host` takes all of that away for one instance, told apart from other instances
 and from the host's own by what only that instance uses: its veth prefix, its pin directory
 (whose prefilter map its XDP programs use, whose tunnel map names its VXLAN device), and
@@ -14,7 +15,7 @@ import ctypes as ct
 import shutil
 from pathlib import Path
 
-from . import bpffs, netlink, xdp
+from . import bpffs, loader, netlink, xdp
 from .maps.pinned import PinnedMap
 from .maps.specs import map_specs
 from .netfilter import firewall, portmap
@@ -33,6 +34,7 @@ def remove_from_host(pin_dir: str, veth_prefix: str, ranges: list[str]) -> list[
     removed += firewall.remove_masquerade(veth_prefix)
     removed += portmap.teardown(veth_prefix)
     removed += [f"XDP prefilter on {device}" for device in detach_prefilter(Path(pin_dir))]
+    removed += [f"from_netdev on {device}" for device in detach_from_netdev(Path(pin_dir))]
     removed += [f"link {name}" for name in remove_tunnel(Path(pin_dir))]
     if remove_pin_dir(Path(pin_dir)):
         removed.append(f"pinned maps {pin_dir}")
@@ -59,6 +61,25 @@ def detach_prefilter(pin_dir: Path) -> list[str]:
         return xdp.detach_ours(pinned.map_id())
     finally:
         pinned.close()
+
+
+def detach_from_netdev(pin_dir: Path) -> list[str]:
+    """Detach the tc programs that use the instance's pinned nodeport4 map (from_netdev, on
+    the underlay devices), told from others' by that map's id; the devices they left."""
+    spec = next(spec for spec in map_specs() if spec.name == "nodeport4")
+    if not (pin_dir / spec.name).exists() or not bpffs.on_bpffs(pin_dir):
+        return []
+    pinned = PinnedMap.open(pin_dir, spec)
+    try:
+        ours = pinned.map_id()
+    finally:
+        pinned.close()
+    left = []
+    for name, ifindex in netlink.links_with_prefix("").items():
+        if any(ours in xdp.program_map_ids(i) for i in loader.ingress_program_ids(name)):
+            loader.detach_ingress(ifindex)
+            left.append(name)
+    return left
 
 
 def remove_tunnel(pin_dir: Path) -> list[str]:

@@ -92,6 +92,10 @@ class Config:
     # Cluster mode: the UDP port on the node address where other nodes' containers' names
     # are answered for Docker's embedded DNS (docs/architecture.md); 0: not answered.
     cluster_dns_port: int = 53
+    # Cluster mode: how a published port reaches a container on another node: "dsr" (its
+    # node answers the client directly) or "snat" (the reply comes back through this node,
+    # for underlays that drop asymmetric traffic). docs/architecture.md.
+    service_mode: str = "dsr"
 
     @property
     def plugin_socket(self) -> str:
@@ -137,6 +141,8 @@ class Config:
         for device in self.prefilter_devices:
             if not 0 < len(device) < 16 or "/" in device or any(c.isspace() for c in device):
                 raise ValueError(f"prefilter device {device!r} is not a device name")
+        if self.service_mode not in ("dsr", "snat"):
+            raise ValueError(f"service mode {self.service_mode!r} must be dsr or snat")
         if self.kvstore:
             self._validate_cluster()
         return self

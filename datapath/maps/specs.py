@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from .. import reasons
 from ..abi import (
     PREFILTER_MAX,
+    Addr4PortC,
     Cidr4Key,
     Cidr6Key,
     ConfigC,
     CtEntryC,
     CtKeyC,
+    DsrKeyC,
     EndpointAddr,
     EndpointInfo,
     EndpointKey,
@@ -21,6 +23,7 @@ from ..abi import (
     LbKeyC,
     LbServiceC,
     LbSlotKeyC,
+    NodeportKeyC,
     PolicyEntryC,
     PolicyKeyC,
     PrefilterCountC,
@@ -43,6 +46,8 @@ EVENTS_RING_BYTES = 1 << 20  # ring buffer of drop and trace events; a power of 
 LB_SLOT_MAP_SIZE = 65536  # backend slots of all services together
 LB_FLOW_MAP_SIZE = 65536  # flows' backend picks (LRU: the oldest go first when full)
 IPCACHE_MAP_SIZE = 65536  # addresses of endpoints on other nodes (and those nodes' own)
+NODEPORT_MAP_SIZE = 4096  # published IPv4 ports of the node (address, port, protocol)
+DSR_MAP_SIZE = 65536  # flows from other nodes' frontends to the node's containers
 RETIRED_MAP_SIZE = 4096  # deleted endpoints whose flows are yet to be swept (read by no program)
 
 
@@ -133,4 +138,15 @@ def map_specs(sizes: MapSizes = DEFAULT_MAP_SIZES) -> tuple[MapSpec, ...]:
             BPF_F_NO_PREALLOC,
         ),
         MapSpec("tunnel", BPF_MAP_TYPE_ARRAY, ct.c_uint32, ct.c_uint32, 1),
+        # Direct server return: published IPv4 ports, and the flows whose replies leave from
+        # another node's frontend (least recently used go first: nothing else expires them).
+        MapSpec(
+            "nodeport4",
+            BPF_MAP_TYPE_HASH,
+            NodeportKeyC,
+            Addr4PortC,
+            NODEPORT_MAP_SIZE,
+            BPF_F_NO_PREALLOC,
+        ),
+        MapSpec("dsr4", BPF_MAP_TYPE_LRU_HASH, DsrKeyC, Addr4PortC, DSR_MAP_SIZE),
     )

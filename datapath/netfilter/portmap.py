@@ -5,9 +5,18 @@ Loopback (127.0.0.1, ::1) is not DNATed: the kernel will not route loopback-sour
 out of a veth, so the control plane proxies it in user space instead. Rules carry a comment
 naming their endpoint, so each endpoint's rules can be found and removed again. Commands get
 fixed arguments and values the control plane validated (addresses, ints, the veth prefix).
+
+Into the tunnel (`snat_into_tunnel`): a published port whose container lives on another
+node is DNATed here and leaves through the tunnel (in DSR mode only the host's and its
+containers' own connections: from_netdev takes the others first); its source becomes this
+node's underlay address, so the container's reply comes back through the tunnel (that
+address is in every node's ipcache) to this node's conntrack, which undoes both
+translations. Netfilter rather than BPF because the DNAT is netfilter's already: the SNAT
+joins the same conntrack entry and needs no state of its own.
 """
 
 import ipaddress
+import shlex
 import subprocess
 from dataclasses import dataclass
 
@@ -18,6 +27,7 @@ from . import firewall
 
 TOOLS = {4: "iptables", 6: "ip6tables"}
 LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
+PROTOCOLS = {name: number for number, name in PROTOCOL_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,33 @@ def teardown(veth_prefix: str) -> list[str]:
         _run(tool, "-F", chain)
         if _run(tool, "-X", chain).returncode == 0:
             removed.append(f"{tool} -t nat chain {chain}")
+    return removed + remove_snat_into_tunnel(veth_prefix)
+
+
+def _tunnel_snat_comment(veth_prefix: str) -> str:
+    return f"pycilium {veth_prefix} services into the tunnel"
+
+
+def snat_into_tunnel(veth_prefix: str, device: str, address: str) -> None:
+    """DNATed connections that leave by device (the tunnel) get source address (IPv4: the
+    node's underlay address). Idempotent; a rule of an older address is replaced."""
+    comment = _tunnel_snat_comment(veth_prefix)
+    rule = ["-o", device, "-m", "conntrack", "--ctstate", "DNAT", "-m", "comment"]
+    rule += ["--comment", comment, "-j", "SNAT", "--to-source", address]
+    if _run("iptables", "-C", "POSTROUTING", *rule).returncode == 0:
+        return
+    remove_snat_into_tunnel(veth_prefix)
+    _must("iptables", "-A", "POSTROUTING", *rule)
+
+
+def remove_snat_into_tunnel(veth_prefix: str) -> list[str]:
+    """Remove the rule of snat_into_tunnel (uninstall, a new address); what was removed."""
+    comment = _tunnel_snat_comment(veth_prefix)
+    removed = []
+    for line in _run("iptables", "-S", "POSTROUTING").stdout.splitlines():
+        if f'--comment "{comment}"' in line:
+            _must("iptables", *shlex.split(line.replace("-A", "-D", 1)))
+            removed.append(f"iptables -t nat POSTROUTING SNAT into the tunnel of {veth_prefix}")
     return removed
 
 
@@ -116,6 +153,34 @@ def unpublish(veth_prefix: str, tag: str) -> None:
         for line in listing.stdout.splitlines():
             if f'--comment "{tag}"' in line or f"--comment {tag} " in line:
                 _run(tool, *line.replace("-A", "-D", 1).split())
+
+
+def _mapping_of_rule(words: list[str]) -> PortMapping:
+    """The mapping of one rule as `iptables -S` lists it (as _rule made it)."""
+
+    def value(option: str) -> str:
+        return words[words.index(option) + 1]
+
+    host_ip = ipaddress.ip_interface(value("-d")).ip if "-d" in words else None
+    address, _, port = value("--to-destination").rpartition(":")
+    return PortMapping(
+        protocol=PROTOCOLS[value("-p")],
+        host_ip=host_ip,
+        host_port=int(value("--dport")),
+        address=ipaddress.ip_address(address.strip("[]")),
+        port=int(port),
+    )
+
+
+def mappings_of(veth_prefix: str, tag: str) -> list[PortMapping]:
+    """The mappings published for the endpoint tagged so (to undo what goes with them)."""
+    found = []
+    for tool in TOOLS.values():
+        for line in _run(tool, "-S", _chain(veth_prefix)).stdout.splitlines():
+            words = shlex.split(line)
+            if "--comment" in words and words[words.index("--comment") + 1] == tag:
+                found.append(_mapping_of_rule(words))
+    return found
 
 
 def published_tags(veth_prefix: str) -> set[str]:

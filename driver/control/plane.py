@@ -141,7 +141,11 @@ class ControlPlane:
         if datapath is None:
             sizes = MapSizes(config.policy_map_size, config.ct_map_size, config.service_map_size)
             datapath = Datapath(
-                config.bpf_pin_dir, config.veth_prefix, sizes, nat64_prefix=config.nat64_prefix
+                config.bpf_pin_dir,
+                config.veth_prefix,
+                sizes,
+                nat64_prefix=config.nat64_prefix,
+                service_mode=config.service_mode,
             )
         return cls(config, datapath)
 

@@ -168,6 +168,13 @@ _OPTIONS = [
         "for Docker's DNS (containers need it as --dns); 0: off",
         type=int,
     ),
+    _option(
+        "service_mode",
+        "cluster mode: a published port whose container is on another node answers the "
+        "client from that node (dsr) or back through this one (snat: for underlays that "
+        "drop asymmetric traffic)",
+        type=click.Choice(["dsr", "snat"]),
+    ),
 ]
 
 

@@ -256,6 +256,11 @@ def test_uninstall_removes_the_tunnel_and_its_routes():
         ranges = [str(CLUSTER6), str(CLUSTER4)]
         removed = call_in_netns(host.netns, remove_from_host, host.pin_dir, host.prefix, ranges)
         assert f"link {TUNNEL}" in removed
+        assert f"from_netdev on u{other.name}" in removed  # DSR's, on the underlay device
+        assert (
+            "bpf"
+            not in host.exec("tc", "filter", "show", "dev", f"u{other.name}", "ingress").stdout
+        )
         assert host.ip("link", "show", TUNNEL, check=False).returncode != 0
         assert _routes(host, "-6", other.range6) == _routes(host, "-4", other.range4) == ""
         assert call_in_netns(host.netns, remove_from_host, host.pin_dir, host.prefix, ranges) == []

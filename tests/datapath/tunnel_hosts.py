@@ -15,6 +15,7 @@ from pyroute2.netns import setns
 
 from datapath import Datapath, EndpointSpec
 from datapath.abi import HOST_ID
+from datapath.datapath import SERVICE_MODE_DSR
 
 from . import traffic
 from .conftest import Container, run
@@ -24,10 +25,10 @@ CLUSTER6 = ipaddress.IPv6Network("fdce:1c9a::/32")
 CLUSTER4 = ipaddress.IPv4Network("10.198.0.0/16")
 
 
-def _serve(netns: str, pin_dir: str, veth_prefix: str, conn) -> None:
+def _serve(netns: str, pin_dir: str, veth_prefix: str, service_mode: str, conn) -> None:
     """The child: a Datapath in netns, running the calls conn sends until it closes."""
     setns(netns)
-    dp = Datapath(pin_dir=pin_dir, veth_prefix=veth_prefix)
+    dp = Datapath(pin_dir=pin_dir, veth_prefix=veth_prefix, service_mode=service_mode)
     events: list = []
     stop = threading.Event()
     while True:
@@ -78,10 +79,10 @@ def call_in_netns(netns: str, function, *args):
 class HostDatapath:
     """Calls on the Datapath of a host's child process, by name: host.dp.create_endpoint(...)."""
 
-    def __init__(self, netns: str, pin_dir: str, veth_prefix: str):
+    def __init__(self, netns: str, pin_dir: str, veth_prefix: str, service_mode: str):
         self._conn, theirs = multiprocessing.Pipe()
         self._child = multiprocessing.get_context("fork").Process(
-            target=_serve, args=(netns, pin_dir, veth_prefix, theirs), daemon=True
+            target=_serve, args=(netns, pin_dir, veth_prefix, service_mode, theirs), daemon=True
         )
         self._child.start()
         theirs.close()
@@ -119,6 +120,7 @@ class Host:
     range4: ipaddress.IPv4Network
     pin_dir: str
     prefix: str
+    service_mode: str = SERVICE_MODE_DSR
     dp: HostDatapath | None = None
     endpoints: list = dataclasses.field(default_factory=list)
     serial: int = 16
@@ -136,7 +138,7 @@ class Host:
     def start(self) -> None:
         """The datapath, as a driver starts it (or restarts: all of it is idempotent):
         unreachable cluster ranges, the host's addresses as the host identity, the tunnel."""
-        self.dp = HostDatapath(self.netns, self.pin_dir, self.prefix)
+        self.dp = HostDatapath(self.netns, self.pin_dir, self.prefix, self.service_mode)
         self.dp.start()
         self.dp.add_unreachable_route(str(CLUSTER6))
         self.dp.add_unreachable_route(str(CLUSTER4))
@@ -194,7 +196,7 @@ class Host:
         self.endpoints.clear()
 
 
-def make_hosts(count: int, tag: str) -> list[Host]:
+def make_hosts(count: int, tag: str, service_mode: str = SERVICE_MODE_DSR) -> list[Host]:
     """count hosts in namespaces, each with a veth to a bridge-less underlay: host 1 is
     joined to every other host by a veth pair (enough for the tests' two or three)."""
     pid = os.getpid()
@@ -208,6 +210,7 @@ def make_hosts(count: int, tag: str) -> list[Host]:
             range4=ipaddress.IPv4Network(f"10.198.{k}.0/24"),
             pin_dir=f"/sys/fs/bpf/pycilium-tunnel-{pid}-{tag}{k}",
             prefix="tnl",
+            service_mode=service_mode,
         )
         for k in range(1, count + 1)
     ]
@@ -225,6 +228,34 @@ def make_hosts(count: int, tag: str) -> list[Host]:
         other.ip("link", "set", far, "up")
         other.ip("route", "add", f"{first.underlay}/32", "dev", far)
     return hosts
+
+
+OUTSIDE = UNDERLAY[200]
+
+
+def add_outside_client(hosts: list[Host], tag: str) -> str:
+    """A namespace outside the cluster at OUTSIDE, on the underlay of every host (a veth to
+    each, as a router would join them, carrying the host's underlay address: made before
+    the hosts start, so it is one of their underlay devices): it reaches host 1's address
+    through host 1, and each host routes OUTSIDE to it directly, so a reply may come from
+    any host. Its name; remove_hosts(hosts) does not remove it, remove_outside_client does."""
+    netns = f"tn{os.getpid()}{tag}out"
+    run("ip", "netns", "add", netns)
+    run("ip", "-n", netns, "link", "set", "lo", "up")
+    for host in hosts:
+        near, far = f"o{host.name}", f"h{host.name}"
+        host.ip("link", "add", near, "type", "veth", "peer", "name", far, "netns", netns)
+        host.ip("addr", "add", f"{host.underlay}/32", "dev", near)
+        host.ip("link", "set", near, "up")
+        host.ip("route", "add", f"{OUTSIDE}/32", "dev", near)
+        run("ip", "-n", netns, "addr", "add", f"{OUTSIDE}/32", "dev", far)
+        run("ip", "-n", netns, "link", "set", far, "up")
+    run("ip", "-n", netns, "route", "add", f"{hosts[0].underlay}/32", "dev", f"h{hosts[0].name}")
+    return netns
+
+
+def remove_outside_client(netns: str) -> None:
+    run("ip", "netns", "del", netns, check=False)
 
 
 def remove_hosts(hosts: list[Host]) -> None:

@@ -311,6 +311,35 @@ struct ipcache_entry {
 };
 _Static_assert(sizeof(struct ipcache_entry) == 8, "ipcache_entry layout");
 
+/* Services across hosts with direct server return (lib/dsr.h). nodeport4: a published
+ * IPv4 port of this node (its address, 0 for any of the host's; port; protocol) -> the
+ * container's address and port. dsr4 (LRU): on the container's node, a flow that came with
+ * the DSR option (client -> container) -> the frontend its replies leave from. */
+struct nodeport_key {
+	__be32 addr;
+	__u16 port;		/* host byte order, as every port in these maps */
+	__u8 protocol;
+	__u8 pad;
+};
+_Static_assert(sizeof(struct nodeport_key) == 8, "nodeport_key layout");
+
+struct addr4_port {
+	__be32 addr;
+	__u16 port;
+	__u16 pad;
+};
+_Static_assert(sizeof(struct addr4_port) == 8, "addr4_port layout");
+
+struct dsr_key {
+	__be32 saddr;
+	__be32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 protocol;
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct dsr_key) == 16, "dsr_key layout");
+
 /* skb->mark of a packet from_overlay redirects to a local endpoint: MARK_IDENTITY and the
  * sender's identity (the VNI) in the low 24 bits, for to_container's ingress policy. Only
  * trusted with the whole MARK_IDENTITY_MASK nibble equal: a container cannot set a mark the

@@ -157,6 +157,9 @@ static __always_inline int lxc_egress4(struct __sk_buff *skb, const struct endpo
 	ret = lxc_egress_flow(skb, ep, ctx);
 	if (ret < 0)
 		return ret;
+	ret = dsr_reply4(skb, ctx);
+	if (ret != CTX_CONTINUE)
+		return ret;
 	ret = redirect_local4(skb, &ip4, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;

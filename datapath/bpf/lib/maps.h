@@ -120,6 +120,22 @@ static __always_inline struct ipcache_entry *ipcache_lookup(const struct endpoin
 	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, IPCACHE_MAP_FD), (void *)key);
 }
 
+static __always_inline struct addr4_port *nodeport4_lookup(const struct nodeport_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, NODEPORT4_MAP_FD), (void *)key);
+}
+
+static __always_inline struct addr4_port *dsr4_lookup(const struct dsr_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, DSR4_MAP_FD), (void *)key);
+}
+
+static __always_inline int dsr4_update(const struct dsr_key *key, const struct addr4_port *entry)
+{
+	return bpf_map_update_elem((void *)bpf_pseudo_fd(1, DSR4_MAP_FD), (void *)key,
+				   (void *)entry, BPF_ANY);
+}
+
 static __always_inline __u32 tunnel_ifindex(void)
 {
 	__u32 slot = 0;

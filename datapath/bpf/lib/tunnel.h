@@ -11,6 +11,7 @@
 #ifndef PYCILIUM_TUNNEL_H
 #define PYCILIUM_TUNNEL_H
 
+#include "dsr.h"
 #include "eth.h"
 #include "flow.h"
 #include "identity.h"
@@ -127,6 +128,9 @@ static __always_inline int overlay_ingress(struct __sk_buff *skb, struct pkt_ctx
 	ret = tunnel_parse(skb, &ctx->flow);
 	if (ret < 0)
 		return ret;
+	ret = dsr_take_option4(skb, ctx);
+	if (ret < 0)
+		return ret;
 	addr.ip = ctx->flow.daddr;
 	addr.family = ctx->flow.family;
 	owner = endpoint_addr_lookup(&addr);
@@ -179,6 +183,74 @@ static __always_inline int overlay_egress(struct __sk_buff *skb, struct pkt_ctx 
 	if (ret < 0)
 		return ret;
 	return trace_exit(ctx, TRACE_TO_OVERLAY, TC_ACT_OK);
+}
+
+/* from_netdev: a published port of this node whose container lives on another node goes
+ * into the tunnel translated, with the option on a flow's first packet. CTX_CONTINUE for
+ * anything else (netfilter's DNAT serves the local containers). Returns a TC verdict, a
+ * drop reason or CTX_CONTINUE. */
+static __always_inline int nodeport_dsr4(struct __sk_buff *skb, struct pkt_ctx *ctx)
+{
+	struct nodeport_key key = {};
+	struct endpoint_key addr = {};
+	struct ipcache_entry *remote;
+	struct addr4_port *backend;
+	union v6addr to = {};
+	__be32 frontend;
+	__u16 port;
+	struct iphdr ip4;
+	__u32 ifindex;
+	int ret;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return CTX_CONTINUE;
+	if (bpf_skb_load_bytes(skb, IPV4_HDR_OFF, &ip4, sizeof(ip4)) < 0 || ip4.ihl != 5)
+		return CTX_CONTINUE;
+	if (ip4.protocol != IPPROTO_TCP && ip4.protocol != IPPROTO_UDP)
+		return CTX_CONTINUE;
+	if (flow_parse4(skb, &ip4, &ctx->flow) < 0)
+		return CTX_CONTINUE;
+	key.addr = ip4.daddr;
+	key.port = ctx->flow.dport;
+	key.protocol = ip4.protocol;
+	backend = nodeport4_lookup(&key);
+	if (!backend) {
+		key.addr = 0;
+		backend = nodeport4_lookup(&key);
+		if (!backend || identity_of_cidr(&ctx->flow.daddr, ENDPOINT_KEY_IPV4) != IDENTITY_HOST)
+			return CTX_CONTINUE;
+	}
+	addr.ip.p[0] = backend->addr;
+	addr.family = ENDPOINT_KEY_IPV4;
+	remote = ipcache_lookup(&addr);
+	if (!remote || ip4.ttl <= 1)
+		return CTX_CONTINUE;
+	ifindex = tunnel_ifindex();
+	if (!ifindex)
+		return DROP_NO_TUNNEL;
+	frontend = ip4.daddr;
+	port = ctx->flow.dport;
+	to.p[0] = backend->addr;
+	ctx->src_identity = IDENTITY_WORLD;
+	ctx->dst_identity = remote->identity;
+	ret = ipv4_ttl_dec(skb, &ip4);
+	if (ret < 0)
+		return ret;
+	ret = nat_rewrite(skb, &ctx->flow, NAT_DST, &to, backend->port);
+	if (ret < 0)
+		return ret;
+	if (dsr_carries_option(&ctx->flow)) {
+		/* the header as rewritten: TTL, destination, checksum */
+		if (bpf_skb_load_bytes(skb, IPV4_HDR_OFF, &ip4, sizeof(ip4)) < 0)
+			return DROP_INVALID_PACKET;
+		ret = dsr_add_option4(skb, &ip4, frontend, port);
+		if (ret < 0)
+			return ret;
+	}
+	ret = tunnel_set_key(skb, remote->node, IDENTITY_WORLD);
+	if (ret < 0)
+		return ret;
+	return trace_exit(ctx, TRACE_TO_OVERLAY, bpf_redirect(ifindex, 0));
 }
 
 #endif

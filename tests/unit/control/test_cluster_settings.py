@@ -22,6 +22,7 @@ CLUSTER = {"kvstore": "etcd", "kvstore_endpoints": "http://192.0.2.1:2379"}
         ({**CLUSTER, "kvstore_lease_ttl": 1}, "lease TTL"),
         ({**CLUSTER, "node_mask4": 16}, "node mask 16"),
         ({**CLUSTER, "node_address": "not-an-address"}, "does not appear to be"),
+        ({**CLUSTER, "service_mode": "nat"}, "must be dsr or snat"),
     ],
 )
 def test_bad_cluster_settings_are_refused(settings, error):
