@@ -152,7 +152,9 @@ def unpublish(veth_prefix: str, tag: str) -> None:
         listing = _run(tool, "-S", chain)
         for line in listing.stdout.splitlines():
             if f'--comment "{tag}"' in line or f"--comment {tag} " in line:
-                _run(tool, *line.replace("-A", "-D", 1).split())
+                # shlex: iptables quotes a tag of other characters than [A-Za-z0-9_-]
+                # (another node's endpoint's, remote:<node>/<id>).
+                _run(tool, *shlex.split(line.replace("-A", "-D", 1)))
 
 
 def _mapping_of_rule(words: list[str]) -> PortMapping:

@@ -23,6 +23,8 @@ from .tunnel_hosts import (
 PUBLISHED = 8080  # host 1's port
 PORT = 7000  # the container's
 PROTOCOLS = {"tcp": PROTO_TCP, "udp": PROTO_UDP}
+# As the control plane tags another node's endpoint (iptables quotes such a comment).
+REMOTE_TAG = "remote:b/1"
 
 
 def _cluster(mode: str, tag: str):
@@ -54,22 +56,24 @@ def dsr_cluster():
 
 def _publish_remote(a, b, identity: int):
     """A named server on host b, published on host a's port PUBLISHED (both protocols), as
-    the control plane of a would publish it: a DNAT to the remote container."""
+    the control plane of a would publish it: on a's node address, a DNAT to the remote
+    container."""
     backend = b.endpoint(identity)
     for address in backend.spec.addresses():
         a.dp.ipcache_upsert(str(address), identity, str(b.underlay))
     for proto in PROTOCOLS:
         backend.servers.append(traffic.serve_named(backend.netns, PORT, proto, "far"))
     mappings = [
-        PortMapping(number, None, PUBLISHED, backend.spec.ipv4, PORT)
+        PortMapping(number, a.underlay, PUBLISHED, backend.spec.ipv4, PORT)
         for number in PROTOCOLS.values()
     ]
-    a.dp.publish_ports("remote-backend", mappings)
+    a.dp.publish_ports(REMOTE_TAG, mappings)
     return backend
 
 
 def _unpublish(a, b, backend):
-    a.dp.unpublish_ports("remote-backend")
+    a.dp.unpublish_ports(REMOTE_TAG)
+    assert REMOTE_TAG not in a.dp.published_tags()
     for address in backend.spec.addresses():
         a.dp.ipcache_delete(str(address))
     b.remove_endpoints()
