@@ -48,7 +48,7 @@ from .loadbalancer import Services
 from .monitor import Monitor, Subscription
 from .networks import Networks
 from .policy.trace import Verdict
-from .ports import Ports, requested_ports
+from .ports import Ports, cluster_ports, requested_ports
 from .prefilter import Prefilter
 from .regeneration import Regeneration
 from .state import Endpoint, Network, Pool, Store
@@ -203,7 +203,7 @@ class ControlPlane:
             self._claim_ranges(ranges)
             self.ports = Ports(self.store, datapath)
             self.endpoints.restore_all()
-            self.ports.restore()
+            self.ports.restore(keep_remote=self.cluster is not None)
             self.regeneration.refresh()
             self.services.sync()
             if self.cluster is not None:
@@ -297,6 +297,8 @@ class ControlPlane:
             self.cluster.publisher.withdraw(ep.numeric_id)
             self._aliases.pop(endpoint_id, None)
             self._network_use(ep.network_id)
+            if ep.ports:
+                self.cluster.remote_endpoints.sync_ports()
         self.regeneration.refresh()
         self.services.sync()
 
@@ -304,7 +306,8 @@ class ControlPlane:
     def join(self, network_id: str, endpoint_id: str, sandbox_key: str, options: dict) -> dict:
         requested = requested_ports(options)
         reply = self.endpoints.join(network_id, endpoint_id, sandbox_key)
-        self.ports.publish(self.store.get_endpoint(endpoint_id), requested)
+        if self.ports.publish(self.store.get_endpoint(endpoint_id), requested):
+            self._ports_changed(endpoint_id)
         return reply
 
     @_locked
@@ -313,6 +316,8 @@ class ControlPlane:
         ep = self.store.get_endpoint(endpoint_id)
         if ep is not None:
             self.ports.withdraw(ep)
+            if ep.ports:
+                self._ports_changed(endpoint_id)
         self.endpoints.leave(network_id, endpoint_id)
         self.services.sync()
 
@@ -769,7 +774,10 @@ class ControlPlane:
         records = [self._endpoint_record(ep) for ep in endpoints]
         names = {net.network_id: net.name for net in self.store.networks() if net.name}
         in_use = {names[ep.network_id] for ep in endpoints if ep.network_id in names}
-        self.cluster.connect_datapath(self.datapath, self.lock, records, in_use)
+        address = self.cluster.address
+        self.cluster.connect_datapath(
+            self.datapath, self.lock, records, in_use, lambda: self.ports.taken_on(address)
+        )
         self.cluster.serve_dns(self._network_of_address)
 
     def _network_of_address(self, address: str) -> str | None:
@@ -830,6 +838,14 @@ class ControlPlane:
         if self.cluster is not None and ep is not None:
             self.cluster.publisher.publish(self._endpoint_record(ep))
 
+    def _ports_changed(self, endpoint_id: str) -> None:
+        """Cluster mode: a local endpoint's published ports changed: its record for the
+        other nodes, which publish them too, and other nodes' ports here (a local one
+        takes a port first)."""
+        if self.cluster is not None:
+            self._publish(endpoint_id)
+            self.cluster.remote_endpoints.sync_ports()
+
     def _endpoint_record(self, ep: Endpoint) -> EndpointRecord:
         net = self.store.get_network(ep.network_id)
         return EndpointRecord(
@@ -843,6 +859,7 @@ class ControlPlane:
             aliases=self._aliases.get(ep.endpoint_id, []),
             network_id=ep.network_id,
             network_name=net.name if net else None,
+            ports=cluster_ports(ep),
         )
 
     def _cluster_allocator(self) -> Allocator | None:

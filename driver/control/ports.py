@@ -24,6 +24,8 @@ PORTMAP_OPTION = "com.docker.network.portmap"
 EPHEMERAL_PORTS = range(49152, 65536)
 ANY_HOST = {"": None, "0.0.0.0": 4, "::": 6}
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+# Tags of other nodes' containers' ports published on this node (cluster/nodeports.py).
+REMOTE_TAG = "remote:"
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,9 @@ class Ports:
         if ep.ports:
             self.datapath.unpublish_ports(tag)
 
-    def restore(self) -> None:
-        """After a restart: rules and proxies of joined endpoints again, orphan rules gone."""
+    def restore(self, keep_remote: bool = False) -> None:
+        """After a restart: rules and proxies of joined endpoints again, orphan rules gone
+        (in cluster mode, not other nodes' ones: the cluster's watch settles those)."""
         endpoints = self.store.endpoints()
         for ep in endpoints:
             if ep.ports and ep.sandbox_key:
@@ -143,7 +146,18 @@ class Ports:
                     log.warning("endpoint %d: %s", ep.numeric_id, exc)
         known = {_tag(ep) for ep in endpoints}
         for tag in self.datapath.published_tags() - known:
-            self.datapath.unpublish_ports(tag)
+            if not (keep_remote and tag.startswith(REMOTE_TAG)):
+                self.datapath.unpublish_ports(tag)
+
+    def taken_on(self, address: str) -> set[tuple[int, int]]:
+        """(protocol, host port) of every IPv4 port local containers publish on address."""
+        return {
+            (p.protocol, p.host_port)
+            for ep in self.store.endpoints()
+            if ep.ipv4
+            for p in map(_published, ep.ports)
+            if p.host_ip in ("", "0.0.0.0", address)
+        }
 
     def close(self) -> None:
         for proxies in self._proxies.values():
@@ -158,6 +172,22 @@ class Ports:
             if not any(candidate.clashes(t) for t in taken):
                 return candidate
         raise Conflict(f"host port {wanted} is already published by another container")
+
+
+def cluster_ports(ep: Endpoint) -> list[dict]:
+    """The endpoint's IPv4 ports published on every host address: the ones every node of a
+    cluster publishes on its own address too (its endpoint record's "ports")."""
+    if not ep.ipv4:
+        return []
+    found = {
+        (PROTOCOL_NAMES[p.protocol], p.host_port, p.port)
+        for p in map(_published, ep.ports)
+        if p.host_ip in ("", "0.0.0.0")
+    }
+    return [
+        {"proto": proto, "host_port": host_port, "container_port": port}
+        for proto, host_port, port in sorted(found)
+    ]
 
 
 def _tag(ep: Endpoint) -> str:

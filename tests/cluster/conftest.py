@@ -124,14 +124,14 @@ class Node:
         assert response.status_code == 200, response.get_json(force=True)
         return response.get_json()
 
-    def endpoint(self, number: int, labels: dict) -> str:
-        """A container's endpoint on network NET ("app"), its labels learnt as the
-        Docker events watcher learns them; its endpoint id."""
+    def endpoint(self, number: int, labels: dict, options: dict | None = None) -> str:
+        """A container's endpoint on network NET ("app"), joined with options (its port
+        map), its labels learnt as the Docker events watcher learns them; its endpoint id."""
         if self.pools is None:
             self.pools = make_ipam_network(self.post)
         endpoint_id = f"{number:04x}"[::-1] + "e" * 60
         assert create_endpoint(self.post, self.pools, endpoint_id)[0] == 200
-        assert join(self.post, endpoint_id)[0] == 200
+        assert join(self.post, endpoint_id, options)[0] == 200
         self.plane.assign_container(endpoint_id, NET, "app", endpoint_id, f"c{number}", labels)
         return endpoint_id
 

@@ -50,6 +50,7 @@ def test_an_endpoint_is_published_and_cached_on_every_other_node(nodes, etcd):
         "aliases": [],
         "network_id": ep.network_id,
         "network_name": "app",
+        "ports": [],
     }
     aliases = ["0123456789ab", "www"]
     a.plane.endpoint_aliases(web, aliases)

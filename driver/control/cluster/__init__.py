@@ -13,6 +13,7 @@ from .endpoints import EndpointRecord, Publisher, RemoteEndpoints
 from .identities import ClusterAllocator
 from .kvstore import KvStore, KvstoreUnavailable
 from .networks import ClusterNetworks
+from .nodeports import NodePorts
 from .nodes import NodeRecord, NodeRegistry, claim_node_id
 from .session import Session
 from .tunnel import RemoteNodes
@@ -67,10 +68,17 @@ class Cluster:
         return self.allocator
 
     def connect_datapath(
-        self, datapath, lock, endpoints: list[EndpointRecord], networks_in_use: set[str]
+        self,
+        datapath,
+        lock,
+        endpoints: list[EndpointRecord],
+        networks_in_use: set[str],
+        local_ports,
     ) -> None:
         """The cluster in this node's datapath (its tunnel enabled): other nodes' ranges
-        routed through the tunnel and their endpoints in the ipcache; and this node's
+        routed through the tunnel, their endpoints in the ipcache and their published ports
+        on this node's address (local_ports() the ones local containers have there, which
+        win: nodeports.py); and this node's
         endpoints and the networks it uses in etcd, all of them known before the first
         write, so none is withdrawn for a moment."""
         self.publisher = Publisher(self.kv, self.session, self.name)
@@ -82,7 +90,8 @@ class Cluster:
             self.networks.use(name, True)
         self.networks.users.start()
         self.remote_nodes = RemoteNodes(self.kv, self.name, datapath, lock)
-        self.remote_endpoints = RemoteEndpoints(self.kv, self.name, datapath, lock)
+        node_ports = NodePorts(datapath, self.address, local_ports)
+        self.remote_endpoints = RemoteEndpoints(self.kv, self.name, datapath, lock, node_ports)
 
     def serve_dns(self, network_of) -> None:
         """Other nodes' container names for Docker's embedded DNS (dns.py), on this node's

@@ -9,7 +9,7 @@ keys, and the watch's delete events take the addresses out of every other node's
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 from datapath.interface import DatapathApi
 
@@ -37,6 +37,10 @@ class EndpointRecord:
     aliases: list  # its names on its network besides container_name (--network-alias)
     network_id: str  # Docker's id on the endpoint's node; the name is the cluster's
     network_name: str | None
+    # IPv4 ports published on every address of its host, which every other node publishes
+    # on its own address too (nodeports.py): [{"proto": "tcp", "host_port": 8080,
+    # "container_port": 80}]
+    ports: list = field(default_factory=list)
 
     def addresses(self) -> list[str]:
         return [a for a in (self.ipv6, self.ipv4) if a]
@@ -66,15 +70,22 @@ class RemoteEndpoints:
     """Other nodes' endpoints, followed by a watch, in this node's ipcache. Datapath calls
     are made under the control plane's lock (`lock`), as every other one is."""
 
-    def __init__(self, kv: KvStore, node: str, datapath: DatapathApi, lock):
+    def __init__(self, kv: KvStore, node: str, datapath: DatapathApi, lock, node_ports=None):
         self.node = node
         self.datapath = datapath
         self.lock = lock
+        self.node_ports = node_ports  # their published ports on this node (nodeports.py)
         self._by_key: dict[str, EndpointRecord] = {}
         self.watch = kv.watch(ENDPOINTS, self._reset, self._event)
 
     def close(self) -> None:
         self.watch.stop()
+
+    def sync_ports(self) -> None:
+        """The remote endpoints' published ports on this node, after they changed or a
+        local container's did (a local one takes a port first). The caller holds the lock."""
+        if self.node_ports is not None:
+            self.node_ports.sync(self._by_key.values())
 
     def records(self) -> list[EndpointRecord]:
         with self.lock:
@@ -91,6 +102,7 @@ class RemoteEndpoints:
                 self.datapath.ipcache_delete(address)
             for address, (identity, node_address) in sorted(wanted.items()):
                 self.datapath.ipcache_upsert(address, identity, node_address)
+            self.sync_ports()
 
     def _event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
         with self.lock:
@@ -104,6 +116,8 @@ class RemoteEndpoints:
                     self.datapath.ipcache_delete(address)
             for address in new.addresses() if new else ():
                 self.datapath.ipcache_upsert(address, new.identity, new.node_address)
+            if old != new:
+                self.sync_ports()
 
     def _owned_elsewhere(self, address: str) -> bool:
         """An address a later record took over (an endpoint re-made under another id)."""
@@ -114,8 +128,11 @@ class RemoteEndpoints:
         if node == self.node:
             return None
         try:
-            record = EndpointRecord(**json.loads(entry.value))
-        except (TypeError, ValueError):
+            # Fields a newer node adds are not this node's business.
+            known = {f.name for f in fields(EndpointRecord)}
+            value = json.loads(entry.value)
+            record = EndpointRecord(**{k: v for k, v in value.items() if k in known})
+        except (AttributeError, TypeError, ValueError):
             log.warning("ignoring %s: not an endpoint record", entry.key)
             return None
         if record.node != node:
