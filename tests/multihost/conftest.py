@@ -119,19 +119,32 @@ class Host:
     def cilium_json(self, *args):
         return json.loads(self.cilium(*args, "-o", "json").stdout)
 
-    def run(self, name: str, network: str, *command, labels=()) -> str:
-        """A detached container; its name."""
+    def run(self, name: str, network: str, *command, labels=(), publish=()) -> str:
+        """A detached container (publish: `-p` specs); its name."""
         label_args = [arg for label in (LABEL, *labels) for arg in ("--label", label)]
+        publish_args = [arg for spec in publish for arg in ("-p", spec)]
         self.docker(
             "run", "-d", "--pull", "never", "--name", name, "--net", network, *label_args,
-            IMAGE, *(command or ("sleep", "1d")),
+            *publish_args, IMAGE, *(command or ("sleep", "1d")),
         )  # fmt: skip
         return name
 
-    def web(self, name: str, network: str, page: str, labels=()) -> str:
+    def web(self, name: str, network: str, page: str, labels=(), publish=()) -> str:
         """A container serving `page` over HTTP on port 80."""
         script = f"echo {page} > /www/index.html && exec httpd -f -p 80 -h /www"
-        return self.run(name, network, "sh", "-c", script, labels=labels)
+        return self.run(name, network, "sh", "-c", script, labels=labels, publish=publish)
+
+    def in_netns(self, *command, check=True) -> subprocess.CompletedProcess:
+        """A command in the host's network namespace (its iptables, its devices)."""
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.env["NODE_NETNS"], *command],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"host {self.number}: {' '.join(command)}: {done.stderr}")
+        return done
 
     def addresses(self, container: str, network: str) -> tuple[str, str]:
         """(IPv6, IPv4) of container on network."""
@@ -259,6 +272,55 @@ def cluster():
     yield Cluster(hosts)
     down = _script("down")
     assert down.returncode == 0, f"scripts/cluster.sh down: {down.stdout}{down.stderr}"
+
+
+@dataclass
+class Outside:
+    """A client outside the cluster: a network namespace on the cluster's underlay bridge."""
+
+    netns: str
+    address: str
+
+    def fetch(self, address: str, port: int) -> str | None:
+        """The page at http://address:port/, or None."""
+        script = (
+            "import sys, urllib.request\n"
+            "with urllib.request.urlopen(sys.argv[1], timeout=3) as answer:\n"
+            "    print(answer.read().decode().strip())\n"
+        )
+        url = f"http://{address}:{port}/"
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.netns, sys.executable, "-c", script, url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _ip(*args) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def outside(cluster):
+    """A namespace with a veth on the cluster's bridge and an address of its underlay (.200,
+    above the hosts'), no route beyond it: a client that is no host of the cluster. Removed
+    after the test (its veth with it)."""
+    netns = SETTINGS["NETNS_PREFIX"] + "out"
+    address = SETTINGS["UNDERLAY"].rsplit(".", 1)[0] + ".200"
+    length = SETTINGS["UNDERLAY"].split("/")[1]
+    subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30)
+    _ip("netns", "add", netns)
+    try:
+        _ip("link", "add", netns, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        _ip("link", "set", netns, "master", SETTINGS["BRIDGE"], "up")
+        _ip("-n", netns, "addr", "add", f"{address}/{length}", "dev", "eth0")
+        _ip("-n", netns, "link", "set", "eth0", "up")
+        _ip("-n", netns, "link", "set", "lo", "up")
+        yield Outside(netns, address)
+    finally:
+        _ip("netns", "del", netns)
 
 
 @pytest.fixture

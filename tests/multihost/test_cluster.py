@@ -186,3 +186,47 @@ def test_a_vip_balances_over_backends_on_hosts_1_and_2_for_a_client_on_host_3(
             if expected <= answers:
                 break
         assert answers == expected, f"{vip} from host 3 answered {answers}"
+
+
+# Rules that only count, in host 1's netfilter, packets to the outside client: a reply that
+# went back through host 1 (as in SNAT mode) would pass both.
+REPLY_COUNTERS = [
+    ("mangle", "POSTROUTING", "-d"),
+    ("mangle", "FORWARD", "-d"),
+]
+COUNTER_TAG = ["-m", "comment", "--comment", "multihost-reply-counter"]
+
+
+def _counted(host, table: str, chain: str) -> int:
+    listing = host.in_netns("iptables", "-t", table, "-L", chain, "-v", "-n", "-x").stdout
+    (line,) = [line for line in listing.splitlines() if "multihost-reply-counter" in line]
+    return int(line.split()[0])
+
+
+def test_a_port_published_on_host_2_answers_an_outside_client_on_host_1_directly_from_host_2(
+    cluster, names, network, outside
+):
+    one, two = cluster[1], cluster[2]
+    two.web(names("web"), network, "published-on-host-2", publish=("8080:80",))
+    for table, chain, option in REPLY_COUNTERS:
+        one.in_netns("iptables", "-t", table, "-I", chain, option, outside.address, *COUNTER_TAG)
+    try:
+        # Every host publishes the port on its node address, host 1 included.
+        for host in (one, cluster[3]):
+            page = wait_for(
+                lambda host=host: outside.fetch(host.env["NODE_ADDR"], 8080),
+                20,
+                f"the port published on host 2 answers on host {host.number}'s address",
+            )
+            assert page == "published-on-host-2"
+        # DSR: host 2 answered the client itself; host 1 sent it nothing.
+        assert [_counted(one, table, chain) for table, chain, _ in REPLY_COUNTERS] == [0, 0]
+        # The counter counts what host 1 does send the client.
+        one.in_netns("ping", "-c1", "-W1", outside.address)
+        assert _counted(one, "mangle", "POSTROUTING") >= 1
+    finally:
+        for table, chain, option in REPLY_COUNTERS:
+            one.in_netns(
+                "iptables", "-t", table, "-D", chain, option, outside.address, *COUNTER_TAG,
+                check=False,
+            )  # fmt: skip
