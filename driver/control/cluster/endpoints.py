@@ -76,6 +76,7 @@ class RemoteEndpoints:
         self.lock = lock
         self.node_ports = node_ports  # their published ports on this node (nodeports.py)
         self._by_key: dict[str, EndpointRecord] = {}
+        self._listed = False  # until etcd's first listing, _by_key is no view of the cluster
         self.watch = kv.watch(ENDPOINTS, self._reset, self._event)
 
     def close(self) -> None:
@@ -84,7 +85,7 @@ class RemoteEndpoints:
     def sync_ports(self) -> None:
         """The remote endpoints' published ports on this node, after they changed or a
         local container's did (a local one takes a port first). The caller holds the lock."""
-        if self.node_ports is not None:
+        if self.node_ports is not None and self._listed:
             self.node_ports.sync(self._by_key.values())
 
     def records(self) -> list[EndpointRecord]:
@@ -102,6 +103,7 @@ class RemoteEndpoints:
                 self.datapath.ipcache_delete(address)
             for address, (identity, node_address) in sorted(wanted.items()):
                 self.datapath.ipcache_upsert(address, identity, node_address)
+            self._listed = True
             self.sync_ports()
 
     def _event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
