@@ -5,6 +5,9 @@ The outside client sits on the underlay with a link to each host (tunnel_hosts.O
 host 2 could answer it directly: in SNAT mode the reply must still go back through host 1.
 """
 
+import subprocess
+import sys
+
 import pytest
 
 from datapath.abi import PROTO_TCP, PROTO_UDP
@@ -173,6 +176,48 @@ def test_dsr_the_reply_comes_straight_from_the_containers_host(dsr_cluster):
     finally:
         _remove_counters(a)
         _unpublish(a, b, backend)
+
+
+# A UDP client that puts the DSR option (type 0x9a: port, address) on its datagram, as a
+# process with CAP_NET_RAW may, and prints the answer's source.
+FORGING_CLIENT = r"""
+import socket, sys
+addr, port, fake = sys.argv[1], int(sys.argv[2]), socket.inet_aton(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([0x9A, 8, 0x1F, 0x90]) + fake)
+s.settimeout(2)
+s.sendto(b"forged", (addr, port))
+print(s.recvfrom(4096)[1][0])
+"""
+
+
+def test_dsr_a_containers_own_option_plants_no_dsr_state(dsr_cluster):
+    """Only from_netdev's packets (world) may carry a frontend: a container on host 1
+    that adds the option itself reaches host 2's container as any container does, and
+    its answer comes from that container, not from the frontend it named."""
+    a, b, _ = dsr_cluster
+    near, far = a.endpoint(2207), b.endpoint(2208)
+    far.servers.append(traffic.serve_named(far.netns, PORT, "udp", "far"))
+    a.dp.ipcache_upsert(str(far.spec.ipv4), 2208, str(b.underlay))
+    b.dp.ipcache_upsert(str(near.spec.ipv4), 2207, str(a.underlay))
+    try:
+        cmd = traffic.netns_cmd(
+            near.netns,
+            sys.executable,
+            "-c",
+            FORGING_CLIENT,
+            str(far.spec.ipv4),
+            str(PORT),
+            "203.0.113.9",
+        )
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        assert done.stdout.strip() == str(far.spec.ipv4), done.stderr
+        assert not [flow for flow, _ in b.dp.dsr_flows() if flow[0] == near.spec.ipv4]
+    finally:
+        a.dp.ipcache_delete(str(far.spec.ipv4))
+        b.dp.ipcache_delete(str(near.spec.ipv4))
+        a.remove_endpoints()
+        b.remove_endpoints()
 
 
 def test_dsr_a_published_port_of_a_local_container_stays_netfilters(dsr_cluster):

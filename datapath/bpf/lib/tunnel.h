@@ -128,9 +128,13 @@ static __always_inline int overlay_ingress(struct __sk_buff *skb, struct pkt_ctx
 	ret = tunnel_parse(skb, &ctx->flow);
 	if (ret < 0)
 		return ret;
-	ret = dsr_take_option4(skb, ctx);
-	if (ret < 0)
-		return ret;
+	/* Only a node's from_netdev adds the option, and it sends as world: a container could
+	 * put the option on its own packets (CAP_NET_RAW) and plant DSR state for any flow. */
+	if (key.tunnel_id == IDENTITY_WORLD) {
+		ret = dsr_take_option4(skb, ctx);
+		if (ret < 0)
+			return ret;
+	}
 	addr.ip = ctx->flow.daddr;
 	addr.family = ctx->flow.family;
 	owner = endpoint_addr_lookup(&addr);
