@@ -5,6 +5,7 @@ import time
 
 from datapath.abi import INIT_ID
 from driver.control.cluster.endpoints import ENDPOINTS
+from driver.control.cluster.nodes import PREFIX
 
 from .conftest import LEASE_TTL, wait_for
 
@@ -86,6 +87,37 @@ def test_every_node_routes_the_others_through_its_tunnel(nodes):
     wait_for(lambda: c.datapath.remote_nodes.keys() == {ADDRESS["a"], ADDRESS["b"]}, 5, "c")
     wait_for(lambda: ADDRESS["c"] in b.datapath.remote_nodes, 5, "c on b")
     assert c.datapath.remote_nodes[ADDRESS["a"]] == ranges["a"]
+
+
+def test_a_record_the_datapath_refuses_stops_no_other(nodes, etcd):
+    """A node record with an IPv6 node address, an endpoint record with an identity no VNI
+    holds: each is logged and skipped, and the records listed after them still arrive."""
+    etcd.put(
+        f"{PREFIX}nodes/aaa",
+        json.dumps(
+            {
+                "name": "aaa",
+                "node_id": 9,
+                "address": "fd00::9",
+                "ipv6_range": "fd00:9::/112",
+                "ipv4_range": "10.213.144.0/20",
+            }
+        ),
+    )
+    record = {
+        "node": "aaa",
+        "node_address": "198.51.100.9",
+        "endpoint_id": 1,
+        "ipv6": "fd00:9::5",
+        "ipv4": "10.213.144.5",
+        "identity": 1 << 24,
+    }
+    etcd.put(f"{ENDPOINTS}aaa/1", json.dumps(record))
+    a, b = _start(nodes, "a"), _start(nodes, "b")
+    web = b.endpoint(1, WEB)
+    wait_for(lambda: a.datapath.remote_nodes.keys() == {ADDRESS["b"]}, 5, "b routed on a")
+    wait_for(lambda: _cached(a, b, web) == _in_cache(a, b, web, b.identity(web)), 5, "web")
+    assert "fd00:9::5" not in a.datapath.ipcache
 
 
 def test_a_node_whose_lease_expires_takes_its_endpoints_and_routes_along(nodes, etcd):

@@ -181,12 +181,17 @@ class FakeDatapath:
         return "cilium_vxlan"
 
     def set_remote_node(self, node_address, prefixes):
+        # As the kernel's: node (underlay) addresses are IPv4.
+        if ipaddress.ip_address(node_address).version != 4:
+            raise DatapathError(f"node address {node_address} is not IPv4")
         self.remote_nodes[node_address] = list(prefixes)
 
     def remove_remote_node(self, node_address, prefixes):
         self.remote_nodes.pop(node_address, None)
 
     def ipcache_upsert(self, address, identity, node_address):
+        if not 0 < identity < 1 << 24 or ipaddress.ip_address(node_address).version != 4:
+            raise DatapathError(f"ipcache entry {address}: {identity}, {node_address} refused")
         self.ipcache[address] = (identity, node_address)
 
     def ipcache_delete(self, address):

@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
 
+from datapath import DatapathError
 from datapath.interface import DatapathApi
 
 from .kvstore import Entry, KvStore
@@ -102,7 +103,7 @@ class RemoteEndpoints:
             for address in sorted(set(self.datapath.ipcache_entries()) - set(wanted)):
                 self.datapath.ipcache_delete(address)
             for address, (identity, node_address) in sorted(wanted.items()):
-                self.datapath.ipcache_upsert(address, identity, node_address)
+                self._cache(address, identity, node_address)
             self._listed = True
             self.sync_ports()
 
@@ -117,9 +118,17 @@ class RemoteEndpoints:
                 if not self._owned_elsewhere(address):
                     self.datapath.ipcache_delete(address)
             for address in new.addresses() if new else ():
-                self.datapath.ipcache_upsert(address, new.identity, new.node_address)
+                self._cache(address, new.identity, new.node_address)
             if old != new:
                 self.sync_ports()
+
+    def _cache(self, address: str, identity: int, node_address: str) -> None:
+        """One ipcache entry; a record the datapath refuses is logged, not raised: it must
+        not stop the others (the watch would list again, and fail at it again)."""
+        try:
+            self.datapath.ipcache_upsert(address, identity, node_address)
+        except (DatapathError, ValueError) as exc:
+            log.error("other node's endpoint %s not in the ipcache: %s", address, exc)
 
     def _owned_elsewhere(self, address: str) -> bool:
         """An address a later record took over (an endpoint re-made under another id)."""

@@ -5,6 +5,7 @@ not any more."""
 import json
 import logging
 
+from datapath import DatapathError
 from datapath.interface import DatapathApi
 
 from .kvstore import Entry, KvStore
@@ -48,7 +49,13 @@ class RemoteNodes:
             del self._routed[name]
             log.info("node %s (%s) is not routed any more", name, routed[0])
         if wanted is not None:
-            self.datapath.set_remote_node(*wanted)
+            try:
+                self.datapath.set_remote_node(*wanted)
+            except (DatapathError, ValueError) as exc:
+                # One bad record must not stop the others being routed (the watch would
+                # list again, and fail at it again).
+                log.error("node %s cannot be routed: %s", name, exc)
+                return
             self._routed[name] = wanted
             log.info("node %s: %s through the tunnel to %s", name, wanted[1], wanted[0])
 
