@@ -8,7 +8,9 @@ rather than holding a stream: a stream would keep one of the management socket's
 request threads for as long as a browser tab stays open.
 """
 
+from ipaddress import ip_address
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from flask import Blueprint, current_app, redirect, send_file, send_from_directory
 
@@ -68,6 +70,25 @@ def _only_ui(app):
         if not read or not any(path == p or path.startswith(p + "/") for p in SERVED):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"only the service map (/ui/) is served here\n"]
+        if not _loopback_host(environ.get("HTTP_HOST", "")):
+            # A page of another site whose name was made to resolve to 127.0.0.1 (DNS
+            # rebinding) would name its own host here: it reads nothing.
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"the service map answers only a loopback address or localhost\n"]
+        if "follow" in parse_qs(environ.get("QUERY_STRING", "")):
+            # The page polls; a stream per request would hold a thread each, unbounded.
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"follow is served on the API socket only (cilium observe --follow)\n"]
         return app(environ, start_response)
 
     return served
+
+
+def _loopback_host(host: str) -> bool:
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        return ip_address(name).is_loopback
+    except ValueError:
+        return False

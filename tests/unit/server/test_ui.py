@@ -6,6 +6,7 @@ import hashlib
 import io
 import tarfile
 import urllib.error
+import urllib.request
 
 import pytest
 
@@ -103,6 +104,26 @@ def test_the_page_on_a_loopback_port_and_nothing_else(tmp_path, datapath):
         app.extensions["pycilium"].close()
     with pytest.raises(urllib.error.URLError):
         _get(f"http://{address}/ui/")
+
+
+def test_the_loopback_port_refuses_other_host_names_and_streams(tmp_path, datapath):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    config = Config(state_dir=str(tmp_path / "s"), node_id=9, ui_address=address).validate()
+    app = create_app(config, datapath=datapath, watch_docker=False)
+    try:
+        for host, status in [("rebound.example:%d", 403), ("localhost:%d", 200)]:
+            request = urllib.request.Request(
+                f"http://{address}/v1/servicemap", headers={"Host": host % port}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    assert response.status == status, host
+            except urllib.error.HTTPError as exc:
+                assert exc.code == status, host
+        assert _get(f"http://{address}/v1/flows?follow=1")[0] == 400
+    finally:
+        app.extensions["pycilium"].close()
 
 
 def test_a_taken_ui_port_fails_the_start_and_frees_the_metrics_port(tmp_path, datapath):
