@@ -171,53 +171,14 @@ class ControlPlane:
             ipaddress.ip_network(config.service_range6),
             ipaddress.ip_network(config.service_range4),
         ]
+        self.ports: Ports | None = None
         with self.lock:
             self.store.open()
-            if config.kvstore:
-                self._join_cluster()
-            else:
-                self.node = NodeAddressing.build(
-                    config.cluster_prefix6, self._node_id(), config.node_range4
-                )
-            datapath.start()
-            if self.cluster is not None:
-                # Before any endpoint is made: their MTU fits the tunnel's from the start.
-                datapath.enable_tunnel(self.cluster.address)
-            slots = self.cluster.node_slots() if self.cluster is not None else 0
-            self.ipam = Ipam(self.store, self.node, datapath, ranges, slots)
-            self.networks = Networks(self.store, self.ipam, datapath, config.mtu)
-            self.endpoints = Endpoints(
-                self.store, self.ipam, datapath, self.node, config.veth_prefix, config.nat64_prefix
-            )
-            self.regeneration = Regeneration(
-                self.store,
-                datapath,
-                LabelFilter(config.label_prefixes),
-                config.policy_enforcement,
-                config.saved_policy,
-                self._cluster_allocator(),
-            )
-            if self.cluster is not None:
-                self._load_remote_identities()
-            self.services = Services(self.store, datapath, ranges)
-            self._claim_ranges(ranges)
-            self.ports = Ports(self.store, datapath)
-            self.endpoints.restore_all()
-            self.ports.restore(keep_remote=self.cluster is not None)
-            self.regeneration.refresh()
-            self.services.sync()
-            if self.cluster is not None:
-                self._share_policy_and_services()
-            self.prefilter = Prefilter(self.store, datapath, config.prefilter_devices)
-            self.prefilter.restore()
-            if self.cluster is not None:
-                self._connect_cluster()
-            # What the state held at start, until Docker's first full listing confirms it.
-            self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
-            # The flow log's threads start last: a start that fails before leaves none behind.
-            self.flow_log = FlowLog(config.flow_buffer) if config.flow_buffer else None
-            self.monitor = Monitor(datapath, self.flow_log.add_record if self.flow_log else None)
-            self._flow_ends = FlowEnds(datapath, self.flow_log) if self.flow_log else None
+            try:
+                self._start(config, datapath, ranges)
+            except BaseException:
+                self._abandon_start()
+                raise
         log.info(
             "node %d ready: IPv6 %s router %s, IPv4 %s router %s",
             self.node.node_id,
@@ -226,6 +187,67 @@ class ControlPlane:
             self.node.range4,
             self.node.router4,
         )
+
+    def _start(self, config: Config, datapath: DatapathApi, ranges: list) -> None:
+        """The parts in order, each made what the state says (and, in cluster mode, etcd)."""
+        if config.kvstore:
+            self._join_cluster()
+        else:
+            self.node = NodeAddressing.build(
+                config.cluster_prefix6, self._node_id(), config.node_range4
+            )
+        datapath.start()
+        if self.cluster is not None:
+            # Before any endpoint is made: their MTU fits the tunnel's from the start.
+            datapath.enable_tunnel(self.cluster.address)
+        slots = self.cluster.node_slots() if self.cluster is not None else 0
+        self.ipam = Ipam(self.store, self.node, datapath, ranges, slots)
+        self.networks = Networks(self.store, self.ipam, datapath, config.mtu)
+        self.endpoints = Endpoints(
+            self.store, self.ipam, datapath, self.node, config.veth_prefix, config.nat64_prefix
+        )
+        self.regeneration = Regeneration(
+            self.store,
+            datapath,
+            LabelFilter(config.label_prefixes),
+            config.policy_enforcement,
+            config.saved_policy,
+            self._cluster_allocator(),
+        )
+        if self.cluster is not None:
+            self._load_remote_identities()
+        self.services = Services(self.store, datapath, ranges)
+        self._claim_ranges(ranges)
+        self.ports = Ports(self.store, datapath)
+        self.endpoints.restore_all()
+        self.ports.restore(keep_remote=self.cluster is not None)
+        self.regeneration.refresh()
+        self.services.sync()
+        if self.cluster is not None:
+            self._share_policy_and_services()
+        self.prefilter = Prefilter(self.store, datapath, config.prefilter_devices)
+        self.prefilter.restore()
+        if self.cluster is not None:
+            self._connect_cluster()
+        # What the state held at start, until Docker's first full listing confirms it.
+        self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
+        # The flow log's threads start last: a start that fails before leaves none behind.
+        self.flow_log = FlowLog(config.flow_buffer) if config.flow_buffer else None
+        self.monitor = Monitor(datapath, self.flow_log.add_record if self.flow_log else None)
+        self._flow_ends = FlowEnds(datapath, self.flow_log) if self.flow_log else None
+
+    def _abandon_start(self) -> None:
+        """A start that failed part way: what runs on its own stops (etcd watches, the
+        lease's keepalive, proxies) and the datapath and the state close. What it made in
+        the kernel stays, as after a crash, for the next start to take up."""
+        while self._closers:
+            self._closers.pop()()
+        if self.ports is not None:
+            self.ports.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.datapath.close()
+        self.store.close()
 
     def watch_docker(self) -> None:
         listener = Listener(

@@ -2,9 +2,14 @@
 watch."""
 
 import ipaddress
+import threading
 
+import pytest
+
+from datapath import DatapathError
 from driver.control.cluster.nodes import NODE_IDS, NODES
 
+from ..unit.fakes import FakeDatapath
 from .conftest import LEASE_TTL, wait_for
 
 
@@ -58,3 +63,21 @@ def test_node_ids_never_collide_and_a_restarted_node_keeps_its_id(nodes, etcd, t
     fresh = nodes.start("b", state_dir=str(tmp_path / "b-new"))
     assert fresh.plane.node.node_id == first["b"], "its name, not its state, holds the id"
     assert nodes.start("d").plane.node.node_id not in first.values()
+
+
+class PrefilterRefused(FakeDatapath):
+    """A datapath that fails the start late: after the lease, the node record and the
+    watches of policy, services and other nodes' identities have started."""
+
+    def set_prefilter(self, cidrs):
+        raise DatapathError("prefilter map refused")
+
+
+def test_a_start_that_fails_late_leaves_no_etcd_thread_running(nodes):
+    def etcd_threads():
+        return {t for t in threading.enumerate() if t.name.startswith(("etcd", "watch "))}
+
+    before = etcd_threads()
+    with pytest.raises(DatapathError, match="prefilter map refused"):
+        nodes.start("a", datapath=PrefilterRefused())
+    wait_for(lambda: etcd_threads() <= before, 10, "the failed start's etcd threads gone")
