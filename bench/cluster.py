@@ -241,8 +241,11 @@ class Seen:
         self.ipcache: dict[tuple[str, int], float] = {}
         self.born: dict[str, float] = {}
         self.allowed: dict[tuple[str, int], float] = {}
+        self.identity: dict[tuple[str, int], float] = {}
         for r in records:
-            if "ipcache" in r:
+            if "identity" in r:
+                self.identity.setdefault((r["identity"], r["id"]), r["t"])
+            elif "ipcache" in r:
                 self.ipcache.setdefault((r["ipcache"], r["id"]), r["t"])
             elif "policy" in r:
                 self.born.setdefault(r["policy"], r["t"])
@@ -269,12 +272,17 @@ class Seen:
 def pairs(nodes: list[Node], joined: list[dict]) -> tuple[list, list, list, int]:
     """Over every (endpoint, other node): seconds from the Join to enforced, and to the
     ipcache alone; per endpoint, to enforced on its last other node; pairs not enforced;
-    local policies checked, and pairs whose policy came after the ipcache."""
+    local policies checked, pairs whose policy came after the ipcache, and the two stages:
+    Join to the identity on the endpoint's own node, from there to enforced elsewhere."""
     seen = {node.name: Seen(node.records()) for node in nodes}
     total, ipcache_only, per_endpoint, missing = [], [], [], 0
+    own, onward = [], []
     checked = policy_last = 0
     for ep in joined:
         worst = 0.0
+        assigned = seen[ep["node"]].identity.get((ep["ifname"], ep["identity"]))
+        if assigned is not None:
+            own.append(assigned - ep["joined"])
         for name, s in seen.items():
             if name == ep["node"]:
                 continue
@@ -287,10 +295,13 @@ def pairs(nodes: list[Node], joined: list[dict]) -> tuple[list, list, list, int]
             policy_last += at_policy > at_ipcache
             total.append(max(at_ipcache, at_policy) - ep["joined"])
             ipcache_only.append(at_ipcache - ep["joined"])
+            if assigned is not None:
+                onward.append(max(at_ipcache, at_policy) - assigned)
             worst = max(worst, total[-1])
         per_endpoint.append(round(worst, 4))
     counts = {"policies_checked": checked, "pairs_policy_after_ipcache": policy_last}
-    return total, ipcache_only, per_endpoint, missing, counts
+    stages = {"own_identity_s": summary(own), "identity_to_enforced_s": summary(onward)}
+    return total, ipcache_only, per_endpoint, missing, {**counts, **stages}
 
 
 def convergence(nodes: list[Node], joined: list[dict]) -> dict:
@@ -359,6 +370,7 @@ def identities_of(nodes: list[Node], joined: list[dict]) -> None:
                     return False
                 ep["identity"] = e["identity"]
                 ep["addresses"] = [x for x in (e["ipv6"], e["ipv4"]) if x]
+                ep["ifname"] = e["host_ifname"]
         return True
 
     wait(all_ready, 300, "every endpoint has its identity", interval=1)
@@ -443,6 +455,7 @@ def rss_table(memory: dict) -> list[dict]:
 def markdown(r: dict) -> str:
     c, idle = r["cluster"]["convergence"], r["cluster"]["idle"]
     e, i, last = c["enforced_s"], c["ipcache_s"], c["last_node_per_endpoint_s"]
+    o, w = c["own_identity_s"], c["identity_to_enforced_s"]
     rows = rss_table(r["cluster"]["memory_kib"])
     started = [x["started"] for x in rows]
     loaded = [x["endpoints"] for x in rows]
@@ -463,6 +476,10 @@ def markdown(r: dict) -> str:
         f"{i['p99'] * ms:.0f} ms | {i['max'] * ms:.0f} ms |",
         f"| and every local endpoint's policy allows it | {e['n']} | {e['p50'] * ms:.0f} ms"
         f" | {e['p99'] * ms:.0f} ms | {e['max'] * ms:.0f} ms |",
+        f"| its identity on its own node (events watcher, etcd allocation) | {o['n']} | "
+        f"{o['p50'] * ms:.0f} ms | {o['p99'] * ms:.0f} ms | {o['max'] * ms:.0f} ms |",
+        f"| from there to enforced on another node | {w['n']} | {w['p50'] * ms:.0f} ms | "
+        f"{w['p99'] * ms:.0f} ms | {w['max'] * ms:.0f} ms |",
         f"| the last other node, per endpoint | {last['n']} | {last['p50'] * ms:.0f} ms | "
         f"{last['p99'] * ms:.0f} ms | {last['max'] * ms:.0f} ms |",
         "",

@@ -5,9 +5,9 @@ and the benchmark is about the state the nodes share. For benchmarks only.
 
 The stand-in is the unit tests' in-memory fake (tests/unit/fakes.py, checked against
 datapath.interface.DatapathApi) that also appends, with the time of CLOCK_MONOTONIC (one
-clock for every process on the host), each ipcache write and each identity newly allowed
-in an endpoint's policy to <state-dir>/datapath.jsonl: when this node enforced policy
-for a remote endpoint."""
+clock for every process on the host), each ipcache write, each local endpoint's identity
+and each identity newly allowed in an endpoint's policy to <state-dir>/datapath.jsonl:
+when this node enforced policy for a remote endpoint."""
 
 import json
 import logging
@@ -47,6 +47,10 @@ class RecordingDatapath(FakeDatapath):
     def ipcache_delete(self, address):
         super().ipcache_delete(address)
         self._write({"ipcache_delete": address})
+
+    def set_endpoint_identity(self, spec, identity):
+        super().set_endpoint_identity(spec, identity)
+        self._write({"identity": spec.host_ifname, "id": identity})
 
     def set_endpoint_policy(self, spec, ingress_enforced, egress_enforced, keys):
         keys = set(keys)
