@@ -53,6 +53,7 @@ APP = "pcb-scale"
 PLUGIN = "cilium"
 RECORD = "datapath.jsonl"  # bench/cluster_node.py writes it in each node's state dir
 KEEPALIVE = "LeaseKeepAlive"
+PER_NODE = 60  # endpoints one node's /26 block of the network holds (gateway apart)
 
 
 def log(msg: str) -> None:
@@ -155,7 +156,10 @@ class Node:
             "node-name": self.name,
             # A loopback address of its own: nodes are told apart by address too.
             "node-address": f"127.0.1.{number}",
-            "node-mask4": str(a.node_mask4),
+            # Each node a /20 of a /12 (the default /16 holds only 16 nodes): a network's
+            # block on each node is a /26, room for PER_NODE endpoints.
+            "node-range4": "10.208.0.0/12",
+            "node-mask4": "20",
             "cluster-dns-port": "0",
             # No flow log: the stand-in datapath has no flows to read.
             "flow-buffer": "0",
@@ -561,12 +565,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=10.0, help="endpoints started per second")
     p.add_argument("--parallel", type=int, default=8, help="`docker run`s in flight at most")
     p.add_argument("--idle", type=float, default=30.0, help="seconds of etcd at rest")
-    p.add_argument(
-        "--node-mask4",
-        type=int,
-        default=21,
-        help="each node's IPv4 block in the cluster's 10.213.0.0/16 (/21: 32 nodes)",
-    )
     p.add_argument("--results", default=str(REPO / "bench" / "results"))
     p.add_argument("--plot", default=str(REPO / "docs" / "benchmarks" / "cluster.png"))
     return p.parse_args(argv)
@@ -574,6 +572,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.endpoints > PER_NODE * a.nodes:
+        sys.exit(f"cluster: ERROR: at most {PER_NODE} endpoints per node (one /26 each)")
     if not ETCD:
         sys.exit("cluster: ERROR: no etcd binary on PATH: install Debian's etcd-server")
 
