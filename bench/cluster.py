@@ -511,9 +511,10 @@ def markdown(r: dict) -> str:
         "",
         "| | min | median | max |",
         "|---|---|---|---|",
-        f"| started | {min(started)} MiB | {statistics.median(started)} MiB | {max(started)} MiB |",
+        f"| started | {min(started)} MiB | {round(statistics.median(started), 1)} MiB | "
+        f"{max(started)} MiB |",
         f"| with {a['endpoints'] // a['nodes']} local and {a['endpoints']} cluster endpoints "
-        f"| {min(loaded)} MiB | {statistics.median(loaded)} MiB | {max(loaded)} MiB |",
+        f"| {min(loaded)} MiB | {round(statistics.median(loaded), 1)} MiB | {max(loaded)} MiB |",
         "",
     ]
     load = ", ".join(f"{x:.1f}" for x in r["host"]["loadavg_at_end"])
