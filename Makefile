@@ -124,8 +124,9 @@ plugin: setup
 	@scripts/build-plugin.sh
 
 # Benchmarks against the driver that 'make run' started: the datapath (bench/run.py --help,
-# BENCH_ARGS=...) and the control plane (bench/control.py --help, BENCH_CONTROL_ARGS=...).
-# Writes bench/results/<UTC date>.{json,md} and docs/benchmarks/*.png.
+# BENCH_ARGS=...) and the control plane (bench/control.py --help, BENCH_CONTROL_ARGS=...);
+# then the cluster at scale with drivers and an etcd of its own (bench/cluster.py --help,
+# BENCH_CLUSTER_ARGS=...). Writes bench/results/<UTC date>*.{json,md} and docs/benchmarks/*.png.
 bench:
 	@scripts/driver.sh status >/dev/null 2>&1 || { echo "the cilium driver is not running: 'make run' first" >&2; exit 1; }
 	@command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iperf3 >/dev/null
@@ -134,6 +135,7 @@ bench:
 	@DOCKER=$(DOCKER) bench/build-image.sh
 	DOCKER=$(DOCKER) $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 	DOCKER=$(DOCKER) $(VENV)/bin/python bench/control.py $(BENCH_CONTROL_ARGS)
+	$(VENV)/bin/python bench/cluster.py $(BENCH_CLUSTER_ARGS)
 
 clean:
 	@if scripts/driver.sh status >/dev/null 2>&1; then \

@@ -3,11 +3,14 @@ watch."""
 
 import ipaddress
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from datapath import DatapathError
-from driver.control.cluster.nodes import NODE_IDS, NODES
+from driver.control.cluster.kvstore import KvStore
+from driver.control.cluster.nodes import NODE_IDS, NODES, claim_node_id
+from driver.errors import Conflict
 
 from ..unit.fakes import FakeDatapath
 from .conftest import LEASE_TTL, wait_for
@@ -81,3 +84,31 @@ def test_a_start_that_fails_late_leaves_no_etcd_thread_running(nodes):
     with pytest.raises(DatapathError, match="prefilter map refused"):
         nodes.start("a", datapath=PrefilterRefused())
     wait_for(lambda: etcd_threads() <= before, 10, "the failed start's etcd threads gone")
+
+
+def test_twenty_nodes_starting_at_once_each_claim_an_id(etcd):
+    """Every lost race means another node took an id: a node keeps trying while ids are
+    free (bench/cluster.py starts 20 nodes at once; five attempts were too few)."""
+    count = 20
+    barrier = threading.Barrier(count)
+    claimed: dict[str, int] = {}
+
+    def start(name: str) -> None:
+        kv = KvStore([etcd.url])
+        try:
+            barrier.wait()
+            claimed[name] = claim_node_id(kv, name, 0, 64)
+        finally:
+            kv.close()
+
+    with ThreadPoolExecutor(count) as pool:
+        list(pool.map(start, [f"n{k}" for k in range(count)]))
+    assert sorted(claimed.values()) == list(range(1, count + 1))
+    assert etcd.keys(NODE_IDS) == {f"{NODE_IDS}{n}": name for name, n in claimed.items()}
+
+
+def test_a_node_refused_its_id_says_why(nodes):
+    """The start fails with the refusal, not with the lease's keepalive never started."""
+    taken = nodes.start("a").plane.node.node_id
+    with pytest.raises(Conflict, match=f"node id {taken} belongs to node a"):
+        nodes.start("x", node_id=taken)

@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 PREFIX = "pycilium/v1/"
 NODES = PREFIX + "nodes/"
 NODE_IDS = PREFIX + "node-ids/"
-CLAIM_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,9 @@ def claim_node_id(kv: KvStore, name: str, wanted: int, limit: int) -> int:
     """This node's id: the one it claimed before, else `wanted` (0: the lowest free id below
     limit), claimed for good in one transaction so no two nodes ever share one."""
     purpose = f"claim a node id for node {name}"
-    for _ in range(CLAIM_ATTEMPTS):
+    # A lost race means another node claimed an id: nodes starting at once all get one
+    # after at most `limit` attempts, or learn that the cluster is full.
+    for _ in range(limit):
         claims, _ = kv.list(NODE_IDS, purpose)
         owners = {int(e.key[len(NODE_IDS) :]): e.value for e in claims}
         held = [number for number, owner in owners.items() if owner == name]
@@ -49,7 +50,7 @@ def claim_node_id(kv: KvStore, name: str, wanted: int, limit: int) -> int:
         if kv.txn([absent(key)], [put(key, name)], purpose):
             log.info("node %s claimed node id %d", name, free[0])
             return free[0]
-    raise DriverError(f"node {name} could not claim a node id: {CLAIM_ATTEMPTS} attempts raced")
+    raise DriverError(f"node {name} could not claim a node id: {limit} attempts raced")
 
 
 class NodeRegistry:

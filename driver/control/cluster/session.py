@@ -34,7 +34,9 @@ class Session:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        # A start that failed before start() (no node id) closes it too.
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def hold(self, put_back: Callable[[int], None]) -> None:
         """put_back(lease) puts a holder's keys under a new lease."""
