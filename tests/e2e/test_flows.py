@@ -6,9 +6,11 @@ import time
 
 import pytest
 
+from .engines import address, current
 from .test_policy import SERVE_HTTP, WEB_POLICY, wget
 
-VIP = "fdce:1c05::f10"  # in the test instance's service_range6
+# In the service range of the instance under test (Docker 26's instance has its own).
+VIP = address(current().settings["service_range6"], 0xF10)
 
 
 @pytest.fixture
