@@ -23,7 +23,7 @@ up() {
     matrix
     echo
     service_map
-    echo "Flows: $CILIUM observe --last 20 (--follow, --verdict DROPPED, --to-label app=db...)"
+    echo "Flows: $CILIUM observe --last 20 (--follow, --verdict DROPPED, --to-label tier=db...)"
     echo "Watch drops with: $CILIUM monitor --type drop     Tear down with: make demo-down"
 }
 

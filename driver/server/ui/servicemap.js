@@ -28,6 +28,9 @@ const STYLE = [
       label: "data(label)",
       "font-size": 10,
       "curve-style": "bezier",
+      // room between the two directions of a pair, so their labels do not overlap
+      "control-point-step-size": 70,
+      "text-rotation": "autorotate",
       "target-arrow-shape": "triangle",
       "line-color": "#7f8c8d",
       "target-arrow-color": "#7f8c8d",
@@ -97,10 +100,17 @@ function apply(graph) {
     }
     cy.elements().filter((el) => !wanted.has(el.id())).remove();
   });
-  if (added) {
-    // clients above the services they reach; the same graph always comes out the same
-    cy.layout({ name: "breadthfirst", directed: true, padding: 60, spacingFactor: 1.4 }).run();
-  }
+  if (added) cy.layout(layoutFor(cy)).run();
+}
+
+// Clients above the services they reach when some identity only sends; when every one also
+// receives (a drop back the other way is enough), breadthfirst would put them all in one row
+// with their edges on top of each other, so a circle. Either way the same graph always comes
+// out the same.
+function layoutFor(cy) {
+  const roots = cy.nodes().filter((n) => n.indegree(false) === 0);
+  if (roots.empty()) return { name: "circle", padding: 60, spacingFactor: 1.2 };
+  return { name: "breadthfirst", directed: true, roots, padding: 60, spacingFactor: 1.4 };
 }
 
 function names(graph) {
