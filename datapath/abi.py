@@ -38,6 +38,9 @@ DIRECTIONS = {INGRESS: "ingress", EGRESS: "egress"}
 
 # Policy enforcement modes (of the control plane; the datapath sees EP_F_*_ENFORCED).
 ENFORCEMENT_MODES = ("default", "always", "never")
+# Service VIPs come only from these ranges (the driver's defaults; lib/lb.h looks up services
+# only for destinations inside the ranges the loader passes).
+DEFAULT_SERVICE_RANGES = ("fd00:5::/64", "10.96.0.0/16")
 
 # IANA protocol numbers, as policy keys, conntrack, services and events carry them.
 PROTO_ANY = 0  # a wildcard in policy keys; the protocol of an L3-only service frontend

@@ -25,6 +25,7 @@ from . import bpffs, events, hostnet, loader, netlink, xdp
 from .abi import (
     CONFIG_FLOW_EVENTS,
     CONFIG_TRACE_EVENTS,
+    DEFAULT_SERVICE_RANGES,
     EP_F_EGRESS_ENFORCED,
     EP_F_INGRESS_ENFORCED,
     EP_F_NAT64,
@@ -82,6 +83,7 @@ class Datapath:
         map_sizes: MapSizes = DEFAULT_MAP_SIZES,
         nat64_prefix: str = loader.DEFAULT_NAT64_PREFIX,
         service_mode: str = SERVICE_MODE_DSR,
+        service_ranges: tuple[str, str] = DEFAULT_SERVICE_RANGES,
     ):
         if service_mode not in SERVICE_MODES:
             raise DatapathError(f"service mode {service_mode!r} must be one of {SERVICE_MODES}")
@@ -90,6 +92,8 @@ class Datapath:
         self.veth_prefix = veth_prefix
         self.map_sizes = map_sizes
         self.nat64_prefix = nat64_prefix
+        # (IPv6, IPv4): the programs look up services only for destinations inside them
+        self.service_ranges = service_ranges
         self.compile_count = 0
         self.compile_seconds = 0.0  # compiling and loading, over every compile
         self._maps: DatapathMaps | None = None
@@ -111,7 +115,7 @@ class Datapath:
         maps = DatapathMaps.open(self.pin_dir, self.map_sizes)
         started = time.monotonic()
         try:
-            programs = loader.load_programs(maps.fds(), self.nat64_prefix)
+            programs = loader.load_programs(maps.fds(), self.nat64_prefix, self.service_ranges)
         except BaseException:
             maps.close()
             raise
@@ -433,6 +437,11 @@ class Datapath:
         """
         backends = list(backends)
         validate_service(service_id, frontend, backends)
+        if not any(frontend.address in ipaddress.ip_network(r) for r in self.service_ranges):
+            raise DatapathError(
+                f"VIP {frontend.address} is outside the service ranges "
+                f"({', '.join(self.service_ranges)}): the programs would never balance it"
+            )
         maps = self.maps
         current = maps.services()
         self._check_service_ids(service_id, frontend, current)
@@ -680,7 +689,9 @@ class Datapath:
         mtu = hostnet.address_device_mtu(str(node)) - netlink.VXLAN_OVERHEAD
         if self._overlay is None:
             started = time.monotonic()
-            self._overlay = loader.load_overlay(self.maps.fds(), self.nat64_prefix)
+            self._overlay = loader.load_overlay(
+                self.maps.fds(), self.nat64_prefix, self.service_ranges
+            )
             self.compile_seconds += time.monotonic() - started
             self.compile_count += 1
         ifindex = netlink.ensure_vxlan(TUNNEL_DEVICE, str(node), mtu)

@@ -25,6 +25,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import libbpf
+from .abi import DEFAULT_SERVICE_RANGES
 from .errors import DatapathError
 
 BPF_DIR = Path(__file__).parent / "bpf"
@@ -63,13 +64,42 @@ def nat64_prefix_words(prefix: str) -> list[int]:
     return [value >> 64 & 0xFFFFFFFF, value >> 32 & 0xFFFFFFFF, value & 0xFFFFFFFF]
 
 
-def compile_cflags(map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PREFIX) -> list[str]:
-    """Compiler settings: the include path, one -D<NAME>_MAP_FD per map, the NAT64 prefix."""
+def service_range_flags(service_ranges: tuple[str, str]) -> list[str]:
+    """lib/lb.h's SERVICE6_W0..3 and SERVICE6_M0..3 (the IPv6 range's address and mask, as
+    32-bit words) and SERVICE4_W and SERVICE4_M; DatapathError unless the ranges are an
+    IPv6 and an IPv4 network, in that order."""
+    nets = []
+    for cidr, version in zip(service_ranges, (6, 4), strict=True):
+        try:
+            net = ipaddress.ip_network(cidr)
+        except ValueError as exc:
+            raise DatapathError(f"service range {cidr!r} is not a network: {exc}") from None
+        if net.version != version:
+            raise DatapathError(f"service range {cidr} must be IPv{version}")
+        nets.append(net)
+    range6, range4 = nets
+    flags = []
+    for i in range(4):
+        shift = 96 - 32 * i
+        flags.append(f"-DSERVICE6_W{i}={int(range6.network_address) >> shift & 0xFFFFFFFF:#x}")
+        flags.append(f"-DSERVICE6_M{i}={int(range6.netmask) >> shift & 0xFFFFFFFF:#x}")
+    flags.append(f"-DSERVICE4_W={int(range4.network_address):#x}")
+    flags.append(f"-DSERVICE4_M={int(range4.netmask):#x}")
+    return flags
+
+
+def compile_cflags(
+    map_fds: dict[str, int],
+    nat64_prefix: str = DEFAULT_NAT64_PREFIX,
+    service_ranges: tuple[str, str] = DEFAULT_SERVICE_RANGES,
+) -> list[str]:
+    """Compiler settings: the include path, one -D<NAME>_MAP_FD per map, the NAT64 prefix,
+    the service ranges."""
     flags = [f"-I{BPF_DIR}"]
     flags += [f"-D{name.upper()}_MAP_FD={fd}" for name, fd in sorted(map_fds.items())]
     words = nat64_prefix_words(nat64_prefix)
     flags += [f"-DNAT64_PREFIX_W{i}={word:#x}" for i, word in enumerate(words)]
-    return flags
+    return flags + service_range_flags(service_ranges)
 
 
 @dataclass(frozen=True)
@@ -92,10 +122,15 @@ class Programs:
             os.close(program.fd)
 
 
-def load_programs(map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PREFIX) -> Programs:
-    """Compile bpf_lxc.c once with the given map fds (and NAT64 prefix) and load both entry
-    functions."""
-    fds = _compile(LXC_SOURCE, (FROM_CONTAINER, TO_CONTAINER), map_fds, nat64_prefix)
+def load_programs(
+    map_fds: dict[str, int],
+    nat64_prefix: str = DEFAULT_NAT64_PREFIX,
+    service_ranges: tuple[str, str] = DEFAULT_SERVICE_RANGES,
+) -> Programs:
+    """Compile bpf_lxc.c once with the given map fds (NAT64 prefix, service ranges) and load
+    both entry functions."""
+    functions = (FROM_CONTAINER, TO_CONTAINER)
+    fds = _compile(LXC_SOURCE, functions, map_fds, nat64_prefix, service_ranges)
     return Programs(Program(FROM_CONTAINER, fds[0]), Program(TO_CONTAINER, fds[1]))
 
 
@@ -114,12 +149,14 @@ class OverlayPrograms:
 
 
 def load_overlay(
-    map_fds: dict[str, int], nat64_prefix: str = DEFAULT_NAT64_PREFIX
+    map_fds: dict[str, int],
+    nat64_prefix: str = DEFAULT_NAT64_PREFIX,
+    service_ranges: tuple[str, str] = DEFAULT_SERVICE_RANGES,
 ) -> OverlayPrograms:
-    """Compile bpf_overlay.c with the given map fds (and NAT64 prefix) and load its entry
-    functions."""
+    """Compile bpf_overlay.c with the given map fds (NAT64 prefix, service ranges) and load
+    its entry functions."""
     functions = (FROM_OVERLAY, TO_OVERLAY, FROM_NETDEV)
-    fds = _compile(OVERLAY_SOURCE, functions, map_fds, nat64_prefix)
+    fds = _compile(OVERLAY_SOURCE, functions, map_fds, nat64_prefix, service_ranges)
     return OverlayPrograms(*(Program(name, fd) for name, fd in zip(functions, fds, strict=True)))
 
 
@@ -135,6 +172,7 @@ def _compile(
     functions: tuple[str, ...],
     map_fds: dict[str, int],
     nat64_prefix: str = DEFAULT_NAT64_PREFIX,
+    service_ranges: tuple[str, str] = DEFAULT_SERVICE_RANGES,
 ) -> list[int]:
     """The fds of functions of source, compiled with the given map fds and loaded.
 
@@ -144,7 +182,7 @@ def _compile(
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours, theirs:
         command = [sys.executable, str(COMPILE_CHILD), str(theirs.fileno()), str(source)]
-        command += [*functions, "--", *compile_cflags(map_fds, nat64_prefix)]
+        command += [*functions, "--", *compile_cflags(map_fds, nat64_prefix, service_ranges)]
         try:
             child = subprocess.run(
                 command,

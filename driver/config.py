@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 
 # Defined with the API client, which the `cilium` command imports without the driver.
-from datapath.abi import ENFORCEMENT_MODES
+from datapath.abi import DEFAULT_SERVICE_RANGES, ENFORCEMENT_MODES
 from driver.cli.client import DEFAULT_API_SOCKET
 
 MAX_MAP_SIZE = 1 << 24
@@ -41,8 +41,8 @@ class Config:
     node_id: int = 0
     node_range4: str = "10.213.0.0/16"
     # Service VIPs come from these ranges; the driver keeps them unreachable on the host.
-    service_range6: str = "fd00:5::/64"
-    service_range4: str = "10.96.0.0/16"
+    service_range6: str = DEFAULT_SERVICE_RANGES[0]
+    service_range4: str = DEFAULT_SERVICE_RANGES[1]
     mtu: int = 1500
     threads: int = 8
     # Above Docker's 30 s plugin timeout: Docker gives up first and never sees a killed worker.
@@ -112,8 +112,9 @@ class Config:
         range4 = ipaddress.ip_network(self.node_range4)
         if range4.version != 4 or not 8 <= range4.prefixlen <= 24:
             raise ValueError(f"node IPv4 range {self.node_range4} must be IPv4 /8 to /24")
-        for name in ("service_range6", "service_range4"):
-            ipaddress.ip_network(getattr(self, name))
+        for name, version in (("service_range6", 6), ("service_range4", 4)):
+            if ipaddress.ip_network(getattr(self, name)).version != version:
+                raise ValueError(f"{name} {getattr(self, name)} must be an IPv{version} range")
         if not 0 <= self.node_id < 2**32:
             raise ValueError(f"node id {self.node_id} must fit in 32 bits")
         if not 1280 <= self.mtu <= 65535:

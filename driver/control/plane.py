@@ -146,6 +146,7 @@ class ControlPlane:
                 sizes,
                 nat64_prefix=config.nat64_prefix,
                 service_mode=config.service_mode,
+                service_ranges=(config.service_range6, config.service_range4),
             )
         return cls(config, datapath)
 

@@ -26,6 +26,9 @@ from . import traffic
 PREFIX = "dpt"  # host veths of test endpoints; never "lxc", which the driver owns
 NET6 = ipaddress.IPv6Network("fdce:1c99::/64")
 NET4 = ipaddress.IPv4Network("10.199.0.0/16")
+# The test datapath's service ranges: test_lb's VIPs (fdce:1c97::/64, 10.197.0.0/24) and
+# test_nat46's (10.196.0.0/24); the endpoints' addresses are outside them.
+SERVICE_RANGES = ("fdce:1c97::/64", "10.196.0.0/15")
 ROUTER6 = NET6[1]
 ROUTER4 = NET4[1]
 
@@ -116,7 +119,7 @@ def pin_dir():
 
 @pytest.fixture(scope="session")
 def datapath(pin_dir):
-    dp = Datapath(pin_dir=pin_dir, veth_prefix=PREFIX)
+    dp = Datapath(pin_dir=pin_dir, veth_prefix=PREFIX, service_ranges=SERVICE_RANGES)
     dp.start()
     dp.add_unreachable_route(str(NET6))
     dp.add_unreachable_route(str(NET4))

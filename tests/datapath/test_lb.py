@@ -10,6 +10,7 @@ import pytest
 from datapath import INGRESS, Backend, Datapath, DatapathError, Frontend, PolicyKey, loader
 
 from . import packets, traffic
+from .conftest import NET4, NET6
 
 # VIPs live here; the host has unreachable routes for both during these tests.
 VIP_NET6 = ipaddress.IPv6Network("fdce:1c97::/64")
@@ -219,7 +220,11 @@ def test_vip_traffic_survives_a_restart(datapath, pin_dir, make_container, servi
     frontend = Frontend(services.vip(6), 80, TCP)
     services.set(frontend, [Backend(backend.spec.ipv6, 8080)])
     session = client.session(frontend.address, 80)
-    restarted = Datapath(pin_dir=pin_dir, veth_prefix=datapath.veth_prefix)
+    restarted = Datapath(
+        pin_dir=pin_dir,
+        veth_prefix=datapath.veth_prefix,
+        service_ranges=datapath.service_ranges,
+    )
     try:
         assert session.request("before").startswith(backend.netns)
         restarted.start()
@@ -371,3 +376,30 @@ def test_translation_keeps_checksums_right(datapath, endpoint, services, version
     assert (src, dst) == (vip, client)
     if l4_frontend:
         assert _ends(out)[2:] == (port, sport)
+
+
+@pytest.mark.parametrize("version", [6, 4])
+def test_services_are_looked_up_only_inside_the_service_ranges(
+    datapath, make_container, services, version
+):
+    """The programs know the service ranges: set_service refuses a frontend outside them,
+    and one written into the maps anyway is never balanced; its packets go on to their
+    address (an unused one of the endpoints' range, unreachable on the host)."""
+    client, backend = make_container(), make_container()
+    _named(backend, 8080)
+    outside = (NET6 if version == 6 else NET4)[0xFFF0]
+    frontend = Frontend(outside, 80, TCP)
+    service_id = next(_ids)
+    with pytest.raises(DatapathError, match="outside the service ranges"):
+        datapath.set_service(service_id, frontend, [Backend(backend.addr(version), 8080)])
+    maps = datapath.maps
+    maps.put_revnat(service_id, frontend)
+    maps.put_slot(service_id, 0, backend.addr(version), 8080)
+    maps.put_service(frontend, service_id, 1)
+    try:
+        assert _ask(client, outside, 80, timeout=1) == [None]
+        inside = Frontend(services.vip(version), 80, TCP)
+        services.set(inside, [Backend(backend.addr(version), 8080)])
+        assert _names(_ask(client, inside.address, 80)) == {backend.netns}
+    finally:
+        datapath.delete_service(service_id, frontend)

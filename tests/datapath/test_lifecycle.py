@@ -104,7 +104,11 @@ def test_restore_after_restart(datapath, pin_dir, make_container):
     assert a.ping(b.spec.ipv6)
     entries = datapath.endpoint_map_entries()
 
-    restarted = Datapath(pin_dir=pin_dir, veth_prefix=datapath.veth_prefix)
+    restarted = Datapath(
+        pin_dir=pin_dir,
+        veth_prefix=datapath.veth_prefix,
+        service_ranges=datapath.service_ranges,
+    )
     restarted.start()
     try:
         assert restarted.compile_count == 1
@@ -144,7 +148,11 @@ def test_restore_takes_the_outbound_mode_of_the_spec(datapath, pin_dir, make_con
     and the policy enforcement flags stay."""
     a = make_container()
     datapath.set_endpoint_policy(a.spec, True, False, set())
-    restarted = Datapath(pin_dir=pin_dir, veth_prefix=datapath.veth_prefix)
+    restarted = Datapath(
+        pin_dir=pin_dir,
+        veth_prefix=datapath.veth_prefix,
+        service_ranges=datapath.service_ranges,
+    )
     restarted.start()
     try:
         assert restarted.restore_endpoint(dataclasses.replace(a.spec, outbound=Outbound.INTERNAL))
@@ -165,7 +173,11 @@ def test_restore_keeps_enforcement_and_policy(datapath, pin_dir, make_container)
     a, b, c = make_container(), make_container(), make_container()
     keys = {PolicyKey(a.identity, 0, 0, INGRESS)}
     datapath.set_endpoint_policy(b.spec, True, False, keys)
-    restarted = Datapath(pin_dir=pin_dir, veth_prefix=datapath.veth_prefix)
+    restarted = Datapath(
+        pin_dir=pin_dir,
+        veth_prefix=datapath.veth_prefix,
+        service_ranges=datapath.service_ranges,
+    )
     restarted.start()
     try:
         assert restarted.restore_endpoint(b.spec)

@@ -261,7 +261,11 @@ def test_flows_retired_before_a_restart_are_swept_by_the_next_start(datapath, pi
     doomed = [flow(950, gone6, kept6), flow(951, kept6, gone6)]
     kept = flow(951, kept6, kept6)
     datapath.maps.put_retired(950, [gone6])  # what delete_endpoint records, before a kill
-    later = Datapath(pin_dir=pin_dir, veth_prefix=datapath.veth_prefix)
+    later = Datapath(
+        pin_dir=pin_dir,
+        veth_prefix=datapath.veth_prefix,
+        service_ranges=datapath.service_ranges,
+    )
     later.start()
     try:
         later.wait_for_sweeps()

@@ -23,12 +23,19 @@ from .conftest import Container, run
 UNDERLAY = ipaddress.IPv4Network("198.51.100.0/24")
 CLUSTER6 = ipaddress.IPv6Network("fdce:1c9a::/32")
 CLUSTER4 = ipaddress.IPv4Network("10.198.0.0/16")
+# The hosts' service ranges: the VIPs of test_tunnel.py, inside the cluster ranges' last parts.
+SERVICE_RANGES = ("fdce:1c9a:ffff::/48", "10.198.255.0/24")
 
 
 def _serve(netns: str, pin_dir: str, veth_prefix: str, service_mode: str, conn) -> None:
     """The child: a Datapath in netns, running the calls conn sends until it closes."""
     setns(netns)
-    dp = Datapath(pin_dir=pin_dir, veth_prefix=veth_prefix, service_mode=service_mode)
+    dp = Datapath(
+        pin_dir=pin_dir,
+        veth_prefix=veth_prefix,
+        service_mode=service_mode,
+        service_ranges=SERVICE_RANGES,
+    )
     events: list = []
     stop = threading.Event()
     while True:

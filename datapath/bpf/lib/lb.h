@@ -12,6 +12,10 @@
  * VIP as source, since Linux drops packets arriving from its own address. Its reply,
  * addressed to the VIP, is recognised by conntrack before any service lookup and goes
  * straight back in as frontend -> client.
+ *
+ * VIPs come only from the service ranges (the loader passes them as SERVICE6_W0..3 and
+ * SERVICE6_M0..3, SERVICE4_W and SERVICE4_M: address and mask words), so a packet to any
+ * other destination, most of them, costs neither service lookup nor hairpin lookup.
  */
 #ifndef PYCILIUM_LB_H
 #define PYCILIUM_LB_H
@@ -21,6 +25,31 @@
 #include "nat.h"
 
 #define LB_HASH_MUL 0x9e3779b1U	/* 2^32 / golden ratio */
+
+#ifndef SERVICE4_W		/* the driver's default ranges unless the loader says otherwise */
+#define SERVICE6_W0 0xfd000005
+#define SERVICE6_W1 0
+#define SERVICE6_W2 0
+#define SERVICE6_W3 0
+#define SERVICE6_M0 0xffffffff
+#define SERVICE6_M1 0xffffffff
+#define SERVICE6_M2 0
+#define SERVICE6_M3 0
+#define SERVICE4_W 0x0a600000
+#define SERVICE4_M 0xffff0000
+#endif
+
+static __always_inline int lb_in_service_range(const struct flow *f)
+{
+	const union v6addr *a = &f->daddr;
+
+	if (f->family == ENDPOINT_KEY_IPV4)
+		return (a->p[0] & bpf_htonl(SERVICE4_M)) == bpf_htonl(SERVICE4_W);
+	return (a->p[0] & bpf_htonl(SERVICE6_M0)) == bpf_htonl(SERVICE6_W0) &&
+	       (a->p[1] & bpf_htonl(SERVICE6_M1)) == bpf_htonl(SERVICE6_W1) &&
+	       (a->p[2] & bpf_htonl(SERVICE6_M2)) == bpf_htonl(SERVICE6_W2) &&
+	       (a->p[3] & bpf_htonl(SERVICE6_M3)) == bpf_htonl(SERVICE6_W3);
+}
 
 /* TCP, UDP and echo requests are balanced; anything else to a VIP goes on untouched. */
 static __always_inline int lb_balances(const struct flow *f)
@@ -35,6 +64,8 @@ static __always_inline struct lb_service *lb_service_find(const struct flow *f)
 	struct lb_key key = { .addr = f->daddr, .family = f->family };
 	struct lb_service *svc;
 
+	if (!lb_in_service_range(f))
+		return NULL;
 	if (f->protocol == IPPROTO_TCP || f->protocol == IPPROTO_UDP) {
 		key.port = f->dport;
 		key.protocol = f->protocol;
@@ -170,6 +201,8 @@ static __always_inline int lb_loopback_reply(struct __sk_buff *skb, const struct
 
 	if (ctx->flow.protocol != IPPROTO_TCP && ctx->flow.protocol != IPPROTO_UDP &&
 	    ctx->flow.icmp != FLOW_ICMP_ECHO_REPLY)
+		return CTX_CONTINUE;
+	if (!lb_in_service_range(&ctx->flow))	/* the reply goes to the VIP */
 		return CTX_CONTINUE;
 	now = ct_now();
 	entry = ct_find(&ctx->flow, ctx->endpoint_id, DIR_EGRESS, 1, now);

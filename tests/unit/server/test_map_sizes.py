@@ -56,8 +56,8 @@ def test_sizes_out_of_range_are_refused(option, size):
 def test_the_datapath_is_built_with_the_configured_sizes(monkeypatch, tmp_path):
     built = []
 
-    def datapath(pin_dir, veth_prefix, sizes, nat64_prefix, service_mode):
-        built.append((pin_dir, veth_prefix, sizes, nat64_prefix, service_mode))
+    def datapath(pin_dir, veth_prefix, sizes, nat64_prefix, service_mode, service_ranges):
+        built.append((pin_dir, veth_prefix, sizes, nat64_prefix, service_mode, service_ranges))
         return FakeDatapath()
 
     monkeypatch.setattr(plane_module, "Datapath", datapath)
@@ -68,8 +68,11 @@ def test_the_datapath_is_built_with_the_configured_sizes(monkeypatch, tmp_path):
         ct_map_size=64,
         service_map_size=32,
         service_mode="snat",
+        service_range6="fdce:1c5e::/64",
+        service_range4="10.95.0.0/16",
     ).validate()
     app = app_module.create_app(config, watch_docker=False)
     app.extensions["pycilium"].close()
     sizes = MapSizes(policy=100, conntrack=64, services=32)
-    assert built == [(config.bpf_pin_dir, "lxc", sizes, "64:ff9b::/96", "snat")]
+    ranges = ("fdce:1c5e::/64", "10.95.0.0/16")
+    assert built == [(config.bpf_pin_dir, "lxc", sizes, "64:ff9b::/96", "snat", ranges)]
