@@ -111,15 +111,16 @@ def endpoint_addresses(k: int) -> tuple[ipaddress.IPv6Address, ipaddress.IPv4Add
 # --- the pycilium datapath of one host ----------------------------------------------------------
 
 
-def _host_datapath(k: int, conn) -> None:
+def _host_datapath(k: int, conn, parents_end) -> None:
     """The child: host k's Datapath in its namespace, as the driver starts it, with one
-    endpoint; then waits until the parent closes the pipe. The namespace's removal takes the
-    links and routes; the parent removes the pin dir."""
+    endpoint; then waits until the parent says stop or goes. The namespace's removal takes
+    the links and routes; the parent removes the pin dir."""
     from pyroute2.netns import setns
 
     from datapath import Datapath, EndpointSpec
     from datapath.abi import HOST_ID, INGRESS, PROTO_TCP, PolicyKey
 
+    parents_end.close()  # forked with it: else the parent's exit would not end the recv below
     try:
         setns(host_ns(k))
         dp = Datapath(pin_dir=pin_dir(k), veth_prefix=NAME)
@@ -163,7 +164,7 @@ def _host_datapath(k: int, conn) -> None:
 def start_datapath(k: int, stack: contextlib.ExitStack) -> dict:
     ours, theirs = multiprocessing.Pipe()
     child = multiprocessing.get_context("fork").Process(
-        target=_host_datapath, args=(k, theirs), daemon=True
+        target=_host_datapath, args=(k, theirs, ours), daemon=True
     )
     child.start()
     theirs.close()
@@ -177,6 +178,8 @@ def start_datapath(k: int, stack: contextlib.ExitStack) -> dict:
 
 
 def _end_child(child, conn) -> None:
+    with contextlib.suppress(OSError):  # a child that failed has gone
+        conn.send("stop")
     conn.close()
     child.join(30)
     if child.is_alive():
