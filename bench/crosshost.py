@@ -2,9 +2,11 @@
 simulated host and one on another, through pycilium's VXLAN datapath against a plain kernel
 VXLAN link over the same underlay between the same two hosts.
 
-  hosts        two network namespaces (pcx-host1, pcx-host2) joined by one veth pair, the
-               underlay, 198.18.2.1/24 and .2/24 (RFC 2544's benchmarking range, outside
-               scripts/cluster.sh's 198.18.0.0/24 and the multi-host tests' 198.18.1.0/24);
+  hosts        two network namespaces (pcx-host1, pcx-host2) joined by two veth pairs of the
+               same kind, one underlay per path (198.18.2.0/25 pycilium's, .128/25 the
+               reference's, so that pycilium's from_netdev on its node's device is not on
+               the reference's path), in RFC 2544's benchmarking range, outside
+               scripts/cluster.sh's 198.18.0.0/24 and the multi-host tests' 198.18.1.0/24;
                no default route anywhere, nothing in the root namespace.
   pycilium     on each host the real datapath (datapath.Datapath: BPF compiled and attached,
                the VXLAN device in external mode on UDP 8472, the cluster ranges unreachable)
@@ -18,6 +20,10 @@ VXLAN link over the same underlay between the same two hosts.
                one remote, an address on a link net of its own) and a veth to a namespace
                routed through it: plain routes, no BPF. Same MTU accounting: the underlay's
                1500 less VXLAN's 50 on the tunnel and on both ends of every container veth.
+               The host namespaces have the datapath's netfilter rules (as a Docker host has
+               rules), so conntrack sees the reference's packets, inner and outer, and
+               pycilium's outer ones (its inner ones are redirected past netfilter);
+               --notrack-reference exempts the reference's from conntrack (raw NOTRACK).
 
 Measures, interleaved round by round (A B, then B A): iperf3 (one TCP stream) and tcpbench
 rr and crr (bench/tcpbench.c) from host 1's namespace to host 2's, IPv6 and IPv4. Writes
@@ -53,7 +59,11 @@ from run import build_tcpbench, paired, run, stats
 REPO = Path(__file__).resolve().parent.parent
 NAME = "pcx"  # prefix of every namespace and veth prefix of the pycilium endpoints
 UNDERLAY = ipaddress.IPv4Network("198.18.2.0/24")
-UNDERLAY_LINK = "pcxul"  # the veth pair's name in both host namespaces
+# Two veth pairs of the same kind between the host namespaces: pycilium's underlay (its
+# from_netdev runs on the node address's device) and the reference's, so that no BPF
+# program is on the reference's path.
+UNDERLAY_NETS = dict(zip(("pycilium", "vxlan"), UNDERLAY.subnets(1), strict=True))
+UNDERLAY_LINKS = {"pycilium": "pcxul", "vxlan": "pcxulr"}
 # The driver's default cluster ranges (driver/config.py): node K's IPv6 prefix is the /96
 # with K in the node-id bits, its IPv4 block the K-th /20.
 CLUSTER6 = ipaddress.IPv6Network("fdce:1c00::/64")
@@ -127,14 +137,15 @@ def _host_datapath(k: int, conn, parents_end) -> None:
         dp.start()
         dp.add_unreachable_route(str(CLUSTER6))
         dp.add_unreachable_route(str(CLUSTER4))
-        dp.set_cidr_identities({f"{UNDERLAY[k]}/32": HOST_ID})
-        dp.enable_tunnel(str(UNDERLAY[k]))
+        node = UNDERLAY_NETS["pycilium"]
+        dp.set_cidr_identities({f"{node[k]}/32": HOST_ID})
+        dp.enable_tunnel(str(node[k]))
         other = 3 - k
-        dp.set_remote_node(str(UNDERLAY[other]), [str(n) for n in node_prefixes(other)])
+        dp.set_remote_node(str(node[other]), [str(n) for n in node_prefixes(other)])
         identity = CLIENT_ID if k == 1 else SERVER_ID
         peer_identity = SERVER_ID if k == 1 else CLIENT_ID
         for address in endpoint_addresses(other):
-            dp.ipcache_upsert(str(address), peer_identity, str(UNDERLAY[other]))
+            dp.ipcache_upsert(str(address), peer_identity, str(node[other]))
         net6, net4 = node_prefixes(k)
         ip6, ip4 = endpoint_addresses(k)
         spec = EndpointSpec(
@@ -218,12 +229,13 @@ def setup_hosts() -> None:
         for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
             run("ip", "netns", "exec", host_ns(k), "sysctl", "-qw", f"{key}=1")
     h1, h2 = (("ip", "-n", host_ns(k)) for k in (1, 2))
-    run(*h1, "link", "add", UNDERLAY_LINK, "type", "veth", "peer", "name", UNDERLAY_LINK,
-        "netns", host_ns(2))  # fmt: skip
-    for k, ip in ((1, h1), (2, h2)):
-        run(*ip, "link", "set", UNDERLAY_LINK, "mtu", str(UNDERLAY_MTU))
-        run(*ip, "addr", "add", f"{UNDERLAY[k]}/{UNDERLAY.prefixlen}", "dev", UNDERLAY_LINK)
-        run(*ip, "link", "set", UNDERLAY_LINK, "up")
+    for path, link in UNDERLAY_LINKS.items():
+        net = UNDERLAY_NETS[path]
+        run(*h1, "link", "add", link, "type", "veth", "peer", "name", link, "netns", host_ns(2))
+        for k, ip in ((1, h1), (2, h2)):
+            run(*ip, "link", "set", link, "mtu", str(UNDERLAY_MTU))
+            run(*ip, "addr", "add", f"{net[k]}/{net.prefixlen}", "dev", link)
+            run(*ip, "link", "set", link, "up")
 
 
 def setup_pycilium(k: int, stack: contextlib.ExitStack) -> dict:
@@ -242,13 +254,14 @@ def setup_pycilium(k: int, stack: contextlib.ExitStack) -> dict:
     return {"ns": ns, "v6": str(ip6), "v4": str(ip4)}
 
 
-def setup_reference(k: int) -> dict:
+def setup_reference(k: int, notrack: bool) -> dict:
     hip = ("ip", "-n", host_ns(k))
     other = 3 - k
     mtu = str(UNDERLAY_MTU - VXLAN_OVERHEAD)
+    ul = UNDERLAY_NETS["vxlan"]
     run(*hip, "link", "add", REF_DEVICE, "mtu", mtu, "type", "vxlan", "id", str(REF_VNI),
-        "dstport", str(REF_PORT), "local", str(UNDERLAY[k]), "remote", str(UNDERLAY[other]),
-        "dev", UNDERLAY_LINK)  # fmt: skip
+        "dstport", str(REF_PORT), "local", str(ul[k]), "remote", str(ul[other]), "dev",
+        UNDERLAY_LINKS["vxlan"])  # fmt: skip
     l6, l4 = ref_link(k)
     run(*hip, "addr", "add", f"{l6}/64", "dev", REF_DEVICE, "nodad")
     run(*hip, "addr", "add", f"{l4}/24", "dev", REF_DEVICE)
@@ -256,6 +269,16 @@ def setup_reference(k: int) -> dict:
     o6, o4 = ref_link(other)
     for net, via in zip(ref_nets(other), (o6, o4), strict=True):
         run(*hip, "route", "add", str(net), "via", str(via), "dev", REF_DEVICE)
+    if notrack:
+        rules = [("PREROUTING", "-i", dev) for dev in ("refhost", REF_DEVICE)]
+        for tool in ("iptables", "ip6tables"):
+            for chain, opt, dev in rules:
+                run("ip", "netns", "exec", host_ns(k), tool, "-t", "raw", "-A", chain, opt, dev,
+                    "-j", "NOTRACK")  # fmt: skip
+        link = UNDERLAY_LINKS["vxlan"]
+        for chain, opt in (("PREROUTING", "-i"), ("OUTPUT", "-o")):
+            run("ip", "netns", "exec", host_ns(k), "iptables", "-t", "raw", "-A", chain, opt,
+                link, "-j", "NOTRACK")  # fmt: skip
     net6, net4 = ref_nets(k)
     host_if = f"{NAME}ref{k}"
     run(*hip, "link", "add", "refhost", "mtu", mtu, "type", "veth", "peer", "name", host_if,
@@ -275,8 +298,9 @@ def setup_reference(k: int) -> dict:
 class CrossHost:
     """The two hosts with both paths, servers on host 2, clients on host 1."""
 
-    def __init__(self, stack: contextlib.ExitStack, tcpbench: Path):
+    def __init__(self, stack: contextlib.ExitStack, tcpbench: Path, notrack: bool = False):
         self.stack = stack
+        self.notrack = notrack
         self.tcpbench_exe = tcpbench
         self.clients: dict[str, dict] = {}  # path -> {"ns": ..., "v6": server, "v4": server}
 
@@ -290,7 +314,7 @@ class CrossHost:
                 if path == "pycilium":
                     ends[path, k] = setup_pycilium(k, self.stack)
                 else:
-                    ends[path, k] = setup_reference(k)
+                    ends[path, k] = setup_reference(k, self.notrack)
             server = ends[path, 2]
             for command in (
                 ["iperf3", "-s", "-p", str(PORT)],
@@ -392,7 +416,9 @@ def markdown(result: dict) -> str:
         f"client on host 1, server on host 2; container MTU {UNDERLAY_MTU - VXLAN_OVERHEAD} "
         "on both paths. pycilium: its BPF datapath and VXLAN device in external mode, the "
         "server's ingress policy enforced; plain VXLAN: a kernel VXLAN device per host with "
-        f"the other as its remote, plain routes, no BPF. {a['rounds']} interleaved rounds; "
+        f"the other as its remote, plain routes, no BPF"
+        + (", its packets exempt from conntrack" if a["notrack_reference"] else "")
+        + f". {a['rounds']} interleaved rounds; "
         "median (min-max); ratio = median of the per-round ratios to the plain VXLAN run of "
         f"the same round. iperf3 {a['duration']} s, tcpbench {a['rr_duration']} s per run.",
     ]
@@ -433,6 +459,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=3, help="seconds per iperf3 run (3)")
     p.add_argument("--rr-duration", type=float, default=2, help="seconds per tcpbench run (2)")
     p.add_argument("--families", default="v6,v4", help="v6,v4")
+    p.add_argument(
+        "--notrack-reference",
+        action="store_true",
+        help="exempt the reference's packets from netfilter's conntrack (raw NOTRACK)",
+    )
     p.add_argument("--results", default=str(REPO / "bench" / "results"))
     p.add_argument("--build", default=str(REPO / "build" / "bench"), help="where tcpbench is built")
     a = p.parse_args(argv)
@@ -449,7 +480,7 @@ def measure(a: argparse.Namespace) -> dict:
     t0 = time.monotonic()
     exe = build_tcpbench(Path(a.build))
     with contextlib.ExitStack() as stack:
-        bench = CrossHost(stack, exe)
+        bench = CrossHost(stack, exe, a.notrack_reference)
         log("setting up two hosts, both paths (the BPF compile takes a while)")
         bench.setup()
         samples = bench.rounds(a)
