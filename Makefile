@@ -128,7 +128,7 @@ plugin: setup
 # then the cluster at scale with drivers and an etcd of its own (bench/cluster.py --help,
 # BENCH_CLUSTER_ARGS=...), and traffic between two simulated hosts through pycilium's VXLAN
 # datapath against a plain kernel VXLAN link (bench/crosshost.py --help, BENCH_CROSSHOST_ARGS=...,
-# about 4 minutes). Writes bench/results/<UTC date>*.{json,md} and docs/benchmarks/*.png.
+# about 3 minutes). Writes bench/results/<UTC date>*.{json,md} and docs/benchmarks/*.png.
 bench:
 	@scripts/driver.sh status >/dev/null 2>&1 || { echo "the cilium driver is not running: 'make run' first" >&2; exit 1; }
 	@command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iperf3 >/dev/null
