@@ -41,14 +41,45 @@ def _left_over() -> dict:
 
 
 NOTHING = {"namespaces": set(), "pins": []}
+TOOLS = ("iptables", "ip6tables")
+
+
+def _short(tmp_path, *more: str):
+    assert _left_over() == NOTHING, "another crosshost run is on this machine"
+    return crosshost.parse_args(
+        [
+            "--rounds",
+            "1",
+            "--duration",
+            "1",
+            "--rr-duration",
+            "0.5",
+            "--build",
+            str(tmp_path),
+            *more,
+        ]
+    )
+
+
+def _host(k: int, *command: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", crosshost.host_ns(k), *command],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def _programs(k: int, device: str) -> str:
+    """The tc filters (BPF programs) on a device of host k, both directions."""
+    return "".join(
+        _host(k, "tc", "filter", "show", "dev", device, d) for d in ("ingress", "egress")
+    )
 
 
 @pytest.fixture
 def args(tmp_path):
-    assert _left_over() == NOTHING, "another crosshost run is on this machine"
-    return crosshost.parse_args(
-        ["--rounds", "1", "--duration", "1", "--rr-duration", "0.5", "--build", str(tmp_path)]
-    )
+    return _short(tmp_path)
 
 
 def test_a_short_run_measures_both_paths_and_leaves_nothing(args):
@@ -76,17 +107,25 @@ def test_a_short_run_measures_both_paths_and_leaves_nothing(args):
     assert _left_over() == NOTHING
 
 
-def test_an_interrupted_run_leaves_nothing(args, monkeypatch):
+def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     seen = {}
 
     def interrupted(self, _args):
         seen.update(_left_over())
         seen["processes"] = _processes_in(seen["namespaces"])
+        # No BPF on the reference's path, pycilium's programs on its own devices.
+        seen["reference_programs"] = [
+            _programs(k, dev) for k in (1, 2) for dev in ("pcxulr", crosshost.REF_DEVICE, "refhost")
+        ]
+        seen["pycilium_programs"] = [
+            _programs(k, dev) for k in (1, 2) for dev in ("pcxul", "cilium_vxlan", f"pcxep{k}")
+        ]
+        seen["raw"] = [_host(k, tool, "-t", "raw", "-S") for k in (1, 2) for tool in TOOLS]
         raise KeyboardInterrupt
 
     monkeypatch.setattr(crosshost.CrossHost, "rounds", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        crosshost.measure(args)
+        crosshost.measure(_short(tmp_path, "--notrack-reference"))
     # Everything was up when Ctrl-C came: two hosts, a container per host and path, both
     # pin dirs, the host datapaths' processes and two servers per path.
     assert seen["namespaces"] == {
@@ -98,5 +137,9 @@ def test_an_interrupted_run_leaves_nothing(args, monkeypatch):
         "pcx-h2-ref",
     }
     assert len(seen["pins"]) == 2 and len(seen["processes"]) >= 2 + 4
+    assert seen["reference_programs"] == [""] * 6
+    assert all("bpf" in programs for programs in seen["pycilium_programs"])
+    # iptables-nft lists NOTRACK as "-j CT --notrack"
+    assert all(raw.lower().count("notrack") >= 2 for raw in seen["raw"]), seen["raw"]
     assert _left_over() == NOTHING
     assert not {pid for pid in seen["processes"] if os.path.exists(f"/proc/{pid}")}
