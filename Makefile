@@ -126,7 +126,9 @@ plugin: setup
 # Benchmarks against the driver that 'make run' started: the datapath (bench/run.py --help,
 # BENCH_ARGS=...) and the control plane (bench/control.py --help, BENCH_CONTROL_ARGS=...);
 # then the cluster at scale with drivers and an etcd of its own (bench/cluster.py --help,
-# BENCH_CLUSTER_ARGS=...). Writes bench/results/<UTC date>*.{json,md} and docs/benchmarks/*.png.
+# BENCH_CLUSTER_ARGS=...), and traffic between two simulated hosts through pycilium's VXLAN
+# datapath against a plain kernel VXLAN link (bench/crosshost.py --help, BENCH_CROSSHOST_ARGS=...,
+# about 3 minutes). Writes bench/results/<UTC date>*.{json,md} and docs/benchmarks/*.png.
 bench:
 	@scripts/driver.sh status >/dev/null 2>&1 || { echo "the cilium driver is not running: 'make run' first" >&2; exit 1; }
 	@command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends iperf3 >/dev/null
@@ -136,6 +138,7 @@ bench:
 	DOCKER=$(DOCKER) $(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 	DOCKER=$(DOCKER) $(VENV)/bin/python bench/control.py $(BENCH_CONTROL_ARGS)
 	$(VENV)/bin/python bench/cluster.py $(BENCH_CLUSTER_ARGS)
+	$(VENV)/bin/python bench/crosshost.py $(BENCH_CROSSHOST_ARGS)
 
 clean:
 	@if scripts/driver.sh status >/dev/null 2>&1; then \

@@ -155,28 +155,15 @@ stop_process() {
 # Pids of every process in host K's mount or network namespace, and of their descendants
 # (containers have namespaces of their own): what is left once dockerd and the driver are gone.
 host_pids() {
-    local k=$1 roots="" mnt_id="" p
+    local k=$1 roots="" mnt_id=""
     [ -e "$(mnt_file "$k")" ] && mnt_id=$(stat -L -c %i "$(mnt_file "$k")" 2>/dev/null || true)
-    if [ -n "$mnt_id" ]; then
-        roots=$(for p in /proc/[0-9]*; do
-            [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "mnt:[$mnt_id]" ] && echo "${p#/proc/}"
-        done)
-    fi
+    [ -z "$mnt_id" ] || roots=$(pids_in_mount_ns "mnt:[$mnt_id]")
     if [ -e "/run/netns/$(netns "$k")" ]; then
         roots=$(printf '%s\n%s\n' "$roots" "$(ip netns pids "$(netns "$k")" 2>/dev/null)")
     fi
     roots=$(echo "$roots" | grep -v '^$' || true)
     [ -n "$roots" ] || return 0
-    ps -e -o pid=,ppid= | awk -v roots="$roots" '
-        BEGIN { n = split(roots, r, "\n"); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
-        { parent[$1] = $2 }
-        END {
-            do {
-                added = 0
-                for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; added = 1 }
-            } while (added)
-            for (p in keep) print p
-        }'
+    with_descendants "$roots"
 }
 
 # in_host K CMD...: CMD in host K's network and mount namespaces.

@@ -46,3 +46,29 @@ require_debootstrap() {
 require_root() {
     [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages, mounts bpffs, starts dockerd)"
 }
+
+# pids_in_mount_ns NS: the pids of the processes whose mount namespace is NS (as readlink
+# shows it: mnt:[INODE]), one a line.
+pids_in_mount_ns() {
+    local ns=$1 p
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && echo "${p#/proc/}"
+    done
+    return 0
+}
+
+# with_descendants ROOTS: the pids in ROOTS (one a line) and those of all their descendants,
+# walking down the pid/ppid table once (cluster.sh's and engine.sh's `down`: containers run in
+# namespaces of their own, so only their ancestry ties them to a host or an engine).
+with_descendants() {
+    ps -e -o pid=,ppid= | awk -v roots="$1" '
+        BEGIN { n = split(roots, r, "\n"); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
+        { parent[$1] = $2 }
+        END {
+            do {
+                added = 0
+                for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; added = 1 }
+            } while (added)
+            for (p in keep) print p
+        }'
+}

@@ -291,24 +291,11 @@ up() {
 # Pids of the processes left in the engine's mount namespace (containerd and shims after a
 # dockerd that died) and of their descendants (containers, in namespaces of their own).
 leftover_pids() {
-    local ns p roots
+    local roots
     [ -s "$RUN_DIR/mntns" ] || return 0
-    ns=$(cat "$RUN_DIR/mntns")
-    roots=$(for p in /proc/[0-9]*; do
-        [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns" ] && echo "${p#/proc/}"
-    done)
+    roots=$(pids_in_mount_ns "$(cat "$RUN_DIR/mntns")")
     [ -n "$roots" ] || return 0
-    # pid ppid of every process; walk down from the roots.
-    ps -e -o pid=,ppid= | awk -v roots="$roots" '
-        BEGIN { n = split(roots, r, "\n"); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
-        { parent[$1] = $2 }
-        END {
-            do {
-                added = 0
-                for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; added = 1 }
-            } while (added)
-            for (p in keep) print p
-        }'
+    with_descendants "$roots"
 }
 
 remove_objects() {
