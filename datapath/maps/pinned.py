@@ -13,6 +13,7 @@ from ..errors import DatapathError
 
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LPM_TRIE = 11
@@ -145,7 +146,7 @@ class PinnedMap:
             self.fd = -1
 
     def _leaf_buffer(self):
-        if self.spec.map_type == BPF_MAP_TYPE_PERCPU_ARRAY:
+        if self.spec.map_type in (BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_PERCPU_HASH):
             return (self.spec.leaf * _possible_cpus())()
         return self.spec.leaf()
 

@@ -1,10 +1,12 @@
 """Flow events (one per new connection) and ended connections, in real traffic."""
 
+import os
 import time
 
 import pytest
 
 from datapath import EGRESS, INGRESS, Backend, Frontend, PolicyKey
+from datapath.abi import ENDPOINT_KEY_IPV6
 
 from .test_lb import VIP_NET6
 
@@ -112,3 +114,49 @@ def test_ended_connections_come_with_their_counts(datapath, make_container):
     for entry in ended:
         assert entry.packets >= 4 and entry.bytes > 0  # handshake, data, both FINs
         assert entry.src == a.spec.ipv6
+
+
+def _counted(datapath, endpoint_id: int) -> int:
+    return sum(c.count for c in datapath.flow_counts() if c.endpoint_id == endpoint_id)
+
+
+def test_above_the_limit_connections_are_counted_and_the_sum_is_exact(
+    datapath, make_container, event_log, flows
+):
+    a, b = make_container(), make_container()
+    b.serve(8080)
+    connections = 30
+    datapath.set_flow_limit(1, 2)  # a flow event a second per CPU, 2 after a quiet spell
+    try:
+        for _ in range(connections):
+            assert a.exchange(b.spec.ipv6, 8080)
+    finally:
+        datapath.set_flow_limit(0, 0)
+
+    def tally():
+        return {
+            end: (len(_flows(event_log, endpoint_id=end)), _counted(datapath, end))
+            for end in (a.spec.endpoint_id, b.spec.endpoint_id)
+        }
+
+    deadline = time.monotonic() + 5
+    while sum(map(sum, tally().values())) < 2 * connections and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # nothing more comes
+    for end, (sent, counted) in tally().items():
+        # each end sends a few events (its CPUs' buckets) and counts the rest, exactly
+        assert sent + counted == connections, (end, sent, counted)
+        assert sent >= 1 and counted >= connections - 4 * os.cpu_count()
+    kinds = {
+        c
+        for c in datapath.flow_counts()
+        if c.endpoint_id in (a.spec.endpoint_id, b.spec.endpoint_id)
+    }
+    assert {
+        (c.endpoint_id, c.direction, c.src_identity, c.dst_identity, c.dport, c.protocol, c.match)
+        for c in kinds
+    } == {
+        (a.spec.endpoint_id, EGRESS, a.identity, b.identity, 8080, TCP, "POLICY_MATCH_NONE"),
+        (b.spec.endpoint_id, INGRESS, a.identity, b.identity, 8080, TCP, "POLICY_MATCH_NONE"),
+    }
+    assert {(c.family, c.rev_nat_index) for c in kinds} == {(ENDPOINT_KEY_IPV6, 0)}

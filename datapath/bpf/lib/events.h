@@ -6,12 +6,13 @@
 
 #include "maps.h"
 
-static __always_inline void event_emit(const struct pkt_ctx *ctx, __u8 kind, __s32 code)
+/* Returns 0 if the ring took the event, -1 if it was full. */
+static __always_inline int event_emit(const struct pkt_ctx *ctx, __u8 kind, __s32 code)
 {
 	struct datapath_event *ev = event_reserve();
 
 	if (!ev)
-		return;
+		return -1;
 	ev->kind = kind;
 	ev->direction = ctx->direction;
 	ev->protocol = ctx->flow.protocol;
@@ -28,6 +29,7 @@ static __always_inline void event_emit(const struct pkt_ctx *ctx, __u8 kind, __s
 	ev->saddr = ctx->flow.saddr;
 	ev->daddr = ctx->flow.daddr;
 	bpf_ringbuf_submit(ev, 0);
+	return 0;
 }
 
 #endif
