@@ -6,7 +6,7 @@ import time
 import pytest
 
 from datapath import EGRESS, INGRESS, Backend, Frontend, PolicyKey
-from datapath.abi import ENDPOINT_KEY_IPV6
+from datapath.abi import ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6
 
 from .test_lb import VIP_NET6
 
@@ -120,18 +120,21 @@ def _counted(datapath, endpoint_id: int) -> int:
     return sum(c.count for c in datapath.flow_counts() if c.endpoint_id == endpoint_id)
 
 
+@pytest.mark.parametrize("version", [6, 4])
 def test_above_the_limit_connections_are_counted_and_the_sum_is_exact(
-    datapath, make_container, event_log, flows
+    datapath, make_container, event_log, flows, version
 ):
     a, b = make_container(), make_container()
     b.serve(8080)
     connections = 30
     datapath.set_flow_limit(1, 2)  # a flow event a second per CPU, 2 after a quiet spell
+    started = time.monotonic()
     try:
         for _ in range(connections):
-            assert a.exchange(b.spec.ipv6, 8080)
+            assert a.exchange(b.addr(version), 8080)
     finally:
         datapath.set_flow_limit(0, 0)
+    seconds = time.monotonic() - started
 
     def tally():
         return {
@@ -143,10 +146,14 @@ def test_above_the_limit_connections_are_counted_and_the_sum_is_exact(
     while sum(map(sum, tally().values())) < 2 * connections and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.3)  # nothing more comes
-    for end, (sent, counted) in tally().items():
-        # each end sends a few events (its CPUs' buckets) and counts the rest, exactly
-        assert sent + counted == connections, (end, sent, counted)
-        assert sent >= 1 and counted >= connections - 4 * os.cpu_count()
+    ends = tally()
+    # each end's connections are sent or counted, exactly
+    assert all(sent + counted == connections for sent, counted in ends.values()), ends
+    # a few were sent (a CPU's bucket serves whichever hook comes first: the client's egress
+    # takes a token before the server's ingress sees the connection), the rest counted
+    sent = sum(sent for sent, _ in ends.values())
+    assert 1 <= sent <= (2 + seconds + 1) * os.cpu_count(), ends
+    assert sum(counted for _, counted in ends.values()) >= connections, ends
     kinds = {
         c
         for c in datapath.flow_counts()
@@ -159,4 +166,5 @@ def test_above_the_limit_connections_are_counted_and_the_sum_is_exact(
         (a.spec.endpoint_id, EGRESS, a.identity, b.identity, 8080, TCP, "POLICY_MATCH_NONE"),
         (b.spec.endpoint_id, INGRESS, a.identity, b.identity, 8080, TCP, "POLICY_MATCH_NONE"),
     }
-    assert {(c.family, c.rev_nat_index) for c in kinds} == {(ENDPOINT_KEY_IPV6, 0)}
+    family = ENDPOINT_KEY_IPV6 if version == 6 else ENDPOINT_KEY_IPV4
+    assert {(c.family, c.rev_nat_index) for c in kinds} == {(family, 0)}

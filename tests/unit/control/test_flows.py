@@ -271,6 +271,22 @@ def test_api_lists_flows_with_the_rule_that_admitted_them(api, web_endpoint):
     assert [f["verdict"] for f in flows] == ["DROPPED"]
 
 
+def test_api_lists_aggregated_flows_with_the_container_that_counted_them(
+    api, web_endpoint, datapath
+):
+    web_endpoint.assign_container(EP, NET, "app", "c" * 64, "web", {"app": "web"})
+    web = web_endpoint.store.endpoints()[0]
+    datapath.counted_flows = [counted(40, dst=web.identity, endpoint=web.numeric_id)]
+    deadline = time.monotonic() + 5  # the reader reads the counts every second
+    while not web_endpoint.flow_log.records() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, flows = api("GET", "flows?to-container=web&port=80")
+    assert status == 200 and [(f["type"], f["count"]) for f in flows] == [("aggregated", 40)]
+    assert flows[0]["destination"]["labels"] == ["app=web", "io.pycilium.network=app"]
+    status, graph = api("GET", "servicemap")
+    assert [(e["source"], e["forwarded"], e["aggregated"]) for e in graph["edges"]] == [(2, 40, 40)]
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
