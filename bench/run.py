@@ -827,6 +827,15 @@ def set_flow_events(pin_dir: str, enabled: bool) -> None:
     )
 
 
+def flow_rate_limit(pin_dir: str) -> int:
+    """The driver's --flow-rate-limit, from its pinned flow_limit map (lib/flowlog.h):
+    flow events a second per CPU, 0 for none."""
+    path = f"{pin_dir}/flow_limit"
+    found = json.loads(run("bpftool", "-j", "map", "lookup", "pinned", path, "key", *"0000"))
+    cost_ns = int.from_bytes(bytes(int(b, 16) for b in found["value"][:8]), "little")
+    return round(1e9 / cost_ns) if cost_ns else 0
+
+
 def summarize(samples: dict, ref: str) -> dict:
     """samples[fam][variant] -> summary[fam][variant] with the ratio to `ref`."""
     return {
@@ -951,6 +960,14 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             "## Flow records (issue 16): the same pycilium pair, flow events on and off",
+            "",
+            "Flow events on: "
+            + (
+                f"at most {fl['rate_limit']} a second per CPU, the new connections beyond "
+                "counted in the kernel (the driver's --flow-rate-limit)."
+                if fl.get("rate_limit")
+                else "one per new connection (no --flow-rate-limit)."
+            ),
         ]
         for t in fl["summary"]:
             lines += ["", f"### {t}", "", *_table(fl["summary"][t], UNITS[t], "flows-off")]
@@ -1262,6 +1279,7 @@ def main(argv: list[str] | None = None) -> int:
             result["flows"] = {
                 "samples": samples,
                 "summary": {t: summarize(samples[t], "flows-off") for t in samples},
+                "rate_limit": flow_rate_limit(a.pin_dir),
             }
         if "lifecycle" in a.scenarios:
             result["lifecycle"] = b.lifecycle()

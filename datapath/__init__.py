@@ -5,6 +5,7 @@ from .datapath import DEFAULT_PIN_DIR, Datapath
 from .errors import DatapathError, VethExistsError
 from .events import Event
 from .maps import AddressEntry, CtEntry, EndpointEntry, MapSizes
+from .maps.flows import FlowCount
 from .netfilter.portmap import PortMapping
 from .service import Backend, Frontend
 from .spec import EndpointSpec, Outbound
@@ -25,6 +26,7 @@ __all__ = [
     "EndpointEntry",
     "EndpointSpec",
     "Event",
+    "FlowCount",
     "Frontend",
     "MapSizes",
     "Outbound",

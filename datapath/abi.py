@@ -372,3 +372,41 @@ class DsrKeyC(ct.Structure):
 STRUCTS["nodeport_key"] = NodeportKeyC
 STRUCTS["addr4_port"] = Addr4PortC
 STRUCTS["dsr_key"] = DsrKeyC
+
+
+# Flow records above a rate (struct flow_limit, flow_budget, flow_count_key): sampled events,
+# the rest counted in the kernel (lib/flowlog.h).
+
+
+class FlowLimitC(ct.Structure):
+    """Leaf of the one-slot flow_limit array (struct flow_limit)."""
+
+    _fields_ = (("cost_ns", ct.c_uint64), ("burst_ns", ct.c_uint64))
+
+
+class FlowBudgetC(ct.Structure):
+    """Leaf of the per-CPU one-slot flow_budget array (struct flow_budget)."""
+
+    _fields_ = (("stamp_ns", ct.c_uint64), ("credit_ns", ct.c_uint64), ("overflow", ct.c_uint64))
+
+
+class FlowCountKeyC(ct.Structure):
+    """Key of the per-CPU flow_counts hash (struct flow_count_key); the leaf is a u64."""
+
+    _fields_ = (
+        ("src_identity", ct.c_uint32),
+        ("dst_identity", ct.c_uint32),
+        ("endpoint_id", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("rev_nat_index", ct.c_uint16),
+        ("protocol", ct.c_uint8),
+        ("direction", ct.c_uint8),
+        ("family", ct.c_uint8),
+        ("match", ct.c_uint8),
+        ("pad", ct.c_uint8 * 2),
+    )
+
+
+STRUCTS["flow_limit"] = FlowLimitC
+STRUCTS["flow_budget"] = FlowBudgetC
+STRUCTS["flow_count_key"] = FlowCountKeyC

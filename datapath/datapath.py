@@ -30,6 +30,7 @@ from .abi import (
     EP_F_INGRESS_ENFORCED,
     EP_F_NAT64,
     EP_F_OUTBOUND,
+    INGRESS,
     PREFILTER_MAX,
     WORLD_ID,
     IPAddress,
@@ -40,6 +41,7 @@ from .errors import DatapathError, VethExistsError
 from .flowends import EndedFlows
 from .maps import DEFAULT_MAP_SIZES, AddressEntry, CtEntry, DatapathMaps, EndpointEntry, MapSizes
 from .maps.conntrack import monotonic_seconds
+from .maps.flows import FlowCount
 from .netfilter import firewall, portmap
 from .service import Backend, Frontend, backends_of, slots_of, validate_service, validate_service_id
 from .spec import EndpointSpec, Outbound
@@ -52,6 +54,7 @@ TUNNEL_DEVICE = "cilium_vxlan"  # the node's one VXLAN device (other tools know 
 # reply straight from that node (direct server return) or back through this one (SNAT).
 SERVICE_MODE_DSR, SERVICE_MODE_SNAT = "dsr", "snat"
 SERVICE_MODES = (SERVICE_MODE_DSR, SERVICE_MODE_SNAT)
+NS_PER_SECOND = 1_000_000_000
 
 
 def _host_cidr(ip: IPAddress) -> str:
@@ -544,6 +547,22 @@ class Datapath:
     def set_flow_events(self, enabled: bool) -> None:
         """Emit a flow event for every new connection policy admits (lib/flowlog.h)."""
         self.maps.set_config_flag(CONFIG_FLOW_EVENTS, enabled)
+
+    def set_flow_limit(self, rate: int, burst: int) -> None:
+        """Flow events a second each CPU may send, up to burst at once after a quiet spell;
+        the new connections beyond are counted in the kernel (flow_counts). 0: no limit."""
+        cost = NS_PER_SECOND // rate if rate else 0
+        self.maps.set_flow_limit(cost, cost * max(burst, 1))
+
+    def flow_counts(self) -> list[FlowCount]:
+        """The new connections counted instead of sent as flow events, by kind; counts only
+        grow. The connections counted while the table of kinds was full are a kind with
+        identities, endpoint, port and protocol 0 (flow_overflow in the kernel)."""
+        counts = self.maps.flow_counts()
+        overflow = self.maps.flow_overflow()
+        if overflow:
+            counts.append(FlowCount(0, 0, 0, 0, 0, 0, INGRESS, 0, "POLICY_MATCH_NONE", overflow))
+        return counts
 
     def ended_flows(self) -> list[CtEntry]:
         """The conntrack entries of connections that ended since the last call (expired,

@@ -47,6 +47,7 @@ _PROTOTYPES = {
     "bpf_prog_test_run_opts": [ct.c_int, ct.c_void_p],
     "ring_buffer__new": [ct.c_int, RINGBUF_CALLBACK, ct.c_void_p, ct.c_void_p],
     "ring_buffer__poll": [ct.c_void_p, ct.c_int],
+    "ring_buffer__consume": [ct.c_void_p],
     "ring_buffer__free": [ct.c_void_p],
     "libbpf_num_possible_cpus": [],
     "bpf_xdp_attach": [ct.c_int, ct.c_int, ct.c_uint32, ct.c_void_p],

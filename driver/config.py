@@ -10,6 +10,7 @@ from driver.cli.client import DEFAULT_API_SOCKET
 
 MAX_MAP_SIZE = 1 << 24
 MAX_FLOW_BUFFER = 1 << 20
+MAX_FLOW_RATE_LIMIT = 1_000_000  # flow events a second per CPU
 
 # Labels that differ between replicas of one service or change with every deploy: they
 # would give every container an identity of its own.
@@ -70,6 +71,11 @@ class Config:
     # Flow records kept in the driver's ring for `cilium observe` and the service map;
     # 0: no flow log (the datapath emits no flow events).
     flow_buffer: int = 4096
+    # Flow events a second each CPU sends (as many at once after a quiet spell); the new
+    # connections beyond are counted in the kernel and read as aggregated records. Each
+    # event costs the driver ~6 µs of Python (docs/benchmarks.md), so 1000 a CPU is at
+    # most ~0.6% of it. 0: no limit, every new connection an event.
+    flow_rate_limit: int = 1000
     # Empty: the service map only on the API socket. Else also on this loopback HOST:PORT.
     ui_address: str = ""
     # Where setup put cytoscape.js for the service map (driver/server/uiassets.py).
@@ -131,6 +137,10 @@ class Config:
             loopback_address(self.metrics_address)
         if not 0 <= self.flow_buffer <= MAX_FLOW_BUFFER:
             raise ValueError(f"flow buffer {self.flow_buffer} must be 0 to {MAX_FLOW_BUFFER}")
+        if not 0 <= self.flow_rate_limit <= MAX_FLOW_RATE_LIMIT:
+            raise ValueError(
+                f"flow rate limit {self.flow_rate_limit} must be 0 to {MAX_FLOW_RATE_LIMIT}"
+            )
         if self.ui_address:
             loopback_address(self.ui_address)
         nat64 = ipaddress.ip_network(self.nat64_prefix)

@@ -6,9 +6,9 @@ driver process opens the same pinned maps, so entries survive restarts.
 
 One module per subject, as bpf/lib/ has one header per subject: :mod:`.endpoints`,
 :mod:`.policy`, :mod:`.identity` (CIDR tries), :mod:`.conntrack`, :mod:`.lb`,
-:mod:`.counters`, :mod:`.config`, :mod:`.retired`, :mod:`.prefilter` and :mod:`.tunnel`
-(ipcache); :mod:`.pinned` is one map, :mod:`.specs` the list of them. Callers get typed
-values (:class:`EndpointEntry`, :class:`AddressEntry`, :class:`~datapath.abi.PolicyKey`,
+:mod:`.counters`, :mod:`.config`, :mod:`.flows`, :mod:`.retired`, :mod:`.prefilter` and
+:mod:`.tunnel` (ipcache); :mod:`.pinned` is one map, :mod:`.specs` the list of them. Callers
+get typed values (:class:`EndpointEntry`, :class:`AddressEntry`, :class:`~datapath.abi.PolicyKey`,
 :class:`CtEntry`); the ctypes layouts are in :mod:`datapath.abi`.
 """
 
@@ -19,6 +19,7 @@ from .config import ConfigMaps
 from .conntrack import ConntrackMaps, CtEntry
 from .counters import CounterMaps
 from .endpoints import AddressEntry, EndpointEntry, EndpointMaps
+from .flows import FlowMaps
 from .identity import IdentityMaps
 from .lb import LbMaps
 from .pinned import COUNTABLE_MAP_TYPES, PinnedMap
@@ -46,6 +47,7 @@ class DatapathMaps(
     LbMaps,
     CounterMaps,
     ConfigMaps,
+    FlowMaps,
     RetiredMaps,
     PrefilterMaps,
     TunnelMaps,

@@ -13,11 +13,18 @@ from ..errors import DatapathError
 
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LPM_TRIE = 11
 BPF_MAP_TYPE_RINGBUF = 27
-COUNTABLE_MAP_TYPES = (BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH, BPF_MAP_TYPE_LPM_TRIE)
+# Maps whose entries come and go (or, flow_counts, only come): their fill is reported.
+COUNTABLE_MAP_TYPES = (
+    BPF_MAP_TYPE_HASH,
+    BPF_MAP_TYPE_LRU_HASH,
+    BPF_MAP_TYPE_LPM_TRIE,
+    BPF_MAP_TYPE_PERCPU_HASH,
+)
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_F_NO_PREALLOC = 1
@@ -145,7 +152,7 @@ class PinnedMap:
             self.fd = -1
 
     def _leaf_buffer(self):
-        if self.spec.map_type == BPF_MAP_TYPE_PERCPU_ARRAY:
+        if self.spec.map_type in (BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_PERCPU_HASH):
             return (self.spec.leaf * _possible_cpus())()
         return self.spec.leaf()
 
@@ -183,9 +190,18 @@ class PinnedMap:
         raise DatapathError(f"cannot delete from BPF map {self.spec.name}: {os.strerror(err)}")
 
     def items(self) -> Iterator[tuple]:
-        """Every (key, leaf) of a hash map; see _batches()."""
+        """Every (key, leaf) of a hash map; see _batches(). A per-CPU hash's leaf is the
+        list of every CPU's value."""
+        cpus = self._values_per_key()
         for keys, leaves, count in self._batches(reuse=False):
-            yield from zip(keys[:count], leaves[:count], strict=True)
+            if cpus == 1:
+                yield from zip(keys[:count], leaves[:count], strict=True)
+            else:
+                for index in range(count):
+                    yield keys[index], leaves[index * cpus : (index + 1) * cpus]
+
+    def _values_per_key(self) -> int:
+        return _possible_cpus() if self.spec.map_type == BPF_MAP_TYPE_PERCPU_HASH else 1
 
     def packed_items(self) -> Iterator[tuple[bytes, bytes]]:
         """The entries of a hash map as (keys, leaves) byte strings, count entries back to
@@ -206,7 +222,7 @@ class PinnedMap:
         while True:
             if keys is None or not reuse:
                 keys = (self.spec.key * BATCH_ENTRIES)()
-                leaves = (self.spec.leaf * BATCH_ENTRIES)()
+                leaves = (self.spec.leaf * (BATCH_ENTRIES * self._values_per_key()))()
             count = ct.c_uint32(BATCH_ENTRIES)
             ret = self._lib.bpf_map_lookup_batch(
                 self.fd, start, following, keys, leaves, count, None

@@ -17,6 +17,9 @@ from ..abi import (
     EndpointAddr,
     EndpointInfo,
     EndpointKey,
+    FlowBudgetC,
+    FlowCountKeyC,
+    FlowLimitC,
     IpcacheEntryC,
     LbAddrC,
     LbFlowC,
@@ -36,6 +39,7 @@ from .pinned import (
     BPF_MAP_TYPE_LPM_TRIE,
     BPF_MAP_TYPE_LRU_HASH,
     BPF_MAP_TYPE_PERCPU_ARRAY,
+    BPF_MAP_TYPE_PERCPU_HASH,
     BPF_MAP_TYPE_RINGBUF,
     MapSpec,
 )
@@ -49,6 +53,7 @@ IPCACHE_MAP_SIZE = 65536  # addresses of endpoints on other nodes (and those nod
 NODEPORT_MAP_SIZE = 4096  # published IPv4 ports of the node (address, port, protocol)
 DSR_MAP_SIZE = 65536  # flows from other nodes' frontends to the node's containers
 RETIRED_MAP_SIZE = 4096  # deleted endpoints whose flows are yet to be swept (read by no program)
+FLOW_COUNTS_MAP_SIZE = 16384  # kinds of new connections counted instead of sent (lib/flowlog.h)
 
 
 @dataclass(frozen=True)
@@ -149,4 +154,15 @@ def map_specs(sizes: MapSizes = DEFAULT_MAP_SIZES) -> tuple[MapSpec, ...]:
             BPF_F_NO_PREALLOC,
         ),
         MapSpec("dsr4", BPF_MAP_TYPE_LRU_HASH, DsrKeyC, Addr4PortC, DSR_MAP_SIZE),
+        # Flow records above a rate: the limit, each CPU's bucket, and the connections counted
+        # instead of sent (never deleted by a program: the driver reads growing counts).
+        MapSpec("flow_limit", BPF_MAP_TYPE_ARRAY, ct.c_uint32, FlowLimitC, 1),
+        MapSpec("flow_budget", BPF_MAP_TYPE_PERCPU_ARRAY, ct.c_uint32, FlowBudgetC, 1),
+        MapSpec(
+            "flow_counts",
+            BPF_MAP_TYPE_PERCPU_HASH,
+            FlowCountKeyC,
+            ct.c_uint64,
+            FLOW_COUNTS_MAP_SIZE,
+        ),
     )

@@ -704,11 +704,15 @@ def format_flow(f: dict) -> str:
         line += f" by {', '.join(policy['rules'])}"
     if f["type"] == "end":
         line += f" {f['packets']} packets {f['bytes']} bytes"
+    if f["type"] == "aggregated":
+        line += f" AGGREGATED {f['count']} connections"
     return line + f" [{f['direction']} {f['endpoint']}]"
 
 
 def _flow_end(end: dict) -> str:
     name = end["container"] or ",".join(end["labels"][:1]) or end["address"] or "?"
+    if end["address"] is None:  # an aggregated record's end: an identity, no address
+        return f"{name}:{end['port']}" if end["port"] else name
     address = end["address"] or "?"
     host = f"[{address}]" if ":" in address else address
     where = f"{host}:{end['port']}" if end["port"] else host

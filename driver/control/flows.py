@@ -2,8 +2,12 @@
 
 The datapath's events ring carries one flow event per new connection that policy admitted
 (lib/flowlog.h) and one drop event per dropped packet; the monitor's reader hands their
-records, undecoded, to :meth:`FlowLog.add_record`, and a thread of :class:`FlowEnds` adds
-connections whose conntrack entry ended, with their counts. The ring keeps the records as
+records, undecoded, to :meth:`FlowLog.add_record`. Above a rate of flow events per CPU
+(--flow-rate-limit) the datapath counts new connections by kind instead of sending each:
+the thread of :class:`FlowReader` turns what was counted since its last look into
+aggregated records (one per kind, with a count), every second, and adds connections whose
+conntrack entry ended, with their counts. So the counters (and the metrics) stay exact
+while per-connection records are a sample. The ring keeps the records as
 they came, cheap to add (a few microseconds: at a connection rate of tens of thousands a
 second, decoding each one would cost a good part of a CPU); they are decoded, and names,
 labels, services and rules looked up, when flows are read, from a
@@ -23,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from datapath import CtEntry
+from datapath import CtEntry, FlowCount
 from datapath.abi import (
     DIRECTIONS,
     EVENT_DROP,
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 
 VERDICTS = ("FORWARDED", "DROPPED", "TRANSLATED")
 ENDED_INTERVAL = 5.0  # seconds between conntrack walks looking for ended connections
+COUNTED_INTERVAL = 1.0  # seconds between reads of the connections the datapath counted
 SERIES_LIMIT = 1000  # (verdict, source, destination) counters; more are counted as "other"
 REMEMBERED_NAMES = 4096  # addresses of containers that went, for the flows that name them
 FOLLOW_QUEUE = 10_000
@@ -60,13 +65,13 @@ _MATCH_SHAPES = {
 
 class Raw(NamedTuple):
     """One record of the ring as the datapath gave it: a flow or drop event's record
-    (bytes, which decode_event decodes), or the CtEntry of a connection that
-    ended."""
+    (bytes, which decode_event decodes), the CtEntry of a connection that ended, or the
+    FlowCount of connections of one kind counted since the last read (its count those)."""
 
     time: float
-    type: str  # "new", "drop" or "end"
+    type: str  # "new", "drop", "end" or "aggregated"
     verdict: str  # FORWARDED, DROPPED or TRANSLATED
-    item: bytes | CtEntry
+    item: bytes | CtEntry | FlowCount
 
 
 # The fields of struct datapath_event a record is counted by when it comes.
@@ -80,7 +85,8 @@ _TYPES = {EVENT_FLOW: "new", EVENT_DROP: "drop"}
 class Directory:
     """What the control plane knows, for naming the ends of flows."""
 
-    endpoints: dict[int, dict] = field(default_factory=dict)  # numeric id -> its identity
+    # numeric id -> its identity, and its container if known
+    endpoints: dict[int, dict] = field(default_factory=dict)
     addresses: dict[str, dict] = field(default_factory=dict)  # address -> container
     labels: dict[int, list[str]] = field(default_factory=dict)  # identity -> labels
     services: dict[int, str] = field(default_factory=dict)  # rev NAT index -> frontend
@@ -98,6 +104,7 @@ class FlowLog:
         self._counts: dict[tuple[str, int | str, int | str], int] = {}
         self._series_limit = series_limit
         self._names: OrderedDict[str, dict] = OrderedDict()
+        self._counted: dict[FlowCount, int] | None = None  # kind (count 0) -> count read
         self.added = 0  # records ever added; those beyond the ring's size were overwritten
 
     @property
@@ -122,23 +129,42 @@ class FlowLog:
             verdict = "TRANSLATED" if entry.rev_nat_index else "FORWARDED"
             self._add(Raw(now, "end", verdict, entry), None, None)
 
-    def _add(self, raw: Raw, src: int | None, dst: int | None) -> None:
+    def add_counted(self, counts: list[FlowCount]) -> None:
+        """The datapath's counts of connections it did not send as flow events (they only
+        grow): an aggregated record for each kind counted since the last call, with that
+        many. The first call only learns the counts (those of a driver that ran before)."""
+        now, last = time.time(), self._counted
+        self._counted = {}
+        for counted in counts:
+            kind = counted._replace(count=0)
+            self._counted[kind] = counted.count
+            if last is None:
+                continue
+            new = counted.count - last.get(kind, 0)
+            if new < 0:  # the pinned map was made again: counted from 0
+                new = counted.count
+            if new:
+                verdict = "TRANSLATED" if counted.rev_nat_index else "FORWARDED"
+                raw = Raw(now, "aggregated", verdict, counted._replace(count=new))
+                self._add(raw, counted.src_identity, counted.dst_identity, new)
+
+    def _add(self, raw: Raw, src: int | None, dst: int | None, connections: int = 1) -> None:
         with self._lock:
             self._ring.append(raw)
             self.added += 1
             if src is not None:
-                self._count(raw.verdict, src, dst)
+                self._count(raw.verdict, src, dst, connections)
             followers = list(self._followers)
         for follower in followers:
             # a follower too slow loses its own records, nobody else's
             with contextlib.suppress(queue.Full):
                 follower.put_nowait(raw)
 
-    def _count(self, verdict: str, src: int, dst: int) -> None:
+    def _count(self, verdict: str, src: int, dst: int, connections: int) -> None:
         key = (verdict, src, dst)
         if key not in self._counts and len(self._counts) >= self._series_limit:
             key = (verdict, "other", "other")
-        self._counts[key] = self._counts.get(key, 0) + 1
+        self._counts[key] = self._counts.get(key, 0) + connections
 
     def counts(self) -> dict[tuple[str, int | str, int | str], int]:
         """(verdict, source identity, destination identity) -> new connections and drops."""
@@ -172,25 +198,48 @@ class FlowLog:
         return directory
 
 
-class FlowEnds:
-    """A thread adding the connections that ended to the log, every `interval` seconds."""
+class FlowReader:
+    """A thread adding what the datapath keeps to the log: the connections it counted
+    instead of sending, every `interval` seconds, and those that ended, every
+    `ended_interval`. Made before the datapath's flow events go on: it sets their rate
+    limit (flow events a second per CPU, as many at once; 0: none) and learns the counts
+    there are, so that every connection counted from then on is read."""
 
-    def __init__(self, datapath: DatapathApi, flow_log: FlowLog, interval: float = ENDED_INTERVAL):
+    def __init__(
+        self,
+        datapath: DatapathApi,
+        flow_log: FlowLog,
+        rate_limit: int,
+        interval: float = COUNTED_INTERVAL,
+        ended_interval: float = ENDED_INTERVAL,
+    ):
         self.datapath = datapath
         self.flow_log = flow_log
         self.interval = interval
+        self.ended_interval = ended_interval
+        datapath.set_flow_limit(rate_limit, rate_limit)
+        flow_log.add_counted(datapath.flow_counts())
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flow-ends", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="flow-reader", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        walk_at = 0.0
         while True:
+            stopping = self._stop.wait(self.interval)
+            try:
+                self.flow_log.add_counted(self.datapath.flow_counts())
+            except Exception:  # tried again at the next interval; the counts keep
+                log.exception("reading counted connections failed")
+            if stopping:
+                return
+            if time.monotonic() < walk_at:
+                continue
+            walk_at = time.monotonic() + self.ended_interval
             try:
                 self.flow_log.add_ended(self.datapath.ended_flows())
             except Exception:  # a failed walk is tried again at the next interval
                 log.exception("looking for ended connections failed")
-            if self._stop.wait(self.interval):
-                return
 
     def close(self) -> None:
         self._stop.set()
@@ -202,6 +251,8 @@ class FlowEnds:
 
 def describe(raw: Raw, directory: Directory) -> dict:
     """A raw record with names, labels, service and rules: JSON-ready."""
+    if raw.type == "aggregated":
+        return _describe_counted(raw, directory)
     item = decode_event(raw.item) if isinstance(raw.item, bytes) else raw.item
     src, dst = _str(item.src), _str(item.dst)
     if raw.type == "end":
@@ -223,10 +274,34 @@ def describe(raw: Raw, directory: Directory) -> dict:
         record["drop_reason"] = item.reason_name
         record["reason"] = item.description
     if raw.type == "new":
-        record["policy"] = _policy(item, directory)
+        record["policy"] = _policy(item, item.reason_name, directory)
     if raw.type == "end":
         record["packets"], record["bytes"] = item.packets, item.bytes
     return record
+
+
+def _describe_counted(raw: Raw, directory: Directory) -> dict:
+    """An aggregated record: `count` connections of one kind, counted in the datapath above
+    its rate limit. Its ends are identities without addresses or source port; the local
+    end (the endpoint whose hook counted them) has its container."""
+    item = raw.item
+    src = _end(None, 0, item.src_identity, directory)
+    dst = _end(None, item.dport, item.dst_identity, directory)
+    local = dst if item.direction == INGRESS else src
+    local["container"] = directory.endpoints.get(item.endpoint_id, {}).get("container")
+    return {
+        "time": raw.time,
+        "type": "aggregated",
+        "verdict": raw.verdict,
+        "direction": DIRECTIONS.get(item.direction, str(item.direction)),
+        "endpoint": item.endpoint_id,
+        "protocol": PROTOCOL_NAMES.get(item.protocol, str(item.protocol)),
+        "source": src,
+        "destination": dst,
+        "service": directory.services.get(item.rev_nat_index),
+        "policy": _policy(item, item.match, directory),
+        "count": item.count,
+    }
 
 
 def _str(address) -> str | None:
@@ -253,9 +328,10 @@ def _identities_of_entry(entry, directory: Directory) -> tuple[int, int]:
     return (src, own) if entry.direction == INGRESS else (own, dst)
 
 
-def _policy(event, directory: Directory) -> dict | None:
-    """The policy key that admitted a new connection, and the rules that made it."""
-    shape = _MATCH_SHAPES.get(event.reason_name)
+def _policy(event, match: str, directory: Directory) -> dict | None:
+    """The policy key that admitted a new connection (match: enum policy_match's name),
+    and the rules that made it."""
+    shape = _MATCH_SHAPES.get(match)
     if shape is None:
         return None
     peer = event.src_identity if event.direction == INGRESS else event.dst_identity
@@ -267,7 +343,7 @@ def _policy(event, directory: Directory) -> dict | None:
         event.direction,
     )
     return {
-        "match": event.reason_name,
+        "match": match,
         "key": {"identity": key.identity, "port": key.dport, "protocol": key.protocol},
         "rules": list(directory.rules(event.endpoint_id, key)),
     }
@@ -369,10 +445,14 @@ def service_map(records: list[dict], directory: Directory, containers: dict[int,
     A connection between two local containers is seen at both ends (the source's egress
     hook, the destination's ingress hook): it counts once, where it left its source; one
     from beyond the node counts where it came in. Drops count once each, where they were.
+    An aggregated record counts as its count of connections; one counted at an ingress
+    hook has no source address, so it is from beyond the node if no local container has
+    its source identity.
     """
+    local = {ep.get("identity") for ep in directory.endpoints.values()}
     edges: dict[tuple[int, int], dict] = {}
     for record in records:
-        if not _counts_on_map(record):
+        if not _counts_on_map(record, local):
             continue
         src, dst = record["source"]["identity"], record["destination"]["identity"]
         edge = edges.setdefault((src, dst), _edge(src, dst))
@@ -380,7 +460,9 @@ def service_map(records: list[dict], directory: Directory, containers: dict[int,
             edge["packets"] += record["packets"]
             edge["bytes"] += record["bytes"]
             continue
-        edge[record["verdict"].lower()] += 1
+        edge[record["verdict"].lower()] += record.get("count", 1)
+        if record["type"] == "aggregated":
+            edge["aggregated"] += record["count"]
         edge["last"] = max(edge["last"], record["time"])
         if record["type"] == "drop":
             edge["reasons"][record["reason"]] = edge["reasons"].get(record["reason"], 0) + 1
@@ -391,11 +473,13 @@ def service_map(records: list[dict], directory: Directory, containers: dict[int,
     }
 
 
-def _counts_on_map(record: dict) -> bool:
+def _counts_on_map(record: dict, local: set) -> bool:
     if record["type"] == "drop":
         return True
     if record["direction"] == "egress":
         return True
+    if record["type"] == "aggregated":
+        return record["source"]["identity"] not in local
     return record["source"]["container"] is None  # from beyond the node
 
 
@@ -407,6 +491,7 @@ def _edge(src: int, dst: int) -> dict:
         "forwarded": 0,
         "translated": 0,
         "dropped": 0,
+        "aggregated": 0,  # of the forwarded and translated: counted, not each a record
         "reasons": {},
         "packets": 0,
         "bytes": 0,

@@ -38,7 +38,7 @@ from .cluster.endpoints import EndpointRecord
 from .cluster.kvstore import KvstoreUnavailable
 from .cluster.networks import Replicas, record_of
 from .endpoints import Endpoints, spec_of
-from .flows import Directory, FlowEnds, FlowFilter, FlowLog, describe, follow, select
+from .flows import Directory, FlowFilter, FlowLog, FlowReader, describe, follow, select
 from .flows import labels_of as flow_labels
 from .flows import reserved_labels as flow_reserved_labels
 from .flows import service_map as flow_service_map
@@ -233,9 +233,13 @@ class ControlPlane:
         # What the state held at start, until Docker's first full listing confirms it.
         self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
         # The flow log's threads start last: a start that fails before leaves none behind.
+        # The reader first: it sets the flow events' rate limit before the monitor turns
+        # them on.
         self.flow_log = FlowLog(config.flow_buffer) if config.flow_buffer else None
+        self._flow_reader = (
+            FlowReader(datapath, self.flow_log, config.flow_rate_limit) if self.flow_log else None
+        )
         self.monitor = Monitor(datapath, self.flow_log.add_record if self.flow_log else None)
-        self._flow_ends = FlowEnds(datapath, self.flow_log) if self.flow_log else None
 
     def _abandon_start(self) -> None:
         """A start that failed part way: what runs on its own stops (etcd watches, the
@@ -273,8 +277,8 @@ class ControlPlane:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
-        if self._flow_ends is not None:
-            self._flow_ends.close()
+        if self._flow_reader is not None:
+            self._flow_reader.close()
         self.monitor.close()
         self.ports.close()
         if self.cluster is not None:
@@ -712,7 +716,10 @@ class ControlPlane:
                 return origins(ep, key)
 
         directory = Directory(
-            endpoints={ep.numeric_id: {"identity": ep.identity} for ep in endpoints},
+            endpoints={
+                ep.numeric_id: {"identity": ep.identity, "container": ep.container_name}
+                for ep in endpoints
+            },
             addresses=ends,
             labels=labels,
             services=services,

@@ -124,6 +124,12 @@ _OPTIONS = [
         type=int,
     ),
     _option(
+        "flow_rate_limit",
+        "flow events a second each CPU sends; new connections beyond are counted in the "
+        "kernel and shown as aggregated flow records (0: no limit)",
+        type=int,
+    ),
+    _option(
         "ui_address",
         "also serve the service map (/ui) and the flows it reads on this loopback HOST:PORT, "
         "e.g. 127.0.0.1:12000 (always on the API socket)",

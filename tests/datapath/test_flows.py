@@ -1,10 +1,12 @@
 """Flow events (one per new connection) and ended connections, in real traffic."""
 
+import os
 import time
 
 import pytest
 
 from datapath import EGRESS, INGRESS, Backend, Frontend, PolicyKey
+from datapath.abi import ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6
 
 from .test_lb import VIP_NET6
 
@@ -112,3 +114,57 @@ def test_ended_connections_come_with_their_counts(datapath, make_container):
     for entry in ended:
         assert entry.packets >= 4 and entry.bytes > 0  # handshake, data, both FINs
         assert entry.src == a.spec.ipv6
+
+
+def _counted(datapath, endpoint_id: int) -> int:
+    return sum(c.count for c in datapath.flow_counts() if c.endpoint_id == endpoint_id)
+
+
+@pytest.mark.parametrize("version", [6, 4])
+def test_above_the_limit_connections_are_counted_and_the_sum_is_exact(
+    datapath, make_container, event_log, flows, version
+):
+    a, b = make_container(), make_container()
+    b.serve(8080)
+    connections = 30
+    datapath.set_flow_limit(1, 2)  # a flow event a second per CPU, 2 after a quiet spell
+    started = time.monotonic()
+    try:
+        for _ in range(connections):
+            assert a.exchange(b.addr(version), 8080)
+    finally:
+        datapath.set_flow_limit(0, 0)
+    seconds = time.monotonic() - started
+
+    def tally():
+        return {
+            end: (len(_flows(event_log, endpoint_id=end)), _counted(datapath, end))
+            for end in (a.spec.endpoint_id, b.spec.endpoint_id)
+        }
+
+    deadline = time.monotonic() + 5
+    while sum(map(sum, tally().values())) < 2 * connections and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # nothing more comes
+    ends = tally()
+    # each end's connections are sent or counted, exactly
+    assert all(sent + counted == connections for sent, counted in ends.values()), ends
+    # a few were sent (a CPU's bucket serves whichever hook comes first: the client's egress
+    # takes a token before the server's ingress sees the connection), the rest counted
+    sent = sum(sent for sent, _ in ends.values())
+    assert 1 <= sent <= (2 + seconds + 1) * os.cpu_count(), ends
+    assert sum(counted for _, counted in ends.values()) >= connections, ends
+    kinds = {
+        c
+        for c in datapath.flow_counts()
+        if c.endpoint_id in (a.spec.endpoint_id, b.spec.endpoint_id)
+    }
+    assert {
+        (c.endpoint_id, c.direction, c.src_identity, c.dst_identity, c.dport, c.protocol, c.match)
+        for c in kinds
+    } == {
+        (a.spec.endpoint_id, EGRESS, a.identity, b.identity, 8080, TCP, "POLICY_MATCH_NONE"),
+        (b.spec.endpoint_id, INGRESS, a.identity, b.identity, 8080, TCP, "POLICY_MATCH_NONE"),
+    }
+    family = ENDPOINT_KEY_IPV6 if version == 6 else ENDPOINT_KEY_IPV4
+    assert {(c.family, c.rev_nat_index) for c in kinds} == {(family, 0)}

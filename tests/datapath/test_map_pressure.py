@@ -9,6 +9,7 @@ import pytest
 
 from datapath import EGRESS, INGRESS, Datapath, DatapathError, MapSizes, PolicyKey, loader
 from datapath.maps import DatapathMaps
+from datapath.maps.specs import FLOW_COUNTS_MAP_SIZE
 
 from . import packets as pk
 from . import traffic
@@ -31,6 +32,7 @@ def test_maps_are_created_with_the_configured_sizes(scratch_pin_dir):
         assert fill["conntrack"] == (0, 64)
         assert fill["lb_services"] == (0, 32)
         assert fill["lb_revnat"] == (0, 32)
+        assert fill["flow_counts"] == (0, FLOW_COUNTS_MAP_SIZE)  # full: counts lose identities
     finally:
         maps.close()
 

@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from datapath import abi
+from datapath import abi, libbpf
 from datapath.maps.addressing import address_key
 from datapath.maps.conntrack import CT_KEY_SIZE
-from datapath.maps.pinned import BATCH_ENTRIES, BPF_MAP_TYPE_LRU_HASH, MapSpec, PinnedMap, record
+from datapath.maps.pinned import (
+    BATCH_ENTRIES,
+    BPF_MAP_TYPE_LRU_HASH,
+    BPF_MAP_TYPE_PERCPU_HASH,
+    MapSpec,
+    PinnedMap,
+    record,
+)
 
 SCRATCH_ENTRIES = 3 * BATCH_ENTRIES + 17  # several full batches and a partial one
 
@@ -35,6 +42,26 @@ def test_batched_walk_returns_every_entry_once(ct_map):
         ct_map.update(ct_key(n), abi.CtEntryC(packets=n))
     seen = [(key.sport | key.dport << 16, leaf.packets) for key, leaf in ct_map.items()]
     assert sorted(seen) == [(n, n) for n in range(SCRATCH_ENTRIES)]
+
+
+def test_batched_walk_of_a_per_cpu_hash_gives_every_cpus_values(pin_dir):
+    """As flow_counts is read: each key with its value on every CPU, across batches."""
+    spec = MapSpec(
+        "walk_percpu", BPF_MAP_TYPE_PERCPU_HASH, abi.FlowCountKeyC, ct.c_uint64, 2 * BATCH_ENTRIES
+    )
+    pinned = PinnedMap.open(Path(pin_dir), spec)
+    try:
+        cpus = libbpf.lib().libbpf_num_possible_cpus()
+        entries = BATCH_ENTRIES + 5
+        for n in range(entries):
+            pinned.update(
+                abi.FlowCountKeyC(src_identity=n), (ct.c_uint64 * cpus)(n, *[1] * (cpus - 1))
+            )
+        seen = [(key.src_identity, list(values)) for key, values in pinned.items()]
+        assert sorted(seen) == [(n, [n, *[1] * (cpus - 1)]) for n in range(entries)]
+    finally:
+        pinned.close()
+        pinned.path.unlink()
 
 
 def test_batched_walk_of_an_empty_map(ct_map):

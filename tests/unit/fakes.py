@@ -26,6 +26,8 @@ class FakeDatapath:
         self.host_ips = ["192.0.2.2", "fd00::2"]
         self.trace_events = False
         self.flow_events = False
+        self.flow_limit = (0, 0)  # (rate, burst)
+        self.counted_flows = []  # what flow_counts() returns: FlowCounts, counts growing
         self.policy_capacity = None
         self.lb = {}
         self.published = {}
@@ -128,6 +130,12 @@ class FakeDatapath:
 
     def ended_flows(self):
         return []
+
+    def set_flow_limit(self, rate, burst):
+        self.flow_limit = (rate, burst)
+
+    def flow_counts(self):
+        return list(self.counted_flows)
 
     def set_service(self, service_id, frontend, backends):
         for backend in backends:

@@ -223,6 +223,42 @@ struct datapath_event {
 };
 _Static_assert(sizeof(struct datapath_event) == 64, "datapath_event layout");
 
+/* Flow records above a rate (lib/flowlog.h): each CPU may send a flow event per new
+ * connection while it has credit; a connection beyond it, or one the full events ring
+ * refuses, is counted in flow_counts instead. Value of the one-slot flow_limit array,
+ * set by the driver.
+ */
+struct flow_limit {
+	__u64 cost_ns;		/* credit one flow event costs: 1e9 / events a second; 0: no limit */
+	__u64 burst_ns;		/* the most credit a CPU saves up */
+};
+_Static_assert(sizeof(struct flow_limit) == 16, "flow_limit layout");
+
+/* Value of the per-CPU one-slot flow_budget array. */
+struct flow_budget {
+	__u64 stamp_ns;		/* bpf_ktime_get_ns() when credit_ns was last brought up to date */
+	__u64 credit_ns;
+	__u64 overflow;		/* connections counted nowhere else: flow_counts was full */
+};
+_Static_assert(sizeof(struct flow_budget) == 24, "flow_budget layout");
+
+/* Key of the per-CPU flow_counts hash: new connections not sent as flow events, counted
+ * by what a flow record says of them (the value is a __u64 count; the driver reads it).
+ */
+struct flow_count_key {
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u16 endpoint_id;
+	__u16 dport;
+	__u16 rev_nat_index;
+	__u8 protocol;
+	__u8 direction;
+	__u8 family;
+	__u8 match;		/* enum policy_match (lib/flowlog.h) */
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct flow_count_key) == 20, "flow_count_key layout");
+
 /* ICMP classes that matter to conntrack and policy. */
 #define FLOW_ICMP_NONE 0
 #define FLOW_ICMP_ECHO_REQUEST 1

@@ -6,12 +6,13 @@
 
 #include "maps.h"
 
-static __always_inline void event_emit(const struct pkt_ctx *ctx, __u8 kind, __s32 code)
+/* Returns 0 if the ring took the event, -1 if it was full. */
+static __always_inline int event_emit(const struct pkt_ctx *ctx, __u8 kind, __s32 code)
 {
 	struct datapath_event *ev = event_reserve();
 
 	if (!ev)
-		return;
+		return -1;
 	ev->kind = kind;
 	ev->direction = ctx->direction;
 	ev->protocol = ctx->flow.protocol;
@@ -27,7 +28,11 @@ static __always_inline void event_emit(const struct pkt_ctx *ctx, __u8 kind, __s
 	ev->pad2 = 0;
 	ev->saddr = ctx->flow.saddr;
 	ev->daddr = ctx->flow.daddr;
-	bpf_ringbuf_submit(ev, 0);
+	/* A flow event wakes no reader: the driver's reader drains the ring at least every
+	 * 100 ms (datapath/events.py), so a burst of new connections costs it one wakeup, not
+	 * one each. Drops and traces wake it, for `cilium monitor`. */
+	bpf_ringbuf_submit(ev, kind == EVENT_FLOW ? BPF_RB_NO_WAKEUP : 0);
+	return 0;
 }
 
 #endif

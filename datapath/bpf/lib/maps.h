@@ -110,6 +110,33 @@ static __always_inline __u32 *prefilter6_lookup(const struct cidr6_key *key)
 	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, PREFILTER6_MAP_FD), (void *)key);
 }
 
+static __always_inline struct flow_limit *flow_limit_lookup(void)
+{
+	__u32 slot = 0;
+
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, FLOW_LIMIT_MAP_FD), &slot);
+}
+
+static __always_inline struct flow_budget *flow_budget_lookup(void)
+{
+	__u32 slot = 0;
+
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, FLOW_BUDGET_MAP_FD), &slot);
+}
+
+static __always_inline __u64 *flow_count_lookup(const struct flow_count_key *key)
+{
+	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, FLOW_COUNTS_MAP_FD), (void *)key);
+}
+
+static __always_inline int flow_count_insert(const struct flow_count_key *key)
+{
+	__u64 one = 1;	/* on this CPU; a new per-CPU element is zero on the others */
+
+	return bpf_map_update_elem((void *)bpf_pseudo_fd(1, FLOW_COUNTS_MAP_FD), (void *)key,
+				   &one, BPF_NOEXIST);
+}
+
 static __always_inline struct prefilter_count *prefilter_count_lookup(__u32 id)
 {
 	return bpf_map_lookup_elem((void *)bpf_pseudo_fd(1, PREFILTER_DROPS_MAP_FD), &id);

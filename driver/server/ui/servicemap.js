@@ -55,6 +55,8 @@ function edgeLabel(e) {
   if (e.forwarded) parts.push(`fwd ${e.forwarded}`);
   if (e.translated) parts.push(`nat ${e.translated}`);
   if (e.dropped) parts.push(`drop ${e.dropped}`);
+  // connections counted in the datapath above its rate limit, without a record each
+  if (e.aggregated) parts.push(`${e.aggregated} aggregated`);
   return parts.join(" · ");
 }
 
@@ -146,6 +148,7 @@ function flowLine(f) {
   if (f.service) why += ` via ${f.service}`;
   if (f.policy && f.policy.rules.length) why += ` by ${f.policy.rules.join(", ")}`;
   if (f.type === "end") why += ` ended: ${f.packets} packets, ${f.bytes} bytes`;
+  if (f.type === "aggregated") why += ` (aggregated: ${f.count} connections)`;
   return `${when} ${end(f.source)} → ${end(f.destination)} ${f.protocol.toUpperCase()} ${f.verdict}${why}`;
 }
 

@@ -812,6 +812,24 @@ def test_observe_lines_say_who_what_and_why(api):
     ]
 
 
+AGGREGATED = FLOW | {
+    "type": "aggregated",
+    "source": FLOW["source"] | {"address": None, "port": 0, "container": None},
+    "destination": FLOW["destination"] | {"address": None},
+    "count": 250,
+}
+
+
+def test_observe_marks_aggregated_flows_and_their_count(api):
+    api.answers[("GET", "/v1/flows?")] = [AGGREGATED]
+    result = cilium("observe")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split("  ", 1)[1] == (
+        "app=client -> web:80  TCP  FORWARDED by web-policy AGGREGATED 250 connections"
+        " [ingress 7]\n"
+    )
+
+
 def test_observe_json_is_one_flow_a_line(api):
     api.answers[("GET", "/v1/flows?")] = [FLOW, DROP]
     result = cilium("observe", "-o", "json")

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from datapath import reasons
+from datapath import FlowCount, reasons
 from datapath.abi import (
     EGRESS,
     ENDPOINT_KEY_IPV4,
@@ -19,9 +19,9 @@ from datapath.abi import (
 from datapath.maps import CtEntry
 from driver.control.flows import (
     Directory,
-    FlowEnds,
     FlowFilter,
     FlowLog,
+    FlowReader,
     describe,
     follow,
     select,
@@ -271,6 +271,22 @@ def test_api_lists_flows_with_the_rule_that_admitted_them(api, web_endpoint):
     assert [f["verdict"] for f in flows] == ["DROPPED"]
 
 
+def test_api_lists_aggregated_flows_with_the_container_that_counted_them(
+    api, web_endpoint, datapath
+):
+    web_endpoint.assign_container(EP, NET, "app", "c" * 64, "web", {"app": "web"})
+    web = web_endpoint.store.endpoints()[0]
+    datapath.counted_flows = [counted(40, dst=web.identity, endpoint=web.numeric_id)]
+    deadline = time.monotonic() + 5  # the reader reads the counts every second
+    while not web_endpoint.flow_log.records() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status, flows = api("GET", "flows?to-container=web&port=80")
+    assert status == 200 and [(f["type"], f["count"]) for f in flows] == [("aggregated", 40)]
+    assert flows[0]["destination"]["labels"] == ["app=web", "io.pycilium.network=app"]
+    status, graph = api("GET", "servicemap")
+    assert [(e["source"], e["forwarded"], e["aggregated"]) for e in graph["edges"]] == [(2, 40, 40)]
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
@@ -339,28 +355,147 @@ def test_the_datapath_emits_flow_events_while_the_driver_keeps_a_log(app, datapa
 
 
 class EndingDatapath:
-    def __init__(self, batches):
+    def __init__(self, batches, counts=()):
         self.batches = list(batches)
+        self.counts = list(counts)  # what flow_counts() returns, one list per call
+        self.limit = None
 
     def ended_flows(self):
         if not self.batches:
             raise RuntimeError("walk failed")  # the thread keeps going
         return self.batches.pop(0)
 
+    def set_flow_limit(self, rate, burst):
+        self.limit = (rate, burst)
+
+    def flow_counts(self):
+        return self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+
 
 def test_ended_connections_are_added_by_the_walking_thread():
     entry = CtEntry(4, CLIENT, CLIENT, 1, 2, 17, INGRESS, 5, -1, 0, 3, 300, 7)
     flow_log = FlowLog(8)
-    ends = FlowEnds(EndingDatapath([[entry], []]), flow_log, interval=0.01)
+    reader = FlowReader(EndingDatapath([[entry], []], [[]]), flow_log, 10, interval=0.01)
     try:
         deadline = time.monotonic() + 2
         while not flow_log.records() and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
-        ends.close()
+        reader.close()
     assert [(r.type, r.verdict, r.item) for r in flow_log.records()] == [
         ("end", "TRANSLATED", entry)
     ]
+
+
+def counted(count, src=2, dst=300, endpoint=5, direction=INGRESS, service=0, match=None):
+    return FlowCount(
+        src, dst, endpoint, 80, service, 6, direction, 2, match or "POLICY_MATCH_PEER_PORT", count
+    )
+
+
+def test_counted_connections_become_aggregated_records_of_those_counted_since_the_last_read():
+    flow_log = FlowLog(8)
+    flow_log.add_counted([counted(5)])  # counted before this log: only learnt
+    assert flow_log.records() == [] and flow_log.counts() == {}
+    flow_log.add_counted([counted(12), counted(3, service=3)])
+    flow_log.add_counted([counted(12), counted(3, service=3)])  # nothing new
+    assert [(r.type, r.verdict, r.item.count) for r in flow_log.records()] == [
+        ("aggregated", "FORWARDED", 7),
+        ("aggregated", "TRANSLATED", 3),
+    ]
+    assert flow_log.counts() == {("FORWARDED", 2, 300): 7, ("TRANSLATED", 2, 300): 3}
+
+
+def test_sampled_and_aggregated_connections_add_up_in_the_counters():
+    flow_log = FlowLog(8)
+    flow_log.add_counted([])
+    for _ in range(3):
+        flow_log.add_record(event())  # each a flow event while the rate allowed
+    flow_log.add_counted([counted(40)])
+    flow_log.add_counted([counted(97)])
+    assert flow_log.counts() == {("FORWARDED", 2, 300): 100}
+
+
+def test_a_map_made_again_counts_from_zero():
+    flow_log = FlowLog(8)
+    flow_log.add_counted([counted(50)])
+    flow_log.add_counted([counted(4)])
+    assert [r.item.count for r in flow_log.records()] == [4]
+
+
+def test_an_aggregated_record_names_identities_the_local_container_and_the_rule():
+    flow_log = FlowLog(8)
+    flow_log.add_counted([])
+    flow_log.add_counted([counted(9, service=3)])
+    directory = Directory(
+        endpoints={5: {"identity": 300, "container": "web"}},
+        labels=DIRECTORY.labels,
+        services=DIRECTORY.services,
+        rules=DIRECTORY.rules,
+    )
+    record = describe(flow_log.records()[0], directory)
+    assert record["type"] == "aggregated" and record["count"] == 9
+    assert (record["verdict"], record["direction"], record["protocol"]) == (
+        "TRANSLATED",
+        "ingress",
+        "tcp",
+    )
+    assert record["source"] == {
+        "address": None,
+        "port": 0,
+        "identity": 2,
+        "labels": ["reserved:world"],
+        "container": None,
+    }
+    assert record["destination"]["container"] == "web"  # the endpoint that counted them
+    assert (record["destination"]["port"], record["destination"]["identity"]) == (80, 300)
+    assert record["service"] == "[fd00:5::1]:80/tcp"
+    assert record["policy"] == {
+        "match": "POLICY_MATCH_PEER_PORT",
+        "key": {"identity": 2, "port": 80, "protocol": 6},
+        "rules": ["rule-of", 5, 2, 80, 6],
+    }
+    assert FlowFilter(to_container="web", port=80, verdict="TRANSLATED").matches(record)
+    assert not FlowFilter(from_container="web").matches(record)
+
+
+def test_the_service_map_counts_aggregated_connections_once_each():
+    directory = Directory(
+        endpoints={5: {"identity": 300, "container": "web"}, 6: {"identity": 301}},
+        labels={2: ["reserved:world"], 300: ["app=web"], 301: ["app=client"]},
+    )
+    flow_log = FlowLog(16)
+    flow_log.add_counted([])
+    flow_log.add_counted(
+        [
+            counted(20, src=301, endpoint=6, direction=EGRESS),  # left the client
+            counted(20, src=301),  # and arrived at web: counted once
+            counted(7),  # from the world
+        ]
+    )
+    flow_log.add_record(event(direction=INGRESS))  # one from the world sent as an event
+    records = [describe(raw, directory) for raw in flow_log.records()]
+    edges = {(e["source"], e["target"]): e for e in service_map(records, directory, {})["edges"]}
+    assert (edges[301, 300]["forwarded"], edges[301, 300]["aggregated"]) == (20, 20)
+    assert (edges[2, 300]["forwarded"], edges[2, 300]["aggregated"]) == (8, 7)
+
+
+def test_the_reader_sets_the_limit_learns_the_counts_then_reads_what_comes():
+    datapath = EndingDatapath([[]] * 100, [[counted(5)], [counted(5)], [counted(8)]])
+    flow_log = FlowLog(8)
+    reader = FlowReader(datapath, flow_log, 250, interval=0.01)
+    try:
+        assert datapath.limit == (250, 250)
+        deadline = time.monotonic() + 2
+        while not flow_log.records() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        reader.close()
+    assert [(r.type, r.item.count) for r in flow_log.records()] == [("aggregated", 3)]
+
+
+def test_the_flow_rate_limit_reaches_the_datapath(app, datapath):
+    assert datapath.flow_limit == (1000, 1000)
 
 
 def test_follow_gives_what_matches_as_it_comes_and_none_when_idle():
@@ -380,3 +515,11 @@ def test_follow_gives_what_matches_as_it_comes_and_none_when_idle():
     flow_log.add_record(event(kind="drop"))
     assert flow_log._followers == []
     assert len(built) == 1  # an unknown address rebuilds it at most once a second
+
+
+@pytest.mark.parametrize("rate", [-1, 1_000_001])
+def test_the_flow_rate_limit_is_refused_out_of_range(tmp_path, rate):
+    from driver.config import Config
+
+    with pytest.raises(ValueError, match="flow rate limit"):
+        Config(state_dir=str(tmp_path / "s"), node_id=1, flow_rate_limit=rate).validate()
