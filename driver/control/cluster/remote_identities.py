@@ -10,6 +10,7 @@ the number can mean other labels), so they are read once per key, never polled.
 
 import json
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 
@@ -71,7 +72,12 @@ class IdentityUse:
 class RemoteIdentities:
     """IdentityUse fed by watches of endpoint records and identity keys. When the set of
     remote identities (or their labels) changes, changed(identities) is called under the
-    control plane's lock, as every datapath write is."""
+    control plane's lock, as every datapath write is.
+
+    The watches only take note (under a lock of their own) and wake a thread that tells:
+    events that come while a regeneration runs are told together in the next one, one
+    regeneration per burst as Cilium's policy trigger does, and a watch never queues behind
+    the control plane's lock (the ipcache's watch waits for at most one regeneration)."""
 
     def __init__(self, kv: KvStore, node: str, lock, changed: Callable[[dict[int, dict]], None]):
         self.kv = kv
@@ -79,20 +85,25 @@ class RemoteIdentities:
         self.lock = lock
         self.changed = changed
         self.use = IdentityUse()
+        self._noted = threading.Lock()  # guards use; taken after self.lock, never before
         self._told: dict[int, dict] = {}
+        self._pending = threading.Event()
+        self._stop = threading.Event()
+        self._teller = threading.Thread(target=self._run, name="remote identities", daemon=True)
         self.watches = []
 
     def load(self) -> dict[int, dict]:
         """The remote identities now (number -> labels), read once, before start()."""
         ids, _ = self.kv.list(IDS, "read the cluster's identities")
         endpoints, _ = self.kv.list(ENDPOINTS, "read other nodes' endpoints")
-        with self.lock:
+        with self.lock, self._noted:
             self.use.set_labels(dict(filter(None, map(labels_of, ids))))
             self.use.set_endpoints(dict(filter(None, map(self._user, endpoints))))
             self._told = self.use.identities()
             return dict(self._told)
 
     def start(self) -> None:
+        self._teller.start()
         self.watches = [
             self.kv.watch(IDS, self._reset_labels, self._label_event),
             self.kv.watch(ENDPOINTS, self._reset_endpoints, self._endpoint_event),
@@ -101,10 +112,26 @@ class RemoteIdentities:
     def close(self) -> None:
         for watch in self.watches:
             watch.stop()
+        self._stop.set()
+        self._pending.set()
+        if self._teller.is_alive():
+            self._teller.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            self._pending.wait()
+            if self._stop.is_set():
+                return
+            self._pending.clear()
+            try:
+                self.tell()
+            except Exception:
+                # Nobody else would notice the teller died: log, and tell the next change.
+                log.exception("policy for other nodes' identities not updated")
 
     def records(self) -> list[dict]:
         """The remote identities as `cilium identity list` shows them, with their nodes."""
-        with self.lock:
+        with self.lock, self._noted:
             nodes = self.use.nodes()
             return [
                 {
@@ -118,28 +145,28 @@ class RemoteIdentities:
             ]
 
     def _reset_labels(self, entries: list[Entry]) -> None:
-        with self.lock:
+        with self._noted:
             self.use.set_labels(dict(filter(None, map(labels_of, entries))))
-            self._tell()
+        self._pending.set()
 
     def _label_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
-        with self.lock:
-            found = labels_of(entry) if kind == "PUT" else None
-            number = found[0] if found else identity_number(entry)
-            if number is not None:
+        found = labels_of(entry) if kind == "PUT" else None
+        number = found[0] if found else identity_number(entry)
+        if number is not None:
+            with self._noted:
                 self.use.label(number, found[1] if found else None)
-                self._tell()
+            self._pending.set()
 
     def _reset_endpoints(self, entries: list[Entry]) -> None:
-        with self.lock:
+        with self._noted:
             self.use.set_endpoints(dict(filter(None, map(self._user, entries))))
-            self._tell()
+        self._pending.set()
 
     def _endpoint_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
-        with self.lock:
-            found = self._user(entry) if kind == "PUT" else None
+        found = self._user(entry) if kind == "PUT" else None
+        with self._noted:
             self.use.endpoint(entry.key, found[1] if found else None)
-            self._tell()
+        self._pending.set()
 
     def _user(self, entry: Entry) -> tuple[str, tuple[str, int]] | None:
         """(key, (node, identity)) of another node's endpoint record with an endpoint
@@ -156,13 +183,17 @@ class RemoteIdentities:
             return None
         return entry.key, (node, identity)
 
-    def _tell(self) -> None:
-        now = self.use.identities()
-        if now == self._told:
-            return
-        self._told = now
-        try:
-            self.changed(now)
-        except DatapathError as exc:
-            # The results are cached already: the next change writes what is missing.
-            log.error("policy for other nodes' identities not all in force: %s", exc)
+    def tell(self) -> None:
+        """Tell what changed since the last call, if anything: what the teller thread does
+        when woken, for every event noted since."""
+        with self.lock:
+            with self._noted:
+                now = self.use.identities()
+            if now == self._told:
+                return
+            self._told = now
+            try:
+                self.changed(now)
+            except DatapathError as exc:
+                # The results are cached already: the next change writes what is missing.
+                log.error("policy for other nodes' identities not all in force: %s", exc)
