@@ -20,6 +20,7 @@ from datapath.abi import FIRST_ENDPOINT_IDENTITY
 from .endpoints import ENDPOINTS
 from .identities import IDS, identity_number, labels_of
 from .kvstore import Entry, KvStore
+from .trigger import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,10 @@ class RemoteIdentities:
     remote identities (or their labels) changes, changed(identities) is called under the
     control plane's lock, as every datapath write is.
 
-    The watches only take note (under a lock of their own) and wake a thread that tells:
+    The watches only take note (under a lock of their own) and pull a trigger that tells:
     events that come while a regeneration runs are told together in the next one, one
-    regeneration per burst as Cilium's policy trigger does, and a watch never queues behind
-    the control plane's lock (the ipcache's watch waits for at most one regeneration)."""
+    regeneration per burst, and a watch never queues behind the control plane's lock (the
+    ipcache's watch waits for at most one regeneration)."""
 
     def __init__(self, kv: KvStore, node: str, lock, changed: Callable[[dict[int, dict]], None]):
         self.kv = kv
@@ -87,9 +88,7 @@ class RemoteIdentities:
         self.use = IdentityUse()
         self._noted = threading.Lock()  # guards use; taken after self.lock, never before
         self._told: dict[int, dict] = {}
-        self._pending = threading.Event()
-        self._stop = threading.Event()
-        self._teller = threading.Thread(target=self._run, name="remote identities", daemon=True)
+        self.trigger = Trigger("remote identities", self.tell)
         self.watches = []
 
     def load(self) -> dict[int, dict]:
@@ -103,7 +102,7 @@ class RemoteIdentities:
             return dict(self._told)
 
     def start(self) -> None:
-        self._teller.start()
+        self.trigger.start()
         self.watches = [
             self.kv.watch(IDS, self._reset_labels, self._label_event),
             self.kv.watch(ENDPOINTS, self._reset_endpoints, self._endpoint_event),
@@ -112,22 +111,7 @@ class RemoteIdentities:
     def close(self) -> None:
         for watch in self.watches:
             watch.stop()
-        self._stop.set()
-        self._pending.set()
-        if self._teller.is_alive():
-            self._teller.join(timeout=5)
-
-    def _run(self) -> None:
-        while True:
-            self._pending.wait()
-            if self._stop.is_set():
-                return
-            self._pending.clear()
-            try:
-                self.tell()
-            except Exception:
-                # Nobody else would notice the teller died: log, and tell the next change.
-                log.exception("policy for other nodes' identities not updated")
+        self.trigger.close()
 
     def records(self) -> list[dict]:
         """The remote identities as `cilium identity list` shows them, with their nodes."""
@@ -147,7 +131,7 @@ class RemoteIdentities:
     def _reset_labels(self, entries: list[Entry]) -> None:
         with self._noted:
             self.use.set_labels(dict(filter(None, map(labels_of, entries))))
-        self._pending.set()
+        self.trigger.pull()
 
     def _label_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
         found = labels_of(entry) if kind == "PUT" else None
@@ -155,18 +139,18 @@ class RemoteIdentities:
         if number is not None:
             with self._noted:
                 self.use.label(number, found[1] if found else None)
-            self._pending.set()
+            self.trigger.pull()
 
     def _reset_endpoints(self, entries: list[Entry]) -> None:
         with self._noted:
             self.use.set_endpoints(dict(filter(None, map(self._user, entries))))
-        self._pending.set()
+        self.trigger.pull()
 
     def _endpoint_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
         found = self._user(entry) if kind == "PUT" else None
         with self._noted:
             self.use.endpoint(entry.key, found[1] if found else None)
-        self._pending.set()
+        self.trigger.pull()
 
     def _user(self, entry: Entry) -> tuple[str, tuple[str, int]] | None:
         """(key, (node, identity)) of another node's endpoint record with an endpoint
@@ -184,8 +168,8 @@ class RemoteIdentities:
         return entry.key, (node, identity)
 
     def tell(self) -> None:
-        """Tell what changed since the last call, if anything: what the teller thread does
-        when woken, for every event noted since."""
+        """Tell what changed since the last call, if anything: what the trigger does for
+        every event noted since it last ran."""
         with self.lock:
             with self._noted:
                 now = self.use.identities()

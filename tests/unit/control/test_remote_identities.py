@@ -192,17 +192,17 @@ def test_a_burst_of_events_is_told_once_with_all_of_them():
     assert told == [wanted]
 
 
-def test_the_teller_thread_tells_what_the_watches_noted():
+def test_the_trigger_tells_what_the_watches_noted():
     told = threading.Event()
     remote = RemoteIdentities(None, "b", threading.RLock(), lambda now: told.set())
-    remote._teller.start()  # what start() does before it opens the watches
+    remote.trigger.start()  # what start() does before it opens the watches
     try:
         remote._reset_labels([_id_key(REMOTE, {"app": "web"})])
         remote._endpoint_event("PUT", _record("a", 1, REMOTE), None)
-        assert told.wait(5), "the teller did not tell"
+        assert told.wait(5), "the trigger did not tell"
     finally:
         remote.close()
-    assert not remote._teller.is_alive()
+    assert not remote.trigger.alive()
 
 
 def test_remote_identities_learn_labels_that_come_after_the_endpoint():
