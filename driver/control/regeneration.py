@@ -45,7 +45,7 @@ class _Result:
     deltas: generation counts the changes, delta is the last one (keys added, removed)."""
 
     identity: Identity
-    policy: EndpointPolicy  # its enforcement (the keys are in `keys` from here on)
+    policy: EndpointPolicy  # its enforcement and rules; its keys are in `keys`
     keys: KeySet
     generation: int = 0
     delta: tuple[set[PolicyKey], set[PolicyKey]] = (set(), set())
@@ -195,7 +195,9 @@ class Regeneration:
                 everyone = everyone or Peers(known.values(), self._cidr_identities)
                 identity = Identity(ep.identity, ep.labels)
                 result = self.policy.compute_for(identity, everyone, self.mode)
-                self._results[key] = _Result(identity, result, KeySet(result.keys))
+                # The keys live on in the KeySet only: one copy of a large set.
+                policy = dataclasses.replace(result, keys=frozenset())
+                self._results[key] = _Result(identity, policy, KeySet(result.keys))
         self._write(endpoints)
 
     def _update(self, result: _Result, newcomers: Peers, removed: set[int]) -> None:
@@ -222,7 +224,7 @@ class Regeneration:
             result = self._results[ep.identity, ep.network_id]
             written = self._written.pop(ep.endpoint_id, None)
             if written == (ep.numeric_id, result, result.generation) or _same(written, ep, result):
-                pass
+                pass  # the datapath has it
             elif written == (ep.numeric_id, result, result.generation - 1):
                 # Only the last sync changed it: what that sync added and removed.
                 self.datapath.update_endpoint_policy(spec_of(ep), *result.delta)
