@@ -133,7 +133,12 @@ def test_a_selector_service_takes_the_endpoints_of_every_node(nodes, etcd):
             5,
             "both nodes' endpoints are backends everywhere",
         )
-        assert _programmed(node)["10.96.0.20:80/tcp"][1] == expected
+        # The datapath follows a moment later: a trigger syncs it after a burst of events.
+        wait_for(
+            lambda n=node: _programmed(n)["10.96.0.20:80/tcp"][1] == expected,
+            5,
+            "and in every node's datapath",
+        )
 
     kv = KvStore([etcd.url])
     kv.delete(f"{ENDPOINTS}c/7", "take c's endpoint away")
