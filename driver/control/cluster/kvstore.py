@@ -122,8 +122,9 @@ class KvStore:
                     api_path="/v3/",  # etcd 3.4's gateway; the client's default is older
                 )
             )
-            # Each watch holds one of the session's connections for its life (a dozen of
-            # them): a pool of requests' default 10 would close every request's connection.
+            # Each watch stream (one per prefix, about eight) holds one of the session's
+            # connections for its life: a pool of requests' default 10 would leave few
+            # for the requests.
             self._clients[-1].session.mount(
                 f"{parts.scheme}://", requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE)
             )
