@@ -101,16 +101,18 @@ class KeySet:
 
     def __init__(self, compacted: Iterable[PolicyKey]):
         self.keys: set[PolicyKey] = set(compacted)
-        self._by_peer: dict[int, set[PolicyKey]] = defaultdict(set)
+        # A tuple, not a set, per peer: most peers have one key, and a node has a KeySet
+        # per local identity with an entry per peer identity of the cluster.
+        self._by_peer: dict[int, tuple[PolicyKey, ...]] = {}
         for key in self.keys:
-            self._by_peer[key.identity].add(key)
+            self._by_peer[key.identity] = (*self._by_peer.get(key.identity, ()), key)
 
     def drop_peers(self, identities: Iterable[int]) -> set[PolicyKey]:
         """Take away every key of these peer identities. No other key changes: a key only
         covers keys of its own identity (or is ANY_ID's, which is no endpoint's)."""
         removed = set()
         for identity in identities:
-            removed |= self._by_peer.pop(identity, set())
+            removed.update(self._by_peer.pop(identity, ()))
         self.keys -= removed
         return removed
 
@@ -135,10 +137,16 @@ class KeySet:
             self.keys -= extra
         self.keys |= added
         self.keys -= removed
+        came = defaultdict(list)
         for k in added:
-            self._by_peer[k.identity].add(k)
-        for k in removed:
-            self._by_peer[k.identity].discard(k)
+            came[k.identity].append(k)
+        for identity in came.keys() | {k.identity for k in removed}:
+            kept = tuple(k for k in self._by_peer.get(identity, ()) if k not in removed)
+            kept += tuple(came.get(identity, ()))
+            if kept:
+                self._by_peer[identity] = kept
+            else:
+                self._by_peer.pop(identity, None)
         return added, removed
 
 
