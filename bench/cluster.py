@@ -42,6 +42,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import summary
 from docker_stand_in import DockerStandIn
 
 from driver.cli.client import ApiClient, ApiError
@@ -219,22 +220,6 @@ class Node:
 
 
 # --- analysis ---------------------------------------------------------------------------------
-
-
-def percentile(xs: list[float], q: float) -> float:
-    ordered = sorted(xs)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def summary(xs: list[float]) -> dict:
-    return {
-        "n": len(xs),
-        "p50": round(percentile(xs, 0.5), 4),
-        "p99": round(percentile(xs, 0.99), 4),
-        "min": round(min(xs), 4),
-        "max": round(max(xs), 4),
-        "mean": round(statistics.fmean(xs), 4),
-    }
 
 
 class Seen:

@@ -6,8 +6,8 @@ and the benchmark is about the state the nodes share. For benchmarks only.
 The stand-in is the unit tests' in-memory fake (tests/unit/fakes.py, checked against
 datapath.interface.DatapathApi) that also appends, with the time of CLOCK_MONOTONIC (one
 clock for every process on the host), each ipcache write, each local endpoint's identity
-and each identity newly allowed in an endpoint's policy to <state-dir>/datapath.jsonl:
-when this node enforced policy for a remote endpoint."""
+and each identity newly allowed in an endpoint's policy (by a whole write or a delta) to
+<state-dir>/datapath.jsonl: when this node enforced policy for a remote endpoint."""
 
 import json
 import logging
@@ -61,6 +61,14 @@ class RecordingDatapath(FakeDatapath):
         # The first write too, even empty: from then on the endpoint must get every peer.
         if new or first:
             self._write({"policy": spec.host_ifname, "ids": sorted(new)})
+
+    def update_endpoint_policy(self, spec, added, removed):
+        added = set(added)
+        super().update_endpoint_policy(spec, added, removed)
+        # A delta adds an identity's keys when it comes: its first time in this endpoint's
+        # policy (the analysis keeps the first time it sees a pair).
+        if added:
+            self._write({"policy": spec.host_ifname, "ids": sorted({k.identity for k in added})})
 
 
 class BenchNode(DriverService):

@@ -30,14 +30,13 @@ import resource
 import selectors
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import API, quiet
+from common import API, quiet, summary
 
 from driver.cli.client import ApiError
 
@@ -284,22 +283,6 @@ def bpf_map_memlock() -> dict[str, int]:
         info = json.loads(run("bpftool", "map", "show", "pinned", str(path), "-j"))
         found[path.name] = int(info["bytes_memlock"])
     return found
-
-
-def percentile(xs: list[float], q: float) -> float:
-    ordered = sorted(xs)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def summary(xs: list[float]) -> dict:
-    return {
-        "n": len(xs),
-        "p50": round(percentile(xs, 0.5), 4),
-        "p99": round(percentile(xs, 0.99), 4),
-        "min": round(min(xs), 4),
-        "max": round(max(xs), 4),
-        "mean": round(statistics.fmean(xs), 4),
-    }
 
 
 # --- the scenarios --------------------------------------------------------------------------

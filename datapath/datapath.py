@@ -394,6 +394,31 @@ class Datapath:
         if final != entry.flags:
             maps.put_endpoint(ifindex, dataclasses.replace(entry, flags=final))
 
+    def update_endpoint_policy(
+        self, spec: EndpointSpec, added: Iterable[PolicyKey], removed: Iterable[PolicyKey]
+    ) -> None:
+        """Add keys to and take keys from the endpoint's policy, its enforcement unchanged:
+        the delta a peer identity that came or went makes, written without reading or
+        rewriting the endpoint's other keys. Added first, so a flow that both the key set
+        before and after allow never sees a gap. A key in both is kept (with its counters).
+        Raises DatapathError before any change if the new keys would not fit in the map.
+        """
+        added, removed = set(added), set(removed)
+        for key in added:
+            key.validate()
+        self._endpoint(spec)
+        maps = self.maps
+        new = maps.new_policy_keys(spec.endpoint_id, added)
+        room = maps.policy_capacity() - maps.policy_count()
+        if len(new) > room:
+            raise DatapathError(
+                f"policy map full: endpoint {spec.endpoint_id} needs {len(new)} new entries, "
+                f"{room} of {maps.policy_capacity()} are free; its policy is unchanged"
+            )
+        maps.add_policy(spec.endpoint_id, new)
+        stale = maps.held_policy_keys(spec.endpoint_id, removed - added)
+        maps.delete_policy(spec.endpoint_id, stale)
+
     def policy_entries(
         self, spec_or_endpoint_id: EndpointSpec | int
     ) -> dict[PolicyKey, tuple[int, int]]:

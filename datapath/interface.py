@@ -47,6 +47,9 @@ class DatapathApi(Protocol):
         egress_enforced: bool,
         keys: Iterable[PolicyKey],
     ) -> None: ...
+    def update_endpoint_policy(
+        self, spec: EndpointSpec, added: Iterable[PolicyKey], removed: Iterable[PolicyKey]
+    ) -> None: ...
     def policy_entries(
         self, spec_or_endpoint_id: EndpointSpec | int
     ) -> dict[PolicyKey, tuple[int, int]]: ...

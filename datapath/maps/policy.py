@@ -39,6 +39,14 @@ class PolicyMaps(MapSet):
     def policy_keys(self, endpoint_id: int) -> set[PolicyKey]:
         return set(self._policy().get(endpoint_id, ()))
 
+    def new_policy_keys(self, endpoint_id: int, keys: set[PolicyKey]) -> set[PolicyKey]:
+        """Those of keys the endpoint does not have (without copying the ones it has)."""
+        return keys - self._policy().get(endpoint_id, set())
+
+    def held_policy_keys(self, endpoint_id: int, keys: set[PolicyKey]) -> set[PolicyKey]:
+        """Those of keys the endpoint has."""
+        return keys & self._policy().get(endpoint_id, set())
+
     def policy_capacity(self) -> int:
         return self._maps["policy"].spec.max_entries
 

@@ -27,16 +27,28 @@ from .identities import (
 from .policy import (
     EndpointPolicy,
     Identity,
+    KeySet,
     Peers,
     PolicyError,
     PolicyKey,
     PolicyRepository,
-    merge,
     parse_rules,
 )
 from .state import Endpoint, Store
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(eq=False)
+class _Result:
+    """The policy of the endpoints of one identity on one network, kept up to date by
+    deltas: generation counts the changes, delta is the last one (keys added, removed)."""
+
+    identity: Identity
+    policy: EndpointPolicy  # its enforcement and rules; its keys are in `keys`
+    keys: KeySet
+    generation: int = 0
+    delta: tuple[set[PolicyKey], set[PolicyKey]] = (set(), set())
 
 
 class Regeneration:
@@ -63,9 +75,9 @@ class Regeneration:
         self._known: dict[int, Identity] | None = None
         self._cidr_identities: dict[str, int] = {}
         # (identity, network id) -> the policy of its endpoints on that network.
-        self._results: dict[tuple[int, str], tuple[Identity, EndpointPolicy]] = {}
-        # endpoint id -> (numeric id, policy) as last written to the datapath.
-        self._written: dict[str, tuple[int, EndpointPolicy]] = {}
+        self._results: dict[tuple[int, str], _Result] = {}
+        # endpoint id -> (numeric id, result, its generation) as last written to the datapath.
+        self._written: dict[str, tuple[int, _Result, int]] = {}
         self._cidrs_written: dict[str, int] | None = None
         # Cluster mode: identities of other nodes' endpoints (number -> labels), which this
         # node's rules may name as peers (set_remote).
@@ -155,7 +167,9 @@ class Regeneration:
 
         A peer identity's keys in a result depend only on that identity's labels, so an
         identity that appears adds its own keys to each cached result, and one that goes
-        takes its keys away; no other key changes.
+        takes its keys away; no other key changes. The datapath gets those deltas, not the
+        whole key set again (tests/unit/control/test_incremental.py holds them to a full
+        recomputation).
         """
         if self._known is None:
             self._cidr_identities = self.identities.sync_cidrs(self.policy.cidrs())
@@ -172,7 +186,7 @@ class Regeneration:
             if key not in in_use or key[0] in removed:
                 del self._results[key]
             elif added or removed:
-                self._results[key] = self._update(key, newcomers, removed)
+                self._update(self._results[key], newcomers, removed)
         self._known = known
         everyone = None
         for ep in endpoints:
@@ -181,17 +195,23 @@ class Regeneration:
                 everyone = everyone or Peers(known.values(), self._cidr_identities)
                 identity = Identity(ep.identity, ep.labels)
                 result = self.policy.compute_for(identity, everyone, self.mode)
-                self._results[key] = (identity, result)
+                # The keys live on in the KeySet only: one copy of a large set.
+                policy = dataclasses.replace(result, keys=frozenset())
+                self._results[key] = _Result(identity, policy, KeySet(result.keys))
         self._write(endpoints)
 
-    def _update(self, key, newcomers: Peers, removed) -> tuple[Identity, EndpointPolicy]:
-        identity, result = self._results[key]
-        keys = result.keys
-        if removed:
-            keys = frozenset(k for k in keys if k.identity not in removed)
+    def _update(self, result: _Result, newcomers: Peers, removed: set[int]) -> None:
+        gone = result.keys.drop_peers(removed)
+        came: set[PolicyKey] = set()
         if newcomers.endpoints:
-            keys = merge(keys, self.policy.compute_for(identity, newcomers, self.mode).keys)
-        return identity, dataclasses.replace(result, keys=keys)
+            more = self.policy.compute_for(result.identity, newcomers, self.mode).keys
+            came, covered = result.keys.add(more)
+            gone |= covered
+        # A key that went with an identity whose labels changed may come back with it.
+        added, deleted = came - gone, gone - came
+        if added or deleted:
+            result.generation += 1
+            result.delta = (added, deleted)
 
     def _write(self, endpoints: list[Endpoint]) -> None:
         """Write the policy of the endpoints whose result differs from what they have."""
@@ -201,17 +221,21 @@ class Regeneration:
         for ep in endpoints:
             if ep.identity == INIT_ID:
                 continue
-            _, result = self._results[ep.identity, ep.network_id]
-            if self._written.get(ep.endpoint_id) == (ep.numeric_id, result):
-                continue
-            self._written.pop(ep.endpoint_id, None)
-            self.datapath.set_endpoint_policy(
-                spec_of(ep),
-                result.ingress_enforced,
-                result.egress_enforced,
-                result.keys,
-            )
-            self._written[ep.endpoint_id] = (ep.numeric_id, result)
+            result = self._results[ep.identity, ep.network_id]
+            written = self._written.pop(ep.endpoint_id, None)
+            if written == (ep.numeric_id, result, result.generation) or _same(written, ep, result):
+                pass  # the datapath has it
+            elif written == (ep.numeric_id, result, result.generation - 1):
+                # Only the last sync changed it: what that sync added and removed.
+                self.datapath.update_endpoint_policy(spec_of(ep), *result.delta)
+            else:
+                self.datapath.set_endpoint_policy(
+                    spec_of(ep),
+                    result.policy.ingress_enforced,
+                    result.policy.egress_enforced,
+                    frozenset(result.keys.keys),
+                )
+            self._written[ep.endpoint_id] = (ep.numeric_id, result, result.generation)
 
     def _write_cidr_identities(self) -> None:
         wanted = {**self._host_prefixes(), **self._cidr_identities}
@@ -340,10 +364,21 @@ class Regeneration:
             self.regenerate()
             return
         selectors = [rule.endpoint_selector for rule in self.policy.changed_since(previous)]
-        for key, (identity, _) in list(self._results.items()):
-            if any(selector.matches(identity.labels) for selector in selectors):
+        for key, result in list(self._results.items()):
+            if any(selector.matches(result.identity.labels) for selector in selectors):
                 del self._results[key]
         self.sync()
+
+
+def _same(written: tuple[int, _Result, int] | None, ep: Endpoint, result: _Result) -> bool:
+    """Whether what was written for ep from another result (one computed before a full
+    recomputation) is what result holds."""
+    if written is None or written[0] != ep.numeric_id or written[2] != written[1].generation:
+        return False
+    before = written[1]
+    return _entries(before.policy)[:2] == _entries(result.policy)[:2] and (
+        before.keys.keys == result.keys.keys
+    )
 
 
 def _entries(policy: EndpointPolicy) -> tuple:

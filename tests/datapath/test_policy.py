@@ -1,6 +1,7 @@
 """Identities, L3/L4 policy and conntrack with real packets between namespaces."""
 
 import ipaddress
+import random
 import sys
 
 import pytest
@@ -212,6 +213,75 @@ def test_policy_over_capacity_changes_nothing(datapath, make_container):
     # ingress only, as before (and masquerading, the default)
     flags = datapath.endpoint_map_entries()[b.ifindex].flags
     assert flags == abi.EP_F_INGRESS_ENFORCED | abi.EP_F_MASQUERADE
+    assert a.ping(b.spec.ipv6)
+
+
+def _map_keys(datapath, endpoint_id: int) -> set[PolicyKey]:
+    """The endpoint's keys as the kernel's policy map holds them (walked, not the index)."""
+    return {
+        PolicyKey(raw.identity, raw.dport, raw.protocol, raw.direction)
+        for raw, _ in datapath.maps._maps["policy"].items()
+        if raw.endpoint_id == endpoint_id
+    }
+
+
+def test_a_policy_delta_adds_and_takes_keys_and_packets_follow(datapath, make_container):
+    a, b, c = make_container(), make_container(), make_container()
+    allow_a, allow_c = PolicyKey(a.identity, 0, 0, INGRESS), PolicyKey(c.identity, 0, 0, INGRESS)
+    datapath.set_endpoint_policy(b.spec, True, False, {allow_a})
+    assert a.ping(b.spec.ipv6)
+    assert not c.ping(b.spec.ipv6, timeout=1)
+    flags = datapath.endpoint_map_entries()[b.ifindex].flags
+
+    datapath.update_endpoint_policy(b.spec, {allow_c}, set())
+    assert _map_keys(datapath, b.spec.endpoint_id) == {allow_a, allow_c}
+    assert c.ping(b.spec.ipv4)
+    assert a.ping(b.spec.ipv4)
+    # A key both added and taken stays, with its counters; one taken that is not there is
+    # no error (the peer's keys went already).
+    datapath.update_endpoint_policy(b.spec, {allow_a}, {allow_a, PolicyKey(4242, 0, 0, INGRESS)})
+    assert datapath.policy_entries(b.spec)[allow_a][0] >= 2
+    datapath.update_endpoint_policy(b.spec, set(), {allow_a})
+    assert _map_keys(datapath, b.spec.endpoint_id) == {allow_c}
+    assert not a.ping(b.spec.ipv6, timeout=1)
+    assert c.ping(b.spec.ipv6)
+    assert datapath.endpoint_map_entries()[b.ifindex].flags == flags, "enforcement unchanged"
+
+
+def test_policy_deltas_leave_the_map_as_a_whole_write_would(datapath, make_container):
+    """Random deltas on one endpoint, a whole write of the same keys on another: the
+    kernel's map holds the same keys for both after every step."""
+    rng = random.Random(14)
+    delta, whole = make_container(), make_container()
+    shapes = [
+        (port, proto, d) for port, proto in ((0, 0), (80, 6), (53, 17)) for d in (INGRESS, EGRESS)
+    ]
+    pool = [PolicyKey(2000 + i, *shape) for i in range(8) for shape in shapes]
+    keys: set[PolicyKey] = set()
+    datapath.set_endpoint_policy(delta.spec, True, True, keys)
+    for _ in range(40):
+        added = set(rng.sample(pool, rng.randint(0, 6)))
+        removed = set(rng.sample(pool, rng.randint(0, 6)))
+        datapath.update_endpoint_policy(delta.spec, added, removed)
+        keys = (keys | added) - (removed - added)
+        datapath.set_endpoint_policy(whole.spec, True, True, keys)
+        assert _map_keys(datapath, delta.spec.endpoint_id) == keys
+        assert _map_keys(datapath, whole.spec.endpoint_id) == keys
+        assert datapath.policy_entries(delta.spec).keys() == keys
+
+
+def test_a_policy_delta_over_capacity_or_with_a_bad_key_changes_nothing(datapath, make_container):
+    a, b = make_container(), make_container()
+    kept = {PolicyKey(a.identity, 0, 0, INGRESS)}
+    datapath.set_endpoint_policy(b.spec, True, False, kept)
+    room = datapath.maps.policy_capacity() - datapath.maps.policy_count()
+    too_many = {PolicyKey(10_000 + i, 0, 0, INGRESS) for i in range(room + 1)}
+    with pytest.raises(DatapathError, match="policy map full"):
+        datapath.update_endpoint_policy(b.spec, too_many, kept)
+    assert _map_keys(datapath, b.spec.endpoint_id) == kept
+    with pytest.raises(DatapathError, match="port needs protocol"):
+        datapath.update_endpoint_policy(b.spec, {PolicyKey(0, 80, 0, INGRESS)}, kept)
+    assert _map_keys(datapath, b.spec.endpoint_id) == kept
     assert a.ping(b.spec.ipv6)
 
 

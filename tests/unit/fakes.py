@@ -105,6 +105,15 @@ class FakeDatapath:
             raise DatapathError("policy map full")
         self.policies[spec.host_ifname] = (ingress_enforced, egress_enforced, set(keys))
 
+    def update_endpoint_policy(self, spec, added, removed):
+        keys = self.policies[spec.host_ifname][2]
+        added, removed = set(added), set(removed)
+        if self.policy_capacity is not None and len(keys | added) > self.policy_capacity:
+            raise DatapathError("policy map full")
+        # In place: a delta costs its own size, as in the real map (bench/cluster_node.py).
+        keys |= added
+        keys -= removed - added
+
     def policy_entries(self, spec_or_endpoint_id):
         """The control plane passes a spec."""
         policy = self.policies.get(spec_or_endpoint_id.host_ifname, (0, 0, set()))

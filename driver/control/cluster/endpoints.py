@@ -119,7 +119,8 @@ class RemoteEndpoints:
                     self.datapath.ipcache_delete(address)
             for address in new.addresses() if new else ():
                 self._cache(address, new.identity, new.node_address)
-            if old != new:
+            # Most endpoints publish no port: theirs need no pass over every record.
+            if old != new and ((old and old.ports) or (new and new.ports)):
                 self.sync_ports()
 
     def _cache(self, address: str, identity: int, node_address: str) -> None:

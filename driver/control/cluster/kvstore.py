@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import logging
+import queue
 import socket
 import threading
 from collections.abc import Callable
@@ -121,13 +122,16 @@ class KvStore:
                     api_path="/v3/",  # etcd 3.4's gateway; the client's default is older
                 )
             )
-            # Each watch holds one of the session's connections for its life (a dozen of
-            # them): a pool of requests' default 10 would close every request's connection.
+            # Each watch stream (one per prefix, about eight) holds one of the session's
+            # connections for its life: a pool of requests' default 10 would leave few
+            # for the requests.
             self._clients[-1].session.mount(
                 f"{parts.scheme}://", requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE)
             )
         self._current = 0
         self._lock = threading.Lock()
+        self._streams: dict[str, Stream] = {}  # prefix -> the one stream its watches share
+        self._streams_lock = threading.Lock()
 
     def close(self) -> None:
         for client in self._clients:
@@ -182,9 +186,24 @@ class KvStore:
         return int(answer.get("result", {}).get("TTL", -1))
 
     def watch(self, prefix: str, on_reset: Callable, on_event: Callable) -> "Watch":
-        watch = Watch(self, prefix, on_reset, on_event)
-        watch.start()
+        """Follow prefix: on_reset(entries), then on_event(kind, entry, previous) for each
+        change, on a thread of the watch's own. Watches of one prefix share one stream."""
+        with self._streams_lock:
+            stream = self._streams.get(prefix)
+            if stream is None:
+                stream = self._streams[prefix] = Stream(self, prefix)
+                stream.start()
+            watch = Watch(stream, on_reset, on_event)
+            watch.start()
         return watch
+
+    def _unwatch(self, watch: "Watch") -> None:
+        """The watch stopped: its stream too, if it was the last one on it."""
+        with self._streams_lock:
+            stream = watch.stream
+            if stream.remove(watch) == 0 and self._streams.get(stream.prefix) is stream:
+                del self._streams[stream.prefix]
+                stream.stop()
 
     def stream(self, prefix: str, revision: int):
         """The open HTTP stream of a watch of prefix from revision (etcd3gw's session)."""
@@ -217,17 +236,19 @@ def _short(exc: Exception) -> str:
     return text[-1][:200] if text else type(exc).__name__
 
 
-class Watch:
-    """Follows every key under a prefix: on_reset(entries) with the whole listing, then
-    on_event(kind, entry, previous) for each change ("PUT" or "DELETE"). When the stream
-    breaks (etcd went away) it lists again and calls on_reset once etcd answers, so the
-    follower never misses a change, even one compacted away."""
+class Stream:
+    """One etcd watch of a prefix for every Watch of it in this process: it lists, then
+    follows the stream, and keeps the listing up to date (so a Watch that comes later
+    starts from it). When the stream breaks (etcd went away) it lists again and every
+    Watch gets the new listing once etcd answers, so none misses a change, even one
+    compacted away. Each Watch gets what the stream sees in order, through a queue."""
 
-    def __init__(self, kv: KvStore, prefix: str, on_reset: Callable, on_event: Callable):
+    def __init__(self, kv: KvStore, prefix: str):
         self.kv = kv
         self.prefix = prefix
-        self.on_reset = on_reset
-        self.on_event = on_event
+        self._lock = threading.Lock()  # the listing and the watches; no callback under it
+        self._listing: dict[str, Entry] | None = None  # None until the first listing
+        self._watches: list[Watch] = []
         self._stop = threading.Event()
         self._response = None
         self._thread = threading.Thread(target=self._run, name=f"watch {prefix}", daemon=True)
@@ -242,12 +263,37 @@ class Watch:
             _interrupt(response)
         self._thread.join(timeout=5)
 
+    def add(self, watch: "Watch") -> None:
+        with self._lock:
+            if self._listing is not None:
+                watch.queue.put(("reset", self._entries()))
+            self._watches.append(watch)
+
+    def remove(self, watch: "Watch") -> int:
+        """How many watches are left."""
+        with self._lock:
+            if watch in self._watches:
+                self._watches.remove(watch)
+            return len(self._watches)
+
+    def relist(self, watch: "Watch") -> None:
+        """The listing again for one watch (whose callback failed)."""
+        with self._lock:
+            if self._listing is not None:
+                watch.queue.put(("reset", self._entries()))
+
+    def _entries(self) -> list[Entry]:
+        return sorted(self._listing.values(), key=lambda e: e.key)
+
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             try:
                 entries, revision = self.kv.list(self.prefix, f"follow {self.prefix}")
-                self.on_reset(entries)
+                with self._lock:
+                    self._listing = {e.key: e for e in entries}
+                    for watch in self._watches:
+                        watch.queue.put(("reset", list(entries)))
                 self._response = self.kv.stream(self.prefix, revision + 1)
                 # stop() sets the flag before it looks for a stream to cut: one of the two
                 # sees the other.
@@ -279,6 +325,71 @@ class Watch:
             result = json.loads(line).get("result", {})
             if result.get("canceled"):
                 raise ValueError(f"etcd cancelled the watch: {result.get('cancel_reason')}")
-            for event in result.get("events", []):
-                previous = _entry(event["prev_kv"]) if "prev_kv" in event else None
-                self.on_event(event.get("type", "PUT"), _entry(event["kv"]), previous)
+            events = [
+                (
+                    event.get("type", "PUT"),
+                    _entry(event["kv"]),
+                    _entry(event["prev_kv"]) if "prev_kv" in event else None,
+                )
+                for event in result.get("events", [])
+            ]
+            with self._lock:
+                for kind, entry, _ in events:
+                    if kind == "DELETE":
+                        self._listing.pop(entry.key, None)
+                    else:
+                        self._listing[entry.key] = entry
+                for watch in self._watches:
+                    for event in events:
+                        watch.queue.put(("event", *event))
+
+
+class Watch:
+    """One follower of a Stream: on_reset(entries) with the whole listing, then
+    on_event(kind, entry, previous) for each change ("PUT" or "DELETE"), on a thread of
+    its own, so a follower that waits (for the control plane's lock) holds up no other.
+    A callback that fails gets the listing again (on_reset) after a pause, as a broken
+    stream does."""
+
+    def __init__(self, stream: Stream, on_reset: Callable, on_event: Callable):
+        self.stream = stream
+        self.prefix = stream.prefix
+        self.on_reset = on_reset
+        self.on_event = on_event
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"follow {stream.prefix}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+        self.stream.add(self)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.stream.kv._unwatch(self)
+        self.queue.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        failures = 0
+        while (item := self.queue.get()) is not None:
+            if failures and item[0] != "reset":
+                continue  # the listing it waits for covers these
+            try:
+                if item[0] == "reset":
+                    self.on_reset(item[1])
+                else:
+                    self.on_event(*item[1:])
+                failures = 0
+            except Exception as exc:
+                if isinstance(exc, (KvstoreUnavailable, requests.RequestException, ValueError)):
+                    log.warning("follower of %s: %s; retrying", self.prefix, _short(exc))
+                else:
+                    log.exception("follower of %s failed; retrying", self.prefix)
+                if self._stopped.wait(WATCH_RETRY[min(failures, len(WATCH_RETRY) - 1)]):
+                    break
+                failures += 1
+                self.stream.relist(self)

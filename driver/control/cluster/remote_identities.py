@@ -10,6 +10,7 @@ the number can mean other labels), so they are read once per key, never polled.
 
 import json
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 
@@ -19,6 +20,7 @@ from datapath.abi import FIRST_ENDPOINT_IDENTITY
 from .endpoints import ENDPOINTS
 from .identities import IDS, identity_number, labels_of
 from .kvstore import Entry, KvStore
+from .trigger import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,12 @@ class IdentityUse:
 class RemoteIdentities:
     """IdentityUse fed by watches of endpoint records and identity keys. When the set of
     remote identities (or their labels) changes, changed(identities) is called under the
-    control plane's lock, as every datapath write is."""
+    control plane's lock, as every datapath write is.
+
+    The watches only take note (under a lock of their own) and pull a trigger that tells:
+    events that come while a regeneration runs are told together in the next one, one
+    regeneration per burst, and a watch never queues behind the control plane's lock (the
+    ipcache's watch waits for at most one regeneration)."""
 
     def __init__(self, kv: KvStore, node: str, lock, changed: Callable[[dict[int, dict]], None]):
         self.kv = kv
@@ -79,20 +86,23 @@ class RemoteIdentities:
         self.lock = lock
         self.changed = changed
         self.use = IdentityUse()
+        self._noted = threading.Lock()  # guards use; taken after self.lock, never before
         self._told: dict[int, dict] = {}
+        self.trigger = Trigger("remote identities", self.tell)
         self.watches = []
 
     def load(self) -> dict[int, dict]:
         """The remote identities now (number -> labels), read once, before start()."""
         ids, _ = self.kv.list(IDS, "read the cluster's identities")
         endpoints, _ = self.kv.list(ENDPOINTS, "read other nodes' endpoints")
-        with self.lock:
+        with self.lock, self._noted:
             self.use.set_labels(dict(filter(None, map(labels_of, ids))))
             self.use.set_endpoints(dict(filter(None, map(self._user, endpoints))))
             self._told = self.use.identities()
             return dict(self._told)
 
     def start(self) -> None:
+        self.trigger.start()
         self.watches = [
             self.kv.watch(IDS, self._reset_labels, self._label_event),
             self.kv.watch(ENDPOINTS, self._reset_endpoints, self._endpoint_event),
@@ -101,10 +111,11 @@ class RemoteIdentities:
     def close(self) -> None:
         for watch in self.watches:
             watch.stop()
+        self.trigger.close()
 
     def records(self) -> list[dict]:
         """The remote identities as `cilium identity list` shows them, with their nodes."""
-        with self.lock:
+        with self.lock, self._noted:
             nodes = self.use.nodes()
             return [
                 {
@@ -118,28 +129,28 @@ class RemoteIdentities:
             ]
 
     def _reset_labels(self, entries: list[Entry]) -> None:
-        with self.lock:
+        with self._noted:
             self.use.set_labels(dict(filter(None, map(labels_of, entries))))
-            self._tell()
+        self.trigger.pull()
 
     def _label_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
-        with self.lock:
-            found = labels_of(entry) if kind == "PUT" else None
-            number = found[0] if found else identity_number(entry)
-            if number is not None:
+        found = labels_of(entry) if kind == "PUT" else None
+        number = found[0] if found else identity_number(entry)
+        if number is not None:
+            with self._noted:
                 self.use.label(number, found[1] if found else None)
-                self._tell()
+            self.trigger.pull()
 
     def _reset_endpoints(self, entries: list[Entry]) -> None:
-        with self.lock:
+        with self._noted:
             self.use.set_endpoints(dict(filter(None, map(self._user, entries))))
-            self._tell()
+        self.trigger.pull()
 
     def _endpoint_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
-        with self.lock:
-            found = self._user(entry) if kind == "PUT" else None
+        found = self._user(entry) if kind == "PUT" else None
+        with self._noted:
             self.use.endpoint(entry.key, found[1] if found else None)
-            self._tell()
+        self.trigger.pull()
 
     def _user(self, entry: Entry) -> tuple[str, tuple[str, int]] | None:
         """(key, (node, identity)) of another node's endpoint record with an endpoint
@@ -156,13 +167,17 @@ class RemoteIdentities:
             return None
         return entry.key, (node, identity)
 
-    def _tell(self) -> None:
-        now = self.use.identities()
-        if now == self._told:
-            return
-        self._told = now
-        try:
-            self.changed(now)
-        except DatapathError as exc:
-            # The results are cached already: the next change writes what is missing.
-            log.error("policy for other nodes' identities not all in force: %s", exc)
+    def tell(self) -> None:
+        """Tell what changed since the last call, if anything: what the trigger does for
+        every event noted since it last ran."""
+        with self.lock:
+            with self._noted:
+                now = self.use.identities()
+            if now == self._told:
+                return
+            self._told = now
+            try:
+                self.changed(now)
+            except DatapathError as exc:
+                # The results are cached already: the next change writes what is missing.
+                log.error("policy for other nodes' identities not all in force: %s", exc)

@@ -18,6 +18,7 @@ from its state, the others' from what they publish (RemoteBackends).
 import ipaddress
 import json
 import logging
+import threading
 from collections.abc import Callable
 
 from datapath import DatapathError
@@ -29,6 +30,7 @@ from .endpoints import ENDPOINTS
 from .identities import IDS, identity_number, labels_of
 from .kvstore import Entry, KvStore, KvstoreUnavailable, absent, delete, put, unchanged
 from .nodes import PREFIX
+from .trigger import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +167,9 @@ class ClusterServices:
 class RemoteBackends:
     """Other nodes' endpoints as selector services see them: the addresses and identity each
     node publishes under ENDPOINTS, with the labels of that identity from the allocator's
-    keys, both followed by watches. A change syncs the services (under the control plane's
-    lock) if one has a selector."""
+    keys, both followed by watches. The watches take note under a lock of their own and pull
+    a trigger that syncs the services (under the control plane's lock) if one has a
+    selector: once per burst of events, and no watch waits for the control plane."""
 
     def __init__(self, kv: KvStore, node: str, services: Services, lock):
         self.kv = kv
@@ -175,10 +178,13 @@ class RemoteBackends:
         self.lock = lock
         self._endpoints: dict[str, tuple[int, str | None, str | None]] = {}
         self._labels: dict[int, dict] = {}
+        self._noted = threading.Lock()  # guards the two above; taken after self.lock
+        self.trigger = Trigger("selector services", self._sync)
         self.watches = []
 
     def start(self) -> None:
         self.services.remote_endpoints = self.endpoints
+        self.trigger.start()
         self.watches = [
             self.kv.watch(IDS, self._reset_labels, self._labels_event),
             self.kv.watch(ENDPOINTS, self._reset_endpoints, self._endpoint_event),
@@ -187,41 +193,49 @@ class RemoteBackends:
     def close(self) -> None:
         for watch in self.watches:
             watch.stop()
+        self.trigger.close()
 
     def endpoints(self) -> list[tuple[dict, str | None, str | None]]:
         """(labels, IPv6, IPv4) of each other node's endpoint whose identity is known."""
-        return [
-            (self._labels[identity], ipv6, ipv4)
-            for identity, ipv6, ipv4 in self._endpoints.values()
-            if identity in self._labels
-        ]
+        with self._noted:
+            return [
+                (self._labels[identity], ipv6, ipv4)
+                for identity, ipv6, ipv4 in self._endpoints.values()
+                if identity in self._labels
+            ]
 
     def _reset_labels(self, entries: list[Entry]) -> None:
-        with self.lock:
-            self._labels = dict(filter(None, map(labels_of, entries)))
-            self._changed()
+        labels = dict(filter(None, map(labels_of, entries)))
+        with self._noted:
+            self._labels = labels
+        self.trigger.pull()
 
     def _labels_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
-        with self.lock:
-            found = labels_of(entry) if kind != "DELETE" else None
+        found = labels_of(entry) if kind != "DELETE" else None
+        with self._noted:
             if found is None:
                 self._labels.pop(identity_number(entry), None)
             else:
                 self._labels[found[0]] = found[1]
-            self._changed()
+        self.trigger.pull()
 
     def _reset_endpoints(self, entries: list[Entry]) -> None:
-        with self.lock:
-            self._endpoints = dict(filter(None, map(self._endpoint, entries)))
-            self._changed()
+        endpoints = dict(filter(None, map(self._endpoint, entries)))
+        with self._noted:
+            self._endpoints = endpoints
+        self.trigger.pull()
 
     def _endpoint_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
-        with self.lock:
-            found = self._endpoint(entry) if kind != "DELETE" else None
+        found = self._endpoint(entry) if kind != "DELETE" else None
+        with self._noted:
             if found is None:
                 self._endpoints.pop(entry.key, None)
             else:
                 self._endpoints[entry.key] = found[1]
+        self.trigger.pull()
+
+    def _sync(self) -> None:
+        with self.lock:
             self._changed()
 
     def _endpoint(self, entry: Entry) -> tuple[str, tuple] | None:

@@ -4,12 +4,12 @@ from .compute import (
     EGRESS,
     INGRESS,
     EndpointPolicy,
+    KeySet,
     Peers,
     PolicyKey,
     compact,
     first_match,
     lookup_keys,
-    merge,
 )
 from .model import (
     NETWORK_LABEL,
@@ -30,6 +30,7 @@ __all__ = [
     "NETWORK_LABEL",
     "EndpointPolicy",
     "Identity",
+    "KeySet",
     "Peers",
     "PolicyError",
     "PolicyKey",
@@ -41,6 +42,5 @@ __all__ = [
     "compact",
     "first_match",
     "lookup_keys",
-    "merge",
     "parse_rules",
 ]

@@ -93,19 +93,61 @@ def compact(keys: Iterable[PolicyKey]) -> frozenset[PolicyKey]:
     return frozenset(k for k in keys if not _covered(k, keys))
 
 
-def merge(compacted: frozenset[PolicyKey], more: Iterable[PolicyKey]) -> frozenset[PolicyKey]:
-    """compact(compacted | more) for a compacted set: only the keys of `more`, and those
-    of `compacted` they may cover (same identity, or any with an ANY_ID key), are looked at."""
-    extra = set(more) - compacted
-    if not extra:
-        return compacted
-    present = compacted | extra
-    kept = {k for k in extra if not _covered(k, present)}
-    identities = {k.identity for k in kept}
-    if ANY_ID in identities:
-        return compact(compacted | kept)
-    kept |= {k for k in compacted if k.identity not in identities or not _covered(k, present)}
-    return frozenset(kept)
+class KeySet:
+    """A compacted key set that changes by deltas: the keys of a peer identity that came
+    are merged in, those of one that went taken out, each at the cost of the keys it
+    touches (a key is indexed by its peer identity), never of the whole set. Each change
+    returns what it added to and removed from the set: what the datapath must apply."""
+
+    def __init__(self, compacted: Iterable[PolicyKey]):
+        self.keys: set[PolicyKey] = set(compacted)
+        # A tuple, not a set, per peer: most peers have one key, and a node has a KeySet
+        # per local identity with an entry per peer identity of the cluster.
+        self._by_peer: dict[int, tuple[PolicyKey, ...]] = {}
+        for key in self.keys:
+            self._by_peer[key.identity] = (*self._by_peer.get(key.identity, ()), key)
+
+    def drop_peers(self, identities: Iterable[int]) -> set[PolicyKey]:
+        """Take away every key of these peer identities. No other key changes: a key only
+        covers keys of its own identity (or is ANY_ID's, which is no endpoint's)."""
+        removed = set()
+        for identity in identities:
+            removed.update(self._by_peer.pop(identity, ()))
+        self.keys -= removed
+        return removed
+
+    def add(self, more: Iterable[PolicyKey]) -> tuple[set[PolicyKey], set[PolicyKey]]:
+        """compact(keys | more), as (keys added, keys removed): a new key may be covered by
+        one there, or cover some of its own identity's; a new ANY_ID key may cover any."""
+        extra = set(more) - self.keys
+        if not extra:
+            return set(), set()
+        if any(k.identity == ANY_ID for k in extra):
+            wanted = compact(self.keys | extra)
+            added, removed = wanted - self.keys, self.keys - wanted
+        else:
+            self.keys |= extra  # for the lookups of _covered; the new keys are not indexed
+            added = {k for k in extra if not _covered(k, self.keys)}
+            removed = {
+                k
+                for identity in {k.identity for k in added}
+                for k in self._by_peer.get(identity, ())
+                if _covered(k, self.keys)
+            }
+            self.keys -= extra
+        self.keys |= added
+        self.keys -= removed
+        came = defaultdict(list)
+        for k in added:
+            came[k.identity].append(k)
+        for identity in came.keys() | {k.identity for k in removed}:
+            kept = tuple(k for k in self._by_peer.get(identity, ()) if k not in removed)
+            kept += tuple(came.get(identity, ()))
+            if kept:
+                self._by_peer[identity] = kept
+            else:
+                self._by_peer.pop(identity, None)
+        return added, removed
 
 
 def _covered(key: PolicyKey, keys) -> bool:

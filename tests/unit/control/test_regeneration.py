@@ -35,6 +35,10 @@ class CountingDatapath(FakeDatapath):
         super().set_endpoint_policy(spec, ingress_enforced, egress_enforced, keys)
         self.calls.append(("policy", spec.host_ifname))
 
+    def update_endpoint_policy(self, spec, added, removed):
+        super().update_endpoint_policy(spec, added, removed)
+        self.calls.append(("delta", spec.host_ifname))
+
     def set_endpoint_identity(self, spec, identity):
         super().set_endpoint_identity(spec, identity)
         self.calls.append(("identity", spec.host_ifname))
@@ -131,7 +135,8 @@ def host(tmp_path):
 
 
 def policy_writes(calls) -> list[str]:
-    return [name for kind, name in calls if kind == "policy"]
+    """The endpoints whose policy was written, whole or by a delta."""
+    return [name for kind, name in calls if kind in ("policy", "delta")]
 
 
 def test_a_new_identity_nobody_selects_writes_only_its_own_endpoint(host):
@@ -165,6 +170,8 @@ def test_a_new_identity_is_written_to_the_endpoints_that_select_it_first(host):
     client = host.add("c", {"app": "client"})
     calls = host.datapath.take()
     assert sorted(policy_writes(calls)) == sorted(map(host.ifname, [*web, client]))
+    # The peers get the new identity's keys alone, not their whole key set again.
+    assert sorted(name for kind, name in calls if kind == "delta") == sorted(map(host.ifname, web))
     # Peers learn the new identity before its traffic can flow.
     assert calls[-1] == ("identity", host.ifname(client))
     assert host.datapath.policies == host.expected()

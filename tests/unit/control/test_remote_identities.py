@@ -161,16 +161,48 @@ def test_remote_identities_tell_changes_only_and_skip_this_nodes_own():
     remote = RemoteIdentities(None, "b", threading.RLock(), told.append)
     remote._reset_labels([_id_key(REMOTE, {"app": "web"}), _id_key(FIRST_ENDPOINT_IDENTITY, {})])
     remote._reset_endpoints([_record("b", 1, FIRST_ENDPOINT_IDENTITY)])
+    remote.tell()
     assert told == [], "this node's own endpoint is not remote"
     remote._endpoint_event("PUT", _record("a", 1, REMOTE), None)
+    remote.tell()
     remote._endpoint_event("PUT", _record("a", 2, REMOTE), None)
     remote._endpoint_event("PUT", _record("a", 3, INIT_ID), None)
+    remote.tell()
     assert told == [{REMOTE: {"app": "web"}}], "once, for the first endpoint"
     remote._endpoint_event("DELETE", _record("a", 1, REMOTE), None)
+    remote.tell()
     assert len(told) == 1
     remote._endpoint_event("DELETE", _record("a", 2, REMOTE), None)
+    remote.tell()
     assert told[-1] == {}, "the last one takes it away"
     assert remote.records() == []
+
+
+def test_a_burst_of_events_is_told_once_with_all_of_them():
+    told = []
+    remote = RemoteIdentities(None, "b", threading.RLock(), told.append)
+    remote._reset_labels([])
+    remote._reset_endpoints([])
+    for n in range(20):
+        remote._label_event("PUT", _id_key(REMOTE + n, {"idx": str(n)}), None)
+        remote._endpoint_event("PUT", _record("a", n, REMOTE + n), None)
+    remote._endpoint_event("DELETE", _record("a", 7, REMOTE + 7), None)
+    remote.tell()
+    wanted = {REMOTE + n: {"idx": str(n)} for n in range(20) if n != 7}
+    assert told == [wanted]
+
+
+def test_the_trigger_tells_what_the_watches_noted():
+    told = threading.Event()
+    remote = RemoteIdentities(None, "b", threading.RLock(), lambda now: told.set())
+    remote.trigger.start()  # what start() does before it opens the watches
+    try:
+        remote._reset_labels([_id_key(REMOTE, {"app": "web"})])
+        remote._endpoint_event("PUT", _record("a", 1, REMOTE), None)
+        assert told.wait(5), "the trigger did not tell"
+    finally:
+        remote.close()
+    assert not remote.trigger.alive()
 
 
 def test_remote_identities_learn_labels_that_come_after_the_endpoint():
@@ -178,8 +210,10 @@ def test_remote_identities_learn_labels_that_come_after_the_endpoint():
     remote = RemoteIdentities(None, "b", threading.RLock(), told.append)
     remote._reset_labels([])
     remote._endpoint_event("PUT", _record("a", 1, REMOTE), None)
+    remote.tell()
     assert told == []
     remote._label_event("PUT", _id_key(REMOTE, {"app": "web"}), None)
+    remote.tell()
     assert told == [{REMOTE: {"app": "web"}}]
     assert remote.records() == [
         {
@@ -191,6 +225,7 @@ def test_remote_identities_learn_labels_that_come_after_the_endpoint():
         }
     ]
     remote._label_event("DELETE", Entry(f"{IDS}{REMOTE}", "", 1, 1, 0), None)
+    remote.tell()
     assert told[-1] == {}
 
 
@@ -201,4 +236,5 @@ def test_a_datapath_refusal_is_logged_not_raised_into_the_watch(caplog):
     remote = RemoteIdentities(None, "b", threading.RLock(), refuse)
     remote._reset_labels([_id_key(REMOTE, {"app": "web"})])
     remote._endpoint_event("PUT", _record("a", 1, REMOTE), None)
+    remote.tell()
     assert "policy map is full" in caplog.text

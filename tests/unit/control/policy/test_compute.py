@@ -8,10 +8,10 @@ from driver.control.policy import (
     EGRESS,
     INGRESS,
     EndpointPolicy,
+    KeySet,
     PolicyError,
     PolicyKey,
     compact,
-    merge,
 )
 
 from .helpers import endpoint, keyset, repository
@@ -214,7 +214,21 @@ def random_keys(rng, count: int) -> set[PolicyKey]:
 
 
 @pytest.mark.parametrize("seed", range(200))
-def test_merge_into_a_compact_set_equals_compacting_the_union(seed):
+def test_adding_to_a_key_set_equals_compacting_the_union_and_says_what_changed(seed):
     rng = random.Random(seed)
     old, more = random_keys(rng, rng.randint(0, 25)), random_keys(rng, rng.randint(0, 8))
-    assert merge(compact(old), more) == compact(old | more)
+    keys = KeySet(compact(old))
+    added, removed = keys.add(more)
+    assert keys.keys == compact(old | more)
+    assert (added, removed) == (keys.keys - compact(old), compact(old) - keys.keys)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_dropping_peers_from_a_key_set_equals_compacting_what_is_left(seed):
+    rng = random.Random(seed)
+    old = compact(random_keys(rng, rng.randint(0, 25)))
+    gone = set(rng.sample([1, 256, 257, 258], rng.randint(0, 4)))
+    keys = KeySet(old)
+    removed = keys.drop_peers(gone)
+    assert keys.keys == compact(k for k in old if k.identity not in gone)
+    assert removed == old - keys.keys

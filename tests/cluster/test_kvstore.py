@@ -1,0 +1,69 @@
+"""Watches of one prefix share one etcd stream: each follower gets the listing, then every
+change in order, on its own thread; one that comes later starts from the listing as it is
+then; one whose callback fails gets the listing again; the last one to stop ends the
+stream."""
+
+import threading
+
+from driver.control.cluster.kvstore import KvStore
+
+from .conftest import wait_for
+
+PREFIX = "pycilium/v1/test/"
+
+
+class Follower:
+    def __init__(self, fail_on: str | None = None):
+        self.state: dict[str, str] = {}
+        self.resets = 0
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+
+    def reset(self, entries) -> None:
+        with self.lock:
+            self.resets += 1
+            self.state = {e.key: e.value for e in entries}
+
+    def event(self, kind, entry, _previous) -> None:
+        if entry.value == self.fail_on:
+            self.fail_on = None  # once
+            raise RuntimeError("a follower's bug")
+        with self.lock:
+            if kind == "DELETE":
+                self.state.pop(entry.key, None)
+            else:
+                self.state[entry.key] = entry.value
+
+
+def test_followers_of_a_prefix_share_one_stream_and_see_the_same(etcd):
+    kv = KvStore([etcd.url])
+    etcd.put(PREFIX + "a", "1")
+    first, failing, late = Follower(), Follower(fail_on="3"), Follower()
+    watches = [kv.watch(PREFIX, f.reset, f.event) for f in (first, failing)]
+    try:
+        assert list(kv._streams) == [PREFIX], "one stream for both"
+        wait_for(lambda: first.state == failing.state == {PREFIX + "a": "1"}, 5, "listings")
+        etcd.put(PREFIX + "b", "2")
+        etcd.put(PREFIX + "b", "3")  # the failing follower's callback raises on this one
+        kv.delete(PREFIX + "a", "test")
+        wanted = {PREFIX + "b": "3"}
+        wait_for(lambda: first.state == wanted, 5, "the first follower follows")
+        wait_for(lambda: failing.state == wanted, 5, "the failing one gets the listing again")
+        assert failing.resets == 2 and first.resets == 1
+        watches.append(kv.watch(PREFIX, late.reset, late.event))
+        wait_for(lambda: late.state == wanted, 5, "a late follower starts from the listing")
+        etcd.put(PREFIX + "c", "4")
+        for follower in (first, failing, late):
+            wait_for(lambda f=follower: f.state.get(PREFIX + "c") == "4", 5, "all follow")
+        assert len(kv._streams) == 1
+        stream = watches[0].stream
+        for watch in watches[:-1]:
+            watch.stop()
+        assert kv._streams == {PREFIX: stream}, "the stream lives while a follower does"
+        watches[-1].stop()
+        assert kv._streams == {}
+        assert not stream._thread.is_alive()
+    finally:
+        for watch in watches:
+            watch.stop()
+        kv.close()
