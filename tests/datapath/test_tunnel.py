@@ -28,7 +28,14 @@ from datapath.uninstall import remove_from_host
 
 from . import packets, traffic
 from .conftest import NET4
-from .tunnel_hosts import CLUSTER4, CLUSTER6, call_in_netns, make_hosts, remove_hosts
+from .tunnel_hosts import (
+    CLUSTER4,
+    CLUSTER6,
+    UNDERLAY,
+    call_in_netns,
+    make_hosts,
+    remove_hosts,
+)
 
 TUNNEL = "cilium_vxlan"
 
@@ -332,10 +339,12 @@ def test_an_endpoint_reaches_another_host_itself_through_the_tunnel(cluster, mak
     assert _overlay_traces(b) - before[1] >= 1  # the reply, keyed by to_overlay
 
 
-def _send_vxlan(node: str, vni: int, frame: bytes) -> None:
-    """One VXLAN datagram (flags: VNI present) carrying frame, to node's port 8472."""
+def _send_vxlan(node: str, vni: int, frame: bytes, source: str = "") -> None:
+    """One VXLAN datagram (flags: VNI present) carrying frame, to node's port 8472 (from
+    source if given)."""
     header = bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\0"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
         sock.sendto(header + frame, (node, 8472))
 
 
@@ -386,6 +395,32 @@ def test_the_receiving_host_drops_what_no_endpoint_of_another_host_could_send(cl
     frame = _inner(a.range6[99], target.spec.ipv6)
     call_in_netns(a.netns, _send_vxlan, str(b.underlay), 1099, frame)
     assert _grows(delivered, before)
+
+
+def test_a_vni_counts_only_when_a_node_of_the_cluster_sent_it(cluster, make):
+    """The receiver's policy trusts the VNI as the sender's identity: a datagram from an
+    underlay address that is no node's is dropped before any endpoint sees it; the same
+    datagram from the other node is delivered."""
+    a, b = cluster
+    target = make(b, 2017)
+    stranger = str(UNDERLAY[150])
+    a.ip("addr", "add", f"{stranger}/32", "dev", f"u{b.name}")
+    b.ip("route", "add", f"{stranger}/32", "dev", f"u{a.name}")
+
+    def delivered() -> int:
+        return b.dp.trace_counts()["TRACE_TO_CONTAINER"]
+
+    try:
+        frame = _inner(a.range6[99], target.spec.ipv6)
+        before = _drops(b, "DROP_TUNNEL_UNKNOWN_SENDER"), delivered()
+        call_in_netns(a.netns, _send_vxlan, str(b.underlay), 1099, frame, stranger)
+        assert _grows(functools.partial(_drops, b, "DROP_TUNNEL_UNKNOWN_SENDER"), before[0])
+        assert delivered() == before[1]
+        call_in_netns(a.netns, _send_vxlan, str(b.underlay), 1099, frame)
+        assert _grows(delivered, before[1])
+    finally:
+        a.ip("addr", "del", f"{stranger}/32", "dev", f"u{b.name}")
+        b.ip("route", "del", f"{stranger}/32", "dev", f"u{a.name}")
 
 
 def test_the_hosts_packets_for_no_known_endpoint_stop_at_the_tunnel(cluster):

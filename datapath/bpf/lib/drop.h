@@ -39,6 +39,7 @@ enum drop_reason {
 	DROP_TUNNEL_NO_KEY = -42,	/* From the tunnel device without tunnel metadata */
 	DROP_TUNNEL_DESTINATION = -43,	/* From the tunnel, for neither a local endpoint nor the host */
 	DROP_TUNNEL_NO_NODE = -44,	/* Routed into the tunnel, to an address of no known node */
+	DROP_TUNNEL_UNKNOWN_SENDER = -45, /* From the tunnel, sent from an address of no known node */
 };
 
 /* Size of the drop_counts array; every reason's -value must stay below it. */

@@ -110,6 +110,22 @@ static __always_inline int tunnel_parse(struct __sk_buff *skb, struct flow *f)
 	return DROP_UNKNOWN_L3;
 }
 
+/* The VNI is an identity that policy here trusts, so only a node of the cluster may send
+ * one: the outer source must be a node's address, which set_remote_node puts into the
+ * ipcache as living on itself. remote_ipv4 is in host byte order. Returns 0 or a drop
+ * reason. */
+static __always_inline int tunnel_check_sender(__u32 remote_ipv4)
+{
+	struct endpoint_key key = { .family = ENDPOINT_KEY_IPV4 };
+	struct ipcache_entry *node;
+
+	key.ip.p[0] = bpf_htonl(remote_ipv4);
+	node = ipcache_lookup(&key);
+	if (!node || node->node != key.ip.p[0])
+		return DROP_TUNNEL_UNKNOWN_SENDER;
+	return 0;
+}
+
 /* Decapsulated by the device: to the local endpoint of the destination, with the sender's
  * identity from the VNI; to the stack if the destination is the host's own (a reply to
  * the host, whose remote peer's node has the host's address in its ipcache). Returns a
@@ -124,6 +140,9 @@ static __always_inline int overlay_ingress(struct __sk_buff *skb, struct pkt_ctx
 
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return DROP_TUNNEL_NO_KEY;
+	ret = tunnel_check_sender(key.remote_ipv4);
+	if (ret < 0)
+		return ret;
 	ctx->src_identity = key.tunnel_id;
 	ret = tunnel_parse(skb, &ctx->flow);
 	if (ret < 0)
