@@ -103,9 +103,12 @@ class KeySet:
         self.keys: set[PolicyKey] = set(compacted)
         # A tuple, not a set, per peer: most peers have one key, and a node has a KeySet
         # per local identity with an entry per peer identity of the cluster.
-        self._by_peer: dict[int, tuple[PolicyKey, ...]] = {}
+        grouped = defaultdict(list)
         for key in self.keys:
-            self._by_peer[key.identity] = (*self._by_peer.get(key.identity, ()), key)
+            grouped[key.identity].append(key)
+        self._by_peer: dict[int, tuple[PolicyKey, ...]] = {
+            identity: tuple(keys) for identity, keys in grouped.items()
+        }
 
     def drop_peers(self, identities: Iterable[int]) -> set[PolicyKey]:
         """Take away every key of these peer identities. No other key changes: a key only
