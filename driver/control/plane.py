@@ -173,6 +173,7 @@ class ControlPlane:
             ipaddress.ip_network(config.service_range4),
         ]
         self.ports: Ports | None = None
+        self._flow_reader: FlowReader | None = None
         with self.lock:
             self.store.open()
             try:
@@ -234,7 +235,7 @@ class ControlPlane:
         self._unconfirmed: HeldAtStart | None = HeldAtStart.of(self.store)
         # The flow log's threads start last: a start that fails before leaves none behind.
         # The reader first: it sets the flow events' rate limit before the monitor turns
-        # them on.
+        # them on (_abandon_start stops it if the monitor fails).
         self.flow_log = FlowLog(config.flow_buffer) if config.flow_buffer else None
         self._flow_reader = (
             FlowReader(datapath, self.flow_log, config.flow_rate_limit) if self.flow_log else None
@@ -247,6 +248,8 @@ class ControlPlane:
         the kernel stays, as after a crash, for the next start to take up."""
         while self._closers:
             self._closers.pop()()
+        if self._flow_reader is not None:
+            self._flow_reader.close()
         if self.ports is not None:
             self.ports.close()
         if self.cluster is not None:

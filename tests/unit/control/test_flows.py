@@ -1,11 +1,12 @@
 """The flow log: its ring, counters, filters and the records the API shows."""
 
 import ipaddress
+import threading
 import time
 
 import pytest
 
-from datapath import FlowCount, reasons
+from datapath import DatapathError, FlowCount, reasons
 from datapath.abi import (
     EGRESS,
     ENDPOINT_KEY_IPV4,
@@ -27,8 +28,10 @@ from driver.control.flows import (
     select,
     service_map,
 )
+from driver.server.app import create_app
 
 from ..docker_calls import EP, NET
+from ..fakes import FakeDatapath
 
 CLIENT = ipaddress.ip_address("198.51.100.7")
 WORLD6 = "2001:db8::7"
@@ -523,3 +526,13 @@ def test_the_flow_rate_limit_is_refused_out_of_range(tmp_path, rate):
 
     with pytest.raises(ValueError, match="flow rate limit"):
         Config(state_dir=str(tmp_path / "s"), node_id=1, flow_rate_limit=rate).validate()
+
+
+def test_a_start_that_fails_at_the_monitor_leaves_no_flow_reader_running(config):
+    class FlowEventsFail(FakeDatapath):
+        def set_flow_events(self, enabled):
+            raise DatapathError("the config map is gone")
+
+    with pytest.raises(DatapathError, match="config map"):
+        create_app(config, datapath=FlowEventsFail(), watch_docker=False)
+    assert not [t for t in threading.enumerate() if t.name == "flow-reader"]
