@@ -130,6 +130,8 @@ def read_events(
     try:
         while not stop.is_set() and not failure:
             lib.ring_buffer__poll(ring, timeout_ms)
+            if failure:  # the record that failed is gone; stop before taking more
+                break
             # records submitted without a wakeup (flow events, lib/events.h) wait for this
             lib.ring_buffer__consume(ring)
     finally:

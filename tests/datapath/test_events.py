@@ -48,15 +48,21 @@ def test_unparsed_drop_has_no_addresses(datapath, make_container, event_log):
 
 
 def test_callback_error_ends_the_reader(datapath, make_container):
+    """At the first record whose callback fails: the records after it are not handed to a
+    reader that has failed."""
     a = make_container()
     frame = b"\xff" * 6 + bytes.fromhex(a.spec.mac.replace(":", "")) + b"\x88\xb5" + bytes(46)
-    loader.run_program(datapath.program, frame, a.ifindex)
+    for _ in range(3):
+        loader.run_program(datapath.program, frame, a.ifindex)
+    calls = []
 
     def fail(event: Event) -> None:
+        calls.append(event)
         raise ValueError("callback failed")
 
     with pytest.raises(ValueError, match="callback failed"):
         datapath.read_events(fail, threading.Event())
+    assert len(calls) == 1
 
 
 def test_decode_unknown_code():
