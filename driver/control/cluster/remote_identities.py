@@ -88,7 +88,7 @@ class RemoteIdentities:
         self.use = IdentityUse()
         self._noted = threading.Lock()  # guards use; taken after self.lock, never before
         self._told: dict[int, dict] = {}
-        self.trigger = Trigger("remote identities", self.tell)
+        self.trigger = Trigger("remote identities", self.tell, lock)
         self.watches = []
 
     def load(self) -> dict[int, dict]:

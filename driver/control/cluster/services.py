@@ -179,7 +179,7 @@ class RemoteBackends:
         self._endpoints: dict[str, tuple[int, str | None, str | None]] = {}
         self._labels: dict[int, dict] = {}
         self._noted = threading.Lock()  # guards the two above; taken after self.lock
-        self.trigger = Trigger("selector services", self._sync)
+        self.trigger = Trigger("selector services", self._sync, lock)
         self.watches = []
 
     def start(self) -> None:
