@@ -26,17 +26,8 @@
 
 #define LB_HASH_MUL 0x9e3779b1U	/* 2^32 / golden ratio */
 
-#ifndef SERVICE4_W		/* the driver's default ranges unless the loader says otherwise */
-#define SERVICE6_W0 0xfd000005
-#define SERVICE6_W1 0
-#define SERVICE6_W2 0
-#define SERVICE6_W3 0
-#define SERVICE6_M0 0xffffffff
-#define SERVICE6_M1 0xffffffff
-#define SERVICE6_M2 0
-#define SERVICE6_M3 0
-#define SERVICE4_W 0x0a600000
-#define SERVICE4_M 0xffff0000
+#ifndef SERVICE4_W		/* the loader's service_range_flags(): the ranges are the driver's */
+#error "SERVICE6_W0..3, SERVICE6_M0..3, SERVICE4_W and SERVICE4_M must be defined"
 #endif
 
 static __always_inline int lb_in_service_range(const struct flow *f)
