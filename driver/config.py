@@ -72,9 +72,10 @@ class Config:
     # 0: no flow log (the datapath emits no flow events).
     flow_buffer: int = 4096
     # Flow events a second each CPU sends (as many at once after a quiet spell); the new
-    # connections beyond are counted in the kernel and read as aggregated records. Each
-    # event costs the driver ~6 µs of Python (docs/benchmarks.md), so 1000 a CPU is at
-    # most ~0.6% of it. 0: no limit, every new connection an event.
+    # connections beyond are counted in the kernel and read as aggregated records. The
+    # driver's one reader spends ~2 µs on an event that wakes it no more (docs/benchmarks.md:
+    # 0.04 s per 10,000 connections, two events each), so 1000 a CPU costs it ~0.2% of a
+    # CPU per CPU. 0: no limit, every new connection an event.
     flow_rate_limit: int = 1000
     # Empty: the service map only on the API socket. Else also on this loopback HOST:PORT.
     ui_address: str = ""

@@ -30,7 +30,9 @@ static __always_inline int event_emit(const struct pkt_ctx *ctx, __u8 kind, __s3
 	ev->daddr = ctx->flow.daddr;
 	/* A flow event wakes no reader: the driver's reader drains the ring at least every
 	 * 100 ms (datapath/events.py), so a burst of new connections costs it one wakeup, not
-	 * one each. Drops and traces wake it, for `cilium monitor`. */
+	 * one each. Drops and traces wake it if it has read everything before them (adaptive):
+	 * behind waiting flow events they wait for the poll too, and a drop flood does not
+	 * wake it once per drop. */
 	bpf_ringbuf_submit(ev, kind == EVENT_FLOW ? BPF_RB_NO_WAKEUP : 0);
 	return 0;
 }
