@@ -582,8 +582,14 @@ class Datapath:
     def flow_counts(self) -> list[FlowCount]:
         """The new connections counted instead of sent as flow events, by kind; counts only
         grow. The connections counted while the table of kinds was full are a kind with
-        identities, endpoint, port and protocol 0 (flow_overflow in the kernel)."""
+        identities, endpoint, port and protocol 0 (flow_overflow in the kernel).
+
+        The kinds of an endpoint that is gone (no longer in the endpoints map, so its hooks
+        count nothing more) come one last time and leave the table, which so holds the
+        kinds of the endpoints there are and does not fill up as containers come and go."""
+        live = {entry.endpoint_id for entry in self.maps.endpoints().values()}
         counts = self.maps.flow_counts()
+        self.maps.delete_flow_counts(c for c in counts if c.endpoint_id not in live)
         overflow = self.maps.flow_overflow()
         if overflow:
             counts.append(FlowCount(0, 0, 0, 0, 0, 0, INGRESS, 0, "POLICY_MATCH_NONE", overflow))

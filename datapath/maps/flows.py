@@ -2,6 +2,8 @@
 counted in the kernel instead of each being a flow event (lib/flowlog.h)."""
 
 import ctypes as ct
+import functools
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from .. import reasons
@@ -26,7 +28,7 @@ class FlowCount(NamedTuple):
 
     @classmethod
     def of(cls, key: FlowCountKeyC, count: int) -> "FlowCount":
-        matches = {code.value: code.name for code in reasons.policy_matches()}
+        matches = {code: name for name, code in _match_codes().items()}
         return cls(
             key.src_identity,
             key.dst_identity,
@@ -41,15 +43,41 @@ class FlowCount(NamedTuple):
         )
 
 
+@functools.cache
+def _match_codes() -> dict[str, int]:
+    """enum policy_match's names and codes, parsed from lib/flowlog.h once."""
+    return {code.name: code.value for code in reasons.policy_matches()}
+
+
+def _key_of(kind: FlowCount) -> FlowCountKeyC:
+    return FlowCountKeyC(
+        kind.src_identity,
+        kind.dst_identity,
+        kind.endpoint_id,
+        kind.dport,
+        kind.rev_nat_index,
+        kind.protocol,
+        kind.direction,
+        kind.family,
+        _match_codes()[kind.match],
+    )
+
+
 class FlowMaps(MapSet):
     def set_flow_limit(self, cost_ns: int, burst_ns: int) -> None:
         self._maps["flow_limit"].update(ct.c_uint32(0), FlowLimitC(cost_ns, burst_ns))
 
     def flow_counts(self) -> list[FlowCount]:
         """Every counted kind of connection with its count so far, summed over CPUs. The
-        counts only grow: no program deletes a key, and nothing here does."""
+        counts only grow: no program deletes a key (the driver deletes the kinds of
+        endpoints that are gone, delete_flow_counts)."""
         found = self._maps["flow_counts"].items()  # a batch walk: a few system calls
         return [FlowCount.of(key, sum(per_cpu)) for key, per_cpu in found]
+
+    def delete_flow_counts(self, kinds: Iterable[FlowCount]) -> None:
+        """Delete these kinds from flow_counts; one that is not there is fine."""
+        for kind in kinds:
+            self._maps["flow_counts"].delete(_key_of(kind))
 
     def flow_overflow(self) -> int:
         """Connections counted while flow_counts was full, summed over CPUs."""

@@ -168,3 +168,31 @@ def test_above_the_limit_connections_are_counted_and_the_sum_is_exact(
     }
     family = ENDPOINT_KEY_IPV6 if version == 6 else ENDPOINT_KEY_IPV4
     assert {(c.family, c.rev_nat_index) for c in kinds} == {(family, 0)}
+
+
+def test_the_counts_of_an_endpoint_that_is_gone_come_once_more_and_leave_the_table(
+    datapath, make_container, flows
+):
+    """flow_counts would otherwise fill up with the kinds of containers long gone, and the
+    connections of new ones would only be counted as overflow, without their identities."""
+    a, b = make_container(), make_container()
+    b.serve(8080)
+    datapath.set_flow_limit(1, 1)
+    try:
+        for _ in range(10):
+            assert a.exchange(b.spec.ipv6, 8080)
+    finally:
+        datapath.set_flow_limit(0, 0)
+
+    def kinds(endpoint) -> set:
+        return {c for c in datapath.flow_counts() if c.endpoint_id == endpoint.spec.endpoint_id}
+
+    deadline = time.monotonic() + 5
+    while not kinds(a) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    counted, stays = kinds(a), kinds(b)
+    assert counted
+    datapath.delete_endpoint(a.spec)
+    assert kinds(a) == counted  # the last counts, once more
+    assert kinds(a) == set()
+    assert kinds(b) == stays
