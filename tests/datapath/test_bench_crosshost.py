@@ -6,6 +6,7 @@ import importlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,11 @@ def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
 
     def interrupted(self, _args):
         seen.update(_left_over())
+        # A server is an `ip netns exec` until it has entered its namespace: on a busy
+        # machine that may be after the setup returned.
+        deadline = time.monotonic() + 10
+        while len(_processes_in(seen["namespaces"])) < 2 + 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
         seen["processes"] = _processes_in(seen["namespaces"])
         # No BPF on the reference's path, pycilium's programs on its own devices.
         seen["reference_programs"] = [
