@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the driver's management API, through the `cilium`
-command's client, best-effort commands for clean-up, and the summary of a sample."""
+command's client, best-effort commands and stopping servers for clean-up, and the summary
+of a sample."""
 
 import contextlib
 import os
@@ -17,6 +18,16 @@ def quiet(*args: str) -> None:
     """Best effort (cleanup): a failure or a hang does not stop the rest of the cleanup."""
     with contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(args, capture_output=True, check=False, timeout=300)
+
+
+def stop(p: subprocess.Popen) -> None:
+    """End a server the benchmark started: politely, then for sure."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def percentile(xs: list[float], q: float) -> float:

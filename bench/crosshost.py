@@ -53,7 +53,7 @@ import time
 import traceback
 from pathlib import Path
 
-from common import quiet
+from common import quiet, stop
 from run import build_tcpbench, paired, run, stats
 
 REPO = Path(__file__).resolve().parent.parent
@@ -325,7 +325,7 @@ class CrossHost:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-                self.stack.callback(_stop, srv)
+                self.stack.callback(stop, srv)
             self.clients[path] = {"ns": ends[path, 1]["ns"], "v6": server["v6"],
                                   "v4": server["v4"]}  # fmt: skip
 
@@ -364,15 +364,6 @@ class CrossHost:
                         samples[t][fam][p].append(x)
                         log(f"round {r + 1}/{a.rounds} {t:6} {fam} {p:8} {x:10.2f} {UNITS[t]}")
         return samples
-
-
-def _stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 # --- reporting ----------------------------------------------------------------------------------

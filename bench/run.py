@@ -45,7 +45,7 @@ from pathlib import Path
 
 import nat64
 import xdpbench
-from common import API, quiet
+from common import API, quiet, stop
 
 from driver.cli.client import ApiClient, ApiError
 
@@ -207,7 +207,7 @@ class Bench:
             stderr=subprocess.DEVNULL,
         )
         self.servers.append(srv)
-        self.stack.callback(_stop, srv)
+        self.stack.callback(stop, srv)
 
     # -- raw namespaces and ip(6)tables chains --
 
@@ -262,7 +262,7 @@ class Bench:
                 stderr=subprocess.DEVNULL,
             )
             self.servers.append(srv)
-            self.stack.callback(_stop, srv)
+            self.stack.callback(stop, srv)
         self._iptables()
 
     def _iptables(self) -> None:
@@ -534,7 +534,7 @@ class Bench:
             stderr=subprocess.DEVNULL,
         )
         self.servers.append(srv)
-        self.stack.callback(_stop, srv)
+        self.stack.callback(stop, srv)
 
     def setup_outbound(self) -> dict:
         """Clients towards the world: the bridge and the cilium client containers, and raw: a
@@ -756,15 +756,6 @@ class Bench:
             "per_endpoint": (after - before) / self.a.lifecycle_rounds,
         }
         return out
-
-
-def _stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 # --- reporting ------------------------------------------------------------------------------
