@@ -2,7 +2,8 @@
 
 Every table of bench/run.py compares paths of one group (a family, a measure, a scenario)
 with the group's first path, its reference (raw, the bridge, one backend directly), as the
-median of per-round ratios. This script recomputes those ratios from the samples of both files
+median of per-round ratios; its ratio table also compares them with the group's other
+references (`pairs`). This script recomputes all those ratios from the samples of both files
 and prints each ratio the two files have in common, marking those whose change exceeds the
 band.
 
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 
 NOISE = Path(__file__).resolve().parent / "noise.json"
+RAW_NAT = "raw-nat"  # raw plus Docker's embedded-DNS NAT rules in both namespaces (run.py)
 
 
 def sample_groups(result: dict) -> dict[tuple[str, ...], dict[str, list[float]]]:
@@ -45,15 +47,35 @@ def sample_groups(result: dict) -> dict[tuple[str, ...], dict[str, list[float]]]
     return groups
 
 
+def pairs(names: list[str]) -> list[tuple[str, str]]:
+    """(path, reference) for every ratio of a group whose paths are `names`, first path first:
+    every path against the first (raw, one backend directly, ...); besides, pycilium-N
+    against raw plus Docker's DNS NAT, the bridge and ip(6)tables with the same N, the bridge
+    against raw plus DNS NAT (which it carries too), and a VIP with K backends against the K
+    backends directly in turn (issue 17's references)."""
+    first, present = names[0], set(names)
+    out = [(name, first) for name in names[1:]]
+    for name in names[1:]:
+        kind, _, count = name.partition("-")
+        if kind == "cil":
+            more = [RAW_NAT, "bridge", f"ipt-{count}"]
+        elif name == "bridge":
+            more = [RAW_NAT]
+        elif kind == "vip":
+            more = [f"rot-{count}"]
+        else:
+            more = []
+        out += [(name, ref) for ref in more if ref in present and ref != first]
+    return out
+
+
 def ratios(result: dict) -> dict[str, float]:
     """Ratio name ("scenario/measure/family: path / reference") -> median per-round ratio."""
     out = {}
     for where, paths in sample_groups(result).items():
-        reference_name, reference = next(iter(paths.items()))
-        for name, samples in paths.items():
-            if name == reference_name:
-                continue
-            rounds = [s / r for s, r in zip(samples, reference, strict=False) if r > 0]
+        for name, reference_name in pairs(list(paths)):
+            reference = paths[reference_name]
+            rounds = [s / r for s, r in zip(paths[name], reference, strict=False) if r > 0]
             if rounds:
                 out[f"{'/'.join(where)}: {name} / {reference_name}"] = statistics.median(rounds)
     return out

@@ -33,13 +33,8 @@ end() {  # end NS IFNAME IP
 }
 end pcbd-pa pcbdpa 198.18.200.1; end pcbd-pb pcbdpb 198.18.200.2
 end pcbd-na pcbdna 198.18.200.3; end pcbd-nb pcbdnb 198.18.200.4
-for ns in pcbd-na pcbd-nb; do  # what dockerd puts into a container's nat table (DNS at 127.0.0.11)
-  x="ip netns exec $ns iptables -t nat"
-  $x -N DOCKER_OUTPUT; $x -N DOCKER_POSTROUTING
-  $x -A OUTPUT -d 127.0.0.11 -j DOCKER_OUTPUT
-  $x -A POSTROUTING -d 127.0.0.11 -j DOCKER_POSTROUTING
-  $x -A DOCKER_OUTPUT -d 127.0.0.11 -p tcp --dport 53 -j DNAT --to-destination 127.0.0.11:41000
-  $x -A DOCKER_POSTROUTING -s 127.0.0.11 -p tcp --sport 41000 -j SNAT --to-source :53
+for ns in pcbd-na pcbd-nb; do  # what dockerd puts into a container's nat table
+  ip netns exec $ns iptables-restore < "$(dirname "$0")/docker-dns-nat.rules"
 done
 ip netns exec pcbd-pb $T server 5001 & SRVS+=($!)
 ip netns exec pcbd-nb $T server 5001 & SRVS+=($!)
