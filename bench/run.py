@@ -40,6 +40,7 @@ import ipaddress
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -369,6 +370,7 @@ class Bench:
             cli_ns = self._netns("pcb-bench-br-cli")
             self.clients["bridge"] = {**self.cpair["bridge"], "ns": cli_ns}
             self._serve(self._netns("pcb-bench-br-srv"))
+            self.meta["dns_nat_as_docker"] = self._dns_nat_as_docker(cli_ns)
         # Cilium: one client, one server per rule count.
         quiet(DOCKER, "network", "rm", NETWORK_CIL)
         self.stack.callback(quiet, DOCKER, "network", "rm", NETWORK_CIL)
@@ -396,6 +398,17 @@ class Bench:
             cli_ns = self._netns("pcb-bench-cil-cli")
             self.clients[f"cil-{n}"] = {"ns": cli_ns, "v6": v6, "v4": v4}
             self._serve(self._netns(name))
+
+    @staticmethod
+    def _dns_nat_as_docker(ns: list[str]) -> bool:
+        """Whether raw-nat's rules are this Docker's: the bridge client's nat rules (IPv4 and
+        IPv6) against bench/docker-dns-nat.rules, the random DNS ports aside."""
+        docker = dns_nat_rules(run(*ns, "iptables-save", "-t", "nat"))
+        docker += [f"IPv6 {r}" for r in dns_nat_rules(run(*ns, "ip6tables-save", "-t", "nat"))]
+        same = docker == dns_nat_rules(DNS_NAT_RULES.read_text())
+        if not same:
+            log(f"Docker's DNS NAT rules differ from {DNS_NAT_RULES.name}: {docker}")
+        return same
 
     def load_policy(self) -> None:
         rules = []
@@ -654,7 +667,7 @@ class Bench:
                         x = measure(v, fam, t)
                         samples[t][fam][v].append(x)
                         log(
-                            f"round {r + 1}/{self.a.rounds} {t:6} {fam} {label(v, fam):16} "
+                            f"round {r + 1}/{self.a.rounds} {t:6} {fam} {label(v, fam):22} "
                             f"{x:10.2f} {UNITS[t]}"
                         )
         return samples
@@ -800,6 +813,16 @@ def label(variant: str, fam: str) -> str:
     if variant.startswith("rot-"):
         return f"direct, {variant[4:]} backends in turn"
     return variant
+
+
+def dns_nat_rules(text: str) -> list[str]:
+    """The rules of an iptables-save/-restore text, the embedded DNS server's ports (random
+    per container) replaced by PORT."""
+    return [
+        re.sub(r"(127\.0\.0\.11:|--sport )\d+", r"\1PORT", line)
+        for line in text.splitlines()
+        if line.startswith("-A ")
+    ]
 
 
 def stats(xs: list[float]) -> dict:
@@ -1123,7 +1146,12 @@ def markdown(result: dict) -> str:
             "",
             "Median of the per-round ratios (min-max); raw + DNS NAT is raw with Docker's "
             "embedded-DNS NAT rules in both namespaces (bench/docker-dns-nat.rules, IPv4 only "
-            "as Docker's); N is the path's own rule count, K its own backend count.",
+            "as Docker's); N is the path's own rule count, K its own backend count."
+            + (
+                ""
+                if result.get("meta", {}).get("dns_nat_as_docker", True)
+                else " This Docker's rules differ from that file (the run's log says how)."
+            ),
             "",
             *table,
         ]

@@ -43,11 +43,54 @@ def test_a_change_beyond_the_band_is_flagged_and_sets_the_exit_code(tmp_path, ca
     noise.write_text(json.dumps({"throughput/v6: cil-0 / raw": 0.1}))
     assert compare.main([str(old), str(new), "--noise", str(noise)]) == 1
     out = capsys.readouterr().out
-    assert "2 ratios in both runs, 1 moved" in out
-    assert "cil-0 / raw" in out and "bridge / raw" not in out
+    # cil-0 / raw and cil-0 / bridge moved; bridge / raw (1.0 -> 1.02) held
+    assert "3 ratios in both runs, 2 moved" in out
+    assert "cil-0 / raw" in out and "cil-0 / bridge" in out and "bridge / raw" not in out
 
 
 def test_nothing_moved_exits_zero(tmp_path):
     old = tmp_path / "old.json"
     old.write_text(json.dumps(run([10], [10])))
     assert compare.main([str(old), str(old), "--noise", str(tmp_path / "none.json")]) == 0
+
+
+def test_pycilium_is_compared_with_every_reference_of_its_group_and_the_same_rule_count():
+    names = ["raw", "raw-nat", "bridge", "ipt-0", "ipt-10000", "cil-0", "cil-10000"]
+    pairs = compare.pairs(names)
+    assert [p for p in pairs if p[0] == "cil-10000"] == [
+        ("cil-10000", "raw"),
+        ("cil-10000", "raw-nat"),
+        ("cil-10000", "bridge"),
+        ("cil-10000", "ipt-10000"),
+    ]
+    # the bridge carries Docker's DNS NAT rules too: it is compared with raw-nat as well
+    assert ("bridge", "raw-nat") in pairs
+    assert ("raw-nat", "raw") in pairs and ("ipt-0", "bridge") not in pairs
+
+
+def test_a_vip_is_compared_with_its_own_backend_count_directly_in_turn():
+    pairs = compare.pairs(["direct", "rot-2", "vip-2", "rot-16", "vip-16"])
+    assert ("vip-2", "rot-2") in pairs and ("vip-16", "rot-16") in pairs
+    assert ("vip-2", "rot-16") not in pairs and ("vip-16", "rot-2") not in pairs
+
+
+def test_a_reference_the_group_lacks_is_left_out():
+    # results written before raw-nat existed: no such ratio, and no error
+    assert compare.pairs(["raw", "bridge", "cil-0"]) == [
+        ("bridge", "raw"),
+        ("cil-0", "raw"),
+        ("cil-0", "bridge"),
+    ]
+
+
+def test_ratios_against_a_second_reference_use_its_rounds():
+    result = {
+        "rr": {
+            "samples": {
+                "crr": {"v4": {"raw": [4.0, 4.0], "raw-nat": [2.0, 4.0], "cil-0": [3.0, 3.0]}}
+            }
+        }
+    }
+    ratios = compare.ratios(result)
+    assert ratios["rr/crr/v4: cil-0 / raw-nat"] == (1.5 + 0.75) / 2
+    assert ratios["rr/crr/v4: cil-0 / raw"] == 0.75
