@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -88,7 +89,8 @@ def measure_noise(results: list[dict], min_band: float) -> dict[str, float]:
     for a, b in itertools.combinations(per_run, 2):
         for key in a.keys() & b.keys():
             bands[key] = max(bands.get(key, min_band), abs(a[key] - b[key]))
-    return {key: round(band, 3) for key, band in sorted(bands.items())}
+    # Rounded up (past float dust): a band rounded down would flag the runs it came from.
+    return {key: math.ceil(round(band * 1000, 6)) / 1000 for key, band in sorted(bands.items())}
 
 
 def compare(old: dict, new: dict, bands: dict[str, float], min_band: float) -> list[tuple]:

@@ -94,3 +94,9 @@ def test_ratios_against_a_second_reference_use_its_rounds():
     ratios = compare.ratios(result)
     assert ratios["rr/crr/v4: cil-0 / raw-nat"] == (1.5 + 0.75) / 2
     assert ratios["rr/crr/v4: cil-0 / raw"] == 0.75
+
+
+def test_the_runs_a_band_was_measured_from_do_not_move_beyond_it():
+    runs = [run([3.0], [1.0]), run([3.0], [2.0])]  # 1/3 and 2/3: the difference 0.3333...
+    bands = compare.measure_noise(runs, 0.01)
+    assert not any(row[5] for row in compare.compare(*runs, bands, 0.01))
