@@ -909,10 +909,10 @@ def targets(result: dict) -> list[dict]:
     for t, per_fam in result.get("service", {}).get("samples", {}).items():
         for fam, per in per_fam.items():
             for v in per:
+                if not v.startswith("vip-"):
+                    continue
                 k = v.removeprefix("vip-")
                 name = f"IPv{fam[1]} {t} through a VIP, {k} backends"
-                if v == k:  # not a VIP
-                    continue
                 if t == "stream":
                     at_least(name, "6", per[v], per["direct"], 0.9, "one backend directly")
                 elif t == "crr" and f"rot-{k}" in per:
