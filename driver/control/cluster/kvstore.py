@@ -88,6 +88,11 @@ def unchanged(entry: Entry) -> dict:
     }
 
 
+def holds(key: str, value: str) -> dict:
+    """The key exists and has this value."""
+    return {"key": encode(key), "target": "VALUE", "result": "EQUAL", "value": encode(value)}
+
+
 def put(key: str, value: str, lease: int = 0) -> dict:
     request = {"key": encode(key), "value": encode(value)}
     if lease:
