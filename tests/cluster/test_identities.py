@@ -11,7 +11,7 @@ from driver.control.cluster.kvstore import KvStore
 from driver.control.cluster.session import Session
 from driver.control.identities import ENDPOINT_IDENTITY_LIMIT, NETWORK_LABEL
 
-from .conftest import wait_for
+from .conftest import LEASE_TTL, wait_for
 
 WEB = {"app": "web"}
 DB = {"app": "db"}
@@ -170,3 +170,17 @@ def test_an_index_that_does_not_hold_gives_no_wrong_number(nodes, etcd):
         INDEX + labels_hash(web): str(number),
         INDEX + labels_hash(db): "4242",
     }
+
+
+def test_a_restarted_node_keeps_its_number_even_if_the_cluster_dropped_it(nodes, etcd):
+    """Its lease expired while it was down and a node collected the identity: the restart
+    puts back the id key and its index with the number it had."""
+    a, b = nodes.start("a"), nodes.start("b")
+    number = a.identity(a.endpoint(1, WEB))
+    datapath = nodes.stop("a").datapath
+    wait_for(lambda: etcd.keys(IDS) == {}, LEASE_TTL + 5, "b collected a's identity")
+    assert etcd.keys(INDEX) == {}
+    nodes.start("a", datapath=datapath)
+    assert etcd.keys(IDS) == {f"{IDS}{number}": _key(WEB)}
+    assert etcd.keys(INDEX) == {INDEX + labels_hash(_key(WEB)): str(number)}
+    assert b.identity(b.endpoint(1, WEB)) == number
