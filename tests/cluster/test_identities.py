@@ -71,20 +71,19 @@ def test_the_index_names_each_identity_and_goes_with_it(nodes, etcd):
 
 
 class _Meeting:
-    """A KvStore of one node whose first read of an index key waits for the other node's,
-    so both decide from the same etcd before either writes."""
+    """A KvStore of one node whose first transaction waits for the other node's, so both
+    decide from the same etcd before either writes."""
 
     def __init__(self, url: str, barrier: threading.Barrier):
         self._kv = KvStore([url])
         self._barrier = barrier
         self._met = False
 
-    def get(self, key: str, purpose: str):
-        entry = self._kv.get(key, purpose)
-        if key.startswith(INDEX) and not self._met:
+    def txn_else_get(self, *args):
+        if not self._met:
             self._met = True
             self._barrier.wait(timeout=10)
-        return entry
+        return self._kv.txn_else_get(*args)
 
     def __getattr__(self, name):
         return getattr(self._kv, name)
@@ -113,8 +112,8 @@ def _race(allocators: list[ClusterAllocator], keys: list[str]) -> list[int]:
 
 
 def test_nodes_that_allocate_the_same_labels_at_once_get_one_number(etcd):
-    """Both read that the labels have no number yet, both try to create one: the loser's
-    transaction fails on the index (and the winner's reference) and it takes the winner's."""
+    """Both try to create a number for the labels at once: the loser's transaction fails
+    on the index (and the winner's reference) and it takes the winner's."""
     key = _key(WEB)
     numbers = _race(_racing_allocators(etcd), [key, key])
     assert numbers[0] == numbers[1]

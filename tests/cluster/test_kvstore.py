@@ -1,11 +1,11 @@
 """Watches of one prefix share one etcd stream: each follower gets the listing, then every
 change in order, on its own thread; one that comes later starts from the listing as it is
 then; one whose callback fails gets the listing again; the last one to stop ends the
-stream."""
+stream. A transaction that fails returns the key its caller would have read."""
 
 import threading
 
-from driver.control.cluster.kvstore import KvStore
+from driver.control.cluster.kvstore import KvStore, absent, holds, put
 
 from .conftest import wait_for
 
@@ -66,4 +66,19 @@ def test_followers_of_a_prefix_share_one_stream_and_see_the_same(etcd):
     finally:
         for watch in watches:
             watch.stop()
+        kv.close()
+
+
+def test_a_failed_transaction_returns_the_key_it_was_asked_for(etcd):
+    kv = KvStore([etcd.url])
+    key = PREFIX + "index"
+    try:
+        create = ([absent(key)], [put(key, "7")])
+        assert kv.txn_else_get(*create, key, "test") == (True, None)
+        done, entry = kv.txn_else_get(*create, key, "test")
+        assert not done and (entry.key, entry.value) == (key, "7")
+        assert kv.txn_else_get([holds(key, "8")], [], key, "test")[0] is False
+        kv.delete(key, "test")
+        assert kv.txn_else_get([holds(key, "7")], [], key, "test") == (False, None)
+    finally:
         kv.close()

@@ -6,7 +6,7 @@ gets the same number on every node.
     pycilium/v1/identities/value/<labels hash>/<node> -> <n>, under the node's lease
 
 An id key and its index key are created and deleted together, in one transaction, so
-finding a label set's number is one read, not a listing of every id key. A new id key is
+finding a label set's number takes no listing of every id key. A new id key is
 created only in the transaction that also puts its index and the creator's reference, and
 only if neither the index nor the number exists yet and nobody refers to the labels; a node
 that reuses one puts its reference only if the index is unchanged and the id key still
@@ -78,32 +78,38 @@ class ClusterAllocator:
         self.watch.stop()
 
     def allocate(self, key: str) -> int:
-        """The labels' number: a read of the index and one transaction, unless it raced
-        with another node or the index does not hold; then the slow path lists the id keys."""
+        """The labels' number. The first attempt creates it as if the labels were new, in
+        one request that returns their index if they are not: the number it names is then
+        reused with one more transaction. Only a race with another node, or an index that
+        does not hold, sends an allocation down the slow path that lists the id keys."""
         purpose = f"allocate a new identity for labels {key}"
         index_key = INDEX + labels_hash(key)
-        for attempt in range(ATTEMPTS):
-            index = self.kv.get(index_key, purpose)
-            if attempt == 0:
-                number, compare, success = self._fast(key, index)
-            else:
-                number, compare, success = self._slow(key, index, purpose)
-            if self.kv.txn(compare, [*success, self._ref(number, key)], purpose):
-                with self._lock:
-                    self.held[number] = key
-                    self._unreleased.pop(number, None)
-                return number
-        raise DriverError(f"could not {purpose}: {ATTEMPTS} attempts raced with other nodes")
-
-    def _fast(self, key: str, index: Entry | None) -> tuple[int, list, list]:
-        """Trust the index: reuse the number it names, or create one if it has none."""
-        number = _indexed(index)
-        if number is not None:
-            return number, [unchanged(index), holds(IDS + str(number), key)], []
         with self._lock:
             mine = set(self.held)
         number = self._free(mine)
-        return number, *self._create(key, number, index)
+        compare, success = self._create(key, number, None)
+        created, index = self.kv.txn_else_get(
+            compare, [*success, self._ref(number, key)], index_key, purpose
+        )
+        if created:
+            return self._allocated(number, key)
+        for attempt in range(1, ATTEMPTS):
+            if attempt > 1:
+                index = self.kv.get(index_key, purpose)
+            number = _indexed(index)
+            if attempt == 1 and number is not None:
+                compare, success = [unchanged(index), holds(IDS + str(number), key)], []
+            else:
+                number, compare, success = self._slow(key, index, purpose)
+            if self.kv.txn(compare, [*success, self._ref(number, key)], purpose):
+                return self._allocated(number, key)
+        raise DriverError(f"could not {purpose}: {ATTEMPTS} attempts raced with other nodes")
+
+    def _allocated(self, number: int, key: str) -> int:
+        with self._lock:
+            self.held[number] = key
+            self._unreleased.pop(number, None)
+        return number
 
     def _slow(self, key: str, index: Entry | None, purpose: str) -> tuple[int, list, list]:
         """With every id key listed: the index's number if it holds, else an id key with

@@ -176,6 +176,19 @@ class KvStore:
         body = {"compare": compare, "success": success, "failure": []}
         return bool(self._post("/kv/txn", body, purpose).get("succeeded"))
 
+    def txn_else_get(
+        self, compare: list, success: list, key: str, purpose: str
+    ) -> tuple[bool, Entry | None]:
+        """txn(), and if a comparison failed, key's entry as of then (None if absent): what
+        the caller would have read first, in the same request."""
+        failure = [{"request_range": {"key": encode(key)}}]
+        body = {"compare": compare, "success": success, "failure": failure}
+        answer = self._post("/kv/txn", body, purpose)
+        if answer.get("succeeded"):
+            return True, None
+        kvs = answer["responses"][0]["response_range"].get("kvs", [])
+        return False, _entry(kvs[0]) if kvs else None
+
     def put(self, key: str, value: str, purpose: str, lease: int = 0) -> None:
         self._post("/kv/put", put(key, value, lease)["request_put"], purpose)
 
