@@ -1,9 +1,14 @@
 """Watches of one prefix share one etcd stream: each follower gets the listing, then every
 change in order, on its own thread; one that comes later starts from the listing as it is
 then; one whose callback fails gets the listing again; the last one to stop ends the
-stream. A transaction that fails returns the key its caller would have read."""
+stream. A transaction that fails returns the key its caller would have read, and requests
+of two threads do not wait for each other."""
 
+import base64
+import http.server
+import json
 import threading
+import time
 
 from driver.control.cluster.kvstore import KvStore, absent, holds, put
 
@@ -82,3 +87,45 @@ def test_a_failed_transaction_returns_the_key_it_was_asked_for(etcd):
         assert kv.txn_else_get([holds(key, "7")], [], key, "test") == (False, None)
     finally:
         kv.close()
+
+
+class _Gateway(http.server.BaseHTTPRequestHandler):
+    """etcd's gateway as far as a range goes; a range of key "slow" answers only when the
+    server's `release` is set."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if base64.b64decode(body["key"]) == b"slow":
+            self.server.release.wait(10)
+        answer = json.dumps({"header": {"revision": "1"}, "kvs": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *_args):
+        pass
+
+
+def test_a_request_does_not_wait_for_another_threads_request():
+    """An identity's allocation (under the control plane's lock) must not queue behind a
+    publisher's write that etcd is slow to answer."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Gateway)
+    server.release = threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kv = KvStore([f"http://127.0.0.1:{server.server_address[1]}"])
+    slow = threading.Thread(target=kv.get, args=("slow", "test"))
+    try:
+        slow.start()
+        time.sleep(0.2)  # the slow request is in the server
+        started = time.monotonic()
+        assert kv.get("fast", "test") is None
+        assert time.monotonic() - started < 2, "the request waited for the slow one"
+        assert slow.is_alive()
+    finally:
+        server.release.set()
+        slow.join(10)
+        kv.close()
+        server.shutdown()
+        server.server_close()

@@ -128,13 +128,12 @@ class KvStore:
                 )
             )
             # Each watch stream (one per prefix, about eight) holds one of the session's
-            # connections for its life: a pool of requests' default 10 would leave few
-            # for the requests.
+            # connections for its life, and requests from several threads at once take one
+            # each: a pool of requests' default 10 would leave few for them.
             self._clients[-1].session.mount(
                 f"{parts.scheme}://", requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE)
             )
         self._current = 0
-        self._lock = threading.Lock()
         self._streams: dict[str, Stream] = {}  # prefix -> the one stream its watches share
         self._streams_lock = threading.Lock()
 
@@ -149,8 +148,10 @@ class KvStore:
             index = (self._current + step) % len(self._clients)
             client = self._clients[index]
             try:
-                with self._lock:
-                    answer = client.post(client.get_url(path), json=body, timeout=self.timeout)
+                # No lock around it: the session's pool is thread-safe, and a request on the
+                # path from a Join to policy elsewhere (an identity's allocation, under the
+                # control plane's lock) must not queue behind the publishers' writes.
+                answer = client.post(client.get_url(path), json=body, timeout=self.timeout)
             except self._errors as exc:
                 failures.append(f"{self.urls[index]}: {_short(exc)}")
                 continue
