@@ -2,7 +2,8 @@
 change in order, on its own thread; one that comes later starts from the listing as it is
 then; one whose callback fails gets the listing again; the last one to stop ends the
 stream. A transaction that fails returns the key its caller would have read, and requests
-of two threads do not wait for each other."""
+of two threads do not wait for each other. A leased key is written only when what is
+wanted of it changes."""
 
 import base64
 import http.server
@@ -11,6 +12,8 @@ import threading
 import time
 
 from driver.control.cluster.kvstore import KvStore, absent, holds, put
+from driver.control.cluster.leased import LeasedKeys
+from driver.control.cluster.session import Session
 
 from .conftest import wait_for
 
@@ -129,3 +132,21 @@ def test_a_request_does_not_wait_for_another_threads_request():
         kv.close()
         server.shutdown()
         server.server_close()
+
+
+def test_a_leased_key_set_to_what_it_holds_is_not_written_again(etcd):
+    """Each endpoint says its node uses the network: only the first says it to etcd."""
+    kv = KvStore([etcd.url])
+    keys = LeasedKeys(kv, Session(kv, 30), PREFIX, "test keys")
+    try:
+        keys.set(PREFIX + "network", "1")
+        keys.start()
+        wait_for(lambda: etcd.entry(PREFIX + "network") is not None, 5, "written")
+        written = etcd.entry(PREFIX + "network").mod_revision
+        keys.set(PREFIX + "network", "1")
+        keys.set(PREFIX + "later", "1")  # the same writer, in key order: after a rewrite
+        wait_for(lambda: etcd.entry(PREFIX + "later") is not None, 5, "the later one")
+        assert etcd.entry(PREFIX + "network").mod_revision == written
+    finally:
+        keys.close()
+        kv.close()
