@@ -46,8 +46,10 @@ def test_an_identity_goes_with_the_last_node_that_uses_it(nodes, etcd):
     a.remove(on_a)
     assert etcd.keys(IDS) == {f"{IDS}{number}": _key(WEB)}, "b still uses it"
     assert a.plane.store.get_identity(number) is None
+    assert etcd.keys(INDEX) == {INDEX + labels_hash(_key(WEB)): str(number)}
     b.remove(on_b)
     assert etcd.keys(IDS) == {}
+    assert etcd.keys(INDEX) == {}
     assert etcd.keys(REFS) == {}
 
 
