@@ -2,13 +2,23 @@
 gets the same number on every node.
 
     pycilium/v1/identities/id/<n>                     -> the labels (canonical JSON)
+    pycilium/v1/identities/labels/<labels hash>       -> <n>: the index of the id keys
     pycilium/v1/identities/value/<labels hash>/<node> -> <n>, under the node's lease
 
-An id key is created only in the transaction that also puts the creator's reference, and
-only if no id key holds those labels yet and nobody refers to them; a node that reuses one
-puts its reference only if the id key is unchanged. The id key goes in a transaction that
-checks no reference is left, when a node releases its own or sees another's deleted (a
-node whose lease expired). So no two numbers ever mean the same labels at once.
+An id key and its index key are created and deleted together, in one transaction, so
+finding a label set's number takes no listing of every id key. A new id key is
+created only in the transaction that also puts its index and the creator's reference, and
+only if neither the index nor the number exists yet and nobody refers to the labels; a node
+that reuses one puts its reference only if the index is unchanged and the id key still
+holds those labels. The id key and its index go in a transaction that checks no reference
+is left, when a node releases its own or sees another's deleted (a node whose lease
+expired). So no two numbers ever mean the same labels at once, and no number two label
+sets.
+
+An etcd written before the index existed has id keys without it: a starting node indexes
+them before it allocates, and an index that does not hold (missing, or naming a number that
+is gone or means other labels) only sends an allocation down the slow path, which lists
+the id keys as before and writes the index it found missing.
 """
 
 import hashlib
@@ -19,13 +29,24 @@ import threading
 
 from driver.errors import DriverError
 
-from .kvstore import Entry, KvStore, KvstoreUnavailable, absent, delete, none_under, put, unchanged
+from .kvstore import (
+    Entry,
+    KvStore,
+    KvstoreUnavailable,
+    absent,
+    delete,
+    holds,
+    none_under,
+    put,
+    unchanged,
+)
 from .nodes import PREFIX
 from .session import Session
 
 log = logging.getLogger(__name__)
 
 IDS = PREFIX + "identities/id/"
+INDEX = PREFIX + "identities/labels/"
 REFS = PREFIX + "identities/value/"
 ATTEMPTS = 8
 
@@ -48,6 +69,7 @@ class ClusterAllocator:
         self._lock = threading.Lock()
         self.held: dict[int, str] = {}  # number -> key, referred to by this node
         self._unreleased: dict[int, str] = {}  # released while etcd did not answer
+        self._index_missing()
         session.hold(self._put_back)
         session.when_available(self._release_late)
         self.watch = kv.watch(REFS, self._sweep, self._ref_event)
@@ -56,47 +78,96 @@ class ClusterAllocator:
         self.watch.stop()
 
     def allocate(self, key: str) -> int:
+        """The labels' number. The first attempt creates it as if the labels were new, in
+        one request that returns their index if they are not: the number it names is then
+        reused with one more transaction. Only a race with another node, or an index that
+        does not hold, sends an allocation down the slow path that lists the id keys."""
         purpose = f"allocate a new identity for labels {key}"
-        refs = REFS + labels_hash(key) + "/"
-        for _ in range(ATTEMPTS):
-            ids, _ = self.kv.list(IDS, purpose)
-            same = [e for e in ids if e.value == key]
-            if same:
-                number = _number(same[0])
-                ok = self.kv.txn([unchanged(same[0])], [self._ref(number, key)], purpose)
+        index_key = INDEX + labels_hash(key)
+        with self._lock:
+            mine = set(self.held)
+        number = self._free(mine)
+        compare, success = self._create(key, number, None)
+        created, index = self.kv.txn_else_get(
+            compare, [*success, self._ref(number, key)], index_key, purpose
+        )
+        if created:
+            return self._allocated(number, key)
+        for attempt in range(1, ATTEMPTS):
+            if attempt > 1:
+                index = self.kv.get(index_key, purpose)
+            number = _indexed(index)
+            if attempt == 1 and number is not None:
+                compare, success = [unchanged(index), holds(IDS + str(number), key)], []
             else:
-                number = self._free({_number(e) for e in ids})
-                ok = self.kv.txn(
-                    [absent(IDS + str(number)), none_under(refs)],
-                    [put(IDS + str(number), key), self._ref(number, key)],
-                    purpose,
-                )
-            if ok:
-                with self._lock:
-                    self.held[number] = key
-                    self._unreleased.pop(number, None)
-                return number
+                number, compare, success = self._slow(key, index, purpose)
+            if self.kv.txn(compare, [*success, self._ref(number, key)], purpose):
+                return self._allocated(number, key)
         raise DriverError(f"could not {purpose}: {ATTEMPTS} attempts raced with other nodes")
+
+    def _allocated(self, number: int, key: str) -> int:
+        with self._lock:
+            self.held[number] = key
+            self._unreleased.pop(number, None)
+        return number
+
+    def _slow(self, key: str, index: Entry | None, purpose: str) -> tuple[int, list, list]:
+        """With every id key listed: the index's number if it holds, else an id key with
+        these labels (indexed now), else a new number."""
+        ids, _ = self.kv.list(IDS, purpose)
+        owners = {_number(e): e for e in ids}
+        number = _indexed(index)
+        if number in owners and owners[number].value == key:
+            return number, [unchanged(index), unchanged(owners[number])], []
+        same = [e for e in ids if e.value == key]
+        if same:
+            number = _number(same[0])
+            return (
+                number,
+                [unchanged(same[0]), _as_seen(index, INDEX + labels_hash(key))],
+                [put(INDEX + labels_hash(key), str(number))],
+            )
+        number = self._free(set(owners))
+        return number, *self._create(key, number, index)
+
+    def _create(self, key: str, number: int, index: Entry | None) -> tuple[list, list]:
+        """A new id key with its index: only if the number is free, the index is as read
+        (absent, or one that does not hold) and nobody refers to the labels."""
+        index_key = INDEX + labels_hash(key)
+        compare = [
+            absent(IDS + str(number)),
+            _as_seen(index, index_key),
+            none_under(REFS + labels_hash(key) + "/"),
+        ]
+        return compare, [put(IDS + str(number), key), put(index_key, str(number))]
 
     def hold(self, number: int, key: str) -> None:
         """Refer again to an identity this node had before it restarted; it keeps its number
         (recreated if the cluster dropped it meanwhile) unless the cluster gave the labels
         or the number to something else, which is a Conflict."""
         purpose = f"keep identity {number} ({key})"
-        ids, _ = self.kv.list(IDS, purpose)
-        owners = {_number(e): e for e in ids}
-        other = [n for n, e in owners.items() if e.value == key and n != number]
-        entry = owners.get(number)
-        if other or (entry is not None and entry.value != key):
+        index_key = INDEX + labels_hash(key)
+        index = self.kv.get(index_key, purpose)
+        entry = self.kv.get(IDS + str(number), purpose)
+        other = _indexed(index)
+        if other is not None and other != number:
+            named = self.kv.get(IDS + str(other), purpose)
+            if named is None or named.value != key:
+                other = None  # an index that does not hold: replaced below
+        if other not in (None, number) or (entry is not None and entry.value != key):
             raise DriverError(
                 f"identity {number} ({key}) changed in the cluster while this node was away: "
                 f"the labels are now {other or 'free'}, number {number} is "
                 f"{entry.value if entry else 'free'}"
             )
+        compare, success = [_as_seen(index, index_key)], []
         if entry is None:
-            compare, success = [absent(IDS + str(number))], [put(IDS + str(number), key)]
+            compare.append(absent(IDS + str(number)))
+            success.append(put(IDS + str(number), key))
         else:
-            compare, success = [unchanged(entry)], []
+            compare.append(unchanged(entry))
+        if other is None:
+            success.append(put(index_key, str(number)))
         if not self.kv.txn(compare, [*success, self._ref(number, key)], purpose):
             raise DriverError(f"could not {purpose}: it changed meanwhile, retry")
         with self._lock:
@@ -132,13 +203,35 @@ class ClusterAllocator:
                 return number
 
     def _collect(self, number: int) -> None:
-        """Delete identity number's key if no node refers to its labels any more."""
+        """Delete identity number's key, and its index, if no node refers to its labels."""
         entry = self.kv.get(IDS + str(number), f"collect identity {number}")
         if entry is None:
             return
         refs = REFS + labels_hash(entry.value) + "/"
-        if self.kv.txn([unchanged(entry), none_under(refs)], [delete(entry.key)], "collect"):
+        compare, success = [unchanged(entry), none_under(refs)], [delete(entry.key)]
+        index = self.kv.get(INDEX + labels_hash(entry.value), f"collect identity {number}")
+        if _indexed(index) == number:
+            compare.append(unchanged(index))
+            success.append(delete(index.key))
+        if self.kv.txn(compare, success, "collect"):
             log.info("identity %d (%s) is used by no node any more: freed", number, entry.value)
+
+    def _index_missing(self) -> None:
+        """Index the id keys an etcd written before the index has (once, at start): until
+        then the slow path would find them, but only once a fast one had raced them."""
+        purpose = "index the cluster's identities"
+        ids, _ = self.kv.list(IDS, purpose)
+        indexed = {e.key: e for e in self.kv.list(INDEX, purpose)[0]}
+        by_number = {_number(e): e for e in ids}
+        for entry in ids:
+            index = indexed.get(INDEX + labels_hash(entry.value))
+            named = by_number.get(_indexed(index))
+            if named is not None and named.value == entry.value:
+                continue
+            compare = [unchanged(entry), _as_seen(index, INDEX + labels_hash(entry.value))]
+            success = [put(INDEX + labels_hash(entry.value), str(_number(entry)))]
+            if self.kv.txn(compare, success, purpose):
+                log.info("identity %d (%s) indexed", _number(entry), entry.value)
 
     def _put_back(self, _lease: int) -> None:
         with self._lock:
@@ -173,6 +266,19 @@ class ClusterAllocator:
             self._collect(int(previous.value))
         except (KvstoreUnavailable, ValueError) as exc:
             log.warning("identity collection after %s went: %s", previous.key, exc)
+
+
+def _indexed(index: Entry | None) -> int | None:
+    """The number an index key names, or None (no index, or not a number)."""
+    try:
+        return None if index is None else int(index.value)
+    except ValueError:
+        return None
+
+
+def _as_seen(entry: Entry | None, key: str) -> dict:
+    """Key is still as read: absent, or unchanged."""
+    return absent(key) if entry is None else unchanged(entry)
 
 
 def _number(entry: Entry) -> int:

@@ -88,6 +88,11 @@ def unchanged(entry: Entry) -> dict:
     }
 
 
+def holds(key: str, value: str) -> dict:
+    """The key exists and has this value."""
+    return {"key": encode(key), "target": "VALUE", "result": "EQUAL", "value": encode(value)}
+
+
 def put(key: str, value: str, lease: int = 0) -> dict:
     request = {"key": encode(key), "value": encode(value)}
     if lease:
@@ -123,13 +128,12 @@ class KvStore:
                 )
             )
             # Each watch stream (one per prefix, about eight) holds one of the session's
-            # connections for its life: a pool of requests' default 10 would leave few
-            # for the requests.
+            # connections for its life, and requests from several threads at once take one
+            # each: a pool of requests' default 10 would leave few for them.
             self._clients[-1].session.mount(
                 f"{parts.scheme}://", requests.adapters.HTTPAdapter(pool_maxsize=POOL_SIZE)
             )
         self._current = 0
-        self._lock = threading.Lock()
         self._streams: dict[str, Stream] = {}  # prefix -> the one stream its watches share
         self._streams_lock = threading.Lock()
 
@@ -144,8 +148,10 @@ class KvStore:
             index = (self._current + step) % len(self._clients)
             client = self._clients[index]
             try:
-                with self._lock:
-                    answer = client.post(client.get_url(path), json=body, timeout=self.timeout)
+                # No lock around it: the session's pool is thread-safe, and a request on the
+                # path from a Join to policy elsewhere (an identity's allocation, under the
+                # control plane's lock) must not queue behind the publishers' writes.
+                answer = client.post(client.get_url(path), json=body, timeout=self.timeout)
             except self._errors as exc:
                 failures.append(f"{self.urls[index]}: {_short(exc)}")
                 continue
@@ -170,6 +176,19 @@ class KvStore:
         """Whether every comparison held, so the success requests were carried out."""
         body = {"compare": compare, "success": success, "failure": []}
         return bool(self._post("/kv/txn", body, purpose).get("succeeded"))
+
+    def txn_else_get(
+        self, compare: list, success: list, key: str, purpose: str
+    ) -> tuple[bool, Entry | None]:
+        """txn(), and if a comparison failed, key's entry as of then (None if absent): what
+        the caller would have read first, in the same request."""
+        failure = [{"request_range": {"key": encode(key)}}]
+        body = {"compare": compare, "success": success, "failure": failure}
+        answer = self._post("/kv/txn", body, purpose)
+        if answer.get("succeeded"):
+            return True, None
+        kvs = answer["responses"][0]["response_range"].get("kvs", [])
+        return False, _entry(kvs[0]) if kvs else None
 
     def put(self, key: str, value: str, purpose: str, lease: int = 0) -> None:
         self._post("/kv/put", put(key, value, lease)["request_put"], purpose)

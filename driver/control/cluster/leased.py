@@ -50,8 +50,13 @@ class LeasedKeys:
         self._thread.join(timeout=10)
 
     def set(self, key: str, value: str | None) -> None:
-        """key should hold value under the lease; None: key should not be."""
+        """key should hold value under the lease; None: key should not be. What is wanted
+        already is not written again: each endpoint would otherwise rewrite its node's use
+        of the network (an etcd write, and a watch event on every node), and a full round
+        puts back whatever etcd lost."""
         with self._lock:
+            if self._wanted.get(key) == value:
+                return
             if value is None:
                 self._wanted.pop(key, None)
             else:
