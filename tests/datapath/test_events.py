@@ -38,6 +38,18 @@ def test_trace_events_name_the_path(datapath, make_container, event_log, traces)
     assert event_log.wait_for(reason_name="TRACE_REPLY", endpoint_id=a.spec.endpoint_id)
 
 
+def test_trace_events_of_a_known_flow_name_its_sender(datapath, make_container, event_log, traces):
+    """A reply (a packet of a known flow) skips the source's identity lookup into its
+    container, but not while trace events, which carry it, are on."""
+    a, b = make_container(), make_container()
+    assert a.ping(b.spec.ipv6)
+    reply = event_log.wait_for(
+        reason_name="TRACE_TO_CONTAINER", endpoint_id=a.spec.endpoint_id, src=b.spec.ipv6
+    )
+    assert reply is not None and reply.direction == INGRESS
+    assert (reply.src_identity, reply.dst_identity) == (b.identity, a.identity)
+
+
 def test_unparsed_drop_has_no_addresses(datapath, make_container, event_log):
     a = make_container()
     frame = b"\xff" * 6 + bytes.fromhex(a.spec.mac.replace(":", "")) + b"\x88\xb5" + bytes(46)

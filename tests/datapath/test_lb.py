@@ -147,6 +147,30 @@ def test_flow_keeps_its_backend_removed_backends_get_no_new_flows(
         session.close()
 
 
+def test_reply_of_a_service_gone_is_dropped_naming_its_sender(
+    datapath, make_container, services, event_log
+):
+    """A reply skips the source's identity lookup into the client; its drop event (no
+    reverse NAT entry left) still carries the backend's identity."""
+    client, backend = make_container(), make_container()
+    _named(backend, 8080)
+    frontend = Frontend(services.vip(6), 80, TCP)
+    service_id = services.set(frontend, [Backend(backend.spec.ipv6, 8080)])
+    session = client.session(frontend.address, 80)
+    try:
+        assert session.request("a").split()[0] == backend.netns
+        datapath.maps.delete_revnat(service_id)
+        session.proc.stdin.write("b\n")
+        session.proc.stdin.flush()
+        event = event_log.wait_for(
+            reason_name="DROP_NO_REV_NAT", endpoint_id=client.spec.endpoint_id
+        )
+        assert event is not None and event.src == backend.spec.ipv6
+        assert (event.src_identity, event.dst_identity) == (backend.identity, client.identity)
+    finally:
+        session.close()
+
+
 @pytest.mark.parametrize("version", [6, 4])
 def test_l3_only_frontend_keeps_ports_and_answers_pings(
     datapath, make_container, services, version

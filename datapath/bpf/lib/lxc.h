@@ -227,6 +227,34 @@ static __always_inline void lxc_host_only_from_host(const struct __sk_buff *skb,
 		ctx->src_identity = IDENTITY_WORLD;
 }
 
+static __always_inline void lxc_identify_source(const struct __sk_buff *skb, struct pkt_ctx *ctx)
+{
+	ctx->src_identity = tunnel_source_identity(skb, ctx);
+	lxc_host_only_from_host(skb, ctx);
+}
+
+/* Conntrack and ingress policy. The source's identity (a lookup in two maps, or in the
+ * cidr trie) serves only policy, which a new flow alone meets, and the events that carry
+ * it: a packet of a known flow skips the lookup unless trace events are on (a drop looks
+ * it up then, lxc_ingress). Measured in docs/benchmarks.md (issue 17). Returns 0 or a drop
+ * reason.
+ */
+static __always_inline int lxc_ingress_policy(struct __sk_buff *skb, const struct endpoint_info *ep,
+					      struct pkt_ctx *ctx)
+{
+	int ret;
+
+	if (ep->identity == IDENTITY_INIT)
+		return lxc_identify_or_wait(skb, ep, ctx);
+	ctx->dst_identity = ep->identity;
+	ret = ct_lookup(skb, ctx);
+	if (ret < 0)
+		return ret;
+	if (ret == CT_NEW || (config_flags() & CONFIG_TRACE_EVENTS))
+		lxc_identify_source(skb, ctx);
+	return ret == CT_NEW ? policy_new_flow(skb, ep, ctx) : 0;
+}
+
 static __always_inline int lxc_ingress6(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
 	struct ipv6hdr ip6;
@@ -280,16 +308,14 @@ static __always_inline int lxc_ingress(struct __sk_buff *skb, const struct endpo
 		ret = lxc_check_local_source(skb, &ctx->flow);
 		if (ret < 0)
 			return ret;
-		ret = lxc_identify_or_wait(skb, ep, ctx);
-		if (ret < 0)
+		ret = lxc_ingress_policy(skb, ep, ctx);
+		if (ret >= 0)
+			ret = lb_rev_nat(skb, ctx);
+		if (ret < 0) {
+			if (ctx->src_identity == IDENTITY_ANY)	/* the drop event carries it */
+				lxc_identify_source(skb, ctx);
 			return ret;
-		lxc_host_only_from_host(skb, ctx);
-		ret = policy_check(skb, ep, ctx);
-		if (ret < 0)
-			return ret;
-		ret = lb_rev_nat(skb, ctx);
-		if (ret < 0)
-			return ret;
+		}
 	}
 	return trace_exit(ctx, TRACE_TO_CONTAINER, TC_ACT_OK);
 }

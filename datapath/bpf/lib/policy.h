@@ -73,18 +73,16 @@ static __always_inline int policy_enforced(const struct endpoint_info *ep, __u8 
 	return ep->flags & flag;
 }
 
-/* Conntrack, then policy for a new flow, then track and log it. Returns 0 or a drop
+/* Policy for a flow conntrack does not know, then track and log it. Returns 0 or a drop
  * reason. An endpoint reaching itself through a service (hairpin) is not subject to its
  * policy.
  */
-static __always_inline int policy_check(struct __sk_buff *skb, const struct endpoint_info *ep,
-					struct pkt_ctx *ctx)
+static __always_inline int policy_new_flow(struct __sk_buff *skb, const struct endpoint_info *ep,
+					   struct pkt_ctx *ctx)
 {
 	enum policy_match match = POLICY_MATCH_NONE;
-	int ret = ct_lookup(skb, ctx);
+	int ret;
 
-	if (ret != CT_NEW)
-		return ret < 0 ? ret : 0;
 	if (policy_enforced(ep, ctx->direction) && !ctx->loopback) {
 		ret = policy_can_access(skb, ctx, &match);
 		if (ret < 0)
@@ -95,6 +93,17 @@ static __always_inline int policy_check(struct __sk_buff *skb, const struct endp
 	if (ct_tracks(&ctx->flow))
 		flow_log_new(ctx, match);
 	return 0;
+}
+
+/* Conntrack, then policy_new_flow for a new flow. Returns 0 or a drop reason. */
+static __always_inline int policy_check(struct __sk_buff *skb, const struct endpoint_info *ep,
+					struct pkt_ctx *ctx)
+{
+	int ret = ct_lookup(skb, ctx);
+
+	if (ret != CT_NEW)
+		return ret < 0 ? ret : 0;
+	return policy_new_flow(skb, ep, ctx);
 }
 
 #endif
