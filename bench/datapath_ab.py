@@ -9,7 +9,10 @@ time of the client and server processes per operation (their softirq work is mos
 theirs: the machine's other load does not stretch it as it does the rate) and, with
 kernel.bpf_stats_enabled, the two programs' BPF run time per operation. Printed: medians,
 and the median of the per-round new/old ratios. Run as root, with nothing else toggling
-kernel.bpf_stats_enabled (bench/bpf-stats.sh; runs where it went off are left out):
+kernel.bpf_stats_enabled (bench/bpf-stats.sh; runs where it went off are left out). The
+endpoints use 2001:db8:ab1::/64, 2001:db8:ab2::/64 and 198.51.100.0/24, the e2e suite's
+world range: not beside that suite (nor beside anything else, for numbers worth reading).
+Everything is named pab*/pap*/pycilium-ab-* and removed at the end:
 
     .venv/bin/python bench/datapath_ab.py OLD_REV [NEW_REV] [--rounds 12] [--seconds 1]
 """
