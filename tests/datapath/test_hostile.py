@@ -474,6 +474,24 @@ def test_a_local_senders_packets_meet_the_destinations_ingress_in_one_pass(datap
         assert sent(datapath, c, l3, ethertype) == (verdict, reason), name
 
 
+def test_a_link_local_source_is_not_the_senders_identity_in_one_pass(datapath, cast):
+    """ICMPv6 may leave a container from its link-local address: to the destination's
+    ingress policy that address is the world's, not the sender's identity, whether the
+    packet comes through the destination's veth or in one pass from the sender's hook."""
+    c, s = cast.client, cast.server
+    datapath.set_endpoint_policy(c.spec, False, False, set())
+    datapath.set_endpoint_policy(s.spec, True, False, {PolicyKey(c.spec.identity, 0, 0, INGRESS)})
+    for ident, (src, expected) in enumerate(
+        (
+            (c.ip6, (pk.TC_ACT_REDIRECT, "TRACE_TO_LXC")),
+            ("fe80::1", (pk.TC_ACT_SHOT, "DROP_POLICY")),
+        ),
+        start=21,
+    ):
+        l3 = pk.ipv6(src, s.ip6, pk.icmp(128, ident), pk.ICMPV6)
+        assert sent(datapath, c, l3) == expected, src
+
+
 def test_a_server_cannot_open_flows_back_through_a_clients_flow(datapath, cast):
     """The reply direction of client -> server:80 admits exactly its reverse tuple."""
     c, s = cast.client, cast.server
