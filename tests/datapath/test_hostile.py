@@ -427,6 +427,71 @@ def test_the_allowed_port_with_another_protocol_is_denied(datapath, cast, proto)
     assert received(datapath, s, l3) == (pk.TC_ACT_SHOT, "DROP_POLICY")
 
 
+def _crafted(c: Endpoint, s: Endpoint) -> list[tuple[str, bytes, int]]:
+    """(name, l3, ethertype) of the packets the tests above judge at s's to_container,
+    from c and from nowhere policy admits: extension header chains, decoy ports, options,
+    fragments, TCP flags."""
+    out = []
+    for kinds in CHAINS:
+        for port, flags in ((80, pk.SYN), (81, pk.SYN), (81, 0x10), (81, 0xFF)):
+            l3 = _ipv6_chain(c.ip6, s.ip6, pk.tcp(40000, port, flags), pk.TCP, kinds)
+            out.append((f"{_chain_id(kinds)}:{port}/{flags:#x}", l3, pk.ETH_P_IPV6))
+    for decoy in (80, 81):
+        real = 81 if decoy == 80 else 80
+        fake = struct.pack("!HHI", 40000, decoy, 0)
+        dstopts = struct.pack("!BB", pk.TCP, 1) + bytes([1, 4, 0, 0, 0, 0]) + fake
+        head = struct.pack("!IHBB", 6 << 28, len(dstopts) + 20, pk.DSTOPTS, 64)
+        l3 = head + c.ip6.packed + s.ip6.packed + dstopts + pk.tcp(40000, real)
+        out.append((f"dstopts-decoy-{decoy}", l3, pk.ETH_P_IPV6))
+        for size in (4, 40):
+            opts = (struct.pack("!HH", 40000, decoy) * 10)[:size]
+            l3 = _ipv4(c.ip4, s.ip4, pk.tcp(40000, real), pk.TCP, options=opts)
+            out.append((f"options{size}-decoy-{decoy}", l3, pk.ETH_P_IP))
+    for frag_off in (0x2000, 0x0001, 0x4000):
+        l3 = bytearray(_ipv4(c.ip4, s.ip4, pk.tcp(40000, 80), pk.TCP))
+        l3[6:8] = struct.pack("!H", frag_off)
+        out.append((f"frag4-{frag_off:#x}", bytes(l3), pk.ETH_P_IP))
+    payload = pk.fragment_header(pk.TCP, 0, True) + pk.tcp(40000, 80)
+    out.append(("frag6", pk.ipv6(c.ip6, s.ip6, payload, pk.FRAGMENT), pk.ETH_P_IPV6))
+    for proto, l4 in ((pk.UDP, pk.udp(40000, 80)), (pk.TCP, pk.tcp(40000, 80))):
+        out.append((f"ipv6-{proto}", pk.ipv6(c.ip6, s.ip6, l4, proto), pk.ETH_P_IPV6))
+        out.append((f"ipv4-{proto}", _ipv4(c.ip4, s.ip4, l4, proto), pk.ETH_P_IP))
+    return out
+
+
+@pytest.mark.parametrize("sender", ["client", "other"])
+def test_a_local_senders_packets_meet_the_destinations_ingress_in_one_pass(datapath, cast, sender):
+    """A local endpoint's packet for another goes straight into the destination's
+    namespace (lib/local.h): from_container decides the destination's ingress policy. With
+    nothing enforced on the way out, every crafted packet gets there the verdict the
+    destination's to_container gives it (passed: redirected, TRACE_TO_LXC)."""
+    c, s = getattr(cast, sender), cast.server
+    datapath.set_endpoint_policy(c.spec, False, False, set())
+    for name, l3, ethertype in _crafted(c, s):
+        verdict, reason = received(datapath, s, l3, ethertype)
+        if reason == "TRACE_TO_CONTAINER":
+            verdict, reason = pk.TC_ACT_REDIRECT, "TRACE_TO_LXC"
+        assert sent(datapath, c, l3, ethertype) == (verdict, reason), name
+
+
+def test_a_link_local_source_is_not_the_senders_identity_in_one_pass(datapath, cast):
+    """ICMPv6 may leave a container from its link-local address: to the destination's
+    ingress policy that address is the world's, not the sender's identity, whether the
+    packet comes through the destination's veth or in one pass from the sender's hook."""
+    c, s = cast.client, cast.server
+    datapath.set_endpoint_policy(c.spec, False, False, set())
+    datapath.set_endpoint_policy(s.spec, True, False, {PolicyKey(c.spec.identity, 0, 0, INGRESS)})
+    for ident, (src, expected) in enumerate(
+        (
+            (c.ip6, (pk.TC_ACT_REDIRECT, "TRACE_TO_LXC")),
+            ("fe80::1", (pk.TC_ACT_SHOT, "DROP_POLICY")),
+        ),
+        start=21,
+    ):
+        l3 = pk.ipv6(src, s.ip6, pk.icmp(128, ident), pk.ICMPV6)
+        assert sent(datapath, c, l3) == expected, src
+
+
 def test_a_server_cannot_open_flows_back_through_a_clients_flow(datapath, cast):
     """The reply direction of client -> server:80 admits exactly its reverse tuple."""
     c, s = cast.client, cast.server

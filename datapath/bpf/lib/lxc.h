@@ -62,9 +62,50 @@ static __always_inline int lxc_egress_flow(struct __sk_buff *skb, const struct e
 	return policy_check(skb, ep, ctx);
 }
 
+/* The destination's ingress pipeline for a packet from ep to another local endpoint (see
+ * local.h), as to_container runs it on a packet from a local endpoint: the waiting
+ * identity, conntrack, policy and flow event, a service reply's reverse NAT. ctx becomes
+ * the destination's view, *source the sender's. Returns 0 (straight into the
+ * destination's namespace), CTX_CONTINUE (through its veth: an IPv6-only endpoint's
+ * to_container translates IPv4 first) or a drop reason, ctx being the destination's view.
+ * to_container's other checks cannot fail here: the source address is ep's own
+ * (spoof_check), neither forged nor the host's; a hairpin (ep reaching itself through a
+ * service) passes unchecked there too.
+ */
+static __always_inline int lxc_local_ingress(struct __sk_buff *skb, const struct endpoint_info *ep,
+					     struct pkt_ctx *ctx, struct local_view *source)
+{
+	struct endpoint_info *dst = endpoint_lookup(ctx->dst_ifindex);
+	int hairpin = ctx->dst_ifindex == ctx->ifindex;
+	int ret;
+
+	if (!dst)
+		return DROP_UNKNOWN_ENDPOINT;
+	if ((dst->flags & EP_F_NAT64) && ctx->flow.family == ENDPOINT_KEY_IPV4)
+		return CTX_CONTINUE;
+	source->ifindex = ctx->dst_ifindex;
+	source->endpoint_id = dst->endpoint_id;
+	source->rev_nat_index = 0;
+	source->direction = DIR_INGRESS;
+	source->src_identity = ctx->src_identity;
+	/* ICMPv6 may come from a link-local address, whose identity is not the sender's. */
+	if (ctx->flow.family == ENDPOINT_KEY_IPV6 && !ipv6_addr_equals(&ctx->flow.saddr, &ep->ipv6))
+		source->src_identity = identity_lookup(&ctx->flow.saddr, ctx->flow.family);
+	local_view_swap(ctx, source);
+	if (hairpin)
+		return 0;
+	if (dst->identity == IDENTITY_INIT)
+		return DROP_WAITING_FOR_IDENTITY;
+	ret = policy_check(skb, dst, ctx);
+	if (ret < 0)
+		return ret;
+	return lb_rev_nat(skb, ctx);
+}
+
 static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpoint_info *ep,
 				       struct pkt_ctx *ctx)
 {
+	struct local_view source;
 	struct ipv6hdr ip6;
 	int nat64, ret;
 
@@ -122,9 +163,12 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 			outbound_mark(skb, ep, ctx);
 		return trace_exit(ctx, TRACE_TO_STACK, TC_ACT_OK);
 	}
-	ret = redirect_local6(skb, &ip6, ctx);
-	if (ret != CTX_CONTINUE)
-		return ret;
+	if (local_delivers6(&ip6, ctx)) {
+		ret = lxc_local_ingress(skb, ep, ctx, &source);
+		if (ret < 0)
+			return ret;
+		return redirect_local6(skb, &ip6, ctx, ret == CTX_CONTINUE ? NULL : &source);
+	}
 	ret = redirect_tunnel6(skb, ep, &ip6, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
@@ -135,6 +179,7 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 static __always_inline int lxc_egress4(struct __sk_buff *skb, const struct endpoint_info *ep,
 				       struct pkt_ctx *ctx)
 {
+	struct local_view source;
 	struct iphdr ip4;
 	int ret;
 
@@ -160,9 +205,12 @@ static __always_inline int lxc_egress4(struct __sk_buff *skb, const struct endpo
 	ret = dsr_reply4(skb, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
-	ret = redirect_local4(skb, &ip4, ctx);
-	if (ret != CTX_CONTINUE)
-		return ret;
+	if (local_delivers4(&ip4, ctx)) {
+		ret = lxc_local_ingress(skb, ep, ctx, &source);
+		if (ret < 0)
+			return ret;
+		return redirect_local4(skb, &ip4, ctx, ret == CTX_CONTINUE ? NULL : &source);
+	}
 	ret = redirect_tunnel4(skb, ep, &ip4, ctx);
 	if (ret != CTX_CONTINUE)
 		return ret;
