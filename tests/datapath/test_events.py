@@ -5,10 +5,12 @@ import time
 
 import pytest
 
-from datapath import EGRESS, INGRESS, Event, loader
+from datapath import EGRESS, HOST_ID, INGRESS, Event, loader
 from datapath.events import EventRecord, decode_event
 
-from .conftest import ROUTER6
+from .conftest import NET6, ROUTER6, run
+
+HOST6 = NET6[0xFFFE]  # an address of the host, on a spare endpoint's veth
 
 
 @pytest.fixture
@@ -39,15 +41,21 @@ def test_trace_events_name_the_path(datapath, make_container, event_log, traces)
 
 
 def test_trace_events_of_a_known_flow_name_its_sender(datapath, make_container, event_log, traces):
-    """A reply (a packet of a known flow) skips the source's identity lookup into its
-    container, but not while trace events, which carry it, are on."""
-    a, b = make_container(), make_container()
-    assert a.ping(b.spec.ipv6)
-    reply = event_log.wait_for(
-        reason_name="TRACE_TO_CONTAINER", endpoint_id=a.spec.endpoint_id, src=b.spec.ipv6
-    )
+    """A reply (a packet of a known flow) from the stack skips the source's identity lookup
+    into its container, but not while trace events, which carry it, are on. (A reply from a
+    local endpoint is decided at its sender: tests/datapath/test_local_delivery.py.)"""
+    a, spare = make_container(), make_container()
+    run("ip", "addr", "add", f"{HOST6}/128", "dev", spare.spec.host_ifname, "nodad")
+    datapath.set_cidr_identities({f"{HOST6}/128": HOST_ID})
+    try:
+        assert a.ping(HOST6)
+        reply = event_log.wait_for(
+            reason_name="TRACE_TO_CONTAINER", endpoint_id=a.spec.endpoint_id, src=HOST6
+        )
+    finally:
+        datapath.set_cidr_identities({})
     assert reply is not None and reply.direction == INGRESS
-    assert (reply.src_identity, reply.dst_identity) == (b.identity, a.identity)
+    assert (reply.src_identity, reply.dst_identity) == (HOST_ID, a.identity)
 
 
 def test_unparsed_drop_has_no_addresses(datapath, make_container, event_log):
