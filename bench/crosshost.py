@@ -28,8 +28,9 @@ VXLAN link over the same underlay between the same two hosts.
 Measures, interleaved round by round (A B, then B A): iperf3 (one TCP stream) and tcpbench
 rr and crr (bench/tcpbench.c) from host 1's namespace to host 2's, IPv6 and IPv4. With each
 stream it notes where the CPUs went: each CPU's busy share, how often the client and the
-server were last on the same CPU, and iperf3's retransmits; --pin-stream puts the client
-and the server on given CPUs on both paths, to take the scheduler's placement out. Writes
+server were last on the same CPU, iperf3's retransmits and RCU softirqs per GB;
+--pin-stream puts the client and the server on given CPUs on both paths, to take the
+scheduler's placement out. Writes
 bench/results/<time>-crosshost.{json,md}. Removes all it made on exit, also on failure or
 Ctrl-C: the namespaces take their links, routes, programs and rules with them; the pin dirs
 are removed.
@@ -95,6 +96,16 @@ def cpu_times() -> list[tuple[int, int]]:
             v = [int(x) for x in fields]
             out.append((sum(v) - v[3] - v[4], sum(v)))  # less idle and iowait
     return out
+
+
+def rcu_softirqs() -> int:
+    """RCU softirqs so far, all CPUs (/proc/softirqs): what freeing through call_rcu costs,
+    e.g. the metadata dst an external-mode VXLAN device allocates per received packet."""
+    for line in Path("/proc/softirqs").read_text().splitlines():
+        name, *counts = line.split()
+        if name == "RCU:":
+            return sum(int(x) for x in counts)
+    return 0
 
 
 def last_cpu(pid: int) -> int:
@@ -383,7 +394,10 @@ class CrossHost:
                 return float(proc.stdout.split()[2])
             res = json.loads(proc.stdout) if proc.stdout.startswith("{") else {}
             if proc.returncode == 0 and "sum_received" in res.get("end", {}):
-                self.last_stream["retransmits"] = res["end"]["sum_sent"].get("retransmits", 0)
+                end = res["end"]
+                self.last_stream["retransmits"] = end["sum_sent"].get("retransmits", 0)
+                gbytes = max(1e-9, end["sum_received"]["bytes"] / 1e9)
+                self.last_stream["rcu_per_gb"] = round(self.last_stream.pop("rcu") / gbytes)
                 return res["end"]["sum_received"]["bits_per_second"] / 1e9
             last = (res.get("error") or proc.stdout[-300:]) + proc.stderr[-300:]
             time.sleep(1)
@@ -393,7 +407,7 @@ class CrossHost:
         """Run an iperf3 client; meanwhile note each CPU's busy share and how often client
         and server were last on the same CPU (sampled every 5 ms) into self.last_stream."""
         pin = {"preexec_fn": lambda: os.sched_setaffinity(0, {self.pin[0]})} if self.pin else {}
-        before = cpu_times()
+        before, rcu = cpu_times(), rcu_softirqs()
         client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   **pin)  # fmt: skip
         same = total = 0
@@ -413,6 +427,7 @@ class CrossHost:
             "busy": [round((b1 - b0) / max(1, t1 - t0), 3)
                      for (b0, t0), (b1, t1) in zip(before, after, strict=True)],
             "same_cpu": round(same / max(1, total), 3),
+            "rcu": rcu_softirqs() - rcu,
         }  # fmt: skip
         return subprocess.CompletedProcess(cmd, client.returncode, out, err)
 
@@ -476,10 +491,11 @@ def stream_cpu_lines(per_fam: dict, pin: list[int] | None) -> list[str]:
         "",
         "Busy share of each CPU over the run (all of the machine's work), the share of 5 ms "
         "samples in which iperf3's client and server were last on the same CPU, iperf3's "
-        "retransmits.",
+        "retransmits, RCU softirqs per GB received (the machine's).",
         "",
-        "| family | path | busy per CPU | client and server on one CPU | retransmits |",
-        "|---|---|---|---:|---:|",
+        "| family | path | busy per CPU | client and server on one CPU | retransmits "
+        "| RCU softirqs / GB |",
+        "|---|---|---|---:|---:|---:|",
     ]
     for fam, per in per_fam.items():
         for path, runs in per.items():
@@ -491,7 +507,10 @@ def stream_cpu_lines(per_fam: dict, pin: list[int] | None) -> list[str]:
             )
             same = statistics.median(r["same_cpu"] for r in runs)
             retrans = statistics.median(r.get("retransmits", 0) for r in runs)
-            lines.append(f"| IPv{fam[1]} | {path} | {busy} | {same:.2f} | {retrans:.0f} |")
+            rcu = statistics.median(r.get("rcu_per_gb", 0) for r in runs)
+            lines.append(
+                f"| IPv{fam[1]} | {path} | {busy} | {same:.2f} | {retrans:.0f} | {rcu:.0f} |"
+            )
     return lines
 
 

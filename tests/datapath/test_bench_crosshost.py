@@ -99,7 +99,7 @@ def test_a_short_run_measures_both_paths_and_leaves_nothing(args):
         for (run,) in per.values():
             assert len(run["busy"]) == os.cpu_count(), run
             assert all(0 <= x <= 1 for x in run["busy"]) and 0 <= run["same_cpu"] <= 1, run
-            assert run["retransmits"] >= 0, run
+            assert run["retransmits"] >= 0 and run["rcu_per_gb"] >= 0, run
     targets = crosshost.targets(samples)
     assert len(targets) == len(crosshost.TESTS) * 2
     md = crosshost.markdown(
