@@ -26,7 +26,11 @@ VXLAN link over the same underlay between the same two hosts.
                --notrack-reference exempts the reference's from conntrack (raw NOTRACK).
 
 Measures, interleaved round by round (A B, then B A): iperf3 (one TCP stream) and tcpbench
-rr and crr (bench/tcpbench.c) from host 1's namespace to host 2's, IPv6 and IPv4. Writes
+rr and crr (bench/tcpbench.c) from host 1's namespace to host 2's, IPv6 and IPv4. With each
+stream it notes where the CPUs went: each CPU's busy share, how often the client and the
+server were last on the same CPU, iperf3's retransmits and RCU softirqs per GB;
+--pin-stream puts the client and the server on given CPUs on both paths, to take the
+scheduler's placement out. Writes
 bench/results/<time>-crosshost.{json,md}. Removes all it made on exit, also on failure or
 Ctrl-C: the namespaces take their links, routes, programs and rules with them; the pin dirs
 are removed.
@@ -47,6 +51,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -80,6 +85,32 @@ TESTS = ("stream", "rr", "crr")
 PATHS = ("pycilium", "vxlan")
 UNITS = {"stream": "Gbit/s", "rr": "transactions/s", "crr": "connections/s"}
 TARGET = 0.9
+
+
+def cpu_times() -> list[tuple[int, int]]:
+    """(busy, all) jiffies of each CPU, from /proc/stat."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            v = [int(x) for x in fields]
+            out.append((sum(v) - v[3] - v[4], sum(v)))  # less idle and iowait
+    return out
+
+
+def rcu_softirqs() -> int:
+    """RCU softirqs so far, all CPUs (/proc/softirqs): what freeing through call_rcu costs,
+    e.g. the metadata dst an external-mode VXLAN device allocates per received packet."""
+    for line in Path("/proc/softirqs").read_text().splitlines():
+        name, *counts = line.split()
+        if name == "RCU:":
+            return sum(int(x) for x in counts)
+    return 0
+
+
+def last_cpu(pid: int) -> int:
+    """The CPU a process last ran on (field 39 of /proc/PID/stat)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[36])
 
 
 def log(msg: str) -> None:
@@ -298,11 +329,21 @@ def setup_reference(k: int, notrack: bool) -> dict:
 class CrossHost:
     """The two hosts with both paths, servers on host 2, clients on host 1."""
 
-    def __init__(self, stack: contextlib.ExitStack, tcpbench: Path, notrack: bool = False):
+    def __init__(
+        self,
+        stack: contextlib.ExitStack,
+        tcpbench: Path,
+        notrack: bool = False,
+        pin: tuple[int, int] | None = None,
+    ):
         self.stack = stack
         self.notrack = notrack
+        self.pin = pin  # (client CPU, server CPU) of the streams, or the scheduler's choice
         self.tcpbench_exe = tcpbench
         self.clients: dict[str, dict] = {}  # path -> {"ns": ..., "v6": server, "v4": server}
+        self.stream_servers: dict[str, int] = {}  # path -> the iperf3 server's pid
+        self.last_stream: dict = {}  # where the CPUs went during the last stream
+        self.stream_cpus: dict = {}  # fam -> path -> the last_stream of each round
 
     def setup(self) -> None:
         remove_all()  # a killed run's
@@ -326,6 +367,10 @@ class CrossHost:
                     stderr=subprocess.DEVNULL,
                 )
                 self.stack.callback(stop, srv)
+                if command[0] == "iperf3":  # `ip netns exec` execs it: the same pid
+                    self.stream_servers[path] = srv.pid
+                    if self.pin:
+                        os.sched_setaffinity(srv.pid, {self.pin[1]})
             self.clients[path] = {"ns": ends[path, 1]["ns"], "v6": server["v6"],
                                   "v4": server["v4"]}  # fmt: skip
 
@@ -339,21 +384,57 @@ class CrossHost:
             cmd = [*nsx, str(self.tcpbench_exe), test, c[fam], str(TPORT), str(seconds)]
         last = ""
         for _ in range(5):  # the servers may still be starting
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, check=False, timeout=seconds + 30
-            )
+            if test == "stream":
+                proc = self.stream(path, cmd, seconds)
+            else:
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, check=False, timeout=seconds + 30
+                )
             if proc.returncode == 0 and test != "stream":
                 return float(proc.stdout.split()[2])
             res = json.loads(proc.stdout) if proc.stdout.startswith("{") else {}
             if proc.returncode == 0 and "sum_received" in res.get("end", {}):
+                end = res["end"]
+                self.last_stream["retransmits"] = end["sum_sent"].get("retransmits", 0)
+                gbytes = max(1e-9, end["sum_received"]["bytes"] / 1e9)
+                self.last_stream["rcu_per_gb"] = round(self.last_stream.pop("rcu") / gbytes)
                 return res["end"]["sum_received"]["bits_per_second"] / 1e9
             last = (res.get("error") or proc.stdout[-300:]) + proc.stderr[-300:]
             time.sleep(1)
         raise RuntimeError(f"{test} over {path} {fam} failed: {last}")
 
+    def stream(self, path: str, cmd: list[str], seconds: float) -> subprocess.CompletedProcess:
+        """Run an iperf3 client; meanwhile note each CPU's busy share and how often client
+        and server were last on the same CPU (sampled every 5 ms) into self.last_stream."""
+        pin = {"preexec_fn": lambda: os.sched_setaffinity(0, {self.pin[0]})} if self.pin else {}
+        before, rcu = cpu_times(), rcu_softirqs()
+        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  **pin)  # fmt: skip
+        same = total = 0
+        deadline = time.monotonic() + seconds + 30
+        while client.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError, IndexError):  # starting, or gone
+                same += last_cpu(client.pid) == last_cpu(self.stream_servers[path])
+                total += 1
+            time.sleep(0.005)
+        try:
+            out, err = client.communicate(timeout=max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            client.kill()
+            out, err = client.communicate()
+        after = cpu_times()
+        self.last_stream = {
+            "busy": [round((b1 - b0) / max(1, t1 - t0), 3)
+                     for (b0, t0), (b1, t1) in zip(before, after, strict=True)],
+            "same_cpu": round(same / max(1, total), 3),
+            "rcu": rcu_softirqs() - rcu,
+        }  # fmt: skip
+        return subprocess.CompletedProcess(cmd, client.returncode, out, err)
+
     def rounds(self, a: argparse.Namespace) -> dict:
         """samples[test][fam][path], the order of the paths reversed every other round."""
         samples = {t: {f: {p: [] for p in PATHS} for f in a.families} for t in TESTS}
+        self.stream_cpus = {f: {p: [] for p in PATHS} for f in a.families}
         for r in range(a.rounds):
             order = PATHS if r % 2 == 0 else PATHS[::-1]
             for t in TESTS:
@@ -362,7 +443,12 @@ class CrossHost:
                     for p in order:
                         x = self.measure(p, fam, t, seconds)
                         samples[t][fam][p].append(x)
-                        log(f"round {r + 1}/{a.rounds} {t:6} {fam} {p:8} {x:10.2f} {UNITS[t]}")
+                        note = ""
+                        if t == "stream":
+                            self.stream_cpus[fam][p].append(self.last_stream)
+                            note = f"  {self.last_stream}"
+                        log(f"round {r + 1}/{a.rounds} {t:6} {fam} {p:8} {x:10.2f} {UNITS[t]}"
+                            + note)  # fmt: skip
         return samples
 
 
@@ -396,6 +482,38 @@ def targets(samples: dict) -> list[dict]:
     return out
 
 
+def stream_cpu_lines(per_fam: dict, pin: list[int] | None) -> list[str]:
+    """Where the CPUs went during the streams, medians over the rounds."""
+    where = f"client pinned to CPU {pin[0]}, server to CPU {pin[1]}" if pin else "not pinned"
+    lines = [
+        "",
+        f"## stream: the CPUs ({where})",
+        "",
+        "Busy share of each CPU over the run (all of the machine's work), the share of 5 ms "
+        "samples in which iperf3's client and server were last on the same CPU, iperf3's "
+        "retransmits, RCU softirqs per GB received (the machine's).",
+        "",
+        "| family | path | busy per CPU | client and server on one CPU | retransmits "
+        "| RCU softirqs / GB |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for fam, per in per_fam.items():
+        for path, runs in per.items():
+            if not runs:
+                continue
+            busy = " / ".join(
+                f"{statistics.median(cpu):.2f}"
+                for cpu in zip(*(r["busy"] for r in runs), strict=True)
+            )
+            same = statistics.median(r["same_cpu"] for r in runs)
+            retrans = statistics.median(r.get("retransmits", 0) for r in runs)
+            rcu = statistics.median(r.get("rcu_per_gb", 0) for r in runs)
+            lines.append(
+                f"| IPv{fam[1]} | {path} | {busy} | {same:.2f} | {retrans:.0f} | {rcu:.0f} |"
+            )
+    return lines
+
+
 def markdown(result: dict) -> str:
     a = result["args"]
     lines = [
@@ -415,6 +533,8 @@ def markdown(result: dict) -> str:
     ]
     for t in TESTS:
         fmt = "{:.2f}" if t == "stream" else "{:.0f}"
+        if t == "stream" and result.get("stream_cpus"):
+            lines += stream_cpu_lines(result["stream_cpus"], a.get("pin_stream"))
         lines += [
             "",
             f"## {t}",
@@ -455,12 +575,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="exempt the reference's packets from netfilter's conntrack (raw NOTRACK)",
     )
+    p.add_argument(
+        "--pin-stream",
+        metavar="C,S",
+        help="run the streams' iperf3 client on CPU C and server on CPU S, on both paths",
+    )
     p.add_argument("--results", default=str(REPO / "bench" / "results"))
     p.add_argument("--build", default=str(REPO / "build" / "bench"), help="where tcpbench is built")
     a = p.parse_args(argv)
     a.families = [f.strip() for f in a.families.split(",") if f.strip()]
     if not a.families or not set(a.families) <= {"v6", "v4"}:
         p.error("--families: v6 and/or v4")
+    if a.pin_stream is not None:
+        try:
+            a.pin_stream = [int(x) for x in a.pin_stream.split(",")]
+        except ValueError:
+            a.pin_stream = []
+        if len(a.pin_stream) != 2 or not set(a.pin_stream) <= os.sched_getaffinity(0):
+            p.error("--pin-stream: two CPUs this process may run on, e.g. 0,1")
     if a.rounds < 1 or a.duration < 1 or a.rr_duration <= 0:
         p.error("--rounds, --duration and --rr-duration must be positive")
     return a
@@ -471,12 +603,17 @@ def measure(a: argparse.Namespace) -> dict:
     t0 = time.monotonic()
     exe = build_tcpbench(Path(a.build))
     with contextlib.ExitStack() as stack:
-        bench = CrossHost(stack, exe, a.notrack_reference)
+        pin = tuple(a.pin_stream) if a.pin_stream else None
+        bench = CrossHost(stack, exe, a.notrack_reference, pin)
         log("setting up two hosts, both paths (the BPF compile takes a while)")
         bench.setup()
         samples = bench.rounds(a)
         log("cleaning up")
-    return {"samples": samples, "seconds": round(time.monotonic() - t0, 1)}
+    return {
+        "samples": samples,
+        "stream_cpus": bench.stream_cpus,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -504,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "seconds": measured["seconds"],
         "samples": measured["samples"],
+        "stream_cpus": measured["stream_cpus"],
         "summary": summarize(measured["samples"]),
         "targets": targets(measured["samples"]),
     }

@@ -92,9 +92,17 @@ def test_a_short_run_measures_both_paths_and_leaves_nothing(args):
         for per in per_fam.values():
             assert set(per) == set(crosshost.PATHS)
             assert all(len(xs) == 1 and xs[0] > 0 for xs in per.values()), per
+    # Each stream notes where the CPUs went.
+    cpus = measured["stream_cpus"]
+    assert set(cpus) == {"v6", "v4"}
+    for per in cpus.values():
+        for (run,) in per.values():
+            assert len(run["busy"]) == os.cpu_count(), run
+            assert all(0 <= x <= 1 for x in run["busy"]) and 0 <= run["same_cpu"] <= 1, run
+            assert run["retransmits"] >= 0 and run["rcu_per_gb"] >= 0, run
     targets = crosshost.targets(samples)
     assert len(targets) == len(crosshost.TESTS) * 2
-    assert "| IPv4 | pycilium |" in crosshost.markdown(
+    md = crosshost.markdown(
         {
             "args": vars(args),
             "date": "d",
@@ -102,9 +110,12 @@ def test_a_short_run_measures_both_paths_and_leaves_nothing(args):
             "seconds": measured["seconds"],
             "host": {"kernel": "k", "cpus": 2, "commit": "0" * 40},
             "summary": crosshost.summarize(samples),
+            "stream_cpus": cpus,
             "targets": targets,
         }
     )
+    assert "| IPv4 | pycilium |" in md
+    assert "## stream: the CPUs (not pinned)" in md
     assert _left_over() == NOTHING
 
 
@@ -149,3 +160,12 @@ def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
     assert all(raw.lower().count("notrack") >= 2 for raw in seen["raw"]), seen["raw"]
     assert _left_over() == NOTHING
     assert not {pid for pid in seen["processes"] if os.path.exists(f"/proc/{pid}")}
+
+
+def test_pin_stream_takes_two_cpus_this_process_may_use():
+    cpu = min(os.sched_getaffinity(0))
+    assert crosshost.parse_args(["--pin-stream", f"{cpu},{cpu}"]).pin_stream == [cpu, cpu]
+    assert crosshost.parse_args([]).pin_stream is None
+    for bad in (f"{cpu}", "a,b", f"{cpu},{os.cpu_count() + 7}"):
+        with pytest.raises(SystemExit):
+            crosshost.parse_args(["--pin-stream", bad])
