@@ -58,7 +58,7 @@ import time
 import traceback
 from pathlib import Path
 
-from common import quiet, stop
+from common import container_netns, docker_addresses, quiet, stop
 from run import build_tcpbench, paired, run, stats
 
 REPO = Path(__file__).resolve().parent.parent
@@ -244,12 +244,7 @@ def remove_all() -> None:
 def _container(k: int, path: str, host_if: str) -> str:
     """A namespace for a container of host k; host_if (in the host namespace) becomes its eth0."""
     ns = container_ns(k, path)
-    run("ip", "netns", "add", ns)
-    run("ip", "-n", host_ns(k), "link", "set", host_if, "netns", ns)
-    ip = ("ip", "-n", ns)
-    run(*ip, "link", "set", host_if, "name", "eth0")
-    run(*ip, "link", "set", "lo", "up")
-    run(*ip, "link", "set", "eth0", "up")
+    container_netns(run, ns, host_if, from_ns=host_ns(k))
     return ns
 
 
@@ -274,14 +269,7 @@ def setup_pycilium(k: int, stack: contextlib.ExitStack) -> dict:
     ns = _container(k, "pycilium", info["peer"])
     ip6, ip4 = endpoint_addresses(k)
     net6, net4 = node_prefixes(k)
-    ip = ("ip", "-n", ns)
-    # As Docker configures the container from the driver's Join answer.
-    run(*ip, "-6", "addr", "add", f"{ip6}/128", "dev", "eth0", "nodad")
-    run(*ip, "addr", "add", f"{ip4}/32", "dev", "eth0")
-    run(*ip, "-6", "route", "add", str(net6[1]), "dev", "eth0")
-    run(*ip, "-6", "route", "add", "default", "via", str(net6[1]), "dev", "eth0")
-    run(*ip, "route", "add", f"{net4[1]}/32", "dev", "eth0")
-    run(*ip, "route", "add", "default", "via", str(net4[1]), "dev", "eth0")
+    docker_addresses(run, ns, ip6, ip4, net6[1], net4[1])
     return {"ns": ns, "v6": str(ip6), "v4": str(ip4)}
 
 

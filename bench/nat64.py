@@ -13,7 +13,7 @@ import contextlib
 import ipaddress
 import shutil
 
-from common import quiet
+from common import container_netns, docker_addresses, quiet
 
 from datapath import Datapath, EndpointSpec, Outbound
 from datapath.loader import DEFAULT_NAT64_PREFIX
@@ -62,22 +62,17 @@ def setup(stack: contextlib.ExitStack, range6, range4, world4: str, port: int, r
         quiet("ip", "netns", "del", ns)
         dp.create_endpoint(spec)
         stack.callback(dp.delete_endpoint, spec)
-        run("ip", "netns", "add", ns)
         stack.callback(quiet, "ip", "netns", "del", ns)
-        ip = ("ip", "-n", ns)
-        run("ip", "link", "set", spec.peer_ifname, "netns", ns)
-        run(*ip, "link", "set", spec.peer_ifname, "name", "eth0")
-        run(*ip, "link", "set", "lo", "up")
-        run(*ip, "link", "set", "eth0", "up")
-        run(*ip, "-6", "addr", "add", f"{spec.ipv6}/128", "dev", "eth0", "nodad")
-        run(*ip, "addr", "add", f"{spec.ipv4}/32", "dev", "eth0")
-        run(*ip, "-6", "route", "add", str(spec.router6), "dev", "eth0")
-        run(*ip, "-6", "route", "add", "default", "via", str(spec.router6), "dev", "eth0")
-        if outbound is Outbound.NAT64:
-            dial = nat64_address(world4)
-        else:
-            run(*ip, "route", "add", f"{spec.router4}/32", "dev", "eth0")
-            run(*ip, "route", "add", "default", "via", str(spec.router4), "dev", "eth0")
-            dial = world4
+        container_netns(run, ns, spec.peer_ifname)
+        docker_addresses(
+            run,
+            ns,
+            spec.ipv6,
+            spec.ipv4,
+            spec.router6,
+            spec.router4,
+            routes4=outbound is not Outbound.NAT64,
+        )
+        dial = nat64_address(world4) if outbound is Outbound.NAT64 else world4
         clients[variant] = {"ns": ["ip", "netns", "exec", ns], "v4": dial, "port": port}
     return clients
