@@ -247,9 +247,10 @@ def one_run(args, tcpbench, stand, servers, ids, mode, addr, port) -> dict:
     delta = {
         prog: tuple(bpf1[prog][i] - bpf0.get(prog, (0, 0))[i] for i in (0, 1)) for prog in bpf1
     }
-    # 2 runs per rr transaction, 8 per crr connection before bpf_redirect_peer; fewer: the
-    # statistics went off meanwhile
-    complete = sum(c for _, c in delta.values()) >= ops
+    # At least 2 runs per operation (an rr transaction's request and answer, each one pass
+    # since bpf_redirect_peer; a crr connection has more): fewer, and the statistics went
+    # off meanwhile.
+    complete = sum(c for _, c in delta.values()) >= 2 * ops
     row["BPF ns/op"] = sum(t for t, _ in delta.values()) / ops if complete else None
     for prog, (t, c) in sorted(delta.items()):
         row[f"{prog} ns/op"] = t / ops if complete else None

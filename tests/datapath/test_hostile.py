@@ -492,6 +492,23 @@ def test_a_link_local_source_is_not_the_senders_identity_in_one_pass(datapath, c
         assert sent(datapath, c, l3) == expected, src
 
 
+def test_a_hosts_link_local_address_from_a_container_is_no_host(datapath, cast):
+    """The host's link-local addresses are in the cidr trie as the host (the driver puts
+    them there), and the host is admitted into every endpoint. A container that sends
+    ICMPv6 from one of them, which the spoofing check lets through as link-local, is the
+    world to the destination's policy, in one pass as through the destination's veth."""
+    c, s = cast.client, cast.server
+    host_link_local = "fe80::dc:1"
+    datapath.set_cidr_identities({f"{host_link_local}/128": HOST_ID})
+    try:
+        datapath.set_endpoint_policy(c.spec, False, False, set())
+        datapath.set_endpoint_policy(s.spec, True, False, {PolicyKey(HOST_ID, 0, 0, INGRESS)})
+        l3 = pk.ipv6(host_link_local, s.ip6, pk.icmp(128, 31), pk.ICMPV6)
+        assert sent(datapath, c, l3) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+    finally:
+        datapath.set_cidr_identities({})
+
+
 def test_a_server_cannot_open_flows_back_through_a_clients_flow(datapath, cast):
     """The reply direction of client -> server:80 admits exactly its reverse tuple."""
     c, s = cast.client, cast.server

@@ -51,6 +51,14 @@ static __always_inline void local_view_swap(struct pkt_ctx *ctx, struct local_vi
  * namespace, ctx being the destination's view and source the sender's, which the one
  * verdict of the run (TRACE_TO_LXC) is counted in: to_container never runs, so
  * TRACE_TO_CONTAINER counts only what came through the stack or the tunnel. */
+/* A drop after the destination's view was taken is the sender's: back to its view. */
+static __always_inline int local_fail(struct pkt_ctx *ctx, struct local_view *source, int ret)
+{
+	if (source)
+		local_view_swap(ctx, source);
+	return ret;
+}
+
 static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct pkt_ctx *ctx,
 						struct local_view *source)
 {
@@ -58,7 +66,7 @@ static __always_inline int redirect_to_endpoint(struct __sk_buff *skb, struct pk
 	int ret = eth_store_macs(skb, ctx->dst_mac, ctx->dst_node_mac);
 
 	if (ret < 0)
-		return ret;
+		return local_fail(ctx, source, ret);
 	if (!source)
 		return trace_exit(ctx, TRACE_TO_LXC, bpf_redirect(ifindex, 0));
 	local_view_swap(ctx, source);
@@ -84,7 +92,7 @@ static __always_inline int redirect_local6(struct __sk_buff *skb, const struct i
 	int ret = ipv6_hoplimit_dec(skb, ip6);
 
 	if (ret < 0)
-		return ret;
+		return local_fail(ctx, source, ret);
 	return redirect_to_endpoint(skb, ctx, source);
 }
 
@@ -94,7 +102,7 @@ static __always_inline int redirect_local4(struct __sk_buff *skb, const struct i
 	int ret = ipv4_ttl_dec(skb, ip4);
 
 	if (ret < 0)
-		return ret;
+		return local_fail(ctx, source, ret);
 	return redirect_to_endpoint(skb, ctx, source);
 }
 

@@ -88,9 +88,14 @@ static __always_inline int lxc_local_ingress(struct __sk_buff *skb, const struct
 	source->rev_nat_index = 0;
 	source->direction = DIR_INGRESS;
 	source->src_identity = ctx->src_identity;
-	/* ICMPv6 may come from a link-local address, whose identity is not the sender's. */
-	if (ctx->flow.family == ENDPOINT_KEY_IPV6 && !ipv6_addr_equals(&ctx->flow.saddr, &ep->ipv6))
+	/* ICMPv6 may come from a link-local address, whose identity is not the sender's; one of
+	 * the host's, sent from a container, is no host (lxc_host_only_from_host). */
+	if (ctx->flow.family == ENDPOINT_KEY_IPV6 &&
+	    !ipv6_addr_equals(&ctx->flow.saddr, &ep->ipv6)) {
 		source->src_identity = identity_lookup(&ctx->flow.saddr, ctx->flow.family);
+		if (source->src_identity == IDENTITY_HOST)
+			source->src_identity = IDENTITY_WORLD;
+	}
 	local_view_swap(ctx, source);
 	if (hairpin)
 		return 0;
