@@ -16,7 +16,6 @@ import dataclasses
 import ipaddress
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from pathlib import Path
@@ -48,6 +47,7 @@ from .spec import EndpointSpec, Outbound
 from .sweeper import FlowSweeper
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/pycilium"
+PROGRAM_STORE_DIR = "programs"  # under the pin dir: the loaded programs, for the next process
 SWEEP_WAIT_SECONDS = 30.0  # a new endpoint waits this long at most for a predecessor's sweep
 TUNNEL_DEVICE = "cilium_vxlan"  # the node's one VXLAN device (other tools know the name)
 # How a published port reaches a container on another node (docs/architecture.md): its
@@ -97,8 +97,7 @@ class Datapath:
         self.nat64_prefix = nat64_prefix
         # (IPv6, IPv4): the programs look up services only for destinations inside them
         self.service_ranges = service_ranges
-        self.compile_count = 0
-        self.compile_seconds = 0.0  # compiling and loading, over every compile
+        self._store = loader.ProgramStore(self.pin_dir / PROGRAM_STORE_DIR)
         self._maps: DatapathMaps | None = None
         self._programs: loader.Programs | None = None
         self._sweeper: FlowSweeper | None = None
@@ -116,14 +115,13 @@ class Datapath:
             return
         bpffs.ensure_pin_dir(self.pin_dir)
         maps = DatapathMaps.open(self.pin_dir, self.map_sizes)
-        started = time.monotonic()
         try:
-            programs = loader.load_programs(maps.fds(), self.nat64_prefix, self.service_ranges)
+            programs = loader.load_programs(
+                maps.fds(), self.nat64_prefix, self.service_ranges, self._store
+            )
         except BaseException:
             maps.close()
             raise
-        self.compile_seconds += time.monotonic() - started
-        self.compile_count += 1
         self._maps, self._programs = maps, programs
         self._sweeper = FlowSweeper(maps)
         netlink.enable_forwarding()
@@ -149,6 +147,21 @@ class Datapath:
         if self._maps is not None:
             self._maps.close()
             self._maps = None
+
+    @property
+    def compile_count(self) -> int:
+        """BPF sources compiled by this instance."""
+        return self._store.compile_count
+
+    @property
+    def compile_seconds(self) -> float:
+        """Compiling and loading, over every compile."""
+        return self._store.compile_seconds
+
+    @property
+    def reuse_count(self) -> int:
+        """Builds reused from an earlier process instead of compiled."""
+        return self._store.reuse_count
 
     @property
     def maps(self) -> DatapathMaps:
@@ -682,10 +695,7 @@ class Datapath:
     def prefilter_program(self) -> loader.Program:
         """The loaded XDP program of bpf_xdp.c, compiled on first use (tests run it)."""
         if self._xdp is None:
-            started = time.monotonic()
-            self._xdp = loader.load_xdp(self.maps.fds())
-            self.compile_seconds += time.monotonic() - started
-            self.compile_count += 1
+            self._xdp = loader.load_xdp(self.maps.fds(), self._store)
         return self._xdp
 
     # routes
@@ -738,12 +748,9 @@ class Datapath:
         node = _node_address(underlay_address)
         mtu = hostnet.address_device_mtu(str(node)) - netlink.VXLAN_OVERHEAD
         if self._overlay is None:
-            started = time.monotonic()
             self._overlay = loader.load_overlay(
-                self.maps.fds(), self.nat64_prefix, self.service_ranges
+                self.maps.fds(), self.nat64_prefix, self.service_ranges, self._store
             )
-            self.compile_seconds += time.monotonic() - started
-            self.compile_count += 1
         ifindex = netlink.ensure_vxlan(TUNNEL_DEVICE, str(node), mtu)
         loader.attach_ingress(ifindex, self._overlay.from_overlay)
         loader.attach_egress(ifindex, self._overlay.to_overlay)

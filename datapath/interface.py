@@ -21,6 +21,7 @@ from .spec import EndpointSpec
 class DatapathApi(Protocol):
     compile_count: int
     compile_seconds: float
+    reuse_count: int
 
     # lifecycle
     def start(self) -> None: ...

@@ -9,6 +9,7 @@ resident memory) for no use after the compile.
 
 import ctypes as ct
 import functools
+import os
 
 LIBRARY = "libbpf.so.1"
 
@@ -70,3 +71,20 @@ def lib() -> ct.CDLL:
 def errno_of(ret: int) -> int:
     """The error of a failed call: libbpf 1.x returns -errno and also sets errno."""
     return ct.get_errno() or -ret
+
+
+class _InfoHead(ct.Structure):
+    """What struct bpf_map_info and struct bpf_prog_info both begin with."""
+
+    _fields_ = (("type", ct.c_uint32), ("id", ct.c_uint32))
+
+
+def object_id(fd: int) -> int:
+    """The kernel's id of the map or program behind fd; OSError if fd is neither."""
+    info = _InfoHead()
+    size = ct.c_uint32(ct.sizeof(info))
+    ret = lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size))
+    if ret < 0:
+        err = errno_of(ret)
+        raise OSError(err, os.strerror(err))
+    return info.id

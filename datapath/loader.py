@@ -1,7 +1,8 @@
 """Compiling the BPF programs (bcc) and attaching them to veths (tc, through pyroute2).
 
 bpf_lxc.c is compiled once per driver process (by a child process, so the compiler's memory
-goes with it) into :class:`Programs`, whose two entry
+goes with it), or reused from the previous process's pinned build (:class:`ProgramStore`),
+into :class:`Programs`, whose two entry
 functions are attached to every endpoint: ``from_container`` on tc ingress and
 ``to_container`` on tc egress of the host veth. Attaching uses ``replace`` so it is atomic
 and idempotent, and a program stays attached after the process that loaded it exits.
@@ -12,12 +13,15 @@ when the tunnel is first enabled.
 
 import ctypes as ct
 import errno
+import hashlib
 import ipaddress
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +50,7 @@ TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
 FILTER_PRIO = 1
 FILTER_HANDLE = 1
+STAGING = "staging"  # what a ProgramStore's build is called while it is being pinned
 
 
 DEFAULT_NAT64_PREFIX = "64:ff9b::/96"  # RFC 6052's well-known prefix
@@ -126,11 +131,13 @@ def load_programs(
     map_fds: dict[str, int],
     nat64_prefix: str = DEFAULT_NAT64_PREFIX,
     service_ranges: tuple[str, str] = DEFAULT_SERVICE_RANGES,
+    store: "ProgramStore | None" = None,
 ) -> Programs:
     """Compile bpf_lxc.c once with the given map fds (NAT64 prefix, service ranges) and load
-    both entry functions."""
+    both entry functions; with a store, reuse what it holds for the same build."""
     functions = (FROM_CONTAINER, TO_CONTAINER)
-    fds = _compile(LXC_SOURCE, functions, map_fds, nat64_prefix, service_ranges)
+    flags = compile_cflags(map_fds, nat64_prefix, service_ranges)
+    fds = _load(store, LXC_SOURCE, functions, map_fds, flags)
     return Programs(Program(FROM_CONTAINER, fds[0]), Program(TO_CONTAINER, fds[1]))
 
 
@@ -152,29 +159,138 @@ def load_overlay(
     map_fds: dict[str, int],
     nat64_prefix: str = DEFAULT_NAT64_PREFIX,
     service_ranges: tuple[str, str] = DEFAULT_SERVICE_RANGES,
+    store: "ProgramStore | None" = None,
 ) -> OverlayPrograms:
     """Compile bpf_overlay.c with the given map fds (NAT64 prefix, service ranges) and load
-    its entry functions."""
+    its entry functions; with a store, reuse what it holds for the same build."""
     functions = (FROM_OVERLAY, TO_OVERLAY, FROM_NETDEV)
-    fds = _compile(OVERLAY_SOURCE, functions, map_fds, nat64_prefix, service_ranges)
+    flags = compile_cflags(map_fds, nat64_prefix, service_ranges)
+    fds = _load(store, OVERLAY_SOURCE, functions, map_fds, flags)
     return OverlayPrograms(*(Program(name, fd) for name, fd in zip(functions, fds, strict=True)))
 
 
-def load_xdp(map_fds: dict[str, int]) -> Program:
+def load_xdp(map_fds: dict[str, int], store: "ProgramStore | None" = None) -> Program:
     """Compile bpf_xdp.c with the given map fds and load its entry function as an XDP
-    program; the caller closes its fd."""
-    (fd,) = _compile(XDP_SOURCE, (f"{XDP_PREFILTER}:xdp",), map_fds)
+    program (with a store, reuse what it holds for the same build); the caller closes its
+    fd."""
+    flags = compile_cflags(map_fds)
+    (fd,) = _load(store, XDP_SOURCE, (f"{XDP_PREFILTER}:xdp",), map_fds, flags)
     return Program(XDP_PREFILTER, fd)
 
 
-def _compile(
+class ProgramStore:
+    """Loaded programs pinned in a directory of the BPF filesystem, each build under a name
+    made from what it was built from: the sources, the compiler settings, the kernel and the
+    kernel ids of the maps it uses. A driver process that finds its build there (a restart
+    with the same code, settings and pinned maps) reuses it: a compile takes seconds, this
+    takes milliseconds. Counts both."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.compile_count = 0
+        self.compile_seconds = 0.0  # compiling and loading, over every compile
+        self.reuse_count = 0
+
+    def load(
+        self, source: Path, functions: tuple[str, ...], map_fds: dict[str, int], flags: list[str]
+    ) -> list[int]:
+        """The fds of functions of source: the stored build's, else compiled and stored."""
+        build = self.directory / f"{source.stem}-{_build_name(source, functions, map_fds, flags)}"
+        names = [function.partition(":")[0] for function in functions]
+        fds = _open_pinned([build / name for name in names])
+        if fds is not None:
+            self.reuse_count += 1
+            return fds
+        shutil.rmtree(build, ignore_errors=True)  # an incomplete build would stay so
+        started = time.monotonic()
+        fds = _compile(source, functions, map_fds, flags)
+        self.compile_seconds += time.monotonic() - started
+        self.compile_count += 1
+        try:
+            self._keep(source, build, dict(zip(names, fds, strict=True)))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
+
+    def _keep(self, source: Path, build: Path, fds: dict[str, int]) -> None:
+        """Pin fds as build (whole or not at all: written aside, then renamed) and unpin the
+        source's other builds; programs attached somewhere stay loaded without their pin.
+        (The BPF filesystem refuses names with a dot.)"""
+        staging = self.directory / f"{STAGING}-{build.name}-{os.getpid()}"
+        try:
+            self.directory.mkdir(exist_ok=True)
+            staging.mkdir()
+            for name, fd in fds.items():
+                if libbpf.lib().bpf_obj_pin(fd, os.fsencode(staging / name)) < 0:
+                    err = libbpf.errno_of(-1)
+                    raise OSError(err, os.strerror(err), str(staging / name))
+            try:
+                staging.rename(build)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):  # stored meanwhile
+                    raise
+        except OSError as exc:
+            raise DatapathError(f"cannot keep the loaded {source.name} in {build}: {exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        # Older builds, and what a process killed while pinning left aside.
+        for pattern in (f"{source.stem}-*", f"{STAGING}-{source.stem}-*"):
+            for other in self.directory.glob(pattern):
+                if other != build:
+                    shutil.rmtree(other, ignore_errors=True)
+
+
+def _build_name(
+    source: Path, functions: tuple[str, ...], map_fds: dict[str, int], flags: list[str]
+) -> str:
+    """A digest of everything a build depends on. Map fds differ between processes, so the
+    flags name each map by its kernel id (unique until reboot) instead."""
+    fd_flags = {f"-D{name.upper()}_MAP_FD={fd}": name for name, fd in map_fds.items()}
+    digest = hashlib.sha256()
+    parts = [os.uname().release, source.name, *functions]
+    for flag in flags:
+        name = fd_flags.get(flag)
+        parts.append(flag if name is None else f"{name}={libbpf.object_id(map_fds[name])}")
+    for part in parts:
+        digest.update(part.encode() + b"\0")
+    for path in sorted(BPF_DIR.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(BPF_DIR)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def _open_pinned(paths: list[Path]) -> list[int] | None:
+    """The fds of the programs pinned at paths, or None unless every one opens."""
+    fds = []
+    for path in paths:
+        fd = libbpf.lib().bpf_obj_get(os.fsencode(path))
+        if fd < 0:
+            for opened in fds:
+                os.close(opened)
+            return None
+        fds.append(fd)
+    return fds
+
+
+def _load(
+    store: ProgramStore | None,
     source: Path,
     functions: tuple[str, ...],
     map_fds: dict[str, int],
-    nat64_prefix: str = DEFAULT_NAT64_PREFIX,
-    service_ranges: tuple[str, str] = DEFAULT_SERVICE_RANGES,
+    flags: list[str],
 ) -> list[int]:
-    """The fds of functions of source, compiled with the given map fds and loaded.
+    if store is None:
+        return _compile(source, functions, map_fds, flags)
+    return store.load(source, functions, map_fds, flags)
+
+
+def _compile(
+    source: Path, functions: tuple[str, ...], map_fds: dict[str, int], flags: list[str]
+) -> list[int]:
+    """The fds of functions of source, compiled with flags (naming the given map fds) and
+    loaded.
 
     bcc compiles in a child process (compile_child.py) that inherits the map fds under the
     same numbers and hands the loaded programs' fds back over a socket pair.
@@ -182,7 +298,7 @@ def _compile(
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with ours, theirs:
         command = [sys.executable, str(COMPILE_CHILD), str(theirs.fileno()), str(source)]
-        command += [*functions, "--", *compile_cflags(map_fds, nat64_prefix, service_ranges)]
+        command += [*functions, "--", *flags]
         try:
             child = subprocess.run(
                 command,

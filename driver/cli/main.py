@@ -113,7 +113,7 @@ def _status_screen(data: dict) -> None:
             ("Endpoints", f"{data['endpoints']} ({data['waiting']} waiting for identity)"),
             ("Identities", data["identities"]),
             ("Policy", f"revision {policy['revision']}, {policy['rules']} rules, {policy['mode']}"),
-            ("BPF compiles", data["datapath"]["compile_count"]),
+            ("BPF builds", _builds(data["datapath"])),
             ("Drops", ", ".join(f"{k} {v}" for k, v in drops.items() if v) or "none"),
             ("BPF maps", _maps(data["datapath"].get("maps", {}))),
             ("Metrics", _metrics(data.get("metrics") or {})),
@@ -154,6 +154,10 @@ def _fill(entry: dict) -> float:
 
 def _full_maps(maps: dict) -> list[str]:
     return sorted(name for name, entry in maps.items() if _fill(entry) >= MAP_FILL_WARNING)
+
+
+def _builds(datapath: dict) -> str:
+    return f"{datapath['compile_count']} compiled, {datapath['reuse_count']} reused"
 
 
 def _maps(maps: dict) -> str:

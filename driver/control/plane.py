@@ -108,6 +108,7 @@ class Snapshot:
     map_fill: dict[str, tuple[int, int]]  # map -> (entries, capacity)
     compile_count: int
     compile_seconds: float
+    reuse_count: int  # BPF builds reused from an earlier driver process
     drops: dict[str, int]  # drop reason -> packets
     docker_events: bool  # the Docker events watcher is connected
     prefilter: dict  # Prefilter.record(): denied prefixes with drops, devices with XDP mode
@@ -461,6 +462,7 @@ class ControlPlane:
                 "map_fill": self.datapath.map_fill(),
                 "compile_count": self.datapath.compile_count,
                 "compile_seconds": self.datapath.compile_seconds,
+                "reuse_count": self.datapath.reuse_count,
                 "prefilter": self.prefilter.record(),
             }
         connected = self.watcher is not None and self.watcher.connected.is_set()

@@ -76,6 +76,7 @@ def status():
             },
             "datapath": {
                 "compile_count": snapshot.compile_count,
+                "reuse_count": snapshot.reuse_count,
                 "drops": snapshot.drops,
                 "maps": {
                     name: {"entries": entries, "capacity": capacity}

@@ -133,6 +133,11 @@ class PlaneCollector:
             sum_value=snapshot.compile_seconds,
         )
         yield compile_time
+        yield CounterMetricFamily(
+            f"{PREFIX}_bpf_reused_builds",
+            "BPF builds reused from an earlier driver process instead of compiled",
+            value=snapshot.reuse_count,
+        )
 
 
 def _modes(devices: list[dict]) -> dict[tuple[str], int]:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from datapath import Datapath, DatapathError, Outbound, VethExistsError, loader, netlink
+from datapath import Datapath, DatapathError, Outbound, VethExistsError, libbpf, loader, netlink
 from datapath.abi import EP_F_INGRESS_ENFORCED, EP_F_INTERNAL, EP_F_MASQUERADE
 from datapath.loader import egress_program_names, ingress_program_names
 
@@ -99,6 +99,10 @@ def test_ten_endpoints_compile_once(datapath, new_spec):
             datapath.delete_endpoint(spec)
 
 
+def program_id(datapath: Datapath) -> int:
+    return libbpf.object_id(datapath.programs.from_container.fd)
+
+
 def test_restore_after_restart(datapath, pin_dir, make_container):
     a, b = make_container(), make_container()
     assert a.ping(b.spec.ipv6)
@@ -111,7 +115,8 @@ def test_restore_after_restart(datapath, pin_dir, make_container):
     )
     restarted.start()
     try:
-        assert restarted.compile_count == 1
+        assert (restarted.compile_count, restarted.reuse_count) == (0, 1)
+        assert program_id(restarted) == program_id(datapath)  # the running build, reused
         assert restarted.endpoint_map_entries() == entries
         assert a.ping(b.spec.ipv6)  # the old program is still attached
         assert restarted.restore_endpoint(a.spec)

@@ -1,12 +1,16 @@
 """Compiling in the child process: programs come back loaded, failures come back as errors
-with the compiler's words, and no file descriptor is left behind either way."""
+with the compiler's words, and no file descriptor is left behind either way. A store keeps
+a build for the next process, which reuses it while sources, settings and maps are the same."""
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
-from datapath import loader
+from datapath import libbpf, loader
 from datapath.errors import DatapathError
+from datapath.maps import DatapathMaps
 
 TC_ACT_SHOT = 2
 
@@ -43,3 +47,62 @@ def test_a_compiler_process_that_sends_nothing_is_an_error(datapath, monkeypatch
     with pytest.raises(DatapathError, match="sent no programs"):
         loader.load_programs(datapath.maps.fds())
     assert open_fds() <= before
+
+
+@pytest.fixture
+def store_dir(pin_dir):
+    path = Path(pin_dir) / "store-test"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def builds(store_dir: Path) -> list[str]:
+    return sorted(p.name for p in store_dir.iterdir())
+
+
+def load_prefilter(store_dir: Path, maps: DatapathMaps) -> tuple[loader.ProgramStore, int]:
+    """A fresh store (as a new driver process has) and the id of the program it loaded."""
+    store = loader.ProgramStore(store_dir)
+    program = loader.load_xdp(maps.fds(), store)
+    try:
+        return store, libbpf.object_id(program.fd)
+    finally:
+        os.close(program.fd)
+
+
+def test_a_stored_build_is_reused_by_the_next_process(datapath, store_dir):
+    first, compiled = load_prefilter(store_dir, datapath.maps)
+    assert (first.compile_count, first.reuse_count) == (1, 0) and first.compile_seconds > 0
+    (build,) = builds(store_dir)
+    again, reused = load_prefilter(store_dir, datapath.maps)
+    assert (again.compile_count, again.reuse_count) == (0, 1)
+    assert reused == compiled
+    assert builds(store_dir) == [build]
+
+
+def test_other_maps_make_another_build_which_replaces_the_old(datapath, pin_dir, store_dir):
+    _, old = load_prefilter(store_dir, datapath.maps)
+    (old_build,) = builds(store_dir)
+    other_dir = Path(pin_dir) / "store-test-maps"
+    other_dir.mkdir()
+    other_maps = DatapathMaps.open(other_dir, datapath.map_sizes)  # same names, other ids
+    try:
+        store, new = load_prefilter(store_dir, other_maps)
+    finally:
+        other_maps.close()
+        shutil.rmtree(other_dir)
+    assert store.compile_count == 1 and new != old
+    assert len(builds(store_dir)) == 1 and builds(store_dir) != [old_build]
+
+
+def test_a_build_missing_a_program_is_compiled_again(datapath, store_dir):
+    functions = (loader.FROM_OVERLAY, loader.TO_OVERLAY, loader.FROM_NETDEV)
+    first = loader.ProgramStore(store_dir)
+    loader.load_overlay(datapath.maps.fds(), store=first).close()
+    (build,) = builds(store_dir)
+    assert sorted(p.name for p in (store_dir / build).iterdir()) == sorted(functions)
+    (store_dir / build / loader.TO_OVERLAY).unlink()  # as if a pin were lost
+    again = loader.ProgramStore(store_dir)
+    loader.load_overlay(datapath.maps.fds(), store=again).close()
+    assert (again.compile_count, again.reuse_count) == (1, 0)
+    assert sorted(p.name for p in (store_dir / build).iterdir()) == sorted(functions)

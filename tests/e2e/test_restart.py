@@ -31,6 +31,8 @@ def test_kill9_and_restart_keeps_traffic_and_state(docker, driver, net):
     time.sleep(2)
     driver.start()
     pinger.join()
+    built = driver.api("/v1/status")["datapath"]
+    assert (built["compile_count"], built["reuse_count"]) == (0, 1)  # the killed one's build
 
     output = result["ping"].stdout
     assert "40 packets transmitted, 40 packets received" in output, output

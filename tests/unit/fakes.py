@@ -10,6 +10,7 @@ class FakeDatapath:
     def __init__(self):
         self.compile_count = 0
         self.compile_seconds = 0.0
+        self.reuse_count = 0
         self.drops = {}
         self.traces = {}
         # Map name -> (entries, capacity), as Datapath.map_fill() reports them.

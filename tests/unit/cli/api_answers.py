@@ -42,6 +42,7 @@ STATUS = {
     "policy": {"revision": 3, "rules": 2, "mode": "default"},
     "datapath": {
         "compile_count": 5,
+        "reuse_count": 1,
         "drops": {"POLICY_DENIED": 4, "INVALID_SOURCE": 0, "CT_FULL": 1},
         "maps": {
             "endpoints": {"entries": 2, "capacity": 16384},

@@ -81,7 +81,7 @@ Networks:      1
 Endpoints:     2 (1 waiting for identity)
 Identities:    4
 Policy:        revision 3, 2 rules, default
-BPF compiles:  5
+BPF builds:    5 compiled, 1 reused
 Drops:         POLICY_DENIED 4, CT_FULL 1
 BPF maps:      2 ok, fullest conntrack 26214/262144 (10%)
 Metrics:       /metrics on the API socket and http://127.0.0.1:9962/metrics
