@@ -101,9 +101,9 @@ def outcome(datapath, program, frame: bytes, ifindex: int, via: int = 0) -> tupl
 
 
 def sent(datapath, ep: Endpoint, l3: bytes, ethertype=pk.ETH_P_IPV6, src_mac=None):
-    """The outcome of a frame the container of ep sends."""
+    """The outcome of a frame the container of ep sends (it comes in on ep's host veth)."""
     frame = pk.eth(HOST_MAC, src_mac or ep.spec.mac, ethertype) + l3
-    return outcome(datapath, datapath.programs.from_container, frame, ep.ifindex)
+    return outcome(datapath, datapath.programs.from_container, frame, ep.ifindex, ep.ifindex)
 
 
 def received(datapath, ep: Endpoint, l3: bytes, ethertype=pk.ETH_P_IPV6):

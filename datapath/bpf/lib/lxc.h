@@ -62,6 +62,17 @@ static __always_inline int lxc_egress_flow(struct __sk_buff *skb, const struct e
 	return policy_check(skb, ep, ctx);
 }
 
+/* The host's identity (always admitted) belongs to packets the host itself sent, which
+ * came in on no device. One of its addresses on a packet it forwards is forged or
+ * masqueraded: the world's, for policy.
+ */
+static __always_inline void lxc_host_only_from_host(const struct __sk_buff *skb,
+						    struct pkt_ctx *ctx)
+{
+	if (ctx->src_identity == IDENTITY_HOST && skb->ingress_ifindex)
+		ctx->src_identity = IDENTITY_WORLD;
+}
+
 /* The destination's ingress pipeline for a packet from ep to another local endpoint (see
  * local.h), as to_container runs it on a packet from a local endpoint: the waiting
  * identity, conntrack, policy and flow event, a service reply's reverse NAT. ctx becomes
@@ -89,14 +100,12 @@ static __always_inline int lxc_local_ingress(struct __sk_buff *skb, const struct
 	source->direction = DIR_INGRESS;
 	source->src_identity = ctx->src_identity;
 	/* ICMPv6 may come from a link-local address, whose identity is not the sender's; one of
-	 * the host's, sent from a container, is no host (lxc_host_only_from_host). */
+	 * the host's, sent from a container, is no host. */
 	if (ctx->flow.family == ENDPOINT_KEY_IPV6 &&
-	    !ipv6_addr_equals(&ctx->flow.saddr, &ep->ipv6)) {
+	    !ipv6_addr_equals(&ctx->flow.saddr, &ep->ipv6))
 		source->src_identity = identity_lookup(&ctx->flow.saddr, ctx->flow.family);
-		if (source->src_identity == IDENTITY_HOST)
-			source->src_identity = IDENTITY_WORLD;
-	}
 	local_view_swap(ctx, source);
+	lxc_host_only_from_host(skb, ctx);
 	if (hairpin)
 		return 0;
 	if (dst->identity == IDENTITY_INIT)
@@ -267,17 +276,6 @@ static __always_inline int lxc_check_local_source(const struct __sk_buff *skb,
 	if (owner && owner->ifindex != skb->ingress_ifindex)
 		return DROP_FORGED_SOURCE;
 	return 0;
-}
-
-/* The host's identity (always admitted) belongs to packets the host itself sent, which
- * came in on no device. One of its addresses on a packet it forwards is forged or
- * masqueraded: the world's, for policy.
- */
-static __always_inline void lxc_host_only_from_host(const struct __sk_buff *skb,
-						    struct pkt_ctx *ctx)
-{
-	if (ctx->src_identity == IDENTITY_HOST && skb->ingress_ifindex)
-		ctx->src_identity = IDENTITY_WORLD;
 }
 
 static __always_inline void lxc_identify_source(const struct __sk_buff *skb, struct pkt_ctx *ctx)
