@@ -98,7 +98,7 @@ docs:
 # selected; its hosts run the host's Docker, so test-26 does not repeat it.
 test: setup lint
 	@status=0; \
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests \
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests --durations=25 \
 		--reliability-report docs/reliability.md $(PYTEST_ARGS) || status=1; \
 	$(MAKE) --no-print-directory test-26 || status=1; \
 	exit $$status
@@ -115,7 +115,7 @@ test-26:
 	@trap 'scripts/engine.sh down 26' INT TERM; \
 	scripts/engine.sh up 26 || { scripts/engine.sh down 26; exit 1; }; \
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/pytest -ra tests/e2e --engine 26 \
-		$(ENGINE26_IGNORE) $(PYTEST_ARGS); \
+		--durations=10 $(ENGINE26_IGNORE) $(PYTEST_ARGS); \
 	status=$$?; scripts/engine.sh down 26 || status=1; exit $$status
 
 # The driver as a Docker managed (v2) plugin, built without a registry (README: Managed plugin).
