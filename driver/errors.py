@@ -23,3 +23,5 @@ class NotFound(DriverError):
 
 class Conflict(DriverError):
     """The request collides with something that exists (an address in use, an overlapping pool)."""
+
+    status = 409

@@ -937,3 +937,15 @@ def node():
 def node_list():
     """Every node the driver sees: name, id, underlay address, node ranges."""
     return "/v1/nodes"
+
+
+@node.command("forget")
+@click.argument("name")
+@click.pass_obj
+def node_forget(client, name):
+    """Free the node id and ranges of NAME, a node gone for good (refused while it is up).
+
+    Its id goes to the next node that claims one; if NAME comes back, it gets the lowest
+    free id, and its driver refuses to start while its state holds the old id's networks."""
+    forgotten = call(client, "DELETE", "/v1/nodes/" + urllib.parse.quote(name, safe=""))
+    click.echo(f"Forgot node {forgotten['name']}: node id {forgotten['node_id']} is free")

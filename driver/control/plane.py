@@ -31,7 +31,7 @@ from datapath.abi import (
 )
 from datapath.interface import DatapathApi
 from driver.config import Config
-from driver.errors import DriverError, NotFound
+from driver.errors import BadRequest, DriverError, NotFound
 
 from .addressing import NodeAddressing, node_id_from_machine_id
 from .cluster.endpoints import EndpointRecord
@@ -478,6 +478,13 @@ class ControlPlane:
         return Traffic(self.datapath.trace_counts(), self.datapath.ct_totals())
 
     # The cluster
+
+    def forget_node(self, name: str) -> dict:
+        """Free the node id (so the ranges) of a node gone for good, for a new node to have;
+        only etcd changes, so the plane's lock is not taken."""
+        if self.cluster is None:
+            raise BadRequest("one host: there is no cluster to forget a node from")
+        return {"name": name, "node_id": self.cluster.forget_node(name)}
 
     def list_nodes(self) -> list[dict]:
         """Every node of the cluster as this one sees it; on one host, this node alone."""

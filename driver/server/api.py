@@ -372,3 +372,8 @@ def _prefilter_lists(body: dict) -> tuple[list[str], list[str]]:
 @bp.get("/nodes")
 def nodes():
     return jsonify(plane().list_nodes())
+
+
+@bp.delete("/nodes/<name>")
+def node_forget(name):
+    return jsonify(plane().forget_node(name))

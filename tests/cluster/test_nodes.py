@@ -68,6 +68,25 @@ def test_node_ids_never_collide_and_a_restarted_node_keeps_its_id(nodes, etcd, t
     assert nodes.start("d").plane.node.node_id not in first.values()
 
 
+def test_a_node_gone_for_good_is_forgotten_and_its_id_given_again(nodes, etcd):
+    a = nodes.start("a")
+    gone = nodes.start("c").plane.node.node_id
+
+    def forget(name):
+        response = a.client.delete(f"/v1/nodes/{name}")
+        return response.status_code, response.get_json()
+
+    status, refusal = forget("c")
+    assert status == 409 and "node c is up" in refusal["Err"]
+    assert forget("a")[0] == 409, "a node does not forget itself"
+    assert forget("nobody")[0] == 404
+    nodes.stop("c")
+    wait_for(lambda: _names(a) == ["a"], LEASE_TTL + 5, "c's lease expired")
+    assert forget("c") == (200, {"name": "c", "node_id": gone})
+    assert etcd.keys(NODE_IDS) == {f"{NODE_IDS}{a.plane.node.node_id}": "a"}
+    assert nodes.start("d").plane.node.node_id == gone, "the lowest free id"
+
+
 class PrefilterRefused(FakeDatapath):
     """A datapath that fails the start late: after the lease, the node record and the
     watches of policy, services and other nodes' identities have started."""

@@ -7,6 +7,7 @@ import socket
 from urllib.parse import urlsplit
 
 from driver.config import Config
+from driver.errors import Conflict
 
 from .dns import ClusterDns
 from .endpoints import EndpointRecord, Publisher, RemoteEndpoints
@@ -14,7 +15,7 @@ from .identities import ClusterAllocator
 from .kvstore import KvStore, KvstoreUnavailable
 from .networks import ClusterNetworks
 from .nodeports import NodePorts
-from .nodes import NodeRecord, NodeRegistry, claim_node_id
+from .nodes import NodeRecord, NodeRegistry, claim_node_id, forget_node
 from .session import Session
 from .tunnel import RemoteNodes
 
@@ -49,6 +50,12 @@ class Cluster:
     def claim_node_id(self) -> int:
         """The node id: the one this node name always had in the cluster."""
         return claim_node_id(self.kv, self.name, self.config.node_id, self.node_slots())
+
+    def forget_node(self, name: str) -> int:
+        """Free the node id of node name, gone for good; the id."""
+        if name == self.name:
+            raise Conflict(f"node {name} is this node: forget it from another one")
+        return forget_node(self.kv, name)
 
     def node_range4(self, node_id: int) -> str:
         """Block node_id of the cluster's IPv4 range."""

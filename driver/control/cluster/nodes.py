@@ -1,14 +1,14 @@
-"""Nodes of the cluster: ids claimed once for good, records under each node's lease, and
-every node's view of the others from a watch."""
+"""Nodes of the cluster: ids claimed for good (until a node gone for good is forgotten),
+records under each node's lease, and every node's view of the others from a watch."""
 
 import json
 import logging
 import threading
 from dataclasses import asdict, dataclass
 
-from driver.errors import Conflict, DriverError
+from driver.errors import Conflict, DriverError, NotFound
 
-from .kvstore import Entry, KvStore, absent, put
+from .kvstore import Entry, KvStore, absent, delete, holds, put
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,25 @@ def claim_node_id(kv: KvStore, name: str, wanted: int, limit: int) -> int:
             log.info("node %s claimed node id %d", name, free[0])
             return free[0]
     raise DriverError(f"node {name} could not claim a node id: {limit} attempts raced")
+
+
+def forget_node(kv: KvStore, name: str) -> int:
+    """Free the node id of a node gone for good: one with no record in etcd (its lease
+    expired). Returns the id. NotFound if the node holds none; Conflict while its record
+    lives, checked in the same transaction as the delete."""
+    purpose = f"forget node {name}"
+    claims, _ = kv.list(NODE_IDS, purpose)
+    held = [int(e.key[len(NODE_IDS) :]) for e in claims if e.value == name]
+    if not held:
+        raise NotFound(f"node {name} holds no node id in the cluster")
+    key = NODE_IDS + str(held[0])
+    if not kv.txn([absent(NODES + name), holds(key, name)], [delete(key)], purpose):
+        raise Conflict(
+            f"node {name} is up (its record is in etcd): stop its driver, wait until its "
+            "lease expires and it leaves `cilium node list`, then forget it"
+        )
+    log.info("node %s forgotten: node id %d is free", name, held[0])
+    return held[0]
 
 
 class NodeRegistry:

@@ -208,6 +208,7 @@ ANSWERS = {
     ("PUT", "/v1/services"): {**SERVICES[0], "warnings": ["no endpoint matches app=web yet"]},
     ("DELETE", "/v1/services/1"): {},
     ("DELETE", "/v1/services/2"): {},
+    ("DELETE", "/v1/nodes/old%2Fhost"): {"name": "old/host", "node_id": 7},
     ("GET", "/v1/networks"): [
         {
             "network_id": "4e7" * 21 + "f",

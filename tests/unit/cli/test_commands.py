@@ -671,6 +671,13 @@ def test_service_delete(api, args, deleted):
     assert api.calls[1:] == [("DELETE", f"/v1/services/{n}", None) for n in deleted]
 
 
+def test_node_forget_quotes_the_name(api):
+    result = cilium("node", "forget", "old/host")
+    assert result.exit_code == 0
+    assert result.stdout == "Forgot node old/host: node id 7 is free\n"
+    assert api.calls == [("DELETE", "/v1/nodes/old%2Fhost", None)]
+
+
 def test_service_delete_of_an_unknown_name(api):
     result = cilium("service", "delete", "nope")
     assert result.exit_code == 1

@@ -72,7 +72,7 @@ def test_conflicting_frontend_is_refused(api, datapath):
     status, result = api(
         "PUT", "services", {"frontend": "[fd00:5::10]:80", "backends": ["[fdce::3]:80"], "id": 8}
     )
-    assert status == 500 and "is service 7" in result["Err"]
+    assert status == 409 and "is service 7" in result["Err"]
     assert frontends(datapath) == {"[fd00:5::10]:80/tcp": (7, ["fdce::2:80"])}
 
 
