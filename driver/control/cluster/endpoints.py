@@ -12,6 +12,7 @@ import logging
 from dataclasses import asdict, dataclass, field, fields
 
 from datapath import DatapathError
+from datapath.abi import INIT_ID
 from datapath.interface import DatapathApi
 
 from .kvstore import Entry, KvStore
@@ -60,6 +61,13 @@ class Publisher:
         self.keys.close()
 
     def publish(self, record: EndpointRecord) -> None:
+        """The record as it is now. One still waiting for its identity is not published:
+        it sends and receives nothing yet, and every other node would write it into its
+        ipcache only to write it again a moment later with the identity (a watch event on
+        every node per endpoint, for nothing)."""
+        if record.identity == INIT_ID:
+            self.withdraw(record.endpoint_id)
+            return
         value = json.dumps(asdict(record), sort_keys=True)
         self.keys.set(f"{self.keys.prefix}{record.endpoint_id}", value)
 
