@@ -119,6 +119,7 @@ def test_an_endpoint_is_one_write_with_its_identity_and_a_new_name_no_ipcache_wr
         records = b.plane.cluster.remote_endpoints.records
         wait_for(lambda: records()[0].aliases == ["0123456789ab"], 5, "the new name on b")
         assert seen == [("PUT", identity), ("PUT", identity)]
+        assert b.datapath.upserts == 2, "the ipcache has it already"
     finally:
         watch.stop()
         kv.close()
