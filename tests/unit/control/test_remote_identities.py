@@ -137,14 +137,20 @@ def test_identity_use_counts_endpoints_and_needs_labels():
     use.set_labels({REMOTE: {"app": "web"}, REMOTE + 1: {"app": "db"}})
     assert use.identities() == {REMOTE: {"app": "web"}}
     assert use.nodes() == {REMOTE: ["a", "b"]}
-    use.endpoint("k3", ("a", REMOTE + 1))
-    use.endpoint("k1", None)
+    # What each call returns: whether identities() may have changed (the trigger's pull).
+    assert use.endpoint("k3", ("a", REMOTE + 1)), "an identity came"
+    assert not use.endpoint("k1", None), "REMOTE keeps a user"
+    assert not use.endpoint("k3", ("a", REMOTE + 1)), "written again, or a new name"
     assert use.identities() == {REMOTE: {"app": "web"}, REMOTE + 1: {"app": "db"}}
-    use.endpoint("k2", ("b", REMOTE + 1))  # relabelled: its old identity loses its last user
+    assert use.endpoint("k2", ("b", REMOTE + 1)), "relabelled: REMOTE loses its last user"
     assert use.identities() == {REMOTE + 1: {"app": "db"}}
     assert use.nodes() == {REMOTE + 1: ["a", "b"]}
-    use.label(REMOTE + 1, None)
+    assert not use.label(REMOTE + 2, {"app": "new"}), "no endpoint has it yet"
+    assert not use.label(REMOTE + 1, {"app": "db"}), "the labels it had"
+    assert use.label(REMOTE + 1, None)
     assert use.identities() == {}
+    assert use.endpoint("k4", ("c", REMOTE + 2)), "the labels noted before come with it"
+    assert use.identities() == {REMOTE + 2: {"app": "new"}}
 
 
 def _record(node: str, number: int, identity: int) -> Entry:
