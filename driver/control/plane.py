@@ -310,7 +310,6 @@ class ControlPlane:
     def create_endpoint(self, network_id: str, endpoint_id: str, interface: dict) -> dict:
         """The interface fields Docker left empty, filled in."""
         returned = self.endpoints.create(network_id, endpoint_id, interface)
-        self._publish(endpoint_id)
         self._network_use(network_id)
         return returned
 

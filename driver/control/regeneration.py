@@ -182,11 +182,12 @@ class Regeneration:
         removed = {number for number, i in self._known.items() if known.get(number) != i}
         in_use = {(ep.identity, ep.network_id) for ep in endpoints if ep.identity != INIT_ID}
         newcomers = Peers(added, self._cidr_identities)
+        shared = {}  # the newcomers' keys, once per group of results (compute_shared)
         for key in list(self._results):
             if key not in in_use or key[0] in removed:
                 del self._results[key]
             elif added or removed:
-                self._update(self._results[key], newcomers, removed)
+                self._update(self._results[key], newcomers, removed, shared)
         self._known = known
         everyone = None
         for ep in endpoints:
@@ -200,11 +201,12 @@ class Regeneration:
                 self._results[key] = _Result(identity, policy, KeySet(result.keys))
         self._write(endpoints)
 
-    def _update(self, result: _Result, newcomers: Peers, removed: set[int]) -> None:
+    def _update(self, result: _Result, newcomers: Peers, removed: set[int], shared: dict) -> None:
         gone = result.keys.drop_peers(removed)
         came: set[PolicyKey] = set()
         if newcomers.endpoints:
-            more = self.policy.compute_for(result.identity, newcomers, self.mode).keys
+            policy = self.policy.compute_shared(result.identity, newcomers, self.mode, shared)
+            more = policy.keys
             came, covered = result.keys.add(more)
             gone |= covered
         # A key that went with an identity whose labels changed may come back with it.

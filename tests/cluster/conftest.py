@@ -124,16 +124,23 @@ class Node:
         assert response.status_code == 200, response.get_json(force=True)
         return response.get_json()
 
-    def endpoint(self, number: int, labels: dict, options: dict | None = None) -> str:
+    def endpoint(
+        self, number: int, labels: dict, options: dict | None = None, learnt: bool = True
+    ) -> str:
         """A container's endpoint on network NET ("app"), joined with options (its port
-        map), its labels learnt as the Docker events watcher learns them; its endpoint id."""
+        map), its labels learnt as the Docker events watcher learns them (unless not
+        `learnt`: then learn() does it later); its endpoint id."""
         if self.pools is None:
             self.pools = make_ipam_network(self.post)
         endpoint_id = f"{number:04x}"[::-1] + "e" * 60
         assert create_endpoint(self.post, self.pools, endpoint_id)[0] == 200
         assert join(self.post, endpoint_id, options)[0] == 200
-        self.plane.assign_container(endpoint_id, NET, "app", endpoint_id, f"c{number}", labels)
+        if learnt:
+            self.learn(endpoint_id, number, labels)
         return endpoint_id
+
+    def learn(self, endpoint_id: str, number: int, labels: dict) -> None:
+        self.plane.assign_container(endpoint_id, NET, "app", endpoint_id, f"c{number}", labels)
 
     def identity(self, endpoint_id: str) -> int:
         return self.plane.endpoint_info(endpoint_id).identity

@@ -5,8 +5,10 @@ import time
 
 from datapath.abi import INIT_ID
 from driver.control.cluster.endpoints import ENDPOINTS
+from driver.control.cluster.kvstore import KvStore
 from driver.control.cluster.nodes import PREFIX
 
+from ..unit.fakes import FakeDatapath
 from .conftest import LEASE_TTL, wait_for
 
 WEB, DB = {"app": "web"}, {"app": "db"}
@@ -76,6 +78,51 @@ def test_an_endpoint_is_published_and_cached_on_every_other_node(nodes, etcd):
     wait_for(lambda: key not in etcd.keys(ENDPOINTS), 5, "b's endpoint withdrawn")
     wait_for(lambda: set(a.datapath.ipcache) == set(), 5, "b's endpoint gone from a's ipcache")
     assert set(c.datapath.ipcache) == set(_in_cache(c, a, web, identity))
+
+
+class CountingDatapath(FakeDatapath):
+    def __init__(self):
+        super().__init__()
+        self.upserts = 0
+
+    def ipcache_upsert(self, address, identity, node_address):
+        super().ipcache_upsert(address, identity, node_address)
+        self.upserts += 1
+
+
+def test_an_endpoint_is_one_write_with_its_identity_and_a_new_name_no_ipcache_write(nodes, etcd):
+    """Every write of a record is a watch event on every other node: an endpoint waiting
+    for its identity is not published, it is published once with it, and its names
+    learnt later (the container's start) change the record but no other node's ipcache."""
+    a, b = _start(nodes, "a"), _start(nodes, "b", datapath=CountingDatapath())
+    seen = []  # (kind, identity) of every change under ENDPOINTS
+    kv = KvStore([etcd.url])
+    watch = kv.watch(
+        ENDPOINTS,
+        lambda _entries: None,
+        lambda kind, entry, _previous: seen.append(
+            (kind, json.loads(entry.value)["identity"] if kind == "PUT" else None)
+        ),
+    )
+    try:
+        web = a.endpoint(1, WEB, learnt=False)
+        time.sleep(1)  # a's writer would have written it long since
+        assert etcd.keys(ENDPOINTS) == {} and seen == [], "not published while waiting"
+        a.learn(web, 1, WEB)
+        identity = a.identity(web)
+        wanted = _in_cache(b, a, web, identity)
+        wait_for(lambda: _cached(b, a, web) == wanted, 5, "a's endpoint cached on b")
+        wait_for(lambda: seen == [("PUT", identity)], 5, "one write, with the identity")
+        assert b.datapath.upserts == 2
+
+        a.plane.endpoint_aliases(web, ["0123456789ab"])
+        records = b.plane.cluster.remote_endpoints.records
+        wait_for(lambda: records()[0].aliases == ["0123456789ab"], 5, "the new name on b")
+        assert seen == [("PUT", identity), ("PUT", identity)]
+        assert b.datapath.upserts == 2, "the ipcache has it already"
+    finally:
+        watch.stop()
+        kv.close()
 
 
 def test_every_node_routes_the_others_through_its_tunnel(nodes):

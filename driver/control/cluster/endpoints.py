@@ -9,9 +9,11 @@ keys, and the watch's delete events take the addresses out of every other node's
 
 import json
 import logging
+import threading
 from dataclasses import asdict, dataclass, field, fields
 
 from datapath import DatapathError
+from datapath.abi import INIT_ID
 from datapath.interface import DatapathApi
 
 from .kvstore import Entry, KvStore
@@ -60,6 +62,13 @@ class Publisher:
         self.keys.close()
 
     def publish(self, record: EndpointRecord) -> None:
+        """The record as it is now. One still waiting for its identity is not published:
+        it sends and receives nothing yet, and every other node would write it into its
+        ipcache only to write it again a moment later with the identity (a watch event on
+        every node per endpoint, for nothing)."""
+        if record.identity == INIT_ID:
+            self.withdraw(record.endpoint_id)
+            return
         value = json.dumps(asdict(record), sort_keys=True)
         self.keys.set(f"{self.keys.prefix}{record.endpoint_id}", value)
 
@@ -69,14 +78,18 @@ class Publisher:
 
 class RemoteEndpoints:
     """Other nodes' endpoints, followed by a watch, in this node's ipcache. Datapath calls
-    are made under the control plane's lock (`lock`), as every other one is."""
+    are made under the control plane's lock (`lock`), as every other one is; an event that
+    changes nothing in the datapath (a new name, a record written again) does not wait for
+    it, nor holds up the events behind it."""
 
     def __init__(self, kv: KvStore, node: str, datapath: DatapathApi, lock, node_ports=None):
         self.node = node
         self.datapath = datapath
         self.lock = lock
         self.node_ports = node_ports  # their published ports on this node (nodeports.py)
+        # Written only by the watch's thread, under _records (taken after lock, never before).
         self._by_key: dict[str, EndpointRecord] = {}
+        self._records = threading.Lock()
         self._listed = False  # until etcd's first listing, _by_key is no view of the cluster
         self.watch = kv.watch(ENDPOINTS, self._reset, self._event)
 
@@ -87,10 +100,12 @@ class RemoteEndpoints:
         """The remote endpoints' published ports on this node, after they changed or a
         local container's did (a local one takes a port first). The caller holds the lock."""
         if self.node_ports is not None and self._listed:
-            self.node_ports.sync(self._by_key.values())
+            with self._records:
+                records = list(self._by_key.values())
+            self.node_ports.sync(records)
 
     def records(self) -> list[EndpointRecord]:
-        with self.lock:
+        with self._records:
             return sorted(self._by_key.values(), key=lambda r: (r.node, r.endpoint_id))
 
     def _reset(self, entries: list[Entry]) -> None:
@@ -99,7 +114,8 @@ class RemoteEndpoints:
         found = {e.key: r for e in entries if (r := self._remote(e)) is not None}
         wanted = {a: (r.identity, r.node_address) for r in found.values() for a in r.addresses()}
         with self.lock:
-            self._by_key = found
+            with self._records:
+                self._by_key = found
             for address in sorted(set(self.datapath.ipcache_entries()) - set(wanted)):
                 self.datapath.ipcache_delete(address)
             for address, (identity, node_address) in sorted(wanted.items()):
@@ -108,20 +124,33 @@ class RemoteEndpoints:
             self.sync_ports()
 
     def _event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
+        new = self._remote(entry) if kind == "PUT" else None
+        old = self._by_key.get(entry.key)  # this thread is the only writer
+        if new == old:
+            return  # this node's own, or written again as it was (a full round)
+        # Most endpoints publish no port: theirs need no pass over every record.
+        ports = (old is not None and old.ports) or (new is not None and new.ports)
+        if not ports and _placed(old) == _placed(new):
+            self._note(entry.key, new)  # its names changed: nothing for the datapath
+            return
         with self.lock:
-            old = self._by_key.pop(entry.key, None)
-            new = self._remote(entry) if kind == "PUT" else None
-            if new is not None:
-                self._by_key[entry.key] = new
+            self._note(entry.key, new)
             stale = set(old.addresses() if old else ()) - set(new.addresses() if new else ())
             for address in sorted(stale):
                 if not self._owned_elsewhere(address):
                     self.datapath.ipcache_delete(address)
-            for address in new.addresses() if new else ():
-                self._cache(address, new.identity, new.node_address)
-            # Most endpoints publish no port: theirs need no pass over every record.
-            if old != new and ((old and old.ports) or (new and new.ports)):
+            for address, (identity, node_address) in _placed(new).items():
+                if _placed(old).get(address) != (identity, node_address):
+                    self._cache(address, identity, node_address)
+            if ports:
                 self.sync_ports()
+
+    def _note(self, key: str, record: EndpointRecord | None) -> None:
+        with self._records:
+            if record is None:
+                self._by_key.pop(key, None)
+            else:
+                self._by_key[key] = record
 
     def _cache(self, address: str, identity: int, node_address: str) -> None:
         """One ipcache entry; a record the datapath refuses is logged, not raised: it must
@@ -133,7 +162,8 @@ class RemoteEndpoints:
 
     def _owned_elsewhere(self, address: str) -> bool:
         """An address a later record took over (an endpoint re-made under another id)."""
-        return any(address in r.addresses() for r in self._by_key.values())
+        with self._records:
+            return any(address in r.addresses() for r in self._by_key.values())
 
     def _remote(self, entry: Entry) -> EndpointRecord | None:
         node = entry.key[len(ENDPOINTS) :].split("/")[0]
@@ -151,3 +181,10 @@ class RemoteEndpoints:
             log.warning("ignoring %s: it names node %s", entry.key, record.node)
             return None
         return record
+
+
+def _placed(record: EndpointRecord | None) -> dict[str, tuple[int, str]]:
+    """What the ipcache holds for the record: address -> (identity, node address)."""
+    if record is None:
+        return {}
+    return {a: (record.identity, record.node_address) for a in record.addresses()}

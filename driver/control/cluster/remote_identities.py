@@ -38,25 +38,36 @@ class IdentityUse:
         self._users = dict(users)
         self._count = Counter(identity for _, identity in self._users.values())
 
-    def endpoint(self, key: str, user: tuple[str, int] | None) -> None:
-        """The endpoint record under key now names user's (node, identity), or is gone."""
+    def endpoint(self, key: str, user: tuple[str, int] | None) -> bool:
+        """The endpoint record under key now names user's (node, identity), or is gone.
+        Whether the identities other nodes' endpoints have changed (one came or went)."""
         old = self._users.pop(key, None)
+        if user is not None:
+            self._users[key] = user
+        if old == user:
+            return False
+        changed = False
         if old is not None:
             self._count[old[1]] -= 1
             if not self._count[old[1]]:
                 del self._count[old[1]]
+                changed = True
         if user is not None:
-            self._users[key] = user
             self._count[user[1]] += 1
+            changed |= self._count[user[1]] == 1
+        return changed
 
     def set_labels(self, labels: Mapping[int, dict]) -> None:
         self._labels = dict(labels)
 
-    def label(self, number: int, labels: dict | None) -> None:
+    def label(self, number: int, labels: dict | None) -> bool:
+        """Whether identities() changed: only an identity some endpoint has counts."""
+        before = self._labels.get(number)
         if labels is None:
             self._labels.pop(number, None)
         else:
             self._labels[number] = labels
+        return before != labels and number in self._count
 
     def identities(self) -> dict[int, dict]:
         """number -> labels of every identity some other node's endpoint has."""
@@ -134,12 +145,16 @@ class RemoteIdentities:
         self.trigger.pull()
 
     def _label_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
+        """As _endpoint_event: the trigger (and so the control plane's lock) only for a
+        change tell() would act on. A new identity's labels come before any record names
+        it: they are noted, and told with the first record."""
         found = labels_of(entry) if kind == "PUT" else None
         number = found[0] if found else identity_number(entry)
         if number is not None:
             with self._noted:
-                self.use.label(number, found[1] if found else None)
-            self.trigger.pull()
+                changed = self.use.label(number, found[1] if found else None)
+            if changed:
+                self.trigger.pull()
 
     def _reset_endpoints(self, entries: list[Entry]) -> None:
         with self._noted:
@@ -147,10 +162,13 @@ class RemoteIdentities:
         self.trigger.pull()
 
     def _endpoint_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
+        """Only an identity that came or went pulls the trigger: most records name one that
+        other endpoints have, or change only their names."""
         found = self._user(entry) if kind == "PUT" else None
         with self._noted:
-            self.use.endpoint(entry.key, found[1] if found else None)
-        self.trigger.pull()
+            changed = self.use.endpoint(entry.key, found[1] if found else None)
+        if changed:
+            self.trigger.pull()
 
     def _user(self, entry: Entry) -> tuple[str, tuple[str, int]] | None:
         """(key, (node, identity)) of another node's endpoint record with an endpoint

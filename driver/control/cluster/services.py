@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 
 from datapath import DatapathError
@@ -177,8 +178,9 @@ class RemoteBackends:
         self.services = services
         self.lock = lock
         self._endpoints: dict[str, tuple[int, str | None, str | None]] = {}
+        self._identities: Counter[int] = Counter()  # of _endpoints' identities
         self._labels: dict[int, dict] = {}
-        self._noted = threading.Lock()  # guards the two above; taken after self.lock
+        self._noted = threading.Lock()  # guards the three above; taken after self.lock
         self.trigger = Trigger("selector services", self._sync, lock)
         self.watches = []
 
@@ -211,28 +213,42 @@ class RemoteBackends:
         self.trigger.pull()
 
     def _labels_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
+        """As _endpoint_event; and a new identity's labels come before any record names it:
+        noted, and synced with that record."""
         found = labels_of(entry) if kind != "DELETE" else None
+        number = found[0] if found else identity_number(entry)
         with self._noted:
+            before = self._labels.get(number)
             if found is None:
-                self._labels.pop(identity_number(entry), None)
+                self._labels.pop(number, None)
             else:
-                self._labels[found[0]] = found[1]
-        self.trigger.pull()
+                self._labels[number] = found[1]
+            used = self._identities[number] > 0
+        if used and before != (found[1] if found else None):
+            self.trigger.pull()
 
     def _reset_endpoints(self, entries: list[Entry]) -> None:
         endpoints = dict(filter(None, map(self._endpoint, entries)))
         with self._noted:
             self._endpoints = endpoints
+            self._identities = Counter(identity for identity, _, _ in endpoints.values())
         self.trigger.pull()
 
     def _endpoint_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
+        """The trigger (a sync under the control plane's lock) only when what endpoints()
+        gives changed: not for a record that changed only its names."""
         found = self._endpoint(entry) if kind != "DELETE" else None
         with self._noted:
-            if found is None:
-                self._endpoints.pop(entry.key, None)
-            else:
+            old = self._endpoints.pop(entry.key, None)
+            if old is not None:
+                self._identities[old[0]] -= 1
+                if not self._identities[old[0]]:
+                    del self._identities[old[0]]
+            if found is not None:
                 self._endpoints[entry.key] = found[1]
-        self.trigger.pull()
+                self._identities[found[1][0]] += 1
+        if old != (found[1] if found else None):
+            self.trigger.pull()
 
     def _sync(self) -> None:
         with self.lock:

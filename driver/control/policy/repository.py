@@ -99,6 +99,22 @@ class PolicyRepository:
         selected = self._selecting(identity.labels)
         return resolve(identity, selected, peers, mode).policy()
 
+    def compute_shared(
+        self, identity: Identity, peers: Peers, mode: str, shared: dict
+    ) -> EndpointPolicy:
+        """compute_for() of many identities against the same peers (and rules): those that
+        the same rules select get the same keys, unless ingress is not enforced (then
+        network isolation admits the identity's own network and itself), so they share
+        one computation, kept in `shared` (empty at first, one per set of peers)."""
+        selected = self._selecting(identity.labels)
+        ingress = mode == "always" or any(r.ingress is not None for _, r in selected)
+        if mode == "never" or not ingress:
+            return resolve(identity, selected, peers, mode).policy()
+        key = tuple(id(rule) for _, rule in selected)
+        if key not in shared:
+            shared[key] = resolve(identity, selected, peers, mode).policy()
+        return shared[key]
+
     def origins_for(
         self, identity: Identity, peers: Peers, mode: str = "default"
     ) -> Mapping[PolicyKey, tuple[str, ...]]:

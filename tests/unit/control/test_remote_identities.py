@@ -14,7 +14,8 @@ from driver.control.cluster.endpoints import ENDPOINTS
 from driver.control.cluster.identities import IDS
 from driver.control.cluster.kvstore import Entry
 from driver.control.cluster.remote_identities import IdentityUse, RemoteIdentities
-from driver.control.policy import Identity
+from driver.control.policy import Identity, repository
+from driver.control.policy.compute import resolve
 from driver.control.policy.model import NETWORK_LABEL
 
 from .test_regeneration import WEB_POLICY, Host, policy_writes, random_step
@@ -66,25 +67,27 @@ def test_a_remote_identity_is_written_only_to_the_endpoints_whose_rules_select_i
     assert host.datapath.policies == expected(host, {}) == host.expected()
 
 
-def test_a_remote_identity_is_evaluated_alone_against_each_local_identitys_rules(host, monkeypatch):
-    """Its arrival costs one computation per local identity with it as the only peer, not a
-    recomputation against every identity of the cluster."""
+def test_a_remote_identity_is_evaluated_alone_once_per_set_of_selecting_rules(host, monkeypatch):
+    """Its arrival costs one computation with it as the only peer, not a recomputation
+    against every identity of the cluster, and one for all the local identities that the
+    same rules select (with ingress enforced); an unruled one (network isolation admits
+    itself too) has its own."""
     host.regeneration.import_rules([(WEB_POLICY, "web.yaml")])
     for i in range(20):
         host.add("a", {"app": "web", "replica": str(i)})
+    host.add("a", {"app": "unruled"})
     host.regeneration.set_remote({REMOTE + i: {"app": "other", "n": str(i)} for i in range(50)})
     peers_seen = []
-    compute_for = type(host.regeneration.policy).compute_for
 
-    def counting(policy, identity, peers, mode="default"):
+    def counting(identity, selected, peers, mode):
         peers_seen.append(sorted(peers.endpoints))
-        return compute_for(policy, identity, peers, mode)
+        return resolve(identity, selected, peers, mode)
 
-    monkeypatch.setattr(type(host.regeneration.policy), "compute_for", counting)
+    monkeypatch.setattr(repository, "resolve", counting)
     remote = dict(host.regeneration.remote)
-    remote[REMOTE + 99] = {"app": "client", NETWORK_LABEL: "c"}
+    remote[REMOTE + 99] = {"app": "client", NETWORK_LABEL: "a"}
     host.regeneration.set_remote(remote)
-    assert peers_seen == [[REMOTE + 99]] * 20
+    assert peers_seen == [[REMOTE + 99]] * 2
     assert host.datapath.policies == expected(host, remote)
 
 
@@ -137,14 +140,20 @@ def test_identity_use_counts_endpoints_and_needs_labels():
     use.set_labels({REMOTE: {"app": "web"}, REMOTE + 1: {"app": "db"}})
     assert use.identities() == {REMOTE: {"app": "web"}}
     assert use.nodes() == {REMOTE: ["a", "b"]}
-    use.endpoint("k3", ("a", REMOTE + 1))
-    use.endpoint("k1", None)
+    # What each call returns: whether identities() may have changed (the trigger's pull).
+    assert use.endpoint("k3", ("a", REMOTE + 1)), "an identity came"
+    assert not use.endpoint("k1", None), "REMOTE keeps a user"
+    assert not use.endpoint("k3", ("a", REMOTE + 1)), "written again, or a new name"
     assert use.identities() == {REMOTE: {"app": "web"}, REMOTE + 1: {"app": "db"}}
-    use.endpoint("k2", ("b", REMOTE + 1))  # relabelled: its old identity loses its last user
+    assert use.endpoint("k2", ("b", REMOTE + 1)), "relabelled: REMOTE loses its last user"
     assert use.identities() == {REMOTE + 1: {"app": "db"}}
     assert use.nodes() == {REMOTE + 1: ["a", "b"]}
-    use.label(REMOTE + 1, None)
+    assert not use.label(REMOTE + 2, {"app": "new"}), "no endpoint has it yet"
+    assert not use.label(REMOTE + 1, {"app": "db"}), "the labels it had"
+    assert use.label(REMOTE + 1, None)
     assert use.identities() == {}
+    assert use.endpoint("k4", ("c", REMOTE + 2)), "the labels noted before come with it"
+    assert use.identities() == {REMOTE + 2: {"app": "new"}}
 
 
 def _record(node: str, number: int, identity: int) -> Entry:
