@@ -184,6 +184,8 @@ def _metrics(metrics: dict) -> str:
 def _cluster(cluster: dict | None) -> str:
     if not cluster:
         return "off (one host)"
+    if cluster.get("left"):
+        return f"node {cluster['name']} LEFT the cluster: {cluster['left']}"
     state = "connected" if cluster["connected"] else "NOT connected"
     names = ", ".join(n["name"] for n in cluster["nodes"])
     return f"node {cluster['name']}, etcd {cluster['kvstore']} {state}; nodes: {names}"

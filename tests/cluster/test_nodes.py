@@ -3,12 +3,13 @@ watch."""
 
 import ipaddress
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from datapath import DatapathError
-from driver.control.cluster.kvstore import KvStore
+from driver.control.cluster.kvstore import KvStore, KvstoreUnavailable
 from driver.control.cluster.nodes import NODE_IDS, NODES, claim_node_id
 from driver.errors import Conflict
 
@@ -85,6 +86,35 @@ def test_a_node_gone_for_good_is_forgotten_and_its_id_given_again(nodes, etcd):
     assert forget("c") == (200, {"name": "c", "node_id": gone})
     assert etcd.keys(NODE_IDS) == {f"{NODE_IDS}{a.plane.node.node_id}": "a"}
     assert nodes.start("d").plane.node.node_id == gone, "the lowest free id"
+
+
+def test_a_node_forgotten_while_cut_off_leaves_the_cluster_instead_of_sharing_its_id(nodes, etcd):
+    """Its record's lease expired while it ran on without etcd, so forgetting it passed;
+    another node took the id. When etcd answers again, the node finds its id gone and puts
+    nothing back: no two live nodes ever share an id and its ranges."""
+    a, b = nodes.start("a"), nodes.start("b")
+    b.endpoint(1, {"app": "on-b"})
+    session = b.plane.cluster.session
+    keepalive = session.kv.keepalive
+    cut = threading.Event()
+    cut.set()
+
+    def partitioned(lease):
+        if cut.is_set():
+            raise KvstoreUnavailable("cut off (test)")
+        return keepalive(lease)
+
+    session.kv.keepalive = partitioned
+    wait_for(lambda: _names(a) == ["a"], LEASE_TTL + 5, "b's lease expired")
+    assert a.client.delete("/v1/nodes/b").status_code == 200
+    c = nodes.start("c")
+    assert c.plane.node.node_id == b.plane.node.node_id, "the lowest free id: b's"
+    cut.clear()
+    wait_for(lambda: b.api("status")["cluster"]["left"], LEASE_TTL + 5, "b learns it left")
+    assert "no longer node b's" in b.api("status")["cluster"]["left"]
+    time.sleep(LEASE_TTL + 1)  # a lease granted on the way would have run out
+    assert _names(a) == ["a", "c"]
+    assert not [k for k in etcd.keys("pycilium/v1/") if "/b/" in k or k.endswith("/b")]
 
 
 class PrefilterRefused(FakeDatapath):

@@ -127,6 +127,7 @@ class Cluster:
             "name": self.name,
             "kvstore": ",".join(self.config.endpoint_urls),
             "connected": self.session.available.is_set(),
+            "left": self.session.left or None,  # why this node left the cluster for good
             "nodes": self.registry.nodes() if self.registry else [],
         }
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from driver.errors import Conflict, DriverError, NotFound
 
 from .kvstore import Entry, KvStore, absent, delete, holds, put
-from .session import Session
+from .session import LeftCluster, Session
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,20 @@ class NodeRegistry:
             return [self._nodes[name] for name in sorted(self._nodes)]
 
     def _register(self, lease: int) -> None:
+        """The record, only while the node id is still this node's (LeftCluster if not: it
+        was forgotten while this node was cut off from etcd)."""
+        name, node_id = self.record.name, self.record.node_id
         value = json.dumps(asdict(self.record), sort_keys=True)
-        self.kv.put(NODES + self.record.name, value, "register this node", lease=lease)
+        key = NODE_IDS + str(node_id)
+        if not self.kv.txn(
+            [holds(key, name)], [put(NODES + name, value, lease)], "register this node"
+        ):
+            raise LeftCluster(
+                f"node id {node_id} is no longer node {name}'s (it was forgotten with `cilium "
+                "node forget` and may be another node's now): this node leaves the cluster. "
+                "Its containers keep their connections on this host; restart its driver to "
+                "join again (it refuses while its state holds networks of the old id)"
+            )
 
     def _reset(self, entries: list[Entry]) -> None:
         with self._lock:

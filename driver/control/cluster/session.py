@@ -5,9 +5,15 @@ import logging
 import threading
 from collections.abc import Callable
 
+from driver.errors import DriverError
+
 from .kvstore import KvStore, KvstoreUnavailable
 
 log = logging.getLogger(__name__)
+
+
+class LeftCluster(DriverError):
+    """From a holder that must not put its keys back under a new lease: the session ends."""
 
 
 class Session:
@@ -27,6 +33,7 @@ class Session:
         self._on_available: list[Callable[[], None]] = []
         self._restore = False
         self._stop = threading.Event()
+        self.left = ""  # why the node left the cluster for good, if it did
         self._thread = threading.Thread(target=self._run, name="etcd lease", daemon=True)
 
     def start(self) -> None:
@@ -59,6 +66,8 @@ class Session:
                 # Never the end of the keepalive: the node would leave the cluster.
                 log.exception("keeping lease %x", self.lease)
                 continue
+            if self.left:
+                return
             if not self.available.is_set():
                 log.info("etcd answers again (lease %x)", self.lease)
                 self.available.set()
@@ -71,8 +80,16 @@ class Session:
             log.warning("the node's lease expired; its keys go back under lease %x", self.lease)
             self._restore = True
         if self._restore:
-            for put_back in self._holders:
-                put_back(self.lease)
+            try:
+                for put_back in self._holders:
+                    put_back(self.lease)
+            except LeftCluster as exc:
+                # The node record's holder comes first: nothing is back under the new lease,
+                # which runs out with the keepalive stopped.
+                log.error("%s", exc)
+                self.left = str(exc)
+                self._stop.set()
+                return
             self._restore = False
 
 

@@ -357,6 +357,7 @@ def test_status_shows_the_cluster_and_its_nodes(api):
         "name": "node1",
         "kvstore": "http://192.0.2.1:2379",
         "connected": False,
+        "left": None,
         "nodes": NODES,
     }
     api.answers[("GET", "/v1/status")] = {**STATUS, "cluster": cluster}
@@ -364,6 +365,14 @@ def test_status_shows_the_cluster_and_its_nodes(api):
     assert (
         "Cluster:       node node1, etcd http://192.0.2.1:2379 NOT connected; nodes: node1, node2\n"
     ) in result.stdout
+
+
+def test_status_says_why_a_node_left_the_cluster(api):
+    cluster = {"name": "node1", "kvstore": "http://192.0.2.1:2379", "connected": False}
+    left = "node id 2 is no longer node node1's"
+    api.answers[("GET", "/v1/status")] = {**STATUS, "cluster": {**cluster, "left": left}}
+    result = cilium("status")
+    assert f"Cluster:       node node1 LEFT the cluster: {left}\n" in result.stdout
 
 
 def test_an_unreachable_driver_is_one_line_and_exit_1(api):
