@@ -91,6 +91,9 @@ class RemoteEndpoints:
         self._by_key: dict[str, EndpointRecord] = {}
         self._records = threading.Lock()
         self._listed = False  # until etcd's first listing, _by_key is no view of the cluster
+        # Addresses the datapath refused (a full map): the record's next event writes them
+        # again. Only the watch thread reads and writes it.
+        self._refused: set[str] = set()
         self.watch = kv.watch(ENDPOINTS, self._reset, self._event)
 
     def close(self) -> None:
@@ -116,6 +119,7 @@ class RemoteEndpoints:
         with self.lock:
             with self._records:
                 self._by_key = found
+            self._refused.clear()
             for address in sorted(set(self.datapath.ipcache_entries()) - set(wanted)):
                 self.datapath.ipcache_delete(address)
             for address, (identity, node_address) in sorted(wanted.items()):
@@ -126,11 +130,12 @@ class RemoteEndpoints:
     def _event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
         new = self._remote(entry) if kind == "PUT" else None
         old = self._by_key.get(entry.key)  # this thread is the only writer
-        if new == old:
+        retry = {a for a in _placed(new) if a in self._refused}
+        if new == old and not retry:
             return  # this node's own, or written again as it was (a full round)
         # Most endpoints publish no port: theirs need no pass over every record.
         ports = (old is not None and old.ports) or (new is not None and new.ports)
-        if not ports and _placed(old) == _placed(new):
+        if not ports and _placed(old) == _placed(new) and not retry:
             self._note(entry.key, new)  # its names changed: nothing for the datapath
             return
         with self.lock:
@@ -140,7 +145,7 @@ class RemoteEndpoints:
                 if not self._owned_elsewhere(address):
                     self.datapath.ipcache_delete(address)
             for address, (identity, node_address) in _placed(new).items():
-                if _placed(old).get(address) != (identity, node_address):
+                if address in retry or _placed(old).get(address) != (identity, node_address):
                     self._cache(address, identity, node_address)
             if ports:
                 self.sync_ports()
@@ -159,6 +164,9 @@ class RemoteEndpoints:
             self.datapath.ipcache_upsert(address, identity, node_address)
         except (DatapathError, ValueError) as exc:
             log.error("other node's endpoint %s not in the ipcache: %s", address, exc)
+            self._refused.add(address)
+            return
+        self._refused.discard(address)
 
     def _owned_elsewhere(self, address: str) -> bool:
         """An address a later record took over (an endpoint re-made under another id)."""
