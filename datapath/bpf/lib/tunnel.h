@@ -258,7 +258,8 @@ static __always_inline int vxlan_decap(struct __sk_buff *skb, struct pkt_ctx *ct
 	__u32 vni;
 	__u8 l4;
 
-	if (skb->protocol != bpf_htons(ETH_P_IP))
+	/* what the stack would drop (another's MAC seen in promiscuous mode) stays its own */
+	if (skb->protocol != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST)
 		return CTX_CONTINUE;
 	if (bpf_skb_load_bytes(skb, IPV4_HDR_OFF, &hdr, sizeof(hdr)) < 0)
 		return CTX_CONTINUE;
