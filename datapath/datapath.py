@@ -763,9 +763,10 @@ class Datapath:
         if self.service_mode == SERVICE_MODE_SNAT:
             # An earlier DSR run's entries would still take the packets from_netdev sees.
             self.maps.clear_nodeports()
-        else:
-            for device in hostnet.address_devices(str(node)):
-                loader.attach_ingress(device, self._overlay.from_netdev)
+        # In both modes: from_netdev also decapsulates the other nodes' packets for local
+        # endpoints, past the VXLAN device (lib/tunnel.h, vxlan_decap).
+        for device in hostnet.address_devices(str(node)):
+            loader.attach_ingress(device, self._overlay.from_netdev)
         return TUNNEL_DEVICE
 
     def _tunnel_ifindex(self) -> int:

@@ -36,14 +36,18 @@ int to_overlay(struct __sk_buff *skb)
 }
 
 /* Device: the node's underlay device(s), those carrying its address. Direction: from the
- * network. Hook: tc clsact ingress. A published port whose container lives on another node,
- * straight into the tunnel with direct server return (lib/dsr.h); the rest to the stack.
+ * network. Hook: tc clsact ingress. Another node's VXLAN packet for a local endpoint,
+ * decapsulated and delivered here, past the VXLAN device (vxlan_decap); a published port
+ * whose container lives on another node, straight into the tunnel with direct server
+ * return (lib/dsr.h); the rest to the stack.
  */
 int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt_ctx ctx = { .ifindex = skb->ifindex, .direction = DIR_INGRESS };
-	int ret = nodeport_dsr4(skb, &ctx);
+	int ret = vxlan_decap(skb, &ctx);
 
+	if (ret == CTX_CONTINUE)
+		ret = nodeport_dsr4(skb, &ctx);
 	if (ret == CTX_CONTINUE)
 		return TC_ACT_OK;
 	if (ret < 0)

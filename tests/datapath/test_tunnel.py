@@ -263,7 +263,7 @@ def test_uninstall_removes_the_tunnel_and_its_routes():
         ranges = [str(CLUSTER6), str(CLUSTER4)]
         removed = call_in_netns(host.netns, remove_from_host, host.pin_dir, host.prefix, ranges)
         assert f"link {TUNNEL}" in removed
-        assert f"from_netdev on u{other.name}" in removed  # DSR's, on the underlay device
+        assert f"from_netdev on u{other.name}" in removed  # on the underlay device
         assert (
             "bpf"
             not in host.exec("tc", "filter", "show", "dev", f"u{other.name}", "ingress").stdout
@@ -306,6 +306,72 @@ def test_bulk_tcp_crosses_in_segments_larger_than_the_mtu(cluster, make):
         address = str(far.addr(version))
         done = near.exec(sys.executable, "-c", BULK_CLIENT, address, "7000", "4194304", check=False)
         assert done.returncode == 0, done.stderr
+
+
+def _tunnel_rx(host) -> int:
+    """Packets the host's VXLAN device decapsulated."""
+    (link,) = json.loads(host.ip("-s", "-j", "link", "show", TUNNEL).stdout)
+    return link["stats64"]["rx"]["packets"]
+
+
+def test_the_underlay_device_decapsulates_past_the_vxlan_device(cluster, make):
+    """from_netdev strips the other node's packets for a local endpoint (vxlan_decap) and
+    delivers them as from_overlay does, ingress policy enforced on the identity in the VNI:
+    neither VXLAN device receives any of them, bulk TCP's GSO packets (larger than the MTU)
+    included."""
+    a, b = cluster
+    allowed = make(a, 1020)
+    denied = make(a, 1021, advertised=1020)  # only the VNI tells it from the allowed one
+    target = make(b, 2020)
+    b.dp.set_endpoint_policy(target.spec, True, False, [PolicyKey(1020, 0, 0, INGRESS)])
+    target.serve(7000)
+    (underlay,) = json.loads(b.ip("-j", "link", "show", f"u{a.name}").stdout)
+    rx = _tunnel_rx(a), _tunnel_rx(b)
+    drops = _drops(b, "DROP_POLICY")
+    b.dp.set_trace_events(True)
+    try:
+        for version in (6, 4):
+            address = str(target.addr(version))
+            assert allowed.ping(target.addr(version))
+            done = allowed.exec(
+                sys.executable, "-c", BULK_CLIENT, address, "7000", "4194304", check=False
+            )
+            assert done.returncode == 0, done.stderr
+            assert not denied.exchange(target.addr(version), 7000, timeout=1)
+    finally:
+        b.dp.set_trace_events(False)
+    assert (_tunnel_rx(a), _tunnel_rx(b)) == rx  # the replies to a too
+    assert _drops(b, "DROP_POLICY") - drops >= 2
+    events = [e for e in b.dp.events() if e.endpoint_id == target.spec.endpoint_id]
+    delivered = {
+        (e.ifindex, e.src_identity)
+        for e in events
+        if e.reason_name == "TRACE_TO_LXC" and e.src in allowed.spec.addresses()
+    }
+    assert delivered == {(underlay["ifindex"], 1020)}
+    dropped = {
+        (e.src, e.src_identity)
+        for e in events
+        if e.reason_name == "DROP_POLICY" and e.src in denied.spec.addresses()
+    }
+    assert dropped == {(address, 1021) for address in denied.spec.addresses()}
+
+
+def test_what_the_underlay_does_not_decapsulate_goes_to_the_vxlan_device(cluster, make):
+    """A datagram with an outer UDP checksum (nodes send none; this one a socket made) is
+    left to the device, whose from_overlay delivers it."""
+    a, b = cluster
+    target = make(b, 2021)
+
+    def delivered() -> int:
+        return b.dp.trace_counts()["TRACE_TO_CONTAINER"]
+
+    before = _tunnel_rx(b), delivered()
+    call_in_netns(
+        a.netns, _send_vxlan, str(b.underlay), 1099, _inner(a.range6[99], target.spec.ipv6)
+    )
+    assert _grows(delivered, before[1])
+    assert _tunnel_rx(b) == before[0] + 1
 
 
 def test_a_node_address_is_ipv4(cluster):

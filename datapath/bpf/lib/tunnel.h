@@ -126,30 +126,29 @@ static __always_inline int tunnel_check_sender(__u32 remote_ipv4)
 	return 0;
 }
 
-/* Decapsulated by the device: to the local endpoint of the destination, with the sender's
- * identity from the VNI; to the stack if the destination is the host's own (a reply to
- * the host, whose remote peer's node has the host's address in its ipcache). Returns a
- * TC verdict or a drop reason. */
-static __always_inline int overlay_ingress(struct __sk_buff *skb, struct pkt_ctx *ctx)
+/* Decapsulated (by the device, or by vxlan_decap): to the local endpoint of the
+ * destination, with the sender's identity from the VNI; to the stack if the destination
+ * is the host's own (a reply to the host, whose remote peer's node has the host's address
+ * in its ipcache). sender is the outer source in host byte order. Returns a TC verdict or
+ * a drop reason. */
+static __always_inline int overlay_deliver(struct __sk_buff *skb, struct pkt_ctx *ctx,
+					   __u32 sender, __u32 vni)
 {
-	struct bpf_tunnel_key key = {};
 	struct endpoint_key addr = {};
 	struct endpoint_addr *owner;
 	struct endpoint_info *ep;
 	int ret;
 
-	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
-		return DROP_TUNNEL_NO_KEY;
-	ret = tunnel_check_sender(key.remote_ipv4);
+	ret = tunnel_check_sender(sender);
 	if (ret < 0)
 		return ret;
-	ctx->src_identity = key.tunnel_id;
+	ctx->src_identity = vni;
 	ret = tunnel_parse(skb, &ctx->flow);
 	if (ret < 0)
 		return ret;
 	/* Only a node's from_netdev adds the option, and it sends as world: a container could
 	 * put the option on its own packets (CAP_NET_RAW) and plant DSR state for any flow. */
-	if (key.tunnel_id == IDENTITY_WORLD) {
+	if (vni == IDENTITY_WORLD) {
 		ret = dsr_take_option4(skb, ctx);
 		if (ret < 0)
 			return ret;
@@ -169,11 +168,125 @@ static __always_inline int overlay_ingress(struct __sk_buff *skb, struct pkt_ctx
 	}
 	ctx->endpoint_id = ep->endpoint_id;
 	ctx->dst_identity = ep->identity;
-	skb->mark = MARK_IDENTITY | (key.tunnel_id & TUNNEL_ID_MAX);
+	skb->mark = MARK_IDENTITY | (vni & TUNNEL_ID_MAX);
 	ret = eth_store_macs(skb, ep->mac, ep->node_mac);
 	if (ret < 0)
 		return ret;
 	return trace_exit(ctx, TRACE_TO_LXC, bpf_redirect(owner->ifindex, 0));
+}
+
+/* from_overlay: what the device decapsulated, with the VNI and the outer source from its
+ * metadata. Returns a TC verdict or a drop reason. */
+static __always_inline int overlay_ingress(struct __sk_buff *skb, struct pkt_ctx *ctx)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return DROP_TUNNEL_NO_KEY;
+	return overlay_deliver(skb, ctx, key.remote_ipv4, key.tunnel_id);
+}
+
+/* Decapsulation on the underlay device (from_netdev), so that the packets of a local
+ * endpoint skip the VXLAN device: it allocates a metadata dst for every packet it receives
+ * and frees it through RCU, which costs a cross-host stream about a tenth of its
+ * throughput (docs/benchmarks.md). What is not taken here goes on to the device untouched,
+ * where from_overlay delivers it as before.
+ */
+#define VXLAN_PORT 8472		   /* datapath/netlink.py's VXLAN_PORT */
+#define VXLAN_FLAGS_VNI 0x08000000 /* the I flag alone, as the device sends */
+/* Not in this bcc's headers; the kernel has them since 6.3 (include/uapi/linux/bpf.h). */
+#define ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
+#define ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
+
+/* What is stripped: outer IPv4, UDP, VXLAN and the inner Ethernet header (the outer one
+ * stays, with the inner ethertype). */
+struct vxlan_outer4 {
+	struct iphdr ip;
+	__be16 sport;
+	__be16 dport;
+	__be16 len;
+	__be16 check;
+	__be32 flags;
+	__be32 vni;
+	__u8 inner_macs[2 * ETH_ALEN];
+	__be16 inner_proto;
+} __attribute__((packed));
+
+/* The inner destination and upper-layer protocol (the next header after the fixed IPv6
+ * header), at off. Returns 0, or -1 for anything else than IPv4 or IPv6. */
+static __always_inline int vxlan_inner(struct __sk_buff *skb, __u32 off, __be16 proto,
+				       struct endpoint_key *dst, __u8 *l4)
+{
+	struct ipv6hdr ip6;
+	struct iphdr ip4;
+
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return -1;
+		__builtin_memcpy(&dst->ip, &ip6.daddr, sizeof(dst->ip));
+		dst->family = ENDPOINT_KEY_IPV6;
+		*l4 = ip6.nexthdr;
+		return 0;
+	}
+	if (proto == bpf_htons(ETH_P_IP)) {
+		if (bpf_skb_load_bytes(skb, off, &ip4, sizeof(ip4)) < 0)
+			return -1;
+		dst->ip.p[0] = ip4.daddr;
+		dst->family = ENDPOINT_KEY_IPV4;
+		*l4 = ip4.protocol;
+		return 0;
+	}
+	return -1;
+}
+
+/* A VXLAN datagram to this node (an unfragmented IPv4 header without options and a valid
+ * checksum, UDP port VXLAN_PORT without a checksum, as nodes send, the I flag, a VNI) for a
+ * local endpoint: stripped to the inner packet and delivered as from_overlay delivers it.
+ * A GSO packet (one a sender's GSO or the underlay's GRO made) only if its inner packet is
+ * TCP: bpf_skb_adjust_room keeps SKB_GSO_UDP_TUNNEL and skb->encapsulation on it (6.18 has
+ * no flag to clear them), which breaks the inner UDP's segmentation but not TCP's, whose
+ * inner headers still match; with FIXED_GSO the MSS stays the inner one. An inner checksum
+ * a NIC vouched for is verified again (adjust_room resets CHECKSUM_UNNECESSARY).
+ * CTX_CONTINUE for anything else (and when adjust_room refuses). Returns a TC verdict, a
+ * drop reason or CTX_CONTINUE. */
+static __always_inline int vxlan_decap(struct __sk_buff *skb, struct pkt_ctx *ctx)
+{
+	struct endpoint_key inner = {};
+	struct vxlan_outer4 hdr;
+	union v6addr daddr = {};
+	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO;
+	__u32 vni;
+	__u8 l4;
+
+	/* what the stack would drop (another's MAC seen in promiscuous mode) stays its own */
+	if (skb->protocol != bpf_htons(ETH_P_IP) || skb->pkt_type != PACKET_HOST)
+		return CTX_CONTINUE;
+	if (bpf_skb_load_bytes(skb, IPV4_HDR_OFF, &hdr, sizeof(hdr)) < 0)
+		return CTX_CONTINUE;
+	if (hdr.ip.ihl != 5 || hdr.ip.protocol != IPPROTO_UDP ||
+	    hdr.ip.frag_off & bpf_htons(IPV4_FRAG_MASK) || hdr.dport != bpf_htons(VXLAN_PORT) ||
+	    hdr.check || hdr.flags != bpf_htonl(VXLAN_FLAGS_VNI) || hdr.vni & bpf_htonl(0xff))
+		return CTX_CONTINUE;
+	vni = bpf_ntohl(hdr.vni) >> 8;
+	if (vni == IDENTITY_ANY)
+		return CTX_CONTINUE;
+	if (dsr_csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&hdr.ip, sizeof(hdr.ip), 0)))
+		return CTX_CONTINUE;
+	daddr.p[0] = hdr.ip.daddr;
+	if (identity_of_cidr(&daddr, ENDPOINT_KEY_IPV4) != IDENTITY_HOST)
+		return CTX_CONTINUE;
+	if (vxlan_inner(skb, IPV4_HDR_OFF + sizeof(hdr), hdr.inner_proto, &inner, &l4) < 0)
+		return CTX_CONTINUE;
+	if (!endpoint_addr_lookup(&inner))
+		return CTX_CONTINUE;
+	if (skb->gso_size && l4 != IPPROTO_TCP)
+		return CTX_CONTINUE;
+	flags |= inner.family == ENDPOINT_KEY_IPV6 ? ADJ_ROOM_DECAP_L3_IPV6 : ADJ_ROOM_DECAP_L3_IPV4;
+	if (bpf_skb_adjust_room(skb, -(__s32)sizeof(hdr), BPF_ADJ_ROOM_MAC, flags) < 0)
+		return CTX_CONTINUE;
+	if (bpf_skb_store_bytes(skb, 2 * ETH_ALEN, &hdr.inner_proto, sizeof(hdr.inner_proto), 0) < 0)
+		return DROP_WRITE_FAILED;
+	return overlay_deliver(skb, ctx, bpf_ntohl(hdr.ip.saddr), vni);
 }
 
 /* Routed into the device by the host stack (the host's own packets, forwarded ones): the
