@@ -15,6 +15,7 @@ import ctypes as ct
 import errno
 import hashlib
 import ipaddress
+import logging
 import os
 import re
 import shutil
@@ -45,6 +46,8 @@ XDP_PREFILTER = "xdp_prefilter"
 FROM_OVERLAY = "from_overlay"
 TO_OVERLAY = "to_overlay"
 FROM_NETDEV = "from_netdev"
+
+log = logging.getLogger(__name__)
 
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
@@ -200,24 +203,20 @@ class ProgramStore:
         fds = _open_pinned([build / name for name in names])
         if fds is not None:
             self.reuse_count += 1
-            return fds
-        shutil.rmtree(build, ignore_errors=True)  # an incomplete build would stay so
-        started = time.monotonic()
-        fds = _compile(source, functions, map_fds, flags)
-        self.compile_seconds += time.monotonic() - started
-        self.compile_count += 1
-        try:
+        else:
+            shutil.rmtree(build, ignore_errors=True)  # an incomplete build would stay so
+            started = time.monotonic()
+            fds = _compile(source, functions, map_fds, flags)
+            self.compile_seconds += time.monotonic() - started
+            self.compile_count += 1
             self._keep(source, build, dict(zip(names, fds, strict=True)))
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
+        self._prune(source, build)
         return fds
 
     def _keep(self, source: Path, build: Path, fds: dict[str, int]) -> None:
-        """Pin fds as build (whole or not at all: written aside, then renamed) and unpin the
-        source's other builds; programs attached somewhere stay loaded without their pin.
-        (The BPF filesystem refuses names with a dot.)"""
+        """Pin fds as build, whole or not at all: written aside, then renamed. (The BPF
+        filesystem refuses names with a dot.) A failure costs the next start a compile,
+        not this one its programs."""
         staging = self.directory / f"{STAGING}-{build.name}-{os.getpid()}"
         try:
             self.directory.mkdir(exist_ok=True)
@@ -232,10 +231,13 @@ class ProgramStore:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):  # stored meanwhile
                     raise
         except OSError as exc:
-            raise DatapathError(f"cannot keep the loaded {source.name} in {build}: {exc}") from exc
+            log.warning("%s is not kept for the next start, which compiles it: %s", source, exc)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        # Older builds, and what a process killed while pinning left aside.
+
+    def _prune(self, source: Path, build: Path) -> None:
+        """Unpin the source's other builds, and what a process killed while pinning left
+        aside; programs attached somewhere stay loaded without their pin."""
         for pattern in (f"{source.stem}-*", f"{STAGING}-{source.stem}-*"):
             for other in self.directory.glob(pattern):
                 if other != build:
@@ -255,9 +257,10 @@ def _build_name(
         parts.append(flag if name is None else f"{name}={libbpf.object_id(map_fds[name])}")
     for part in parts:
         digest.update(part.encode() + b"\0")
-    for path in sorted(BPF_DIR.rglob("*")):
+    for path in [COMPILE_CHILD, *sorted(BPF_DIR.rglob("*"))]:  # the child sets program types
         if path.is_file():
-            digest.update(str(path.relative_to(BPF_DIR)).encode() + b"\0" + path.read_bytes())
+            name = str(path.relative_to(BPF_DIR.parent))
+            digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:24]
 
 

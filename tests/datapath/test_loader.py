@@ -74,10 +74,20 @@ def test_a_stored_build_is_reused_by_the_next_process(datapath, store_dir):
     first, compiled = load_prefilter(store_dir, datapath.maps)
     assert (first.compile_count, first.reuse_count) == (1, 0) and first.compile_seconds > 0
     (build,) = builds(store_dir)
+    # What a process killed between storing its build and unpinning the older ones left.
+    (store_dir / "bpf_xdp-older").mkdir()
+    (store_dir / f"{loader.STAGING}-bpf_xdp-half-1").mkdir()
     again, reused = load_prefilter(store_dir, datapath.maps)
     assert (again.compile_count, again.reuse_count) == (0, 1)
     assert reused == compiled
     assert builds(store_dir) == [build]
+
+
+def test_a_build_that_cannot_be_kept_is_still_loaded(datapath, pin_dir, caplog):
+    nowhere = Path(pin_dir) / "no-such-dir" / "programs"
+    store, _ = load_prefilter(nowhere, datapath.maps)
+    assert (store.compile_count, store.reuse_count) == (1, 0)
+    assert "bpf_xdp.c is not kept for the next start" in caplog.text
 
 
 def test_other_maps_make_another_build_which_replaces_the_old(datapath, pin_dir, store_dir):
