@@ -27,8 +27,13 @@ CLUSTER4 = ipaddress.IPv4Network("10.198.0.0/16")
 SERVICE_RANGES = ("fdce:1c9a:ffff::/48", "10.198.255.0/24")
 
 
+# What ends a host's child. Not the end of its pipe: the children forked after it hold
+# copies of the parent's end, so it would see no EOF until they exit.
+CLOSE = "close"
+
+
 def _serve(netns: str, pin_dir: str, veth_prefix: str, service_mode: str, conn) -> None:
-    """The child: a Datapath in netns, running the calls conn sends until it closes."""
+    """The child: a Datapath in netns, running the calls conn sends until CLOSE."""
     setns(netns)
     dp = Datapath(
         pin_dir=pin_dir,
@@ -42,6 +47,8 @@ def _serve(netns: str, pin_dir: str, veth_prefix: str, service_mode: str, conn) 
         try:
             name, args, kwargs = conn.recv()
         except EOFError:
+            break
+        if name == CLOSE:
             break
         try:
             if name == "start_events":
@@ -105,6 +112,7 @@ class HostDatapath:
         return call
 
     def stop(self) -> None:
+        self._conn.send((CLOSE, (), {}))
         self._conn.close()
         self._child.join(30)
 
