@@ -69,9 +69,9 @@ def test_a_vip_taken_on_one_node_is_refused_on_the_others(nodes, etcd):
     before = etcd.keys(SERVICES)
 
     status, result = _update(b, "10.96.0.10:53", ["10.213.0.3:53"], protocol="udp", id=7)
-    assert status == 500 and f"is service {made['id']}" in result["Err"], result
+    assert status == 409 and f"is service {made['id']}" in result["Err"], result
     status, result = _update(b, "10.96.0.11:53", ["10.213.0.3:53"], protocol="udp", name="dns")
-    assert status == 500 and "name 'dns'" in result["Err"], result
+    assert status == 409 and "name 'dns'" in result["Err"], result
     status, result = _update(b, "10.96.0.12:80", [])
     assert status == 500 and "empty" in result["Err"], result
     assert etcd.keys(SERVICES) == before

@@ -4,6 +4,7 @@ it runs in), joined to the others by a veth underlay in 198.51.100.0/24, with en
 namespaces of its own.
 """
 
+import contextlib
 import dataclasses
 import ipaddress
 import multiprocessing
@@ -112,7 +113,8 @@ class HostDatapath:
         return call
 
     def stop(self) -> None:
-        self._conn.send((CLOSE, (), {}))
+        with contextlib.suppress(BrokenPipeError):  # a child that died has said why already
+            self._conn.send((CLOSE, (), {}))
         self._conn.close()
         self._child.join(30)
 

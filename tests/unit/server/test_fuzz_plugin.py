@@ -31,7 +31,7 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-ERROR_STATUSES = {400, 404, 405, 413, 500}
+ERROR_STATUSES = {400, 404, 405, 409, 413, 500}  # 409: the management API's conflicts
 
 # JSON values of every kind, nested a little.
 json_values = st.recursive(
