@@ -112,6 +112,9 @@ def test_a_node_forgotten_while_cut_off_leaves_the_cluster_instead_of_sharing_it
     cut.clear()
     wait_for(lambda: b.api("status")["cluster"]["left"], LEASE_TTL + 5, "b learns it left")
     assert "no longer node b's" in b.api("status")["cluster"]["left"]
+    b.endpoint(2, {"app": "after-leaving"})  # its address is from c's ranges now
+    time.sleep(1)
+    assert not [k for k in etcd.keys("pycilium/v1/endpoints/") if "/b/" in k]
     time.sleep(LEASE_TTL + 1)  # a lease granted on the way would have run out
     assert _names(a) == ["a", "c"]
     assert not [k for k in etcd.keys("pycilium/v1/") if "/b/" in k or k.endswith("/b")]

@@ -87,6 +87,8 @@ class LeasedKeys:
                 self._wake.set()
 
     def _write(self) -> None:
+        if self.session.left:  # its keys would claim addresses of another node's ranges
+            return
         with self._lock:
             full, dirty, self._full, self._dirty = self._full, self._dirty, False, set()
             wanted = dict(self._wanted)
