@@ -185,26 +185,28 @@ def test_a_large_transfer_through_another_backends_veth_is_intact(
     try:
         assert server.stdout.readline().strip() == "ready"
         redirected = datapath.trace_counts()["TRACE_TO_LXC"]
-        into_backend = _capture(second.netns, "eth0", 6)
-        into_client = _capture(client, "eth0", 4)
-        done = run(
-            "ip",
-            "netns",
-            "exec",
-            client,
-            sys.executable,
-            "-c",
-            BULK,
-            "client",
-            str(BULK_BYTES),
-            str(vip),
-            "80",
-        )
-        assert done.stdout.split() == ["upload", "ok", "download", "ok"], done.stdout
-        assert datapath.trace_counts()["TRACE_TO_LXC"] - redirected >= 100
-        for proc in (into_backend, into_client):
-            checked, bad = _checked(proc)
-            assert checked >= 100 and bad == 0, (checked, bad)
+        with (
+            _capture(second.netns, "eth0", 6) as into_backend,
+            _capture(client, "eth0", 4) as into_client,
+        ):
+            done = run(
+                "ip",
+                "netns",
+                "exec",
+                client,
+                sys.executable,
+                "-c",
+                BULK,
+                "client",
+                str(BULK_BYTES),
+                str(vip),
+                "80",
+            )
+            assert done.stdout.split() == ["upload", "ok", "download", "ok"], done.stdout
+            assert datapath.trace_counts()["TRACE_TO_LXC"] - redirected >= 100
+            for proc in (into_backend, into_client):
+                checked, bad = _checked(proc)
+                assert checked >= 100 and not bad, (checked, bad)
     finally:
         traffic.stop(server)
 

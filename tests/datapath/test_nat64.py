@@ -7,11 +7,13 @@ route to the endpoints: an answer comes back only through the masquerade of the 
 flow), and to "far" behind a 1280-byte link for packet too big.
 """
 
+import contextlib
 import dataclasses
 import ipaddress
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -127,6 +129,22 @@ def test_ipv4_to_the_endpoint_arrives_as_ipv6(datapath, translator, proto, paylo
     assert struct.unpack("!H", out[18:20])[0] == len(out) - 54
     if proto == pk.ICMP:
         assert out[54] == 129 and out[58:] == payload[4:]
+
+
+def _tcp_whose_checksum_is_zero(ep: Translator) -> bytes:
+    """An IPv4 TCP segment whose two payload bytes make its checksum come out as 0."""
+    header = pk.tcp(80, 40000, flags=0x18)
+    checksum = struct.unpack("!H", _v4_in(ep, header + b"\0\0", pk.TCP)[36:38])[0]
+    packet = _v4_in(ep, header + struct.pack("!H", checksum), pk.TCP)
+    assert packet[36:38] == b"\0\0"
+    return packet
+
+
+def test_a_tcp_segment_with_checksum_zero_arrives_with_a_valid_checksum(datapath, translator):
+    """0 is an ordinary TCP checksum (only UDP's 0 means none), so translation must change it."""
+    name, out = to_container(datapath, translator, _tcp_whose_checksum_is_zero(translator))
+    assert name == "TRACE_TO_CONTAINER"
+    assert pk.checksums_valid(out), out.hex()
 
 
 def _quoted_udp(src, dst, proto_version: int, sport=40000, dport=9) -> bytes:
@@ -334,8 +352,8 @@ def csum(data):
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 s.bind((dev, 0)); s.settimeout(0.5)
 print("ready", flush=True)
-checked = bad = 0
 end = time.monotonic() + seconds
+checked = 0
 while checked < count and time.monotonic() < end:
     try:
         frame, addr = s.recvfrom(70000)
@@ -343,20 +361,21 @@ while checked < count and time.monotonic() < end:
         continue
     if addr[2] == socket.PACKET_OUTGOING:
         continue
+    bad = False
     if family == 6 and frame[12:14] == b"\x86\xdd" and frame[20] == 6:
         seg = frame[54:54 + struct.unpack("!H", frame[18:20])[0]]
         pseudo = frame[22:54] + struct.pack("!I3xB", len(seg), 6)
     elif family == 4 and frame[12:14] == b"\x08\x00" and frame[23] == 6:
         ihl = (frame[14] & 15) * 4
-        if csum(frame[14:14 + ihl]):
-            bad += 1
+        bad = csum(frame[14:14 + ihl]) != 0
         seg = frame[14 + ihl:14 + struct.unpack("!H", frame[16:18])[0]]
         pseudo = frame[26:34] + struct.pack("!BBH", 0, 6, len(seg))
     else:
         continue
     checked += 1
-    bad += csum(pseudo + seg) != 0
-print("checked", checked, "bad", bad, flush=True)
+    if bad or csum(pseudo + seg):
+        print("bad", frame[:96].hex(), flush=True)
+print("checked", checked, flush=True)
 """
 
 TX_CSUM_OFF = r"""
@@ -370,16 +389,21 @@ fcntl.ioctl(socket.socket(), SIOCETHTOOL, ifreq)
 """
 
 
-def _capture(netns: str, dev: str, family: int) -> subprocess.Popen:
+@contextlib.contextmanager
+def _capture(netns: str, dev: str, family: int) -> Iterator[subprocess.Popen]:
     cmd = traffic.netns_cmd(netns, sys.executable, "-c", CAPTURE, dev, str(family), "400", "20")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        traffic.stop(proc)
 
 
-def _checked(proc: subprocess.Popen) -> tuple[int, int]:
-    words = proc.communicate(timeout=30)[0].split()
-    return int(words[1]), int(words[3])
+def _checked(proc: subprocess.Popen) -> tuple[int, list[str]]:
+    """How many TCP frames the capture checked, and the start of each bad one in hex."""
+    lines = proc.communicate(timeout=30)[0].splitlines()
+    return int(lines[-1].split()[1]), [line.split()[1] for line in lines[:-1]]
 
 
 def test_large_transfer_both_ways_is_intact(v6only, world):
@@ -394,21 +418,23 @@ def test_large_transfer_both_ways_is_intact(v6only, world):
     )
     try:
         assert server.stdout.readline().strip() == "ready"
-        into_container = _capture(v6only.netns, "eth0", 6)
-        into_world = _capture(outside.WORLD, "eth0", 4)
-        world4 = outside.HOST_WORLD[4][1]
-        client = v6only.exec(
-            sys.executable,
-            "-c",
-            BULK,
-            "client",
-            str(BULK_BYTES),
-            str(nat64(world4)),
-            str(BULK_PORT),
-        )
-        assert client.stdout.split() == ["upload", "ok", "download", "ok"], client.stdout
-        for proc in (into_container, into_world):
-            checked, bad = _checked(proc)
-            assert checked >= 100 and bad == 0, (checked, bad)
+        with (
+            _capture(v6only.netns, "eth0", 6) as into_container,
+            _capture(outside.WORLD, "eth0", 4) as into_world,
+        ):
+            world4 = outside.HOST_WORLD[4][1]
+            client = v6only.exec(
+                sys.executable,
+                "-c",
+                BULK,
+                "client",
+                str(BULK_BYTES),
+                str(nat64(world4)),
+                str(BULK_PORT),
+            )
+            assert client.stdout.split() == ["upload", "ok", "download", "ok"], client.stdout
+            for proc in (into_container, into_world):
+                checked, bad = _checked(proc)
+                assert checked >= 100 and not bad, (checked, bad)
     finally:
         traffic.stop(server)

@@ -518,9 +518,12 @@ static __always_inline int nat64_to6(struct __sk_buff *skb, const struct endpoin
 	} else {
 		__u32 off = IPV6_L4_OFF + (protocol == IPPROTO_TCP ? offsetof(struct tcphdr, check)
 								  : offsetof(struct udphdr, check));
+		/* The helper leaves a 0 alone under MARK_MANGLED_0, but a TCP checksum of 0 is
+		 * a value like any other. */
+		__u64 flags = BPF_F_PSEUDO_HDR |
+			      (protocol == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0);
 
-		if (bpf_l4_csum_replace(skb, off, 0, diff,
-					BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) < 0)
+		if (bpf_l4_csum_replace(skb, off, 0, diff, flags) < 0)
 			return DROP_WRITE_FAILED;
 	}
 	return nat64_store_ethertype(skb, ETH_P_IPV6);
