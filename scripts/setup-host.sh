@@ -187,25 +187,36 @@ fetch_ui_assets() {
 
 # --- dockerd ---------------------------------------------------------------------------------
 
+# wait_for_dockerd PID: whether the dockerd PID (already there, not ours) answers before it
+# exits. One that is stopping (a kill -TERM just before) exits instead: then we start one.
+wait_for_dockerd() {
+    local pid=$1
+    say "waiting for the dockerd that is already there (pid $pid) to answer or exit"
+    for _ in $(seq 1 120); do
+        "$DOCKER" info >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || { say "dockerd (pid $pid) exited: starting one"; return 1; }
+        sleep 0.5
+    done
+    die "dockerd (pid $pid) neither answered 'docker info' nor exited within 60 s"
+}
+
 start_dockerd() {
     "$DOCKER" info >/dev/null 2>&1 && return 0
-    local pid=""
+    local pid
     # A dockerd that is still coming up (e.g. started by the package's init script) has
     # its pid file already: wait for it rather than starting a second one.
     if [ -s "$DOCKERD_PIDFILE" ] && kill -0 "$(cat "$DOCKERD_PIDFILE")" 2>/dev/null; then
-        say "waiting for the dockerd that is already starting (pid $(cat "$DOCKERD_PIDFILE"))"
-    else
-        [ -x "$DOCKERD" ] || die "no dockerd in /usr/sbin or /usr/bin: start this host's engine yourself"
-        mkdir -p "$STATE_DIR"
-        setsid nohup "$DOCKERD" >>"$DOCKERD_LOG" 2>&1 </dev/null &
-        pid=$!
-        echo "$pid" >"$DOCKERD_MARK"
-        say "started dockerd (pid $pid, log $DOCKERD_LOG, recorded in $DOCKERD_MARK)"
+        wait_for_dockerd "$(cat "$DOCKERD_PIDFILE")" && return 0
     fi
-    local i
-    for i in $(seq 1 120); do
+    [ -x "$DOCKERD" ] || die "no dockerd in /usr/sbin or /usr/bin: start this host's engine yourself"
+    mkdir -p "$STATE_DIR"
+    setsid nohup "$DOCKERD" >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$DOCKERD_MARK"
+    say "started dockerd (pid $pid, log $DOCKERD_LOG, recorded in $DOCKERD_MARK)"
+    for _ in $(seq 1 120); do
         "$DOCKER" info >/dev/null 2>&1 && return 0
-        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+        if ! kill -0 "$pid" 2>/dev/null; then
             echo "--- last lines of $DOCKERD_LOG ---" >&2
             tail -n 30 "$DOCKERD_LOG" >&2 || true
             rm -f "$DOCKERD_MARK"

@@ -177,3 +177,24 @@ def test_docker_client_falls_back_to_the_one_on_path(tmp_path):
     out = sourced(f'docker_client "{tmp_path}/nowhere/docker"', PATH=path)
     assert out.strip() == str(stub)
     assert sourced("docker_client /bin/sh").strip() == "/bin/sh"
+
+
+def test_a_dockerd_that_exits_while_waited_for_is_replaced(tmp_path):
+    """A dockerd still stopping (a kill -TERM just before) has its pid file: once it exits,
+    the script starts one instead of waiting out the minute for an answer."""
+    up = tmp_path / "up"
+    # Not our child, so that init reaps it when it exits, as it does a real dockerd.
+    stopping = sourced("sleep 1 >/dev/null 2>&1 & echo $!").strip()
+    (tmp_path / "docker.pid").write_text(f"{stopping}\n")
+    env = {
+        "DOCKER": str(executable(tmp_path / "docker", f'#!/bin/sh\ntest -e "{up}"\n')),
+        "FAKE_DOCKERD": str(executable(tmp_path / "dockerd", f'#!/bin/sh\ntouch "{up}"\n')),
+        "TMP": str(tmp_path),
+    }
+    snippet = (
+        "DOCKERD=$FAKE_DOCKERD DOCKERD_PIDFILE=$TMP/docker.pid DOCKERD_LOG=$TMP/log "
+        "STATE_DIR=$TMP/state DOCKERD_MARK=$TMP/state/mark; start_dockerd"
+    )
+    out = sourced(snippet, **env)
+    assert f"dockerd (pid {stopping}) exited: starting one" in out
+    assert "started dockerd" in out and up.exists()
