@@ -116,6 +116,7 @@ class Datapath:
         bpffs.ensure_pin_dir(self.pin_dir)
         maps = DatapathMaps.open(self.pin_dir, self.map_sizes)
         try:
+            self._store.prune_for_maps(maps.fds())
             programs = loader.load_programs(
                 maps.fds(), self.nat64_prefix, self.service_ranges, self._store
             )

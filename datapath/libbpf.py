@@ -12,6 +12,7 @@ import functools
 import os
 
 LIBRARY = "libbpf.so.1"
+MAX_MAP_IDS = 64  # of a program's maps read; ours use about 30
 
 RINGBUF_CALLBACK = ct.CFUNCTYPE(ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_size_t)
 
@@ -88,3 +89,34 @@ def object_id(fd: int) -> int:
         err = errno_of(ret)
         raise OSError(err, os.strerror(err))
     return info.id
+
+
+class _ProgInfo(ct.Structure):
+    """The head of struct bpf_prog_info, up to its name."""
+
+    _fields_ = (
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("tag", ct.c_uint8 * 8),
+        ("jited_prog_len", ct.c_uint32),
+        ("xlated_prog_len", ct.c_uint32),
+        ("jited_prog_insns", ct.c_uint64),
+        ("xlated_prog_insns", ct.c_uint64),
+        ("load_time", ct.c_uint64),
+        ("created_by_uid", ct.c_uint32),
+        ("nr_map_ids", ct.c_uint32),
+        ("map_ids", ct.c_uint64),
+        ("name", ct.c_char * 16),
+    )
+
+
+def program_map_ids(fd: int) -> set[int]:
+    """The kernel ids of the maps the program behind fd uses; OSError if fd is none."""
+    ids = (ct.c_uint32 * MAX_MAP_IDS)()
+    info = _ProgInfo(nr_map_ids=MAX_MAP_IDS, map_ids=ct.addressof(ids))
+    size = ct.c_uint32(ct.sizeof(info))
+    ret = lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size))
+    if ret < 0:
+        err = errno_of(ret)
+        raise OSError(err, os.strerror(err))
+    return set(ids[: min(info.nr_map_ids, MAX_MAP_IDS)])

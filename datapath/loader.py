@@ -235,6 +235,17 @@ class ProgramStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def prune_for_maps(self, map_fds: dict[str, int]) -> None:
+        """Unpin every build whose programs use a map other than those of map_fds. A build
+        is otherwise pruned only when its source is loaded again: one made for maps since
+        recreated (the prefilter's, the tunnel's) would hold those old maps, and their
+        memory, on a node that never loads that source again."""
+        current = {libbpf.object_id(fd) for fd in map_fds.values()}
+        for build in self.directory.glob("*"):
+            used = _map_ids_of(build)
+            if used is None or not used <= current:
+                shutil.rmtree(build, ignore_errors=True)
+
     def _prune(self, source: Path, build: Path) -> None:
         """Unpin the source's other builds, and what a process killed while pinning left
         aside; programs attached somewhere stay loaded without their pin."""
@@ -275,6 +286,18 @@ def _open_pinned(paths: list[Path]) -> list[int] | None:
             return None
         fds.append(fd)
     return fds
+
+
+def _map_ids_of(build: Path) -> set[int] | None:
+    """The ids of the maps used by the programs pinned in build; None unless all open."""
+    fds = _open_pinned(sorted(build.iterdir()))
+    if fds is None:
+        return None
+    try:
+        return set().union(*map(libbpf.program_map_ids, fds))
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _load(

@@ -9,7 +9,6 @@ A program is "ours" when it uses the instance's pinned prefilter4 map (its kerne
 another driver instance, or another tool's XDP program, is never replaced or removed.
 """
 
-import ctypes as ct
 import errno
 import os
 from dataclasses import dataclass
@@ -30,7 +29,6 @@ MODE_ATTRS = (
     ("IFLA_XDP_SKB_PROG_ID", GENERIC),
     ("IFLA_XDP_HW_PROG_ID", OFFLOAD),
 )
-MAX_MAP_IDS = 64  # of a program's maps read; ours uses fewer than 16
 
 
 @dataclass(frozen=True)
@@ -38,25 +36,6 @@ class Attached:
     ifindex: int
     prog_id: int
     mode: str  # NATIVE, GENERIC or OFFLOAD
-
-
-class _ProgInfo(ct.Structure):
-    """The head of struct bpf_prog_info, up to its name."""
-
-    _fields_ = (
-        ("type", ct.c_uint32),
-        ("id", ct.c_uint32),
-        ("tag", ct.c_uint8 * 8),
-        ("jited_prog_len", ct.c_uint32),
-        ("xlated_prog_len", ct.c_uint32),
-        ("jited_prog_insns", ct.c_uint64),
-        ("xlated_prog_insns", ct.c_uint64),
-        ("load_time", ct.c_uint64),
-        ("created_by_uid", ct.c_uint32),
-        ("nr_map_ids", ct.c_uint32),
-        ("map_ids", ct.c_uint64),
-        ("name", ct.c_char * 16),
-    )
 
 
 def attached_programs() -> dict[str, Attached]:
@@ -74,18 +53,13 @@ def attached_programs() -> dict[str, Attached]:
 
 def program_map_ids(prog_id: int) -> set[int]:
     """The kernel ids of the maps program prog_id uses; empty if it is gone."""
-    lib = libbpf.lib()
-    fd = lib.bpf_prog_get_fd_by_id(prog_id)
+    fd = libbpf.lib().bpf_prog_get_fd_by_id(prog_id)
     if fd < 0:
         return set()
     try:
-        ids = (ct.c_uint32 * MAX_MAP_IDS)()
-        info = _ProgInfo(nr_map_ids=MAX_MAP_IDS, map_ids=ct.addressof(ids))
-        size = ct.c_uint32(ct.sizeof(info))
-        if lib.bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)) < 0:
-            err = libbpf.errno_of(-1)
-            raise DatapathError(f"cannot inspect BPF program {prog_id}: {os.strerror(err)}")
-        return set(ids[: min(info.nr_map_ids, MAX_MAP_IDS)])
+        return libbpf.program_map_ids(fd)
+    except OSError as exc:
+        raise DatapathError(f"cannot inspect BPF program {prog_id}: {exc.strerror}") from exc
     finally:
         os.close(fd)
 

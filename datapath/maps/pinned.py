@@ -140,11 +140,10 @@ class PinnedMap:
 
     def map_id(self) -> int:
         """The kernel's id of the map: what a loaded program lists among the maps it uses."""
-        info = _MapInfo()
-        size = ct.c_uint32(ct.sizeof(info))
-        if self._lib.bpf_obj_get_info_by_fd(self.fd, ct.byref(info), ct.byref(size)) < 0:
-            raise DatapathError(f"cannot inspect pinned map {self.path}")
-        return info.id
+        try:
+            return libbpf.object_id(self.fd)
+        except OSError as exc:
+            raise DatapathError(f"cannot inspect pinned map {self.path}: {exc.strerror}") from exc
 
     def close(self) -> None:
         if self.fd >= 0:

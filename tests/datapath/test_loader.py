@@ -4,13 +4,18 @@ a build for the next process, which reuses it while sources, settings and maps a
 
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from datapath import libbpf, loader
+from datapath import Datapath, libbpf, loader
+from datapath.datapath import PROGRAM_STORE_DIR
 from datapath.errors import DatapathError
 from datapath.maps import DatapathMaps
+
+from .conftest import PREFIX, SERVICE_RANGES
 
 TC_ACT_SHOT = 2
 
@@ -116,3 +121,42 @@ def test_a_build_missing_a_program_is_compiled_again(datapath, store_dir):
     loader.load_overlay(datapath.maps.fds(), store=again).close()
     assert (again.compile_count, again.reuse_count) == (1, 0)
     assert sorted(p.name for p in (store_dir / build).iterdir()) == sorted(functions)
+
+
+def map_exists(map_id: int) -> bool:
+    command = ["bpftool", "map", "show", "id", str(map_id)]
+    shown = subprocess.run(command, capture_output=True, check=False, timeout=30)
+    return shown.returncode == 0
+
+
+def test_a_build_for_recreated_maps_goes_at_the_next_start(datapath, pin_dir):
+    """A node used the prefilter, then its maps were recreated. Its next start unpins the old
+    prefilter build, and so frees the old maps, though it never loads the prefilter again.
+    (The session's datapath is asked for so that its teardown removes what start() put
+    into netfilter.)"""
+    own = Path(pin_dir) / "store-test-recreated"
+
+    def started() -> Datapath:
+        node = Datapath(pin_dir=own, veth_prefix=PREFIX, service_ranges=SERVICE_RANGES)
+        node.start()
+        return node
+
+    try:
+        first = started()
+        try:
+            first.prefilter_program()
+            old_map = first.maps.prefilter_map_id()
+        finally:
+            first.close()
+        for pinned in own.iterdir():
+            if pinned.name != PROGRAM_STORE_DIR:
+                pinned.unlink()
+        started().close()
+        sources = [name.partition("-")[0] for name in builds(own / PROGRAM_STORE_DIR)]
+        assert sources == [loader.LXC_SOURCE.stem]
+        deadline = time.monotonic() + 5  # the kernel frees a map after its last user, later
+        while map_exists(old_map) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not map_exists(old_map)
+    finally:
+        shutil.rmtree(own, ignore_errors=True)

@@ -126,11 +126,11 @@ static __always_inline int tunnel_check_sender(__u32 remote_ipv4)
 	return 0;
 }
 
-/* Decapsulated (by the device, or by vxlan_decap): to the local endpoint of the
- * destination, with the sender's identity from the VNI; to the stack if the destination
- * is the host's own (a reply to the host, whose remote peer's node has the host's address
- * in its ipcache). sender is the outer source in host byte order. Returns a TC verdict or
- * a drop reason. */
+/* Decapsulated (by the device, or by vxlan_decap), ctx->flow parsed by the caller: to the
+ * local endpoint of the destination, with the sender's identity from the VNI; to the stack
+ * if the destination is the host's own (a reply to the host, whose remote peer's node has
+ * the host's address in its ipcache). sender is the outer source in host byte order.
+ * Returns a TC verdict or a drop reason. */
 static __always_inline int overlay_deliver(struct __sk_buff *skb, struct pkt_ctx *ctx,
 					   __u32 sender, __u32 vni)
 {
@@ -143,9 +143,6 @@ static __always_inline int overlay_deliver(struct __sk_buff *skb, struct pkt_ctx
 	if (ret < 0)
 		return ret;
 	ctx->src_identity = vni;
-	ret = tunnel_parse(skb, &ctx->flow);
-	if (ret < 0)
-		return ret;
 	/* Only a node's from_netdev adds the option, and it sends as world: a container could
 	 * put the option on its own packets (CAP_NET_RAW) and plant DSR state for any flow. */
 	if (vni == IDENTITY_WORLD) {
@@ -180,9 +177,13 @@ static __always_inline int overlay_deliver(struct __sk_buff *skb, struct pkt_ctx
 static __always_inline int overlay_ingress(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
 	struct bpf_tunnel_key key = {};
+	int ret;
 
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return DROP_TUNNEL_NO_KEY;
+	ret = tunnel_parse(skb, &ctx->flow);
+	if (ret < 0)
+		return ret;
 	return overlay_deliver(skb, ctx, key.remote_ipv4, key.tunnel_id);
 }
 
@@ -216,28 +217,32 @@ struct vxlan_outer4 {
 	__be16 inner_proto;
 } __attribute__((packed));
 
-/* The inner destination and upper-layer protocol (the next header after the fixed IPv6
- * header), at off. Returns 0, or -1 for anything else than IPv4 or IPv6. */
-static __always_inline int vxlan_inner(struct __sk_buff *skb, __u32 off, __be16 proto,
-				       struct endpoint_key *dst, __u8 *l4)
-{
-	struct ipv6hdr ip6;
-	struct iphdr ip4;
+/* The inner IP header, read once: what decides the decapsulation, then the flow. */
+union vxlan_inner_ip {
+	struct ipv6hdr v6;
+	struct iphdr v4;
+};
 
+/* The inner IP header at off into ip, with its destination and upper-layer protocol (the
+ * next header after the fixed IPv6 header). Returns 0, or -1 for anything else than IPv6
+ * or IPv4 with a whole header. */
+static __always_inline int vxlan_inner(struct __sk_buff *skb, __u32 off, __be16 proto,
+				       union vxlan_inner_ip *ip, struct endpoint_key *dst, __u8 *l4)
+{
 	if (proto == bpf_htons(ETH_P_IPV6)) {
-		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+		if (bpf_skb_load_bytes(skb, off, &ip->v6, sizeof(ip->v6)) < 0)
 			return -1;
-		__builtin_memcpy(&dst->ip, &ip6.daddr, sizeof(dst->ip));
+		__builtin_memcpy(&dst->ip, &ip->v6.daddr, sizeof(dst->ip));
 		dst->family = ENDPOINT_KEY_IPV6;
-		*l4 = ip6.nexthdr;
+		*l4 = ip->v6.nexthdr;
 		return 0;
 	}
 	if (proto == bpf_htons(ETH_P_IP)) {
-		if (bpf_skb_load_bytes(skb, off, &ip4, sizeof(ip4)) < 0)
+		if (bpf_skb_load_bytes(skb, off, &ip->v4, sizeof(ip->v4)) < 0 || ip->v4.ihl < 5)
 			return -1;
-		dst->ip.p[0] = ip4.daddr;
+		dst->ip.p[0] = ip->v4.daddr;
 		dst->family = ENDPOINT_KEY_IPV4;
-		*l4 = ip4.protocol;
+		*l4 = ip->v4.protocol;
 		return 0;
 	}
 	return -1;
@@ -256,11 +261,13 @@ static __always_inline int vxlan_inner(struct __sk_buff *skb, __u32 off, __be16 
 static __always_inline int vxlan_decap(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
 	struct endpoint_key inner = {};
+	union vxlan_inner_ip ip;
 	struct vxlan_outer4 hdr;
 	union v6addr daddr = {};
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO;
 	__u32 vni;
 	__u8 l4;
+	int ret;
 
 	/* What the stack would drop or take elsewhere stays its own: another's MAC seen in
 	 * promiscuous mode, a VLAN's frame (its device has its own rules). */
@@ -285,7 +292,7 @@ static __always_inline int vxlan_decap(struct __sk_buff *skb, struct pkt_ctx *ct
 	daddr.p[0] = hdr.ip.daddr;
 	if (identity_of_cidr(&daddr, ENDPOINT_KEY_IPV4) != IDENTITY_HOST)
 		return CTX_CONTINUE;
-	if (vxlan_inner(skb, IPV4_HDR_OFF + sizeof(hdr), hdr.inner_proto, &inner, &l4) < 0)
+	if (vxlan_inner(skb, IPV4_HDR_OFF + sizeof(hdr), hdr.inner_proto, &ip, &inner, &l4) < 0)
 		return CTX_CONTINUE;
 	if (!endpoint_addr_lookup(&inner))
 		return CTX_CONTINUE;
@@ -296,6 +303,11 @@ static __always_inline int vxlan_decap(struct __sk_buff *skb, struct pkt_ctx *ct
 		return CTX_CONTINUE;
 	if (bpf_skb_store_bytes(skb, 2 * ETH_ALEN, &hdr.inner_proto, sizeof(hdr.inner_proto), 0) < 0)
 		return DROP_WRITE_FAILED;
+	/* The inner IP header now starts where the outer one did. */
+	ret = inner.family == ENDPOINT_KEY_IPV6 ? flow_parse6(skb, &ip.v6, &ctx->flow) :
+						 flow_parse4(skb, &ip.v4, &ctx->flow);
+	if (ret < 0)
+		return ret;
 	return overlay_deliver(skb, ctx, bpf_ntohl(hdr.ip.saddr), vni);
 }
 

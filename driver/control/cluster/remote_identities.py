@@ -11,7 +11,6 @@ the number can mean other labels), so they are read once per key, never polled.
 import json
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable, Mapping
 
 from datapath import DatapathError
@@ -19,6 +18,7 @@ from datapath.abi import FIRST_ENDPOINT_IDENTITY
 
 from .endpoints import ENDPOINTS
 from .identities import IDS, identity_number, labels_of
+from .identities_in_use import IdentitiesInUse
 from .kvstore import Entry, KvStore
 from .trigger import Trigger
 
@@ -31,12 +31,12 @@ class IdentityUse:
 
     def __init__(self):
         self._users: dict[str, tuple[str, int]] = {}  # endpoint key -> (node, identity)
-        self._count: Counter[int] = Counter()
+        self._in_use = IdentitiesInUse()
         self._labels: dict[int, dict] = {}
 
     def set_endpoints(self, users: Mapping[str, tuple[str, int]]) -> None:
         self._users = dict(users)
-        self._count = Counter(identity for _, identity in self._users.values())
+        self._in_use = IdentitiesInUse(identity for _, identity in self._users.values())
 
     def endpoint(self, key: str, user: tuple[str, int] | None) -> bool:
         """The endpoint record under key now names user's (node, identity), or is gone.
@@ -44,18 +44,7 @@ class IdentityUse:
         old = self._users.pop(key, None)
         if user is not None:
             self._users[key] = user
-        if old == user:
-            return False
-        changed = False
-        if old is not None:
-            self._count[old[1]] -= 1
-            if not self._count[old[1]]:
-                del self._count[old[1]]
-                changed = True
-        if user is not None:
-            self._count[user[1]] += 1
-            changed |= self._count[user[1]] == 1
-        return changed
+        return self._in_use.replace(old[1] if old else None, user[1] if user else None)
 
     def set_labels(self, labels: Mapping[int, dict]) -> None:
         self._labels = dict(labels)
@@ -67,11 +56,11 @@ class IdentityUse:
             self._labels.pop(number, None)
         else:
             self._labels[number] = labels
-        return before != labels and number in self._count
+        return before != labels and number in self._in_use
 
     def identities(self) -> dict[int, dict]:
         """number -> labels of every identity some other node's endpoint has."""
-        return {n: self._labels[n] for n in self._count if n in self._labels}
+        return {n: self._labels[n] for n in self._in_use if n in self._labels}
 
     def nodes(self) -> dict[int, list[str]]:
         """number -> the other nodes whose endpoints have it, sorted."""

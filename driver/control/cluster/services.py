@@ -19,7 +19,6 @@ import ipaddress
 import json
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable
 
 from datapath import DatapathError
@@ -29,6 +28,7 @@ from ..loadbalancer import Services
 from ..state import Store
 from .endpoints import ENDPOINTS
 from .identities import IDS, identity_number, labels_of
+from .identities_in_use import IdentitiesInUse
 from .kvstore import Entry, KvStore, KvstoreUnavailable, absent, delete, put, unchanged
 from .nodes import PREFIX
 from .trigger import Trigger
@@ -178,7 +178,7 @@ class RemoteBackends:
         self.services = services
         self.lock = lock
         self._endpoints: dict[str, tuple[int, str | None, str | None]] = {}
-        self._identities: Counter[int] = Counter()  # of _endpoints' identities
+        self._identities = IdentitiesInUse()  # of _endpoints' records
         self._labels: dict[int, dict] = {}
         self._noted = threading.Lock()  # guards the three above; taken after self.lock
         self.trigger = Trigger("selector services", self._sync, lock)
@@ -223,7 +223,7 @@ class RemoteBackends:
                 self._labels.pop(number, None)
             else:
                 self._labels[number] = found[1]
-            used = self._identities[number] > 0
+            used = number in self._identities
         if used and before != (found[1] if found else None):
             self.trigger.pull()
 
@@ -231,7 +231,7 @@ class RemoteBackends:
         endpoints = dict(filter(None, map(self._endpoint, entries)))
         with self._noted:
             self._endpoints = endpoints
-            self._identities = Counter(identity for identity, _, _ in endpoints.values())
+            self._identities = IdentitiesInUse(identity for identity, _, _ in endpoints.values())
         self.trigger.pull()
 
     def _endpoint_event(self, kind: str, entry: Entry, _previous: Entry | None) -> None:
@@ -240,13 +240,9 @@ class RemoteBackends:
         found = self._endpoint(entry) if kind != "DELETE" else None
         with self._noted:
             old = self._endpoints.pop(entry.key, None)
-            if old is not None:
-                self._identities[old[0]] -= 1
-                if not self._identities[old[0]]:
-                    del self._identities[old[0]]
             if found is not None:
                 self._endpoints[entry.key] = found[1]
-                self._identities[found[1][0]] += 1
+            self._identities.replace(old[0] if old else None, found[1][0] if found else None)
         if old != (found[1] if found else None):
             self.trigger.pull()
 
