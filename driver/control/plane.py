@@ -297,6 +297,7 @@ class ControlPlane:
     def create_network(
         self, network_id: str, options: dict, ipv4_data: list, ipv6_data: list
     ) -> None:
+        self._refuse_if_left()
         self.networks.create(network_id, options, ipv4_data, ipv6_data)
 
     @_locked
@@ -309,6 +310,7 @@ class ControlPlane:
     @_locked
     def create_endpoint(self, network_id: str, endpoint_id: str, interface: dict) -> dict:
         """The interface fields Docker left empty, filled in."""
+        self._refuse_if_left()
         returned = self.endpoints.create(network_id, endpoint_id, interface)
         self._network_use(network_id)
         return returned
@@ -353,6 +355,7 @@ class ControlPlane:
 
     @_locked
     def request_pool(self, pool: str, sub_pool: str, v6: bool) -> Pool:
+        self._refuse_if_left()
         return self.ipam.request_pool(pool, sub_pool, v6)
 
     @_locked
@@ -361,6 +364,7 @@ class ControlPlane:
 
     @_locked
     def request_address(self, pool_id: str, address: str, options: dict | None) -> str:
+        self._refuse_if_left()
         return self.ipam.request_address(pool_id, address, options)
 
     @_locked
@@ -866,6 +870,12 @@ class ControlPlane:
             if self.cluster is not None and self._aliases.get(endpoint_id) != aliases:
                 self._aliases[endpoint_id] = aliases
                 self._publish(endpoint_id)
+
+    def _refuse_if_left(self) -> None:
+        """Cluster mode: a node that left the cluster hands out no new network, endpoint or
+        address (cluster.refuse_if_left); what it has keeps working and can be removed."""
+        if self.cluster is not None:
+            self.cluster.refuse_if_left()
 
     def _network_use(self, network_id: str) -> None:
         """Cluster mode: whether this node has endpoints on the network, for etcd."""

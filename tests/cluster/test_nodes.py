@@ -6,19 +6,37 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import docker.errors
 import pytest
 
-from datapath import DatapathError
+from datapath import INIT_ID, DatapathError
 from driver.control.cluster.kvstore import KvStore, KvstoreUnavailable
+from driver.control.cluster.networks import NETWORKS
 from driver.control.cluster.nodes import NODE_IDS, NODES, claim_node_id
 from driver.errors import Conflict
 
+from ..unit.docker_calls import NET
 from ..unit.fakes import FakeDatapath
 from .conftest import LEASE_TTL, wait_for
+from .docker_stand_in import DockerStandIn
+
+OWN_IPAM = {"Driver": "cilium", "Config": []}
 
 
 def _names(node) -> list[str]:
     return [n["name"] for n in node.api("nodes")]
+
+
+def _with_docker(nodes, name):
+    """A node whose Docker (a stand-in) makes the cluster's networks."""
+    node = nodes.start(name)
+    node.docker = DockerStandIn(node)
+    node.plane.replicate_networks(node.docker)
+    return node
+
+
+def _has(node, network: str) -> bool:
+    return any(n["Name"] == network for n in node.docker.networks())
 
 
 def test_every_node_sees_the_others_and_their_ranges_do_not_overlap(nodes, etcd):
@@ -88,12 +106,9 @@ def test_a_node_gone_for_good_is_forgotten_and_its_id_given_again(nodes, etcd):
     assert nodes.start("d").plane.node.node_id == gone, "the lowest free id"
 
 
-def test_a_node_forgotten_while_cut_off_leaves_the_cluster_instead_of_sharing_its_id(nodes, etcd):
-    """Its record's lease expired while it ran on without etcd, so forgetting it passed;
-    another node took the id. When etcd answers again, the node finds its id gone and puts
-    nothing back: no two live nodes ever share an id and its ranges."""
-    a, b = nodes.start("a"), nodes.start("b")
-    b.endpoint(1, {"app": "on-b"})
+def _cut_off_and_forgotten(nodes, a, b):
+    """b cut off from etcd (its keepalive fails) until its lease expires, forgotten from a,
+    its id taken by a new node c; then etcd answers b again and b learns it left. c."""
     session = b.plane.cluster.session
     keepalive = session.kv.keepalive
     cut = threading.Event()
@@ -111,13 +126,92 @@ def test_a_node_forgotten_while_cut_off_leaves_the_cluster_instead_of_sharing_it
     assert c.plane.node.node_id == b.plane.node.node_id, "the lowest free id: b's"
     cut.clear()
     wait_for(lambda: b.api("status")["cluster"]["left"], LEASE_TTL + 5, "b learns it left")
+    return c
+
+
+def test_a_node_forgotten_while_cut_off_leaves_the_cluster_instead_of_sharing_its_id(nodes, etcd):
+    """Its record's lease expired while it ran on without etcd, so forgetting it passed;
+    another node took the id. When etcd answers again, the node finds its id gone and puts
+    nothing back: no two live nodes ever share an id and its ranges."""
+    a, b = nodes.start("a"), nodes.start("b")
+    on_b = b.endpoint(1, {"app": "on-b"})
+    late = b.endpoint(2, {}, learnt=False)
+    _cut_off_and_forgotten(nodes, a, b)
     assert "no longer node b's" in b.api("status")["cluster"]["left"]
-    b.endpoint(2, {"app": "after-leaving"})  # its address is from c's ranges now
+    b.learn(late, 2, {"app": "after-leaving"})  # its record would claim c's addresses
     time.sleep(1)
     assert not [k for k in etcd.keys("pycilium/v1/endpoints/") if "/b/" in k]
     time.sleep(LEASE_TTL + 1)  # a lease granted on the way would have run out
     assert _names(a) == ["a", "c"]
     assert not [k for k in etcd.keys("pycilium/v1/") if "/b/" in k or k.endswith("/b")]
+    assert b.plane.endpoint_info(on_b) is not None, "what b has stays"
+
+
+def test_a_node_that_left_hands_out_no_address_from_ranges_another_node_may_own(nodes, etcd):
+    """New endpoints, addresses and networks are refused with what to do; the endpoints b
+    has keep working and go as Docker removes them."""
+    a, b = nodes.start("a"), nodes.start("b")
+    on_b = b.endpoint(1, {"app": "on-b"})
+    _cut_off_and_forgotten(nodes, a, b)
+    pool4, pool6 = b.pools
+    before = b.plane.list_addresses()
+
+    for call, body in (
+        ("IpamDriver.RequestAddress", {"PoolID": pool4["PoolID"], "Address": ""}),
+        ("IpamDriver.RequestPool", {"AddressSpace": "CiliumLocal", "Pool": "", "V6": False}),
+        (
+            "NetworkDriver.CreateEndpoint",
+            {"NetworkID": NET, "EndpointID": "f" * 64, "Interface": {}, "Options": {}},
+        ),
+        ("NetworkDriver.CreateNetwork", {"NetworkID": "d" * 64, "Options": {}}),
+    ):
+        status, reply = b.post(call, body)
+        assert status == 500, (call, reply)
+        assert reply["Err"].startswith("node b left the cluster: node id "), reply
+        assert "restart the driver" in reply["Err"]
+    assert b.plane.list_addresses() == before
+    assert b.plane.endpoint_info("f" * 64) is None
+
+    kept = b.plane.endpoint_info(on_b)
+    assert kept.identity != INIT_ID and b.datapath.endpoints, "b's endpoint works on"
+    b.remove(on_b)  # as Docker removes a container, then its addresses and network
+    for pool, address in ((pool4, kept.ipv4), (pool6, kept.ipv6)):
+        release = {"PoolID": pool["PoolID"], "Address": address}
+        assert b.post("IpamDriver.ReleaseAddress", release)[0] == 200
+    assert b.post("NetworkDriver.DeleteNetwork", {"NetworkID": NET})[0] == 200
+    for pool in (pool4, pool6):
+        assert b.post("IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]})[0] == 200
+    assert b.plane.list_networks() == [] and b.plane.list_addresses() == []
+
+
+def test_a_node_that_left_removes_cluster_networks_from_its_host_only_and_joins_again(nodes, etcd):
+    """What the refusal tells the operator: remove the host's containers and networks (the
+    cluster keeps them), restart the driver; it joins under a new node id and makes the
+    cluster's networks again."""
+    a, b = _with_docker(nodes, "a"), _with_docker(nodes, "b")
+    a.docker.create_network("web", "cilium", {}, OWN_IPAM, enable_ipv6=True)
+    wait_for(lambda: _has(b, "web"), 5, "web made on b")
+    on_b = b.docker.run("web", 1, {"app": "on-b"})
+    c = _cut_off_and_forgotten(nodes, a, b)
+    old_id = b.plane.node.node_id
+
+    with pytest.raises(docker.errors.APIError, match="node b left the cluster"):
+        b.docker.create_network("new", "cilium", {}, OWN_IPAM, enable_ipv6=True)
+    b.docker.stop("web", on_b)
+    b.docker.remove_network(b.docker.network("web")["Id"])
+    assert NETWORKS + "web" in etcd.keys(NETWORKS), "still the cluster's"
+    assert _has(a, "web")
+
+    stand_in = b.docker
+    b = nodes.start("b", datapath=nodes.stop("b").datapath)
+    assert b.plane.node.node_id not in (old_id, a.plane.node.node_id, c.plane.node.node_id)
+    assert not b.api("status")["cluster"]["left"]
+    stand_in.node, b.docker = b, stand_in
+    b.plane.replicate_networks(stand_in)
+    wait_for(lambda: _has(b, "web"), 5, "web made on b again")
+    web = next(n for n in b.plane.list_networks() if n.name == "web")
+    assert b.plane.node.is_block(ipaddress.ip_network(web.pool4)), "from its new ranges"
+    wait_for(lambda: _names(a) == ["a", "b", "c"], 5, "b seen again")
 
 
 class PrefilterRefused(FakeDatapath):

@@ -16,7 +16,7 @@ from .kvstore import KvStore, KvstoreUnavailable
 from .networks import ClusterNetworks
 from .nodeports import NodePorts
 from .nodes import NodeRecord, NodeRegistry, claim_node_id, forget_node
-from .session import Session
+from .session import LeftCluster, Session
 from .tunnel import RemoteNodes
 
 __all__ = ["Cluster", "KvstoreUnavailable"]
@@ -130,6 +130,13 @@ class Cluster:
             "left": self.session.left or None,  # why this node left the cluster for good
             "nodes": self.registry.nodes() if self.registry else [],
         }
+
+    def refuse_if_left(self) -> None:
+        """A node that left the cluster makes nothing new: an address from its ranges may
+        be another node's now, and would reach a new container on this host only (the
+        session's reason says what to do)."""
+        if self.session.left:
+            raise LeftCluster(f"node {self.name} left the cluster: {self.session.left}")
 
     def close(self) -> None:
         parts = (self.dns, self.networks, self.remote_endpoints, self.remote_nodes, self.publisher)

@@ -156,7 +156,11 @@ class ClusterNetworks:
 
     def remove(self, name: str) -> None:
         """Network name leaves the cluster, if no other node has endpoints on it (a
-        Conflict names them); this node has none (Docker removes a network only then)."""
+        Conflict names them); this node has none (Docker removes a network only then).
+        A node that left the cluster removes it from its own host only: the cluster's
+        networks are no longer its to delete."""
+        if self.session.left:
+            return
         key = NETWORKS + name
         users = f"{NETWORK_USERS}{name}/"
         purpose = f"delete network {name} from the cluster"

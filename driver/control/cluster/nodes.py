@@ -102,9 +102,11 @@ class NodeRegistry:
         ):
             raise LeftCluster(
                 f"node id {node_id} is no longer node {name}'s (it was forgotten with `cilium "
-                "node forget` and may be another node's now): this node leaves the cluster. "
-                "Its containers keep their connections on this host; restart its driver to "
-                "join again (it refuses while its state holds networks of the old id)"
+                "node forget` and may be another node's now). Its containers keep working on "
+                "this host, but it makes no new networks, endpoints or addresses: they would "
+                "come from ranges another node may own now. To join again under a new node "
+                "id, remove this host's containers and networks of this driver (`docker "
+                "network rm` removes them from this host only), then restart the driver"
             )
 
     def _reset(self, entries: list[Entry]) -> None:
