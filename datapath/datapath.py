@@ -103,7 +103,7 @@ class Datapath:
         self._sweeper: FlowSweeper | None = None
         self._ended = EndedFlows()
         self._xdp: loader.Program | None = None  # compiled when a device first needs it
-        self._overlay: loader.OverlayPrograms | None = None  # compiled by enable_tunnel
+        self._overlay: loader.OverlayPrograms | None = None  # compiled on first use
         self._tunnel_mtu: int | None = None  # of the tunnel device, once enabled
 
     # lifecycle
@@ -748,13 +748,10 @@ class Datapath:
         get the tunnel's MTU if theirs is larger, so that their packets fit it."""
         node = _node_address(underlay_address)
         mtu = hostnet.address_device_mtu(str(node)) - netlink.VXLAN_OVERHEAD
-        if self._overlay is None:
-            self._overlay = loader.load_overlay(
-                self.maps.fds(), self.nat64_prefix, self.service_ranges, self._store
-            )
+        overlay = self.overlay_programs()
         ifindex = netlink.ensure_vxlan(TUNNEL_DEVICE, str(node), mtu)
-        loader.attach_ingress(ifindex, self._overlay.from_overlay)
-        loader.attach_egress(ifindex, self._overlay.to_overlay)
+        loader.attach_ingress(ifindex, overlay.from_overlay)
+        loader.attach_egress(ifindex, overlay.to_overlay)
         self.maps.set_tunnel_ifindex(ifindex)
         self._tunnel_mtu = mtu
         # What netfilter DNATs into the tunnel: every published port in SNAT mode; in DSR
@@ -767,8 +764,17 @@ class Datapath:
         # In both modes: from_netdev also decapsulates the other nodes' packets for local
         # endpoints, past the VXLAN device (lib/tunnel.h, vxlan_decap).
         for device in hostnet.address_devices(str(node)):
-            loader.attach_ingress(device, self._overlay.from_netdev)
+            loader.attach_ingress(device, overlay.from_netdev)
         return TUNNEL_DEVICE
+
+    def overlay_programs(self) -> loader.OverlayPrograms:
+        """The loaded programs of bpf_overlay.c, compiled on first use (enable_tunnel attaches
+        them; tests run them)."""
+        if self._overlay is None:
+            self._overlay = loader.load_overlay(
+                self.maps.fds(), self.nat64_prefix, self.service_ranges, self._store
+            )
+        return self._overlay
 
     def _tunnel_ifindex(self) -> int:
         ifindex = netlink.link_index(TUNNEL_DEVICE)

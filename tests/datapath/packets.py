@@ -86,29 +86,52 @@ def _l4_parts(frame: bytes) -> tuple[bytes, int, bytes, int]:
     return pseudo, 14 + ihl, l4, proto
 
 
+def _l4_checksum(frame: bytes) -> int:
+    """The checksum frame's upper layer should carry, computed with its field zeroed (a UDP
+    result of 0 not yet sent as 0xffff)."""
+    pseudo, _, l4, proto = _l4_parts(frame)
+    at = L4_CSUM_OFF[proto]
+    return checksum(pseudo + l4[:at] + b"\0\0" + l4[at + 2 :])
+
+
 def with_checksums(frame: bytes, l4: bool = True) -> bytes:
     """frame (Ethernet, IPv4 or IPv6 without extension headers) with its IPv4 header
-    checksum and, if l4, its TCP/UDP/ICMP checksum filled in."""
+    checksum and, if l4, its TCP/UDP/ICMP checksum filled in (a UDP checksum that comes out
+    as 0 as 0xffff, RFC 768)."""
     out = bytearray(frame)
     if struct.unpack("!H", frame[12:14])[0] == ETH_P_IP:
         ihl = (frame[14] & 0xF) * 4
         out[24:26] = b"\0\0"
         out[24:26] = struct.pack("!H", checksum(bytes(out[14 : 14 + ihl])))
-    pseudo, off, _, proto = _l4_parts(bytes(out))
+    _, off, _, proto = _l4_parts(bytes(out))
     if l4:
+        value = _l4_checksum(bytes(out))
         at = off + L4_CSUM_OFF[proto]
-        out[at : at + 2] = b"\0\0"
-        out[at : at + 2] = struct.pack("!H", checksum(pseudo + bytes(out[off:])))
+        out[at : at + 2] = struct.pack("!H", 0xFFFF if proto == UDP and not value else value)
     return bytes(out)
 
 
+def l4_checksum_field(frame: bytes) -> int:
+    """The TCP/UDP/ICMP checksum frame carries."""
+    _, off, _, proto = _l4_parts(frame)
+    at = off + L4_CSUM_OFF[proto]
+    return struct.unpack("!H", frame[at : at + 2])[0]
+
+
+def zeroing_tail(frame: bytes) -> bytes:
+    """The last two bytes of frame's upper layer (even in length) that make its checksum
+    come out as 0: the sum of the rest's complement."""
+    return struct.pack("!H", _l4_checksum(frame[:-2] + b"\0\0"))
+
+
 def checksums_valid(frame: bytes) -> bool:
-    """Whether the IPv4 header checksum and the L4 checksum (a UDP/IPv4 0: none) hold."""
+    """Whether the IPv4 header checksum and the L4 checksum hold (a UDP/IPv4 0: none; a
+    UDP/IPv6 0 never does, RFC 8200)."""
     if struct.unpack("!H", frame[12:14])[0] == ETH_P_IP:
         ihl = (frame[14] & 0xF) * 4
         if checksum(frame[14 : 14 + ihl]) != 0:
             return False
     pseudo, _, segment, proto = _l4_parts(frame)
-    if proto == UDP and len(pseudo) == 12 and segment[6:8] == b"\0\0":
-        return True
+    if proto == UDP and segment[6:8] == b"\0\0":
+        return len(pseudo) == 12
     return checksum(pseudo + segment) == 0

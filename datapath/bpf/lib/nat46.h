@@ -86,10 +86,10 @@ static __always_inline int nat46_quote_store(struct __sk_buff *skb, struct nat64
 	quote->ip4.check = 0;
 	quote->ip4.check = csum_fold32((__u32)bpf_csum_diff(NULL, 0, (__be32 *)&quote->ip4,
 							    sizeof(quote->ip4), 0));
-	if (quote->ip4.protocol == IPPROTO_UDP && (quote->l4[6] | quote->l4[7])) {
+	if (quote->ip4.protocol == IPPROTO_UDP) {
 		diff = bpf_csum_diff(&was.ip4.saddr, 8, &quote->ip4.saddr, 8, 0);
 		diff = bpf_csum_diff((__be32 *)was.l4, 4, (__be32 *)quote->l4, 4, diff);
-		nat64_csum_apply(quote->l4, offsetof(struct udphdr, check), diff);
+		nat64_udp_csum_apply(quote->l4, diff);
 	}
 	diff = bpf_csum_diff((__be32 *)&was, sizeof(was), (__be32 *)quote, sizeof(*quote), 0);
 	if (bpf_skb_store_bytes(skb, NAT46_QUOTE_OFF, quote, sizeof(*quote), 0) < 0 ||

@@ -187,6 +187,20 @@ static __always_inline void nat64_csum_apply(__u8 *data, __u32 off, __s64 diff)
 	__builtin_memcpy(data + off, &now, sizeof(now));
 }
 
+/* The same for the checksum of the UDP header udp, which 0 means none: that stays so (over
+ * IPv6 only a tunnel sends it, RFC 6936), and a sum that comes out as 0 is sent as 0xffff
+ * (RFC 768), as BPF_F_MARK_MANGLED_0 has the kernel do for the packet's own. */
+static __always_inline void nat64_udp_csum_apply(__u8 *udp, __s64 diff)
+{
+	__u32 off = offsetof(struct udphdr, check);
+
+	if (!(udp[off] | udp[off + 1]))
+		return;
+	nat64_csum_apply(udp, off, diff);
+	if (!(udp[off] | udp[off + 1]))
+		udp[off] = udp[off + 1] = 0xff;
+}
+
 static __always_inline void nat64_ipv4_header(struct iphdr *ip4, __u16 payload, __u8 ttl,
 					      __u8 protocol, __be32 saddr, __be32 daddr, __u8 tos)
 {
@@ -246,7 +260,7 @@ static __always_inline int nat64_quote_to4(const struct endpoint_info *ep,
 	__builtin_memcpy(out->l4, in->l4, sizeof(out->l4));
 	if (protocol == IPPROTO_UDP) {
 		diff = bpf_csum_diff((__be32 *)saddr, 32, addrs4, sizeof(addrs4), 0);
-		nat64_csum_apply(out->l4, offsetof(struct udphdr, check), diff);
+		nat64_udp_csum_apply(out->l4, diff);
 	} else if (protocol == IPPROTO_ICMPV6) {
 		__u8 type = in->l4[0], code = in->l4[1];
 
@@ -285,7 +299,7 @@ static __always_inline int nat64_quote_to6(const struct endpoint_info *ep,
 	if (protocol == IPPROTO_UDP) {
 		diff = bpf_csum_diff((__be32 *)&in->ip4.saddr, 8, (__be32 *)&ep->ipv6, 16, 0);
 		diff = bpf_csum_diff(NULL, 0, daddr.p, 16, diff);
-		nat64_csum_apply(out->l4, offsetof(struct udphdr, check), diff);
+		nat64_udp_csum_apply(out->l4, diff);
 	} else if (protocol == IPPROTO_ICMP) {
 		__u8 type = in->l4[0], code = in->l4[1];
 
