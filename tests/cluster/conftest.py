@@ -4,7 +4,6 @@ tests are about the state the nodes share, not about packets."""
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -15,6 +14,7 @@ from driver.config import Config
 from driver.control.cluster.kvstore import KvStore
 from driver.server.app import create_app
 
+from ..ports import free_port
 from ..unit.docker_calls import NET, create_endpoint, join, make_ipam_network
 from ..unit.fakes import FakeDatapath
 
@@ -22,18 +22,12 @@ ETCD = shutil.which("etcd")
 LEASE_TTL = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Etcd:
     """One etcd member; stop() and start() again keep its data directory and ports."""
 
     def __init__(self, data_dir):
         self.data_dir = data_dir
-        self.client_port, self.peer_port = _free_port(), _free_port()
+        self.client_port, self.peer_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.client_port}"
         self.log = data_dir.parent / "etcd.log"
         self.process = None

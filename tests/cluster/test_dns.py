@@ -6,13 +6,8 @@ import struct
 
 from driver.control.cluster.dns import respond
 
+from ..ports import free_port
 from .conftest import wait_for
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _query(name: str) -> bytes:
@@ -21,7 +16,7 @@ def _query(name: str) -> bytes:
 
 
 def test_a_node_answers_the_names_of_other_nodes_containers(nodes):
-    port = _free_udp_port()
+    port = free_port(kind=socket.SOCK_DGRAM)
     a, b = nodes.start("a", cluster_dns_port=port), nodes.start("b")
     asker = a.plane.endpoint_info(a.endpoint(1, {"app": "client"}))
     web = b.plane.endpoint_info(b.endpoint(2, {"app": "web"}))

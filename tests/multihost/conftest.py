@@ -11,7 +11,6 @@ A missing prerequisite (root, etcd, dockerd, the venv) fails the session, never 
 import json
 import os
 import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from ..ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "cluster.sh"
@@ -57,22 +58,6 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
         if time.monotonic() > deadline:
             pytest.fail(f"not within {timeout} s: {what}")
         time.sleep(interval)
-
-
-def _etcd_port() -> int:
-    """A client port whose successor (etcd's peer port, on 127.0.0.1) is free too."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65535:
-            with socket.socket() as peer:
-                try:
-                    peer.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no two free consecutive ports on 127.0.0.1")
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -259,7 +244,7 @@ def _script(*args, timeout=300) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def cluster():
     assert os.geteuid() == 0, "the multi-host tests make namespaces and start dockerd: run as root"
-    SETTINGS["ETCD_PORT"] = str(_etcd_port())
+    SETTINGS["ETCD_PORT"] = str(free_port(count=2))  # etcd's peer port is the next one
     _script("down")  # what a killed earlier run left
     up = _script("up")
     if up.returncode != 0:

@@ -6,7 +6,6 @@ skips. Everything made here is removed afterwards."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass, field
 
@@ -19,15 +18,10 @@ from driver.server import uiassets
 from driver.server.app import create_app
 
 from ..datapath import traffic
+from ..ports import free_port
 from ..unit.docker_calls import NET, create_endpoint, join, make_ipam_network
 
 PREFIX = "uim"  # host veths; neither the driver's "lxc" nor the e2e instance's "lxt"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -4,7 +4,7 @@ flows between them, and a new drop turns up in red without a reload."""
 
 import os
 
-from .conftest import free_port
+from ..ports import free_port
 from .devtools import Browser
 
 POLICY = """

@@ -17,6 +17,7 @@ from driver.config import Config, loopback_address
 from driver.server import main as service_module
 from driver.server.app import create_app
 
+from ...ports import free_port
 from ..control.test_flows import event
 from ..docker_calls import EP, NET
 
@@ -49,13 +50,6 @@ def scrape(client) -> dict[tuple[str, tuple], float]:
 
 def value(found, name, **labels):
     return found[(name, tuple(sorted(labels.items())))]
-
-
-def free_port(host="127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def test_metric_names_and_labels(client):

@@ -14,7 +14,8 @@ from driver.config import Config
 from driver.server import uiassets
 from driver.server.app import create_app
 
-from .test_metrics import _get, free_port
+from ...ports import free_port
+from .test_metrics import _get
 
 
 def _status(client, path: str) -> int:
