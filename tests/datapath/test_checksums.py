@@ -448,27 +448,31 @@ def test_rewritten_checksums_hold_at_their_edge_values(env, path, proto, edge):
         assert pk.l4_checksum_field(out) == 0xFFFF, out.hex()
 
 
+# (version, protocol, source of the error, bytes of upper layer quoted: None for all)
 ERROR_CASES = [
-    (version, proto, source, whole)
+    (version, proto, source, quoted_l4)
     for version in (4, 6)
     for proto in ("tcp", "udp", "udp0", *(("echo",) if version == 6 else ()))
     for source in ("backend", "router")
-    for whole in (True, False)
+    for quoted_l4 in (None, 8)
 ]
+# Quoted up to the TCP checksum, and no further.
+ERROR_CASES += [(version, "tcp", "backend", 18) for version in (4, 6)]
 
 
 @pytest.mark.parametrize(
-    ("version", "proto", "source", "whole"),
+    ("version", "proto", "source", "quoted_l4"),
     ERROR_CASES,
-    ids=[f"{v}-{p}-{s}-{'whole' if w else '8-bytes'}" for v, p, s, w in ERROR_CASES],
+    ids=[f"{v}-{p}-{s}-{n or 'whole'}" for v, p, s, n in ERROR_CASES],
 )
 def test_an_error_about_a_service_flow_reaches_the_client_about_the_vip(
-    env, version, proto, source, whole
+    env, version, proto, source, quoted_l4
 ):
     """As Linux's conntrack NAT: the quote becomes the client's packet to the VIP byte for
     byte (header and upper-layer checksums as the client computed them, a UDP/IPv4 0 kept
     as "none"), and the backend's own error comes from the VIP, a router's from the router;
-    the ICMP checksum holds. Cut to the header and 8 bytes, the quote is that much of it."""
+    the ICMP checksum holds. Cut to the header and 8 bytes (or 18 of TCP: up to its
+    checksum), the quote is that much of it."""
     ep, none = env.plain, proto == "udp0"  # a UDP checksum of 0
     proto = "udp" if none else proto
     vip, port = _front(version, proto)
@@ -479,7 +483,7 @@ def test_an_error_about_a_service_flow_reaches_the_client_about_the_vip(
         ep.addr(version), BACKEND[version], proto, CLIENT_PORT, backend_port, TAIL, none
     )
     head = 40 if version == 6 else 20
-    keep = len(quoted) if whole else 14 + head + 8
+    keep = len(quoted) if quoted_l4 is None else 14 + head + quoted_l4
     src = BACKEND[version] if source == "backend" else ROUTER[version]
     type_, code, mtu = ERRORS[version, source]
     error = _error(src, ep.addr(version), type_, code, quoted[:keep], mtu)

@@ -6,7 +6,8 @@
  * whatever happens to the slots later. Conntrack and policy then see the backend: its
  * address, its identity, its ingress policy. The client's egress conntrack entry carries
  * the service id, and the reply's source is rewritten back to the frontend at the
- * client's to-container hook (lb_rev_nat).
+ * client's to-container hook (lb_rev_nat); an ICMP error about the flow (conntrack finds
+ * it related and hands over the service) gets its quote rewritten to the frontend there.
  *
  * Hairpin: a client that is a backend of the VIP it calls gets its own packet with the
  * VIP as source, since Linux drops packets arriving from its own address. Its reply,
@@ -229,14 +230,14 @@ static __always_inline int lb_quote_tcp_csum(struct __sk_buff *skb, __u32 tcp_of
 					     __s64 *icmp_diff)
 {
 	__u32 off = tcp_off + offsetof(struct tcphdr, check);
-	__be32 was, now;	/* the checksum and the urgent pointer: bpf_csum_diff sums words */
+	__be32 was = 0, now;	/* the checksum, then 0: bpf_csum_diff sums whole words */
 
-	if (bpf_skb_load_bytes(skb, off, &was, sizeof(was)) < 0)
+	if (bpf_skb_load_bytes(skb, off, &was, sizeof(__sum16)) < 0)
 		return 0;
 	now = was;
 	nat64_csum_apply((__u8 *)&now, 0, diff);
 	*icmp_diff = bpf_csum_diff(&was, sizeof(was), &now, sizeof(now), *icmp_diff);
-	if (bpf_skb_store_bytes(skb, off, &now, sizeof(now), 0) < 0)
+	if (bpf_skb_store_bytes(skb, off, &now, sizeof(__sum16), 0) < 0)
 		return DROP_WRITE_FAILED;
 	return 0;
 }
