@@ -43,6 +43,14 @@ BACKEND = {4: ipaddress.ip_address("10.199.254.1"), 6: ipaddress.ip_address("fdc
 SERVER4 = ipaddress.IPv4Address("203.0.113.2")  # beyond NAT64
 CLIENT4 = ipaddress.IPv4Address("198.51.100.2")  # beyond NAT46 and DSR
 ROUTER4 = ipaddress.IPv4Address("198.51.100.254")  # sends "fragmentation needed"
+ROUTER = {4: ROUTER4, 6: ipaddress.ip_address("2001:db8::fe")}
+# (type, code, MTU) of a backend's port unreachable and of a router's "too big".
+ERRORS = {
+    (4, "backend"): (3, 3, 0),
+    (6, "backend"): (1, 4, 0),
+    (4, "router"): (3, 4, 1400),
+    (6, "router"): (2, 0, 1400),
+}
 # DSR: a published port of this node (its address 203.0.113.10) whose container lives on
 # node 203.0.113.77.
 FRONT4, NODE4 = ipaddress.IPv4Address("203.0.113.10"), ipaddress.IPv4Address("203.0.113.77")
@@ -224,6 +232,21 @@ def _lb_reply(version: int) -> Callable[..., Run]:
     return path
 
 
+def _lb_error(version: int) -> Callable[..., Run]:
+    """The backend's port unreachable about a client's flow to a VIP, quoting the client's
+    packet whole, as the backend got it, into the client: about the flow to the VIP."""
+
+    def path(env: Env, proto: str, tail: bytes, none: bool) -> Run:
+        _lb(version)(env, proto, TAIL, False)
+        ep = env.plain
+        port = 0 if proto == "echo" else BACKEND_PORT
+        quoted = _datagram(ep.addr(version), BACKEND[version], proto, CLIENT_PORT, port, tail, none)
+        type_, code, _ = ERRORS[version, "backend"]
+        return _received(env, ep, _error(BACKEND[version], ep.addr(version), type_, code, quoted))
+
+    return path
+
+
 def _hairpin(version: int) -> Callable[..., Run]:
     """A client's packet to a VIP whose backend it is: from the VIP to itself."""
 
@@ -345,6 +368,8 @@ PATHS = {
     "lb4-reply": (_lb_reply(4), "packet", ("tcp", "udp")),
     "lb6": (_lb(6), "packet", ("tcp", "udp", "echo")),
     "lb6-reply": (_lb_reply(6), "packet", ("tcp", "udp", "echo")),
+    "lb4-error": (_lb_error(4), "whole quote", ("tcp", "udp")),
+    "lb6-error": (_lb_error(6), "whole quote", ("tcp", "udp", "echo")),
     "hairpin4": (_hairpin(4), "packet", ("tcp", "udp")),
     "hairpin4-reply": (_hairpin_reply(4), "packet", ("tcp", "udp")),
     "hairpin6": (_hairpin(6), "packet", ("tcp", "udp")),
@@ -378,7 +403,8 @@ CASES = [
 
 def _checked(frame: bytes, where: str, tail: bytes) -> bytes:
     """The datagram whose checksum the path rewrites, as an Ethernet frame: frame, or the
-    one its ICMP error quotes, completed with tail (the errors keep 8 bytes of it)."""
+    one its ICMP error quotes: whole ("whole quote"), or completed with tail (the errors
+    keep 8 bytes of it)."""
     if where == "packet":
         return frame
     l4 = 54 if frame[12:14] == b"\x86\xdd" else 14 + (frame[14] & 0xF) * 4
@@ -386,6 +412,8 @@ def _checked(frame: bytes, where: str, tail: bytes) -> bytes:
     version = quote[0] >> 4
     head = 40 if version == 6 else (quote[0] & 0xF) * 4
     ethertype = pk.ETH_P_IPV6 if version == 6 else pk.ETH_P_IP
+    if where == "whole quote":
+        return pk.eth(ZERO_MAC, ZERO_MAC, ethertype) + quote
     return pk.eth(ZERO_MAC, ZERO_MAC, ethertype) + quote[: head + 8] + tail
 
 
@@ -410,7 +438,7 @@ def test_rewritten_checksums_hold_at_their_edge_values(env, path, proto, edge):
     out = _checked(run.out, where, tail)
     if edge == "out":  # as crafted: the rewritten datagram's checksum comes out as 0
         assert pk.zeroing_tail(out) == tail, out.hex()
-    if where == "quote" or out[12:14] == b"\x08\x00":
+    if where != "packet" or out[12:14] == b"\x08\x00":
         assert pk.checksums_valid(run.out), run.out.hex()  # IPv4 header, ICMP error
     if edge == "none":
         assert pk.l4_checksum_field(out) == 0, out.hex()
@@ -418,3 +446,53 @@ def test_rewritten_checksums_hold_at_their_edge_values(env, path, proto, edge):
     assert pk.checksums_valid(out), out.hex()
     if udp and edge == "out":
         assert pk.l4_checksum_field(out) == 0xFFFF, out.hex()
+
+
+# (version, protocol, source of the error, bytes of upper layer quoted: None for all)
+ERROR_CASES = [
+    (version, proto, source, quoted_l4)
+    for version in (4, 6)
+    for proto in ("tcp", "udp", "udp0", *(("echo",) if version == 6 else ()))
+    for source in ("backend", "router")
+    for quoted_l4 in (None, 8)
+]
+# Quoted up to the TCP checksum, and no further.
+ERROR_CASES += [(version, "tcp", "backend", 18) for version in (4, 6)]
+
+
+@pytest.mark.parametrize(
+    ("version", "proto", "source", "quoted_l4"),
+    ERROR_CASES,
+    ids=[f"{v}-{p}-{s}-{n or 'whole'}" for v, p, s, n in ERROR_CASES],
+)
+def test_an_error_about_a_service_flow_reaches_the_client_about_the_vip(
+    env, version, proto, source, quoted_l4
+):
+    """As Linux's conntrack NAT: the quote becomes the client's packet to the VIP byte for
+    byte (header and upper-layer checksums as the client computed them, a UDP/IPv4 0 kept
+    as "none"), and the backend's own error comes from the VIP, a router's from the router;
+    the ICMP checksum holds. Cut to the header and 8 bytes (or 18 of TCP: up to its
+    checksum), the quote is that much of it."""
+    ep, none = env.plain, proto == "udp0"  # a UDP checksum of 0
+    proto = "udp" if none else proto
+    vip, port = _front(version, proto)
+    backend_port = 0 if proto == "echo" else BACKEND_PORT
+    _sent(env, ep, _from(ep, _datagram(ep.addr(version), vip, proto, CLIENT_PORT, port, TAIL)))
+    sent = _datagram(ep.addr(version), vip, proto, CLIENT_PORT, port, TAIL, none)
+    quoted = _datagram(
+        ep.addr(version), BACKEND[version], proto, CLIENT_PORT, backend_port, TAIL, none
+    )
+    head = 40 if version == 6 else 20
+    keep = len(quoted) if quoted_l4 is None else 14 + head + quoted_l4
+    src = BACKEND[version] if source == "backend" else ROUTER[version]
+    type_, code, mtu = ERRORS[version, source]
+    error = _error(src, ep.addr(version), type_, code, quoted[:keep], mtu)
+    run = _received(env, ep, error)
+    assert run.name == "TRACE_TO_CONTAINER", run.name
+    out = run.out
+    assert pk.checksums_valid(out), out.hex()  # the outer IPv4 header, the ICMP checksum
+    l4 = 54 if version == 6 else 34
+    outer_src = out[22:38] if version == 6 else out[26:30]
+    assert ipaddress.ip_address(outer_src) == (vip if source == "backend" else src)
+    assert out[l4 : l4 + 2] == error[l4 : l4 + 2]  # type and code
+    assert out[l4 + 8 :] == sent[14:keep], out.hex()

@@ -4,13 +4,14 @@ reverse NAT, stickiness, backend removal, hairpin, policy, restart, and the map 
 import ipaddress
 import itertools
 import struct
+import sys
 
 import pytest
 
 from datapath import INGRESS, Backend, Datapath, DatapathError, Frontend, PolicyKey, loader
 
 from . import packets, traffic
-from .conftest import NET4, NET6
+from .conftest import NET4, NET6, run
 
 # VIPs live here; the host has unreachable routes for both during these tests.
 VIP_NET6 = ipaddress.IPv6Network("fdce:1c97::/64")
@@ -187,6 +188,19 @@ def test_l3_only_frontend_keeps_ports_and_answers_pings(
     ping = client.exec("ping", "-c", "1", "-W", "2", str(vip), check=False)
     assert ping.returncode == 0 and f"from {vip}" in ping.stdout
     assert "DIFFERENT ADDRESS" not in ping.stdout
+
+
+@pytest.mark.parametrize("version", [6, 4])
+def test_port_unreachable_of_a_backend_reaches_the_clients_socket(
+    make_container, services, version
+):
+    """The backend has no listener: its ICMP error comes back from the VIP, quoting the
+    flow to the VIP, so the client's socket, connected to the VIP, is refused."""
+    client, backend = make_container(), make_container()
+    vip = services.vip(version)
+    services.set(Frontend(vip, 53, UDP), [Backend(backend.addr(version), 5353)])
+    probe = traffic.netns_cmd(client.netns, sys.executable, "-c", traffic.UDP_PROBE)
+    assert run(*probe, str(vip), "53").stdout.strip() == "refused"
 
 
 @pytest.mark.parametrize("version", [6, 4])

@@ -99,26 +99,34 @@ static __always_inline void ct_refresh(struct ct_entry *entry, const struct pkt_
 }
 
 /* An ICMP error passes when the packet it quotes belongs to a tracked flow of this
- * endpoint, in either direction. Returns CT_RELATED, CT_NEW or a drop reason.
+ * endpoint, in either direction. One that quotes a packet of the flow's first direction
+ * takes the service of the flow's entry into ctx (lb_rev_nat): into a client, an error
+ * about its load-balanced flow; out of a NAT46 backend, one about a NAT46 flow. Returns
+ * CT_RELATED, CT_NEW or a drop reason.
  */
-static __always_inline int ct_lookup_related(struct __sk_buff *skb, const struct pkt_ctx *ctx)
+static __always_inline int ct_lookup_related(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
 	struct flow quoted = {};
+	struct ct_entry *entry;
 	__u32 now = ct_now();
 	int ret = flow_parse_quoted(skb, &ctx->flow, &quoted);
 
 	if (ret < 0)
 		return ret;
 	/* The quoted packet went the other way: reversed, it is a packet of this direction. */
-	if (ct_find(&quoted, ctx->endpoint_id, ctx->direction, 1, now) ||
-	    ct_find(&quoted, ctx->endpoint_id, !ctx->direction, 0, now))
+	if (ct_find(&quoted, ctx->endpoint_id, ctx->direction, 1, now))
 		return CT_RELATED;
-	return CT_NEW;
+	entry = ct_find(&quoted, ctx->endpoint_id, !ctx->direction, 0, now);
+	if (!entry)
+		return CT_NEW;
+	ctx->rev_nat_index = entry->rev_nat_index;
+	return CT_RELATED;
 }
 
 /* Returns an enum ct_status or a drop reason; refreshes the entry it finds. A TCP SYN
  * is always new, so that policy decides again when a closed flow's tuple is reused.
- * A reply takes the rev_nat_index of its flow's entry into ctx.
+ * A reply takes the rev_nat_index of its flow's entry into ctx, as does an ICMP error
+ * about the flow's first direction.
  */
 static __always_inline int ct_lookup(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {

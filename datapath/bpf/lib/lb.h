@@ -6,7 +6,8 @@
  * whatever happens to the slots later. Conntrack and policy then see the backend: its
  * address, its identity, its ingress policy. The client's egress conntrack entry carries
  * the service id, and the reply's source is rewritten back to the frontend at the
- * client's to-container hook (lb_rev_nat).
+ * client's to-container hook (lb_rev_nat); an ICMP error about the flow (conntrack finds
+ * it related and hands over the service) gets its quote rewritten to the frontend there.
  *
  * Hairpin: a client that is a backend of the VIP it calls gets its own packet with the
  * VIP as source, since Linux drops packets arriving from its own address. Its reply,
@@ -23,6 +24,7 @@
 #include "conntrack.h"
 #include "identity.h"
 #include "nat.h"
+#include "nat64.h"
 
 #define LB_HASH_MUL 0x9e3779b1U	/* 2^32 / golden ratio */
 
@@ -219,8 +221,150 @@ static __always_inline int lb_loopback_reply(struct __sk_buff *skb, const struct
 	return 0;
 }
 
-/* Into a client: a reply of a load-balanced flow comes from the frontend it called (a
- * NAT46 flow into its backend is no reply). Returns 0 or a drop reason.
+/* The TCP checksum of the segment an ICMP error quotes, when the error quotes that much
+ * (RFC 792 asks for 8 bytes, Linux sends up to 576 or 1280), follows the quote's change
+ * diff; its own change is added to *icmp_diff. 0 is a TCP checksum like any other. Returns
+ * 0 or a drop reason.
+ */
+static __always_inline int lb_quote_tcp_csum(struct __sk_buff *skb, __u32 tcp_off, __s64 diff,
+					     __s64 *icmp_diff)
+{
+	__u32 off = tcp_off + offsetof(struct tcphdr, check);
+	__be32 was = 0, now;	/* the checksum, then 0: bpf_csum_diff sums whole words */
+
+	if (bpf_skb_load_bytes(skb, off, &was, sizeof(__sum16)) < 0)
+		return 0;
+	now = was;
+	nat64_csum_apply((__u8 *)&now, 0, diff);
+	*icmp_diff = bpf_csum_diff(&was, sizeof(was), &now, sizeof(now), *icmp_diff);
+	if (bpf_skb_store_bytes(skb, off, &now, sizeof(__sum16), 0) < 0)
+		return DROP_WRITE_FAILED;
+	return 0;
+}
+
+/* The packet an IPv4 ICMP error (its header at icmp_off) quotes, an IPv4 header without
+ * options as loaded into quote, gets addr and port (0: kept) as its source (NAT_SRC) or
+ * destination; its header checksum, its TCP or UDP checksum (a UDP 0 stays "none") and the
+ * ICMP checksum follow. Returns 0 or a drop reason.
+ */
+static __always_inline int lb_quote4_store(struct __sk_buff *skb, __u32 icmp_off,
+					   struct nat64_quote4 *quote, int which, __be32 addr,
+					   __u16 port)
+{
+	struct nat64_quote4 was = *quote;
+	__u32 quote_off = icmp_off + sizeof(struct icmphdr);
+	__u32 port_off = which == NAT_SRC ? 0 : 2;
+	__u8 protocol = quote->ip4.protocol;
+	__be16 to = bpf_htons(port);
+	__s64 diff, icmp_diff;
+	int ret;
+
+	if (which == NAT_SRC)
+		quote->ip4.saddr = addr;
+	else
+		quote->ip4.daddr = addr;
+	if (port && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP))
+		__builtin_memcpy(&quote->l4[port_off], &to, sizeof(to));
+	quote->ip4.check = 0;
+	quote->ip4.check = csum_fold32((__u32)bpf_csum_diff(NULL, 0, (__be32 *)&quote->ip4,
+							    sizeof(quote->ip4), 0));
+	diff = bpf_csum_diff(&was.ip4.saddr, 8, &quote->ip4.saddr, 8, 0);
+	diff = bpf_csum_diff((__be32 *)was.l4, 4, (__be32 *)quote->l4, 4, diff);
+	if (protocol == IPPROTO_UDP)
+		nat64_udp_csum_apply(quote->l4, diff);
+	icmp_diff = bpf_csum_diff((__be32 *)&was, sizeof(was), (__be32 *)quote, sizeof(*quote), 0);
+	if (protocol == IPPROTO_TCP) {
+		ret = lb_quote_tcp_csum(skb, quote_off + sizeof(quote->ip4), diff, &icmp_diff);
+		if (ret < 0)
+			return ret;
+	}
+	if (bpf_skb_store_bytes(skb, quote_off, quote, sizeof(*quote), 0) < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_off + offsetof(struct icmphdr, checksum), 0, icmp_diff,
+				0) < 0)
+		return DROP_WRITE_FAILED;
+	return 0;
+}
+
+/* The same for an ICMPv6 error's quote (an IPv6 header, no extension headers), whose
+ * destination becomes addr and port (0: kept); *was gets the destination it had. The
+ * quoted TCP, UDP or echo checksum follows (over IPv6 a UDP 0 is invalid: left so), and
+ * the ICMPv6 checksum. Returns 0 or a drop reason.
+ */
+static __always_inline int lb_quote6_store_dst(struct __sk_buff *skb, __u32 icmp_off,
+					       const union v6addr *addr, __u16 port,
+					       union v6addr *was_dst)
+{
+	__u32 quote_off = icmp_off + sizeof(struct icmp6hdr);
+	struct nat64_quote6 quote, was;
+	__be16 to = bpf_htons(port);
+	__u8 protocol;
+	__s64 diff, icmp_diff;
+	int ret;
+
+	if (bpf_skb_load_bytes(skb, quote_off, &quote, sizeof(quote)) < 0)
+		return DROP_INVALID_PACKET;
+	was = quote;
+	protocol = quote.ip6.nexthdr;
+	__builtin_memcpy(was_dst, &quote.ip6.daddr, sizeof(*was_dst));
+	__builtin_memcpy(&quote.ip6.daddr, addr, sizeof(*addr));
+	if (port && (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP))
+		__builtin_memcpy(&quote.l4[2], &to, sizeof(to));
+	diff = bpf_csum_diff((__be32 *)&was.ip6.daddr, 16, (__be32 *)&quote.ip6.daddr, 16, 0);
+	diff = bpf_csum_diff((__be32 *)was.l4, 4, (__be32 *)quote.l4, 4, diff);
+	if (protocol == IPPROTO_UDP)
+		nat64_udp_csum_apply(quote.l4, diff);
+	else if (protocol == IPPROTO_ICMPV6)
+		nat64_csum_apply(quote.l4, offsetof(struct icmp6hdr, icmp6_cksum), diff);
+	icmp_diff = bpf_csum_diff((__be32 *)&was, sizeof(was), (__be32 *)&quote, sizeof(quote), 0);
+	if (protocol == IPPROTO_TCP) {
+		ret = lb_quote_tcp_csum(skb, quote_off + sizeof(quote.ip6), diff, &icmp_diff);
+		if (ret < 0)
+			return ret;
+	}
+	if (bpf_skb_store_bytes(skb, quote_off, &quote, sizeof(quote), 0) < 0 ||
+	    bpf_l4_csum_replace(skb, icmp_off + offsetof(struct icmp6hdr, icmp6_cksum), 0,
+				icmp_diff, 0) < 0)
+		return DROP_WRITE_FAILED;
+	return 0;
+}
+
+/* An ICMP error into a client about its load-balanced flow quotes client -> backend, the
+ * packet as the datapath sent it on. As Linux's conntrack NAT does, the quote becomes
+ * client -> frontend, so that the socket connected to the frontend gets the error; the
+ * backend's own error comes from the frontend, a router's on the way keeps its address
+ * (a hop of a traceroute). A quoted IPv4 header with options is left as it is. Returns 0
+ * or a drop reason.
+ */
+static __always_inline int lb_error_rev_nat(struct __sk_buff *skb, struct pkt_ctx *ctx,
+					    const struct lb_addr *front)
+{
+	struct nat64_quote4 quote4;
+	union v6addr backend = {};
+	int ret;
+
+	if (ctx->flow.family == ENDPOINT_KEY_IPV6) {
+		ret = lb_quote6_store_dst(skb, ctx->flow.l4_off, &front->addr, front->port,
+					  &backend);
+	} else {
+		if (bpf_skb_load_bytes(skb, ctx->flow.l4_off + sizeof(struct icmphdr), &quote4,
+				       sizeof(quote4)) < 0)
+			return DROP_INVALID_PACKET;
+		if (quote4.ip4.ihl != 5)
+			return 0;
+		backend.p[0] = quote4.ip4.daddr;
+		ret = lb_quote4_store(skb, ctx->flow.l4_off, &quote4, NAT_DST, front->addr.p[0],
+				      front->port);
+	}
+	if (ret < 0)
+		return ret;
+	if (!ipv6_addr_equals(&ctx->flow.saddr, &backend))
+		return 0;
+	return nat_store_addr(skb, &ctx->flow, NAT_SRC, &front->addr);
+}
+
+/* Into a client: a reply of a load-balanced flow comes from the frontend it called, and an
+ * ICMP error about the flow quotes it as sent to the frontend (a NAT46 flow into its
+ * backend is no reply). Returns 0 or a drop reason.
  */
 static __always_inline int lb_rev_nat(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
@@ -233,6 +377,8 @@ static __always_inline int lb_rev_nat(struct __sk_buff *skb, struct pkt_ctx *ctx
 	if (!frontend)
 		return DROP_NO_REV_NAT;
 	front = *frontend;
+	if (ctx->flow.icmp == FLOW_ICMP_ERROR)
+		return lb_error_rev_nat(skb, ctx, &front);
 	return nat_rewrite(skb, &ctx->flow, NAT_SRC, &front.addr, front.port);
 }
 

@@ -163,12 +163,12 @@ static __always_inline int lxc_egress6(struct __sk_buff *skb, const struct endpo
 		ret = nat64_to4(skb, ep, &ip6, &ctx->flow);
 		if (ret < 0)
 			return ret;
-		/* Only the reply of a NAT46 flow has a service here: it leaves from the
-		 * frontend, to a client that needs no masquerade; so do the errors about it. */
-		if (ctx->rev_nat_index)
+		/* Only the reply of a NAT46 flow, or an error about it, has a service here: it
+		 * leaves from the frontend, to a client that needs no masquerade. */
+		if (ctx->flow.icmp == FLOW_ICMP_ERROR)
+			ret = nat46_error_rev_nat(skb, ep, ctx);
+		else if (ctx->rev_nat_index)
 			ret = nat46_rev_nat(skb, ep, ctx);
-		else if (ctx->flow.icmp == FLOW_ICMP_ERROR)
-			ret = nat46_error_rev_nat(skb, ep);
 		else
 			ret = CTX_CONTINUE;
 		if (ret < 0)

@@ -65,40 +65,6 @@ static __always_inline int nat46_rev_nat(struct __sk_buff *skb, const struct end
 
 #define NAT46_QUOTE_OFF (ICMP4_L4_OFF + sizeof(struct icmphdr))
 
-/* The packet an ICMP error quotes (IPv4 header without options at NAT46_QUOTE_OFF) gets
- * addr and port (0: kept) as its source (NAT_SRC) or destination; its header and UDP
- * checksums and the ICMP checksum follow. Returns 0 or a drop reason.
- */
-static __always_inline int nat46_quote_store(struct __sk_buff *skb, struct nat64_quote4 *quote,
-					     int which, __be32 addr, __u16 port)
-{
-	struct nat64_quote4 was = *quote;
-	__u32 port_off = which == NAT_SRC ? 0 : 2;
-	__be16 to = bpf_htons(port);
-	__s64 diff;
-
-	if (which == NAT_SRC)
-		quote->ip4.saddr = addr;
-	else
-		quote->ip4.daddr = addr;
-	if (port)
-		__builtin_memcpy(&quote->l4[port_off], &to, sizeof(to));
-	quote->ip4.check = 0;
-	quote->ip4.check = csum_fold32((__u32)bpf_csum_diff(NULL, 0, (__be32 *)&quote->ip4,
-							    sizeof(quote->ip4), 0));
-	if (quote->ip4.protocol == IPPROTO_UDP) {
-		diff = bpf_csum_diff(&was.ip4.saddr, 8, &quote->ip4.saddr, 8, 0);
-		diff = bpf_csum_diff((__be32 *)was.l4, 4, (__be32 *)quote->l4, 4, diff);
-		nat64_udp_csum_apply(quote->l4, diff);
-	}
-	diff = bpf_csum_diff((__be32 *)&was, sizeof(was), (__be32 *)quote, sizeof(*quote), 0);
-	if (bpf_skb_store_bytes(skb, NAT46_QUOTE_OFF, quote, sizeof(*quote), 0) < 0 ||
-	    bpf_l4_csum_replace(skb, ICMP4_L4_OFF + offsetof(struct icmphdr, checksum), 0, diff,
-				0) < 0)
-		return DROP_WRITE_FAILED;
-	return 0;
-}
-
 /* The flow's backend, at backend_addr (a NAT64 side), is another endpoint: its veth gets the
  * packet as it is, and its own hook translates it. Returns that TC verdict, CTX_CONTINUE when
  * the backend is the endpoint of this veth, or a drop reason.
@@ -157,7 +123,7 @@ static __always_inline int nat46_error_in(struct __sk_buff *skb, const struct en
 	ret = nat46_pass_to_backend(skb, ctx, chosen.backend.p[0]);
 	if (ret != CTX_CONTINUE)
 		return ret;
-	ret = nat46_quote_store(skb, &quote, NAT_SRC, ep->ipv4, chosen.backend_port);
+	ret = lb_quote4_store(skb, ICMP4_L4_OFF, &quote, NAT_SRC, ep->ipv4, chosen.backend_port);
 	if (ret < 0)
 		return ret;
 	ret = nat_store_addr(skb, &ctx->flow, NAT_DST, &chosen.backend);
@@ -203,38 +169,30 @@ static __always_inline int nat46_service(struct __sk_buff *skb, const struct end
 }
 
 /* An ICMP error of ep as nat64_to4 left it (from the NAT64 side, quoting client -> NAT64
- * side): when the quoted flow came through a NAT46 service, from the frontend and quoting
- * client -> frontend, so that it reaches the client's socket. Returns 0 when rewritten,
- * CTX_CONTINUE for an error about another flow, or a drop reason.
+ * side): when the quoted flow came through a NAT46 service (ct_lookup_related took its
+ * entry's service into ctx), from the frontend and quoting client -> frontend, so that it
+ * reaches the client's socket. Returns 0 when rewritten, CTX_CONTINUE for an error about
+ * another flow, or a drop reason.
  */
 static __always_inline int nat46_error_rev_nat(struct __sk_buff *skb,
-					       const struct endpoint_info *ep)
+					       const struct endpoint_info *ep,
+					       const struct pkt_ctx *ctx)
 {
 	struct flow outer = { .family = ENDPOINT_KEY_IPV4, .protocol = IPPROTO_ICMP };
-	struct flow quoted = { .family = ENDPOINT_KEY_IPV6 };
 	struct nat64_quote4 quote;
-	struct ct_entry *entry;
 	struct lb_addr *frontend;
 	struct lb_addr front;
 	int ret;
 
+	if (!ctx->rev_nat_index)
+		return CTX_CONTINUE;
 	if (bpf_skb_load_bytes(skb, NAT46_QUOTE_OFF, &quote, sizeof(quote)) < 0)
 		return DROP_INVALID_PACKET;
-	if (quote.ip4.protocol != IPPROTO_TCP && quote.ip4.protocol != IPPROTO_UDP)
-		return CTX_CONTINUE;
-	nat64_embed(&quoted.saddr, quote.ip4.saddr);
-	quoted.daddr = ep->ipv6;
-	quoted.protocol = quote.ip4.protocol;
-	quoted.sport = quote.l4[0] << 8 | quote.l4[1];
-	quoted.dport = quote.l4[2] << 8 | quote.l4[3];
-	entry = ct_find(&quoted, ep->endpoint_id, DIR_INGRESS, 0, ct_now());
-	if (!entry || !entry->rev_nat_index)
-		return CTX_CONTINUE;
-	frontend = lb_revnat_lookup(entry->rev_nat_index);
+	frontend = lb_revnat_lookup(ctx->rev_nat_index);
 	if (!frontend)
 		return DROP_NO_REV_NAT;
 	front = *frontend;
-	ret = nat46_quote_store(skb, &quote, NAT_DST, front.addr.p[0], front.port);
+	ret = lb_quote4_store(skb, ICMP4_L4_OFF, &quote, NAT_DST, front.addr.p[0], front.port);
 	if (ret < 0)
 		return ret;
 	outer.saddr.p[0] = ep->ipv4;
