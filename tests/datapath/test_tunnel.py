@@ -482,6 +482,14 @@ def test_a_vni_counts_only_when_a_node_of_the_cluster_sent_it(cluster, make):
         call_in_netns(a.netns, _send_vxlan, str(b.underlay), 1099, frame, stranger)
         assert _grows(functools.partial(_drops, b, "DROP_TUNNEL_UNKNOWN_SENDER"), before[0])
         assert delivered() == before[1]
+        # What the stranger sends counts as its, even what would be dropped for itself.
+        fragment = bytearray(_inner(a.range4[99], target.spec.ipv4))
+        fragment[20] |= 0x20  # more fragments
+        unknown = _drops(b, "DROP_TUNNEL_UNKNOWN_SENDER")
+        call_in_netns(
+            a.netns, _send_vxlan, str(b.underlay), 1099, packets.with_checksums(fragment), stranger
+        )
+        assert _grows(functools.partial(_drops, b, "DROP_TUNNEL_UNKNOWN_SENDER"), unknown)
         call_in_netns(a.netns, _send_vxlan, str(b.underlay), 1099, frame)
         assert _grows(delivered, before[1])
     finally:

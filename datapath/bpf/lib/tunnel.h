@@ -126,22 +126,19 @@ static __always_inline int tunnel_check_sender(__u32 remote_ipv4)
 	return 0;
 }
 
-/* Decapsulated (by the device, or by vxlan_decap), ctx->flow parsed by the caller: to the
- * local endpoint of the destination, with the sender's identity from the VNI; to the stack
- * if the destination is the host's own (a reply to the host, whose remote peer's node has
- * the host's address in its ipcache). sender is the outer source in host byte order.
- * Returns a TC verdict or a drop reason. */
-static __always_inline int overlay_deliver(struct __sk_buff *skb, struct pkt_ctx *ctx,
-					   __u32 sender, __u32 vni)
+/* Decapsulated (by the device, or by vxlan_decap) from a node's packet (the caller checked
+ * the sender before it parsed ctx->flow, so that anything from elsewhere counts as an
+ * unknown sender): to the local endpoint of the destination, with the sender's identity
+ * from the VNI; to the stack if the destination is the host's own (a reply to the host,
+ * whose remote peer's node has the host's address in its ipcache). Returns a TC verdict or
+ * a drop reason. */
+static __always_inline int overlay_deliver(struct __sk_buff *skb, struct pkt_ctx *ctx, __u32 vni)
 {
 	struct endpoint_key addr = {};
 	struct endpoint_addr *owner;
 	struct endpoint_info *ep;
 	int ret;
 
-	ret = tunnel_check_sender(sender);
-	if (ret < 0)
-		return ret;
 	ctx->src_identity = vni;
 	/* Only a node's from_netdev adds the option, and it sends as world: a container could
 	 * put the option on its own packets (CAP_NET_RAW) and plant DSR state for any flow. */
@@ -181,10 +178,13 @@ static __always_inline int overlay_ingress(struct __sk_buff *skb, struct pkt_ctx
 
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return DROP_TUNNEL_NO_KEY;
+	ret = tunnel_check_sender(key.remote_ipv4);
+	if (ret < 0)
+		return ret;
 	ret = tunnel_parse(skb, &ctx->flow);
 	if (ret < 0)
 		return ret;
-	return overlay_deliver(skb, ctx, key.remote_ipv4, key.tunnel_id);
+	return overlay_deliver(skb, ctx, key.tunnel_id);
 }
 
 /* Decapsulation on the underlay device (from_netdev), so that a local endpoint's bulk
@@ -298,6 +298,9 @@ static __always_inline int vxlan_decap(struct __sk_buff *skb, struct pkt_ctx *ct
 		return CTX_CONTINUE;
 	if (l4 != IPPROTO_TCP)
 		return CTX_CONTINUE;
+	ret = tunnel_check_sender(bpf_ntohl(hdr.ip.saddr));
+	if (ret < 0)
+		return ret;
 	flags |= inner.family == ENDPOINT_KEY_IPV6 ? ADJ_ROOM_DECAP_L3_IPV6 : ADJ_ROOM_DECAP_L3_IPV4;
 	if (bpf_skb_adjust_room(skb, -(__s32)sizeof(hdr), BPF_ADJ_ROOM_MAC, flags) < 0)
 		return CTX_CONTINUE;
@@ -308,7 +311,7 @@ static __always_inline int vxlan_decap(struct __sk_buff *skb, struct pkt_ctx *ct
 						 flow_parse4(skb, &ip.v4, &ctx->flow);
 	if (ret < 0)
 		return ret;
-	return overlay_deliver(skb, ctx, bpf_ntohl(hdr.ip.saddr), vni);
+	return overlay_deliver(skb, ctx, vni);
 }
 
 /* Routed into the device by the host stack (the host's own packets, forwarded ones): the
