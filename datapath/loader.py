@@ -242,7 +242,14 @@ class ProgramStore:
         memory, on a node that never loads that source again."""
         current = {libbpf.object_id(fd) for fd in map_fds.values()}
         for build in self.directory.glob("*"):
-            used = _map_ids_of(build)
+            if not build.is_dir():  # pinned there by something else: no build of ours
+                build.unlink(missing_ok=True)
+                continue
+            try:
+                used = _map_ids_of(build)
+            except OSError as exc:  # gone meanwhile, or unreadable: a clean-up fails no start
+                log.warning("unpinning %s, whose programs' maps cannot be read: %s", build, exc)
+                used = None
             if used is None or not used <= current:
                 shutil.rmtree(build, ignore_errors=True)
 

@@ -123,6 +123,23 @@ def test_a_build_missing_a_program_is_compiled_again(datapath, store_dir):
     assert sorted(p.name for p in (store_dir / build).iterdir()) == sorted(functions)
 
 
+def test_what_is_no_build_in_the_store_is_unpinned_without_failing_the_start(datapath, store_dir):
+    """Anything else pinned among the builds (a program pinned there by hand) can be no
+    build of ours: pruning unpins it rather than failing the datapath's start."""
+    store, _ = load_prefilter(store_dir, datapath.maps)
+    (build,) = builds(store_dir)
+    fd = libbpf.lib().bpf_obj_get(
+        os.fsencode(store_dir / build / sorted(builds(store_dir / build))[0])
+    )
+    assert fd >= 0
+    try:
+        assert libbpf.lib().bpf_obj_pin(fd, os.fsencode(store_dir / "stray")) == 0
+    finally:
+        os.close(fd)
+    store.prune_for_maps(datapath.maps.fds())
+    assert builds(store_dir) == [build]
+
+
 def map_exists(map_id: int) -> bool:
     command = ["bpftool", "map", "show", "id", str(map_id)]
     shown = subprocess.run(command, capture_output=True, check=False, timeout=30)
