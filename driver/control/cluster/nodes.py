@@ -102,9 +102,10 @@ class NodeRegistry:
         ):
             raise LeftCluster(
                 f"node id {node_id} is no longer node {name}'s (it was forgotten with `cilium "
-                "node forget` and may be another node's now). Its containers keep working on "
-                "this host, but it makes no new networks, endpoints or addresses: they would "
-                "come from ranges another node may own now. To join again under a new node "
+                "node forget` and may be another node's now). Its running containers keep "
+                "working on this host, but it makes no new networks, endpoints or addresses, "
+                "so a container that restarts fails: they would come from ranges another node "
+                "may own now. To join again under a new node "
                 "id, remove this host's containers and networks of this driver (`docker "
                 "network rm` removes them from this host only), then restart the driver"
             )
