@@ -62,7 +62,17 @@ CONSTANTS = {
     "PREFILTER_MAX": abi.PREFILTER_MAX,
     "PREFILTER_EVENT_NS": abi.PREFILTER_EVENT_NS,
 }
-FAMILIES = ("IDENTITY_", "DIR_", "EP_F_", "MARK_", "ENDPOINT_KEY_", "CT_F_", "CONFIG_", "EVENT_")
+FAMILIES = (
+    "IDENTITY_",
+    "FIRST_",
+    "DIR_",
+    "EP_F_",
+    "MARK_",
+    "ENDPOINT_KEY_",
+    "CT_F_",
+    "CONFIG_",
+    "EVENT_",
+)
 FAMILIES += ("PREFILTER_",)
 CONSTANTS |= {
     "MARK_IDENTITY": abi.MARK_IDENTITY,
