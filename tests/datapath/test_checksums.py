@@ -19,7 +19,7 @@ from contextlib import ExitStack
 import pytest
 
 from datapath import Backend, Datapath, Frontend, Outbound, loader, netlink
-from datapath.abi import IP4, Addr4PortC, DsrKeyC
+from datapath.abi import IP4, WORLD_ID, Addr4PortC, DsrKeyC
 
 from . import packets as pk
 from .conftest import make_spec
@@ -525,3 +525,21 @@ def test_an_error_about_a_service_flow_from_another_endpoint_is_no_backends(env,
         assert _received(env, ep, error, via).name == "DROP_POLICY"
     finally:
         datapath.set_endpoint_policy(ep.spec, False, False, set())
+
+
+def test_an_error_from_another_node_is_a_routers(env):
+    """A node's own address is in the ipcache as the world's (set_remote_node), no endpoint:
+    its error about a service flow (a "fragmentation needed" on the way to a backend of
+    that node) is related, and comes to the client about the VIP."""
+    ep, maps = env.plain, env.datapath.maps
+    vip, port = _front(4, "udp")
+    maps.put_ipcache(NODE4, WORLD_ID, NODE4)
+    try:
+        _sent(env, ep, _from(ep, _datagram(ep.addr(4), vip, "udp", CLIENT_PORT, port, TAIL)))
+        quoted = _datagram(ep.addr(4), BACKEND[4], "udp", CLIENT_PORT, BACKEND_PORT, TAIL)
+        type_, code, mtu = ERRORS[4, "router"]
+        run = _received(env, ep, _error(NODE4, ep.addr(4), type_, code, quoted, mtu))
+        assert run.name == "TRACE_TO_CONTAINER", run.name
+        assert run.out[14 + 8 + 20 + 16 : 14 + 8 + 20 + 20] == vip.packed, run.out.hex()
+    finally:
+        maps.delete_ipcache(NODE4)
