@@ -557,6 +557,8 @@ def test_icmp_errors_get_in_only_for_a_tracked_flow(datapath, cast):
     assert received(datapath, s, error_quoting(c.ip6, 40000))[1] == "TRACE_TO_CONTAINER"
     assert received(datapath, s, error_quoting(router, 40000))[1] == "TRACE_TO_CONTAINER"
     assert received(datapath, s, error_quoting(o.ip6, 40000)) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+    # Sent by other's container: its hook delivers to the server's ingress in one pass.
+    assert sent(datapath, o, error_quoting(o.ip6, 40000)) == (pk.TC_ACT_SHOT, "DROP_POLICY")
     frame = pk.eth(s.spec.mac, HOST_MAC, pk.ETH_P_IPV6) + error_quoting("fe80::5", 40000)
     program = datapath.programs.to_container
     assert outcome(datapath, program, frame, s.ifindex, o.ifindex) == (
