@@ -29,6 +29,7 @@ RESERVED_IDENTITIES = {
     UNMANAGED_ID: "unmanaged",
 }
 FIRST_ENDPOINT_IDENTITY = 256
+FIRST_CIDR_IDENTITY = 1 << 24  # CIDR prefixes' identities; endpoints' are below
 MAX_IDENTITY = 2**32 - 1
 
 # Direction relative to the endpoint (DIR_*).

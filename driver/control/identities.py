@@ -6,12 +6,11 @@ not reused at once."""
 import json
 from typing import Protocol
 
-from datapath.abi import FIRST_ENDPOINT_IDENTITY
+from datapath.abi import FIRST_CIDR_IDENTITY, FIRST_ENDPOINT_IDENTITY
 
 from .policy import NETWORK_LABEL
 from .state import IdentityRecord, Store
 
-FIRST_CIDR_IDENTITY = 1 << 24
 ENDPOINT_IDENTITY_LIMIT = FIRST_CIDR_IDENTITY
 # kind -> the numbers it takes, [first, limit)
 RANGES = {

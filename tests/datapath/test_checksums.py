@@ -19,7 +19,7 @@ from contextlib import ExitStack
 import pytest
 
 from datapath import Backend, Datapath, Frontend, Outbound, loader, netlink
-from datapath.abi import IP4, Addr4PortC, DsrKeyC
+from datapath.abi import IP4, WORLD_ID, Addr4PortC, DsrKeyC
 
 from . import packets as pk
 from .conftest import make_spec
@@ -144,17 +144,18 @@ class Run:
     out: bytes
 
 
-def _run(env: Env, program: loader.Program, frame: bytes, ifindex: int) -> Run:
-    _, name = outcome(env.datapath, program, frame, ifindex)
-    return Run(frame, name, loader.run_program(program, frame, ifindex)[1])
+def _run(env: Env, program: loader.Program, frame: bytes, ifindex: int, via: int = 0) -> Run:
+    _, name = outcome(env.datapath, program, frame, ifindex, via)
+    return Run(frame, name, loader.run_program(program, frame, ifindex, via)[1])
 
 
 def _sent(env: Env, ep: Ep, frame: bytes) -> Run:
     return _run(env, env.datapath.programs.from_container, frame, ep.ifindex)
 
 
-def _received(env: Env, ep: Ep, frame: bytes) -> Run:
-    return _run(env, env.datapath.programs.to_container, frame, ep.ifindex)
+def _received(env: Env, ep: Ep, frame: bytes, via: int = 0) -> Run:
+    """frame into ep's container, having come in on via (a local sender's veth)."""
+    return _run(env, env.datapath.programs.to_container, frame, ep.ifindex, via)
 
 
 def _datagram(src, dst, proto: str, sport: int, dport: int, tail: bytes, none=False, reply=False):
@@ -496,3 +497,49 @@ def test_an_error_about_a_service_flow_reaches_the_client_about_the_vip(
     assert ipaddress.ip_address(outer_src) == (vip if source == "backend" else src)
     assert out[l4 : l4 + 2] == error[l4 : l4 + 2]  # type and code
     assert out[l4 + 8 :] == sent[14:keep], out.hex()
+
+
+# (version, who sends the error): an endpoint of this node, one of another node (ipcache).
+BYSTANDERS = [(4, "local"), (6, "local"), (4, "remote")]
+
+
+@pytest.mark.parametrize(("version", "sender"), BYSTANDERS, ids=[f"{v}-{s}" for v, s in BYSTANDERS])
+def test_an_error_about_a_service_flow_from_another_endpoint_is_no_backends(env, version, sender):
+    """Only the backend (the peer the client's packet went to, after translation) and
+    routers (no endpoint) speak about a service flow: another endpoint's error quoting the
+    client's packet to the backend is a new packet, not turned into the VIP's about the VIP.
+    Admitted, it goes in as it came; the client's ingress policy, enforced, drops it."""
+    ep, datapath = env.plain, env.datapath
+    vip, port = _front(version, "udp")
+    _sent(env, ep, _from(ep, _datagram(ep.addr(version), vip, "udp", CLIENT_PORT, port, TAIL)))
+    quoted = _datagram(ep.addr(version), BACKEND[version], "udp", CLIENT_PORT, BACKEND_PORT, TAIL)
+    src = REMOTE4 if sender == "remote" else env.v6only.addr(version)
+    via = 0 if sender == "remote" else env.v6only.ifindex
+    type_, code, _ = ERRORS[version, "backend"]
+    error = _error(src, ep.addr(version), type_, code, quoted)
+    run = _received(env, ep, error, via)
+    assert run.name == "TRACE_TO_CONTAINER", run.name
+    assert run.out[14:] == error[14:], run.out.hex()
+    datapath.set_endpoint_policy(ep.spec, True, False, set())
+    try:
+        assert _received(env, ep, error, via).name == "DROP_POLICY"
+    finally:
+        datapath.set_endpoint_policy(ep.spec, False, False, set())
+
+
+def test_an_error_from_another_node_is_a_routers(env):
+    """A node's own address is in the ipcache as the world's (set_remote_node), no endpoint:
+    its error about a service flow (a "fragmentation needed" on the way to a backend of
+    that node) is related, and comes to the client about the VIP."""
+    ep, maps = env.plain, env.datapath.maps
+    vip, port = _front(4, "udp")
+    maps.put_ipcache(NODE4, WORLD_ID, NODE4)
+    try:
+        _sent(env, ep, _from(ep, _datagram(ep.addr(4), vip, "udp", CLIENT_PORT, port, TAIL)))
+        quoted = _datagram(ep.addr(4), BACKEND[4], "udp", CLIENT_PORT, BACKEND_PORT, TAIL)
+        type_, code, mtu = ERRORS[4, "router"]
+        run = _received(env, ep, _error(NODE4, ep.addr(4), type_, code, quoted, mtu))
+        assert run.name == "TRACE_TO_CONTAINER", run.name
+        assert run.out[14 + 8 + 20 + 16 : 14 + 8 + 20 + 20] == vip.packed, run.out.hex()
+    finally:
+        maps.delete_ipcache(NODE4)

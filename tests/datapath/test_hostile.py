@@ -538,19 +538,59 @@ def test_a_local_endpoints_source_from_another_device_is_forged(datapath, cast):
 
 
 def test_icmp_errors_get_in_only_for_a_tracked_flow(datapath, cast):
-    """An ICMP error passes policy when it quotes a flow conntrack knows, whoever sends it
-    (as with Linux conntrack and Cilium: routers on the way send them). `other` may send
-    the server errors about the client's flow; about any other flow it may not."""
+    """An ICMP error passes policy when it quotes a flow conntrack knows and comes from the
+    peer the quoted packet was sent to, or from no endpoint at all (as with Linux conntrack
+    and Cilium: routers on the way send them). From another endpoint it is a new packet
+    like any other: `other`, whom the server's policy denies, may not send the server
+    errors about the client's flow (as its own address, or a link-local one out of its
+    veth), nor about any other flow; the client, whom policy admits to port 80 alone, may
+    send errors about its own flow only."""
     c, s, o = cast.client, cast.server, cast.other
     syn = pk.ipv6(c.ip6, s.ip6, pk.tcp(40000, 80), pk.TCP)
     assert received(datapath, s, syn)[1] == "TRACE_TO_CONTAINER"
 
-    def error_quoting(dport: int) -> bytes:
+    def error_quoting(source, dport: int) -> bytes:
         quoted = pk.ipv6(s.ip6, c.ip6, pk.tcp(80, dport, 0x12), pk.TCP)[:48]
-        return pk.ipv6(o.ip6, s.ip6, _icmp6(1) + quoted, pk.ICMPV6)
+        return pk.ipv6(source, s.ip6, _icmp6(1) + quoted, pk.ICMPV6)
 
-    assert received(datapath, s, error_quoting(40000))[1] == "TRACE_TO_CONTAINER"
-    assert received(datapath, s, error_quoting(40001)) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+    router = "2001:db8::fe"
+    assert received(datapath, s, error_quoting(c.ip6, 40000))[1] == "TRACE_TO_CONTAINER"
+    assert received(datapath, s, error_quoting(router, 40000))[1] == "TRACE_TO_CONTAINER"
+    assert received(datapath, s, error_quoting(o.ip6, 40000)) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+    # Sent by other's container: its hook delivers to the server's ingress in one pass.
+    assert sent(datapath, o, error_quoting(o.ip6, 40000)) == (pk.TC_ACT_SHOT, "DROP_POLICY")
+    frame = pk.eth(s.spec.mac, HOST_MAC, pk.ETH_P_IPV6) + error_quoting("fe80::5", 40000)
+    program = datapath.programs.to_container
+    assert outcome(datapath, program, frame, s.ifindex, o.ifindex) == (
+        pk.TC_ACT_SHOT,
+        "DROP_POLICY",
+    )
+    for source in (c.ip6, router, o.ip6):
+        assert received(datapath, s, error_quoting(source, 40001)) == (
+            pk.TC_ACT_SHOT,
+            "DROP_POLICY",
+        )
+
+
+def test_icmp_errors_from_another_endpoint_about_a_clients_flow_stay_out(datapath, cast):
+    """The same on the client's side, where an error resets the client's socket: the
+    server may send the client an error about the client's flow to it (IPv4 and IPv6);
+    `other`, whom the client's policy does not know, may not."""
+    c, s, o = cast.client, cast.server, cast.other
+    for version in (6, 4):
+        segment = pk.tcp(40002, 80)
+        if version == 6:
+            syn = pk.ipv6(c.ip6, s.ip6, segment, pk.TCP)
+        else:
+            syn = _ipv4(c.ip4, s.ip4, segment, pk.TCP)
+        assert sent(datapath, c, syn, ethertype_of(syn))[0] in PASS
+        for source, expected in ((s, "TRACE_TO_CONTAINER"), (o, "DROP_POLICY")):
+            if version == 6:
+                error = pk.ipv6(source.ip6, c.ip6, _icmp6(1, syn[:48]), pk.ICMPV6)
+            else:
+                icmp = bytes([3, 3, 0, 0, 0, 0, 0, 0]) + syn[:28]
+                error = _ipv4(source.ip4, c.ip4, icmp, pk.ICMP)
+            assert received(datapath, c, error, ethertype_of(error))[1] == expected, version
 
 
 # Spoofing. -------------------------------------------------------------------------------

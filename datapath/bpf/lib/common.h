@@ -38,6 +38,10 @@ union v6addr {
 #define IDENTITY_WORLD 2
 #define IDENTITY_INIT 3		/* not known yet: the endpoint sends and receives nothing */
 #define IDENTITY_UNMANAGED 4
+/* Endpoints' identities are [FIRST_ENDPOINT_IDENTITY, FIRST_CIDR_IDENTITY); CIDR prefixes'
+ * follow. */
+#define FIRST_ENDPOINT_IDENTITY 256
+#define FIRST_CIDR_IDENTITY 0x1000000
 
 /* Direction of traffic relative to an endpoint. */
 #define DIR_INGRESS 0		/* to the endpoint */

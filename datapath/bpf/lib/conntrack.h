@@ -7,6 +7,8 @@
 #define PYCILIUM_CONNTRACK_H
 
 #include "flow.h"
+#include "maps.h"
+#include "nat64_addr.h"
 
 /* Lifetimes in seconds. */
 #define CT_LIFETIME_TCP 21600		/* established TCP */
@@ -98,11 +100,39 @@ static __always_inline void ct_refresh(struct ct_entry *entry, const struct pkt_
 	__sync_fetch_and_add(&entry->bytes, len);
 }
 
+/* Whether an ICMP error comes from an endpoint other than the peer its quoted packet was
+ * sent to (for a service flow, the backend): an endpoint reports only on packets it was
+ * sent, so such an error is a forgery to be judged by policy. The sender is an endpoint
+ * when it came out of a local endpoint's veth (whatever its source address: a link-local
+ * one is allowed on ICMPv6, and a local endpoint's address from elsewhere was already
+ * dropped as forged), or when its address is a local endpoint's or an endpoint's of
+ * another node (ipcache, endpoint identity; a node's own address there is the world's).
+ * Routers, hosts and the world may report on any flow they carry.
+ */
+static __always_inline int ct_error_from_bystander(const struct __sk_buff *skb,
+						   const struct flow *f, const struct flow *quoted)
+{
+	struct endpoint_key key;
+	struct ipcache_entry *remote;
+
+	if (ipv6_addr_equals(&f->saddr, &quoted->daddr))
+		return 0;
+	if (endpoint_lookup(skb->ingress_ifindex))
+		return 1;
+	nat64_addr_key(&key, &f->saddr, f->family);
+	if (endpoint_addr_lookup(&key))
+		return 1;
+	remote = ipcache_lookup(&key);
+	return remote && remote->identity >= FIRST_ENDPOINT_IDENTITY &&
+	       remote->identity < FIRST_CIDR_IDENTITY;
+}
+
 /* An ICMP error passes when the packet it quotes belongs to a tracked flow of this
- * endpoint, in either direction. One that quotes a packet of the flow's first direction
- * takes the service of the flow's entry into ctx (lb_rev_nat): into a client, an error
- * about its load-balanced flow; out of a NAT46 backend, one about a NAT46 flow. Returns
- * CT_RELATED, CT_NEW or a drop reason.
+ * endpoint, in either direction, and it comes from no other endpoint than that packet's
+ * destination (ct_error_from_bystander). One that quotes a packet of the flow's first
+ * direction takes the service of the flow's entry into ctx (lb_rev_nat): into a client,
+ * an error about its load-balanced flow; out of a NAT46 backend, one about a NAT46 flow.
+ * Returns CT_RELATED, CT_NEW or a drop reason.
  */
 static __always_inline int ct_lookup_related(struct __sk_buff *skb, struct pkt_ctx *ctx)
 {
@@ -115,9 +145,9 @@ static __always_inline int ct_lookup_related(struct __sk_buff *skb, struct pkt_c
 		return ret;
 	/* The quoted packet went the other way: reversed, it is a packet of this direction. */
 	if (ct_find(&quoted, ctx->endpoint_id, ctx->direction, 1, now))
-		return CT_RELATED;
+		return ct_error_from_bystander(skb, &ctx->flow, &quoted) ? CT_NEW : CT_RELATED;
 	entry = ct_find(&quoted, ctx->endpoint_id, !ctx->direction, 0, now);
-	if (!entry)
+	if (!entry || ct_error_from_bystander(skb, &ctx->flow, &quoted))
 		return CT_NEW;
 	ctx->rev_nat_index = entry->rev_nat_index;
 	return CT_RELATED;
