@@ -330,10 +330,10 @@ static __always_inline int lb_quote6_store_dst(struct __sk_buff *skb, __u32 icmp
 
 /* An ICMP error into a client about its load-balanced flow quotes client -> backend, the
  * packet as the datapath sent it on. As Linux's conntrack NAT does, the quote becomes
- * client -> frontend, so that the socket connected to the frontend gets the error; the
- * backend's own error comes from the frontend, a router's on the way keeps its address
- * (a hop of a traceroute). A quoted IPv4 header with options is left as it is. Returns 0
- * or a drop reason.
+ * client -> frontend, so that the socket connected to the frontend gets the error. The
+ * backend's own error comes from the frontend; a router's on the way keeps its address (a
+ * hop of a traceroute), where Linux would give it the frontend's too. A quoted IPv4 header
+ * with options is left as it is. Returns 0 or a drop reason.
  */
 static __always_inline int lb_error_rev_nat(struct __sk_buff *skb, struct pkt_ctx *ctx,
 					    const struct lb_addr *front)
